@@ -1,0 +1,3 @@
+from agata.cli.main import main
+
+main()
