@@ -1,0 +1,1 @@
+"""Benchmarks behind ``agata bench``: each measures and returns figures with targets."""

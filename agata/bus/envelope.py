@@ -1,0 +1,60 @@
+"""Encoding of requests, replies and events -- the wire format of the original system.
+
+- Request body: a JSON object (UTF-8).
+- Reply body: ``{"status_code": 200, "return": value}`` or
+  ``{"status_code": 4xx/5xx, "exception": "why"}``.
+- Event body: ``{"time": epoch_seconds, "service": ..., "function": ..., "event": ...}``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from agata.errors import AgataError, ErrorCode
+
+
+def encode(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def decode_request(body: bytes) -> dict[str, Any]:
+    """Parse a request body; raise INVALID_ARGUMENT with the reason when it is not one."""
+    try:
+        value = json.loads(body)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise AgataError(ErrorCode.INVALID_ARGUMENT, f"request body is not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise AgataError(
+            ErrorCode.INVALID_ARGUMENT,
+            f"request body must be a JSON object, not {type(value).__name__}",
+        )
+    return value
+
+
+def encode_success(value: Any) -> bytes:
+    return encode({"status_code": 200, "return": value})
+
+
+def encode_failure(error: AgataError) -> bytes:
+    return encode({"status_code": error.status_code, "exception": error.message})
+
+
+def decode_reply(body: bytes, operation: str) -> Any:
+    """Return the reply's value or raise the AgataError it carries."""
+    try:
+        reply = json.loads(body)
+        status = int(reply["status_code"])
+    except (ValueError, TypeError, KeyError) as exc:
+        raise AgataError(ErrorCode.INTERNAL, f"malformed reply to {operation!r}: {exc}") from None
+    if status == 200:
+        return reply.get("return")
+    message = reply.get("exception")
+    raise AgataError(status, str(message) if message is not None else f"{operation} failed")
+
+
+def event_body(service: str, function: str, event: str, **extra: Any) -> bytes:
+    return encode(
+        {"time": time.time(), "service": service, "function": function, "event": event, **extra}
+    )

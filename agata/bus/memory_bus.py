@@ -1,0 +1,209 @@
+"""In-process bus: no broker, everything in one asyncio loop.
+
+Features: competing consumers, concurrent handling up to ``prefetch`` per consumer,
+redelivery of unfinished messages when a consumer is cancelled, request timeouts.
+It behaves like the AMQP bus so it doubles as the fake broker in unit tests.
+
+URL format: ``memory://`` (anything after the scheme is ignored).
+
+Options: ``max_message_bytes`` (default 1 MiB), ``max_queue_length`` (default
+100,000 messages; beyond it the oldest message of that queue is dropped with a warning).
+
+All state lives on the instance: two ``MemoryBus`` objects never see each other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import uuid
+from collections import deque
+
+from agata.bus.bus import DEFAULT_MAX_MESSAGE_BYTES, Bus, Consumer, Delivery, Handler
+from agata.errors import AgataError, ErrorCode
+
+logger = logging.getLogger(__name__)
+
+
+class _Queue:
+    """A named queue: pending messages plus the consumers waiting for them."""
+
+    def __init__(self, name: str, max_length: int) -> None:
+        self.name = name
+        self.max_length = max_length
+        self.messages: deque[Delivery] = deque()
+        self.consumers: list[_MemoryConsumer] = []
+        self._next = itertools.count()
+
+    def put(self, delivery: Delivery, *, front: bool = False) -> None:
+        if front:
+            self.messages.appendleft(delivery)
+        else:
+            if len(self.messages) >= self.max_length:
+                self.messages.popleft()
+                logger.warning("memory queue %s is full; dropped its oldest message", self.name)
+            self.messages.append(delivery)
+        self.dispatch()
+
+    def dispatch(self) -> None:
+        """Hand pending messages to consumers with free capacity, round robin."""
+        while self.messages:
+            ready = [c for c in self.consumers if c.has_capacity()]
+            if not ready:
+                return
+            consumer = ready[next(self._next) % len(ready)]
+            consumer.take(self.messages.popleft())
+
+
+class _MemoryConsumer(Consumer):
+    def __init__(self, bus: MemoryBus, queue: _Queue, handler: Handler, prefetch: int) -> None:
+        self._bus = bus
+        self._queue = queue
+        self._handler = handler
+        self._prefetch = max(1, prefetch)
+        self._in_flight: dict[asyncio.Task[None], Delivery] = {}
+        self._cancelled = False
+
+    def has_capacity(self) -> bool:
+        return not self._cancelled and len(self._in_flight) < self._prefetch
+
+    def take(self, delivery: Delivery) -> None:
+        task = asyncio.get_running_loop().create_task(self._handle(delivery))
+        self._in_flight[task] = delivery
+
+    async def _handle(self, delivery: Delivery) -> None:
+        try:
+            reply = await self._handler(delivery)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("handler of queue %s failed; message dropped", self._queue.name)
+            reply = None
+        finally:
+            task = asyncio.current_task()
+            if task is not None:
+                self._in_flight.pop(task, None)
+        if reply is not None and delivery.reply_to:
+            self._bus._deliver_reply(delivery.reply_to, delivery.correlation_id, reply)
+        self._queue.dispatch()
+
+    async def cancel(self) -> None:
+        if self._cancelled:
+            return
+        self._cancelled = True
+        if self in self._queue.consumers:
+            self._queue.consumers.remove(self)
+        unfinished = list(self._in_flight.items())
+        self._in_flight.clear()
+        for task, _delivery in unfinished:
+            task.cancel()
+        for task, _ in unfinished:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        # Hand unfinished messages back, in their original order, like an AMQP requeue.
+        for _, delivery in reversed(unfinished):
+            self._queue.put(delivery, front=True)
+
+
+class MemoryBus(Bus):
+    """A bus inside one process."""
+
+    def __init__(
+        self,
+        url: str = "memory://",
+        *,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        max_queue_length: int = 100_000,
+    ) -> None:
+        self.url = url
+        self.max_message_bytes = max_message_bytes
+        self._max_queue_length = max_queue_length
+        self._queues: dict[str, _Queue] = {}
+        self._pending: dict[str, asyncio.Future[bytes]] = {}
+        self._reply_queue = f"amq.gen-memory-{uuid.uuid4().hex}"
+        self._connected = False
+
+    async def connect(self) -> None:
+        self._connected = True
+
+    async def close(self) -> None:
+        if not self._connected:
+            return
+        self._connected = False
+        for queue in list(self._queues.values()):
+            for consumer in list(queue.consumers):
+                await consumer.cancel()
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(AgataError(ErrorCode.UNAVAILABLE, "bus closed"))
+        self._pending.clear()
+
+    def _check_open(self) -> None:
+        if not self._connected:
+            raise AgataError(ErrorCode.UNAVAILABLE, "bus unavailable: not connected")
+
+    def _check_size(self, body: bytes) -> None:
+        if len(body) > self.max_message_bytes:
+            raise AgataError(
+                ErrorCode.TOO_LARGE,
+                f"message of {len(body)} bytes exceeds the limit of {self.max_message_bytes}",
+            )
+
+    def _queue(self, name: str) -> _Queue:
+        queue = self._queues.get(name)
+        if queue is None:
+            queue = self._queues[name] = _Queue(name, self._max_queue_length)
+        return queue
+
+    async def request(self, queue: str, body: bytes, *, timeout: float) -> bytes:
+        self._check_open()
+        self._check_size(body)
+        target = self._queues.get(queue)
+        if target is None:
+            raise AgataError(ErrorCode.UNAVAILABLE, f"no service serves {queue!r}")
+        correlation_id = str(uuid.uuid4())
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._pending[correlation_id] = future
+        try:
+            target.put(Delivery(queue, body, self._reply_queue, correlation_id, queue))
+            async with asyncio.timeout(timeout):
+                return await future
+        except TimeoutError:
+            raise AgataError(
+                ErrorCode.TIMEOUT, f"no reply to {queue!r} within {timeout:g} s"
+            ) from None
+        finally:
+            self._pending.pop(correlation_id, None)
+
+    def _deliver_reply(self, reply_to: str, correlation_id: str | None, body: bytes) -> None:
+        if reply_to != self._reply_queue:
+            # A reply for another client: on memory:// that can only be a raw publisher.
+            self._queue(reply_to).put(Delivery(reply_to, body, None, correlation_id, None))
+            return
+        future = self._pending.get(correlation_id or "")
+        if future is None or future.done():
+            logger.debug("late or unknown reply %s dropped", correlation_id)
+            return
+        future.set_result(body)
+
+    async def publish(self, queue: str, body: bytes) -> None:
+        self._check_open()
+        self._check_size(body)
+        self._queue(queue).put(Delivery(queue, body))
+
+    async def publish_raw(self, delivery: Delivery) -> None:
+        """Publish with explicit properties (tests use it to play a foreign client)."""
+        self._check_open()
+        if delivery.reply_to == self._reply_queue:
+            raise AgataError(ErrorCode.INVALID_ARGUMENT, "reply_to is this bus's own queue")
+        self._queue(delivery.queue).put(delivery)
+
+    async def consume(self, queue: str, handler: Handler, *, prefetch: int = 64) -> Consumer:
+        self._check_open()
+        target = self._queue(queue)
+        consumer = _MemoryConsumer(self, target, handler, prefetch)
+        target.consumers.append(consumer)
+        target.dispatch()
+        return consumer

@@ -1,0 +1,43 @@
+"""The RPC client: call an operation on the bus and publish events."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import BaseModel
+
+from agata.bus.bus import EVENTS_QUEUE, Bus
+from agata.bus.envelope import decode_reply, encode, event_body
+
+
+class RpcClient:
+    """Calls operations served by :class:`~agata.bus.service.Service` objects.
+
+    ``call`` returns the operation's value or raises :class:`~agata.errors.AgataError`
+    carrying the reply's ``status_code`` and message.
+    """
+
+    def __init__(self, bus: Bus, *, timeout: float = 10.0, service: str = "client") -> None:
+        self.bus = bus
+        self.timeout = timeout
+        self.service = service
+
+    async def call(
+        self,
+        operation: str,
+        payload: Mapping[str, Any] | BaseModel | None = None,
+        timeout: float | None = None,
+    ) -> Any:
+        if isinstance(payload, BaseModel):
+            data: Any = payload.model_dump(mode="json", exclude_none=True)
+        else:
+            data = dict(payload or {})
+        body = await self.bus.request(
+            operation, encode(data), timeout=self.timeout if timeout is None else timeout
+        )
+        return decode_reply(body, operation)
+
+    async def publish_event(self, function: str, event: str, **extra: Any) -> None:
+        """Publish ``{"time", "service", "function", "event", **extra}`` to ``events``."""
+        await self.bus.publish(EVENTS_QUEUE, event_body(self.service, function, event, **extra))

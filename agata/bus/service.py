@@ -1,0 +1,146 @@
+"""The service base: operations with pydantic request models, served on the bus.
+
+Each operation is a queue of the same name. A message is dispatched by its ``type``
+property, like the original system (falling back to the queue name), so a client of
+the original system gets the original answers:
+
+- invalid request (not JSON, not an object, schema) -> 400 with the reason;
+- unknown operation -> 500 ``"<name> is an invalid RPC function"``;
+- a handler raising :class:`AgataError` -> its status and message;
+- any other exception -> 500 with its message (or a generic text when
+  ``hide_internal_errors`` is on); the service keeps serving.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from agata.bus.bus import Bus, Consumer, Delivery
+from agata.bus.envelope import decode_request, encode_failure, encode_success
+from agata.errors import AgataError, ErrorCode
+
+logger = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=BaseModel)
+OperationHandler = Callable[[Any], Awaitable[Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    name: str
+    model: type[BaseModel]
+    handler: OperationHandler
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """One readable line per problem: ``field: message``."""
+    parts = []
+    for item in error.errors():
+        where = ".".join(str(p) for p in item["loc"]) or "body"
+        parts.append(f"{where}: {item['msg']}")
+    return "invalid arguments: " + "; ".join(parts)
+
+
+def to_jsonable(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, list):
+        return [to_jsonable(v) for v in value]
+    return value
+
+
+class Service:
+    """A set of operations served on one bus."""
+
+    def __init__(
+        self,
+        bus: Bus,
+        name: str,
+        *,
+        hide_internal_errors: bool = False,
+        prefetch: int = 64,
+    ) -> None:
+        self.bus = bus
+        self.name = name
+        self.hide_internal_errors = hide_internal_errors
+        self.prefetch = prefetch
+        self.operations: dict[str, Operation] = {}
+        self._consumers: list[Consumer] = []
+
+    def add_operation(
+        self, name: str, model: type[M], handler: Callable[[M], Awaitable[Any]]
+    ) -> None:
+        if name in self.operations:
+            raise ValueError(f"operation {name!r} registered twice")
+        self.operations[name] = Operation(name, model, handler)
+
+    def operation(
+        self, name: str, model: type[M]
+    ) -> Callable[[Callable[[M], Awaitable[Any]]], Callable[[M], Awaitable[Any]]]:
+        """Decorator form of :meth:`add_operation`."""
+
+        def register(handler: Callable[[M], Awaitable[Any]]) -> Callable[[M], Awaitable[Any]]:
+            self.add_operation(name, model, handler)
+            return handler
+
+        return register
+
+    async def start(self) -> None:
+        """Consume one queue per operation (replicas on one broker share them)."""
+        for name in self.operations:
+            self._consumers.append(
+                await self.bus.consume(name, self.handle_delivery, prefetch=self.prefetch)
+            )
+        logger.info("service %s serving %d operations", self.name, len(self.operations))
+
+    async def stop(self) -> None:
+        consumers, self._consumers = self._consumers, []
+        for consumer in consumers:
+            await consumer.cancel()
+
+    async def handle_delivery(self, delivery: Delivery) -> bytes | None:
+        if not delivery.reply_to:
+            logger.warning(
+                "message on %s without reply_to (correlation_id %s) ignored: nowhere to reply",
+                delivery.queue,
+                delivery.correlation_id,
+            )
+            return None
+        return await self.handle(delivery.type or delivery.queue, delivery.body)
+
+    async def handle(self, operation: str, body: bytes) -> bytes:
+        """Run one request and return the reply body; never raises."""
+        try:
+            if len(body) > self.bus.max_message_bytes:
+                raise AgataError(
+                    ErrorCode.TOO_LARGE,
+                    f"request of {len(body)} bytes exceeds the limit of "
+                    f"{self.bus.max_message_bytes}",
+                )
+            op = self.operations.get(operation)
+            if op is None:
+                raise AgataError(ErrorCode.INTERNAL, f"{operation} is an invalid RPC function")
+            data = decode_request(body)
+            try:
+                request = op.model.model_validate(data)
+            except ValidationError as exc:
+                raise AgataError(
+                    ErrorCode.INVALID_ARGUMENT, describe_validation_error(exc)
+                ) from None
+            result = await op.handler(request)
+            return encode_success(to_jsonable(result))
+        except AgataError as exc:
+            if exc.status_code >= 500:
+                logger.error("%s.%s failed: %s", self.name, operation, exc.message)
+            else:
+                logger.info("%s.%s refused: %s", self.name, operation, exc.message)
+            return encode_failure(exc)
+        except Exception as exc:
+            logger.exception("%s.%s crashed", self.name, operation)
+            message = "internal error" if self.hide_internal_errors else f"internal error: {exc}"
+            return encode_failure(AgataError(ErrorCode.INTERNAL, message))

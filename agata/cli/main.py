@@ -1,0 +1,70 @@
+"""``agata`` -- the command-line entry point."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from agata import __version__
+from agata.errors import AgataError
+
+app = typer.Typer(
+    name="agata",
+    help="AGATA: a control plane for federated learning on fleets of devices.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+bench_app = typer.Typer(help="Measure AGATA on this machine and compare with the targets.")
+app.add_typer(bench_app, name="bench")
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="agata.toml or the original config.ini"),
+]
+
+
+def setup_logging(level: str = "INFO") -> None:
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    typer.echo(__version__)
+
+
+@bench_app.command("bus")
+def bench_bus(
+    amqp_url: Annotated[
+        str | None, typer.Option(help="also measure this RabbitMQ (amqp://...)")
+    ] = None,
+    calls: Annotated[int, typer.Option(min=100)] = 20_000,
+    in_flight: Annotated[int, typer.Option(min=1)] = 16,
+    json_out: Annotated[Path | None, typer.Option("--json", help="write figures here")] = None,
+) -> None:
+    """Round-trip latency (p50/p99) and RPC/s of memory:// and amqp://."""
+    from agata.bench.bus_bench import run_bus_bench
+    from agata.bench.report import render
+
+    setup_logging("WARNING")
+    report = run_bus_bench(amqp_url, calls, in_flight)
+    render([report])
+    if json_out:
+        report.save(json_out)
+
+
+def main() -> None:
+    try:
+        app()
+    except AgataError as exc:
+        typer.secho(f"error: {exc.message}", err=True, fg="red")
+        raise SystemExit(2) from None

@@ -1,0 +1,194 @@
+"""Settings: command-line flags > environment (``AGATA_*``) > config file > defaults.
+
+The config file is TOML (``agata.toml``: top-level keys are the field names below) or
+the original system's ``config.ini``, whose sections are mapped onto our fields:
+
+====================================  =============================================
+original ``config.ini``               AGATA setting
+====================================  =============================================
+``[server.broker] host, port``        ``bus_url = amqp://guest:guest@host:port/``
+``[server.gateway] host?, port``      ``gateway_host``, ``gateway_port``
+``[client.broker] host, port``        ``edge_bus_url = amqp://guest:guest@host:port/``
+``[client.params] request_interval``  ``request_interval``
+``[events] register_events``          ``register_events``
+====================================  =============================================
+
+Settings are built by :func:`load_settings` and passed down; nothing reads them at
+import time. Every error names the key and where its value came from.
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from agata.errors import AgataError, ErrorCode
+
+ENV_PREFIX = "AGATA_"
+
+
+class Settings(BaseModel):
+    """Everything configurable, cloud and edge side."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # -- shared
+    bus_url: str = Field("memory://", description="memory:// or amqp://user:pass@host:port/vhost")
+    data_dir: Path = Field(Path("agata-data"), description="where databases and bundles live")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    rpc_timeout: float = Field(10.0, gt=0, le=600, description="seconds a bus call may take")
+    register_events: bool = Field(True, description="record component events (timings)")
+
+    # -- cloud
+    db_url: str = Field("", description="sqlite:///path or postgresql://...; default in data_dir")
+    gateway_host: str = "127.0.0.1"
+    gateway_port: int = Field(8000, ge=0, le=65535)
+    hide_internal_errors: bool = False
+    legacy_devices: bool = Field(
+        False, description="let devices of the original system in without credentials"
+    )
+    cors_origins: list[str] = Field(default_factory=list)
+    max_upload_bytes: int = Field(50 * 1024 * 1024, gt=0)
+    server_grace_seconds: float = Field(5.0, ge=0)
+    reconcile: Literal["stop", "restart"] = Field(
+        "stop", description="what to do on start with tasks left marked running"
+    )
+
+    # -- edge
+    cloud_url: str = "http://127.0.0.1:8000"
+    edge_bus_url: str = Field("", description="broker of the device (original deployment)")
+    device_file: Path | None = None
+    request_interval: float = Field(10.0, gt=0, description="seconds between task polls")
+    policy: Literal["one", "all"] = "one"
+    max_tasks: int = Field(4, ge=1)
+    quarantine_seconds: float = Field(3600.0, ge=0)
+    download_attempts: int = Field(3, ge=1)
+
+    @field_validator("bus_url", "edge_bus_url")
+    @classmethod
+    def _known_bus_scheme(cls, value: str) -> str:
+        if value and value.split("://", 1)[0] not in {"memory", "amqp", "amqps"}:
+            raise ValueError("must start with memory://, amqp:// or amqps://")
+        return value
+
+    @field_validator("db_url")
+    @classmethod
+    def _known_db_scheme(cls, value: str) -> str:
+        if value and not value.startswith(("sqlite:", "postgresql:", "postgresql+psycopg:")):
+            raise ValueError("must start with sqlite:/// or postgresql://")
+        return value
+
+    @property
+    def database_url(self) -> str:
+        return self.db_url or f"sqlite:///{(self.data_dir / 'agata.db').resolve()}"
+
+
+FIELDS = set(Settings.model_fields)
+
+
+def _read_ini(path: Path) -> dict[str, Any]:
+    parser = configparser.ConfigParser()
+    try:
+        parser.read(path, encoding="utf-8")
+    except configparser.Error as exc:
+        raise AgataError(ErrorCode.INVALID_ARGUMENT, f"{path}: {exc}") from None
+    values: dict[str, Any] = {}
+
+    def broker_url(section: str) -> str:
+        host = parser.get(section, "host", fallback="localhost")
+        port = parser.get(section, "port", fallback="5672")
+        user = parser.get(section, "username", fallback="guest")
+        password = parser.get(section, "password", fallback="guest")
+        return f"amqp://{user}:{password}@{host}:{port}/"
+
+    if parser.has_section("server.broker"):
+        values["bus_url"] = broker_url("server.broker")
+    if parser.has_section("client.broker"):
+        values["edge_bus_url"] = broker_url("client.broker")
+    if parser.has_section("server.gateway"):
+        if parser.has_option("server.gateway", "host"):
+            values["gateway_host"] = parser.get("server.gateway", "host")
+        if parser.has_option("server.gateway", "port"):
+            values["gateway_port"] = parser.get("server.gateway", "port")
+    if parser.has_option("client.params", "request_interval"):
+        values["request_interval"] = parser.get("client.params", "request_interval")
+    if parser.has_option("events", "register_events"):
+        raw = parser.get("events", "register_events").strip().lower()
+        # The original's own README spells it "ture"; anything not false-like is true.
+        values["register_events"] = raw not in {"false", "0", "no", "off", ""}
+    if parser.has_section("agata"):
+        values.update(dict(parser.items("agata")))
+    return values
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """Read a TOML or INI config file into setting values."""
+    if not path.is_file():
+        raise AgataError(ErrorCode.INVALID_ARGUMENT, f"config file {path} does not exist")
+    if path.suffix in {".ini", ".cfg"}:
+        return _read_ini(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise AgataError(ErrorCode.INVALID_ARGUMENT, f"{path}: invalid TOML: {exc}") from None
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and key in {"cloud", "edge", "bus"}:
+            flat.update(value)  # sections are only for readability
+        else:
+            flat[key] = value
+    return flat
+
+
+def _read_env(environ: Mapping[str, str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or name.startswith("AGATA_TEST_"):
+            continue
+        key = name[len(ENV_PREFIX) :].lower()
+        if key in FIELDS:
+            values[key] = raw.split(",") if key == "cors_origins" and raw else raw
+    return values
+
+
+def load_settings(
+    config_file: Path | None = None,
+    flags: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Merge the sources (flags > environment > file > defaults) and validate."""
+    environ = os.environ if environ is None else environ
+    if config_file is None and environ.get("AGATA_CONFIG"):
+        config_file = Path(environ["AGATA_CONFIG"])
+    origin: dict[str, str] = {}
+    values: dict[str, Any] = {}
+    layers: list[tuple[str, Mapping[str, Any]]] = []
+    if config_file is not None:
+        layers.append((str(config_file), read_config_file(config_file)))
+    layers.append(("environment", _read_env(environ)))
+    layers.append(("command line", {k: v for k, v in (flags or {}).items() if v is not None}))
+    for source, layer in layers:
+        for key, value in layer.items():
+            if key not in FIELDS:
+                raise AgataError(
+                    ErrorCode.INVALID_ARGUMENT, f"unknown setting {key!r} (from {source})"
+                )
+            values[key] = value
+            origin[key] = f"{ENV_PREFIX}{key.upper()}" if source == "environment" else source
+    try:
+        return Settings.model_validate(values)
+    except ValidationError as exc:
+        problems = []
+        for item in exc.errors():
+            key = ".".join(str(p) for p in item["loc"]) or "settings"
+            where = origin.get(str(item["loc"][0]) if item["loc"] else "", "defaults")
+            problems.append(f"{key} (from {where}): {item['msg']}")
+        raise AgataError(
+            ErrorCode.INVALID_ARGUMENT, "invalid configuration: " + "; ".join(problems)
+        ) from None
