@@ -6,8 +6,9 @@ Features:
   (non-durable, non-exclusive, not auto-deleted), so its services and clients mix
   with ours;
 - replies on an exclusive, server-named reply queue; ``correlation_id`` is a UUID;
-- requests to a queue that does not exist come back at once (``mandatory``) as
-  ``UNAVAILABLE`` instead of hanging until the timeout;
+- a request to a queue that does not exist fails at once with ``UNAVAILABLE``
+  instead of hanging until the timeout (the first request to each queue checks it
+  with a passive declare on a throwaway channel; known queues are remembered);
 - reconnects by itself when the broker goes away: the first connection is retried
   with exponential backoff, later ones by aio-pika's robust connection which also
   restores queues and consumers. Requests in flight when the link drops fail at once
@@ -87,6 +88,7 @@ class AmqpBus(Bus):
         self._channel: AbstractChannel | None = None
         self._reply_queue: AbstractQueue | None = None
         self._pending: dict[str, tuple[asyncio.Future[bytes], str]] = {}
+        self._known_queues: set[str] = set()
         self._consumer_channels: list[AbstractChannel] = []
         self._lock = asyncio.Lock()
         self._online = False
@@ -119,7 +121,6 @@ class AmqpBus(Bus):
             connection.close_callbacks.add(self._on_connection_lost)
             connection.reconnect_callbacks.add(self._on_reconnected)
             channel = await connection.channel(publisher_confirms=False)
-            channel.return_callbacks.add(self._on_returned)
             self._reply_queue = await channel.declare_queue("", exclusive=True, auto_delete=True)
             await self._reply_queue.consume(self._on_reply, no_ack=True)
             self._channel = channel
@@ -151,19 +152,27 @@ class AmqpBus(Bus):
 
     # -- client side ------------------------------------------------------------
 
-    def _on_reply(self, message: AbstractIncomingMessage) -> None:
+    async def _on_reply(self, message: AbstractIncomingMessage) -> None:
         entry = self._pending.get(message.correlation_id or "")
         if entry is None or entry[0].done():
             logger.debug("late or unknown reply %s dropped", message.correlation_id)
             return
         entry[0].set_result(message.body)
 
-    def _on_returned(self, _channel: Any, message: AbstractIncomingMessage) -> None:
-        entry = self._pending.get(message.correlation_id or "")
-        if entry is not None and not entry[0].done():
-            entry[0].set_exception(
-                AgataError(ErrorCode.UNAVAILABLE, f"no service serves {entry[1]!r}")
-            )
+    async def _check_queue_exists(self, queue: str) -> None:
+        if queue in self._known_queues:
+            return
+        assert self._connection is not None
+        # A failed passive declare closes its channel, hence a throwaway one.
+        probe = await self._connection.channel(publisher_confirms=False)
+        try:
+            await probe.declare_queue(queue, passive=True)
+        except aio_pika.exceptions.ChannelClosed:
+            raise AgataError(ErrorCode.UNAVAILABLE, f"no service serves {queue!r}") from None
+        finally:
+            with contextlib.suppress(Exception):
+                await probe.close()
+        self._known_queues.add(queue)
 
     def _ready_channel(self) -> AbstractChannel:
         if self._channel is None or self._connection is None:
@@ -188,6 +197,7 @@ class AmqpBus(Bus):
         self._pending[correlation_id] = (future, queue)
         try:
             async with asyncio.timeout(timeout):
+                await self._check_queue_exists(queue)
                 await channel.default_exchange.publish(
                     aio_pika.Message(
                         body,
@@ -197,7 +207,6 @@ class AmqpBus(Bus):
                         type=queue,
                     ),
                     routing_key=queue,
-                    mandatory=True,
                 )
                 return await future
         except TimeoutError:
@@ -228,6 +237,7 @@ class AmqpBus(Bus):
         await channel.set_qos(prefetch_count=prefetch)
         # Declared exactly like the original services did (pika's defaults).
         amqp_queue = await channel.declare_queue(queue, durable=False, auto_delete=False)
+        self._known_queues.add(queue)
         max_bytes = self.max_message_bytes
 
         async def on_message(message: AbstractIncomingMessage) -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+import re
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -45,7 +47,10 @@ async def make_bus(request: pytest.FixtureRequest) -> AsyncIterator[BusFactory]:
 @pytest.fixture
 def queue_suffix(request: pytest.FixtureRequest) -> str:
     """Queues on a real broker outlive a test: give each test its own names."""
-    return "_" + request.node.name.replace("[", "_").replace("]", "").replace("-", "_")
+    name = request.node.name
+    return (
+        "_" + re.sub(r"[^A-Za-z0-9_]", "_", name)[:60] + hashlib.sha1(name.encode()).hexdigest()[:6]
+    )
 
 
 class Echo(BaseModel):
