@@ -1,0 +1,1 @@
+"""The cloud side of AGATA: task manager, device registry, bundle store and gateway."""
