@@ -89,6 +89,7 @@ class AmqpBus(Bus):
         self._reply_queue: AbstractQueue | None = None
         self._pending: dict[str, tuple[asyncio.Future[bytes], str]] = {}
         self._known_queues: set[str] = set()
+        self._exchanges: dict[str, Any] = {}
         self._consumer_channels: list[AbstractChannel] = []
         self._lock = asyncio.Lock()
         self._online = False
@@ -267,3 +268,43 @@ class AmqpBus(Bus):
         tag = await amqp_queue.consume(on_message)
         self._consumer_channels.append(channel)
         return _AmqpConsumer(channel, amqp_queue, tag)
+
+    # -- broadcast ----------------------------------------------------------------
+
+    async def _exchange(self, channel: AbstractChannel, topic: str) -> Any:
+        return await channel.declare_exchange(
+            topic, aio_pika.ExchangeType.FANOUT, durable=False, auto_delete=False
+        )
+
+    async def broadcast(self, topic: str, body: bytes) -> None:
+        self._check_size(body)
+        channel = self._ready_channel()
+        try:
+            exchange = self._exchanges.get(topic)
+            if exchange is None:
+                exchange = self._exchanges[topic] = await self._exchange(channel, topic)
+            await exchange.publish(
+                aio_pika.Message(body, content_type="application/json"), routing_key=""
+            )
+        except RECOVERABLE_ERRORS as exc:
+            raise _unavailable(str(exc) or type(exc).__name__) from None
+
+    async def subscribe(self, topic: str, handler: Handler) -> Consumer:
+        if self._connection is None:
+            raise _unavailable("not connected")
+        channel = await self._connection.channel(publisher_confirms=False)
+        await channel.set_qos(prefetch_count=256)
+        exchange = await self._exchange(channel, topic)
+        queue = await channel.declare_queue(
+            "", exclusive=True, auto_delete=True, arguments={"x-max-length": 10_000}
+        )
+        await queue.bind(exchange)
+
+        async def on_message(message: AbstractIncomingMessage) -> None:
+            try:
+                await handler(Delivery(topic, message.body))
+            except Exception:
+                logger.exception("subscriber of %s failed", topic)
+
+        tag = await queue.consume(on_message, no_ack=True)
+        return _AmqpConsumer(channel, queue, tag)

@@ -97,6 +97,19 @@ class Bus(ABC):
         NOT stop the consumer.
         """
 
+    @abstractmethod
+    async def broadcast(self, topic: str, body: bytes) -> None:
+        """Send ``body`` to every current subscriber of ``topic`` (none: dropped)."""
+
+    @abstractmethod
+    async def subscribe(self, topic: str, handler: Handler) -> Consumer:
+        """Receive every message broadcast on ``topic`` from now on.
+
+        Unlike :meth:`consume`, every subscriber gets its own copy. Handler replies
+        are ignored. Delivery is best effort: a slow subscriber MAY lose messages
+        rather than slow the broadcaster down.
+        """
+
     async def __aenter__(self) -> Bus:
         await self.connect()
         return self

@@ -107,6 +107,18 @@ class _MemoryConsumer(Consumer):
             self._queue.put(delivery, front=True)
 
 
+class _Subscription(Consumer):
+    def __init__(self, subscribers: list[_Subscription], handler: Handler) -> None:
+        self._subscribers = subscribers
+        self.handler = handler
+        self.backlog = 0
+        subscribers.append(self)
+
+    async def cancel(self) -> None:
+        if self in self._subscribers:
+            self._subscribers.remove(self)
+
+
 class MemoryBus(Bus):
     """A bus inside one process."""
 
@@ -123,6 +135,8 @@ class MemoryBus(Bus):
         self._queues: dict[str, _Queue] = {}
         self._pending: dict[str, asyncio.Future[bytes]] = {}
         self._reply_queue = f"amq.gen-memory-{uuid.uuid4().hex}"
+        self._topics: dict[str, list[_Subscription]] = {}
+        self._background: set[asyncio.Task[None]] = set()
         self._connected = False
 
     async def connect(self) -> None:
@@ -207,3 +221,29 @@ class MemoryBus(Bus):
         target.consumers.append(consumer)
         target.dispatch()
         return consumer
+
+    async def broadcast(self, topic: str, body: bytes) -> None:
+        self._check_open()
+        self._check_size(body)
+        loop = asyncio.get_running_loop()
+        for subscription in list(self._topics.get(topic, ())):
+            if subscription.backlog >= 10_000:
+                logger.warning("subscriber of %s is too slow; message dropped", topic)
+                continue
+            subscription.backlog += 1
+            task = loop.create_task(self._notify(subscription, topic, body))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    @staticmethod
+    async def _notify(subscription: _Subscription, topic: str, body: bytes) -> None:
+        try:
+            await subscription.handler(Delivery(topic, body))
+        except Exception:
+            logger.exception("subscriber of %s failed", topic)
+        finally:
+            subscription.backlog -= 1
+
+    async def subscribe(self, topic: str, handler: Handler) -> Consumer:
+        self._check_open()
+        return _Subscription(self._topics.setdefault(topic, []), handler)

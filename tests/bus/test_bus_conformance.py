@@ -349,3 +349,29 @@ async def test_two_memory_buses_are_independent() -> None:
         await RpcClient(second, timeout=0.5).call("op_echo_independent", {"text": "x"})
 
     assert caught.value.code is ErrorCode.UNAVAILABLE
+
+
+async def test_broadcast_reaches_every_subscriber(make_bus: BusFactory, queue_suffix: str) -> None:
+    topic = "topic" + queue_suffix
+    got: dict[int, asyncio.Queue[bytes]] = {1: asyncio.Queue(), 2: asyncio.Queue()}
+
+    def collector(n: int) -> Any:
+        async def on_message(delivery: Delivery) -> None:
+            await got[n].put(delivery.body)
+
+        return on_message
+
+    first, second = make_bus(), make_bus()
+    await first.connect()
+    await second.connect()
+    sub1 = await first.subscribe(topic, collector(1))
+    sub2 = await second.subscribe(topic, collector(2))
+    sender = make_bus()
+    await sender.connect()
+
+    await sender.broadcast(topic, b'{"n": 1}')
+
+    assert await asyncio.wait_for(got[1].get(), 5) == b'{"n": 1}'
+    assert await asyncio.wait_for(got[2].get(), 5) == b'{"n": 1}'
+    await sub1.cancel()
+    await sub2.cancel()

@@ -1,0 +1,1 @@
+"""What cloud and edge share: operation names, request/reply models, notifications."""

@@ -1,0 +1,205 @@
+"""Operation names and their request models.
+
+The ``rpc_exec_*`` operations are the original system's contract (DESIGN.md); the
+others are added in the same style. Each name is also the AMQP queue that serves it
+and the HTTP path at the gateway (``POST /<name>``).
+"""
+
+from __future__ import annotations
+
+import shlex
+from typing import Annotated, Any
+
+from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
+
+# -- field types ---------------------------------------------------------------
+
+TASK_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+TaskId = Annotated[str, StringConstraints(pattern=TASK_ID_PATTERN)]
+DeviceId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:@-]{1,128}$")]
+ShortText = Annotated[str, StringConstraints(max_length=256)]
+Criteria = Annotated[str, StringConstraints(max_length=1000)]
+Tag = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+SensorName = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+
+
+def _split_arguments(value: Any) -> Any:
+    """Arguments may come as a shell-like string (the original) or as a list."""
+    if value is None:
+        return value
+    if isinstance(value, str):
+        try:
+            return shlex.split(value)
+        except ValueError as exc:
+            raise ValueError(f"cannot split arguments: {exc}") from None
+    return value
+
+
+Arguments = Annotated[
+    list[Annotated[str, StringConstraints(max_length=1024)]],
+    BeforeValidator(_split_arguments),
+    Field(max_length=64),
+]
+
+
+class Request(BaseModel):
+    """Base of every request: unknown fields are refused, like the original schemas."""
+
+    model_config = ConfigDict(extra="forbid", str_max_length=4096)
+
+
+# -- task manager ----------------------------------------------------------------
+
+CREATE_TASK = "rpc_exec_create_task"
+UPDATE_TASK = "rpc_exec_update_task"
+GET_TASK = "rpc_exec_get_task_by_id"
+START_TASK = "rpc_exec_start_server_task"
+STOP_TASK = "rpc_exec_stop_server_task"
+CLIENT_REQUESTING_TASK = "rpc_exec_client_requesting_task"
+LIST_TASKS = "rpc_exec_list_tasks"
+DELETE_TASK = "rpc_exec_delete_task"
+SET_TASK_FILES = "rpc_exec_set_task_files"
+GET_TASK_METRICS = "rpc_exec_get_task_metrics"
+GET_TASK_LOGS = "rpc_exec_get_task_logs"
+GET_TASK_EVENTS = "rpc_exec_get_task_events"
+GET_TASK_DEVICES = "rpc_exec_get_task_devices"
+VALIDATE_CRITERIA = "rpc_exec_validate_criteria"
+GET_OVERVIEW = "rpc_exec_get_overview"
+
+
+class CreateTask(Request):
+    task_id: TaskId
+    host: ShortText
+    port: int = Field(ge=1, le=65535)
+    username: ShortText = ""
+    password: ShortText = ""
+    files_paths: list[ShortText] = Field(default_factory=list, max_length=256)
+    selection_criteria: Criteria | None = None
+    server_arguments: Arguments | None = None
+    client_arguments: Arguments | None = None
+    tags: list[Tag] | None = Field(default=None, max_length=64)
+
+
+class UpdateTask(Request):
+    task_id: TaskId
+    host: ShortText | None = None
+    port: int | None = Field(default=None, ge=1, le=65535)
+    selection_criteria: Criteria | None = None
+    server_arguments: Arguments | None = None
+    client_arguments: Arguments | None = None
+    username: ShortText | None = None
+    password: ShortText | None = None
+    tags: list[Tag] | None = Field(default=None, max_length=64)
+
+
+class TaskRef(Request):
+    task_id: TaskId
+
+
+class StartTask(Request):
+    task_id: TaskId
+    arguments: Arguments | None = None
+
+
+class ListTasks(Request):
+    running: bool | None = None
+
+
+class BundleFileModel(BaseModel):
+    name: Annotated[str, StringConstraints(min_length=1, max_length=255)]
+    size: int = Field(ge=0)
+    sha256: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+
+
+class SetTaskFiles(Request):
+    task_id: TaskId
+    files: list[BundleFileModel] = Field(max_length=256)
+
+
+class TaskLogsQuery(Request):
+    task_id: TaskId
+    limit: int = Field(200, ge=1, le=5000)
+
+
+class TaskEventsQuery(Request):
+    task_id: TaskId | None = None
+    limit: int = Field(500, ge=1, le=5000)
+
+
+class ValidateCriteria(Request):
+    selection_criteria: Criteria
+
+
+class Empty(Request):
+    pass
+
+
+# -- device registry ---------------------------------------------------------------
+
+UPDATE_USER_INFO = "rpc_exec_update_user_info"
+GET_USER_INFO = "rpc_exec_get_user_info"
+LIST_DEVICES = "rpc_exec_list_devices"
+REPORT_DEVICE_TASK = "rpc_exec_report_device_task"
+CLEAR_QUARANTINE = "rpc_exec_clear_quarantine"
+ENROLL_DEVICE = "rpc_exec_enroll_device"
+CREATE_ENROLLMENT_TOKEN = "rpc_exec_create_enrollment_token"
+RESOLVE_CREDENTIAL = "rpc_exec_resolve_credential"
+
+
+class ClientRequestingTask(Request):
+    # The original's code sent ``client_id``; DESIGN.md names it ``user_id``.
+    user_id: DeviceId = Field(validation_alias=AliasChoices("user_id", "client_id"))
+
+
+class UpdateUserInfo(Request):
+    user_id: DeviceId
+    data_qnt: float | None = None
+    avg_acc_contrib: float | None = None
+    avg_disconnection_per_round: float | None = None
+    sensors: list[SensorName] | None = Field(default=None, max_length=128)
+    extra: dict[str, str | int | float | bool | None] | None = Field(default=None, max_length=64)
+
+
+class UserRef(Request):
+    user_id: DeviceId
+
+
+class ReportDeviceTask(Request):
+    """A device tells the cloud what happened to one of its tasks."""
+
+    user_id: DeviceId
+    task_id: TaskId
+    status: Annotated[
+        str,
+        StringConstraints(
+            pattern=r"^(downloading|downloaded|running|finished|failed|quarantined|stopped)$"
+        ),
+    ]
+    reason: Annotated[str, StringConstraints(max_length=2000)] = ""
+    round: int | None = Field(default=None, ge=0)
+    metrics: dict[str, float] | None = Field(default=None, max_length=32)
+
+
+class ClearQuarantine(Request):
+    user_id: DeviceId
+    task_id: TaskId | None = None
+
+
+class EnrollDevice(Request):
+    user_id: DeviceId
+    enrollment_token: Annotated[str, StringConstraints(min_length=8, max_length=256)]
+
+
+class CreateEnrollmentToken(Request):
+    uses: int = Field(1, ge=1, le=100_000)
+    ttl_seconds: float = Field(86_400.0, gt=0, le=365 * 86_400)
+
+
+class ResolveCredential(Request):
+    token_sha256: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+
+
+# -- notifications (broadcast to every subscriber; see Bus.subscribe) -----------------
+
+#: Topic on which the cloud announces changes (task started/stopped, metrics, events).
+NOTIFICATIONS_TOPIC = "agata.notifications"
