@@ -8,9 +8,30 @@ lazily, on first access to one of its names.
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agata.runtime.reporter import TaskReporter
+
+if TYPE_CHECKING:
+    from agata.runtime.messages import (
+        Error,
+        Info,
+        LogLine,
+        Model,
+        Print,
+        Stream,
+        TaskMessage,
+        Trigger,
+        parse_line,
+    )
+    from agata.runtime.process import (
+        AsyncioProcessLauncher,
+        ProcessHandle,
+        ProcessLauncher,
+        kill_process_group,
+        task_environment,
+    )
+    from agata.runtime.supervisor import MessageCallback, TaskOutcome, TaskProcess, TaskState
 
 _LAZY: dict[str, str] = {
     "Error": "agata.runtime.messages",
@@ -18,6 +39,7 @@ _LAZY: dict[str, str] = {
     "LogLine": "agata.runtime.messages",
     "Model": "agata.runtime.messages",
     "Print": "agata.runtime.messages",
+    "Stream": "agata.runtime.messages",
     "TaskMessage": "agata.runtime.messages",
     "Trigger": "agata.runtime.messages",
     "parse_line": "agata.runtime.messages",
@@ -25,12 +47,34 @@ _LAZY: dict[str, str] = {
     "ProcessHandle": "agata.runtime.process",
     "ProcessLauncher": "agata.runtime.process",
     "kill_process_group": "agata.runtime.process",
+    "task_environment": "agata.runtime.process",
+    "MessageCallback": "agata.runtime.supervisor",
     "TaskOutcome": "agata.runtime.supervisor",
     "TaskProcess": "agata.runtime.supervisor",
     "TaskState": "agata.runtime.supervisor",
 }
 
-__all__ = ["TaskReporter", *_LAZY]
+__all__ = [  # noqa: RUF022 - the reporter first, then the lazy names by module
+    "TaskReporter",
+    "Error",
+    "Info",
+    "LogLine",
+    "Model",
+    "Print",
+    "Stream",
+    "TaskMessage",
+    "Trigger",
+    "parse_line",
+    "AsyncioProcessLauncher",
+    "ProcessHandle",
+    "ProcessLauncher",
+    "kill_process_group",
+    "task_environment",
+    "MessageCallback",
+    "TaskOutcome",
+    "TaskProcess",
+    "TaskState",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -1,0 +1,248 @@
+"""The OS boundary of the task runtime: spawn a process group, signal it, wait for it.
+
+The supervisor (:mod:`agata.runtime.supervisor`) talks to processes only through
+:class:`ProcessLauncher` and :class:`ProcessHandle`, so its state machine is tested with a
+fake launcher and then once more with :class:`AsyncioProcessLauncher`, the real one.
+
+Real processes are started with asyncio in a session (and so a process group) of their
+own: signalling the group reaches every process the task started. On Linux the child asks
+the kernel for ``SIGKILL`` when its parent dies (``PR_SET_PDEATHSIG``), so a task does not
+outlive a supervisor that was killed without a chance to clean up. The kernel ties that
+signal to the *thread* that forked the child: start tasks from the event loop's thread
+and keep that thread alive as long as the tasks.
+
+A restarted service may find groups left by its previous life (recorded ``pgid`` and
+``token``); :func:`kill_process_group` ends them after checking they are still ours.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import ctypes
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Protocol
+
+from agata.errors import AgataError, ErrorCode
+
+__all__ = [
+    "TOKEN_ENV",
+    "AsyncioProcessLauncher",
+    "ByteReader",
+    "ProcessHandle",
+    "ProcessLauncher",
+    "group_members",
+    "kill_process_group",
+    "task_environment",
+]
+
+logger = logging.getLogger(__name__)
+
+TOKEN_ENV = "AGATA_TASK_TOKEN"
+"""Environment variable holding a random token that marks every process of one task."""
+
+_PR_SET_PDEATHSIG = 1
+
+
+class ByteReader(Protocol):
+    """The read side of a pipe (``asyncio.StreamReader`` is one)."""
+
+    async def read(self, n: int = -1) -> bytes: ...
+
+
+class ProcessHandle(abc.ABC):
+    """One started process, leader of its own process group."""
+
+    pid: int
+    pgid: int
+    stdout: ByteReader
+    stderr: ByteReader
+
+    @abc.abstractmethod
+    async def wait(self) -> int:
+        """Wait for the process to exit and return its status.
+
+        The status follows ``Popen.returncode``: the exit code, or ``-N`` when the process
+        was killed by signal ``N``. Waiting MUST be cancellable and MUST NOT stop the
+        process; calling it again after the exit MUST return the same status at once.
+        """
+
+    @abc.abstractmethod
+    def signal_group(self, sig: int) -> bool:
+        """Send ``sig`` to every process of the group.
+
+        Returns whether the group still existed. MUST NOT raise when it is gone.
+        """
+
+
+class ProcessLauncher(abc.ABC):
+    """Starts processes; the one thing the supervisor needs from the OS."""
+
+    @abc.abstractmethod
+    async def spawn(
+        self, argv: Sequence[str], *, cwd: Path, env: Mapping[str, str]
+    ) -> ProcessHandle:
+        """Start ``argv`` in ``cwd`` with exactly ``env`` as its environment.
+
+        The process MUST lead a new process group, with stdout and stderr as pipes and
+        stdin closed (``/dev/null``). When it cannot be started this MUST raise
+        :class:`AgataError` (``ErrorCode.INTERNAL``) saying why.
+        """
+
+
+def task_environment(
+    extra: Mapping[str, str] | None = None, base: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The environment of a task process: ``base`` (default ``os.environ``), then the
+    runtime's settings (no Flower telemetry, unbuffered output), then ``extra``."""
+    env = dict(os.environ if base is None else base)
+    env["FLWR_TELEMETRY_ENABLED"] = "0"
+    env["PYTHONUNBUFFERED"] = "1"
+    if extra:
+        env.update(extra)
+    return env
+
+
+class _AsyncioHandle(ProcessHandle):
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self._process = process
+        self.pid = process.pid
+        self.pgid = process.pid  # start_new_session: the child leads its own group
+        assert process.stdout is not None and process.stderr is not None
+        self.stdout = process.stdout
+        self.stderr = process.stderr
+
+    async def wait(self) -> int:
+        return await self._process.wait()
+
+    def signal_group(self, sig: int) -> bool:
+        try:
+            os.killpg(self.pgid, sig)
+        except ProcessLookupError:
+            return False
+        except PermissionError:  # the number now names someone else's group
+            logger.warning("process group %d is no longer ours; not signalled", self.pgid)
+            return False
+        return True
+
+
+def _pdeathsig_preexec() -> Callable[[], None] | None:
+    """A ``preexec_fn`` asking for SIGKILL when the parent dies, or None off Linux.
+
+    Everything is looked up before the fork: the child only calls into libc.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        prctl = libc.prctl
+    except (OSError, AttributeError):  # pragma: no cover - exotic libc
+        logger.warning("prctl unavailable: tasks will not die with their supervisor")
+        return None
+    prctl.restype = ctypes.c_int
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    parent = os.getpid()
+    sigkill = int(signal.SIGKILL)
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, sigkill, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os.kill(os.getpid(), sigkill)
+
+    return preexec
+
+
+class AsyncioProcessLauncher(ProcessLauncher):
+    """Starts real processes with asyncio, each in a new session.
+
+    Args:
+        pdeathsig: on Linux, have the kernel SIGKILL the child when the thread that
+            started it dies.
+    """
+
+    def __init__(self, *, pdeathsig: bool = True) -> None:
+        self._pdeathsig = pdeathsig
+
+    async def spawn(
+        self, argv: Sequence[str], *, cwd: Path, env: Mapping[str, str]
+    ) -> ProcessHandle:
+        if not argv:
+            raise AgataError(ErrorCode.INTERNAL, "cannot start a process without a command")
+        preexec = _pdeathsig_preexec() if self._pdeathsig else None
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *argv,
+                cwd=str(cwd),
+                env=dict(env),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                start_new_session=True,
+                preexec_fn=preexec,
+            )
+        except (OSError, ValueError) as exc:
+            raise AgataError(ErrorCode.INTERNAL, f"cannot start {argv[0]!r}: {exc}") from exc
+        logger.debug("started pid %d (group %d): %s", process.pid, process.pid, argv)
+        return _AsyncioHandle(process)
+
+
+def group_members(pgid: int) -> list[int] | None:
+    """The pids whose process group is ``pgid`` (zombies left out), read from ``/proc``.
+
+    Returns None where ``/proc`` is not available.
+    """
+    proc = Path("/proc")
+    if not (proc / "self" / "stat").exists():
+        return None
+    members = []
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:  # gone meanwhile, or not readable
+            continue
+        # "pid (comm) state ppid pgrp ..."; comm may hold spaces and parentheses.
+        fields = stat[stat.rfind(")") + 2 :].split()
+        if len(fields) >= 3 and fields[0] != "Z" and int(fields[2]) == pgid:
+            members.append(int(entry.name))
+    return members
+
+
+def _has_token(pid: int, token: str) -> bool:
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return False
+    return f"{TOKEN_ENV}={token}".encode() in environ.split(b"\0")
+
+
+def kill_process_group(pgid: int, sig: int = signal.SIGKILL, *, token: str | None = None) -> bool:
+    """Signal a process group left behind (e.g. by a previous run of the service).
+
+    Checks first that the group still exists and, when ``token`` is given (the
+    ``TaskProcess.token`` recorded with the pgid), that one of its live members carries
+    that token in its environment — a recycled pgid belonging to someone else is left
+    alone. Returns whether the signal was sent.
+    """
+    if pgid <= 1:
+        raise AgataError(ErrorCode.INVALID_ARGUMENT, f"refusing to signal process group {pgid}")
+    if token is not None:
+        members = group_members(pgid)
+        if members is not None and not any(_has_token(pid, token) for pid in members):
+            logger.info("process group %d is gone or not a task of ours", pgid)
+            return False
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        logger.warning("process group %d belongs to another user; not signalled", pgid)
+        return False
+    logger.info("sent signal %s to leftover process group %d", signal.Signals(sig).name, pgid)
+    return True

@@ -1,0 +1,622 @@
+"""``TaskProcess``: supervises one side of one task (or one trigger script).
+
+It starts ``python <script> [arguments...]`` in the bundle directory, reads stdout and
+stderr *concurrently* (a task writing only to stderr cannot fill a pipe nobody reads),
+turns every line into a message (:mod:`agata.runtime.messages`) and hands the messages,
+in order and one at a time, to the owner's async callback. Awaiting the callback per line
+is the backpressure: a task flooding its output waits for the owner instead of growing
+the supervisor's memory. Only the last ``tail_lines`` log lines are kept, for :meth:`tail`.
+
+States (one :meth:`TaskProcess._transition` method changes them)::
+
+    STARTING ──spawned──▶ RUNNING ──"Finished" / error / stop()──▶ STOPPING
+        │                    │                                       │ process exits
+        ▼                    ▼ exits by itself                       ▼
+      FAILED          FINISHED | FAILED                   FINISHED | FAILED | STOPPED
+
+- ``info "Finished"``: STOPPING; the process gets ``finish_grace`` seconds to exit by
+  itself, then SIGTERM, then SIGKILL after ``grace``. Ends FINISHED.
+- ``error``: STOPPING at once (SIGTERM, SIGKILL after ``grace``). Ends FAILED with the
+  exception text as reason.
+- The process exits without having reported "Finished": FAILED, reason ``exited with
+  code N without reporting Finished`` or ``killed by signal SIGKILL`` (a trigger script,
+  ``require_finished=False``, ends FINISHED on exit code 0).
+- :meth:`TaskProcess.stop` by the owner: STOPPING, and the distinct terminal state
+  STOPPED — the owner's decision is neither the task's success nor its failure.
+
+The first cause wins: an error sent while stopping after "Finished" changes nothing.
+Whenever the main process has exited, the rest of its process group is killed, so no
+grandchild outlives the task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import re
+import secrets
+import signal
+import sys
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agata.errors import AgataError, ErrorCode
+from agata.runtime.messages import (
+    MAX_LINE_CHARS,
+    Error,
+    Info,
+    LogLine,
+    Print,
+    Stream,
+    TaskMessage,
+    Trigger,
+    parse_line,
+)
+from agata.runtime.process import (
+    TOKEN_ENV,
+    AsyncioProcessLauncher,
+    ByteReader,
+    ProcessHandle,
+    ProcessLauncher,
+    task_environment,
+)
+
+__all__ = ["MessageCallback", "TaskOutcome", "TaskProcess", "TaskState"]
+
+logger = logging.getLogger(__name__)
+
+MessageCallback = Callable[[TaskMessage], Awaitable[None]]
+
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_CHUNK = 64 * 1024
+_QUEUE_SIZE = 64
+
+
+class TaskState(enum.StrEnum):
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    FINISHED = "finished"  # reported "Finished" (terminal)
+    FAILED = "failed"  # reported an error, or exited without "Finished" (terminal)
+    STOPPED = "stopped"  # stopped by its owner (terminal)
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in (TaskState.FINISHED, TaskState.FAILED, TaskState.STOPPED)
+
+
+@dataclass(frozen=True, slots=True)
+class TaskOutcome:
+    """How a task process ended.
+
+    ``exit_code`` follows ``Popen.returncode`` (``-N``: killed by signal ``N``); it is
+    None when the process never started.
+    """
+
+    state: TaskState
+    reason: str
+    exit_code: int | None
+
+    @property
+    def ok(self) -> bool:
+        return self.state is TaskState.FINISHED
+
+
+class _Event(enum.Enum):
+    SPAWNED = "spawned"
+    SPAWN_FAILED = "spawn failed"
+    FINISHED = "reported Finished"
+    ERROR = "reported an error"
+    STOP = "stop requested"
+    EXITED = "exited"
+
+
+def _exit_reason(code: int) -> str:
+    if code < 0:
+        try:
+            return f"killed by signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exited with code {code} without reporting Finished"
+
+
+class TaskProcess:
+    """One supervised task process: ``python <script> [arguments...]`` in ``bundle_dir``.
+
+    Use :meth:`for_side` for a task's ``server``/``client`` side. All methods must be
+    called from the event loop's thread.
+
+    Args:
+        bundle_dir: the task's bundle directory; the working directory of the process.
+        script: a ``.py`` file name inside ``bundle_dir`` (no directories).
+        arguments: passed after the script.
+        on_message: awaited with every message, in order, one at a time. Exceptions it
+            raises are logged and do not disturb the supervision. It must not await
+            :meth:`stop` (that would wait for itself); it may call :meth:`request_stop`.
+        launcher: the OS boundary; real asyncio subprocesses by default.
+        python: the interpreter; ``sys.executable`` by default.
+        env: added to the environment (which already has ``FLWR_TELEMETRY_ENABLED=0`` and
+            ``PYTHONUNBUFFERED=1``).
+        require_finished: exiting without reporting "Finished" is a failure (tasks); when
+            False, exit code 0 is a success (trigger scripts).
+        grace: seconds between SIGTERM and SIGKILL.
+        finish_grace: seconds a process that reported "Finished" may take to exit alone.
+        drain_timeout: after the exit, how long output may stay silent while a process
+            outside the group still holds the pipes open before reading is abandoned.
+        tail_lines: how many log lines :meth:`tail` keeps.
+        trigger_timeout: a trigger script running longer is stopped.
+        max_triggers: trigger scripts allowed to run at once (0: triggers refused).
+        name: for logs; ``<bundle dir name>/<script>`` by default.
+    """
+
+    def __init__(
+        self,
+        bundle_dir: str | Path,
+        script: str,
+        arguments: Sequence[str] = (),
+        *,
+        on_message: MessageCallback | None = None,
+        launcher: ProcessLauncher | None = None,
+        python: str | None = None,
+        env: Mapping[str, str] | None = None,
+        require_finished: bool = True,
+        grace: float = 5.0,
+        finish_grace: float = 2.0,
+        drain_timeout: float = 2.0,
+        tail_lines: int = 200,
+        trigger_timeout: float = 300.0,
+        max_triggers: int = 4,
+        name: str | None = None,
+    ) -> None:
+        if Path(script).name != script or not script.endswith(".py"):
+            raise AgataError(
+                ErrorCode.INVALID_ARGUMENT, f"script must be a .py file name, got {script!r}"
+            )
+        self.bundle_dir = Path(bundle_dir)
+        self.script = script
+        self.arguments = tuple(str(argument) for argument in arguments)
+        self.name = name or f"{self.bundle_dir.name}/{script}"
+        self.token = secrets.token_hex(16)
+        self._on_message = on_message
+        self._launcher = launcher or AsyncioProcessLauncher()
+        self._python = python or sys.executable
+        self._env = dict(env or {})
+        self._require_finished = require_finished
+        self._grace = grace
+        self._finish_grace = finish_grace
+        self._drain_timeout = drain_timeout
+        self._trigger_timeout = trigger_timeout
+        self._max_triggers = max_triggers
+
+        self._state = TaskState.STARTING
+        self._spawning = False
+        self._stop_requested = False
+        self._ending: TaskState | None = None  # the terminal state STOPPING leads to
+        self._reason = ""
+        self._outcome: TaskOutcome | None = None
+        self._handle: ProcessHandle | None = None
+        self._exit_code: int | None = None
+        self._exited = asyncio.Event()
+        self._done = asyncio.Event()
+
+        self._queue: asyncio.Queue[TaskMessage | None] = asyncio.Queue(_QUEUE_SIZE)
+        self._accepting = True  # the queue still takes messages
+        self._notes: list[LogLine] = []  # runtime notes raised while dispatching
+        self._tail: deque[LogLine | Print] = deque(maxlen=max(tail_lines, 0))
+        self._bytes_read = 0
+        self._reads_waiting = 0
+        self._readers: list[asyncio.Task[None]] = []
+        self._dispatcher: asyncio.Task[None] | None = None
+        self._supervisor: asyncio.Task[None] | None = None
+        self._terminator: asyncio.Task[None] | None = None
+        self._terminator_patient = False  # still waiting for a voluntary exit
+        self._triggers: set[asyncio.Task[None]] = set()
+
+    @classmethod
+    def for_side(
+        cls,
+        bundle_dir: str | Path,
+        side: str,
+        work_path: str | Path,
+        arguments: Sequence[str] = (),
+        **options: Any,
+    ) -> TaskProcess:
+        """One side of a task: ``python <side>.py <work_path> [arguments...]``."""
+        if not _IDENTIFIER.match(side):
+            raise AgataError(ErrorCode.INVALID_ARGUMENT, f"invalid task side {side!r}")
+        return cls(bundle_dir, f"{side}.py", [str(work_path), *arguments], **options)
+
+    # -- what the owner sees ------------------------------------------------------------
+
+    @property
+    def state(self) -> TaskState:
+        return self._state
+
+    @property
+    def outcome(self) -> TaskOutcome | None:
+        """The final outcome, once the state is terminal."""
+        return self._outcome
+
+    @property
+    def pid(self) -> int | None:
+        return self._handle.pid if self._handle else None
+
+    @property
+    def pgid(self) -> int | None:
+        """Record it with :attr:`token` to end leftovers after a restart
+        (:func:`agata.runtime.process.kill_process_group`)."""
+        return self._handle.pgid if self._handle else None
+
+    def tail(self, n: int | None = None) -> list[LogLine | Print]:
+        """The last ``n`` (default: all kept) log lines and print messages, oldest first."""
+        lines = list(self._tail)
+        return lines if n is None else lines[max(len(lines) - n, 0) :]
+
+    # -- what the owner does ------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the process; returns once it runs (state RUNNING).
+
+        Raises :class:`AgataError` — NOT_FOUND when the script is missing, INTERNAL when
+        it cannot be started, CONFLICT when already started — and the state is then
+        FAILED (except for CONFLICT).
+        """
+        if self._spawning or self._handle is not None or self._state is not TaskState.STARTING:
+            raise AgataError(ErrorCode.CONFLICT, f"{self.name} was already started")
+        self._spawning = True
+        script = self.bundle_dir / self.script
+        if not script.is_file():
+            message = f"no {self.script} in {self.bundle_dir}"
+            self._transition(_Event.SPAWN_FAILED, message)
+            raise AgataError(ErrorCode.NOT_FOUND, message)
+        argv = [self._python, self.script, *self.arguments]
+        env = task_environment({**self._env, TOKEN_ENV: self.token})
+        try:
+            handle = await self._launcher.spawn(argv, cwd=self.bundle_dir, env=env)
+        except AgataError as exc:
+            self._transition(_Event.SPAWN_FAILED, str(exc))
+            raise
+        except asyncio.CancelledError:
+            self._transition(_Event.SPAWN_FAILED, "start was cancelled")
+            raise
+        self._handle = handle
+        self._readers = [
+            asyncio.create_task(self._read(handle.stdout, Stream.STDOUT)),
+            asyncio.create_task(self._read(handle.stderr, Stream.STDERR)),
+        ]
+        self._dispatcher = asyncio.create_task(self._dispatch())
+        self._supervisor = asyncio.create_task(self._supervise(handle))
+        self._transition(_Event.SPAWNED)
+
+    def request_stop(self) -> None:
+        """Ask for the process (and its running trigger scripts) to be stopped; returns
+        at once. Safe to call from the message callback and in any state."""
+        self._transition(_Event.STOP)
+        for trigger in list(self._triggers):
+            trigger.cancel()
+
+    async def stop(self, grace: float | None = None) -> TaskOutcome:
+        """Stop the process group — SIGTERM, then SIGKILL after ``grace`` seconds (the
+        constructor's ``grace`` by default) — and return the outcome. Ends STOPPED unless
+        the task had already finished or failed."""
+        current = asyncio.current_task()
+        if current is not None and (current is self._dispatcher or current in self._readers):
+            raise AgataError(
+                ErrorCode.CONFLICT,
+                "stop() awaited from the message callback would wait for itself; "
+                "use request_stop()",
+            )
+        if grace is not None:
+            self._grace = grace
+        self.request_stop()
+        outcome = await self.wait()
+        if self._triggers:
+            await asyncio.gather(*self._triggers, return_exceptions=True)
+        return outcome
+
+    async def wait(self) -> TaskOutcome:
+        """Wait for the terminal state and return the outcome (cancellable)."""
+        await self._done.wait()
+        assert self._outcome is not None
+        return self._outcome
+
+    async def wait_triggers(self) -> None:
+        """Wait until no trigger script runs (they may outlive the main process)."""
+        while self._triggers:
+            await asyncio.gather(*self._triggers, return_exceptions=True)
+
+    # -- the state machine --------------------------------------------------------------
+
+    def _transition(self, event: _Event, detail: str = "") -> None:
+        """The one place where the state changes."""
+        state = self._state
+        if state is TaskState.STARTING:
+            if event is _Event.SPAWNED:
+                # STARTING -> RUNNING
+                self._set_state(TaskState.RUNNING, event)
+                if self._stop_requested:
+                    self._transition(_Event.STOP)
+            elif event is _Event.SPAWN_FAILED:
+                # STARTING -> FAILED: the process never ran
+                self._end(TaskState.FAILED, detail, event)
+            elif event is _Event.STOP and self._spawning:
+                # STARTING -> STARTING: stop as soon as the process exists
+                self._stop_requested = True
+            elif event is _Event.STOP:
+                # STARTING -> STOPPED: stopped before start() was called
+                self._end(TaskState.STOPPED, "stopped before it started", event)
+            else:  # FINISHED, ERROR, EXITED cannot precede SPAWNED
+                raise AgataError(ErrorCode.INTERNAL, f"{event.value} while {state}")
+        elif state is TaskState.RUNNING:
+            if event is _Event.FINISHED:
+                # RUNNING -> STOPPING: let it exit by itself, then end it; ends FINISHED
+                self._begin_stopping(TaskState.FINISHED, "reported Finished", event)
+            elif event is _Event.ERROR:
+                # RUNNING -> STOPPING: end it now; ends FAILED
+                self._begin_stopping(TaskState.FAILED, detail, event)
+            elif event is _Event.STOP:
+                # RUNNING -> STOPPING: the owner ends it; ends STOPPED
+                self._begin_stopping(TaskState.STOPPED, "stopped by owner", event)
+            elif event is _Event.EXITED:
+                # RUNNING -> FINISHED | FAILED: exited by itself without "Finished"
+                code = self._exit_code if self._exit_code is not None else -1
+                if code == 0 and not self._require_finished:
+                    self._end(TaskState.FINISHED, "exited with code 0", event)
+                else:
+                    self._end(TaskState.FAILED, _exit_reason(code), event)
+            else:
+                raise AgataError(ErrorCode.INTERNAL, f"{event.value} while {state}")
+        elif state is TaskState.STOPPING:
+            if event is _Event.STOP and self._terminator_patient:
+                # STOPPING -> STOPPING: the owner will not wait for a voluntary exit
+                self._terminate(patience=0.0)
+            elif event is _Event.EXITED:
+                # STOPPING -> FINISHED | FAILED | STOPPED: the cause decided which
+                assert self._ending is not None
+                self._end(self._ending, self._reason, event)
+            else:
+                # STOPPING -> STOPPING: the first cause wins
+                logger.debug("%s: %s ignored while stopping", self.name, event.value)
+        else:
+            # FINISHED | FAILED | STOPPED: terminal, nothing changes
+            logger.debug("%s: %s ignored, already %s", self.name, event.value, state)
+
+    def _set_state(self, state: TaskState, event: _Event) -> None:
+        logger.info("%s: %s -> %s (%s)", self.name, self._state, state, event.value)
+        self._state = state
+
+    def _begin_stopping(self, ending: TaskState, reason: str, event: _Event) -> None:
+        self._ending = ending
+        self._reason = reason
+        self._set_state(TaskState.STOPPING, event)
+        self._terminate(patience=self._finish_grace if ending is TaskState.FINISHED else 0.0)
+
+    def _end(self, state: TaskState, reason: str, event: _Event) -> None:
+        self._set_state(state, event)
+        self._outcome = TaskOutcome(state, reason, self._exit_code)
+        if state is not TaskState.FINISHED:
+            logger.info("%s: %s", self.name, reason)
+        self._done.set()
+
+    # -- stopping -----------------------------------------------------------------------
+
+    def _terminate(self, patience: float) -> None:
+        """(Re)start ending the group: wait ``patience`` s, SIGTERM, SIGKILL after grace."""
+        if self._terminator is not None:
+            self._terminator.cancel()
+        self._terminator_patient = patience > 0
+        self._terminator = asyncio.create_task(self._terminate_group(patience))
+
+    async def _terminate_group(self, patience: float) -> None:
+        assert self._handle is not None
+        if patience > 0 and await self._exits_within(patience):
+            return
+        self._terminator_patient = False
+        logger.info("%s: SIGTERM to process group %d", self.name, self._handle.pgid)
+        self._handle.signal_group(signal.SIGTERM)
+        if await self._exits_within(self._grace):
+            return
+        logger.warning("%s: still running %.1f s after SIGTERM; SIGKILL", self.name, self._grace)
+        self._handle.signal_group(signal.SIGKILL)
+
+    async def _exits_within(self, seconds: float) -> bool:
+        try:
+            async with asyncio.timeout(seconds):
+                await self._exited.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    # -- watching -----------------------------------------------------------------------
+
+    async def _supervise(self, handle: ProcessHandle) -> None:
+        """Wait for the exit, clean the group, drain the output, then decide."""
+        try:
+            self._exit_code = await handle.wait()
+        finally:
+            self._exited.set()
+            # The main process is gone: nothing else of its group may stay behind.
+            handle.signal_group(signal.SIGKILL)
+        await self._drain_readers()
+        self._accepting = False
+        await self._queue.put(None)
+        if self._dispatcher is not None:
+            await self._dispatcher
+        if self._terminator is not None:
+            self._terminator.cancel()
+        self._transition(_Event.EXITED)
+
+    async def _drain_readers(self) -> None:
+        """Read what is left; give up on pipes held open by a process outside the group."""
+        pending: set[asyncio.Task[None]] = set(self._readers)
+        progress = self._bytes_read
+        while pending:
+            _, pending = await asyncio.wait(pending, timeout=self._drain_timeout)
+            stuck = self._bytes_read == progress and self._reads_waiting == len(pending)
+            if pending and stuck:
+                logger.warning(
+                    "%s: output still held open by a process outside its group; "
+                    "not reading it further",
+                    self.name,
+                )
+                for reader in pending:
+                    reader.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
+                return
+            progress = self._bytes_read
+
+    async def _read(self, reader: ByteReader, stream: Stream) -> None:
+        """Split a pipe into lines of at most MAX_LINE_CHARS bytes, in constant memory."""
+        line = bytearray()
+        truncated = False
+        try:
+            while True:
+                self._reads_waiting += 1
+                try:
+                    chunk = await reader.read(_CHUNK)
+                finally:
+                    self._reads_waiting -= 1
+                if not chunk:
+                    break
+                self._bytes_read += len(chunk)
+                start = 0
+                while True:
+                    newline = chunk.find(b"\n", start)
+                    end = len(chunk) if newline < 0 else newline
+                    if not truncated:
+                        room = MAX_LINE_CHARS - len(line)
+                        truncated = end - start > room
+                        line += chunk[start : start + min(room, end - start)]
+                    if newline < 0:
+                        break
+                    await self._queue.put(self._line(line, truncated, stream))
+                    line.clear()
+                    truncated = False
+                    start = newline + 1
+            if line or truncated:
+                await self._queue.put(self._line(line, truncated, stream))
+        except (OSError, ValueError):  # a broken pipe ends this stream, not the task
+            logger.exception("%s: reading %s failed", self.name, stream)
+
+    @staticmethod
+    def _line(raw: bytearray, truncated: bool, stream: Stream) -> TaskMessage:
+        return parse_line(raw.decode("utf-8", errors="replace"), stream, truncated=truncated)
+
+    async def _dispatch(self) -> None:
+        """Apply and deliver messages one at a time, in the order they were read."""
+        while True:
+            message = await self._queue.get()
+            if message is None:
+                return
+            self._apply(message)
+            await self._deliver(message)
+            while self._notes:
+                await self._deliver(self._notes.pop(0))
+
+    def _apply(self, message: TaskMessage) -> None:
+        if isinstance(message, LogLine | Print):
+            self._tail.append(message)
+        elif isinstance(message, Info) and message.is_finished:
+            self._transition(_Event.FINISHED)
+        elif isinstance(message, Error):
+            self._transition(_Event.ERROR, message.exception)
+        elif isinstance(message, Trigger):
+            self._start_trigger(message)
+
+    async def _deliver(self, message: TaskMessage) -> None:
+        if self._on_message is None:
+            return
+        try:
+            await self._on_message(message)
+        except Exception:
+            logger.exception("%s: the message callback failed on %r", self.name, message)
+
+    def _note(self, text: str) -> LogLine:
+        logger.warning("%s: %s", self.name, text)
+        note = LogLine(Stream.SUPERVISOR, text)
+        self._tail.append(note)
+        return note
+
+    # -- triggers -----------------------------------------------------------------------
+
+    def _start_trigger(self, message: Trigger) -> None:
+        name = message.trigger_name
+        problem = self._trigger_problem(name)
+        if problem:
+            self._notes.append(self._note(f"trigger {name!r} refused: {problem}"))
+            return
+        child = TaskProcess(
+            self.bundle_dir,
+            f"{name}.py",
+            message.arguments,
+            on_message=self._trigger_output(name),
+            launcher=self._launcher,
+            python=self._python,
+            env=self._env,
+            require_finished=False,
+            grace=self._grace,
+            drain_timeout=self._drain_timeout,
+            tail_lines=20,
+            max_triggers=0,
+            name=f"{self.name}:trigger {name}",
+        )
+        task = asyncio.create_task(self._run_trigger(child, name))
+        self._triggers.add(task)
+        task.add_done_callback(self._triggers.discard)
+
+    def _trigger_problem(self, name: str) -> str | None:
+        if not _IDENTIFIER.match(name):
+            return "not a plain name"
+        if self._max_triggers <= 0:
+            return "triggers are not run here"
+        if len(self._triggers) >= self._max_triggers:
+            return f"{self._max_triggers} triggers already running"
+        if self._state is not TaskState.RUNNING:
+            return f"the task is {self._state}"
+        bundle = self.bundle_dir.resolve()
+        script = (bundle / f"{name}.py").resolve()
+        if not script.is_relative_to(bundle):
+            return "its file lies outside the bundle"
+        if not script.is_file():
+            return f"no {name}.py in the bundle"
+        return None
+
+    def _trigger_output(self, name: str) -> MessageCallback:
+        async def log_output(message: TaskMessage) -> None:
+            if isinstance(message, LogLine):
+                logger.info("%s: trigger %s: %s", self.name, name, message.text)
+            elif isinstance(message, Print):
+                logger.info("%s: trigger %s: %s", self.name, name, message.message)
+
+        return log_output
+
+    async def _run_trigger(self, child: TaskProcess, name: str) -> None:
+        try:
+            await child.start()
+        except AgataError as exc:
+            await self._queue_note(f"trigger {name} could not start: {exc}")
+            return
+        try:
+            async with asyncio.timeout(self._trigger_timeout):
+                outcome = await child.wait()
+        except TimeoutError:
+            outcome = await child.stop()
+        except asyncio.CancelledError:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(child.stop())
+            raise
+        text = f"trigger {name} {outcome.state}: {outcome.reason}"
+        if outcome.ok:
+            logger.info("%s: %s", self.name, text)
+        else:
+            await self._queue_note(text)
+
+    async def _queue_note(self, text: str) -> None:
+        note = self._note(text)
+        if self._accepting:
+            await self._queue.put(note)
