@@ -1,0 +1,72 @@
+"""Session fixtures for the real services that some tests need.
+
+``scripts/test.sh`` starts a private RabbitMQ and PostgreSQL (``scripts/services.sh``)
+and exports their URLs; these fixtures hand them to tests:
+
+- ``amqp_url``      ``AGATA_TEST_AMQP_URL``  e.g. ``amqp://agata:agata@127.0.0.1:24545/``
+- ``pg_url``        ``AGATA_TEST_PG_URL``    e.g. ``postgresql://agata@127.0.0.1:29985/postgres``
+- ``chromium_path`` ``AGATA_TEST_CHROMIUM``  e.g. ``/usr/bin/chromium``
+
+When a variable is unset the test is skipped, with the reason, so a bare ``pytest`` on a
+laptop still runs everything else. Under CI (``CI=true``) or with
+``AGATA_REQUIRE_SERVICES=1`` (which ``scripts/test.sh`` sets) a missing service FAILS the
+test instead: CI must never pass by silently skipping the real-broker tests.
+
+For a shell of your own: ``eval "$(scripts/services.sh start && scripts/services.sh env)"``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+_TRUE = {"1", "true", "yes", "on"}
+
+
+def services_required() -> bool:
+    """True when a missing test service must fail the test rather than skip it."""
+    return (
+        os.environ.get("CI", "").strip().lower() in _TRUE
+        or os.environ.get("AGATA_REQUIRE_SERVICES", "").strip().lower() in _TRUE
+    )
+
+
+def _unavailable(reason: str) -> None:
+    hint = " (start it with `scripts/services.sh start`, or run `scripts/test.sh`)"
+    if services_required():
+        pytest.fail(
+            f"{reason}{hint}; failing instead of skipping because CI=true or "
+            "AGATA_REQUIRE_SERVICES=1",
+            pytrace=False,
+        )
+    pytest.skip(f"{reason}{hint}")
+
+
+def _service_env(var: str, what: str) -> str:
+    value = os.environ.get(var, "").strip()
+    if not value:
+        _unavailable(f"{var} is not set: no {what} for this test")
+    return value
+
+
+@pytest.fixture(scope="session")
+def amqp_url() -> str:
+    """URL of a RabbitMQ broker for tests (``AGATA_TEST_AMQP_URL``)."""
+    return _service_env("AGATA_TEST_AMQP_URL", "RabbitMQ broker")
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> str:
+    """URL of a PostgreSQL server for tests (``AGATA_TEST_PG_URL``)."""
+    return _service_env("AGATA_TEST_PG_URL", "PostgreSQL server")
+
+
+@pytest.fixture(scope="session")
+def chromium_path() -> str:
+    """Path of a Chromium binary for browser tests (``AGATA_TEST_CHROMIUM``)."""
+    path = _service_env("AGATA_TEST_CHROMIUM", "Chromium")
+    if not (Path(path).is_file() and os.access(path, os.X_OK)):
+        _unavailable(f"AGATA_TEST_CHROMIUM={path} is not an executable file")
+    return path
