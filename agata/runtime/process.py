@@ -23,6 +23,7 @@ import ctypes
 import logging
 import os
 import signal
+import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -47,6 +48,7 @@ TOKEN_ENV = "AGATA_TASK_TOKEN"
 """Environment variable holding a random token that marks every process of one task."""
 
 _PR_SET_PDEATHSIG = 1
+_STREAM_LIMIT = 64 * 1024  # bytes buffered per pipe before the child has to wait
 
 
 class ByteReader(Protocol):
@@ -79,6 +81,9 @@ class ProcessHandle(abc.ABC):
         Returns whether the group still existed. MUST NOT raise when it is gone.
         """
 
+    def close(self) -> None:  # noqa: B027 - optional hook, nothing to do by default
+        """Release the pipes once the process has exited (reading them is abandoned)."""
+
 
 class ProcessLauncher(abc.ABC):
     """Starts processes; the one thing the supervisor needs from the OS."""
@@ -108,17 +113,37 @@ def task_environment(
     return env
 
 
+class _ExitWatchingProtocol(asyncio.subprocess.SubprocessStreamProtocol):
+    """Notices the exit itself: ``Process.wait()`` of Python 3.11 returns only once the
+    pipes are closed too, which a grandchild holding them can delay forever."""
+
+    def __init__(self, limit: int, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(limit=limit, loop=loop)
+        self.exited: asyncio.Future[None] = loop.create_future()
+
+    def process_exited(self) -> None:
+        super().process_exited()
+        if not self.exited.done():
+            self.exited.set_result(None)
+
+
 class _AsyncioHandle(ProcessHandle):
-    def __init__(self, process: asyncio.subprocess.Process) -> None:
-        self._process = process
-        self.pid = process.pid
-        self.pgid = process.pid  # start_new_session: the child leads its own group
-        assert process.stdout is not None and process.stderr is not None
-        self.stdout = process.stdout
-        self.stderr = process.stderr
+    def __init__(
+        self, transport: asyncio.SubprocessTransport, protocol: _ExitWatchingProtocol
+    ) -> None:
+        self._transport = transport
+        self._protocol = protocol
+        self.pid = transport.get_pid()
+        self.pgid = self.pid  # start_new_session: the child leads its own group
+        assert protocol.stdout is not None and protocol.stderr is not None
+        self.stdout = protocol.stdout
+        self.stderr = protocol.stderr
 
     async def wait(self) -> int:
-        return await self._process.wait()
+        await asyncio.shield(self._protocol.exited)
+        code = self._transport.get_returncode()
+        assert code is not None
+        return code
 
     def signal_group(self, sig: int) -> bool:
         try:
@@ -129,6 +154,9 @@ class _AsyncioHandle(ProcessHandle):
             logger.warning("process group %d is no longer ours; not signalled", self.pgid)
             return False
         return True
+
+    def close(self) -> None:
+        self._transport.close()
 
 
 def _pdeathsig_preexec() -> Callable[[], None] | None:
@@ -174,8 +202,10 @@ class AsyncioProcessLauncher(ProcessLauncher):
         if not argv:
             raise AgataError(ErrorCode.INTERNAL, "cannot start a process without a command")
         preexec = _pdeathsig_preexec() if self._pdeathsig else None
+        loop = asyncio.get_running_loop()
         try:
-            process = await asyncio.create_subprocess_exec(
+            transport, protocol = await loop.subprocess_exec(
+                lambda: _ExitWatchingProtocol(_STREAM_LIMIT, loop),
                 *argv,
                 cwd=str(cwd),
                 env=dict(env),
@@ -185,10 +215,11 @@ class AsyncioProcessLauncher(ProcessLauncher):
                 start_new_session=True,
                 preexec_fn=preexec,
             )
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, subprocess.SubprocessError) as exc:
             raise AgataError(ErrorCode.INTERNAL, f"cannot start {argv[0]!r}: {exc}") from exc
-        logger.debug("started pid %d (group %d): %s", process.pid, process.pid, argv)
-        return _AsyncioHandle(process)
+        handle = _AsyncioHandle(transport, protocol)
+        logger.debug("started pid %d (group %d): %s", handle.pid, handle.pgid, argv)
+        return handle
 
 
 def group_members(pgid: int) -> list[int] | None:

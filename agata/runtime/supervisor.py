@@ -443,6 +443,7 @@ class TaskProcess:
             # The main process is gone: nothing else of its group may stay behind.
             handle.signal_group(signal.SIGKILL)
         await self._drain_readers()
+        handle.close()
         self._accepting = False
         await self._queue.put(None)
         if self._dispatcher is not None:

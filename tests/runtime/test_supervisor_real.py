@@ -1,0 +1,389 @@
+"""The same scenarios as test_supervisor_fake, with real Python processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import resource
+import signal
+import sys
+import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agata.runtime.messages import Info, LogLine, Model, Print, Stream, TaskMessage, Trigger
+from agata.runtime.supervisor import TaskOutcome, TaskProcess, TaskState
+
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="process groups, /proc")
+
+
+class Collector:
+    """Keeps messages (or only counts them) and signals when a print arrives."""
+
+    def __init__(self, keep: bool = True) -> None:
+        self.keep = keep
+        self.messages: list[TaskMessage] = []
+        self.count = 0
+        self.printed: asyncio.Queue[str] = asyncio.Queue()
+
+    async def __call__(self, message: TaskMessage) -> None:
+        self.count += 1
+        if self.keep:
+            self.messages.append(message)
+        if isinstance(message, Print):
+            self.printed.put_nowait(message.message)
+
+    async def next_print(self) -> str:
+        return await asyncio.wait_for(self.printed.get(), timeout=10)
+
+
+def write_task(bundle: Path, body: str, name: str = "client.py") -> None:
+    header = "import json, os, signal, subprocess, sys, time\n"
+    header += "from agata.runtime import TaskReporter\n"
+    (bundle / name).write_text(header + textwrap.dedent(body))
+
+
+def task_for(bundle: Path, collector: Collector, **options: Any) -> TaskProcess:
+    settings: dict[str, Any] = {"grace": 1.0, "finish_grace": 1.0}
+    settings.update(options)
+    return TaskProcess.for_side(bundle, "client", bundle / "work", on_message=collector, **settings)
+
+
+def alive(pid: int) -> bool:
+    """Whether pid runs (a zombie waiting for a reaper counts as gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rfind(")") + 2] != "Z"
+
+
+async def until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Poll something outside the code under test (a file, /proc)."""
+    async with asyncio.timeout(timeout):
+        while not predicate():  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+
+
+async def gone(pid: int, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.02)
+    return True
+
+
+async def test_started_model_finished(tmp_path: Path) -> None:
+    write_task(
+        tmp_path,
+        """
+        reporter = TaskReporter()
+        assert sys.argv[1].endswith("work") and os.getcwd() == sys.path[0]
+        assert os.environ["FLWR_TELEMETRY_ENABLED"] == "0"
+        reporter.send_stats(1, 0.5)
+        reporter.send_metrics(2, acc=0.75, loss=0.25, examples=100)
+        reporter.finished()
+        """,
+    )
+    collector = Collector()
+    task = task_for(tmp_path, collector)
+
+    await task.start()
+    outcome = await task.wait()
+
+    assert outcome == TaskOutcome(TaskState.FINISHED, "reported Finished", 0)
+    assert collector.messages == [
+        Info("Started"),
+        Model(1, {"acc": 0.5}),
+        Model(2, {"acc": 0.75, "loss": 0.25, "examples": 100.0}),
+        Info("Finished"),
+    ]
+
+
+async def test_error_message_fails_and_stops_the_task(tmp_path: Path) -> None:
+    write_task(
+        tmp_path,
+        """
+        TaskReporter().send_error(ValueError("no data"))
+        time.sleep(60)
+        """,
+    )
+    task = task_for(tmp_path, Collector())
+
+    await task.start()
+    outcome = await asyncio.wait_for(task.wait(), timeout=10)
+
+    assert outcome == TaskOutcome(TaskState.FAILED, "ValueError: no data", -signal.SIGTERM)
+
+
+async def test_exit_code_without_finished(tmp_path: Path) -> None:
+    write_task(tmp_path, "TaskReporter()\nsys.exit(3)\n")
+    task = task_for(tmp_path, Collector())
+
+    await task.start()
+    outcome = await task.wait()
+
+    assert outcome == TaskOutcome(
+        TaskState.FAILED, "exited with code 3 without reporting Finished", 3
+    )
+
+
+async def test_a_python_exception_leaves_its_traceback_in_the_tail(tmp_path: Path) -> None:
+    write_task(tmp_path, "raise RuntimeError('dataset missing')\n")
+    task = task_for(tmp_path, Collector())
+
+    await task.start()
+    outcome = await task.wait()
+
+    assert outcome.exit_code == 1
+    assert task.tail()[-1] == LogLine(Stream.STDERR, "RuntimeError: dataset missing")
+
+
+async def test_killed_from_outside(tmp_path: Path) -> None:
+    write_task(tmp_path, "TaskReporter().send_print('ready')\ntime.sleep(60)\n")
+    collector = Collector()
+    task = task_for(tmp_path, collector)
+    await task.start()
+    await collector.next_print()
+    assert task.pid is not None
+
+    os.kill(task.pid, signal.SIGKILL)
+    outcome = await asyncio.wait_for(task.wait(), timeout=10)
+
+    assert outcome == TaskOutcome(TaskState.FAILED, "killed by signal SIGKILL", -9)
+
+
+async def test_stderr_only_output_does_not_deadlock(tmp_path: Path) -> None:
+    write_task(
+        tmp_path,
+        """
+        line = "e" * 99 + "\\n"
+        for _ in range(50_000):  # 5 MB
+            sys.stderr.write(line)
+        sys.stderr.flush()
+        TaskReporter(announce=False).finished()
+        """,
+    )
+    collector = Collector(keep=False)
+    task = task_for(tmp_path, collector, tail_lines=10)
+
+    await task.start()
+    outcome = await asyncio.wait_for(task.wait(), timeout=20)
+
+    assert outcome.state is TaskState.FINISHED
+    assert collector.count == 50_001
+    assert task.tail() == [LogLine(Stream.STDERR, "e" * 99)] * 10
+
+
+async def test_stdout_flood_keeps_memory_bounded(tmp_path: Path) -> None:
+    write_task(
+        tmp_path,
+        """
+        out = sys.stdout
+        line = "o" * 99 + "\\n"
+        block = line * 1000
+        for _ in range(200):  # 20 MB
+            out.write(block)
+        out.write("no newline at the end, and long: " + "x" * 1_000_000)
+        """,
+    )
+    collector = Collector(keep=False)
+    task = task_for(tmp_path, collector, tail_lines=50)
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB
+    started = time.monotonic()
+
+    await task.start()
+    outcome = await asyncio.wait_for(task.wait(), timeout=25)
+
+    assert time.monotonic() - started < 20
+    assert outcome.exit_code == 0
+    assert collector.count == 200_001
+    tail = task.tail()
+    assert len(tail) == 50
+    assert isinstance(tail[-1], LogLine) and len(tail[-1].text) < 17 * 1024
+    grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024
+    assert grown_mib < 15
+
+
+async def test_sigterm_ignored_escalates_to_sigkill(tmp_path: Path) -> None:
+    write_task(
+        tmp_path,
+        """
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        TaskReporter().send_print("ready")
+        time.sleep(60)
+        """,
+    )
+    collector = Collector()
+    task = task_for(tmp_path, collector)
+    await task.start()
+    await collector.next_print()
+    started = time.monotonic()
+
+    outcome = await task.stop(grace=0.3)
+
+    assert outcome == TaskOutcome(TaskState.STOPPED, "stopped by owner", -signal.SIGKILL)
+    assert 0.3 <= time.monotonic() - started < 5
+
+
+GRANDCHILD = """
+reporter = TaskReporter()
+child = subprocess.Popen(["sleep", "1000"])
+reporter.send_print(str(child.pid))
+if sys.argv[2:] == ["finish"]:
+    reporter.finished()
+    sys.exit(0)
+time.sleep(60)
+"""
+
+
+async def test_grandchild_is_gone_after_stop(tmp_path: Path) -> None:
+    write_task(tmp_path, GRANDCHILD)
+    collector = Collector()
+    task = task_for(tmp_path, collector)
+    await task.start()
+    grandchild = int(await collector.next_print())
+    assert alive(grandchild)
+
+    outcome = await task.stop()
+
+    assert outcome.state is TaskState.STOPPED
+    assert await gone(grandchild)
+
+
+async def test_grandchild_is_gone_after_normal_exit(tmp_path: Path) -> None:
+    write_task(tmp_path, GRANDCHILD)
+    collector = Collector()
+    task = TaskProcess.for_side(
+        tmp_path, "client", "work", ["finish"], on_message=collector, drain_timeout=1.0
+    )
+    await task.start()
+    grandchild = int(await collector.next_print())
+
+    outcome = await asyncio.wait_for(task.wait(), timeout=10)
+
+    assert outcome == TaskOutcome(TaskState.FINISHED, "reported Finished", 0)
+    assert await gone(grandchild)
+
+
+async def test_invalid_json_lines_and_original_string_numbers(tmp_path: Path) -> None:
+    write_task(
+        tmp_path,
+        """
+        print("{not json")
+        print('{"type": "model"}')
+        print('{"type": "model", "round": "abc", "acc": "0.1"}')
+        print('{"type": "surprise"}')
+        print(json.dumps({"type": "model", "round": "1", "acc": "0.5"}))  # as the original
+        print(json.dumps({"type": "info", "info": "Finished"}))
+        """,
+    )
+    collector = Collector()
+    task = task_for(tmp_path, collector)
+
+    await task.start()
+    outcome = await task.wait()
+
+    assert outcome.state is TaskState.FINISHED
+    assert collector.messages == [
+        LogLine(Stream.STDOUT, "{not json"),
+        LogLine(Stream.STDOUT, '{"type": "model"}'),
+        LogLine(Stream.STDOUT, '{"type": "model", "round": "abc", "acc": "0.1"}'),
+        LogLine(Stream.STDOUT, '{"type": "surprise"}'),
+        Model(1, {"acc": 0.5}),
+        Info("Finished"),
+    ]
+
+
+async def test_trigger_runs_its_script(tmp_path: Path) -> None:
+    (tmp_path / "on_round.py").write_text(
+        "import sys, pathlib\npathlib.Path('triggered.txt').write_text(repr(sys.argv[1:]))\n"
+    )
+    write_task(
+        tmp_path,
+        """
+        reporter = TaskReporter()
+        reporter.trigger("on_round", "--round 1")
+        reporter.trigger("../escape")
+        reporter.finished()
+        """,
+    )
+    collector = Collector()
+    task = task_for(tmp_path, collector)
+
+    await task.start()
+    await task.wait()
+    await asyncio.wait_for(task.wait_triggers(), timeout=10)
+
+    assert (tmp_path / "triggered.txt").read_text() == "['--round', '1']"
+    assert Trigger("on_round", ("--round", "1")) in collector.messages
+    assert (
+        LogLine(Stream.SUPERVISOR, "trigger '../escape' refused: not a plain name")
+        in collector.messages
+    )
+
+
+SUPERVISOR = """
+import asyncio, sys
+from agata.runtime import TaskProcess
+
+async def main() -> None:
+    task = TaskProcess.for_side(sys.argv[1], "client", "work")
+    await task.start()
+    print(task.pid, flush=True)
+    await asyncio.sleep(60)
+
+asyncio.run(main())
+"""
+
+
+async def test_task_dies_with_a_killed_supervisor(tmp_path: Path) -> None:
+    # The task writes nothing once the supervisor may be dead (a write to the broken
+    # pipe would end it anyway); it only leaves a file when it is ready.
+    write_task(tmp_path, "open('ready', 'w').close()\ntime.sleep(60)\n")
+    supervisor = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", SUPERVISOR, str(tmp_path), stdout=asyncio.subprocess.PIPE
+    )
+    assert supervisor.stdout is not None
+    try:
+        task_pid = int(await asyncio.wait_for(supervisor.stdout.readline(), 10))
+        await until((tmp_path / "ready").exists)
+        assert alive(task_pid)
+
+        supervisor.kill()  # SIGKILL: no chance to clean up
+        await supervisor.wait()
+
+        assert await gone(task_pid)
+    finally:
+        if supervisor.returncode is None:
+            supervisor.kill()
+            await supervisor.wait()
+
+
+async def test_a_grandchild_escaping_the_group_does_not_hang_supervision(
+    tmp_path: Path,
+) -> None:
+    write_task(
+        tmp_path,
+        """
+        reporter = TaskReporter()
+        child = subprocess.Popen(["sleep", "1000"], start_new_session=True)  # own group
+        reporter.send_print(str(child.pid))
+        reporter.finished()
+        """,
+    )
+    collector = Collector()
+    task = task_for(tmp_path, collector, drain_timeout=0.3)
+    await task.start()
+    escaped = int(await collector.next_print())
+    try:
+        outcome = await asyncio.wait_for(task.wait(), timeout=5)
+
+        assert outcome == TaskOutcome(TaskState.FINISHED, "reported Finished", 0)
+    finally:
+        os.kill(escaped, signal.SIGKILL)
