@@ -1,0 +1,607 @@
+"""The bundle store: each task's files on disk, in ``<root>/task_<task_id>/``.
+
+A bundle is a flat folder of regular files (``server.py``, ``client.py``, modules,
+data, trigger scripts). The store is the only code that touches these folders; it
+guarantees:
+
+- Names are plain, portable file names (:func:`validate_file_name`): no separators,
+  no ``.``/``..``, no control or invisible characters, no lookalikes of ``/``, ``\\``
+  or ``.``; task ids match ``[A-Za-z0-9_-]{1,64}`` (:func:`validate_task_id`).
+- Writes are all-or-nothing with respect to validation: every name and size is
+  checked before anything reaches the bundle folder. Content is streamed into a
+  staging folder inside the root (same file system), hashed (SHA-256) and fsynced,
+  then each file is moved into place with ``rename`` (atomic: a reader sees the old
+  file or the new one, never a torn one). Same-named files are replaced, others kept.
+- Symbolic links are never followed: the bundle folder is opened with
+  ``O_DIRECTORY | O_NOFOLLOW`` and every file operation is relative to that
+  descriptor with ``O_NOFOLLOW``/``lstat`` semantics. A symlink (or any non-regular
+  file) where a bundle file should be is refused, not written through.
+- Limits: ``max_file_bytes`` per file, ``max_bundle_bytes`` for the whole bundle
+  after the write, ``max_files`` in the bundle after the write; exceeding any of them
+  raises ``TOO_LARGE`` and writes nothing. Zip uploads are checked on the
+  *uncompressed* bytes as they are read, so a zip bomb is stopped at the limit.
+
+Writers of one task are serialised within a process by a per-task lock; deployments
+with several cloud replicas should route bundle writes of a task to one of them (or
+share nothing but the read path). Needs POSIX ``*at`` system calls (``dir_fd``).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import io
+import logging
+import os
+import re
+import shutil
+import stat
+import tempfile
+import threading
+import time
+import unicodedata
+import zipfile
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, BinaryIO, Final
+
+from agata.errors import AgataError, ErrorCode, invalid, not_found
+
+logger = logging.getLogger(__name__)
+
+SERVER_ENTRYPOINT: Final = "server.py"
+CLIENT_ENTRYPOINT: Final = "client.py"
+MAX_NAME_BYTES: Final = 255
+"""Longest file name, in UTF-8 bytes (the usual file-system limit)."""
+
+_CHUNK: Final = 1 << 20
+_TASK_ID: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_SEPARATORS: Final = frozenset("/\\")
+_NOT_PORTABLE: Final = frozenset('<>:"|?*')  # reserved on Windows, ':' on classic macOS
+# Characters that look like '/', '\\' or '.' but are not (NFKC maps some of them, not all).
+_LOOKALIKES: Final = frozenset(
+    "\u2044\u2215\u2216\u2571\u2572\u27cb\u27cd\u29f5\u29f8\u29f9\u0337\u0338"
+    "\uff0f\uff3c\ufe68\u3002\uff61\u2024\u2025\u2026\ufe52\uff0e\u2e31\u2e33"
+)
+_STALE_STAGING_SECONDS: Final = 3600
+_DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_READ_FLAGS: Final = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_CREATE_FLAGS: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+# What reading a (zip member) stream may raise when the upload itself is bad.
+_BAD_STREAM_ERRORS: Final = (
+    zipfile.BadZipFile,
+    zlib.error,
+    EOFError,
+    NotImplementedError,
+    ValueError,
+    RuntimeError,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class BundleFile:
+    """One file of a bundle: its name, size in bytes and SHA-256 (hex)."""
+
+    name: str
+    size: int
+    sha256: str
+
+
+def too_large(message: str) -> AgataError:
+    return AgataError(ErrorCode.TOO_LARGE, message)
+
+
+def validate_task_id(task_id: str) -> str:
+    """Return ``task_id`` if it matches ``[A-Za-z0-9_-]{1,64}``; else INVALID_ARGUMENT."""
+    if not isinstance(task_id, str) or not _TASK_ID.fullmatch(task_id):
+        shown = ascii(task_id[:80]) if isinstance(task_id, str) else type(task_id).__name__
+        raise invalid(f"task id {shown} is not valid: use 1 to 64 letters, digits, '_' or '-'")
+    return task_id
+
+
+def validate_file_name(name: str) -> str:
+    """Return ``name`` in NFC form if it is a safe, plain file name; else INVALID_ARGUMENT.
+
+    Refused: empty names, ``.`` and ``..``, ``/`` and ``\\``, control, format
+    (e.g. right-to-left override U+202E), private-use and unassigned characters,
+    spaces other than U+0020, leading or trailing whitespace, a trailing ``.``,
+    characters reserved on Windows (``<>:"|?*``), characters that look like or
+    normalise (NFKC) to ``/``, ``\\``, ``.`` or any of the above, and names longer
+    than 255 bytes in UTF-8. Everything else printable is allowed.
+    """
+    if not isinstance(name, str):
+        raise invalid("a file name must be a string")
+    if not name:
+        raise invalid("a file name must not be empty")
+    shown = ascii(name[:80])
+    for ch in name:
+        if unicodedata.category(ch) == "Cs":
+            raise invalid(f"file name {shown} is not valid Unicode (lone surrogate)")
+    nfc = unicodedata.normalize("NFC", name)
+    if nfc in (".", ".."):
+        raise invalid(f"file name {shown} is not allowed: it names a folder")
+    if len(nfc.encode("utf-8")) > MAX_NAME_BYTES:
+        raise invalid(f"file name {shown}... is longer than {MAX_NAME_BYTES} bytes")
+    _check_characters(nfc, shown)
+    if nfc != nfc.strip():
+        raise invalid(f"file name {shown} starts or ends with whitespace")
+    if nfc.endswith("."):
+        raise invalid(f"file name {shown} ends with '.'")
+    nfkc = unicodedata.normalize("NFKC", nfc)
+    if nfkc != nfc:
+        for ch in nfkc:
+            if ch in _SEPARATORS or ch in _NOT_PORTABLE or ch in _LOOKALIKES or ch == ".":
+                if nfkc.count(ch) != nfc.count(ch):
+                    raise invalid(f"file name {shown} contains a character that looks like {ch!a}")
+            if unicodedata.category(ch)[0] == "C":
+                raise invalid(f"file name {shown} normalises to a control character")
+    return nfc
+
+
+def _check_characters(name: str, shown: str) -> None:
+    for ch in name:
+        category = unicodedata.category(ch)
+        if category[0] == "C" or category in ("Zl", "Zp"):
+            raise invalid(
+                f"file name {shown} contains a control or invisible character U+{ord(ch):04X}"
+            )
+        if ch in _SEPARATORS:
+            raise invalid(f"file name {shown} must be a plain name, without '/' or '\\'")
+        if ch in _NOT_PORTABLE:
+            raise invalid(f"file name {shown} contains {ch!r}, which is not portable")
+        if category == "Zs" and ch != " ":
+            raise invalid(f"file name {shown} contains an unusual space U+{ord(ch):04X}")
+        if ch in _LOOKALIKES:
+            raise invalid(
+                f"file name {shown} contains U+{ord(ch):04X}, which looks like '/', '\\' or '.'"
+            )
+
+
+@dataclass(slots=True)
+class _Incoming:
+    """A file about to be written: its (validated) name, size if known, and content."""
+
+    name: str
+    declared_size: int | None
+    open: Callable[[], IO[bytes]]
+    owned: bool = True  # close the stream once read (False: the caller's stream)
+
+
+class BundleStore:
+    """Task bundles on disk under ``root`` (see the module docstring for guarantees)."""
+
+    def __init__(
+        self,
+        root: Path,
+        max_file_bytes: int = 64 * 1024 * 1024,
+        max_bundle_bytes: int = 256 * 1024 * 1024,
+        max_files: int = 256,
+    ) -> None:
+        for label, value in (
+            ("max_file_bytes", max_file_bytes),
+            ("max_bundle_bytes", max_bundle_bytes),
+            ("max_files", max_files),
+        ):
+            if not isinstance(value, int) or value < 1:
+                raise invalid(f"{label} must be a positive integer")
+        self.root = Path(root).resolve()
+        self.max_file_bytes = max_file_bytes
+        self.max_bundle_bytes = max_bundle_bytes
+        self.max_files = max_files
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._staging = self.root / ".staging"
+        self._staging.mkdir(mode=0o700, exist_ok=True)
+        if not stat.S_ISDIR(os.lstat(self._staging).st_mode):
+            raise invalid(f"{self._staging} must be a folder, not a link or a file")
+        self._clean_stale_staging()
+        self._guard = threading.Lock()
+        self._locks: dict[str, threading.Lock] = {}
+        # (task_id, name) -> (identity of the file as stat'ed, sha256)
+        self._digests: dict[tuple[str, str], tuple[tuple[int, int, int, int], str]] = {}
+
+    # --- paths and locks ----------------------------------------------------------
+
+    def task_dir(self, task_id: str) -> Path:
+        """The bundle folder of a task: ``root / f"task_{task_id}"``."""
+        return self.root / f"task_{validate_task_id(task_id)}"
+
+    def _lock(self, task_id: str) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault(task_id, threading.Lock())
+
+    @contextmanager
+    def _open_dir(self, task_id: str, *, create: bool = False) -> Iterator[int | None]:
+        """A descriptor of the task's folder (never through a symlink); None if absent."""
+        path = self.task_dir(task_id)
+        if create:
+            try:
+                os.mkdir(path, 0o755)
+            except FileExistsError:
+                pass
+        try:
+            fd = os.open(path, _DIR_FLAGS)
+        except FileNotFoundError:
+            yield None
+            return
+        except OSError:  # ELOOP (a symlink) or ENOTDIR (a file)
+            raise invalid(
+                f"the bundle folder of task {task_id} is not a real folder; refusing to use it"
+            ) from None
+        try:
+            yield fd
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def _scan(dir_fd: int | None) -> dict[str, os.stat_result]:
+        """Every entry of a folder, stat'ed without following links."""
+        if dir_fd is None:
+            return {}
+        entries = {}
+        for name in os.listdir(dir_fd):
+            try:
+                entries[name] = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+        return entries
+
+    # --- reading --------------------------------------------------------------------
+
+    def list_files(self, task_id: str) -> list[BundleFile]:
+        """The bundle's regular files, sorted by name; empty if the task has no bundle."""
+        with self._open_dir(task_id) as dir_fd:
+            if dir_fd is None:
+                return []
+            files = []
+            for name, info in sorted(self._scan(dir_fd).items()):
+                if not self._is_bundle_file(task_id, name, info):
+                    continue
+                digest = self._digest(task_id, dir_fd, name, info)
+                if digest is not None:
+                    files.append(BundleFile(name, info.st_size, digest))
+            return files
+
+    def open_file(self, task_id: str, name: str) -> BinaryIO:
+        """Open one bundle file for reading (a regular file, never through a link)."""
+        name = validate_file_name(name)
+        with self._open_dir(task_id) as dir_fd:
+            if dir_fd is None:
+                raise not_found(f"task {task_id} has no bundle")
+            try:
+                fd = os.open(name, _READ_FLAGS, dir_fd=dir_fd)
+            except FileNotFoundError:
+                raise not_found(f"task {task_id} has no file {name!r}") from None
+            except OSError:  # ELOOP: a symlink
+                raise invalid(f"{name!r} of task {task_id} is not a regular file") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise invalid(f"{name!r} of task {task_id} is not a regular file")
+        return open(fd, "rb")  # the caller owns (and closes) the file
+
+    def has_entrypoints(self, task_id: str) -> tuple[bool, bool]:
+        """Whether the bundle holds ``server.py`` and ``client.py`` (as regular files)."""
+        with self._open_dir(task_id) as dir_fd:
+            if dir_fd is None:
+                return (False, False)
+            found = []
+            for name in (SERVER_ENTRYPOINT, CLIENT_ENTRYPOINT):
+                try:
+                    info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+                except FileNotFoundError:
+                    found.append(False)
+                else:
+                    found.append(stat.S_ISREG(info.st_mode))
+            return (found[0], found[1])
+
+    def archive(self, task_id: str) -> bytes:
+        """The whole bundle as a zip (flat, deflated); an empty zip if there is none."""
+        validate_task_id(task_id)
+        buffer = io.BytesIO()
+        with (
+            self._lock(task_id),
+            zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive,
+            self._open_dir(task_id) as dir_fd,
+        ):
+            for name, info in sorted(self._scan(dir_fd).items()):
+                if dir_fd is None or not self._is_bundle_file(task_id, name, info):
+                    continue
+                try:
+                    fd = os.open(name, _READ_FLAGS, dir_fd=dir_fd)
+                except OSError:
+                    continue  # vanished or replaced by a link since the scan
+                with open(fd, "rb") as source:
+                    current = os.fstat(fd)
+                    if not stat.S_ISREG(current.st_mode):
+                        continue
+                    member = zipfile.ZipInfo(name, _zip_time(current.st_mtime))
+                    member.compress_type = zipfile.ZIP_DEFLATED
+                    member.external_attr = (stat.S_IFREG | 0o644) << 16
+                    large = current.st_size >= zipfile.ZIP64_LIMIT
+                    with archive.open(member, "w", force_zip64=large) as target:
+                        shutil.copyfileobj(source, target, _CHUNK)
+        return buffer.getvalue()
+
+    # --- writing --------------------------------------------------------------------
+
+    def write_files(
+        self, task_id: str, files: Sequence[tuple[str, bytes | BinaryIO]]
+    ) -> list[BundleFile]:
+        """Add or replace files of the bundle; all-or-nothing on validation and limits.
+
+        Each item is ``(name, content)`` where content is bytes or a binary file
+        object read to its end. Returns the written files, in the given order.
+        """
+        validate_task_id(task_id)
+        incoming = []
+        for item in files:
+            if not isinstance(item, tuple) or len(item) != 2:
+                raise invalid("each file must be given as (name, content)")
+            raw_name, content = item
+            name = validate_file_name(raw_name)
+            if isinstance(content, bytes | bytearray | memoryview):
+                data = bytes(content)
+                incoming.append(_Incoming(name, len(data), functools.partial(io.BytesIO, data)))
+            elif callable(getattr(content, "read", None)):
+                incoming.append(_Incoming(name, None, functools.partial(_same, content), False))
+            else:
+                raise invalid(f"the content of {name!r} must be bytes or a binary file")
+        return self._commit(task_id, incoming)
+
+    def extract_archive(self, task_id: str, zip_bytes: bytes) -> list[BundleFile]:
+        """Add or replace files from a zip of plain files (no folders, no links).
+
+        Every member is checked before anything is written; sizes are enforced on the
+        uncompressed bytes while reading. Returns the written files in archive order.
+        """
+        validate_task_id(task_id)
+        if not isinstance(zip_bytes, bytes | bytearray | memoryview):
+            raise invalid("the archive must be bytes")
+        # Compressed data is never much larger than what it holds: headers only.
+        if len(zip_bytes) > self.max_bundle_bytes + self.max_files * 1024 + 65536:
+            raise too_large(
+                f"the archive is larger than the limit of {self.max_bundle_bytes} bytes"
+            )
+        try:
+            archive = zipfile.ZipFile(io.BytesIO(zip_bytes))
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, *_BAD_STREAM_ERRORS, OSError):
+            raise invalid("the upload is not a valid zip archive") from None
+        with archive:
+            members = archive.infolist()
+            if len(members) > self.max_files:
+                raise too_large(
+                    f"the archive holds {len(members)} files; a bundle may hold {self.max_files}"
+                )
+            incoming = [self._member(archive, member) for member in members]
+            return self._commit(task_id, incoming)
+
+    def _member(self, archive: zipfile.ZipFile, member: zipfile.ZipInfo) -> _Incoming:
+        shown = ascii(member.orig_filename[:80])
+        if "\x00" in member.orig_filename:
+            raise invalid(f"archive member {shown} has a NUL byte in its name")
+        if member.is_dir() or member.filename.endswith(("/", "\\")):
+            raise invalid(
+                f"archive member {shown} is a folder; put the files at the top of the archive"
+            )
+        kind = stat.S_IFMT(member.external_attr >> 16)
+        if kind == stat.S_IFLNK:
+            raise invalid(f"archive member {shown} is a symbolic link, which is not allowed")
+        if kind not in (0, stat.S_IFREG):
+            raise invalid(f"archive member {shown} is not a regular file")
+        if member.flag_bits & 0x1:
+            raise invalid(f"archive member {shown} is encrypted, which is not supported")
+        name = validate_file_name(member.filename)
+        return _Incoming(name, member.file_size, lambda: archive.open(member))
+
+    def _commit(self, task_id: str, incoming: list[_Incoming]) -> list[BundleFile]:
+        """Check, stage and move ``incoming`` into the task's bundle folder."""
+        if not incoming:
+            return []
+        names = [item.name for item in incoming]
+        if len(set(names)) != len(names):
+            twice = next(n for n in names if names.count(n) > 1)
+            raise invalid(f"file {twice!r} is given twice")
+        declared = {item.name: item.declared_size or 0 for item in incoming}
+        for name, size in declared.items():
+            self._check_file_size(name, size)
+        with self._lock(task_id), self._open_dir(task_id) as dir_fd:
+            budget = self._check_bundle(task_id, self._scan(dir_fd), declared)
+
+        staging = Path(tempfile.mkdtemp(prefix="upload-", dir=self._staging))
+        try:
+            staging_fd = os.open(staging, _DIR_FLAGS)
+            try:
+                staged = {}
+                for item in incoming:
+                    staged[item.name] = self._stage(staging_fd, item, budget)
+                    budget -= staged[item.name][0]
+                sizes = {name: size for name, (size, _) in staged.items()}
+                with self._lock(task_id):
+                    with self._open_dir(task_id) as dir_fd:
+                        self._check_bundle(task_id, self._scan(dir_fd), sizes)
+                    with self._open_dir(task_id, create=True) as dir_fd:
+                        if dir_fd is None:  # removed between mkdir and open
+                            raise AgataError(ErrorCode.CONFLICT, f"task {task_id} was deleted")
+                        return self._move_into_place(task_id, staging_fd, dir_fd, staged)
+            finally:
+                os.close(staging_fd)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def _check_file_size(self, name: str, size: int) -> None:
+        if size > self.max_file_bytes:
+            raise too_large(
+                f"file {name!r} is larger than the limit of {self.max_file_bytes} bytes"
+            )
+
+    def _check_bundle(
+        self, task_id: str, existing: dict[str, os.stat_result], new_sizes: dict[str, int]
+    ) -> int:
+        """Refuse non-regular targets and limits exceeded; return bytes left for new files."""
+        for name in new_sizes:
+            info = existing.get(name)
+            if info is not None and not stat.S_ISREG(info.st_mode):
+                raise invalid(
+                    f"{name!r} of task {task_id} exists and is not a regular file "
+                    "(a link or a folder); refusing to replace it"
+                )
+        kept = {n: i for n, i in existing.items() if n not in new_sizes and stat.S_ISREG(i.st_mode)}
+        count = len(kept) + len(new_sizes)
+        if count > self.max_files:
+            raise too_large(f"the bundle would hold {count} files; the limit is {self.max_files}")
+        budget = self.max_bundle_bytes - sum(info.st_size for info in kept.values())
+        total = sum(new_sizes.values())
+        if total > budget:
+            raise too_large(
+                f"the bundle would be larger than the limit of {self.max_bundle_bytes} bytes"
+            )
+        return budget
+
+    def _stage(self, staging_fd: int, item: _Incoming, budget: int) -> tuple[int, str]:
+        """Copy one file into the staging folder, enforcing the limits; (size, sha256)."""
+        digest = hashlib.sha256()
+        size = 0
+        fd = os.open(item.name, _CREATE_FLAGS, 0o644, dir_fd=staging_fd)
+        with open(fd, "wb") as target:
+            try:
+                source = item.open()
+            except _BAD_STREAM_ERRORS as exc:
+                raise invalid(f"could not read {item.name!r}: {exc}") from None
+            try:
+                while True:
+                    try:
+                        chunk = source.read(_CHUNK)
+                    except _BAD_STREAM_ERRORS as exc:
+                        raise invalid(f"could not read {item.name!r}: {exc}") from None
+                    if not chunk:
+                        break
+                    if not isinstance(chunk, bytes | bytearray):
+                        raise invalid(f"the content of {item.name!r} must be binary")
+                    size += len(chunk)
+                    self._check_file_size(item.name, size)
+                    if size > budget:
+                        limit = self.max_bundle_bytes
+                        raise too_large(
+                            f"the bundle would be larger than the limit of {limit} bytes"
+                        )
+                    digest.update(chunk)
+                    target.write(chunk)
+            finally:
+                if item.owned:
+                    source.close()
+            target.flush()
+            os.fsync(target.fileno())
+        return size, digest.hexdigest()
+
+    def _move_into_place(
+        self, task_id: str, staging_fd: int, dir_fd: int, staged: dict[str, tuple[int, str]]
+    ) -> list[BundleFile]:
+        written = []
+        for name, (size, sha256) in staged.items():
+            # rename(2) replaces the directory entry itself: it never follows a link
+            os.replace(name, name, src_dir_fd=staging_fd, dst_dir_fd=dir_fd)
+            info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            self._remember(task_id, name, info, sha256)
+            written.append(BundleFile(name, size, sha256))
+        os.fsync(dir_fd)
+        logger.info("bundle of task %s: wrote %d file(s)", task_id, len(written))
+        return written
+
+    # --- deleting -------------------------------------------------------------------
+
+    def delete(self, task_id: str) -> bool:
+        """Remove the task's bundle; False if it had none. Never follows links."""
+        path = self.task_dir(task_id)
+        with self._lock(task_id):
+            try:
+                info = os.lstat(path)
+            except FileNotFoundError:
+                return False
+            self._forget(task_id)
+            if not stat.S_ISDIR(info.st_mode):  # a link or a stray file: remove the entry
+                os.unlink(path)
+                return True
+            trash = Path(tempfile.mkdtemp(prefix="delete-", dir=self._staging))
+            os.replace(path, trash / "bundle")  # the folder disappears at once
+        shutil.rmtree(trash, ignore_errors=True)  # does not follow links inside
+        logger.info("bundle of task %s deleted", task_id)
+        return True
+
+    # --- helpers --------------------------------------------------------------------
+
+    def _is_bundle_file(self, task_id: str, name: str, info: os.stat_result) -> bool:
+        if not stat.S_ISREG(info.st_mode):
+            logger.warning("bundle of task %s: ignoring %r, not a regular file", task_id, name)
+            return False
+        try:
+            valid = validate_file_name(name) == name
+        except AgataError:
+            valid = False
+        if not valid:
+            logger.warning("bundle of task %s: ignoring %r, not a valid name", task_id, name)
+        return valid
+
+    def _digest(self, task_id: str, dir_fd: int, name: str, info: os.stat_result) -> str | None:
+        """SHA-256 of a bundle file, from the cache while the file is unchanged."""
+        identity = _identity(info)
+        with self._guard:
+            cached = self._digests.get((task_id, name))
+        if cached is not None and cached[0] == identity:
+            return cached[1]
+        try:
+            fd = os.open(name, _READ_FLAGS, dir_fd=dir_fd)
+        except OSError:
+            return None  # vanished or replaced by a link since the scan
+        with open(fd, "rb") as source:
+            current = os.fstat(fd)
+            if not stat.S_ISREG(current.st_mode):
+                return None
+            digest = hashlib.sha256()
+            while chunk := source.read(_CHUNK):
+                digest.update(chunk)
+        self._remember(task_id, name, current, digest.hexdigest())
+        return digest.hexdigest()
+
+    def _remember(self, task_id: str, name: str, info: os.stat_result, sha256: str) -> None:
+        with self._guard:
+            self._digests[(task_id, name)] = (_identity(info), sha256)
+
+    def _forget(self, task_id: str) -> None:
+        with self._guard:
+            for key in [key for key in self._digests if key[0] == task_id]:
+                del self._digests[key]
+
+    def _clean_stale_staging(self) -> None:
+        """Remove staging folders left by a crash (old enough not to be in use)."""
+        cutoff = time.time() - _STALE_STAGING_SECONDS
+        for entry in self._staging.iterdir():
+            try:
+                if entry.lstat().st_mtime < cutoff:
+                    if entry.is_dir() and not entry.is_symlink():
+                        shutil.rmtree(entry, ignore_errors=True)
+                    else:
+                        entry.unlink()
+            except OSError:
+                continue
+
+
+def _same(stream: BinaryIO) -> IO[bytes]:
+    return stream
+
+
+def _identity(info: os.stat_result) -> tuple[int, int, int, int]:
+    return (info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+
+
+def _zip_time(mtime: float) -> tuple[int, int, int, int, int, int]:
+    moment = time.localtime(max(mtime, 315705600.0))  # 1980-01-03: zip stores no earlier date
+    return (
+        moment.tm_year,
+        moment.tm_mon,
+        moment.tm_mday,
+        moment.tm_hour,
+        moment.tm_min,
+        moment.tm_sec,
+    )
