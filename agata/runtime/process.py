@@ -256,17 +256,19 @@ def _has_token(pid: int, token: str) -> bool:
 def kill_process_group(pgid: int, sig: int = signal.SIGKILL, *, token: str | None = None) -> bool:
     """Signal a process group left behind (e.g. by a previous run of the service).
 
-    Checks first that the group still exists and, when ``token`` is given (the
+    Checks first that the group still has a live member and, when ``token`` is given (the
     ``TaskProcess.token`` recorded with the pgid), that one of its live members carries
     that token in its environment — a recycled pgid belonging to someone else is left
     alone. Returns whether the signal was sent.
     """
     if pgid <= 1:
         raise AgataError(ErrorCode.INVALID_ARGUMENT, f"refusing to signal process group {pgid}")
-    if token is not None:
-        members = group_members(pgid)
-        if members is not None and not any(_has_token(pid, token) for pid in members):
-            logger.info("process group %d is gone or not a task of ours", pgid)
+    members = group_members(pgid)
+    if members is not None and not members:  # gone, or only zombies left
+        return False
+    if token is not None and members is not None:
+        if not any(_has_token(pid, token) for pid in members):
+            logger.info("process group %d is not a task of ours; not signalled", pgid)
             return False
     try:
         os.killpg(pgid, sig)
