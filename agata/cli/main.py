@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from agata import __version__
+from agata.cli.cloud_cmd import cloud_app, token_app
 from agata.errors import AgataError
 
 app = typer.Typer(
@@ -21,6 +22,8 @@ app = typer.Typer(
 )
 bench_app = typer.Typer(help="Measure AGATA on this machine and compare with the targets.")
 app.add_typer(bench_app, name="bench")
+app.add_typer(cloud_app, name="cloud")
+app.add_typer(token_app, name="token")
 
 ConfigOption = Annotated[
     Path | None,

@@ -65,6 +65,7 @@ GET_TASK_EVENTS = "rpc_exec_get_task_events"
 GET_TASK_DEVICES = "rpc_exec_get_task_devices"
 VALIDATE_CRITERIA = "rpc_exec_validate_criteria"
 GET_OVERVIEW = "rpc_exec_get_overview"
+CHECK_DOWNLOAD_PASSWORD = "rpc_exec_check_download_password"
 
 
 class CreateTask(Request):
@@ -128,6 +129,12 @@ class TaskEventsQuery(Request):
 
 class ValidateCriteria(Request):
     selection_criteria: Criteria
+
+
+class CheckDownloadPassword(Request):
+    task_id: TaskId
+    username: ShortText
+    password: ShortText
 
 
 class Empty(Request):

@@ -1,0 +1,136 @@
+"""``agata cloud run`` and ``agata token ...``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from agata.settings import Settings, load_settings
+
+cloud_app = typer.Typer(help="Run the cloud side (task manager, device registry, gateway).")
+token_app = typer.Typer(help="Operator tokens.")
+
+ConfigOption = Annotated[
+    Path | None, typer.Option("--config", "-c", help="agata.toml or the original config.ini")
+]
+DataDirOption = Annotated[Path | None, typer.Option("--data-dir", help="databases and bundles")]
+
+
+def cloud_settings(config: Path | None, **flags: object) -> Settings:
+    return load_settings(config, flags)
+
+
+@cloud_app.command("run")
+def run_cloud(
+    config: ConfigOption = None,
+    data_dir: DataDirOption = None,
+    bus: Annotated[str | None, typer.Option("--bus", help="memory:// or amqp://...")] = None,
+    db: Annotated[
+        str | None, typer.Option("--db", help="sqlite:///... or postgresql://...")
+    ] = None,
+    host: Annotated[str | None, typer.Option("--host", help="gateway address")] = None,
+    port: Annotated[int | None, typer.Option("--port", help="gateway port (0: any free)")] = None,
+    service: Annotated[
+        list[str] | None,
+        typer.Option("--service", help="run only this service (repeatable; needs amqp://)"),
+    ] = None,
+    legacy_devices: Annotated[
+        bool | None,
+        typer.Option("--legacy-devices", help="let devices of the original system in"),
+    ] = None,
+) -> None:
+    """Start the cloud services and the HTTP gateway in this process."""
+    from agata.cli.main import setup_logging
+    from agata.cloud.cloud import SERVICES, CloudNode
+
+    settings = cloud_settings(
+        config,
+        data_dir=data_dir,
+        bus_url=bus,
+        db_url=db,
+        gateway_host=host,
+        gateway_port=port,
+        legacy_devices=legacy_devices,
+    )
+    setup_logging(settings.log_level)
+    services = tuple(service or SERVICES)
+    if len(services) < len(SERVICES) and settings.bus_url.startswith("memory"):
+        raise typer.BadParameter("running services separately needs --bus amqp://...")
+
+    async def main() -> None:
+        node = CloudNode(settings, services=services)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await node.start()
+        token = node.ensure_operator_token() if "gateway" in services else None
+        if node.port is not None:
+            typer.echo(f"AGATA cloud on {node.url}  (web console: {node.url}/ui/)")
+        if token:
+            typer.echo(f"first operator token (also in {node.data_dir / 'operator-token'}):")
+            typer.echo(f"  {token}")
+        waiter = asyncio.create_task(node.wait())
+        await asyncio.wait(
+            [waiter, asyncio.create_task(stop.wait())], return_when="FIRST_COMPLETED"
+        )
+        await node.stop()
+        waiter.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await waiter
+
+    asyncio.run(main())
+
+
+@token_app.command("create")
+def create_token(
+    name: Annotated[str, typer.Option("--name", help="who or what the token is for")],
+    config: ConfigOption = None,
+    data_dir: DataDirOption = None,
+    db: Annotated[str | None, typer.Option("--db")] = None,
+) -> None:
+    """Create an operator token (printed once; only its hash is stored)."""
+    from agata.cloud.auth import OPERATOR_PREFIX, hash_token, new_token
+    from agata.store.store_factory import create_store
+
+    settings = cloud_settings(config, data_dir=data_dir, db_url=db)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    token = new_token(OPERATOR_PREFIX)
+    with create_store(settings.database_url) as store:
+        store.add_operator_token(name, hash_token(token))
+    typer.echo(token)
+
+
+@token_app.command("list")
+def list_tokens(
+    config: ConfigOption = None,
+    data_dir: DataDirOption = None,
+    db: Annotated[str | None, typer.Option("--db")] = None,
+) -> None:
+    """List operator tokens (names and ids, never the tokens)."""
+    from agata.store.store_factory import create_store
+
+    settings = cloud_settings(config, data_dir=data_dir, db_url=db)
+    with create_store(settings.database_url) as store:
+        for t in store.list_operator_tokens():
+            typer.echo(f"{t.token_id}  {t.name}  {t.created_at}{'  revoked' if t.revoked else ''}")
+
+
+@token_app.command("revoke")
+def revoke_token(
+    token_id: str,
+    config: ConfigOption = None,
+    data_dir: DataDirOption = None,
+    db: Annotated[str | None, typer.Option("--db")] = None,
+) -> None:
+    """Revoke an operator token by id."""
+    from agata.store.store_factory import create_store
+
+    settings = cloud_settings(config, data_dir=data_dir, db_url=db)
+    with create_store(settings.database_url) as store:
+        store.revoke_operator_token(token_id)

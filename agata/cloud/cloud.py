@@ -1,0 +1,189 @@
+"""A cloud node: the services and the gateway of one process, built from settings.
+
+``agata cloud run`` starts everything in one process (the default, on ``memory://``);
+with an ``amqp://`` bus each service may run in a process of its own and several
+replicas share the work. Task bundles live under ``<data_dir>/tasks`` and must be the
+same folder (a shared file system) for every process that runs the task manager or
+the gateway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from collections.abc import Iterable
+
+import uvicorn
+from fastapi import FastAPI
+
+from agata.bus import Bus, create_bus
+from agata.bus.service import Service
+from agata.cloud.auth import OPERATOR_PREFIX, hash_token, new_token
+from agata.cloud.bundles import BundleStore
+from agata.cloud.device_registry import DeviceRegistry
+from agata.cloud.events import EventRecorder
+from agata.cloud.gateway import GatewayConfig, create_gateway
+from agata.cloud.notifier import Notifier
+from agata.cloud.task_manager import TaskManager
+from agata.errors import AgataError, ErrorCode
+from agata.settings import Settings
+from agata.store.store import Store
+from agata.store.store_factory import create_store
+
+logger = logging.getLogger(__name__)
+
+SERVICES = ("task-manager", "device-registry", "gateway")
+
+
+class CloudNode:
+    """Some or all cloud services of one process."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        services: Iterable[str] = SERVICES,
+        bus: Bus | None = None,
+        store: Store | None = None,
+    ) -> None:
+        self.settings = settings
+        self.services = tuple(services)
+        unknown = set(self.services) - set(SERVICES)
+        if unknown:
+            raise AgataError(
+                ErrorCode.INVALID_ARGUMENT,
+                f"unknown service {sorted(unknown)[0]!r}; choose from {', '.join(SERVICES)}",
+            )
+        self.data_dir = settings.data_dir.resolve()
+        self.bus = bus or create_bus(settings.bus_url)
+        self._own_store = store is None
+        self._store = store
+        self.bundles = BundleStore(self.data_dir / "tasks")
+        self._running: list[Service] = []
+        self._recorder: EventRecorder | None = None
+        self.app: FastAPI | None = None
+        self._server: uvicorn.Server | None = None
+        self._server_task: asyncio.Task[None] | None = None
+        self.port: int | None = None
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            self._store = create_store(self.settings.database_url)
+        return self._store
+
+    @property
+    def url(self) -> str:
+        host = self.settings.gateway_host
+        shown = "127.0.0.1" if host in {"0.0.0.0", "::", ""} else host
+        return f"http://{shown}:{self.port}"
+
+    def ensure_operator_token(self) -> str | None:
+        """Create a first operator token when there is none; returns it (else None)."""
+        if self.store.list_operator_tokens():
+            return None
+        token = new_token(OPERATOR_PREFIX)
+        self.store.add_operator_token("first operator", hash_token(token))
+        path = self.data_dir / "operator-token"
+        path.write_text(token + "\n")
+        os.chmod(path, 0o600)
+        return token
+
+    async def start(self) -> None:
+        s = self.settings
+        await self.bus.connect()
+        if "task-manager" in self.services:
+            manager = TaskManager(
+                self.bus,
+                self.store,
+                self.bundles.root,
+                self.data_dir / "work",
+                legacy_devices=s.legacy_devices,
+                hide_internal_errors=s.hide_internal_errors,
+                grace=s.server_grace_seconds,
+                register_events=s.register_events,
+            )
+            await manager.start()
+            self._running.append(manager)
+            self._recorder = EventRecorder(self.bus, self.store, Notifier(self.bus))
+            await self._recorder.start()
+        if "device-registry" in self.services:
+            registry = DeviceRegistry(
+                self.bus,
+                self.store,
+                hide_internal_errors=s.hide_internal_errors,
+                register_events=s.register_events,
+            )
+            await registry.start()
+            self._running.append(registry)
+        if "gateway" in self.services:
+            self.app = create_gateway(
+                self.bus,
+                GatewayConfig(
+                    bundles=self.bundles,
+                    legacy_devices=s.legacy_devices,
+                    rpc_timeout=s.rpc_timeout,
+                    max_upload_bytes=s.max_upload_bytes,
+                    cors_origins=list(s.cors_origins),
+                ),
+            )
+            await self._serve(self.app)
+
+    async def _serve(self, app: FastAPI) -> None:
+        s = self.settings
+        sock = socket.socket(socket.AF_INET6 if ":" in s.gateway_host else socket.AF_INET)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((s.gateway_host, s.gateway_port))
+        except OSError as exc:
+            sock.close()
+            raise AgataError(
+                ErrorCode.UNAVAILABLE,
+                f"cannot listen on {s.gateway_host}:{s.gateway_port} ({exc.strerror}); "
+                "choose another with --port (0 picks a free one)",
+            ) from None
+        self.port = sock.getsockname()[1]
+        config = uvicorn.Config(
+            app,
+            log_level="warning",
+            access_log=False,
+            timeout_keep_alive=5,
+            limit_concurrency=1000,
+            timeout_graceful_shutdown=3,
+            h11_max_incomplete_event_size=64 * 1024,
+            ws="none",
+        )
+        self._server = uvicorn.Server(config)
+        self._server_task = asyncio.create_task(self._server.serve(sockets=[sock]))
+        while not self._server.started:
+            if self._server_task.done():
+                await self._server_task
+                raise AgataError(ErrorCode.UNAVAILABLE, "the gateway did not start")
+            await asyncio.sleep(0.01)
+        logger.info("gateway listening on %s", self.url)
+
+    async def wait(self) -> None:
+        """Until the gateway stops (or forever for bus-only services)."""
+        if self._server_task is not None:
+            await self._server_task
+        else:
+            await asyncio.Event().wait()
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+            if self._server_task is not None:
+                with contextlib.suppress(Exception):
+                    await self._server_task
+        for service in reversed(self._running):
+            await service.stop()
+        self._running.clear()
+        if self._recorder is not None:
+            await self._recorder.stop()
+        await self.bus.close()
+        if self._own_store and self._store is not None:
+            self._store.close()

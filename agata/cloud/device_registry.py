@@ -1,0 +1,138 @@
+"""The device registry service (the original "user manager").
+
+Devices and their attributes, what each device reports about its tasks, quarantine,
+enrollment of devices and resolution of credentials for the gateway.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from agata.bus.bus import Bus
+from agata.bus.service import Service
+from agata.cloud.auth import DEVICE_PREFIX, ENROLLMENT_PREFIX, hash_token, new_token
+from agata.cloud.events import EventPublisher
+from agata.cloud.notifier import Notifier
+from agata.cloud.views import device_view
+from agata.errors import AgataError, ErrorCode
+from agata.protocol import operations as ops
+from agata.store.store import DeviceTaskStatus, Store
+
+logger = logging.getLogger(__name__)
+
+
+class DeviceRegistry(Service):
+    def __init__(
+        self,
+        bus: Bus,
+        store: Store,
+        *,
+        hide_internal_errors: bool = False,
+        register_events: bool = True,
+    ) -> None:
+        super().__init__(bus, "device-registry", hide_internal_errors=hide_internal_errors)
+        self.store = store
+        self.notifier = Notifier(bus)
+        self.event = EventPublisher(bus, "device-registry", enabled=register_events)
+        for name, model, handler in [
+            (ops.UPDATE_USER_INFO, ops.UpdateUserInfo, self.update_user_info),
+            (ops.GET_USER_INFO, ops.UserRef, self.get_user_info),
+            (ops.LIST_DEVICES, ops.Empty, self.list_devices),
+            (ops.REPORT_DEVICE_TASK, ops.ReportDeviceTask, self.report_device_task),
+            (ops.CLEAR_QUARANTINE, ops.ClearQuarantine, self.clear_quarantine),
+            (ops.ENROLL_DEVICE, ops.EnrollDevice, self.enroll_device),
+            (ops.CREATE_ENROLLMENT_TOKEN, ops.CreateEnrollmentToken, self.create_enrollment),
+            (ops.RESOLVE_CREDENTIAL, ops.ResolveCredential, self.resolve_credential),
+        ]:
+            self.add_operation(name, model, handler)  # type: ignore[arg-type]
+
+    async def update_user_info(self, req: ops.UpdateUserInfo) -> None:
+        """Insert the device if new, else update the given fields (sensors as a set)."""
+        device = self.store.upsert_device(
+            req.user_id,
+            data_qnt=req.data_qnt,
+            avg_acc_contrib=req.avg_acc_contrib,
+            avg_disconnection_per_round=req.avg_disconnection_per_round,
+            sensors=req.sensors,
+            extra=req.extra,
+        )
+        self.event(ops.UPDATE_USER_INFO, "Device info updated", user_id=req.user_id)
+        await self.notifier.notify("device", user_id=device.user_id)
+
+    async def get_user_info(self, req: ops.UserRef) -> dict[str, Any]:
+        device = self.store.get_device(req.user_id)
+        return device_view(device, self.store.list_device_tasks(req.user_id))
+
+    async def list_devices(self, req: ops.Empty) -> list[dict[str, Any]]:
+        return [
+            device_view(d, self.store.list_device_tasks(d.user_id))
+            for d in self.store.list_devices()
+        ]
+
+    async def report_device_task(self, req: ops.ReportDeviceTask) -> None:
+        """A device reports what happened to one of its tasks (and its metrics)."""
+        self.store.get_task(req.task_id)
+        self.store.touch_device(req.user_id)
+        if req.status in {s.value for s in DeviceTaskStatus}:
+            self.store.set_device_task_status(req.user_id, req.task_id, req.status, req.reason)
+        if req.round is not None and req.metrics:
+            self.store.add_metric(req.task_id, req.round, req.user_id, req.metrics)
+            await self.notifier.notify(
+                "metric",
+                task_id=req.task_id,
+                round=req.round,
+                source=req.user_id,
+                metrics=req.metrics,
+            )
+        self.event(
+            ops.REPORT_DEVICE_TASK,
+            f"device {req.user_id} {req.status} task {req.task_id}"
+            + (f": {req.reason}" if req.reason else ""),
+            user_id=req.user_id,
+            task_id=req.task_id,
+        )
+        await self.notifier.notify(
+            "device",
+            user_id=req.user_id,
+            task_id=req.task_id,
+            status=req.status,
+            reason=req.reason,
+        )
+
+    async def clear_quarantine(self, req: ops.ClearQuarantine) -> dict[str, int]:
+        self.store.get_device(req.user_id)
+        cleared = self.store.clear_quarantine(req.user_id, req.task_id)
+        await self.notifier.notify("quarantine_cleared", user_id=req.user_id, task_id=req.task_id)
+        return {"cleared": cleared}
+
+    async def create_enrollment(self, req: ops.CreateEnrollmentToken) -> dict[str, Any]:
+        token = new_token(ENROLLMENT_PREFIX)
+        expires = datetime.now(UTC) + timedelta(seconds=req.ttl_seconds)
+        record = self.store.add_enrollment_token(
+            "enrollment", hash_token(token), uses=req.uses, expires_at=expires
+        )
+        return {"enrollment_token": token, "uses": req.uses, "expires_at": record.expires_at}
+
+    async def enroll_device(self, req: ops.EnrollDevice) -> dict[str, str]:
+        """Spend an enrollment token; the device gets its own credential (shown once)."""
+        if self.store.consume_enrollment_token(hash_token(req.enrollment_token)) is None:
+            raise AgataError(
+                ErrorCode.UNAUTHENTICATED, "enrollment token unknown, expired or used up"
+            )
+        credential = new_token(DEVICE_PREFIX)
+        self.store.upsert_device(req.user_id)
+        self.store.set_device_credential(req.user_id, hash_token(credential))
+        self.event(ops.ENROLL_DEVICE, "Device enrolled", user_id=req.user_id)
+        return {"user_id": req.user_id, "credential": credential}
+
+    async def resolve_credential(self, req: ops.ResolveCredential) -> dict[str, Any]:
+        """Who holds the token with this hash: an operator, a device, or nobody (401)."""
+        operator = self.store.find_operator_token_by_hash(req.token_sha256)
+        if operator is not None:
+            return {"kind": "operator", "name": operator.name}
+        user_id = self.store.find_device_by_credential_hash(req.token_sha256)
+        if user_id is not None:
+            return {"kind": "device", "user_id": user_id}
+        raise AgataError(ErrorCode.UNAUTHENTICATED, "unknown or revoked token")

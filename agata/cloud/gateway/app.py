@@ -1,0 +1,300 @@
+"""The FastAPI application of the gateway (built by :func:`create_gateway`)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request, UploadFile
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+
+from agata import __version__
+from agata.bus.bus import Bus
+from agata.bus.rpc import RpcClient
+from agata.cloud.bundles import BundleStore, validate_task_id
+from agata.cloud.gateway.auth import Authenticator, Principal, require_operator
+from agata.cloud.gateway.metrics import GatewayMetrics
+from agata.cloud.gateway.streams import StreamHub
+from agata.errors import AgataError, ErrorCode
+from agata.protocol import operations as ops
+
+logger = logging.getLogger(__name__)
+
+#: Operations a device may call for its own user_id.
+DEVICE_OPERATIONS = frozenset(
+    {ops.UPDATE_USER_INFO, ops.CLIENT_REQUESTING_TASK, ops.REPORT_DEVICE_TASK}
+)
+#: Operations never reachable over HTTP (the gateway's own plumbing).
+INTERNAL_OPERATIONS = frozenset({ops.RESOLVE_CREDENTIAL, ops.CHECK_DOWNLOAD_PASSWORD})
+PUBLIC_OPERATIONS = frozenset({ops.ENROLL_DEVICE})
+KNOWN_OPERATIONS = (
+    frozenset(
+        value
+        for name, value in vars(ops).items()
+        if name.isupper() and isinstance(value, str) and value.startswith("rpc_exec_")
+    )
+    - INTERNAL_OPERATIONS
+)
+
+MAX_BODY_BYTES = 1024 * 1024
+WEB_ROOT = Path(__file__).resolve().parent.parent.parent / "web" / "static"
+
+
+@dataclass
+class GatewayConfig:
+    bundles: BundleStore
+    legacy_devices: bool = False
+    rpc_timeout: float = 10.0
+    max_upload_bytes: int = 50 * 1024 * 1024
+    cors_origins: list[str] = field(default_factory=list)
+
+
+def error_response(exc: AgataError) -> JSONResponse:
+    headers = {"WWW-Authenticate": "Bearer"} if exc.code is ErrorCode.UNAUTHENTICATED else None
+    return JSONResponse({"detail": exc.message}, status_code=exc.status_code, headers=headers)
+
+
+def create_gateway(bus: Bus, config: GatewayConfig) -> FastAPI:
+    """Build the gateway on a connected bus. Starting/stopping its stream hub is tied
+    to the app's lifespan."""
+    rpc = RpcClient(bus, timeout=config.rpc_timeout, service="gateway")
+    auth = Authenticator(rpc)
+    hub = StreamHub(bus)
+    metrics = GatewayMetrics(rpc)
+    if config.legacy_devices:
+        logger.warning(
+            "LEGACY DEVICES ON: anonymous devices may report, ask for tasks and download "
+            "bundles with the task's username/password"
+        )
+
+    from contextlib import asynccontextmanager
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> Any:
+        await hub.start()
+        yield
+        await hub.stop()
+
+    app = FastAPI(
+        title="AGATA cloud gateway",
+        version=__version__,
+        description="Operations of the AGATA control plane for federated learning.",
+        lifespan=lifespan,
+    )
+    app.state.hub = hub
+    if config.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=config.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
+
+    @app.exception_handler(AgataError)
+    async def on_agata_error(_request: Request, exc: AgataError) -> JSONResponse:
+        return error_response(exc)
+
+    @app.middleware("http")
+    async def count_requests(request: Request, call_next: Any) -> Response:
+        started = time.perf_counter()
+        response: Response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        if path == "/{operation}":
+            path = "/" + request.path_params.get("operation", "")
+            if path[1:] not in KNOWN_OPERATIONS:
+                path = "/{unknown}"
+        metrics.observe(request.method, path, response.status_code, time.perf_counter() - started)
+        return response
+
+    # -- health, metrics, UI -------------------------------------------------------
+
+    @app.get("/healthz", tags=["health"])
+    async def read_health() -> dict[str, str]:
+        """Liveness: the gateway answers."""
+        return {"status": "ok", "version": __version__}
+
+    @app.get("/metrics", tags=["health"], response_class=Response)
+    async def read_metrics() -> Response:
+        """Prometheus metrics: requests, latency, tasks running, devices."""
+        body, content_type = await metrics.render()
+        return Response(body, media_type=content_type)
+
+    @app.get("/", include_in_schema=False)
+    async def read_root() -> RedirectResponse:
+        return RedirectResponse("/ui/")
+
+    if WEB_ROOT.is_dir():
+        app.mount("/ui", StaticFiles(directory=WEB_ROOT, html=True), name="ui")
+
+    # -- devices ---------------------------------------------------------------------
+
+    @app.post("/api/devices/enroll", tags=["devices"])
+    async def enroll_device(body: ops.EnrollDevice) -> dict[str, str]:
+        """Spend an enrollment token and get this device's own credential (once)."""
+        result: dict[str, str] = await rpc.call(ops.ENROLL_DEVICE, body)
+        return result
+
+    @app.get("/api/devices/{user_id}/stream", tags=["devices"])
+    async def read_device_stream(user_id: str, request: Request) -> StreamingResponse:
+        """Server-sent events telling one device that tasks changed."""
+        principal = await auth.principal(request)
+        _check_device_access(principal, user_id, config.legacy_devices)
+
+        def accepts(message: dict[str, Any]) -> bool:
+            kind = message.get("kind")
+            if kind == "task":
+                return True
+            return kind == "quarantine_cleared" and message.get("user_id") == user_id
+
+        return _sse(hub.events(accepts))
+
+    # -- operator stream -------------------------------------------------------------
+
+    @app.get("/api/stream", tags=["operators"])
+    async def read_stream(request: Request) -> StreamingResponse:
+        """Server-sent events of everything: task, metric, log, event, device."""
+        require_operator(await auth.principal(request))
+        return _sse(hub.events(lambda _message: True))
+
+    # -- files -----------------------------------------------------------------------
+
+    @app.post("/api/tasks/{task_id}/files", tags=["files"])
+    async def upload_task_files(
+        task_id: str, request: Request, files: list[UploadFile]
+    ) -> list[dict[str, Any]]:
+        """Upload bundle files (multipart field ``files``; ``bundle.zip`` is unpacked)."""
+        require_operator(await auth.principal(request))
+        validate_task_id(task_id)
+        await rpc.call(ops.GET_TASK, {"task_id": task_id})  # 404 for unknown tasks
+        total = sum(f.size or 0 for f in files)
+        if total > config.max_upload_bytes:
+            raise AgataError(
+                ErrorCode.TOO_LARGE,
+                f"upload of {total} bytes exceeds the limit of {config.max_upload_bytes}",
+            )
+        plain = [(f.filename or "", f.file) for f in files if f.filename != "bundle.zip"]
+        for upload in files:
+            if upload.filename == "bundle.zip":
+                config.bundles.extract_archive(task_id, await upload.read())
+        if plain:
+            config.bundles.write_files(task_id, plain)
+        listing = config.bundles.list_files(task_id)
+        payload = [{"name": f.name, "size": f.size, "sha256": f.sha256} for f in listing]
+        await rpc.call(ops.SET_TASK_FILES, {"task_id": task_id, "files": payload})
+        return payload
+
+    @app.get("/api/tasks/{task_id}/files", tags=["files"])
+    async def read_task_files(task_id: str, request: Request) -> list[dict[str, Any]]:
+        """The bundle listing with sizes and SHA-256."""
+        require_operator(await auth.principal(request))
+        task = await rpc.call(ops.GET_TASK, {"task_id": task_id})
+        files: list[dict[str, Any]] = task["files"]
+        return files
+
+    @app.get("/api/tasks/{task_id}/bundle.zip", tags=["files"])
+    async def download_bundle(task_id: str, request: Request) -> Response:
+        """The whole bundle as a zip."""
+        require_operator(await auth.principal(request))
+        await rpc.call(ops.GET_TASK, {"task_id": task_id})
+        return Response(config.bundles.archive(task_id), media_type="application/zip")
+
+    @app.get("/download/{task_id}/{name}", tags=["files"])
+    async def download_file(task_id: str, name: str, request: Request) -> Response:
+        """One bundle file, for operators, matching devices, or legacy Basic auth."""
+        validate_task_id(task_id)
+        await _check_download(request, task_id)
+        with config.bundles.open_file(task_id, name) as handle:
+            content = handle.read()
+        return Response(content, media_type="application/octet-stream")
+
+    async def _check_download(request: Request, task_id: str) -> None:
+        header = request.headers.get("authorization", "")
+        if header[:6].lower() == "basic ":
+            if not config.legacy_devices:
+                raise AgataError(
+                    ErrorCode.UNAUTHENTICATED,
+                    "task passwords are only accepted with --legacy-devices",
+                )
+            username, password = _basic(header)
+            ok = await rpc.call(
+                ops.CHECK_DOWNLOAD_PASSWORD,
+                {"task_id": task_id, "username": username, "password": password},
+            )
+            if not ok.get("ok"):
+                raise AgataError(ErrorCode.UNAUTHENTICATED, "wrong task username or password")
+            return
+        principal = await auth.principal(request)
+        if principal.is_operator:
+            return
+        if principal.kind != "device":
+            raise AgataError(ErrorCode.UNAUTHENTICATED, "a device credential is required")
+        offers = await rpc.call(ops.CLIENT_REQUESTING_TASK, {"user_id": principal.name})
+        if not any(offer.get("ID") == task_id for offer in offers):
+            raise AgataError(
+                ErrorCode.FORBIDDEN, f"task {task_id} is not running or not for this device"
+            )
+
+    # -- operations ------------------------------------------------------------------
+
+    @app.post("/{operation}", tags=["operations"])
+    async def call_operation(operation: str, request: Request) -> Response:
+        """Forward an operation to the bus: 200 with its return value, or the error."""
+        if operation not in KNOWN_OPERATIONS:
+            raise AgataError(ErrorCode.NOT_FOUND, f"{operation} is an invalid RPC function")
+        body = await request.body()
+        if len(body) > MAX_BODY_BYTES:
+            raise AgataError(ErrorCode.TOO_LARGE, f"request body over {MAX_BODY_BYTES} bytes")
+        try:
+            payload = json.loads(body or b"{}")
+        except ValueError as exc:
+            raise AgataError(ErrorCode.INVALID_ARGUMENT, f"body is not JSON: {exc}") from None
+        if not isinstance(payload, dict):
+            raise AgataError(ErrorCode.INVALID_ARGUMENT, "body must be a JSON object")
+        if operation not in PUBLIC_OPERATIONS:
+            principal = await auth.principal(request)
+            if operation in DEVICE_OPERATIONS and not principal.is_operator:
+                user_id = payload.get("user_id", payload.get("client_id"))
+                _check_device_access(principal, str(user_id), config.legacy_devices)
+            else:
+                require_operator(principal)
+        result = await rpc.call(operation, payload)
+        return JSONResponse(result)
+
+    return app
+
+
+def _check_device_access(principal: Principal, user_id: str, legacy: bool) -> None:
+    if principal.is_operator:
+        return
+    if principal.kind == "device":
+        if principal.name != user_id:
+            raise AgataError(ErrorCode.FORBIDDEN, "a device may only act for itself")
+        return
+    if not legacy:
+        raise AgataError(ErrorCode.UNAUTHENTICATED, "a device credential is required")
+
+
+def _basic(header: str) -> tuple[str, str]:
+    try:
+        decoded = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8")
+        username, _, password = decoded.partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        raise AgataError(ErrorCode.UNAUTHENTICATED, "malformed Basic credentials") from None
+    return username, password
+
+
+def _sse(events: Any) -> StreamingResponse:
+    return StreamingResponse(
+        events,
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

@@ -1,0 +1,66 @@
+"""Who is calling: an operator, a device, or an anonymous (legacy) device."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from fastapi import Request
+
+from agata.bus.rpc import RpcClient
+from agata.cloud.auth import hash_token
+from agata.errors import AgataError, ErrorCode
+from agata.protocol import operations as ops
+
+#: Seconds a resolved credential is trusted before it is looked up again.
+CACHE_SECONDS = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    kind: str  # "operator" | "device" | "anonymous"
+    name: str = ""  # operator token name or device user_id
+
+    @property
+    def is_operator(self) -> bool:
+        return self.kind == "operator"
+
+
+ANONYMOUS = Principal("anonymous")
+
+
+class Authenticator:
+    def __init__(self, rpc: RpcClient) -> None:
+        self.rpc = rpc
+        self._cache: dict[str, tuple[float, Principal]] = {}
+
+    async def principal(self, request: Request) -> Principal:
+        """Resolve the bearer token (or ``?token=`` for event streams)."""
+        header = request.headers.get("authorization", "")
+        token = ""
+        if header[:7].lower() == "bearer ":
+            token = header[7:].strip()
+        elif not header and "token" in request.query_params:
+            token = request.query_params["token"]
+        if not token:
+            return ANONYMOUS
+        if len(token) > 512:
+            raise AgataError(ErrorCode.UNAUTHENTICATED, "token too long")
+        digest = hash_token(token)
+        now = time.monotonic()
+        cached = self._cache.get(digest)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        found = await self.rpc.call(ops.RESOLVE_CREDENTIAL, {"token_sha256": digest})
+        principal = Principal(found["kind"], found.get("name") or found.get("user_id") or "")
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[digest] = (now + CACHE_SECONDS, principal)
+        return principal
+
+
+def require_operator(principal: Principal) -> None:
+    if principal.kind == "anonymous":
+        raise AgataError(ErrorCode.UNAUTHENTICATED, "an operator token is required")
+    if not principal.is_operator:
+        raise AgataError(ErrorCode.FORBIDDEN, "only operators may do this")

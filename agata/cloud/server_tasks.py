@@ -1,0 +1,169 @@
+"""The server side of tasks on this cloud replica: start, supervise, record, stop.
+
+Each running task is a :class:`~agata.runtime.TaskProcess`. Its messages become
+metrics, log lines and events in the store and notifications for the gateways; when
+it ends (Finished, error, crash, stop) the task is marked not running with the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from agata.cloud.notifier import Notifier
+from agata.errors import AgataError, ErrorCode
+from agata.runtime.messages import Error, Info, LogLine, Model, Print, TaskMessage, Trigger
+from agata.runtime.process import kill_process_group
+from agata.runtime.supervisor import TaskOutcome, TaskProcess, TaskState
+from agata.store.store import NewLogLine, Store
+from agata.store.store import TaskState as StoredState
+
+logger = logging.getLogger(__name__)
+
+EventSink = Callable[..., object]
+
+
+def expand_arguments(arguments: Sequence[str], host: str, port: int) -> list[str]:
+    """Replace ``{host}`` and ``{port}`` in task arguments by the task's values."""
+    return [a.replace("{host}", host).replace("{port}", str(port)) for a in arguments]
+
+
+class ServerTasks:
+    """Task processes started by this replica."""
+
+    def __init__(
+        self,
+        store: Store,
+        notifier: Notifier,
+        bundles_root: Path,
+        work_root: Path,
+        *,
+        grace: float = 5.0,
+        record_event: EventSink | None = None,
+    ) -> None:
+        self.store = store
+        self.notifier = notifier
+        self.bundles_root = bundles_root
+        self.work_root = work_root
+        self.grace = grace
+        self.record_event = record_event
+        self._processes: dict[str, TaskProcess] = {}
+        self._watchers: set[asyncio.Task[None]] = set()
+        self._log_buffers: dict[str, list[NewLogLine]] = {}
+
+    def is_local(self, task_id: str) -> bool:
+        return task_id in self._processes
+
+    async def start(self, task_id: str, arguments: Sequence[str]) -> int | None:
+        """Spawn ``server.py`` of the task's bundle; returns the process group id."""
+        bundle = self.bundles_root / f"task_{task_id}"
+        work = self.work_root / f"task_{task_id}"
+        work.mkdir(parents=True, exist_ok=True)
+        process = TaskProcess.for_side(
+            bundle,
+            "server",
+            work,
+            arguments,
+            on_message=lambda message: self._on_message(task_id, message),
+            grace=self.grace,
+            name=f"task {task_id} server",
+        )
+        await process.start()  # raises NOT_FOUND / INTERNAL with the reason
+        self._processes[task_id] = process
+        watcher = asyncio.create_task(self._watch(task_id, process))
+        self._watchers.add(watcher)
+        watcher.add_done_callback(self._watchers.discard)
+        return process.pgid
+
+    async def stop(self, task_id: str) -> TaskOutcome | None:
+        process = self._processes.get(task_id)
+        if process is None:
+            return None
+        return await process.stop(self.grace)
+
+    async def stop_all(self) -> None:
+        await asyncio.gather(*(p.stop(self.grace) for p in self._processes.values()))
+        if self._watchers:
+            await asyncio.gather(*self._watchers, return_exceptions=True)
+
+    def reconcile(self) -> list[str]:
+        """After a restart: end leftover server processes, mark their tasks stopped."""
+        fixed = []
+        for task in self.store.list_tasks(running=True):
+            if task.task_id in self._processes:
+                continue
+            if task.server_pid:
+                with contextlib.suppress(Exception):
+                    kill_process_group(task.server_pid)
+            self.store.set_task_state(
+                task.task_id,
+                running=False,
+                state=StoredState.STOPPED,
+                reason="the cloud restarted while the task ran; its server side was ended",
+            )
+            fixed.append(task.task_id)
+        return fixed
+
+    # -- messages of a running task ------------------------------------------------
+
+    async def _on_message(self, task_id: str, message: TaskMessage) -> None:
+        if isinstance(message, Model):
+            metric = self.store.add_metric(task_id, message.round, "server", message.metrics)
+            await self.notifier.notify(
+                "metric",
+                task_id=task_id,
+                round=message.round,
+                source="server",
+                metrics=dict(metric.metrics),
+                time=metric.time,
+            )
+        elif isinstance(message, Print | LogLine):
+            text = message.message if isinstance(message, Print) else message.text
+            stream = "print" if isinstance(message, Print) else str(message.stream)
+            await self._log(task_id, stream, text)
+        elif isinstance(message, Info):
+            await self._log(task_id, "info", message.info)
+            self._event("task_info", f"task {task_id} reported {message.info}", task_id)
+        elif isinstance(message, Error):
+            await self._log(task_id, "error", message.exception)
+        elif isinstance(message, Trigger):
+            await self._log(task_id, "trigger", f"trigger {message.trigger_name}")
+            self._event("trigger", f"trigger {message.trigger_name} fired", task_id)
+
+    async def _log(self, task_id: str, stream: str, text: str) -> None:
+        now = time.time()
+        self.store.add_log_lines(task_id, [NewLogLine("server", stream, text, now)])
+        await self.notifier.notify(
+            "log", task_id=task_id, source="server", stream=stream, text=text, time=now
+        )
+
+    def _event(self, function: str, event: str, task_id: str) -> None:
+        if self.record_event is not None:
+            self.record_event(function, event, task_id=task_id)
+
+    async def _watch(self, task_id: str, process: TaskProcess) -> None:
+        outcome = await process.wait()
+        self._processes.pop(task_id, None)
+        state = {
+            TaskState.FINISHED: StoredState.FINISHED,
+            TaskState.FAILED: StoredState.FAILED,
+        }.get(outcome.state, StoredState.STOPPED)
+        try:
+            # A task the operator stopped is already marked stopped: keep that.
+            if self.store.get_task(task_id).running:
+                self.store.set_task_state(
+                    task_id, running=False, state=state, reason=outcome.reason
+                )
+        except AgataError as exc:
+            if exc.code is not ErrorCode.NOT_FOUND:
+                logger.error("cannot record the end of task %s: %s", task_id, exc.message)
+            return
+        logger.info("task %s server side ended: %s (%s)", task_id, outcome.state, outcome.reason)
+        self._event("task_ended", f"task {task_id} {state}: {outcome.reason}", task_id)
+        await self.notifier.notify(
+            "task", task_id=task_id, running=False, state=str(state), reason=outcome.reason
+        )

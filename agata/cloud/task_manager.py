@@ -1,0 +1,363 @@
+"""The task manager service (the original "cloud task manager").
+
+Serves the task operations of DESIGN.md on the bus with the original semantics, plus
+listing, deletion, metrics, logs, events and the fleet overview. Selection criteria are
+checked when a task is created or updated, so a bad expression is a 400 then and never
+a failure of later device requests.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from agata.bus.bus import Bus, Consumer, Delivery
+from agata.bus.service import Service
+from agata.cloud.auth import same_secret
+from agata.cloud.criteria import CriteriaCache, compile_criteria
+from agata.cloud.events import EventPublisher
+from agata.cloud.notifier import Notifier
+from agata.cloud.server_tasks import ServerTasks, expand_arguments
+from agata.cloud.views import (
+    ONLINE_SECONDS,
+    device_attributes,
+    device_task_view,
+    offer_view,
+    seconds_since,
+    task_view,
+)
+from agata.errors import AgataError, ErrorCode, conflict, invalid
+from agata.protocol import operations as ops
+from agata.store.store import BundleFile, NewTask, Store, Task, TaskState
+
+logger = logging.getLogger(__name__)
+
+#: How long the list of running tasks is reused between device polls (other replicas'
+#: changes are seen after at most this long; this replica's at once).
+RUNNING_CACHE_SECONDS = 1.0
+
+
+class TaskManager(Service):
+    def __init__(
+        self,
+        bus: Bus,
+        store: Store,
+        bundles_root: Path,
+        work_root: Path,
+        *,
+        legacy_devices: bool = False,
+        hide_internal_errors: bool = False,
+        grace: float = 5.0,
+        register_events: bool = True,
+    ) -> None:
+        super().__init__(bus, "task-manager", hide_internal_errors=hide_internal_errors)
+        self.store = store
+        self.bundles_root = bundles_root
+        self.legacy_devices = legacy_devices
+        self.notifier = Notifier(bus)
+        self.event = EventPublisher(bus, "task-manager", enabled=register_events)
+        self.server_tasks = ServerTasks(
+            store, self.notifier, bundles_root, work_root, grace=grace, record_event=self.event
+        )
+        self.criteria = CriteriaCache()
+        self._running_cache: tuple[float, list[Task]] | None = None
+        self._last_touch: dict[str, float] = {}
+        self._subscription: Consumer | None = None
+        for name, model, handler in [
+            (ops.CREATE_TASK, ops.CreateTask, self.create_task),
+            (ops.UPDATE_TASK, ops.UpdateTask, self.update_task),
+            (ops.GET_TASK, ops.TaskRef, self.get_task),
+            (ops.LIST_TASKS, ops.ListTasks, self.list_tasks),
+            (ops.DELETE_TASK, ops.TaskRef, self.delete_task),
+            (ops.START_TASK, ops.StartTask, self.start_task),
+            (ops.STOP_TASK, ops.TaskRef, self.stop_task),
+            (ops.SET_TASK_FILES, ops.SetTaskFiles, self.set_task_files),
+            (ops.CLIENT_REQUESTING_TASK, ops.ClientRequestingTask, self.client_requesting_task),
+            (ops.GET_TASK_METRICS, ops.TaskRef, self.get_task_metrics),
+            (ops.GET_TASK_LOGS, ops.TaskLogsQuery, self.get_task_logs),
+            (ops.GET_TASK_EVENTS, ops.TaskEventsQuery, self.get_task_events),
+            (ops.GET_TASK_DEVICES, ops.TaskRef, self.get_task_devices),
+            (ops.VALIDATE_CRITERIA, ops.ValidateCriteria, self.validate_criteria),
+            (ops.GET_OVERVIEW, ops.Empty, self.get_overview),
+            (ops.CHECK_DOWNLOAD_PASSWORD, ops.CheckDownloadPassword, self.check_password),
+        ]:
+            self.add_operation(name, model, handler)  # type: ignore[arg-type]
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    async def start(self) -> None:
+        fixed = self.server_tasks.reconcile()
+        for task_id in fixed:
+            logger.warning("task %s was left marked running; marked stopped", task_id)
+        self._subscription = await self.bus.subscribe(
+            ops.NOTIFICATIONS_TOPIC, self._on_notification
+        )
+        await super().start()
+        self.event("start", "Service initialization")
+
+    async def stop(self) -> None:
+        await super().stop()
+        if self._subscription is not None:
+            await self._subscription.cancel()
+        await self.server_tasks.stop_all()
+
+    async def _on_notification(self, delivery: Delivery) -> None:
+        """Another replica stopped a task whose server side runs here: end it."""
+        if b'"stop_task"' not in delivery.body:
+            return None
+        import json
+
+        task_id = json.loads(delivery.body).get("task_id", "")
+        if self.server_tasks.is_local(task_id):
+            await self.server_tasks.stop(task_id)
+        return None
+
+    def _changed(self) -> None:
+        self._running_cache = None
+
+    def _running_tasks(self) -> list[Task]:
+        now = time.monotonic()
+        cached = self._running_cache
+        if cached is None or now - cached[0] > RUNNING_CACHE_SECONDS:
+            cached = self._running_cache = (now, self.store.list_running_tasks())
+        return cached[1]
+
+    def _view(self, task: Task) -> dict[str, Any]:
+        metrics = self.store.list_metrics(task.task_id)
+        server = [m for m in metrics if m.source == "server"] or metrics
+        last = server[-1] if server else None
+        acc = None
+        if last is not None:
+            acc = last.metrics.get("acc", last.metrics.get("accuracy"))
+        running = [
+            s.user_id for s in self.store.list_task_devices(task.task_id) if s.status == "running"
+        ]
+        return task_view(
+            task,
+            last_round=last.round if last else None,
+            last_acc=acc,
+            devices_running=running,
+        )
+
+    # -- operations -------------------------------------------------------------------
+
+    async def create_task(self, req: ops.CreateTask) -> None:
+        """Register a task; it stays stopped until started."""
+        criteria = req.selection_criteria or ""
+        compile_criteria(criteria)  # 400 with the reason
+        self.store.create_task(
+            NewTask(
+                task_id=req.task_id,
+                host=req.host,
+                port=req.port,
+                username=req.username,
+                password=req.password,
+                selection_criteria=criteria,
+                server_arguments=req.server_arguments or [],
+                client_arguments=req.client_arguments or [],
+                tags=req.tags or [],
+            )
+        )
+        self.event(ops.CREATE_TASK, "Task registered", task_id=req.task_id)
+        await self.notifier.notify("task", task_id=req.task_id, running=False, state="stopped")
+
+    async def update_task(self, req: ops.UpdateTask) -> None:
+        """Change only the given fields; never the running state, metrics, logs or events."""
+        if req.selection_criteria is not None:
+            compile_criteria(req.selection_criteria)
+        task = self.store.update_task(
+            req.task_id,
+            host=req.host,
+            port=req.port,
+            username=req.username,
+            password=req.password,
+            selection_criteria=req.selection_criteria,
+            server_arguments=req.server_arguments,
+            client_arguments=req.client_arguments,
+            tags=req.tags,
+        )
+        self._changed()
+        await self.notifier.notify(
+            "task",
+            task_id=task.task_id,
+            running=task.running,
+            state=str(task.state),
+            version=task.version,
+        )
+
+    async def get_task(self, req: ops.TaskRef) -> dict[str, Any]:
+        return self._view(self.store.get_task(req.task_id))
+
+    async def list_tasks(self, req: ops.ListTasks) -> list[dict[str, Any]]:
+        return [self._view(t) for t in self.store.list_tasks(req.running)]
+
+    async def delete_task(self, req: ops.TaskRef) -> None:
+        self.store.delete_task(req.task_id)  # 409 while running
+        from agata.cloud.bundles import BundleStore
+
+        BundleStore(self.bundles_root).delete(req.task_id)
+        self._changed()
+        self.event(ops.DELETE_TASK, "Task deleted", task_id=req.task_id)
+        await self.notifier.notify("task", task_id=req.task_id, deleted=True, running=False)
+
+    async def set_task_files(self, req: ops.SetTaskFiles) -> None:
+        """Record the bundle listing after an upload (the gateway wrote the files)."""
+        task = self.store.set_task_files(
+            req.task_id, [BundleFile(f.name, f.size, f.sha256) for f in req.files]
+        )
+        self._changed()
+        await self.notifier.notify(
+            "task",
+            task_id=task.task_id,
+            running=task.running,
+            state=str(task.state),
+            version=task.version,
+        )
+
+    async def start_task(self, req: ops.StartTask) -> None:
+        """Start the server side, with ``arguments`` or the stored server_arguments."""
+        self.event(ops.START_TASK, "Initialization", task_id=req.task_id)
+        task = self.store.get_task(req.task_id)
+        if task.running:
+            raise conflict(f"task {task.task_id} is already running")
+        names = {f.name for f in task.files}
+        missing = [n for n in ("server.py", "client.py") if n not in names]
+        if missing:
+            raise invalid(
+                f"task {task.task_id} has no {' and no '.join(missing)} in its bundle; "
+                "upload the bundle files first"
+            )
+        arguments = req.arguments if req.arguments is not None else list(task.server_arguments)
+        self.store.set_task_state(
+            task.task_id, running=True, state=TaskState.RUNNING, expected_running=False
+        )
+        try:
+            pgid = await self.server_tasks.start(
+                task.task_id, expand_arguments(arguments, task.host, task.port)
+            )
+        except AgataError as exc:
+            self.store.set_task_state(
+                task.task_id,
+                running=False,
+                state=TaskState.FAILED,
+                reason=f"server side did not start: {exc.message}",
+            )
+            raise
+        self.store.set_task_state(
+            task.task_id, running=True, state=TaskState.RUNNING, server_pid=pgid
+        )
+        self._changed()
+        self.event(ops.START_TASK, "Task started on cloud", task_id=task.task_id)
+        await self.notifier.notify(
+            "task", task_id=task.task_id, running=True, state="running", version=task.version
+        )
+
+    async def stop_task(self, req: ops.TaskRef) -> None:
+        task = self.store.get_task(req.task_id)
+        if not task.running:
+            raise conflict(f"task {task.task_id} is not running")
+        self.store.set_task_state(
+            task.task_id, running=False, state=TaskState.STOPPED, reason="stopped by the operator"
+        )
+        self._changed()
+        if self.server_tasks.is_local(task.task_id):
+            await self.server_tasks.stop(task.task_id)
+        else:
+            await self.notifier.notify("stop_task", task_id=task.task_id)
+        self.event(ops.STOP_TASK, "Task stopped on cloud", task_id=task.task_id)
+        await self.notifier.notify("task", task_id=task.task_id, running=False, state="stopped")
+
+    async def client_requesting_task(self, req: ops.ClientRequestingTask) -> list[dict[str, Any]]:
+        """The running tasks whose selection criteria this device meets."""
+        try:
+            device = self.store.get_device(req.user_id)
+        except AgataError as exc:
+            if exc.code is ErrorCode.NOT_FOUND:
+                raise AgataError(
+                    ErrorCode.NOT_FOUND,
+                    f"device {req.user_id} is not registered; send rpc_exec_update_user_info first",
+                ) from None
+            raise
+        now = time.monotonic()
+        if now - self._last_touch.get(req.user_id, 0.0) > 10:
+            self._last_touch[req.user_id] = now
+            self.store.touch_device(req.user_id)
+        attributes = device_attributes(device)
+        return [
+            offer_view(task, legacy=self.legacy_devices)
+            for task in self._running_tasks()
+            if self.criteria.matches(task.selection_criteria, attributes)
+        ]
+
+    async def get_task_metrics(self, req: ops.TaskRef) -> list[dict[str, Any]]:
+        self.store.get_task(req.task_id)
+        return [
+            {"round": m.round, "source": m.source, "metrics": dict(m.metrics), "time": m.time}
+            for m in self.store.list_metrics(req.task_id)
+        ]
+
+    async def get_task_logs(self, req: ops.TaskLogsQuery) -> list[dict[str, Any]]:
+        self.store.get_task(req.task_id)
+        return [
+            {"seq": x.seq, "source": x.source, "stream": x.stream, "text": x.text, "time": x.time}
+            for x in self.store.tail_logs(req.task_id, req.limit)
+        ]
+
+    async def get_task_events(self, req: ops.TaskEventsQuery) -> list[dict[str, Any]]:
+        return [
+            {
+                "time": e.time,
+                "service": e.service,
+                "function": e.function,
+                "event": e.event,
+                "task_id": e.task_id,
+                "user_id": e.user_id,
+                **dict(e.data),
+            }
+            for e in self.store.list_events(req.task_id, limit=req.limit)
+        ]
+
+    async def get_task_devices(self, req: ops.TaskRef) -> dict[str, Any]:
+        task = self.store.get_task(req.task_id)
+        matching = [
+            d.user_id
+            for d in self.store.list_devices()
+            if self.criteria.matches(task.selection_criteria, device_attributes(d))
+        ]
+        states = [device_task_view(s) for s in self.store.list_task_devices(req.task_id)]
+        return {"matching": matching, "states": states}
+
+    async def validate_criteria(self, req: ops.ValidateCriteria) -> dict[str, Any]:
+        try:
+            compile_criteria(req.selection_criteria)
+        except AgataError as exc:
+            return {"valid": False, "error": exc.message}
+        return {"valid": True, "error": ""}
+
+    async def get_overview(self, req: ops.Empty) -> dict[str, Any]:
+        devices = self.store.list_devices()
+        tasks = self.store.list_tasks()
+        failures = [
+            {"task_id": t.task_id, "reason": t.state_reason, "time": t.updated_at}
+            for t in tasks
+            if t.state == TaskState.FAILED
+        ]
+        online = sum(1 for d in devices if seconds_since(d.last_seen) <= ONLINE_SECONDS)
+        return {
+            "devices_total": len(devices),
+            "devices_online": online,
+            "devices_offline": len(devices) - online,
+            "tasks_total": len(tasks),
+            "tasks_running": sum(1 for t in tasks if t.running),
+            "recent_failures": failures[-10:],
+        }
+
+    async def check_password(self, req: ops.CheckDownloadPassword) -> dict[str, bool]:
+        """Legacy devices download with the task's username/password (gateway only)."""
+        task = self.store.get_task(req.task_id)
+        ok = bool(task.username or task.password) and (
+            same_secret(req.username, task.username) & same_secret(req.password, task.password)
+        )
+        return {"ok": ok}
