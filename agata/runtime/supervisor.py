@@ -32,7 +32,6 @@ grandchild outlives the task.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import logging
 import re
@@ -65,6 +64,7 @@ from agata.runtime.process import (
     ProcessLauncher,
     task_environment,
 )
+from agata.runtime.triggers import TriggerRunner
 
 __all__ = ["MessageCallback", "TaskOutcome", "TaskProcess", "TaskState"]
 
@@ -190,8 +190,6 @@ class TaskProcess:
         self._grace = grace
         self._finish_grace = finish_grace
         self._drain_timeout = drain_timeout
-        self._trigger_timeout = trigger_timeout
-        self._max_triggers = max_triggers
 
         self._state = TaskState.STARTING
         self._spawning = False
@@ -215,7 +213,14 @@ class TaskProcess:
         self._supervisor: asyncio.Task[None] | None = None
         self._terminator: asyncio.Task[None] | None = None
         self._terminator_patient = False  # still waiting for a voluntary exit
-        self._triggers: set[asyncio.Task[None]] = set()
+        self._triggers = TriggerRunner(
+            self.bundle_dir,
+            self._trigger_process,
+            self._queue_note,
+            timeout=trigger_timeout,
+            max_running=max_triggers,
+            name=self.name,
+        )
 
     @classmethod
     def for_side(
@@ -297,8 +302,7 @@ class TaskProcess:
         """Ask for the process (and its running trigger scripts) to be stopped; returns
         at once. Safe to call from the message callback and in any state."""
         self._transition(_Event.STOP)
-        for trigger in list(self._triggers):
-            trigger.cancel()
+        self._triggers.cancel()
 
     async def stop(self, grace: float | None = None) -> TaskOutcome:
         """Stop the process group — SIGTERM, then SIGKILL after ``grace`` seconds (the
@@ -315,8 +319,7 @@ class TaskProcess:
             self._grace = grace
         self.request_stop()
         outcome = await self.wait()
-        if self._triggers:
-            await asyncio.gather(*self._triggers, return_exceptions=True)
+        await self._triggers.wait()
         return outcome
 
     async def wait(self) -> TaskOutcome:
@@ -327,8 +330,7 @@ class TaskProcess:
 
     async def wait_triggers(self) -> None:
         """Wait until no trigger script runs (they may outlive the main process)."""
-        while self._triggers:
-            await asyncio.gather(*self._triggers, return_exceptions=True)
+        await self._triggers.wait()
 
     # -- the state machine --------------------------------------------------------------
 
@@ -527,7 +529,13 @@ class TaskProcess:
         elif isinstance(message, Error):
             self._transition(_Event.ERROR, message.exception)
         elif isinstance(message, Trigger):
-            self._start_trigger(message)
+            if self._state is TaskState.RUNNING:
+                problem = self._triggers.start(message)
+            else:
+                problem = f"the task is {self._state}"
+            if problem is not None:
+                text = f"trigger {message.trigger_name!r} refused: {problem}"
+                self._notes.append(self._note(text))
 
     async def _deliver(self, message: TaskMessage) -> None:
         if self._on_message is None:
@@ -545,17 +553,12 @@ class TaskProcess:
 
     # -- triggers -----------------------------------------------------------------------
 
-    def _start_trigger(self, message: Trigger) -> None:
-        name = message.trigger_name
-        problem = self._trigger_problem(name)
-        if problem:
-            self._notes.append(self._note(f"trigger {name!r} refused: {problem}"))
-            return
-        child = TaskProcess(
+    def _trigger_process(self, script: str, arguments: Sequence[str]) -> TaskProcess:
+        return TaskProcess(
             self.bundle_dir,
-            f"{name}.py",
-            message.arguments,
-            on_message=self._trigger_output(name),
+            script,
+            arguments,
+            on_message=self._trigger_output(script),
             launcher=self._launcher,
             python=self._python,
             env=self._env,
@@ -564,58 +567,17 @@ class TaskProcess:
             drain_timeout=self._drain_timeout,
             tail_lines=20,
             max_triggers=0,
-            name=f"{self.name}:trigger {name}",
+            name=f"{self.name}:trigger {script}",
         )
-        task = asyncio.create_task(self._run_trigger(child, name))
-        self._triggers.add(task)
-        task.add_done_callback(self._triggers.discard)
 
-    def _trigger_problem(self, name: str) -> str | None:
-        if not _IDENTIFIER.match(name):
-            return "not a plain name"
-        if self._max_triggers <= 0:
-            return "triggers are not run here"
-        if len(self._triggers) >= self._max_triggers:
-            return f"{self._max_triggers} triggers already running"
-        if self._state is not TaskState.RUNNING:
-            return f"the task is {self._state}"
-        bundle = self.bundle_dir.resolve()
-        script = (bundle / f"{name}.py").resolve()
-        if not script.is_relative_to(bundle):
-            return "its file lies outside the bundle"
-        if not script.is_file():
-            return f"no {name}.py in the bundle"
-        return None
-
-    def _trigger_output(self, name: str) -> MessageCallback:
+    def _trigger_output(self, script: str) -> MessageCallback:
         async def log_output(message: TaskMessage) -> None:
             if isinstance(message, LogLine):
-                logger.info("%s: trigger %s: %s", self.name, name, message.text)
+                logger.info("%s: %s: %s", self.name, script, message.text)
             elif isinstance(message, Print):
-                logger.info("%s: trigger %s: %s", self.name, name, message.message)
+                logger.info("%s: %s: %s", self.name, script, message.message)
 
         return log_output
-
-    async def _run_trigger(self, child: TaskProcess, name: str) -> None:
-        try:
-            await child.start()
-        except AgataError as exc:
-            await self._queue_note(f"trigger {name} could not start: {exc}")
-            return
-        try:
-            async with asyncio.timeout(self._trigger_timeout):
-                outcome = await child.wait()
-        except TimeoutError:
-            outcome = await child.stop()
-        except asyncio.CancelledError:
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.shield(child.stop())
-            raise
-        text = f"trigger {name} {outcome.state}: {outcome.reason}"
-        if outcome.ok:
-            logger.info("%s: %s", self.name, text)
-        else:
-            await self._queue_note(text)
 
     async def _queue_note(self, text: str) -> None:
         note = self._note(text)
