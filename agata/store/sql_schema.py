@@ -1,0 +1,209 @@
+"""The SQL schema of the store (SQLAlchemy Core), shared by SQLite and PostgreSQL.
+
+:data:`SCHEMA_VERSION` is the version these tables describe. It is written to the
+one-row ``schema_version`` table when the schema is created; a change to the tables
+MUST bump it and add a migration step to :mod:`agata.store.sql_store` (see
+``docs/store.md``).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    DateTime,
+    Double,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator
+
+SCHEMA_VERSION = 1
+
+_ID = 255
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """A timezone-aware UTC datetime on every backend.
+
+    PostgreSQL keeps ``timestamptz``; SQLite has no time zones, so the value is stored as
+    naive UTC text (which sorts and compares correctly) and made aware again on reading.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+# BIGINT autoincrement needs INTEGER PRIMARY KEY on SQLite to be its rowid.
+_BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+metadata = MetaData()
+
+schema_version = Table(
+    "schema_version",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("version", Integer, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+    CheckConstraint("id = 1", name="schema_version_one_row"),
+)
+
+tasks = Table(
+    "tasks",
+    metadata,
+    Column("task_id", String(_ID), primary_key=True),
+    Column("host", String(_ID), nullable=False),
+    Column("port", Integer, nullable=False),
+    Column("username", String(_ID), nullable=False),
+    Column("password", Text, nullable=False),
+    Column("selection_criteria", Text, nullable=False),
+    Column("server_arguments", JSON, nullable=False),
+    Column("client_arguments", JSON, nullable=False),
+    Column("running", Boolean, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("state_reason", Text, nullable=False),
+    Column("server_pid", BigInteger, nullable=True),
+    Column("version", Integer, nullable=False),
+    Column("log_seq", BigInteger, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+    Index("ix_tasks_running", "running"),
+)
+
+task_tags = Table(
+    "task_tags",
+    metadata,
+    Column("task_id", ForeignKey("tasks.task_id", ondelete="CASCADE"), primary_key=True),
+    Column("tag", String(_ID), primary_key=True),
+    Column("position", Integer, nullable=False),
+)
+
+task_files = Table(
+    "task_files",
+    metadata,
+    Column("task_id", ForeignKey("tasks.task_id", ondelete="CASCADE"), primary_key=True),
+    Column("name", String(1024), primary_key=True),
+    Column("size", BigInteger, nullable=False),
+    Column("sha256", String(64), nullable=False),
+)
+
+devices = Table(
+    "devices",
+    metadata,
+    Column("user_id", String(_ID), primary_key=True),
+    Column("data_qnt", Double, nullable=True),
+    Column("avg_acc_contrib", Double, nullable=True),
+    Column("avg_disconnection_per_round", Double, nullable=True),
+    Column("extra", JSON, nullable=False),
+    Column("credential_hash", String(_ID), nullable=True),
+    Column("last_seen", UtcDateTime, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+)
+
+device_sensors = Table(
+    "device_sensors",
+    metadata,
+    Column("user_id", ForeignKey("devices.user_id", ondelete="CASCADE"), primary_key=True),
+    Column("sensor", String(_ID), primary_key=True),
+)
+
+device_tasks = Table(
+    "device_tasks",
+    metadata,
+    Column("user_id", ForeignKey("devices.user_id", ondelete="CASCADE"), primary_key=True),
+    Column("task_id", ForeignKey("tasks.task_id", ondelete="CASCADE"), primary_key=True),
+    Column("status", String(16), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+    Index("ix_device_tasks_task", "task_id"),
+)
+
+# No foreign keys: events are an audit trail that outlives tasks and devices.
+events = Table(
+    "events",
+    metadata,
+    Column("id", _BigId, primary_key=True, autoincrement=True),
+    Column("time", Double, nullable=False),
+    Column("service", String(_ID), nullable=False),
+    Column("function", String(_ID), nullable=False),
+    Column("event", String(_ID), nullable=False),
+    Column("task_id", String(_ID), nullable=True),
+    Column("user_id", String(_ID), nullable=True),
+    Column("data", JSON, nullable=False),
+    Index("ix_events_time", "time"),
+    Index("ix_events_task_time", "task_id", "time"),
+)
+
+metrics = Table(
+    "metrics",
+    metadata,
+    Column("id", _BigId, primary_key=True, autoincrement=True),
+    Column("task_id", ForeignKey("tasks.task_id", ondelete="CASCADE"), nullable=False),
+    Column("round", Integer, nullable=False),
+    Column("source", String(_ID), nullable=False),
+    Column("metrics", JSON, nullable=False),
+    Column("time", Double, nullable=False),
+    Index("ix_metrics_task_round", "task_id", "round"),
+)
+
+# seq comes from tasks.log_seq, so trimming a task's log is a range delete on the key.
+log_lines = Table(
+    "log_lines",
+    metadata,
+    Column("task_id", ForeignKey("tasks.task_id", ondelete="CASCADE"), primary_key=True),
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("source", String(_ID), nullable=False),
+    Column("stream", String(_ID), nullable=False),
+    Column("text", Text, nullable=False),
+    Column("time", Double, nullable=False),
+)
+
+operator_tokens = Table(
+    "operator_tokens",
+    metadata,
+    Column("token_id", String(64), primary_key=True),
+    Column("name", String(_ID), nullable=False),
+    Column("token_hash", String(_ID), nullable=False, unique=True),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("revoked", Boolean, nullable=False),
+)
+
+enrollment_tokens = Table(
+    "enrollment_tokens",
+    metadata,
+    Column("token_id", String(64), primary_key=True),
+    Column("name", String(_ID), nullable=False),
+    Column("token_hash", String(_ID), nullable=False, unique=True),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("expires_at", UtcDateTime, nullable=True),
+    Column("uses_left", Integer, nullable=False),
+    Column("revoked", Boolean, nullable=False),
+)

@@ -1,0 +1,857 @@
+"""The SQL store: SQLite (default) or PostgreSQL through SQLAlchemy 2 Core, synchronously.
+
+Features: every method is one short transaction; the schema is created on
+:meth:`SqlStore.initialize` and versioned in ``schema_version``; a task's log keeps its
+last ``log_cap`` lines; errors are translated by :mod:`agata.store.sql_errors`.
+
+URL format (see :func:`agata.store.store_factory.create_store`, which builds the engine):
+``sqlite://`` (in memory), ``sqlite:///relative.db``, ``sqlite:////absolute.db``,
+``postgresql://user:password@host:port/database``.
+
+Options: ``log_cap`` (lines kept per task), ``busy_timeout`` (seconds SQLite waits for
+another writer before the call fails with ``UNAVAILABLE``).
+
+On SQLite, writes start with ``BEGIN IMMEDIATE``, so a transaction that reads and then
+writes cannot fail half-way when another connection wrote in between (WAL snapshots
+cannot be upgraded); readers use a plain deferred ``BEGIN`` and never wait on writers.
+On PostgreSQL (READ COMMITTED), every read-modify-write first locks the row it
+depends on (``UPDATE … RETURNING`` or ``SELECT … FOR UPDATE``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time as _time
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Connection, Engine, Row, delete, false, insert, or_, select, true, update
+from sqlalchemy import text as sql_text
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.pool import StaticPool
+from sqlalchemy.sql.elements import ColumnElement
+
+from agata.errors import AgataError, ErrorCode, conflict, invalid, not_found
+from agata.store import sql_schema as t
+from agata.store import validation as v
+from agata.store.sql_errors import translate
+from agata.store.store import (
+    BundleFile,
+    Device,
+    DeviceTaskState,
+    DeviceTaskStatus,
+    EnrollmentToken,
+    Event,
+    LogLine,
+    Metric,
+    NewLogLine,
+    NewTask,
+    OperatorToken,
+    Store,
+    Task,
+    TaskState,
+)
+
+__all__ = ["DEFAULT_LOG_CAP", "MAX_LIST", "MAX_LOG_LINE", "WRITE_OPTION", "SqlStore"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_LOG_CAP = 5000
+MAX_LIST = 10_000
+"""Most rows one ``list_events`` call returns."""
+MAX_LOG_LINE = 65_536
+"""Longer log lines are cut (characters) and marked."""
+_GONE = "the task or device was deleted at the same time; try again"
+_PG_INIT_LOCK = 0x4147415441  # "AGATA": serializes schema creation across replicas
+WRITE_OPTION = "agata_write"
+"""Execution option set on a connection whose transaction will write (SQLite: IMMEDIATE)."""
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def iso(value: datetime) -> str:
+    """``2026-01-31T12:00:00.000000Z``: the one date format the store returns."""
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _log_text(value: str) -> str:
+    """Log text as the database can keep it: NUL and lone surrogates replaced, length cut."""
+    if not isinstance(value, str):
+        raise invalid("log text must be a string")
+    if len(value) > MAX_LOG_LINE:
+        value = value[:MAX_LOG_LINE] + " …[truncated]"
+    value = value.replace("\x00", "\ufffd")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        value = value.encode("utf-8", "replace").decode("utf-8")
+    return value
+
+
+def _exists(conn: Connection, key: Any, value: str) -> bool:
+    return conn.execute(select(key).where(key == value)).first() is not None
+
+
+class SqlStore(Store):
+    """A :class:`Store` on a SQLAlchemy engine (SQLite or PostgreSQL).
+
+    Build it with :func:`agata.store.store_factory.create_store`, which configures the
+    engine (pragmas, ``BEGIN`` modes, pools) and calls :meth:`initialize`.
+    """
+
+    def __init__(
+        self, engine: Engine, *, log_cap: int = DEFAULT_LOG_CAP, busy_timeout: float = 5.0
+    ) -> None:
+        self._engine = engine
+        self._log_cap = v.integer("log_cap", log_cap, 1)
+        self._busy_timeout = busy_timeout
+        self._pg = engine.dialect.name == "postgresql"
+        # One shared connection (SQLite in memory) must not interleave two transactions.
+        self._serial = threading.RLock() if isinstance(engine.pool, StaticPool) else None
+        self._closed = False
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    @contextmanager
+    def _tx(
+        self, operation: str, *, write: bool = False, conflict: str | None = None
+    ) -> Iterator[Connection]:
+        """One transaction; every database error leaves as an :class:`AgataError`."""
+        if self._closed:
+            raise AgataError(ErrorCode.UNAVAILABLE, "the store is closed")
+        if self._serial is not None:
+            self._serial.acquire()
+        try:
+            with self._engine.connect() as conn:
+                conn.execution_options(**{WRITE_OPTION: write})
+                with conn.begin():
+                    yield conn
+        except (SQLAlchemyError, UnicodeError) as exc:
+            raise translate(
+                exc, operation, conflict=conflict, busy_timeout=self._busy_timeout
+            ) from None
+        finally:
+            if self._serial is not None:
+                self._serial.release()
+
+    def _insert_ignore(self, table: Any, keys: list[str], values: dict[str, Any]) -> Any:
+        stmt = (pg_insert if self._pg else sqlite_insert)(table).values(**values)
+        return stmt.on_conflict_do_nothing(index_elements=keys)
+
+    def _upsert(self, table: Any, keys: list[str], values: dict[str, Any]) -> Any:
+        stmt = (pg_insert if self._pg else sqlite_insert)(table).values(**values)
+        changes = {k: stmt.excluded[k] for k in values if k not in keys}
+        return stmt.on_conflict_do_update(index_elements=keys, set_=changes)
+
+    def initialize(self) -> None:
+        """Create missing tables and check (or migrate) the schema version."""
+        with self._tx("initialize", write=True) as conn:
+            if self._pg:
+                conn.execute(sql_text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_INIT_LOCK})
+            t.metadata.create_all(conn)
+            stored = conn.execute(select(t.schema_version.c.version)).scalar()
+            if stored is None:
+                conn.execute(
+                    insert(t.schema_version).values(
+                        id=1, version=t.SCHEMA_VERSION, updated_at=_now()
+                    )
+                )
+                logger.info("store schema created at version %s", t.SCHEMA_VERSION)
+            elif stored > t.SCHEMA_VERSION:
+                raise AgataError(
+                    ErrorCode.INTERNAL,
+                    f"the database schema is version {stored}, newer than this AGATA "
+                    f"understands ({t.SCHEMA_VERSION}): upgrade AGATA",
+                )
+            elif stored < t.SCHEMA_VERSION:
+                self._migrate(conn, stored)
+
+    def _migrate(self, conn: Connection, stored: int) -> None:
+        """Bring a schema from ``stored`` up to :data:`sql_schema.SCHEMA_VERSION`.
+
+        Each future step is a function ``(conn) -> None`` taking version N to N+1, run in
+        the transaction of :meth:`initialize`; none exists yet.
+        """
+        steps: dict[int, Any] = {}
+        for version in range(stored, t.SCHEMA_VERSION):
+            step = steps.get(version)
+            if step is None:
+                raise AgataError(
+                    ErrorCode.INTERNAL, f"no migration from store schema version {version}"
+                )
+            step(conn)
+        conn.execute(update(t.schema_version).values(version=t.SCHEMA_VERSION, updated_at=_now()))
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._engine.dispose()
+
+    # -- tasks ---------------------------------------------------------------------------
+
+    def _load_tasks(self, conn: Connection, where: ColumnElement[bool]) -> list[Task]:
+        """Tasks matching ``where`` with tags and files: always three queries."""
+        rows = conn.execute(
+            select(t.tasks).where(where).order_by(t.tasks.c.created_at, t.tasks.c.task_id)
+        ).all()
+        if not rows:
+            return []
+        ids = select(t.tasks.c.task_id).where(where).scalar_subquery()
+        tags: dict[str, list[str]] = defaultdict(list)
+        for tag in conn.execute(
+            select(t.task_tags.c.task_id, t.task_tags.c.tag)
+            .where(t.task_tags.c.task_id.in_(ids))
+            .order_by(t.task_tags.c.task_id, t.task_tags.c.position)
+        ):
+            tags[tag.task_id].append(tag.tag)
+        files: dict[str, list[BundleFile]] = defaultdict(list)
+        for f in conn.execute(
+            select(t.task_files)
+            .where(t.task_files.c.task_id.in_(ids))
+            .order_by(t.task_files.c.task_id, t.task_files.c.name)
+        ):
+            files[f.task_id].append(BundleFile(name=f.name, size=f.size, sha256=f.sha256))
+        return [self._task(r, tags[r.task_id], files[r.task_id]) for r in rows]
+
+    @staticmethod
+    def _task(r: Row[Any], tags: list[str], files: list[BundleFile]) -> Task:
+        return Task(
+            task_id=r.task_id,
+            host=r.host,
+            port=r.port,
+            username=r.username,
+            password=r.password,
+            selection_criteria=r.selection_criteria,
+            server_arguments=tuple(r.server_arguments),
+            client_arguments=tuple(r.client_arguments),
+            tags=tuple(tags),
+            running=bool(r.running),
+            state=TaskState(r.state),
+            state_reason=r.state_reason,
+            server_pid=r.server_pid,
+            created_at=iso(r.created_at),
+            updated_at=iso(r.updated_at),
+            files=tuple(files),
+            version=r.version,
+        )
+
+    def _one_task(self, conn: Connection, task_id: str) -> Task:
+        found = self._load_tasks(conn, t.tasks.c.task_id == task_id)
+        if not found:
+            raise not_found(f"task {task_id!r} not found")
+        return found[0]
+
+    @staticmethod
+    def _replace_tags(conn: Connection, task_id: str, tags: Sequence[str]) -> None:
+        conn.execute(delete(t.task_tags).where(t.task_tags.c.task_id == task_id))
+        if tags:
+            conn.execute(
+                insert(t.task_tags),
+                [{"task_id": task_id, "tag": tag, "position": i} for i, tag in enumerate(tags)],
+            )
+
+    @staticmethod
+    def _replace_files(conn: Connection, task_id: str, files: Sequence[BundleFile]) -> None:
+        conn.execute(delete(t.task_files).where(t.task_files.c.task_id == task_id))
+        if files:
+            conn.execute(
+                insert(t.task_files),
+                [
+                    {"task_id": task_id, "name": f.name, "size": f.size, "sha256": f.sha256}
+                    for f in files
+                ],
+            )
+
+    def create_task(self, task: NewTask) -> Task:
+        task_id = v.ident("task_id", task.task_id)
+        row = {
+            "task_id": task_id,
+            "host": v.ident("host", task.host),
+            "port": v.integer("port", task.port, 1, 65535),
+            "username": v.text("username", task.username, v.MAX_ID),
+            "password": v.text("password", task.password),
+            "selection_criteria": v.text("selection_criteria", task.selection_criteria),
+            "server_arguments": list(v.strings("server_arguments", task.server_arguments)),
+            "client_arguments": list(v.strings("client_arguments", task.client_arguments)),
+        }
+        tags, files = v.unique("tag", task.tags), v.files(task.files)
+        now = _now()
+        with self._tx(
+            "create_task", write=True, conflict=f"task {task_id!r} already exists"
+        ) as conn:
+            conn.execute(
+                insert(t.tasks).values(
+                    **row,
+                    running=False,
+                    state=TaskState.STOPPED.value,
+                    state_reason="",
+                    server_pid=None,
+                    version=1,
+                    log_seq=0,
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+            self._replace_tags(conn, task_id, tags)
+            self._replace_files(conn, task_id, files)
+            return self._one_task(conn, task_id)
+
+    def get_task(self, task_id: str) -> Task:
+        with self._tx("get_task") as conn:
+            return self._one_task(conn, task_id)
+
+    def list_tasks(self, running: bool | None = None) -> list[Task]:
+        where = true() if running is None else t.tasks.c.running == running
+        with self._tx("list_tasks") as conn:
+            return self._load_tasks(conn, where)
+
+    def list_running_tasks(self) -> list[Task]:
+        return self.list_tasks(running=True)
+
+    def update_task(
+        self,
+        task_id: str,
+        *,
+        host: str | None = None,
+        port: int | None = None,
+        username: str | None = None,
+        password: str | None = None,
+        selection_criteria: str | None = None,
+        server_arguments: Sequence[str] | None = None,
+        client_arguments: Sequence[str] | None = None,
+        tags: Sequence[str] | None = None,
+    ) -> Task:
+        changes: dict[str, Any] = {}
+        if host is not None:
+            changes["host"] = v.ident("host", host)
+        if port is not None:
+            changes["port"] = v.integer("port", port, 1, 65535)
+        if username is not None:
+            changes["username"] = v.text("username", username, v.MAX_ID)
+        if password is not None:
+            changes["password"] = v.text("password", password)
+        if selection_criteria is not None:
+            changes["selection_criteria"] = v.text("selection_criteria", selection_criteria)
+        if server_arguments is not None:
+            changes["server_arguments"] = list(v.strings("server_arguments", server_arguments))
+        if client_arguments is not None:
+            changes["client_arguments"] = list(v.strings("client_arguments", client_arguments))
+        new_tags = None if tags is None else v.unique("tag", tags)
+        with self._tx("update_task", write=True) as conn:
+            if changes or new_tags is not None:
+                found = conn.execute(
+                    update(t.tasks)
+                    .where(t.tasks.c.task_id == task_id)
+                    .values(**changes, updated_at=_now())
+                    .returning(t.tasks.c.task_id)
+                ).first()
+                if found is None:
+                    raise not_found(f"task {task_id!r} not found")
+                if new_tags is not None:
+                    self._replace_tags(conn, task_id, new_tags)
+            return self._one_task(conn, task_id)
+
+    def set_task_state(
+        self,
+        task_id: str,
+        *,
+        running: bool,
+        state: TaskState | str,
+        reason: str = "",
+        server_pid: int | None = None,
+        expected_running: bool | None = None,
+    ) -> Task:
+        parsed = v.task_state(running, state)
+        reason = v.text("reason", reason)
+        if server_pid is not None:
+            v.integer("server_pid", server_pid, 0)
+        where = [t.tasks.c.task_id == task_id]
+        if expected_running is not None:
+            where.append(t.tasks.c.running == bool(expected_running))
+        with self._tx("set_task_state", write=True) as conn:
+            found = conn.execute(
+                update(t.tasks)
+                .where(*where)
+                .values(
+                    running=running,
+                    state=parsed.value,
+                    state_reason=reason,
+                    server_pid=server_pid,
+                    updated_at=_now(),
+                )
+                .returning(t.tasks.c.task_id)
+            ).first()
+            if found is None:
+                exists = conn.execute(
+                    select(t.tasks.c.running).where(t.tasks.c.task_id == task_id)
+                ).first()
+                if exists is None:
+                    raise not_found(f"task {task_id!r} not found")
+                now = "running" if exists.running else "not running"
+                raise conflict(f"task {task_id!r} is {now}")
+            return self._one_task(conn, task_id)
+
+    def set_task_files(self, task_id: str, files: Sequence[BundleFile]) -> Task:
+        checked = v.files(files)
+        with self._tx("set_task_files", write=True) as conn:
+            found = conn.execute(
+                update(t.tasks)
+                .where(t.tasks.c.task_id == task_id)
+                .values(version=t.tasks.c.version + 1, updated_at=_now())
+                .returning(t.tasks.c.task_id)
+            ).first()
+            if found is None:
+                raise not_found(f"task {task_id!r} not found")
+            self._replace_files(conn, task_id, checked)
+            return self._one_task(conn, task_id)
+
+    def delete_task(self, task_id: str) -> None:
+        with self._tx("delete_task", write=True) as conn:
+            running = conn.execute(
+                select(t.tasks.c.running).where(t.tasks.c.task_id == task_id).with_for_update()
+            ).scalar()
+            if running is None:
+                raise not_found(f"task {task_id!r} not found")
+            if running:
+                raise conflict(f"task {task_id!r} is running: stop it before deleting it")
+            for table in (t.task_tags, t.task_files, t.metrics, t.log_lines, t.device_tasks):
+                conn.execute(delete(table).where(table.c.task_id == task_id))
+            conn.execute(delete(t.tasks).where(t.tasks.c.task_id == task_id))
+        logger.info("task %s deleted", task_id)
+
+    # -- devices -------------------------------------------------------------------------
+
+    @staticmethod
+    def _device(r: Row[Any], sensors: Iterable[str]) -> Device:
+        return Device(
+            user_id=r.user_id,
+            data_qnt=r.data_qnt,
+            avg_acc_contrib=r.avg_acc_contrib,
+            avg_disconnection_per_round=r.avg_disconnection_per_round,
+            sensors=frozenset(sensors),
+            extra=dict(r.extra),
+            credential_hash=r.credential_hash,
+            last_seen=iso(r.last_seen),
+            created_at=iso(r.created_at),
+        )
+
+    def _one_device(self, conn: Connection, user_id: str) -> Device:
+        row = conn.execute(select(t.devices).where(t.devices.c.user_id == user_id)).first()
+        if row is None:
+            raise not_found(f"device {user_id!r} not found")
+        sensors = conn.execute(
+            select(t.device_sensors.c.sensor).where(t.device_sensors.c.user_id == user_id)
+        ).scalars()
+        return self._device(row, sensors)
+
+    def upsert_device(
+        self,
+        user_id: str,
+        *,
+        data_qnt: float | None = None,
+        avg_acc_contrib: float | None = None,
+        avg_disconnection_per_round: float | None = None,
+        sensors: Iterable[str] | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> Device:
+        user_id = v.ident("user_id", user_id)
+        changes: dict[str, Any] = {
+            name: v.number(name, value)
+            for name, value in (
+                ("data_qnt", data_qnt),
+                ("avg_acc_contrib", avg_acc_contrib),
+                ("avg_disconnection_per_round", avg_disconnection_per_round),
+            )
+            if value is not None
+        }
+        if extra is not None:
+            changes["extra"] = v.json_object("extra", extra)
+        new_sensors = None if sensors is None else sorted(set(v.unique("sensor", sensors)))
+        now = _now()
+        with self._tx("upsert_device", write=True) as conn:
+            conn.execute(
+                self._insert_ignore(
+                    t.devices,
+                    ["user_id"],
+                    {"user_id": user_id, "extra": {}, "last_seen": now, "created_at": now},
+                )
+            )
+            conn.execute(
+                update(t.devices)
+                .where(t.devices.c.user_id == user_id)
+                .values(**changes, last_seen=now)
+            )
+            if new_sensors is not None:
+                conn.execute(delete(t.device_sensors).where(t.device_sensors.c.user_id == user_id))
+                if new_sensors:
+                    conn.execute(
+                        insert(t.device_sensors),
+                        [{"user_id": user_id, "sensor": s} for s in new_sensors],
+                    )
+            return self._one_device(conn, user_id)
+
+    def get_device(self, user_id: str) -> Device:
+        with self._tx("get_device") as conn:
+            return self._one_device(conn, user_id)
+
+    def list_devices(self) -> list[Device]:
+        with self._tx("list_devices") as conn:
+            rows = conn.execute(select(t.devices).order_by(t.devices.c.user_id)).all()
+            sensors: dict[str, list[str]] = defaultdict(list)
+            for s in conn.execute(select(t.device_sensors)):
+                sensors[s.user_id].append(s.sensor)
+            return [self._device(r, sensors[r.user_id]) for r in rows]
+
+    def _update_device(self, operation: str, user_id: str, values: dict[str, Any]) -> None:
+        with self._tx(operation, write=True) as conn:
+            found = conn.execute(
+                update(t.devices)
+                .where(t.devices.c.user_id == user_id)
+                .values(**values)
+                .returning(t.devices.c.user_id)
+            ).first()
+            if found is None:
+                raise not_found(f"device {user_id!r} not found")
+
+    def find_device_by_credential_hash(self, credential_hash: str) -> str | None:
+        with self._tx("find_device_by_credential_hash") as conn:
+            found = conn.execute(
+                select(t.devices.c.user_id).where(t.devices.c.credential_hash == credential_hash)
+            ).first()
+            return None if found is None else str(found.user_id)
+
+    def touch_device(self, user_id: str) -> None:
+        self._update_device("touch_device", user_id, {"last_seen": _now()})
+
+    def set_device_credential(self, user_id: str, credential_hash: str | None) -> None:
+        if credential_hash is not None:
+            v.ident("credential_hash", credential_hash)
+        self._update_device("set_device_credential", user_id, {"credential_hash": credential_hash})
+
+    @staticmethod
+    def _device_task(r: Row[Any]) -> DeviceTaskState:
+        return DeviceTaskState(
+            user_id=r.user_id,
+            task_id=r.task_id,
+            status=DeviceTaskStatus(r.status),
+            reason=r.reason,
+            updated_at=iso(r.updated_at),
+        )
+
+    def set_device_task_status(
+        self, user_id: str, task_id: str, status: DeviceTaskStatus | str, reason: str = ""
+    ) -> DeviceTaskState:
+        parsed = v.device_status(status)
+        values = {
+            "user_id": user_id,
+            "task_id": task_id,
+            "status": parsed.value,
+            "reason": v.text("reason", reason),
+            "updated_at": _now(),
+        }
+        with self._tx("set_device_task_status", write=True, conflict=_GONE) as conn:
+            if not _exists(conn, t.devices.c.user_id, user_id):
+                raise not_found(f"device {user_id!r} not found")
+            if not _exists(conn, t.tasks.c.task_id, task_id):
+                raise not_found(f"task {task_id!r} not found")
+            conn.execute(self._upsert(t.device_tasks, ["user_id", "task_id"], values))
+            row = conn.execute(
+                select(t.device_tasks).where(
+                    t.device_tasks.c.user_id == user_id, t.device_tasks.c.task_id == task_id
+                )
+            ).one()
+            return self._device_task(row)
+
+    def list_device_tasks(self, user_id: str) -> list[DeviceTaskState]:
+        dt = t.device_tasks
+        with self._tx("list_device_tasks") as conn:
+            rows = conn.execute(select(dt).where(dt.c.user_id == user_id).order_by(dt.c.task_id))
+            return [self._device_task(r) for r in rows]
+
+    def list_task_devices(self, task_id: str) -> list[DeviceTaskState]:
+        dt = t.device_tasks
+        with self._tx("list_task_devices") as conn:
+            rows = conn.execute(select(dt).where(dt.c.task_id == task_id).order_by(dt.c.user_id))
+            return [self._device_task(r) for r in rows]
+
+    def clear_quarantine(self, user_id: str, task_id: str | None = None) -> int:
+        dt = t.device_tasks
+        where = [dt.c.user_id == user_id, dt.c.status == DeviceTaskStatus.QUARANTINED.value]
+        if task_id is not None:
+            where.append(dt.c.task_id == task_id)
+        with self._tx("clear_quarantine", write=True) as conn:
+            return conn.execute(delete(dt).where(*where)).rowcount
+
+    # -- events, metrics, logs -----------------------------------------------------------
+
+    def add_event(
+        self,
+        *,
+        service: str,
+        function: str,
+        event: str,
+        time: float | None = None,
+        task_id: str | None = None,
+        user_id: str | None = None,
+        data: Mapping[str, Any] | None = None,
+    ) -> Event:
+        values: dict[str, Any] = {
+            "time": _time.time() if time is None else v.number("time", time),
+            "service": v.text("service", service, v.MAX_ID),
+            "function": v.text("function", function, v.MAX_ID),
+            "event": v.text("event", event, v.MAX_ID),
+            "task_id": None if task_id is None else v.ident("task_id", task_id),
+            "user_id": None if user_id is None else v.ident("user_id", user_id),
+            "data": v.json_object("data", data),
+        }
+        with self._tx("add_event", write=True) as conn:
+            new_id = conn.execute(insert(t.events).values(**values).returning(t.events.c.id))
+            return Event(id=new_id.scalar_one(), **values)
+
+    def list_events(
+        self, task_id: str | None = None, since: float | None = None, limit: int = 1000
+    ) -> list[Event]:
+        limit = min(v.integer("limit", limit, 1), MAX_LIST)
+        e = t.events
+        query = select(e).order_by(e.c.time, e.c.id).limit(limit)
+        if task_id is not None:
+            query = query.where(e.c.task_id == task_id)
+        if since is not None:
+            query = query.where(e.c.time >= v.number("since", since))
+        with self._tx("list_events") as conn:
+            return [
+                Event(
+                    id=r.id,
+                    time=r.time,
+                    service=r.service,
+                    function=r.function,
+                    event=r.event,
+                    task_id=r.task_id,
+                    user_id=r.user_id,
+                    data=dict(r.data),
+                )
+                for r in conn.execute(query)
+            ]
+
+    def add_metric(
+        self,
+        task_id: str,
+        round: int,
+        source: str,
+        metrics: Mapping[str, float],
+        time: float | None = None,
+    ) -> Metric:
+        values: dict[str, Any] = {
+            "task_id": task_id,
+            "round": v.integer("round", round, 0),
+            "source": v.ident("source", source),
+            "metrics": v.metrics(metrics),
+            "time": _time.time() if time is None else v.number("time", time),
+        }
+        with self._tx("add_metric", write=True, conflict=_GONE) as conn:
+            if not _exists(conn, t.tasks.c.task_id, task_id):
+                raise not_found(f"task {task_id!r} not found")
+            new_id = conn.execute(insert(t.metrics).values(**values).returning(t.metrics.c.id))
+            return Metric(id=new_id.scalar_one(), **values)
+
+    def list_metrics(self, task_id: str) -> list[Metric]:
+        m = t.metrics
+        query = select(m).where(m.c.task_id == task_id).order_by(m.c.round, m.c.id)
+        with self._tx("list_metrics") as conn:
+            return [
+                Metric(
+                    id=r.id,
+                    task_id=r.task_id,
+                    round=r.round,
+                    source=r.source,
+                    metrics=dict(r.metrics),
+                    time=r.time,
+                )
+                for r in conn.execute(query)
+            ]
+
+    def add_log_lines(self, task_id: str, lines: Sequence[NewLogLine]) -> int:
+        now = _time.time()
+        rows = [
+            {
+                "source": v.text("log source", line.source, v.MAX_ID),
+                "stream": v.text("log stream", line.stream, v.MAX_ID),
+                "text": _log_text(line.text),
+                "time": now if line.time is None else v.number("log time", line.time),
+            }
+            for line in lines
+        ]
+        cap = self._log_cap
+        lg = t.log_lines
+        with self._tx("add_log_lines", write=True) as conn:
+            last = conn.execute(
+                update(t.tasks)
+                .where(t.tasks.c.task_id == task_id)
+                .values(log_seq=t.tasks.c.log_seq + len(rows))
+                .returning(t.tasks.c.log_seq)
+            ).scalar()
+            if last is None:
+                raise not_found(f"task {task_id!r} not found")
+            if rows:
+                first = last - len(rows) + 1
+                kept = [
+                    {"task_id": task_id, "seq": first + i, **row}
+                    for i, row in enumerate(rows)
+                    if first + i > last - cap
+                ]
+                conn.execute(insert(lg), kept)
+                conn.execute(delete(lg).where(lg.c.task_id == task_id, lg.c.seq <= last - cap))
+            return int(last)
+
+    def tail_logs(self, task_id: str, n: int = 100, after_seq: int = 0) -> list[LogLine]:
+        n = v.integer("n", n, 0)
+        lg = t.log_lines
+        query = (
+            select(lg)
+            .where(lg.c.task_id == task_id, lg.c.seq > v.integer("after_seq", after_seq, 0))
+            .order_by(lg.c.seq.desc())
+            .limit(min(n, self._log_cap))
+        )
+        with self._tx("tail_logs") as conn:
+            rows = conn.execute(query).all() if n else []
+        return [
+            LogLine(
+                task_id=r.task_id,
+                seq=r.seq,
+                source=r.source,
+                stream=r.stream,
+                text=r.text,
+                time=r.time,
+            )
+            for r in reversed(rows)
+        ]
+
+    # -- tokens --------------------------------------------------------------------------
+
+    @staticmethod
+    def _operator_token(r: Row[Any]) -> OperatorToken:
+        return OperatorToken(
+            token_id=r.token_id,
+            name=r.name,
+            token_hash=r.token_hash,
+            created_at=iso(r.created_at),
+            revoked=bool(r.revoked),
+        )
+
+    @staticmethod
+    def _enrollment_token(r: Row[Any]) -> EnrollmentToken:
+        return EnrollmentToken(
+            token_id=r.token_id,
+            name=r.name,
+            token_hash=r.token_hash,
+            created_at=iso(r.created_at),
+            expires_at=None if r.expires_at is None else iso(r.expires_at),
+            uses_left=r.uses_left,
+            revoked=bool(r.revoked),
+        )
+
+    def add_operator_token(self, name: str, token_hash: str) -> OperatorToken:
+        values: dict[str, Any] = {
+            "token_id": uuid.uuid4().hex,
+            "name": v.text("name", name, v.MAX_ID),
+            "token_hash": v.ident("token_hash", token_hash),
+            "created_at": _now(),
+            "revoked": False,
+        }
+        with self._tx(
+            "add_operator_token", write=True, conflict="an operator token with this hash exists"
+        ) as conn:
+            conn.execute(insert(t.operator_tokens).values(**values))
+        logger.info("operator token %s (%s) added", values["token_id"], values["name"])
+        return OperatorToken(**{**values, "created_at": iso(values["created_at"])})
+
+    def find_operator_token_by_hash(self, token_hash: str) -> OperatorToken | None:
+        ot = t.operator_tokens
+        with self._tx("find_operator_token_by_hash") as conn:
+            row = conn.execute(
+                select(ot).where(ot.c.token_hash == token_hash, ot.c.revoked == false())
+            ).first()
+        return None if row is None else self._operator_token(row)
+
+    def list_operator_tokens(self) -> list[OperatorToken]:
+        ot = t.operator_tokens
+        with self._tx("list_operator_tokens") as conn:
+            rows = conn.execute(select(ot).order_by(ot.c.created_at, ot.c.token_id))
+            return [self._operator_token(r) for r in rows]
+
+    def _revoke(self, operation: str, table: Any, token_id: str) -> None:
+        with self._tx(operation, write=True) as conn:
+            found = conn.execute(
+                update(table)
+                .where(table.c.token_id == token_id)
+                .values(revoked=True)
+                .returning(table.c.token_id)
+            ).first()
+            if found is None:
+                raise not_found(f"token {token_id!r} not found")
+        logger.info("token %s revoked", token_id)
+
+    def revoke_operator_token(self, token_id: str) -> None:
+        self._revoke("revoke_operator_token", t.operator_tokens, token_id)
+
+    def add_enrollment_token(
+        self, name: str, token_hash: str, *, uses: int = 1, expires_at: datetime | None = None
+    ) -> EnrollmentToken:
+        values: dict[str, Any] = {
+            "token_id": uuid.uuid4().hex,
+            "name": v.text("name", name, v.MAX_ID),
+            "token_hash": v.ident("token_hash", token_hash),
+            "created_at": _now(),
+            "expires_at": v.aware("expires_at", expires_at),
+            "uses_left": v.integer("uses", uses, 1),
+            "revoked": False,
+        }
+        with self._tx(
+            "add_enrollment_token", write=True, conflict="an enrollment token with this hash exists"
+        ) as conn:
+            conn.execute(insert(t.enrollment_tokens).values(**values))
+            row = conn.execute(
+                select(t.enrollment_tokens).where(
+                    t.enrollment_tokens.c.token_id == values["token_id"]
+                )
+            ).one()
+        logger.info("enrollment token %s (%s) added", values["token_id"], values["name"])
+        return self._enrollment_token(row)
+
+    def consume_enrollment_token(self, token_hash: str) -> EnrollmentToken | None:
+        et = t.enrollment_tokens
+        with self._tx("consume_enrollment_token", write=True) as conn:
+            row = conn.execute(
+                update(et)
+                .where(
+                    et.c.token_hash == token_hash,
+                    et.c.revoked == false(),
+                    et.c.uses_left > 0,
+                    or_(et.c.expires_at.is_(None), et.c.expires_at > _now()),
+                )
+                .values(uses_left=et.c.uses_left - 1)
+                .returning(*et.c)
+            ).first()
+        return None if row is None else self._enrollment_token(row)
+
+    def list_enrollment_tokens(self) -> list[EnrollmentToken]:
+        et = t.enrollment_tokens
+        with self._tx("list_enrollment_tokens") as conn:
+            rows = conn.execute(select(et).order_by(et.c.created_at, et.c.token_id))
+            return [self._enrollment_token(r) for r in rows]
+
+    def revoke_enrollment_token(self, token_id: str) -> None:
+        self._revoke("revoke_enrollment_token", t.enrollment_tokens, token_id)

@@ -1,0 +1,135 @@
+"""What only SQLite files do: WAL, locks held by other connections, full disks, reopening."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import update
+
+from agata.errors import AgataError, ErrorCode
+from agata.store import NewLogLine, NewTask, create_store
+from agata.store import sql_schema as schema
+from agata.store.sql_store import SqlStore
+
+
+def _task(task_id: str = "t1") -> NewTask:
+    return NewTask(task_id=task_id, host="h", port=1, username="u", password="secret-pw")
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "sub" / "agata.db"
+
+
+@pytest.fixture
+def writer(db_path: Path) -> Iterator[sqlite3.Connection]:
+    """Another process's connection to the same file, holding a write transaction."""
+    create_store(f"sqlite:///{db_path}").close()
+    conn = sqlite3.connect(db_path, isolation_level=None, timeout=0)
+    conn.execute("BEGIN IMMEDIATE")
+    conn.execute(
+        "INSERT INTO events (time, service, function, event, data) VALUES (0, 's', 'f', 'e', '{}')"
+    )
+    yield conn
+    conn.execute("ROLLBACK")
+    conn.close()
+
+
+def test_file_uses_wal_and_foreign_keys(db_path: Path) -> None:
+    store = create_store(f"sqlite:///{db_path}")
+    assert isinstance(store, SqlStore)
+
+    with store.engine.connect() as conn:
+        journal = conn.exec_driver_sql("PRAGMA journal_mode").scalar()
+        foreign_keys = conn.exec_driver_sql("PRAGMA foreign_keys").scalar()
+    store.close()
+
+    assert journal == "wal" and foreign_keys == 1
+    assert db_path.parent.is_dir()
+
+
+def test_data_survives_reopening(db_path: Path) -> None:
+    with create_store(f"sqlite:///{db_path}") as first:
+        first.create_task(_task())
+
+    with create_store(f"sqlite:///{db_path}") as second:
+        assert second.get_task("t1").password == "secret-pw"
+
+
+def test_write_locked_by_another_connection_fails_fast_with_unavailable(
+    db_path: Path, writer: sqlite3.Connection
+) -> None:
+    create_store_url = f"sqlite:///{db_path}"
+    # Opening also writes (schema check) and must fail the same way, not hang.
+    with pytest.raises(AgataError) as opening:
+        create_store(create_store_url, busy_timeout=0.2)
+    writer.execute("ROLLBACK")
+    store = create_store(create_store_url, busy_timeout=0.2)
+    store.create_task(_task())
+    writer.execute("BEGIN IMMEDIATE")
+    started = time.monotonic()
+
+    with pytest.raises(AgataError) as exc:
+        store.update_task("t1", host="h2")
+
+    waited = time.monotonic() - started
+    assert opening.value.code is ErrorCode.UNAVAILABLE
+    assert exc.value.code is ErrorCode.UNAVAILABLE
+    assert "locked by another connection" in exc.value.message
+    assert "0.2 s" in exc.value.message
+    assert "UPDATE" not in exc.value.message and "tasks" not in exc.value.message
+    assert 0.15 <= waited < 3.0
+    assert store.get_task("t1").host == "h"  # WAL: readers are not blocked by the writer
+    store.close()
+
+
+def test_store_works_again_once_the_lock_is_released(
+    db_path: Path, writer: sqlite3.Connection
+) -> None:
+    writer.execute("ROLLBACK")
+    store = create_store(f"sqlite:///{db_path}", busy_timeout=0.2)
+    writer.execute("BEGIN IMMEDIATE")
+    with pytest.raises(AgataError):
+        store.create_task(_task())
+
+    writer.execute("ROLLBACK")
+    store.create_task(_task())
+    writer.execute("BEGIN")  # the fixture's teardown rolls back
+
+    assert store.get_task("t1").task_id == "t1"
+    store.close()
+
+
+def test_full_database_is_unavailable_and_writes_nothing() -> None:
+    store = create_store("sqlite://")
+    assert isinstance(store, SqlStore)
+    store.create_task(_task())
+    with store.engine.connect() as conn:
+        pages = conn.exec_driver_sql("PRAGMA page_count").scalar()
+        conn.exec_driver_sql(f"PRAGMA max_page_count = {pages}")
+
+    with pytest.raises(AgataError) as exc:
+        store.add_log_lines("t1", [NewLogLine("server", "stdout", "x" * 60_000)] * 20)
+
+    assert exc.value.code is ErrorCode.UNAVAILABLE
+    assert "full" in exc.value.message
+    assert store.tail_logs("t1") == []
+    store.close()
+
+
+def test_newer_schema_version_is_refused(db_path: Path) -> None:
+    store = create_store(f"sqlite:///{db_path}")
+    assert isinstance(store, SqlStore)
+    with store.engine.begin() as conn:
+        conn.execute(update(schema.schema_version).values(version=schema.SCHEMA_VERSION + 1))
+    store.close()
+
+    with pytest.raises(AgataError) as exc:
+        create_store(f"sqlite:///{db_path}")
+
+    assert exc.value.code is ErrorCode.INTERNAL
+    assert "upgrade AGATA" in exc.value.message
