@@ -390,6 +390,14 @@ class TestStoreConformance:
         store.set_device_credential("d1", None)
         assert store.get_device("d1").credential_hash is None
 
+    def test_find_device_by_credential_hash(self, store: Store) -> None:
+        store.upsert_device("d1")
+        store.upsert_device("d2")
+        store.set_device_credential("d2", "a" * 64)
+
+        assert store.find_device_by_credential_hash("a" * 64) == "d2"
+        assert store.find_device_by_credential_hash("b" * 64) is None
+
     def test_concurrent_upserts_of_a_new_device_all_succeed(self, store: Store) -> None:
         errors: list[BaseException] = []
 

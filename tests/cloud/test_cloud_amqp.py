@@ -1,0 +1,130 @@
+"""The cloud on a real RabbitMQ, spoken to exactly like the original system did."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import pytest
+
+from agata.bus import RpcClient, create_bus
+from agata.cloud.cloud import CloudNode
+from agata.settings import load_settings
+
+
+@pytest.fixture
+async def amqp_cloud(tmp_path: Path, amqp_url: str) -> AsyncIterator[CloudNode]:
+    settings = load_settings(
+        flags={"data_dir": tmp_path / "cloud", "bus_url": amqp_url, "gateway_port": 0},
+        environ={},
+    )
+    node = CloudNode(settings)
+    await node.start()
+    yield node
+    await node.stop()
+
+
+async def original_call(url: str, operation: str, body: dict[str, Any]) -> dict[str, Any]:
+    """What the original RpcClient did: exclusive reply queue, uuid, type = operation."""
+    connection = await aio_pika.connect(url)
+    async with connection:
+        channel = await connection.channel()
+        replies = await channel.declare_queue("", exclusive=True)
+        correlation_id = str(uuid.uuid4())
+        await channel.default_exchange.publish(
+            aio_pika.Message(
+                json.dumps(body).encode(),
+                reply_to=replies.name,
+                correlation_id=correlation_id,
+                type=operation,
+            ),
+            routing_key=operation,
+        )
+        async with replies.iterator(timeout=10) as messages:
+            async for message in messages:
+                if message.correlation_id == correlation_id:
+                    await message.ack()
+                    return dict(json.loads(message.body))
+    raise AssertionError("no reply")
+
+
+async def test_original_client_gets_original_replies(amqp_cloud: CloudNode, amqp_url: str) -> None:
+    task_id = f"orig{uuid.uuid4().hex[:8]}"
+    create = {
+        "task_id": task_id,
+        "host": "localhost",
+        "port": 8080,
+        "username": "u",
+        "password": "p",
+        "files_paths": [],
+        "selection_criteria": "data_qnt > 5",
+        "server_arguments": "",
+        "client_arguments": "",
+        "tags": ["mnist"],
+    }
+
+    created = await original_call(amqp_url, "rpc_exec_create_task", create)
+    fetched = await original_call(amqp_url, "rpc_exec_get_task_by_id", {"task_id": task_id})
+    duplicate = await original_call(amqp_url, "rpc_exec_create_task", create)
+    user = await original_call(
+        amqp_url,
+        "rpc_exec_update_user_info",
+        {"user_id": "veh-1", "data_qnt": 323, "sensors": ["camera", "ecu"]},
+    )
+    offers = await original_call(amqp_url, "rpc_exec_client_requesting_task", {"user_id": "veh-1"})
+
+    assert created == {"status_code": 200, "return": None}
+    assert fetched["status_code"] == 200
+    assert fetched["return"]["ID"] == task_id
+    assert fetched["return"]["tags"] == ["mnist"]
+    assert fetched["return"]["running"] is False
+    assert duplicate["status_code"] == 409
+    assert user == {"status_code": 200, "return": None}
+    assert offers == {"status_code": 200, "return": []}  # the task is not running
+
+
+async def test_our_client_calls_an_original_style_service(amqp_url: str) -> None:
+    """A service that answers like the original BaseService (pika, reply props = corr id)."""
+    queue_name = f"rpc_exec_original_{uuid.uuid4().hex[:8]}"
+    connection = await aio_pika.connect(amqp_url)
+    channel = await connection.channel()
+    queue = await channel.declare_queue(queue_name)
+
+    async def serve(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        request = json.loads(message.body)
+        reply = {"status_code": 200, "return": {"echo": request, "type": message.type}}
+        await channel.default_exchange.publish(
+            aio_pika.Message(json.dumps(reply).encode(), correlation_id=message.correlation_id),
+            routing_key=message.reply_to or "",
+        )
+        await message.ack()
+
+    await queue.consume(serve)
+    bus = create_bus(amqp_url)
+    await bus.connect()
+    try:
+        result = await RpcClient(bus, timeout=5).call(queue_name, {"x": 1})
+    finally:
+        await bus.close()
+        await connection.close()
+
+    assert result == {"echo": {"x": 1}, "type": queue_name}
+
+
+async def test_gateway_on_amqp_serves_operations(amqp_cloud: CloudNode) -> None:
+    import httpx
+
+    token = amqp_cloud.ensure_operator_token()
+    async with httpx.AsyncClient(base_url=amqp_cloud.url, timeout=10) as http:
+        response = await http.post(
+            "/rpc_exec_list_tasks", json={}, headers={"Authorization": f"Bearer {token}"}
+        )
+
+    assert response.status_code == 200
+    assert isinstance(response.json(), list)
+    await asyncio.sleep(0)
