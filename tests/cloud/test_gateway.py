@@ -213,9 +213,11 @@ async def test_enrollment_token_is_single_use(cloud: Cloud) -> None:
 
 async def test_health_metrics_and_openapi(cloud: Cloud) -> None:
     health = await cloud.http.get("/healthz")
+    await cloud.op("rpc_exec_list_tasks", {})
     metrics = await cloud.http.get("/metrics")
     openapi = await cloud.http.get("/openapi.json")
 
     assert health.json()["status"] == "ok"
     assert "agata_tasks_running" in metrics.text
+    assert 'path="/rpc_exec_list_tasks",status="200"' in metrics.text
     assert "/{operation}" in openapi.json()["paths"]

@@ -15,6 +15,7 @@ from fastapi import FastAPI, Request, UploadFile
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agata import __version__
 from agata.bus.bus import Bus
@@ -102,18 +103,7 @@ def create_gateway(bus: Bus, config: GatewayConfig) -> FastAPI:
     async def on_agata_error(_request: Request, exc: AgataError) -> JSONResponse:
         return error_response(exc)
 
-    @app.middleware("http")
-    async def count_requests(request: Request, call_next: Any) -> Response:
-        started = time.perf_counter()
-        response: Response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        if path == "/{operation}":
-            path = "/" + request.path_params.get("operation", "")
-            if path[1:] not in KNOWN_OPERATIONS:
-                path = "/{unknown}"
-        metrics.observe(request.method, path, response.status_code, time.perf_counter() - started)
-        return response
+    app.add_middleware(RequestMetrics, metrics=metrics)
 
     # -- health, metrics, UI -------------------------------------------------------
 
@@ -270,6 +260,37 @@ def create_gateway(bus: Bus, config: GatewayConfig) -> FastAPI:
         return JSONResponse(result)
 
     return app
+
+
+class RequestMetrics:
+    """Counts and times requests by route (pure ASGI: no cost to streaming responses)."""
+
+    def __init__(self, app: ASGIApp, metrics: GatewayMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            route = scope.get("route")
+            path = getattr(route, "path", "unmatched")
+            if path == "/{operation}":
+                operation = scope.get("path_params", {}).get("operation", "")
+                path = "/" + operation if operation in KNOWN_OPERATIONS else "/{unknown}"
+            self.metrics.observe(scope["method"], path, status, time.perf_counter() - started)
 
 
 def _check_device_access(principal: Principal, user_id: str, legacy: bool) -> None:
