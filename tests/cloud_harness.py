@@ -1,4 +1,4 @@
-"""A real cloud (services + gateway on a loopback port) for tests: ``from cloud_harness import ...``."""
+"""A real cloud (services + gateway on a loopback port) for tests."""
 
 from __future__ import annotations
 
