@@ -1,0 +1,527 @@
+"""The edge agent: finds the tasks this device may run, runs them, reports on them.
+
+One asyncio loop, one process::
+
+    report attributes (when changed) -> ask for compatible tasks -> apply the policy
+      -> download the bundle (verified, cached) -> start the client side -> supervise
+
+- The loop sleeps on one ``wake`` event with the poll interval as timeout: idle means
+  idle, and a push event, a finished task or shutdown wakes it at once.
+- Failover: when a client side reports an error or exits without "Finished", the task
+  goes into quarantine (with the reason) and the next compatible task is started at
+  once from the offers already known, before the cloud is asked again.
+- "Finished": the agent asks the cloud for work at once; the same task version is not
+  run again while the cloud keeps offering it.
+- A running task that the cloud no longer offers (stopped, criteria changed) is
+  stopped; a task whose version changed is restarted with the new bundle.
+- Each started process group is recorded in the local state; the next start of an
+  agent that was killed ends whatever is left of them.
+
+Events (the experiments' timings) go to ``on_event(function, event, **fields)``:
+``update device info``, ``request task``, ``download task`` and ``start task on
+device`` as ``start``/``end`` pairs; ``task finished`` and ``task failed`` as ``end``;
+``switch task`` from ``start`` (failure seen) to ``end`` (next client spawned).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from agata.edge.backoff import Backoff, StateLog
+from agata.edge.bundle_cache import BundleCache
+from agata.edge.cloud_client import CloudClient, TaskOffer, is_transient
+from agata.edge.device_info import DeviceInfo, DeviceSource
+from agata.edge.local_state import LocalState, QuarantineEntry, RunningRecord
+from agata.edge.policy import choose_tasks
+from agata.edge.push import PushListener
+from agata.edge.reports import Report, ReportSender
+from agata.edge.task_runs import TaskRun, recover_leftovers
+from agata.errors import AgataError, ErrorCode
+from agata.runtime.messages import Error, Info, LogLine, Model, Print, TaskMessage
+from agata.runtime.process import ProcessLauncher
+from agata.runtime.supervisor import TaskProcess
+from agata.settings import Settings
+
+__all__ = ["Agent", "EventCallback", "RunningTask"]
+
+logger = logging.getLogger(__name__)
+
+EventCallback = Callable[..., None]
+"""``on_event(function, event, **fields)``; fields hold ``time`` and ``user_id``, and
+``task_id`` for task steps."""
+
+SERVICE = "edge agent"
+
+
+@dataclass(frozen=True, slots=True)
+class RunningTask:
+    """A client side this agent runs (see :meth:`Agent.running_tasks`)."""
+
+    task_id: str
+    version: str
+    pid: int | None
+    state: str
+    started_at: float
+    round: int | None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class Agent:
+    """The device's agent.
+
+    Args:
+        settings: ``cloud_url``, ``data_dir``, ``request_interval``, ``policy``,
+            ``max_tasks``, ``quarantine_seconds``, ``download_attempts``, ...
+        device: fixed attributes, or a :class:`DeviceSource` re-read every cycle.
+        credential: the device credential (None: anonymous, for ``--legacy-devices``).
+        on_event: receives the timing events (see the module docstring).
+        push: listen to the device's event stream (else poll only).
+        grace: seconds a stopped client side gets between SIGTERM and SIGKILL.
+        client: a ready :class:`CloudClient` (tests); one is built from the settings.
+        launcher: the runtime's OS boundary (tests); real processes by default.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        device: DeviceInfo | DeviceSource,
+        *,
+        credential: str | None = None,
+        on_event: EventCallback | None = None,
+        push: bool = True,
+        grace: float = 5.0,
+        client: CloudClient | None = None,
+        launcher: ProcessLauncher | None = None,
+    ) -> None:
+        self.settings = settings
+        self._device = device
+        self._on_event = on_event if settings.register_events else None
+        self._push_enabled = push
+        self._grace = grace
+        self._launcher = launcher
+        self._owns_client = client is None
+        self.client = client or CloudClient(
+            settings.cloud_url, credential=credential, timeout=settings.rpc_timeout
+        )
+        self.edge_dir = settings.data_dir / "edge"
+        self.work_root = self.edge_dir / "work"
+        self.cache = BundleCache(
+            self.edge_dir / "bundles", self.client, attempts=settings.download_attempts
+        )
+        self.state = LocalState.load(self.edge_dir / "state.json")
+
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self._runs: dict[str, TaskRun] = {}
+        self._ending: set[TaskRun] = set()
+        self._background: set[asyncio.Task[Any]] = set()
+        self._failovers: set[asyncio.Task[Any]] = set()
+        self._offers: list[TaskOffer] = []
+        self._reported: DeviceInfo | None = None
+        self._switch: tuple[str, float] | None = None
+        self._started = False
+        self._health = StateLog(logger, "agent")
+        self._reports: ReportSender | None = None
+        self.push: PushListener | None = None
+        self.polls = 0
+
+    # -- public API -------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Run until :meth:`shutdown`; then stop every client side and return."""
+        if self._started:
+            raise AgataError(ErrorCode.CONFLICT, "this agent already ran")
+        self._started = True
+        self.edge_dir.mkdir(parents=True, exist_ok=True)
+        device = self._current_device()
+        self._recover()
+        self._reports = ReportSender(self.client, device.user_id)
+        workers = [
+            asyncio.create_task(self._loop(), name="agent loop"),
+            asyncio.create_task(self._reports.run(), name="agent reports"),
+        ]
+        if self._push_enabled:
+            self.push = PushListener(
+                self.client,
+                device.user_id,
+                on_event=self._on_push,
+                on_connected=self._wake.set,
+            )
+            workers.append(asyncio.create_task(self.push.run(), name="agent push"))
+        stop = asyncio.create_task(self._stopping.wait())
+        try:
+            await asyncio.wait([stop, workers[0]], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            for worker in workers:
+                worker.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+            await self._stop_everything()
+            await self._reports.flush(timeout=1.0)
+            if self._owns_client:
+                await self.client.aclose()
+            logger.info("agent stopped")
+        loop = workers[0]
+        crash = loop.exception() if loop.done() and not loop.cancelled() else None
+        if crash is not None:
+            raise crash
+
+    def shutdown(self) -> None:
+        """Ask :meth:`run` to stop its tasks and return (safe from a signal handler)."""
+        self._stopping.set()
+        self._wake.set()
+
+    def poll_now(self) -> None:
+        """Ask the cloud for tasks now instead of at the next poll."""
+        self._wake.set()
+
+    def running_tasks(self) -> list[RunningTask]:
+        return [
+            RunningTask(
+                task_id=run.offer.task_id,
+                version=run.offer.version,
+                pid=run.process.pid,
+                state=str(run.process.state),
+                started_at=run.started_at,
+                round=run.round,
+                metrics=dict(run.metrics),
+            )
+            for run in self._runs.values()
+        ]
+
+    def quarantine(self) -> list[QuarantineEntry]:
+        """Tasks in quarantine on this device now."""
+        now = time.time()
+        return [entry for entry in self.state.quarantine.values() if entry.active(now)]
+
+    def clear_quarantine(self, task_id: str | None = None) -> int:
+        count = self.state.clear_quarantine(task_id)
+        if count:
+            self._wake.set()
+        return count
+
+    # -- the loop -----------------------------------------------------------------------
+
+    async def _loop(self) -> None:
+        interval = self.settings.request_interval
+        backoff = Backoff(min(0.5, interval), interval)
+        while not self._stopping.is_set():
+            self._wake.clear()
+            delay = interval
+            try:
+                await self._cycle()
+                backoff.reset()
+                self._health.set("working")
+            except AgataError as exc:
+                delay = backoff.next()
+                self._health.set(f"cannot work with the cloud ({exc.code.name})", exc.message)
+            except Exception:
+                delay = backoff.next()
+                logger.exception("agent cycle failed")
+            await self._sleep(delay)
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._wake.wait()
+
+    async def _cycle(self) -> None:
+        for entry in self.state.expire_quarantine():
+            logger.info("task %s: quarantine ended", entry.task_id)
+        device = self._current_device()
+        if device != self._reported:
+            self._event("update device info", "start")
+            await self.client.update_user_info(device)
+            self._event("update device info", "end")
+            self._reported = device
+        self._event("request task", "start")
+        try:
+            offers = await self.client.requesting_task(device.user_id)
+        except AgataError as exc:
+            if exc.code is not ErrorCode.NOT_FOUND:
+                raise
+            # The cloud forgot this device (a new database): introduce it again.
+            logger.info("the cloud does not know this device; sending its attributes again")
+            await self.client.update_user_info(device)
+            offers = await self.client.requesting_task(device.user_id)
+        self.polls += 1
+        self._event("request task", "end", tasks=[offer.task_id for offer in offers])
+        self._offers = offers
+        await self._reconcile()
+
+    def _current_device(self) -> DeviceInfo:
+        if isinstance(self._device, DeviceSource):
+            return self._device.current()
+        return self._device
+
+    # -- deciding what runs -----------------------------------------------------------
+
+    async def _reconcile(self) -> None:
+        """Make the running client sides match the policy over the known offers."""
+        async with self._lock:
+            offered = {offer.task_id: offer for offer in self._offers}
+            self.state.forget_finished(set(self.state.finished) - set(offered))
+            for task_id, run in list(self._runs.items()):
+                offer = offered.get(task_id)
+                if offer is None:
+                    self._stop_run(run, "no longer offered by the cloud")
+                elif offer.argv != run.offer.argv:
+                    self._stop_run(run, "its client arguments changed on the cloud")
+                elif offer.version != run.offer.version:
+                    self._stop_run(
+                        run, f"changed on the cloud (v{run.offer.version} -> v{offer.version})"
+                    )
+            tried: set[str] = set()
+            transient: AgataError | None = None
+            while not self._stopping.is_set():
+                wanted = choose_tasks(
+                    self.settings.policy,
+                    self._offers,
+                    running=self._runs.keys(),
+                    blocked=lambda offer: offer.task_id in tried or self._blocked(offer),
+                    max_tasks=self.settings.max_tasks,
+                )
+                fresh = [offer for offer in wanted if offer.task_id not in self._runs]
+                if not fresh:
+                    break
+                for offer in fresh:
+                    tried.add(offer.task_id)
+                    try:
+                        await self._start(offer)
+                    except AgataError as exc:
+                        transient = exc
+            if transient is not None:
+                raise transient
+
+    def _blocked(self, offer: TaskOffer) -> bool:
+        if self.state.quarantined(offer.task_id, offer.version) is not None:
+            return True
+        return self.state.finished.get(offer.task_id) == offer.version
+
+    async def _start(self, offer: TaskOffer) -> bool:
+        """Download and start one task; False (quarantined or skipped) when it cannot.
+
+        Raises AgataError only when the cloud is unreachable (try again later).
+        """
+        task_id = offer.task_id
+        self._report(Report(task_id, "downloading"))
+        self._event("download task", "start", task_id=task_id)
+        try:
+            bundle = await self.cache.ensure(offer)
+        except AgataError as exc:
+            self._event("download task", "end", task_id=task_id, error=exc.message)
+            if is_transient(exc):
+                raise
+            if exc.code in (ErrorCode.UNAUTHENTICATED, ErrorCode.FORBIDDEN):
+                logger.warning("task %s: the cloud refused the download: %s", task_id, exc)
+                return False
+            self._fail(offer, f"download failed: {exc.message}")
+            return False
+        self._event("download task", "end", task_id=task_id)
+        work = self.work_root / f"task_{task_id}"
+        work.mkdir(parents=True, exist_ok=True)
+        self._event("start task on device", "start", task_id=task_id)
+        run = TaskRun(offer, time.time())
+        run.process = TaskProcess.for_side(
+            bundle,
+            "client",
+            work,
+            offer.argv,
+            on_message=lambda message: self._on_message(run, message),
+            launcher=self._launcher,
+            grace=self._grace,
+            name=f"task {task_id} client",
+        )
+        try:
+            await run.process.start()
+        except AgataError as exc:
+            self._event("start task on device", "end", task_id=task_id, error=exc.message)
+            self._fail(offer, f"client side could not start: {exc.message}")
+            return False
+        # No await from here on: a message of the new process cannot arrive before
+        # the run is registered.
+        pid, pgid = run.process.pid, run.process.pgid
+        assert pid is not None and pgid is not None
+        self._runs[task_id] = run
+        self.state.count("started")
+        self.state.record_running(
+            RunningRecord(task_id, offer.version, pid, pgid, run.process.token, run.started_at)
+        )
+        self._event("start task on device", "end", task_id=task_id, pid=pid)
+        if self._switch is not None:
+            failed, _ = self._switch
+            self._switch = None
+            self._event("switch task", "end", task_id=task_id, from_task=failed)
+        logger.info("task %s v%s: client side started (pid %d)", task_id, offer.version, pid)
+        self._report(Report(task_id, "running"))
+        run.watcher = self._spawn(self._watch(run), f"watch {task_id}")
+        if not any(other.offer.task_id == task_id for other in self._ending):
+            self.cache.prune(task_id, keep={offer.version})
+        return True
+
+    # -- what the client sides say ----------------------------------------------------
+
+    async def _on_message(self, run: TaskRun, message: TaskMessage) -> None:
+        task_id = run.offer.task_id
+        if isinstance(message, Model):
+            run.round = message.round
+            run.metrics = dict(message.metrics)
+            self._report(Report(task_id, "running", round=message.round, metrics=message.metrics))
+        elif isinstance(message, Error):
+            self._task_failed(run, message.exception)
+        elif isinstance(message, Info):
+            if message.is_finished:
+                self._task_finished(run)
+            else:
+                logger.info("task %s: %s", task_id, message.info)
+        elif isinstance(message, Print):
+            logger.info("task %s: %s", task_id, message.message)
+        elif isinstance(message, LogLine):
+            logger.debug("task %s (%s): %s", task_id, message.stream, message.text)
+
+    async def _watch(self, run: TaskRun) -> None:
+        outcome = await run.process.wait()
+        pid = run.process.pid
+        self.state.forget_running(run.offer.task_id, pid)
+        self._ending.discard(run)
+        if run.ended:
+            return
+        if outcome.ok:
+            self._task_finished(run)
+        else:
+            self._task_failed(run, run.failure_reason(outcome.reason))
+
+    def _task_failed(self, run: TaskRun, reason: str) -> None:
+        if not self._end_run(run):
+            return
+        task_id = run.offer.task_id
+        logger.warning("task %s failed: %s", task_id, reason)
+        self._event("task failed", "end", task_id=task_id, reason=reason)
+        self._report(Report(task_id, "failed", reason=reason))
+        self._fail(run.offer, reason)
+        if not self._stopping.is_set():
+            # Failover: switch at once, from the offers already known.
+            self._switch = (task_id, time.time())
+            self._event("switch task", "start", task_id=task_id)
+            failover = self._spawn(self._failover(), f"failover from {task_id}")
+            self._failovers.add(failover)
+            failover.add_done_callback(self._failovers.discard)
+
+    def _task_finished(self, run: TaskRun) -> None:
+        if not self._end_run(run):
+            return
+        task_id = run.offer.task_id
+        logger.info("task %s finished on this device", task_id)
+        self.state.count("finished")
+        self.state.mark_finished(task_id, run.offer.version)
+        self._event("task finished", "end", task_id=task_id)
+        self._report(Report(task_id, "finished", round=run.round, metrics=run.metrics))
+        self._wake.set()
+
+    def _fail(self, offer: TaskOffer, reason: str) -> None:
+        """Quarantine ``offer`` on this device and tell the cloud."""
+        self.state.count("failed")
+        seconds = self.settings.quarantine_seconds
+        self.state.add_quarantine(offer.task_id, offer.version, reason, seconds)
+        logger.warning("task %s: in quarantine for %.0f s: %s", offer.task_id, seconds, reason)
+        self._report(Report(offer.task_id, "quarantined", reason=reason))
+
+    async def _failover(self) -> None:
+        try:
+            await self._reconcile()
+        except AgataError as exc:
+            logger.info("failover: %s; the next cycle tries again", exc.message)
+        if self._switch is not None and not self._runs:
+            self._switch = None  # nothing else to run right now
+        self._wake.set()  # and refresh the offers
+
+    def _end_run(self, run: TaskRun) -> bool:
+        """Mark ``run`` as over (once): it no longer counts as running."""
+        if run.ended:
+            return False
+        run.ended = True
+        if self._runs.get(run.offer.task_id) is run:
+            del self._runs[run.offer.task_id]
+        if not run.process.state.is_terminal:
+            self._ending.add(run)
+        return True
+
+    def _stop_run(self, run: TaskRun, reason: str) -> None:
+        if not self._end_run(run):
+            return
+        task_id = run.offer.task_id
+        logger.info("task %s: stopping its client side: %s", task_id, reason)
+        self.state.count("stopped")
+        self._report(Report(task_id, "stopped", reason=reason))
+        self._spawn(run.process.stop(self._grace), f"stop {task_id}")
+
+    # -- push -------------------------------------------------------------------------
+
+    def _on_push(self, name: str, data: Any) -> None:
+        if isinstance(data, dict):
+            task_id = data.get("task_id")
+            if name == "task" and data.get("running") and isinstance(task_id, str):
+                # Started again: a version finished here may run again.
+                self.state.forget_finished({task_id})
+            if name == "quarantine_cleared":
+                # The operator lifted it on the cloud (one task, or all when no task_id).
+                cleared = self.state.clear_quarantine(task_id if isinstance(task_id, str) else None)
+                if cleared:
+                    logger.info("quarantine lifted by the operator (%s)", task_id or "all tasks")
+        self._wake.set()
+
+    # -- start and end of the agent ------------------------------------------------
+
+    def _recover(self) -> None:
+        """End task processes a killed predecessor left, drop stale temporary files."""
+        recover_leftovers(self.state)
+        for entry in self.state.expire_quarantine():
+            logger.info("task %s: quarantine ended while the agent was away", entry.task_id)
+        if self.state.quarantine:
+            logger.info("tasks in quarantine: %s", ", ".join(sorted(self.state.quarantine)))
+        self.cache.clean_temporary()
+
+    async def _stop_everything(self) -> None:
+        failovers = list(self._failovers)
+        for task in failovers:
+            task.cancel()
+        await asyncio.gather(*failovers, return_exceptions=True)
+        for run in list(self._runs.values()):
+            self._stop_run(run, "the agent is shutting down")
+        processes = [run.process for run in self._ending]
+        if processes:
+            await asyncio.gather(*(p.stop(self._grace) for p in processes), return_exceptions=True)
+        background = list(self._background)
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
+        for record in list(self.state.running.values()):
+            self.state.forget_running(record.task_id)
+
+    # -- helpers ------------------------------------------------------------------------
+
+    def _spawn(self, coroutine: Any, name: str) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coroutine, name=name)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
+
+    def _report(self, report: Report) -> None:
+        if self._reports is not None:
+            self._reports.put(report)
+
+    def _event(self, function: str, event: str, **fields: Any) -> None:
+        if self._on_event is None:
+            return
+        user_id = self._reported.user_id if self._reported else None
+        try:
+            self._on_event(function, event, time=time.time(), user_id=user_id, **fields)
+        except Exception:
+            logger.exception("the event callback failed on %s %s", function, event)
