@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -25,6 +26,9 @@ from agata.store.store import TaskState as StoredState
 logger = logging.getLogger(__name__)
 
 EventSink = Callable[..., object]
+
+#: In a task's work folder while its server side runs: {"pgid", "token"}.
+PID_FILE = "server.pid.json"
 
 
 def expand_arguments(arguments: Sequence[str], host: str, port: int) -> list[str]:
@@ -74,6 +78,9 @@ class ServerTasks:
         )
         await process.start()  # raises NOT_FOUND / INTERNAL with the reason
         self._processes[task_id] = process
+        if process.pgid is not None:
+            # Lets a restarted cloud end this group, and only this one (see reconcile).
+            (work / PID_FILE).write_text(json.dumps({"pgid": process.pgid, "token": process.token}))
         watcher = asyncio.create_task(self._watch(task_id, process))
         self._watchers.add(watcher)
         watcher.add_done_callback(self._watchers.discard)
@@ -96,9 +103,7 @@ class ServerTasks:
         for task in self.store.list_tasks(running=True):
             if task.task_id in self._processes:
                 continue
-            if task.server_pid:
-                with contextlib.suppress(Exception):
-                    kill_process_group(task.server_pid)
+            self._end_leftover(task.task_id)
             self.store.set_task_state(
                 task.task_id,
                 running=False,
@@ -107,6 +112,21 @@ class ServerTasks:
             )
             fixed.append(task.task_id)
         return fixed
+
+    def _end_leftover(self, task_id: str) -> None:
+        """End the server process group a previous run of this cloud left behind."""
+        pid_file = self.work_root / f"task_{task_id}" / PID_FILE
+        try:
+            recorded = json.loads(pid_file.read_text())
+            pgid, token = int(recorded["pgid"]), str(recorded["token"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return
+        with contextlib.suppress(AgataError, OSError):
+            if kill_process_group(pgid, token=token):
+                logger.warning(
+                    "ended the leftover server side of task %s (group %d)", task_id, pgid
+                )
+        pid_file.unlink(missing_ok=True)
 
     # -- messages of a running task ------------------------------------------------
 
@@ -148,6 +168,7 @@ class ServerTasks:
     async def _watch(self, task_id: str, process: TaskProcess) -> None:
         outcome = await process.wait()
         self._processes.pop(task_id, None)
+        (self.work_root / f"task_{task_id}" / PID_FILE).unlink(missing_ok=True)
         state = {
             TaskState.FINISHED: StoredState.FINISHED,
             TaskState.FAILED: StoredState.FAILED,
