@@ -128,3 +128,42 @@ async def test_gateway_on_amqp_serves_operations(amqp_cloud: CloudNode) -> None:
     assert response.status_code == 200
     assert isinstance(response.json(), list)
     await asyncio.sleep(0)
+
+
+async def test_services_in_separate_nodes_with_replicas(tmp_path: Path, amqp_url: str) -> None:
+    """Like `agata cloud run --service X` in separate processes, sharing broker and store."""
+    import httpx
+
+    flags = {"data_dir": tmp_path / "shared", "bus_url": amqp_url, "gateway_port": 0}
+    settings = load_settings(flags=flags, environ={})
+    nodes = [
+        CloudNode(settings, services=["task-manager"]),
+        CloudNode(settings, services=["task-manager"]),  # a replica
+        CloudNode(settings, services=["device-registry"]),
+        CloudNode(settings, services=["gateway"]),
+    ]
+    for node in nodes:
+        await node.start()
+    gateway = nodes[-1]
+    token = gateway.ensure_operator_token()
+    task_ids = [f"sep{uuid.uuid4().hex[:6]}{i}" for i in range(6)]
+    try:
+        async with httpx.AsyncClient(
+            base_url=gateway.url, timeout=10, headers={"Authorization": f"Bearer {token}"}
+        ) as http:
+            for task_id in task_ids:
+                created = await http.post(
+                    "/rpc_exec_create_task",
+                    json={"task_id": task_id, "host": "h", "port": 1, "files_paths": []},
+                )
+                assert created.status_code == 200, created.text
+            device = await http.post(
+                "/rpc_exec_update_user_info", json={"user_id": "sep-dev", "data_qnt": 3}
+            )
+            listed = (await http.post("/rpc_exec_list_tasks", json={})).json()
+    finally:
+        for node in reversed(nodes):
+            await node.stop()
+
+    assert device.status_code == 200
+    assert set(task_ids) <= {t["ID"] for t in listed}
