@@ -11,6 +11,7 @@ import typer
 
 from agata import __version__
 from agata.cli.cloud_cmd import cloud_app, token_app
+from agata.cli.edge_cmd import device_app, edge_app
 from agata.errors import AgataError
 
 app = typer.Typer(
@@ -24,6 +25,8 @@ bench_app = typer.Typer(help="Measure AGATA on this machine and compare with the
 app.add_typer(bench_app, name="bench")
 app.add_typer(cloud_app, name="cloud")
 app.add_typer(token_app, name="token")
+app.add_typer(edge_app, name="edge")
+app.add_typer(device_app, name="device")
 
 ConfigOption = Annotated[
     Path | None,
