@@ -13,8 +13,14 @@ import typer
 from agata.errors import AgataError, ErrorCode
 from agata.settings import Settings, load_settings
 
-edge_app = typer.Typer(help="Run the device side: the edge agent and the edge gateway.")
-device_app = typer.Typer(help="Device identity: enrollment with the cloud.")
+# No pretty exceptions: they print local variables, and those hold credentials.
+edge_app = typer.Typer(
+    help="Run the device side: the edge agent and the edge gateway.",
+    pretty_exceptions_enable=False,
+)
+device_app = typer.Typer(
+    help="Device identity: enrollment with the cloud.", pretty_exceptions_enable=False
+)
 
 ConfigOption = Annotated[
     Path | None, typer.Option("--config", "-c", help="agata.toml or the original config.ini")

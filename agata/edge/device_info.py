@@ -74,6 +74,8 @@ def device_info(values: Mapping[str, Any], *, source: str = "device attributes")
     data: dict[str, Any] = {}
     extra: dict[str, Any] = {}
     for key, value in values.items():
+        if value is None:
+            continue
         if key in _KNOWN:
             data[key] = value
         elif key == "extra":

@@ -70,13 +70,16 @@ class ReportSender:
             await self._deliver(report)
 
     async def flush(self, timeout: float) -> None:
-        """Send what is queued, for at most ``timeout`` seconds (best effort)."""
+        """Send what is queued, for at most ``timeout`` seconds, giving up at once when
+        the cloud is unreachable (best effort, for a clean shutdown)."""
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
                 while not self._queue.empty():
-                    await self._deliver(self._queue.get_nowait())
+                    if not await self._deliver(self._queue.get_nowait(), retry=False):
+                        return
 
-    async def _deliver(self, report: Report) -> None:
+    async def _deliver(self, report: Report, *, retry: bool = True) -> bool:
+        """Send one report; False when the cloud was unreachable and ``retry`` is off."""
         while True:
             try:
                 await self.client.report_device_task(
@@ -89,6 +92,8 @@ class ReportSender:
                 )
             except AgataError as exc:
                 if is_transient(exc):
+                    if not retry:
+                        return False
                     await asyncio.sleep(self._backoff.next())
                     continue
                 logger.warning(
@@ -97,8 +102,8 @@ class ReportSender:
                     report.task_id,
                     exc.message,
                 )
-                return
+                return True
             self._backoff.reset()
             self._dropping = False
             self.sent += 1
-            return
+            return True
