@@ -437,9 +437,10 @@ class Agent:
         try:
             await self._reconcile()
         except AgataError as exc:
+            # The cloud is away: the switch ends when a later cycle starts the next task.
             logger.info("failover: %s; the next cycle tries again", exc.message)
-        if self._switch is not None and not self._runs:
-            self._switch = None  # nothing else to run right now
+        else:
+            self._switch = None  # started the next task (event sent) or there is none
         self._wake.set()  # and refresh the offers
 
     def _end_run(self, run: TaskRun) -> bool:
