@@ -1,0 +1,450 @@
+// One task: state and actions (start, stop, edit, delete, upload), a live chart of
+// accuracy and loss per round, the server log tail, the event timeline and its devices.
+
+import { call, describe, getBlob, uploadFiles } from "../api.js";
+import { chartSvg, legend, seriesOf } from "../chart.js";
+import {
+  ago, alertBox, badge, chips, debounce, deviceHref, formatClock, formatNumber, formatPercent, formatTime,
+  h, loading, replace, table,
+} from "../dom.js";
+import { dropZone, filesTable, progress } from "../upload.js";
+
+const LOG_LINES = 1000;
+const BAD_EVENT = /error|fail|quarantin/i;
+
+export async function render(ctx) {
+  const id = ctx.params.id;
+  ctx.title(id);
+  replace(ctx.container, loading());
+
+  const state = { task: null, metrics: [], logs: [], events: [], devices: { matching: [], states: [] }, source: null };
+  [state.task, state.metrics, state.logs, state.events, state.devices] = await Promise.all([
+    call("rpc_exec_get_task_by_id", { task_id: id }),
+    call("rpc_exec_get_task_metrics", { task_id: id }),
+    call("rpc_exec_get_task_logs", { task_id: id, limit: 300 }),
+    call("rpc_exec_get_task_events", { task_id: id, limit: 500 }),
+    call("rpc_exec_get_task_devices", { task_id: id }),
+  ]);
+
+  // -- layout ------------------------------------------------------------------------
+  const head = h("div", { class: "page-head" });
+  const actionMsg = h("div", { class: "action-msg", "aria-live": "polite" });
+  const startBox = h("div");
+  const stats = h("div", { class: "grid grid-stats" });
+  const chartBody = h("div", { class: "chart-box", id: "chart" });
+  const sourcePicker = h("div", { class: "tools" });
+  const valuesTable = h("div");
+  const log = h("pre", { class: "log", id: "log", tabindex: "0", "aria-label": "Server log" });
+  const timeline = h("ol", { class: "timeline", id: "timeline", tabindex: "0", "aria-label": "Event timeline" });
+  const devicesBody = h("div", { id: "task-devices" });
+  const filesBody = h("div", { id: "task-files" });
+  const config = h("div");
+  const zone = dropZone({ onFiles: upload });
+
+  replace(
+    ctx.container,
+    head,
+    h(
+      "div",
+      { class: "stack" },
+      actionMsg,
+      startBox,
+      stats,
+      h(
+        "section",
+        { class: "card", "aria-labelledby": "h-chart" },
+        h("div", { class: "card-head" }, h("h2", { id: "h-chart" }, "Training progress"), sourcePicker),
+        chartBody,
+        legend(),
+        h("details", { style: { marginTop: "10px" } }, h("summary", { class: "small muted" }, "Values per round"), valuesTable),
+      ),
+      h(
+        "div",
+        { class: "grid grid-2" },
+        h("section", { class: "card", "aria-labelledby": "h-log" }, h("h2", { id: "h-log" }, "Server log"), log),
+        h("section", { class: "card", "aria-labelledby": "h-events" }, h("h2", { id: "h-events" }, "Events ", h("span", { class: "count" }, "newest first")), timeline),
+      ),
+      h("section", { class: "card flush", "aria-labelledby": "h-devices" }, h("h2", { id: "h-devices" }, "Devices"), devicesBody),
+      h(
+        "div",
+        { class: "grid grid-2" },
+        h("section", { class: "card", "aria-labelledby": "h-files" },
+          h("div", { class: "card-head" }, h("h2", { id: "h-files" }, "Bundle"),
+            h("div", { class: "tools" }, h("button", { type: "button", class: "btn btn-small", id: "download-bundle", onclick: downloadBundle }, "Download .zip"))),
+          filesBody, h("div", { style: { height: "12px" } }), zone.element),
+        h("section", { class: "card", "aria-labelledby": "h-config" }, h("h2", { id: "h-config" }, "Configuration"), config),
+      ),
+    ),
+  );
+
+  // -- sections ----------------------------------------------------------------------
+  function showHead() {
+    const t = state.task;
+    const busy = (button, fn) => async () => {
+      button.disabled = true;
+      button.setAttribute("aria-busy", "true");
+      replace(actionMsg);
+      try {
+        await fn();
+      } catch (error) {
+        replace(actionMsg, alertBox(describe(error)));
+      } finally {
+        button.disabled = false;
+        button.removeAttribute("aria-busy");
+      }
+    };
+    const actions = h("div", { class: "actions" }, h("a", { class: "btn", href: `#/tasks/${encodeURIComponent(id)}/edit`, id: "edit-task" }, "Edit"));
+    if (t.running) {
+      const stop = h("button", { type: "button", class: "btn btn-danger", id: "stop-task" }, "Stop");
+      stop.addEventListener("click", busy(stop, async () => {
+        await call("rpc_exec_stop_server_task", { task_id: id });
+        replace(actionMsg, alertBox(`Task ${id} stopped.`, "ok"));
+        await reloadTask();
+      }));
+      actions.append(stop);
+    } else {
+      const del = h("button", { type: "button", class: "btn btn-danger", id: "delete-task" }, "Delete");
+      del.addEventListener("click", () => confirmDelete(del));
+      actions.append(del);
+    }
+    replace(
+      head,
+      h("div", { class: "crumb" }, h("a", { href: "#/tasks" }, "Tasks"), " / ", id),
+      h(
+        "div",
+        null,
+        h("div", { class: "row" }, h("h1", { tabindex: "-1" }, id), h("span", { id: "task-state" }, badge(t.state)), t.tags.length ? chips(t.tags, "tag") : null),
+        t.state_reason && !t.running ? h("p", { class: "subtitle", id: "task-reason" }, t.state_reason) : null,
+      ),
+      actions,
+    );
+  }
+
+  function confirmDelete(button) {
+    const yes = h("button", { type: "button", class: "btn btn-danger-solid btn-small", id: "confirm-delete" }, "Delete for good");
+    const no = h("button", { type: "button", class: "btn btn-small" }, "Cancel");
+    const box = h("div", { class: "confirm", role: "alertdialog", "aria-label": "Confirm delete" },
+      h("span", null, `Delete task ${id}, its bundle, metrics and logs?`), yes, no);
+    no.addEventListener("click", () => {
+      replace(actionMsg);
+      button.focus();
+    });
+    yes.addEventListener("click", async () => {
+      yes.disabled = true;
+      try {
+        await call("rpc_exec_delete_task", { task_id: id });
+        ctx.flash(`Task ${id} deleted.`);
+        ctx.navigate("#/tasks");
+      } catch (error) {
+        replace(actionMsg, alertBox(describe(error)));
+      }
+    });
+    replace(actionMsg, box);
+    no.focus();
+  }
+
+  function showStart() {
+    const t = state.task;
+    if (t.running) {
+      replace(startBox);
+      return;
+    }
+    const names = new Set(t.files.map((f) => f.name));
+    const missing = ["server.py", "client.py"].filter((n) => !names.has(n));
+    const args = h("input", { type: "text", id: "start-arguments", autocomplete: "off", spellcheck: "false", placeholder: t.server_arguments ? `stored: ${t.server_arguments}` : "none" });
+    const button = h("button", { type: "submit", class: "btn btn-primary", id: "start-task" }, "Start task");
+    const form = h(
+      "form",
+      { class: "inline-form", id: "start-form" },
+      h("div", { class: "field" }, h("label", { for: "start-arguments" }, "Server arguments for this run (optional)"), args,
+        h("span", { class: "hint" }, "Empty: the task's stored server arguments.")),
+      button,
+    );
+    form.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      button.disabled = true;
+      button.setAttribute("aria-busy", "true");
+      replace(actionMsg);
+      const body = { task_id: id };
+      if (args.value.trim()) body.arguments = args.value;
+      try {
+        await call("rpc_exec_start_server_task", body);
+        replace(actionMsg, alertBox(`Task ${id} started. Matching devices pick it up by themselves.`, "ok"));
+        await reloadTask();
+      } catch (error) {
+        replace(actionMsg, alertBox(describe(error)));
+        button.disabled = false;
+        button.removeAttribute("aria-busy");
+      }
+    });
+    replace(
+      startBox,
+      h("section", { class: "card", "aria-label": "Start" },
+        missing.length
+          ? h("div", { class: "row", style: { marginBottom: "10px" } },
+            h("div", { style: { flex: "1 1 260px" } }, alertBox(`Upload ${missing.join(" and ")} before starting.`, "warn")),
+            h("button", { type: "button", class: "btn btn-small", onclick: () => {
+              zone.input.scrollIntoView({ block: "center", behavior: "smooth" });
+              zone.input.focus({ preventScroll: true });
+            } }, "Go to the bundle"))
+          : null,
+        form),
+    );
+  }
+
+  function stat(value, label, name) {
+    return h("div", { class: "card stat", "data-stat": name }, h("span", { class: "value" }, value), h("span", { class: "label" }, label));
+  }
+
+  function showStats() {
+    const t = state.task;
+    replace(
+      stats,
+      stat((t.last_round ?? "—").toString(), "last round", "round"),
+      stat(formatPercent(t.last_acc), "accuracy", "accuracy"),
+      stat(String(t.devices_running.length), "devices running it", "running"),
+      stat(String(state.devices.matching.length), "devices matching now", "matching"),
+      h("div", { class: "card stat" }, h("span", { class: "value", style: { fontSize: "1.05rem", paddingTop: "8px" } }, ago(t.last_mod_date)), h("span", { class: "label" }, "last change")),
+    );
+  }
+
+  let chartWidth = 720;
+  const resized = new ResizeObserver(() => {
+    if (chartBody.clientWidth && Math.abs(chartBody.clientWidth - chartWidth) > 8) showChart();
+  });
+  resized.observe(chartBody);
+  ctx.onCleanup(() => resized.disconnect());
+
+  function sources() {
+    const all = [...new Set(state.metrics.map((m) => m.source))];
+    return all.sort((a, b) => (a === "server" ? -1 : b === "server" ? 1 : a.localeCompare(b)));
+  }
+
+  function showChart() {
+    const list = sources();
+    if (!state.source || !list.includes(state.source)) state.source = list[0] || "server";
+    const points = seriesOf(state.metrics, state.source);
+    chartWidth = chartBody.clientWidth || chartWidth;
+    replace(chartBody, chartSvg(points, chartWidth));
+    if (list.length > 1) {
+      const select = h("select", { id: "chart-source", "aria-label": "Whose metrics" },
+        list.map((src) => h("option", { value: src, selected: src === state.source ? "" : null }, src === "server" ? "server (aggregated)" : `device ${src}`)));
+      select.value = state.source;
+      select.addEventListener("change", () => {
+        state.source = select.value;
+        showChart();
+      });
+      replace(sourcePicker, select);
+    } else {
+      replace(sourcePicker, list.length ? h("span", { class: "small muted" }, `source: ${list[0]}`) : null);
+    }
+    replace(
+      valuesTable,
+      table(
+        [
+          { label: "Round", className: "num", render: (p) => String(p.round) },
+          { label: "Accuracy", className: "num", render: (p) => formatNumber(p.acc) },
+          { label: "Loss", className: "num", render: (p) => formatNumber(p.loss) },
+        ],
+        [...points].reverse(),
+        { emptyText: "No rounds yet." },
+      ),
+    );
+  }
+
+  function logLine(line) {
+    return h("span", { class: `ln s-${line.stream}` }, h("span", { class: "t" }, formatClock(line.time)), line.text);
+  }
+
+  function showLogs() {
+    if (state.logs.length === 0) {
+      replace(log, h("span", { class: "t" }, "No output yet. The server side's log appears here while it runs."));
+      return;
+    }
+    replace(log, state.logs.map(logLine));
+    log.scrollTop = log.scrollHeight;
+  }
+
+  function appendLog(line) {
+    const stick = log.scrollTop + log.clientHeight >= log.scrollHeight - 24;
+    if (state.logs.length === 0) replace(log);
+    state.logs.push(line);
+    log.append(logLine(line));
+    while (log.childElementCount > LOG_LINES) log.firstElementChild.remove();
+    if (stick) log.scrollTop = log.scrollHeight;
+  }
+
+  function eventItem(e) {
+    return h(
+      "li",
+      { class: BAD_EVENT.test(e.event) ? "bad" : "" },
+      h("div", { class: "what" }, e.event),
+      h("div", { class: "when" }, h("time", { title: formatTime(e.time) }, formatTime(e.time)), " · ", e.service,
+        e.user_id ? [" · ", h("a", { href: deviceHref(e.user_id) }, e.user_id)] : null),
+    );
+  }
+
+  function showEvents() {
+    if (state.events.length === 0) {
+      replace(timeline, h("li", { class: "muted" }, "No events yet."));
+      return;
+    }
+    replace(timeline, [...state.events].reverse().map(eventItem));
+  }
+
+  function showDevices() {
+    const { matching, states } = state.devices;
+    const running = states.filter((s) => s.status === "running").map((s) => s.user_id);
+    replace(
+      devicesBody,
+      h("div", { style: { padding: "0 18px 12px" } },
+        h("dl", { class: "props" },
+          h("dt", null, "Matching now"), h("dd", { id: "devices-matching" }, matching.length ? matching.map((d, i) => [i ? " " : "", h("a", { class: "chip", href: deviceHref(d) }, d)]) : h("span", { class: "muted" }, "no device matches the selection criteria")),
+          h("dt", null, "Running it"), h("dd", { id: "devices-running" }, running.length ? running.map((d, i) => [i ? " " : "", h("a", { class: "chip", href: deviceHref(d) }, d)]) : h("span", { class: "muted" }, "none")),
+        )),
+      table(
+        [
+          { label: "Device", className: "primary", render: (s) => h("a", { class: "id-link", href: deviceHref(s.user_id) }, s.user_id) },
+          { label: "Status", render: (s) => badge(s.status) },
+          { label: "Reason", render: (s) => h("span", { class: "break" }, s.reason || "—") },
+          { label: "Updated", render: (s) => ago(s.updated_at) },
+        ],
+        states,
+        { emptyText: "No device has reported on this task yet." },
+      ),
+    );
+  }
+
+  function showFiles() {
+    replace(filesBody, filesTable(state.task.files));
+  }
+
+  function showConfig() {
+    const t = state.task;
+    const code = (v) => (v ? h("code", null, v) : h("span", { class: "muted" }, "—"));
+    replace(
+      config,
+      h("dl", { class: "props" },
+        h("dt", null, "Flower server"), h("dd", null, code(`${t.host}:${t.port}`)),
+        h("dt", null, "Selection criteria"), h("dd", null, t.selection_criteria ? code(t.selection_criteria) : h("span", { class: "muted" }, "every device")),
+        h("dt", null, "Server arguments"), h("dd", null, code(t.server_arguments)),
+        h("dt", null, "Client arguments"), h("dd", null, code(t.client_arguments)),
+        h("dt", null, "Tags"), h("dd", null, chips(t.tags, "tag")),
+        h("dt", null, "Version"), h("dd", null, String(t.version)),
+        h("dt", null, "Created"), h("dd", null, formatTime(t.creation_date)),
+        h("dt", null, "Last change"), h("dd", null, formatTime(t.last_mod_date)),
+      ),
+    );
+  }
+
+  function showTask() {
+    showHead();
+    showStart();
+    showStats();
+    showFiles();
+    showConfig();
+  }
+
+  // -- actions -----------------------------------------------------------------------
+  async function upload(files) {
+    const update = progress(zone.status, `Uploading ${files.map((f) => f.name).join(", ")}…`);
+    try {
+      const listing = await uploadFiles(id, files, update);
+      state.task.files = listing;
+      showFiles();
+      showStart();
+      replace(zone.status, alertBox(`Uploaded ${files.length} file(s); the bundle now has ${listing.length}.`, "ok"));
+    } catch (error) {
+      replace(zone.status, alertBox(`Upload failed. ${describe(error)}`));
+    }
+  }
+
+  async function downloadBundle() {
+    replace(actionMsg);
+    try {
+      const blob = await getBlob(`api/tasks/${encodeURIComponent(id)}/bundle.zip`);
+      const url = URL.createObjectURL(blob);
+      const a = h("a", { href: url, download: `task_${id}.zip` });
+      document.body.append(a);
+      a.click();
+      a.remove();
+      setTimeout(() => URL.revokeObjectURL(url), 10000);
+    } catch (error) {
+      replace(actionMsg, alertBox(describe(error)));
+    }
+  }
+
+  async function reloadTask() {
+    try {
+      [state.task, state.devices] = await Promise.all([
+        call("rpc_exec_get_task_by_id", { task_id: id }),
+        call("rpc_exec_get_task_devices", { task_id: id }),
+      ]);
+      if (!ctx.active) return;
+      showTask();
+      showDevices();
+    } catch (error) {
+      if (error.status === 404) {
+        ctx.flash(`Task ${id} no longer exists.`, "warn");
+        ctx.navigate("#/tasks");
+        return;
+      }
+      replace(actionMsg, alertBox(describe(error)));
+    }
+  }
+
+  async function reloadAll() {
+    try {
+      [state.metrics, state.logs, state.events] = await Promise.all([
+        call("rpc_exec_get_task_metrics", { task_id: id }),
+        call("rpc_exec_get_task_logs", { task_id: id, limit: 300 }),
+        call("rpc_exec_get_task_events", { task_id: id, limit: 500 }),
+      ]);
+      showChart();
+      showLogs();
+      showEvents();
+    } catch (error) {
+      replace(actionMsg, alertBox(describe(error)));
+    }
+    await reloadTask();
+  }
+
+  // -- live updates ------------------------------------------------------------------
+  const taskSoon = debounce(reloadTask, 250);
+  const allSoon = debounce(reloadAll, 250);
+  ctx.onCleanup(taskSoon.cancel);
+  ctx.onCleanup(allSoon.cancel);
+  ctx.on("metric", (m) => {
+    if (m.task_id !== id) return;
+    state.metrics.push({ round: m.round, source: m.source, metrics: m.metrics || {}, time: m.time });
+    showChart();
+    taskSoon(); // last round / accuracy
+  });
+  ctx.on("log", (line) => line.task_id === id && appendLog(line));
+  ctx.on("event", (e) => {
+    if (e.task_id !== id) return;
+    state.events.push(e);
+    const first = timeline.firstElementChild;
+    if (state.events.length === 1 || !first) showEvents();
+    else timeline.prepend(eventItem(e));
+  });
+  ctx.on("task", (t) => {
+    if (t.task_id !== id) return;
+    if (t.deleted) {
+      ctx.flash(`Task ${id} was deleted.`, "warn");
+      ctx.navigate("#/tasks");
+      return;
+    }
+    allSoon(); // a state change: also catch metrics and lines sent before we listened
+  });
+  ctx.on("device", (d) => (!d.task_id || d.task_id === id) && taskSoon());
+  ctx.on("quarantine_cleared", () => taskSoon());
+  ctx.on("resync", allSoon);
+  ctx.every(30000, showStats); // "last change" ages
+
+  showTask();
+  showChart();
+  showLogs();
+  showEvents();
+  showDevices();
+}
