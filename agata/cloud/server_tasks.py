@@ -27,6 +27,9 @@ logger = logging.getLogger(__name__)
 
 EventSink = Callable[..., object]
 
+#: Environment variable naming the task's work folder (for the task and its triggers).
+WORK_PATH_ENV = "AGATA_WORK_PATH"
+
 #: In a task's work folder while its server side runs: {"pgid", "token"}.
 PID_FILE = "server.pid.json"
 
@@ -75,6 +78,7 @@ class ServerTasks:
             on_message=lambda message: self._on_message(task_id, message),
             grace=self.grace,
             name=f"task {task_id} server",
+            env={WORK_PATH_ENV: str(work)},
         )
         await process.start()  # raises NOT_FOUND / INTERNAL with the reason
         self._processes[task_id] = process

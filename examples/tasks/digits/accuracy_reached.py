@@ -2,8 +2,8 @@
 
 The task runtime runs it from the bundle folder as ``python accuracy_reached.py <args>``,
 where the arguments are the trigger's ``trigger_arguments`` (here the accuracy, e.g.
-``0.9433``). It records the event in ``trigger_fired.json`` in the current folder and
-reports one ``print`` line.
+``0.9433``). It records the event in ``trigger_fired.json`` in the task's work folder
+(``$AGATA_WORK_PATH``, else the current folder) and reports one ``print`` line.
 
 It does not announce "Started" and never writes an ``error`` line: a trigger's output
 must not be mistaken for the lifecycle of the task that fired it. On failure it writes
@@ -43,7 +43,9 @@ def main(argv: list[str]) -> int:
         "time": datetime.fromtimestamp(now, UTC).isoformat(),
         "unix_time": now,
     }
-    target = Path.cwd() / OUTPUT
+    # The task's work folder (AGATA sets AGATA_WORK_PATH); the bundle folder is read-only
+    # in spirit: what is written there could end up in the bundle listing.
+    target = Path(os.environ.get("AGATA_WORK_PATH") or Path.cwd()) / OUTPUT
     temporary = target.with_name(f".{OUTPUT}.{os.getpid()}.tmp")
     try:
         temporary.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
@@ -53,7 +55,7 @@ def main(argv: list[str]) -> int:
         print(f"accuracy_reached: cannot write {target}: {exc}", file=sys.stderr)
         return 1
     TaskReporter(announce=False).send_print(
-        f"accuracy_reached: accuracy {record['accuracy']} at {record['time']}, written to {OUTPUT}"
+        f"accuracy_reached: accuracy {record['accuracy']} at {record['time']}, written to {target}"
     )
     return 0
 
