@@ -1,0 +1,241 @@
+"""``agata bench devices``: how many devices one cloud serves asking for work.
+
+A real cloud in this process (``memory://`` or the given RabbitMQ; SQLite in a temporary
+folder) with ``--tasks`` running tasks, each with its own selection criteria (their
+server sides are trivial processes that wait), and ``--devices`` enrolled devices with
+varied attributes. The load is ``rpc_exec_client_requesting_task`` from every device in
+turn, each with its own credential, as their agents send it.
+
+The load generator is Debian's ``wrk`` (C, one thread per core; a generated Lua script
+sets method, body and headers per request). Without ``wrk`` a Python load generator
+(httpx, asyncio) runs instead and the report says so: it shares the cores it measures
+and understates the cloud.
+
+Derived figure: devices served at the default poll interval = requests/s * interval
+(the push stream adds no polls; devices poll once per interval when idle).
+
+Setup goes straight to the store (devices, credential hashes): only the request path
+is measured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from agata.bench.report import Report, percentile
+
+SERVER_PY = """
+import signal, sys, time
+signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
+while True:
+    time.sleep(60)
+"""
+SENSORS = ("camera", "microphone", "gps", "accelerometer")
+POLL_INTERVAL = 10.0
+
+LUA = """
+local devices = {
+%s
+}
+local n = #devices
+local i = 0
+request = function()
+  i = (i %% n) + 1
+  local d = devices[i]
+  return wrk.format("POST", "/rpc_exec_client_requesting_task",
+    {["Content-Type"] = "application/json", ["Authorization"] = "Bearer " .. d[2]},
+    '{"user_id":"' .. d[1] .. '"}')
+end
+"""
+
+
+def _criteria(i: int) -> str:
+    sensor = SENSORS[i % len(SENSORS)]
+    return f'(data_qnt > {i * 5}) and ("{sensor}" in sensors)'
+
+
+async def _setup(
+    node: Any, http: httpx.AsyncClient, devices: int, tasks: int
+) -> list[tuple[str, str]]:
+    from agata.cloud.auth import DEVICE_PREFIX, hash_token, new_token
+
+    rng = random.Random(7)
+    credentials = []
+    for d in range(devices):
+        user_id = f"sim-{d:05d}"
+        sensors = [s for s in SENSORS if rng.random() < 0.5]
+        node.store.upsert_device(user_id, data_qnt=rng.randint(0, 200), sensors=sensors)
+        credential = new_token(DEVICE_PREFIX)
+        node.store.set_device_credential(user_id, hash_token(credential))
+        credentials.append((user_id, credential))
+    for t in range(tasks):
+        body = {"task_id": f"load-{t:02d}", "host": "127.0.0.1", "port": 20000 + t,
+                "username": "", "password": "", "files_paths": [],
+                "selection_criteria": _criteria(t)}  # fmt: skip
+        (await http.post("/rpc_exec_create_task", json=body)).raise_for_status()
+        files = [("files", ("server.py", SERVER_PY.encode())), ("files", ("client.py", b""))]
+        (await http.post(f"/api/tasks/load-{t:02d}/files", files=files)).raise_for_status()
+        start = {"task_id": f"load-{t:02d}"}
+        (await http.post("/rpc_exec_start_server_task", json=start)).raise_for_status()
+    return credentials
+
+
+def _parse_wrk(text: str) -> dict[str, Any]:
+    def duration(value: str) -> float:
+        number, unit = re.match(r"([\d.]+)(\w+)", value).groups()  # type: ignore[union-attr]
+        return float(number) * {"us": 1e-3, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
+
+    result: dict[str, Any] = {"raw": text}
+    if m := re.search(r"Requests/sec:\s+([\d.]+)", text):
+        result["rps"] = float(m.group(1))
+    for q in ("50", "90", "99"):
+        if m := re.search(rf"^\s+{q}%\s+(\S+)", text, re.M):
+            result[f"p{q}_ms"] = duration(m.group(1))
+    m = re.search(r"(\d+) requests in", text)
+    result["requests"] = int(m.group(1)) if m else 0
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    errors = int(m.group(1)) if m else 0
+    if m := re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text
+    ):
+        errors += sum(int(g) for g in m.groups())
+    result["errors"] = errors
+    return result
+
+
+async def _wrk(
+    url: str, credentials: list[tuple[str, str]], seconds: int, connections: int
+) -> dict:
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        rows = ",\n".join(f'  {{"{u}", "{c}"}}' for u, c in credentials)
+        script.write(LUA % rows)
+    try:
+        process = await asyncio.create_subprocess_exec(
+            "wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "--timeout", "5s",
+            "-s", script.name, url,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+        out, _ = await process.communicate()
+    finally:
+        Path(script.name).unlink(missing_ok=True)  # noqa: ASYNC240 - a local temp file
+    return _parse_wrk(out.decode(errors="replace"))
+
+
+async def _httpx_load(
+    url: str, credentials: list[tuple[str, str]], seconds: int, connections: int
+) -> dict:
+    latencies: list[float] = []
+    errors = 0
+    deadline = time.monotonic() + seconds
+    counter = iter(range(10**12))
+
+    async def worker(http: httpx.AsyncClient) -> None:
+        nonlocal errors
+        while time.monotonic() < deadline:
+            user_id, credential = credentials[next(counter) % len(credentials)]
+            t0 = time.perf_counter()
+            try:
+                r = await http.post(
+                    "/rpc_exec_client_requesting_task",
+                    json={"user_id": user_id},
+                    headers={"Authorization": f"Bearer {credential}"},
+                )
+                if r.status_code != 200:
+                    errors += 1
+            except httpx.HTTPError:
+                errors += 1
+            latencies.append(time.perf_counter() - t0)
+
+    limits = httpx.Limits(max_connections=connections)
+    started = time.monotonic()
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=5) as http:
+        await asyncio.gather(*(worker(http) for _ in range(connections)))
+    elapsed = time.monotonic() - started
+    return {
+        "rps": len(latencies) / elapsed,
+        "p50_ms": percentile(latencies, 50) * 1000,
+        "p99_ms": percentile(latencies, 99) * 1000,
+        "requests": len(latencies),
+        "errors": errors,
+    }
+
+
+async def _measure(
+    bus_url: str, devices: int, tasks: int, seconds: int, connections: int
+) -> dict[str, Any]:
+    from agata.cloud.auth import OPERATOR_PREFIX, hash_token, new_token
+    from agata.cloud.cloud import CloudNode
+    from agata.settings import load_settings
+
+    with tempfile.TemporaryDirectory(prefix="agata-bench-") as tmp:
+        settings = load_settings(
+            flags={"data_dir": Path(tmp), "bus_url": bus_url, "gateway_port": 0,
+                   "server_grace_seconds": 1.0, "register_events": True},
+            environ={},
+        )  # fmt: skip
+        node = CloudNode(settings)
+        await node.start()
+        token = new_token(OPERATOR_PREFIX)
+        node.store.add_operator_token("bench", hash_token(token))
+        try:
+            headers = {"Authorization": f"Bearer {token}"}
+            async with httpx.AsyncClient(base_url=node.url, headers=headers, timeout=30) as http:
+                credentials = await _setup(node, http, devices, tasks)
+                user_id, credential = credentials[0]
+                offers = (
+                    await http.post(
+                        "/rpc_exec_client_requesting_task",
+                        json={"user_id": user_id},
+                        headers={"Authorization": f"Bearer {credential}"},
+                    )
+                ).json()
+                if shutil.which("wrk"):
+                    result = await _wrk(node.url, credentials, seconds, connections)
+                    result["generator"] = "wrk"
+                else:
+                    result = await _httpx_load(node.url, credentials, seconds, connections)
+                    result["generator"] = "httpx (Python, same machine: understates the cloud)"
+                result["offers_device0"] = len(offers)
+                for t in range(tasks):
+                    await http.post("/rpc_exec_stop_server_task", json={"task_id": f"load-{t:02d}"})
+        finally:
+            await node.stop()
+    return result
+
+
+def run_devices_bench(
+    devices: int = 1000,
+    tasks: int = 20,
+    seconds: int = 10,
+    connections: int = 16,
+    amqp_url: str | None = None,
+) -> Report:
+    bus_url = amqp_url or "memory://"
+    kind = bus_url.split("://")[0]
+    data = asyncio.run(_measure(bus_url, devices, tasks, seconds, connections))
+    report = Report(f"task requests: {devices} devices, {tasks} running tasks, {kind}://")
+    report.context = {
+        "devices": devices, "tasks": tasks, "seconds": seconds, "connections": connections,
+        "generator": data["generator"], "requests": data.get("requests"),
+    }  # fmt: skip
+    note = f"{data['generator']}, {connections} connections"
+    rps = data.get("rps")
+    report.add("task requests/s", rps, "req/s", note=note)
+    report.add("request p50", data.get("p50_ms"), "ms")
+    report.add("request p99", data.get("p99_ms"), "ms", at_most=100, note="issue 7 bound")
+    report.add("errors", float(data.get("errors", 0)), "", at_most=0)
+    if rps:
+        report.add(
+            "devices served at the 10 s poll interval", rps * POLL_INTERVAL, "devices",
+            at_least=devices, note="requests/s * 10 s",
+        )  # fmt: skip
+    return report

@@ -1,0 +1,347 @@
+"""``agata bench edge``: the edge agent as a device runs it.
+
+A real cloud in this process (``memory://``, SQLite in a temporary folder) and a real
+agent process (``python -m agata edge run``, enrolled, default poll interval, push on).
+Task sides are tiny scripts: each client writes the time its first line runs to a file,
+so the figures are taken from outside the agent:
+
+- **dispatch latency**: the agent idle, the operator starts a compatible task (time
+  taken before the HTTP call) -> the task's client process runs its first line.
+  Includes the interpreter start of the client (measured alone, in the note).
+- **failover**: task E's client reports an error (time taken just before) -> task C's
+  client runs its first line. The first sample downloads C's bundle; the others find
+  it cached (the target is for a cached bundle).
+- **idle CPU and RSS** of the agent process with no task, from ``/proc/<pid>/stat``
+  (utime + stime) over ``--idle-seconds`` and ``/proc/<pid>/status`` (VmRSS).
+- **step 6** of experiment 1, the agent's own overhead from bundle verified to client
+  process spawned, from the agent's own events: an in-process agent (its events are
+  callbacks; the cloud in a process of its own), the same code.
+
+Targets (issue 4/5): dispatch p50 <= 300 ms and p95 <= 1 s; failover <= 100 ms (cached);
+idle < 1% of a core; RSS <= 60 MB; step 6 <= 10 ms.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from agata.bench.report import Report, percentile
+from agata.demo.harness import Lab, LabOptions
+from agata.demo.timings import AGENT, first, where
+
+WAIT_SERVER = """
+import signal, sys, time
+signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
+while True:
+    time.sleep(60)
+"""
+# argv: [work_path, stamp_file]; the time is the first thing taken.
+STAMP_CLIENT = """import time; t = time.time()
+import os, signal, sys
+with open(sys.argv[2], "a") as f:
+    f.write(f"{t} {os.getpid()}\\n")
+signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
+while True:
+    time.sleep(60)
+"""
+FAIL_CLIENT = """import os, sys, time
+from agata.runtime import TaskReporter
+r = TaskReporter()
+time.sleep(1.0)
+with open(sys.argv[2], "a") as f:
+    f.write(f"{time.time()} {os.getpid()}\\n")
+r.send_error(RuntimeError("fails on purpose"))
+sys.exit(1)
+"""
+FINISH_CLIENT = "from agata.runtime import TaskReporter\nTaskReporter().finished()\n"
+
+
+def _stamps(path: Path) -> list[tuple[float, int]]:
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        parts = line.split()
+        if len(parts) == 2:
+            rows.append((float(parts[0]), int(parts[1])))
+    return rows
+
+
+async def _wait_stamps(path: Path, count: int, timeout: float) -> list[tuple[float, int]]:
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = _stamps(path)
+        if len(rows) >= count:
+            return rows
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no client ran within {timeout:g} s ({path.name})")
+        await asyncio.sleep(0.002)
+
+
+async def _wait_gone(pid: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        await asyncio.sleep(0.01)
+
+
+def _cpu_seconds(pid: int) -> float:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rfind(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def interpreter_start_ms(samples: int = 5) -> float:
+    """Median time from spawning this Python to its first line running."""
+    values = []
+    for _ in range(samples):
+        t0 = time.time()
+        out = subprocess.run(
+            [sys.executable, "-c", "import time; print(time.time())"],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        values.append((float(out.stdout) - t0) * 1000)
+    return percentile(values, 50)
+
+
+async def _task(lab: Lab, task_id: str, client: str, stamp: Path | None, port: int) -> None:
+    files = {"server.py": WAIT_SERVER, "client.py": client}
+    with tempfile.TemporaryDirectory() as folder:
+        for name, text in files.items():
+            (Path(folder) / name).write_text(text)
+        await lab.register_task(
+            task_id, Path(folder), host="127.0.0.1", port=port,
+            client_arguments=[str(stamp)] if stamp else [],
+            selection_criteria='"camera" in sensors',
+        )  # fmt: skip
+
+
+async def _agent_process(lab: Lab, data_dir: Path) -> subprocess.Popen[bytes]:
+    enrollment = await lab.op("rpc_exec_create_enrollment_token", {"uses": 1})
+    argv = [sys.executable, "-m", "agata", "edge", "run", "--data-dir", str(data_dir),
+            "--cloud-url", lab.url, "--user-id", "bench-edge", "--data-qnt", "100",
+            "--sensor", "camera", "--log-level", "WARNING"]  # fmt: skip
+    env = {**os.environ, "AGATA_ENROLLMENT_TOKEN": enrollment["enrollment_token"]}
+    process = subprocess.Popen(  # noqa: ASYNC220 - started once, returns at once
+        argv, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the agent exited: {process.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
+        devices = await lab.op("rpc_exec_list_devices", {})
+        if any(d["user_id"] == "bench-edge" and d.get("last_seen") for d in devices):
+            break
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(2.0)  # its first poll done and its push stream open
+    return process
+
+
+async def _measure(samples: int, idle_seconds: float) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    async with Lab(LabOptions()) as lab:
+        await lab.start_cloud()
+        assert lab.data_dir is not None
+        stamps = lab.data_dir / "stamps"
+        stamps.mkdir()
+        await _task(lab, "E", FAIL_CLIENT, stamps / "E", 21001)
+        await _task(lab, "C", STAMP_CLIENT, stamps / "C", 21002)
+        await _task(lab, "D", STAMP_CLIENT, stamps / "D", 21003)
+        agent = await _agent_process(lab, lab.data_dir / "agent")
+        try:
+            # Idle: nothing to run.
+            cpu0, t0 = _cpu_seconds(agent.pid), time.monotonic()
+            await asyncio.sleep(idle_seconds)
+            cpu1, t1 = _cpu_seconds(agent.pid), time.monotonic()
+            out["idle_cpu_percent"] = (cpu1 - cpu0) / (t1 - t0) * 100
+            out["idle_rss_mb"] = _rss_mb(agent.pid)
+
+            dispatch = []
+            for i in range(samples):
+                started = time.time()
+                await lab.op("rpc_exec_start_server_task", {"task_id": "D"})
+                ran, pid = (await _wait_stamps(stamps / "D", i + 1, 30))[i]
+                dispatch.append(ran - started)
+                await lab.op("rpc_exec_stop_server_task", {"task_id": "D"})
+                await _wait_gone(pid)
+                await asyncio.sleep(0.5)  # idle again
+            out["dispatch"] = dispatch
+
+            failover = []
+            for i in range(max(2, samples // 2)):
+                await lab.op("rpc_exec_clear_quarantine", {"user_id": "bench-edge"})
+                await asyncio.sleep(0.3)
+                await lab.op("rpc_exec_start_server_task", {"task_id": "E"})
+                await lab.op("rpc_exec_start_server_task", {"task_id": "C"})
+                failed, _ = (await _wait_stamps(stamps / "E", i + 1, 30))[i]
+                ran, pid = (await _wait_stamps(stamps / "C", i + 1, 30))[i]
+                failover.append(ran - failed)
+                await lab.op("rpc_exec_stop_server_task", {"task_id": "E"})
+                await lab.op("rpc_exec_stop_server_task", {"task_id": "C"})
+                await _wait_gone(pid)
+                await asyncio.sleep(0.5)
+            out["failover"] = failover
+        finally:
+            agent.send_signal(signal.SIGTERM)
+            try:
+                agent.wait(15)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(agent.pid, signal.SIGKILL)
+    out["step6"] = await _step6(samples * 2)
+    return out
+
+
+async def _cloud_process(data_dir: Path) -> tuple[asyncio.subprocess.Process, str, str]:
+    """``agata cloud run`` on a free port; returns it with its URL and operator token."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "agata", "cloud", "run", "--data-dir", str(data_dir),
+        "--port", "0", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+        env={**os.environ, "AGATA_LOG_LEVEL": "WARNING"}, start_new_session=True,
+    )  # fmt: skip
+    assert process.stdout is not None
+    url = token = ""
+    async with asyncio.timeout(30):
+        while not (url and token):
+            line = (await process.stdout.readline()).decode()
+            if not line:
+                raise RuntimeError("agata cloud run exited")
+            if line.startswith("AGATA cloud on "):
+                url = line.split()[3]
+            elif line.startswith("  ") and line.strip():
+                token = line.strip()
+    return process, url, token
+
+
+# The task keeps running on the cloud; its criteria let the device in and out, so no
+# server side starts on this machine while the agent spawns its client.
+MATCH = {"selection_criteria": "data_qnt >= 0"}
+NO_MATCH = {"selection_criteria": "data_qnt < 0"}
+
+
+async def _step6(samples: int) -> list[float]:
+    """Bundle verified -> client spawned, from the events of an agent in this process
+    (the cloud runs in a process of its own, as it would on another machine)."""
+    import httpx
+
+    from agata.edge.agent import Agent
+    from agata.edge.credential import enroll_device
+    from agata.edge.device_info import DeviceInfo
+    from agata.settings import load_settings
+
+    values: list[float] = []
+    events: list[dict[str, Any]] = []
+    changed = asyncio.Event()
+
+    def on_event(function: str, event: str, **fields: Any) -> None:
+        events.append({"service": AGENT, "function": function, "event": event, **fields})
+        changed.set()
+
+    async def wait_for(function: str) -> None:
+        async with asyncio.timeout(30):
+            while not any(e["function"] == function for e in events):
+                changed.clear()
+                await changed.wait()
+
+    with tempfile.TemporaryDirectory(prefix="agata-bench-") as tmp:
+        cloud, url, token = await _cloud_process(Path(tmp) / "cloud")
+        try:
+            async with httpx.AsyncClient(
+                base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=30
+            ) as http:
+
+                async def op(name: str, body: dict[str, Any]) -> Any:
+                    response = await http.post(f"/{name}", json=body)
+                    response.raise_for_status()
+                    return response.json()
+
+                await op("rpc_exec_create_task", {
+                    "task_id": "S", "host": "127.0.0.1", "port": 21004, "username": "",
+                    "password": "", "files_paths": [], **NO_MATCH})  # fmt: skip
+                files = [("files", ("server.py", WAIT_SERVER.encode())),
+                         ("files", ("client.py", FINISH_CLIENT.encode()))]  # fmt: skip
+                (await http.post("/api/tasks/S/files", files=files)).raise_for_status()
+                enrollment = await op("rpc_exec_create_enrollment_token", {})
+                edge_dir = Path(tmp) / "agent"
+                credential = await enroll_device(
+                    url, "bench-step6", enrollment["enrollment_token"], edge_dir
+                )
+                settings = load_settings(flags={"data_dir": edge_dir, "cloud_url": url}, environ={})
+                agent = Agent(
+                    settings,
+                    DeviceInfo("bench-step6", data_qnt=100),
+                    credential=credential,
+                    on_event=on_event,
+                )
+                running = asyncio.create_task(agent.run())
+                try:
+                    await wait_for("request task")
+                    await op("rpc_exec_start_server_task", {"task_id": "S"})
+                    await asyncio.sleep(0.5)
+                    for _ in range(samples):
+                        events.clear()
+                        await op("rpc_exec_update_task", {"task_id": "S", **MATCH})
+                        await wait_for("task finished")
+                        downloaded = first(events, where(AGENT, "download task", "end"))
+                        spawned = first(events, where(AGENT, "start task on device", "end"))
+                        if downloaded and spawned:
+                            values.append(float(spawned["time"]) - float(downloaded["time"]))
+                        await op("rpc_exec_update_task", {"task_id": "S", **NO_MATCH})
+                        await asyncio.sleep(0.3)
+                finally:
+                    agent.shutdown()
+                    await running
+        finally:
+            cloud.send_signal(signal.SIGTERM)
+            try:
+                async with asyncio.timeout(15):
+                    await cloud.wait()
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(cloud.pid, signal.SIGKILL)
+    return values
+
+
+def run_edge_bench(samples: int = 10, idle_seconds: float = 10.0) -> Report:
+    startup = interpreter_start_ms()
+    data = asyncio.run(_measure(samples, idle_seconds))
+    report = Report("edge agent (a real `agata edge run` process)")
+    report.context = {"samples": samples, "idle_seconds": idle_seconds, "raw": data}
+    dispatch = [v * 1000 for v in data["dispatch"]]
+    note = f"n={len(dispatch)}; incl. ~{startup:.0f} ms interpreter start of the client"
+    report.add("dispatch latency p50", percentile(dispatch, 50), "ms", at_most=300, note=note)
+    report.add("dispatch latency p95", percentile(dispatch, 95), "ms", at_most=1000)
+    failover = [v * 1000 for v in data["failover"]]
+    cached = failover[1:]
+    report.add(
+        "failover, C cached, p50", percentile(cached, 50), "ms", at_most=100,
+        note=f"n={len(cached)}; incl. the interpreter start of C's client",
+    )  # fmt: skip
+    report.add("failover, C downloaded", failover[0], "ms", note="first sample")
+    report.add("agent idle CPU", data["idle_cpu_percent"], "% of a core", at_most=1)
+    report.add("agent idle RSS", data["idle_rss_mb"], "MB", at_most=60)
+    step6 = [v * 1000 for v in data["step6"]]
+    report.add(
+        "step 6 start task on device p50", percentile(step6, 50), "ms", at_most=10,
+        note=f"n={len(step6)}, in-process agent events; p95 {percentile(step6, 95):.1f} ms",
+    )  # fmt: skip
+    return report
