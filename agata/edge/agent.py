@@ -225,6 +225,9 @@ class Agent:
             except Exception:
                 delay = backoff.next()
                 logger.exception("agent cycle failed")
+            if self.state.quarantine:  # wake up when the next quarantine ends
+                ends = min(entry.until for entry in self.state.quarantine.values())
+                delay = min(delay, max(ends - time.time(), 0.0) + 0.01)
             await self._sleep(delay)
 
     async def _sleep(self, seconds: float) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import time
@@ -12,6 +13,7 @@ from cloud_harness import Cloud
 from agata.edge.device_info import DeviceSource
 from edge.conftest import (
     Device,
+    client_code,
     create_task,
     device_states,
     eventually,
@@ -228,3 +230,27 @@ async def test_attribute_changes_are_reported_and_unchanged_ones_are_not(
         response = await cloud.op("rpc_exec_get_user_info", {"user_id": "dev1"})
         assert response.json()["sensors"] == ["camera", "gps"]
         assert len(device.events.find("update device info", "end")) == 2
+
+
+async def test_quarantine_expires_and_a_new_bundle_version_runs(
+    cloud: Cloud, device: Device
+) -> None:
+    # Prepare: the only task fails; its quarantine is short
+    await create_task(cloud, "t1", "error")
+    async with running_agent(device.agent(quarantine_seconds=0.3)) as agent:
+        # Execute / Assert: after the quarantine it is tried again (no poll needed)
+        await eventually(lambda: agent.state.stats["started"] >= 2, timeout=5, what="tried again")
+        await eventually(lambda: agent.state.stats["failed"] >= 2, what="failed again")
+
+        # Execute: the operator uploads a fixed client (a new bundle version)
+        fixed = client_code("hold").encode()
+        response = await cloud.http.post(
+            "/api/tasks/t1/files", files=[("files", ("client.py", fixed))], headers=cloud.auth
+        )
+        assert response.status_code == 200
+
+        # Assert: the new version runs
+        await eventually(lambda: running_ids(agent) == ["t1"], what="new version running")
+        await asyncio.sleep(0.5)
+        assert running_ids(agent) == ["t1"]
+        assert agent.state.quarantined("t1", agent.running_tasks()[0].version) is None
