@@ -4,13 +4,11 @@
 import { call, describe, getBlob, uploadFiles } from "../api.js";
 import { chartSvg, legend, seriesOf } from "../chart.js";
 import {
-  ago, alertBox, badge, chips, debounce, deviceHref, formatClock, formatNumber, formatPercent, formatTime,
+  ago, alertBox, badge, chips, debounce, deviceHref, formatNumber, formatPercent, formatTime,
   h, loading, replace, table,
 } from "../dom.js";
+import { logFeed, timelineFeed } from "../feeds.js";
 import { dropZone, filesTable, progress } from "../upload.js";
-
-const LOG_LINES = 1000;
-const BAD_EVENT = /error|fail|quarantin/i;
 
 export async function render(ctx) {
   const id = ctx.params.id;
@@ -34,8 +32,8 @@ export async function render(ctx) {
   const chartBody = h("div", { class: "chart-box", id: "chart" });
   const sourcePicker = h("div", { class: "tools" });
   const valuesTable = h("div");
-  const log = h("pre", { class: "log", id: "log", tabindex: "0", "aria-label": "Server log" });
-  const timeline = h("ol", { class: "timeline", id: "timeline", tabindex: "0", "aria-label": "Event timeline" });
+  const log = logFeed();
+  const timeline = timelineFeed();
   const devicesBody = h("div", { id: "task-devices" });
   const filesBody = h("div", { id: "task-files" });
   const config = h("div");
@@ -61,8 +59,8 @@ export async function render(ctx) {
       h(
         "div",
         { class: "grid grid-2" },
-        h("section", { class: "card", "aria-labelledby": "h-log" }, h("h2", { id: "h-log" }, "Server log"), log),
-        h("section", { class: "card", "aria-labelledby": "h-events" }, h("h2", { id: "h-events" }, "Events ", h("span", { class: "count" }, "newest first")), timeline),
+        h("section", { class: "card", "aria-labelledby": "h-log" }, h("h2", { id: "h-log" }, "Server log"), log.element),
+        h("section", { class: "card", "aria-labelledby": "h-events" }, h("h2", { id: "h-events" }, "Events ", h("span", { class: "count" }, "newest first")), timeline.element),
       ),
       h("section", { class: "card flush", "aria-labelledby": "h-devices" }, h("h2", { id: "h-devices" }, "Devices"), devicesBody),
       h(
@@ -252,46 +250,6 @@ export async function render(ctx) {
     );
   }
 
-  function logLine(line) {
-    return h("span", { class: `ln s-${line.stream}` }, h("span", { class: "t" }, formatClock(line.time)), line.text);
-  }
-
-  function showLogs() {
-    if (state.logs.length === 0) {
-      replace(log, h("span", { class: "t" }, "No output yet. The server side's log appears here while it runs."));
-      return;
-    }
-    replace(log, state.logs.map(logLine));
-    log.scrollTop = log.scrollHeight;
-  }
-
-  function appendLog(line) {
-    const stick = log.scrollTop + log.clientHeight >= log.scrollHeight - 24;
-    if (state.logs.length === 0) replace(log);
-    state.logs.push(line);
-    log.append(logLine(line));
-    while (log.childElementCount > LOG_LINES) log.firstElementChild.remove();
-    if (stick) log.scrollTop = log.scrollHeight;
-  }
-
-  function eventItem(e) {
-    return h(
-      "li",
-      { class: BAD_EVENT.test(e.event) ? "bad" : "" },
-      h("div", { class: "what" }, e.event),
-      h("div", { class: "when" }, h("time", { title: formatTime(e.time) }, formatTime(e.time)), " · ", e.service,
-        e.user_id ? [" · ", h("a", { href: deviceHref(e.user_id) }, e.user_id)] : null),
-    );
-  }
-
-  function showEvents() {
-    if (state.events.length === 0) {
-      replace(timeline, h("li", { class: "muted" }, "No events yet."));
-      return;
-    }
-    replace(timeline, [...state.events].reverse().map(eventItem));
-  }
-
   function showDevices() {
     const { matching, states } = state.devices;
     const running = states.filter((s) => s.status === "running").map((s) => s.user_id);
@@ -401,8 +359,8 @@ export async function render(ctx) {
         call("rpc_exec_get_task_events", { task_id: id, limit: 500 }),
       ]);
       showChart();
-      showLogs();
-      showEvents();
+      log.set(state.logs);
+      timeline.set(state.events);
     } catch (error) {
       replace(actionMsg, alertBox(describe(error)));
     }
@@ -420,13 +378,10 @@ export async function render(ctx) {
     showChart();
     taskSoon(); // last round / accuracy
   });
-  ctx.on("log", (line) => line.task_id === id && appendLog(line));
+  ctx.on("log", (line) => line.task_id === id && log.append(line));
   ctx.on("event", (e) => {
     if (e.task_id !== id) return;
-    state.events.push(e);
-    const first = timeline.firstElementChild;
-    if (state.events.length === 1 || !first) showEvents();
-    else timeline.prepend(eventItem(e));
+    timeline.add(e);
   });
   ctx.on("task", (t) => {
     if (t.task_id !== id) return;
@@ -444,7 +399,7 @@ export async function render(ctx) {
 
   showTask();
   showChart();
-  showLogs();
-  showEvents();
+  log.set(state.logs);
+  timeline.set(state.events);
   showDevices();
 }
