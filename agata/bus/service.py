@@ -14,7 +14,7 @@ the original system gets the original answers:
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -37,13 +37,17 @@ class Operation:
     handler: OperationHandler
 
 
-def describe_validation_error(error: ValidationError) -> str:
+def describe_errors(errors: Sequence[Any]) -> str:
     """One readable line per problem: ``field: message``."""
     parts = []
-    for item in error.errors():
-        where = ".".join(str(p) for p in item["loc"]) or "body"
+    for item in errors:
+        where = ".".join(str(p) for p in item["loc"] if p != "body") or "body"
         parts.append(f"{where}: {item['msg']}")
     return "invalid arguments: " + "; ".join(parts)
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    return describe_errors(error.errors())
 
 
 def to_jsonable(value: Any) -> Any:

@@ -36,17 +36,17 @@ class DeviceRegistry(Service):
         self.store = store
         self.notifier = Notifier(bus)
         self.event = EventPublisher(bus, "device-registry", enabled=register_events)
-        for name, model, handler in [
-            (ops.UPDATE_USER_INFO, ops.UpdateUserInfo, self.update_user_info),
-            (ops.GET_USER_INFO, ops.UserRef, self.get_user_info),
-            (ops.LIST_DEVICES, ops.Empty, self.list_devices),
-            (ops.REPORT_DEVICE_TASK, ops.ReportDeviceTask, self.report_device_task),
-            (ops.CLEAR_QUARANTINE, ops.ClearQuarantine, self.clear_quarantine),
-            (ops.ENROLL_DEVICE, ops.EnrollDevice, self.enroll_device),
-            (ops.CREATE_ENROLLMENT_TOKEN, ops.CreateEnrollmentToken, self.create_enrollment),
-            (ops.RESOLVE_CREDENTIAL, ops.ResolveCredential, self.resolve_credential),
+        for name, handler in [
+            (ops.UPDATE_USER_INFO, self.update_user_info),
+            (ops.GET_USER_INFO, self.get_user_info),
+            (ops.LIST_DEVICES, self.list_devices),
+            (ops.REPORT_DEVICE_TASK, self.report_device_task),
+            (ops.CLEAR_QUARANTINE, self.clear_quarantine),
+            (ops.ENROLL_DEVICE, self.enroll_device),
+            (ops.CREATE_ENROLLMENT_TOKEN, self.create_enrollment),
+            (ops.RESOLVE_CREDENTIAL, self.resolve_credential),
         ]:
-            self.add_operation(name, model, handler)  # type: ignore[arg-type]
+            self.add_operation(name, ops.OPERATION_MODELS[name], handler)  # type: ignore[arg-type]
 
     async def update_user_info(self, req: ops.UpdateUserInfo) -> None:
         """Insert the device if new, else update the given fields (sensors as a set)."""

@@ -65,25 +65,25 @@ class TaskManager(Service):
         self._running_cache: tuple[float, list[Task]] | None = None
         self._last_touch: dict[str, float] = {}
         self._subscription: Consumer | None = None
-        for name, model, handler in [
-            (ops.CREATE_TASK, ops.CreateTask, self.create_task),
-            (ops.UPDATE_TASK, ops.UpdateTask, self.update_task),
-            (ops.GET_TASK, ops.TaskRef, self.get_task),
-            (ops.LIST_TASKS, ops.ListTasks, self.list_tasks),
-            (ops.DELETE_TASK, ops.TaskRef, self.delete_task),
-            (ops.START_TASK, ops.StartTask, self.start_task),
-            (ops.STOP_TASK, ops.TaskRef, self.stop_task),
-            (ops.SET_TASK_FILES, ops.SetTaskFiles, self.set_task_files),
-            (ops.CLIENT_REQUESTING_TASK, ops.ClientRequestingTask, self.client_requesting_task),
-            (ops.GET_TASK_METRICS, ops.TaskRef, self.get_task_metrics),
-            (ops.GET_TASK_LOGS, ops.TaskLogsQuery, self.get_task_logs),
-            (ops.GET_TASK_EVENTS, ops.TaskEventsQuery, self.get_task_events),
-            (ops.GET_TASK_DEVICES, ops.TaskRef, self.get_task_devices),
-            (ops.VALIDATE_CRITERIA, ops.ValidateCriteria, self.validate_criteria),
-            (ops.GET_OVERVIEW, ops.Empty, self.get_overview),
-            (ops.CHECK_DOWNLOAD_PASSWORD, ops.CheckDownloadPassword, self.check_password),
+        for name, handler in [
+            (ops.CREATE_TASK, self.create_task),
+            (ops.UPDATE_TASK, self.update_task),
+            (ops.GET_TASK, self.get_task),
+            (ops.LIST_TASKS, self.list_tasks),
+            (ops.DELETE_TASK, self.delete_task),
+            (ops.START_TASK, self.start_task),
+            (ops.STOP_TASK, self.stop_task),
+            (ops.SET_TASK_FILES, self.set_task_files),
+            (ops.CLIENT_REQUESTING_TASK, self.client_requesting_task),
+            (ops.GET_TASK_METRICS, self.get_task_metrics),
+            (ops.GET_TASK_LOGS, self.get_task_logs),
+            (ops.GET_TASK_EVENTS, self.get_task_events),
+            (ops.GET_TASK_DEVICES, self.get_task_devices),
+            (ops.VALIDATE_CRITERIA, self.validate_criteria),
+            (ops.GET_OVERVIEW, self.get_overview),
+            (ops.CHECK_DOWNLOAD_PASSWORD, self.check_password),
         ]:
-            self.add_operation(name, model, handler)  # type: ignore[arg-type]
+            self.add_operation(name, ops.OPERATION_MODELS[name], handler)  # type: ignore[arg-type]
 
     # -- lifecycle --------------------------------------------------------------------
 

@@ -206,6 +206,36 @@ class ResolveCredential(Request):
     token_sha256: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 
 
+# -- the table: operation name -> request model ----------------------------------------
+
+#: Every operation and the model of its request; services and the gateway both use it.
+OPERATION_MODELS: dict[str, type[Request]] = {
+    CREATE_TASK: CreateTask,
+    UPDATE_TASK: UpdateTask,
+    GET_TASK: TaskRef,
+    LIST_TASKS: ListTasks,
+    DELETE_TASK: TaskRef,
+    START_TASK: StartTask,
+    STOP_TASK: TaskRef,
+    SET_TASK_FILES: SetTaskFiles,
+    CLIENT_REQUESTING_TASK: ClientRequestingTask,
+    GET_TASK_METRICS: TaskRef,
+    GET_TASK_LOGS: TaskLogsQuery,
+    GET_TASK_EVENTS: TaskEventsQuery,
+    GET_TASK_DEVICES: TaskRef,
+    VALIDATE_CRITERIA: ValidateCriteria,
+    GET_OVERVIEW: Empty,
+    CHECK_DOWNLOAD_PASSWORD: CheckDownloadPassword,
+    UPDATE_USER_INFO: UpdateUserInfo,
+    GET_USER_INFO: UserRef,
+    LIST_DEVICES: Empty,
+    REPORT_DEVICE_TASK: ReportDeviceTask,
+    CLEAR_QUARANTINE: ClearQuarantine,
+    ENROLL_DEVICE: EnrollDevice,
+    CREATE_ENROLLMENT_TOKEN: CreateEnrollmentToken,
+    RESOLVE_CREDENTIAL: ResolveCredential,
+}
+
 # -- notifications (broadcast to every subscriber; see Bus.subscribe) -----------------
 
 #: Topic on which the cloud announces changes (task started/stopped, metrics, events).

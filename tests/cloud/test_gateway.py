@@ -78,8 +78,16 @@ async def test_create_errors_are_clear(cloud: Cloud) -> None:
 
 async def test_unknown_operation_fails_fast(cloud: Cloud) -> None:
     response = await cloud.op("rpc_exec_does_not_exist", {})
+    internal = await cloud.op("rpc_exec_resolve_credential", {"token_sha256": "0" * 64})
 
     assert response.status_code == 404
+    assert internal.status_code == 404
+
+
+async def test_oversized_body_is_413(cloud: Cloud) -> None:
+    response = await cloud.op("rpc_exec_list_tasks", {"padding": "x" * (2 * 1024 * 1024)})
+
+    assert response.status_code == 413
 
 
 async def test_non_json_body_is_400(cloud: Cloud) -> None:
@@ -220,4 +228,8 @@ async def test_health_metrics_and_openapi(cloud: Cloud) -> None:
     assert health.json()["status"] == "ok"
     assert "agata_tasks_running" in metrics.text
     assert 'path="/rpc_exec_list_tasks",status="200"' in metrics.text
-    assert "/{operation}" in openapi.json()["paths"]
+    paths = openapi.json()["paths"]
+    assert "/rpc_exec_create_task" in paths
+    assert "/rpc_exec_resolve_credential" not in paths  # internal plumbing
+    schema = paths["/rpc_exec_create_task"]["post"]["requestBody"]["content"]["application/json"]
+    assert "schema" in schema

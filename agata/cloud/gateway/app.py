@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -12,14 +11,17 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agata import __version__
 from agata.bus.bus import Bus
 from agata.bus.rpc import RpcClient
+from agata.bus.service import describe_errors
 from agata.cloud.bundles import BundleStore, validate_task_id
 from agata.cloud.gateway.auth import Authenticator, Principal, require_operator
 from agata.cloud.gateway.metrics import GatewayMetrics
@@ -36,16 +38,26 @@ DEVICE_OPERATIONS = frozenset(
 #: Operations never reachable over HTTP (the gateway's own plumbing).
 INTERNAL_OPERATIONS = frozenset({ops.RESOLVE_CREDENTIAL, ops.CHECK_DOWNLOAD_PASSWORD})
 PUBLIC_OPERATIONS = frozenset({ops.ENROLL_DEVICE})
-KNOWN_OPERATIONS = (
-    frozenset(
-        value
-        for name, value in vars(ops).items()
-        if name.isupper() and isinstance(value, str) and value.startswith("rpc_exec_")
-    )
-    - INTERNAL_OPERATIONS
-)
-
 MAX_BODY_BYTES = 1024 * 1024
+
+
+class ErrorBody(BaseModel):
+    detail: str
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"description": text, "model": ErrorBody}
+    for status, text in [
+        (400, "invalid arguments, with the reason"),
+        (401, "no or an unknown token"),
+        (403, "this token may not do that"),
+        (404, "unknown task, device or operation"),
+        (409, "conflict (duplicate id, task running or not running)"),
+        (413, "request too large"),
+        (503, "a service is unavailable"),
+        (504, "a service did not answer in time"),
+    ]
+}
 WEB_ROOT = Path(__file__).resolve().parent.parent.parent / "web" / "static"
 
 
@@ -103,6 +115,11 @@ def create_gateway(bus: Bus, config: GatewayConfig) -> FastAPI:
     async def on_agata_error(_request: Request, exc: AgataError) -> JSONResponse:
         return error_response(exc)
 
+    @app.exception_handler(RequestValidationError)
+    async def on_invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(AgataError(ErrorCode.INVALID_ARGUMENT, describe_errors(exc.errors())))
+
+    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES, upload_limit=config.max_upload_bytes)
     app.add_middleware(RequestMetrics, metrics=metrics)
 
     # -- health, metrics, UI -------------------------------------------------------
@@ -235,31 +252,59 @@ def create_gateway(bus: Bus, config: GatewayConfig) -> FastAPI:
 
     # -- operations ------------------------------------------------------------------
 
-    @app.post("/{operation}", tags=["operations"])
-    async def call_operation(operation: str, request: Request) -> Response:
-        """Forward an operation to the bus: 200 with its return value, or the error."""
-        if operation not in KNOWN_OPERATIONS:
-            raise AgataError(ErrorCode.NOT_FOUND, f"{operation} is an invalid RPC function")
-        body = await request.body()
-        if len(body) > MAX_BODY_BYTES:
-            raise AgataError(ErrorCode.TOO_LARGE, f"request body over {MAX_BODY_BYTES} bytes")
-        try:
-            payload = json.loads(body or b"{}")
-        except ValueError as exc:
-            raise AgataError(ErrorCode.INVALID_ARGUMENT, f"body is not JSON: {exc}") from None
-        if not isinstance(payload, dict):
-            raise AgataError(ErrorCode.INVALID_ARGUMENT, "body must be a JSON object")
-        if operation not in PUBLIC_OPERATIONS:
-            principal = await auth.principal(request)
-            if operation in DEVICE_OPERATIONS and not principal.is_operator:
-                user_id = payload.get("user_id", payload.get("client_id"))
-                _check_device_access(principal, str(user_id), config.legacy_devices)
-            else:
-                require_operator(principal)
-        result = await rpc.call(operation, payload)
-        return JSONResponse(result)
+    for operation, model in ops.OPERATION_MODELS.items():
+        if operation in INTERNAL_OPERATIONS:
+            continue
+        app.post(
+            f"/{operation}",
+            tags=["operations"],
+            name=operation,
+            summary=operation,
+            description=(model.__doc__ or "").strip() or None,
+            responses=ERROR_RESPONSES,
+        )(_operation_route(operation, model, rpc, auth, config.legacy_devices))
+
+    @app.post("/{operation}", tags=["operations"], include_in_schema=False)
+    async def call_unknown_operation(operation: str) -> Response:
+        raise AgataError(ErrorCode.NOT_FOUND, f"{operation} is an invalid RPC function")
 
     return app
+
+
+class BodyLimit:
+    """Refuses request bodies over ``limit`` (``upload_limit`` for bundle uploads) with 413
+    before reading them; a chunked body that grows past it ends the request."""
+
+    def __init__(self, app: ASGIApp, limit: int, upload_limit: int) -> None:
+        self.app = app
+        self.limit = limit
+        self.upload_limit = upload_limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope.get("path", "")
+        limit = self.upload_limit + 64 * 1024 if path.endswith("/files") else self.limit
+        for name, value in scope.get("headers", []):
+            if name == b"content-length" and value.isdigit() and int(value) > limit:
+                response = error_response(
+                    AgataError(ErrorCode.TOO_LARGE, f"request body over {limit} bytes")
+                )
+                await response(scope, receive, send)
+                return
+        seen = 0
+
+        async def counting_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    return {"type": "http.disconnect"}
+            return message
+
+        await self.app(scope, counting_receive, send)
 
 
 class RequestMetrics:
@@ -288,9 +333,28 @@ class RequestMetrics:
             route = scope.get("route")
             path = getattr(route, "path", "unmatched")
             if path == "/{operation}":
-                operation = scope.get("path_params", {}).get("operation", "")
-                path = "/" + operation if operation in KNOWN_OPERATIONS else "/{unknown}"
+                path = "/{unknown}"  # never a label per made-up name
             self.metrics.observe(scope["method"], path, status, time.perf_counter() - started)
+
+
+def _operation_route(
+    operation: str, model: type[ops.Request], rpc: RpcClient, auth: Authenticator, legacy: bool
+) -> Any:
+    """The route of one operation: check who may call it, forward it to the bus."""
+
+    async def call_operation(request: Request, body: ops.Request) -> Response:
+        if operation not in PUBLIC_OPERATIONS:
+            principal = await auth.principal(request)
+            if operation in DEVICE_OPERATIONS and not principal.is_operator:
+                _check_device_access(principal, str(getattr(body, "user_id", "")), legacy)
+            else:
+                require_operator(principal)
+        payload = body.model_dump(mode="json", exclude_unset=True)
+        return JSONResponse(await rpc.call(operation, payload))
+
+    # The body's model is the operation's (a real class, not a postponed annotation).
+    call_operation.__annotations__ = {"request": Request, "body": model, "return": Response}
+    return call_operation
 
 
 def _check_device_access(principal: Principal, user_id: str, legacy: bool) -> None:
