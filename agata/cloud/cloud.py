@@ -174,6 +174,8 @@ class CloudNode:
             await asyncio.Event().wait()
 
     async def stop(self) -> None:
+        if self.app is not None:
+            await self.app.state.hub.stop()  # ends open event streams first
         if self._server is not None:
             self._server.should_exit = True
             if self._server_task is not None:

@@ -16,7 +16,7 @@ from typing import Any
 from agata.bus.bus import Bus, Consumer, Delivery
 from agata.bus.service import Service
 from agata.cloud.auth import same_secret
-from agata.cloud.criteria import CriteriaCache, compile_criteria
+from agata.cloud.criteria import DEVICE_FIELDS, CriteriaCache, compile_criteria
 from agata.cloud.events import EventPublisher
 from agata.cloud.notifier import Notifier
 from agata.cloud.server_tasks import ServerTasks, expand_arguments
@@ -306,6 +306,8 @@ class TaskManager(Service):
         ]
 
     async def get_task_events(self, req: ops.TaskEventsQuery) -> list[dict[str, Any]]:
+        """The newest ``limit`` events (of a task, after ``since``), oldest first."""
+        events = self.store.list_events(req.task_id, since=req.since, limit=10_000)
         return [
             {
                 "time": e.time,
@@ -316,7 +318,7 @@ class TaskManager(Service):
                 "user_id": e.user_id,
                 **dict(e.data),
             }
-            for e in self.store.list_events(req.task_id, limit=req.limit)
+            for e in events[-req.limit :]
         ]
 
     async def get_task_devices(self, req: ops.TaskRef) -> dict[str, Any]:
@@ -330,11 +332,19 @@ class TaskManager(Service):
         return {"matching": matching, "states": states}
 
     async def validate_criteria(self, req: ops.ValidateCriteria) -> dict[str, Any]:
+        """Whether the expression is valid, which names no device has, how many match."""
         try:
-            compile_criteria(req.selection_criteria)
+            criteria = compile_criteria(req.selection_criteria)
         except AgataError as exc:
-            return {"valid": False, "error": exc.message}
-        return {"valid": True, "error": ""}
+            return {"valid": False, "error": exc.message, "unknown_names": [], "matching": 0}
+        devices = [device_attributes(d) for d in self.store.list_devices()]
+        known = set(DEVICE_FIELDS).union(*(d.keys() for d in devices))
+        return {
+            "valid": True,
+            "error": "",
+            "unknown_names": sorted(criteria.names - known),
+            "matching": sum(1 for d in devices if criteria.matches(d)),
+        }
 
     async def get_overview(self, req: ops.Empty) -> dict[str, Any]:
         devices = self.store.list_devices()

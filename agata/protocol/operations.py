@@ -124,6 +124,7 @@ class TaskLogsQuery(Request):
 
 class TaskEventsQuery(Request):
     task_id: TaskId | None = None
+    since: float | None = None
     limit: int = Field(500, ge=1, le=5000)
 
 

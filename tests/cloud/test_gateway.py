@@ -233,3 +233,20 @@ async def test_health_metrics_and_openapi(cloud: Cloud) -> None:
     assert "/rpc_exec_resolve_credential" not in paths  # internal plumbing
     schema = paths["/rpc_exec_create_task"]["post"]["requestBody"]["content"]["application/json"]
     assert "schema" in schema
+
+
+async def test_validate_criteria_reports_unknown_names_and_matches(cloud: Cloud) -> None:
+    await cloud.op("rpc_exec_update_user_info", {"user_id": "d1", "data_qnt": 10})
+    await cloud.op("rpc_exec_update_user_info", {"user_id": "d2", "data_qnt": 100})
+
+    good = (
+        await cloud.op("rpc_exec_validate_criteria", {"selection_criteria": "data_qnt > 50"})
+    ).json()
+    typo = (
+        await cloud.op("rpc_exec_validate_criteria", {"selection_criteria": "dat_qnt > 5"})
+    ).json()
+    bad = (await cloud.op("rpc_exec_validate_criteria", {"selection_criteria": "open('x')"})).json()
+
+    assert good == {"valid": True, "error": "", "unknown_names": [], "matching": 1}
+    assert typo["unknown_names"] == ["dat_qnt"]
+    assert bad["valid"] is False and "call" in bad["error"]
