@@ -11,6 +11,7 @@ import typer
 
 from agata import __version__
 from agata.cli.cloud_cmd import cloud_app, token_app
+from agata.cli.demo_cmd import register as register_demo
 from agata.cli.edge_cmd import device_app, edge_app
 from agata.errors import AgataError
 
@@ -27,6 +28,7 @@ app.add_typer(cloud_app, name="cloud")
 app.add_typer(token_app, name="token")
 app.add_typer(edge_app, name="edge")
 app.add_typer(device_app, name="device")
+register_demo(app, bench_app)
 
 ConfigOption = Annotated[
     Path | None,
