@@ -8,7 +8,6 @@ application with them registered, whether or not ``main`` does it already.
 from __future__ import annotations
 
 import datetime
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -220,18 +219,3 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     bench_app.command("cloud")(bench_cloud)
     bench_app.command("devices")(bench_devices)
     bench_app.command("edge")(bench_edge)
-
-
-def _registered(app: typer.Typer) -> bool:
-    return any(
-        (c.name or getattr(c.callback, "__name__", "")) == "demo" for c in app.registered_commands
-    )
-
-
-if __name__ == "__main__":
-    from agata.cli import main as cli_main
-
-    if not _registered(cli_main.app):
-        register(cli_main.app, cli_main.bench_app)
-    sys.argv[0] = "agata"
-    cli_main.main()
