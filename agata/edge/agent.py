@@ -352,12 +352,12 @@ class Agent:
         # the run is registered.
         pid, pgid = run.process.pid, run.process.pgid
         assert pid is not None and pgid is not None
+        self._event("start task on device", "end", task_id=task_id, pid=pid)
         self._runs[task_id] = run
         self.state.count("started")
         self.state.record_running(
             RunningRecord(task_id, offer.version, pid, pgid, run.process.token, run.started_at)
         )
-        self._event("start task on device", "end", task_id=task_id, pid=pid)
         if self._switch is not None:
             failed, _ = self._switch
             self._switch = None

@@ -100,7 +100,13 @@ class LocalState:
         self.finished = {str(k): str(v) for k, v in dict(data.get("finished", {})).items()}
         self.stats = Counter({str(k): int(v) for k, v in dict(data.get("stats", {})).items()})
 
-    def save(self) -> None:
+    def save(self, *, durable: bool = True) -> None:
+        """Write the state atomically (temporary file + rename).
+
+        ``durable`` also fsyncs, so the change survives a power loss. Records of running
+        processes do without: after a power loss there is no process left to end, and
+        after a crash of the agent alone the page cache still holds them.
+        """
         data = {
             "format": FORMAT,
             "running": [asdict(r) for r in self.running.values()],
@@ -112,9 +118,12 @@ class LocalState:
         temporary = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
         with temporary.open("w", encoding="utf-8") as out:
             json.dump(data, out, indent=1, sort_keys=True)
-            out.flush()
-            os.fsync(out.fileno())
+            if durable:
+                out.flush()
+                os.fsync(out.fileno())
         os.replace(temporary, self.path)
+        if not durable:
+            return
         with contextlib.suppress(OSError):  # make the rename itself durable
             fd = os.open(self.path.parent, os.O_RDONLY)
             try:
@@ -126,14 +135,14 @@ class LocalState:
 
     def record_running(self, record: RunningRecord) -> None:
         self.running[record.task_id] = record
-        self.save()
+        self.save(durable=False)
 
     def forget_running(self, task_id: str, pid: int | None = None) -> None:
         """Forget the record of ``task_id`` (only if it is still ``pid``'s, when given)."""
         record = self.running.get(task_id)
         if record is not None and (pid is None or record.pid == pid):
             del self.running[task_id]
-            self.save()
+            self.save(durable=False)
 
     # -- quarantine -----------------------------------------------------------------------
 
