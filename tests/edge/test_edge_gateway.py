@@ -109,3 +109,60 @@ async def test_device_enroll_command_stores_the_credential(cloud: Cloud, tmp_pat
         headers={"Authorization": f"Bearer {credential['credential']}"},
     )
     assert response.status_code == 403
+
+
+@pytest.mark.amqp
+async def test_an_original_client_on_rabbitmq_gets_the_clouds_answers(
+    tmp_path: Path, amqp_url: str
+) -> None:
+    """The device broker of the original deployment: a raw AMQP client as the original
+    agent wrote it (reply_to, correlation_id, type), the gateway, and the real cloud."""
+    import uuid
+
+    import aio_pika
+
+    async with running_cloud(tmp_path, legacy_devices=True) as cloud:
+        await create_task(cloud, "t1", "hold")
+        bus = create_bus(amqp_url)
+        await bus.connect()
+        async with CloudClient(cloud.node.url) as client:
+            gateway = EdgeGateway(bus, client)
+            await gateway.start()
+            connection = await aio_pika.connect(amqp_url)
+            try:
+                channel = await connection.channel()
+                replies = await channel.declare_queue(exclusive=True)
+
+                async def call(operation: str, body: dict[str, object]) -> dict[str, object]:
+                    correlation_id = str(uuid.uuid4())
+                    await channel.default_exchange.publish(
+                        aio_pika.Message(
+                            json.dumps(body).encode(),
+                            reply_to=replies.name,
+                            correlation_id=correlation_id,
+                            type=operation,
+                        ),
+                        routing_key=operation,
+                    )
+                    async with replies.iterator(timeout=10) as messages:
+                        async for message in messages:
+                            await message.ack()
+                            if message.correlation_id == correlation_id:
+                                reply: dict[str, object] = json.loads(message.body)
+                                return reply
+                    raise AssertionError("no reply")
+
+                updated = await call(
+                    "rpc_exec_update_user_info", {"user_id": "old-dev", "data_qnt": 5}
+                )
+                offered = await call("rpc_exec_client_requesting_task", {"client_id": "old-dev"})
+                refused = await call("rpc_exec_client_requesting_task", {})
+            finally:
+                await connection.close()
+                await gateway.stop()
+                await bus.close()
+
+    assert updated == {"status_code": 200, "return": None}
+    assert offered["status_code"] == 200
+    assert [o["ID"] for o in offered["return"]] == ["t1"]  # type: ignore[union-attr,index]
+    assert refused["status_code"] == 400
