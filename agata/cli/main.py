@@ -42,6 +42,12 @@ def setup_logging(level: str = "INFO") -> None:
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if level != "DEBUG":
+        # A broker outage is handled by agata.bus (one warning, then "reconnected") and
+        # aio_pika.robust_connection says why each reconnection attempt failed; these two
+        # would add a traceback and one ERROR per channel and per attempt.
+        logging.getLogger("aiormq").setLevel(logging.CRITICAL)
+        logging.getLogger("aio_pika.tools").setLevel(logging.CRITICAL)
 
 
 @app.command()
