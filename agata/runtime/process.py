@@ -22,6 +22,7 @@ import asyncio
 import ctypes
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -185,6 +186,22 @@ def _pdeathsig_preexec() -> Callable[[], None] | None:
     return preexec
 
 
+def _setpriv() -> str | None:
+    """util-linux ``setpriv`` when it can set PDEATHSIG (Linux), else None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    path = shutil.which("setpriv")
+    if path is None:
+        return None
+    try:
+        probe = subprocess.run(
+            [path, "--pdeathsig", "KILL", "--", "true"], capture_output=True, timeout=5
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return path if probe.returncode == 0 else None
+
+
 class AsyncioProcessLauncher(ProcessLauncher):
     """Starts real processes with asyncio, each in a new session.
 
@@ -195,13 +212,24 @@ class AsyncioProcessLauncher(ProcessLauncher):
 
     def __init__(self, *, pdeathsig: bool = True) -> None:
         self._pdeathsig = pdeathsig
+        self._setpriv = _setpriv() if pdeathsig else None
 
     async def spawn(
         self, argv: Sequence[str], *, cwd: Path, env: Mapping[str, str]
     ) -> ProcessHandle:
         if not argv:
             raise AgataError(ErrorCode.INTERNAL, "cannot start a process without a command")
-        preexec = _pdeathsig_preexec() if self._pdeathsig else None
+        preexec = None
+        if self._setpriv is not None:
+            if shutil.which(argv[0]) is None:  # setpriv would only fail after the spawn
+                raise AgataError(
+                    ErrorCode.INTERNAL, f"cannot start {argv[0]!r}: not an executable program"
+                )
+            # util-linux's setpriv sets PDEATHSIG and execs the task: no preexec_fn, so
+            # CPython can vfork (≈ 0.3 ms instead of ≈ 9 ms in a large agent process).
+            argv = [self._setpriv, "--pdeathsig", "KILL", "--", *argv]
+        elif self._pdeathsig:
+            preexec = _pdeathsig_preexec()
         loop = asyncio.get_running_loop()
         try:
             transport, protocol = await loop.subprocess_exec(
