@@ -70,6 +70,7 @@ class DeviceTaskStatus(StrEnum):
     FINISHED = "finished"
     FAILED = "failed"
     QUARANTINED = "quarantined"
+    STOPPED = "stopped"  # the device stopped it (the task was stopped or no longer matches)
 
 
 @dataclass(frozen=True)

@@ -250,3 +250,19 @@ async def test_validate_criteria_reports_unknown_names_and_matches(cloud: Cloud)
     assert good == {"valid": True, "error": "", "unknown_names": [], "matching": 1}
     assert typo["unknown_names"] == ["dat_qnt"]
     assert bad["valid"] is False and "call" in bad["error"]
+
+
+async def test_device_reports_show_who_runs_a_task(cloud: Cloud) -> None:
+    await cloud.op("rpc_exec_create_task", TASK)
+    await cloud.op("rpc_exec_update_user_info", {"user_id": "pi-5", "data_qnt": 99})
+    report = {"user_id": "pi-5", "task_id": "4fe5"}
+
+    await cloud.op("rpc_exec_report_device_task", {**report, "status": "running"})
+    running = (await cloud.op("rpc_exec_get_task_by_id", {"task_id": "4fe5"})).json()
+    await cloud.op("rpc_exec_report_device_task", {**report, "status": "stopped", "reason": "r"})
+    stopped = (await cloud.op("rpc_exec_get_task_by_id", {"task_id": "4fe5"})).json()
+    device = (await cloud.op("rpc_exec_get_user_info", {"user_id": "pi-5"})).json()
+
+    assert running["devices_running"] == ["pi-5"]
+    assert stopped["devices_running"] == []
+    assert device["tasks"][0]["status"] == "stopped"
