@@ -1,8 +1,7 @@
 """``agata demo``, ``agata experiment exp1|exp2`` and ``agata bench [cloud|devices|edge]``.
 
-``register(app, bench_app)`` adds the commands to the main application (the lead wires
-it in :mod:`agata.cli.main`). ``python -m agata.cli.demo_cmd ...`` runs the main
-application with them registered, whether or not ``main`` does it already.
+``register(app, bench_app)`` adds the commands to the main application
+(:mod:`agata.cli.main` calls it). ``agata bench`` alone runs every benchmark.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from agata.demo.timings import EXP1_STEPS, EXP2_STEPS, parse_raw_times
 pytestmark = pytest.mark.flower
 
 MARK = "AGATA_TEST_DEMO_MARK"
-COMMAND = [sys.executable, "-m", "agata.cli.demo_cmd"]
+COMMAND = [sys.executable, "-m", "agata"]
 
 
 def _start(args: list[str], mark: str) -> subprocess.Popen[str]:
