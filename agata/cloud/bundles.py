@@ -28,6 +28,7 @@ share nothing but the read path). Needs POSIX ``*at`` system calls (``dir_fd``).
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import io
@@ -92,6 +93,21 @@ class BundleFile:
 
 def too_large(message: str) -> AgataError:
     return AgataError(ErrorCode.TOO_LARGE, message)
+
+
+@contextmanager
+def _disk_full_is_unavailable(task_id: str) -> Iterator[None]:
+    """A full disk (or quota) is UNAVAILABLE for the caller, not an internal error."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        logger.warning("bundle of task %s not written: %s", task_id, exc.strerror)
+        raise AgataError(
+            ErrorCode.UNAVAILABLE,
+            "the disk of the bundle store is full; free some disk space",
+        ) from None
 
 
 def validate_task_id(task_id: str) -> str:
@@ -396,6 +412,10 @@ class BundleStore:
         return _Incoming(name, member.file_size, lambda: archive.open(member))
 
     def _commit(self, task_id: str, incoming: list[_Incoming]) -> list[BundleFile]:
+        with _disk_full_is_unavailable(task_id):
+            return self._commit_files(task_id, incoming)
+
+    def _commit_files(self, task_id: str, incoming: list[_Incoming]) -> list[BundleFile]:
         """Check, stage and move ``incoming`` into the task's bundle folder."""
         if not incoming:
             return []
