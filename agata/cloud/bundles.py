@@ -529,6 +529,59 @@ class BundleStore:
         logger.info("bundle of task %s: wrote %d file(s)", task_id, len(written))
         return written
 
+    @contextmanager
+    def undo_on_error(self, task_id: str) -> Iterator[None]:
+        """Put the bundle's files back as they were if the block raises.
+
+        For a writer that records the new listing elsewhere after writing the files
+        (the gateway records it in the store): when that record fails, the files on
+        disk must not disagree with the recorded listing, or devices would download
+        files whose SHA-256 is not the one they were given. The previous files are kept
+        as hard links (no copy) while the block runs.
+        """
+        validate_task_id(task_id)
+        with _disk_full_is_unavailable(task_id):
+            backup = Path(tempfile.mkdtemp(prefix="undo-", dir=self._staging))
+        try:
+            backup_fd = os.open(backup, _DIR_FLAGS)
+            try:
+                with self._lock(task_id), self._open_dir(task_id) as dir_fd:
+                    before = {
+                        name
+                        for name, info in self._scan(dir_fd).items()
+                        if stat.S_ISREG(info.st_mode)
+                    }
+                    for name in before:
+                        os.link(
+                            name,
+                            name,
+                            src_dir_fd=dir_fd,
+                            dst_dir_fd=backup_fd,
+                            follow_symlinks=False,
+                        )
+                try:
+                    yield
+                except BaseException:
+                    self._put_back(task_id, backup_fd, before)
+                    raise
+            finally:
+                os.close(backup_fd)
+        finally:
+            shutil.rmtree(backup, ignore_errors=True)
+
+    def _put_back(self, task_id: str, backup_fd: int, before: set[str]) -> None:
+        with self._lock(task_id), self._open_dir(task_id) as dir_fd:
+            if dir_fd is None:
+                return
+            for name, info in self._scan(dir_fd).items():
+                if name in before:
+                    os.replace(name, name, src_dir_fd=backup_fd, dst_dir_fd=dir_fd)
+                elif stat.S_ISREG(info.st_mode):
+                    os.unlink(name, dir_fd=dir_fd)
+            os.fsync(dir_fd)
+        self._forget(task_id)
+        logger.warning("bundle of task %s put back as it was before the failed write", task_id)
+
     # --- deleting -------------------------------------------------------------------
 
     def delete(self, task_id: str) -> bool:

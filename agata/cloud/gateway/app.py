@@ -189,14 +189,16 @@ def create_gateway(bus: Bus, config: GatewayConfig) -> FastAPI:
                 f"upload of {total} bytes exceeds the limit of {config.max_upload_bytes}",
             )
         plain = [(f.filename or "", f.file) for f in files if f.filename != "bundle.zip"]
-        for upload in files:
-            if upload.filename == "bundle.zip":
-                config.bundles.extract_archive(task_id, await upload.read())
-        if plain:
-            config.bundles.write_files(task_id, plain)
-        listing = config.bundles.list_files(task_id)
-        payload = [{"name": f.name, "size": f.size, "sha256": f.sha256} for f in listing]
-        await rpc.call(ops.SET_TASK_FILES, {"task_id": task_id, "files": payload})
+        # Files and recorded listing must agree: the write is undone if recording fails.
+        with config.bundles.undo_on_error(task_id):
+            for upload in files:
+                if upload.filename == "bundle.zip":
+                    config.bundles.extract_archive(task_id, await upload.read())
+            if plain:
+                config.bundles.write_files(task_id, plain)
+            listing = config.bundles.list_files(task_id)
+            payload = [{"name": f.name, "size": f.size, "sha256": f.sha256} for f in listing]
+            await rpc.call(ops.SET_TASK_FILES, {"task_id": task_id, "files": payload})
         return payload
 
     @app.get("/api/tasks/{task_id}/files", tags=["files"])
