@@ -206,8 +206,11 @@ class Lab:
         """The cloud's recorded events of this run: those of its tasks and its device."""
         await asyncio.sleep(0.2)  # events are published without waiting; let them land
         seen: dict[tuple[Any, ...], dict[str, Any]] = {}
-        queries: list[dict[str, Any]] = [{"task_id": t, "limit": 5000} for t in task_ids]
-        queries.append({"limit": 5000})
+        since = self.started_at
+        queries: list[dict[str, Any]] = [
+            {"task_id": t, "since": since, "limit": 5000} for t in task_ids
+        ]
+        queries.append({"since": since, "limit": 5000})  # the device's, without a task
         user_id = self.device.user_id if self.device else None
         for query in queries:
             for event in await self.op("rpc_exec_get_task_events", query):
