@@ -129,7 +129,10 @@ def bench_all(
     amqp_url: Annotated[
         str | None, typer.Option(help="also measure on this RabbitMQ (amqp://...)")
     ] = None,
-    json_out: Annotated[Path | None, typer.Option("--json", help="write all figures here")] = None,
+    json_out: Annotated[
+        Path | None,
+        typer.Option("--json", help="write all figures here [default: agata-bench-<time>.json]"),
+    ] = None,
     quick: Annotated[bool, typer.Option(help="fewer samples (a smoke run)")] = False,
 ) -> None:
     """Everything, side by side with the targets: bus, steps, devices, edge."""
@@ -138,7 +141,10 @@ def bench_all(
     from agata.bench.all_bench import run_all
 
     _bench_logging()
-    run_all(devices=devices, amqp_url=amqp_url, json_out=json_out, quick=quick)
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    path = json_out or Path(f"agata-bench-{stamp}.json")
+    run_all(devices=devices, amqp_url=amqp_url, json_out=path, quick=quick)
+    typer.echo(f"figures written to {path}")
 
 
 def bench_cloud(
