@@ -8,9 +8,9 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import FastAPI, Request, UploadFile
+from fastapi import Depends, FastAPI, File, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
@@ -22,9 +22,10 @@ from agata import __version__
 from agata.bus.bus import Bus
 from agata.bus.rpc import RpcClient
 from agata.bus.service import describe_errors
-from agata.cloud.bundles import BundleStore, validate_task_id
-from agata.cloud.gateway.auth import Authenticator, Principal, require_operator
+from agata.cloud.bundles import BundleStore
+from agata.cloud.gateway.auth import ANONYMOUS, Authenticator, Principal, require_operator
 from agata.cloud.gateway.metrics import GatewayMetrics
+from agata.cloud.gateway.openapi import DOWNLOAD, LEGACY_DEVICE, PUBLIC, STREAM, install
 from agata.cloud.gateway.streams import StreamHub
 from agata.errors import AgataError, ErrorCode
 from agata.protocol import operations as ops
@@ -54,10 +55,19 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         (404, "unknown task, device or operation"),
         (409, "conflict (duplicate id, task running or not running)"),
         (413, "request too large"),
+        (429, "too many requests from this address (rate limit)"),
+        (500, "a service failed"),
         (503, "a service is unavailable"),
         (504, "a service did not answer in time"),
     ]
 }
+
+
+def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The documented errors of a route: its own, and 429 which any route may answer."""
+    return {status: ERROR_RESPONSES[status] for status in (*statuses, 429)}
+
+
 WEB_ROOT = Path(__file__).resolve().parent.parent.parent / "web" / "static"
 
 
@@ -88,6 +98,24 @@ def create_gateway(bus: Bus, config: GatewayConfig) -> FastAPI:
             "bundles with the task's username/password"
         )
 
+    # Who may call: dependencies, so 401/403 come before the request is validated.
+    async def operator(request: Request) -> Principal:
+        principal = await auth.principal(request)
+        require_operator(principal)
+        return principal
+
+    async def caller(request: Request) -> Principal:
+        principal = await auth.principal(request)
+        if principal.kind == "anonymous" and not config.legacy_devices:
+            raise AgataError(ErrorCode.UNAUTHENTICATED, "a device credential is required")
+        return principal
+
+    async def downloader(request: Request) -> None:
+        await _check_download(request, request.path_params.get("task_id", ""))
+
+    async def anyone() -> Principal:
+        return ANONYMOUS
+
     from contextlib import asynccontextmanager
 
     @asynccontextmanager
@@ -102,6 +130,7 @@ def create_gateway(bus: Bus, config: GatewayConfig) -> FastAPI:
         description="Operations of the AGATA control plane for federated learning.",
         lifespan=lifespan,
     )
+    install(app)
     app.state.hub = hub
     if config.cors_origins:
         app.add_middleware(
@@ -124,12 +153,18 @@ def create_gateway(bus: Bus, config: GatewayConfig) -> FastAPI:
 
     # -- health, metrics, UI -------------------------------------------------------
 
-    @app.get("/healthz", tags=["health"])
+    @app.get("/healthz", tags=["health"], responses=errors(), openapi_extra=PUBLIC)
     async def read_health() -> dict[str, str]:
         """Liveness: the gateway answers."""
         return {"status": "ok", "version": __version__}
 
-    @app.get("/metrics", tags=["health"], response_class=Response)
+    @app.get(
+        "/metrics",
+        tags=["health"],
+        response_class=Response,
+        responses=errors(),
+        openapi_extra=PUBLIC,
+    )
     async def read_metrics() -> Response:
         """Prometheus metrics: requests, latency, tasks running, devices."""
         body, content_type = await metrics.render()
@@ -144,16 +179,27 @@ def create_gateway(bus: Bus, config: GatewayConfig) -> FastAPI:
 
     # -- devices ---------------------------------------------------------------------
 
-    @app.post("/api/devices/enroll", tags=["devices"])
+    @app.post(
+        "/api/devices/enroll",
+        tags=["devices"],
+        responses=errors(400, 401, 413, 503, 504),
+        openapi_extra=PUBLIC,
+    )
     async def enroll_device(body: ops.EnrollDevice) -> dict[str, str]:
         """Spend an enrollment token and get this device's own credential (once)."""
         result: dict[str, str] = await rpc.call(ops.ENROLL_DEVICE, body)
         return result
 
-    @app.get("/api/devices/{user_id}/stream", tags=["devices"])
-    async def read_device_stream(user_id: str, request: Request) -> StreamingResponse:
+    @app.get(
+        "/api/devices/{user_id}/stream",
+        tags=["devices"],
+        responses=errors(401, 403),
+        openapi_extra=STREAM,
+    )
+    async def read_device_stream(
+        user_id: ops.DeviceId, principal: Principal = Depends(caller)
+    ) -> StreamingResponse:
         """Server-sent events telling one device that tasks changed."""
-        principal = await auth.principal(request)
         _check_device_access(principal, user_id, config.legacy_devices)
 
         def accepts(message: dict[str, Any]) -> bool:
@@ -166,21 +212,29 @@ def create_gateway(bus: Bus, config: GatewayConfig) -> FastAPI:
 
     # -- operator stream -------------------------------------------------------------
 
-    @app.get("/api/stream", tags=["operators"])
-    async def read_stream(request: Request) -> StreamingResponse:
+    @app.get(
+        "/api/stream",
+        tags=["operators"],
+        responses=errors(401, 403),
+        openapi_extra=STREAM,
+        dependencies=[Depends(operator)],
+    )
+    async def read_stream() -> StreamingResponse:
         """Server-sent events of everything: task, metric, log, event, device."""
-        require_operator(await auth.principal(request))
         return _sse(hub.events(lambda _message: True))
 
     # -- files -----------------------------------------------------------------------
 
-    @app.post("/api/tasks/{task_id}/files", tags=["files"])
+    @app.post(
+        "/api/tasks/{task_id}/files",
+        tags=["files"],
+        responses=errors(400, 401, 403, 404, 413),
+        dependencies=[Depends(operator)],
+    )
     async def upload_task_files(
-        task_id: str, request: Request, files: list[UploadFile]
+        task_id: ops.TaskId, files: Annotated[list[UploadFile], File(min_length=1)]
     ) -> list[dict[str, Any]]:
         """Upload bundle files (multipart field ``files``; ``bundle.zip`` is unpacked)."""
-        require_operator(await auth.principal(request))
-        validate_task_id(task_id)
         await rpc.call(ops.GET_TASK, {"task_id": task_id})  # 404 for unknown tasks
         total = sum(f.size or 0 for f in files)
         if total > config.max_upload_bytes:
@@ -201,27 +255,45 @@ def create_gateway(bus: Bus, config: GatewayConfig) -> FastAPI:
             await rpc.call(ops.SET_TASK_FILES, {"task_id": task_id, "files": payload})
         return payload
 
-    @app.get("/api/tasks/{task_id}/files", tags=["files"])
-    async def read_task_files(task_id: str, request: Request) -> list[dict[str, Any]]:
+    @app.get(
+        "/api/tasks/{task_id}/files",
+        tags=["files"],
+        responses=errors(400, 401, 403, 404),
+        dependencies=[Depends(operator)],
+    )
+    async def read_task_files(task_id: ops.TaskId) -> list[dict[str, Any]]:
         """The bundle listing with sizes and SHA-256."""
-        require_operator(await auth.principal(request))
         task = await rpc.call(ops.GET_TASK, {"task_id": task_id})
         files: list[dict[str, Any]] = task["files"]
         return files
 
-    @app.get("/api/tasks/{task_id}/bundle.zip", tags=["files"])
-    async def download_bundle(task_id: str, request: Request) -> Response:
+    @app.get(
+        "/api/tasks/{task_id}/bundle.zip",
+        tags=["files"],
+        responses=errors(400, 401, 403, 404),
+        dependencies=[Depends(operator)],
+    )
+    async def download_bundle(task_id: ops.TaskId) -> Response:
         """The whole bundle as a zip."""
-        require_operator(await auth.principal(request))
         await rpc.call(ops.GET_TASK, {"task_id": task_id})
         return Response(config.bundles.archive(task_id), media_type="application/zip")
 
-    @app.get("/download/{task_id}/{name}", tags=["files"])
-    async def download_file(task_id: str, name: str, request: Request) -> Response:
+    @app.get(
+        "/download/{task_id}/{name}",
+        tags=["files"],
+        responses=errors(400, 401, 403, 404),
+        openapi_extra=DOWNLOAD,
+        dependencies=[Depends(downloader)],
+    )
+    async def download_file(task_id: ops.TaskId, name: str) -> Response:
         """One bundle file, for operators, matching devices, or legacy Basic auth."""
-        validate_task_id(task_id)
-        await _check_download(request, task_id)
-        with config.bundles.open_file(task_id, name) as handle:
+        try:
+            handle = config.bundles.open_file(task_id, name)
+        except AgataError as exc:  # a name that cannot be in a bundle is not in this one
+            if exc.code is not ErrorCode.INVALID_ARGUMENT:
+                raise
+            raise AgataError(ErrorCode.NOT_FOUND, f"task {task_id} has no such file") from None
+        with handle:
             content = handle.read()
         return Response(content, media_type="application/octet-stream")
 
@@ -257,6 +329,13 @@ def create_gateway(bus: Bus, config: GatewayConfig) -> FastAPI:
     for operation, model in ops.OPERATION_MODELS.items():
         if operation in INTERNAL_OPERATIONS:
             continue
+        who = (
+            anyone
+            if operation in PUBLIC_OPERATIONS
+            else caller
+            if operation in DEVICE_OPERATIONS
+            else operator
+        )
         app.post(
             f"/{operation}",
             tags=["operations"],
@@ -264,11 +343,13 @@ def create_gateway(bus: Bus, config: GatewayConfig) -> FastAPI:
             summary=operation,
             description=(model.__doc__ or "").strip() or None,
             responses=ERROR_RESPONSES,
-        )(_operation_route(operation, model, rpc, auth, config.legacy_devices))
+            openapi_extra=_security(operation, config.legacy_devices),
+        )(_operation_route(operation, model, rpc, who, config.legacy_devices))
 
-    @app.post("/{operation}", tags=["operations"], include_in_schema=False)
+    # Only rpc_* paths: another POST to a GET route (/healthz) is then a 405, not a 404.
+    @app.post("/rpc_{operation}", tags=["operations"], include_in_schema=False)
     async def call_unknown_operation(operation: str) -> Response:
-        raise AgataError(ErrorCode.NOT_FOUND, f"{operation} is an invalid RPC function")
+        raise AgataError(ErrorCode.NOT_FOUND, f"rpc_{operation} is an invalid RPC function")
 
     return app
 
@@ -334,29 +415,34 @@ class RequestMetrics:
         finally:
             route = scope.get("route")
             path = getattr(route, "path", "unmatched")
-            if path == "/{operation}":
+            if path == "/rpc_{operation}":
                 path = "/{unknown}"  # never a label per made-up name
             self.metrics.observe(scope["method"], path, status, time.perf_counter() - started)
 
 
 def _operation_route(
-    operation: str, model: type[ops.Request], rpc: RpcClient, auth: Authenticator, legacy: bool
+    operation: str, model: type[ops.Request], rpc: RpcClient, who: Any, legacy: bool
 ) -> Any:
-    """The route of one operation: check who may call it, forward it to the bus."""
+    """The route of one operation: check who may call it (``who``: a dependency that
+    authenticates), then, for a device, that it acts for itself; forward it to the bus."""
 
-    async def call_operation(request: Request, body: ops.Request) -> Response:
-        if operation not in PUBLIC_OPERATIONS:
-            principal = await auth.principal(request)
-            if operation in DEVICE_OPERATIONS and not principal.is_operator:
-                _check_device_access(principal, str(getattr(body, "user_id", "")), legacy)
-            else:
-                require_operator(principal)
+    async def call_operation(body: ops.Request, principal: Principal = Depends(who)) -> Response:
+        if operation in DEVICE_OPERATIONS:
+            _check_device_access(principal, str(getattr(body, "user_id", "")), legacy)
         payload = body.model_dump(mode="json", exclude_unset=True)
         return JSONResponse(await rpc.call(operation, payload))
 
     # The body's model is the operation's (a real class, not a postponed annotation).
-    call_operation.__annotations__ = {"request": Request, "body": model, "return": Response}
+    call_operation.__annotations__ = {"body": model, "principal": Principal, "return": Response}
     return call_operation
+
+
+def _security(operation: str, legacy: bool) -> dict[str, Any] | None:
+    if operation in PUBLIC_OPERATIONS:
+        return PUBLIC
+    if legacy and operation in DEVICE_OPERATIONS:
+        return LEGACY_DEVICE
+    return None
 
 
 def _check_device_access(principal: Principal, user_id: str, legacy: bool) -> None:
