@@ -26,6 +26,7 @@ from agata.cloud.bundles import BundleStore
 from agata.cloud.device_registry import DeviceRegistry
 from agata.cloud.events import EventRecorder
 from agata.cloud.gateway import GatewayConfig, create_gateway
+from agata.cloud.gateway.limits import guarded_http_protocol
 from agata.cloud.notifier import Notifier
 from agata.cloud.task_manager import TaskManager
 from agata.errors import AgataError, ErrorCode
@@ -155,6 +156,7 @@ class CloudNode:
             limit_concurrency=1000,
             timeout_graceful_shutdown=3,
             h11_max_incomplete_event_size=64 * 1024,
+            http=guarded_http_protocol(),  # head deadline and size cap (slow loris)
             ws="none",
         )
         self._server = uvicorn.Server(config)

@@ -24,6 +24,7 @@ from agata.bus.rpc import RpcClient
 from agata.bus.service import describe_errors
 from agata.cloud.bundles import BundleStore
 from agata.cloud.gateway.auth import ANONYMOUS, Authenticator, Principal, require_operator
+from agata.cloud.gateway.limits import BodyLimit, RateLimit
 from agata.cloud.gateway.metrics import GatewayMetrics
 from agata.cloud.gateway.openapi import DOWNLOAD, LEGACY_DEVICE, PUBLIC, STREAM, install
 from agata.cloud.gateway.streams import StreamHub
@@ -78,6 +79,8 @@ class GatewayConfig:
     rpc_timeout: float = 10.0
     max_upload_bytes: int = 50 * 1024 * 1024
     cors_origins: list[str] = field(default_factory=list)
+    rate_limit: float = 0.0  # requests per second per client address; 0: no limit
+    rate_burst: float = 0.0  # requests at once; 0: twice the rate, at least 10
 
 
 def error_response(exc: AgataError) -> JSONResponse:
@@ -149,6 +152,9 @@ def create_gateway(bus: Bus, config: GatewayConfig) -> FastAPI:
         return error_response(AgataError(ErrorCode.INVALID_ARGUMENT, describe_errors(exc.errors())))
 
     app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES, upload_limit=config.max_upload_bytes)
+    if config.rate_limit > 0:
+        burst = config.rate_burst or max(10.0, 2 * config.rate_limit)
+        app.add_middleware(RateLimit, rate=config.rate_limit, burst=burst)
     app.add_middleware(RequestMetrics, metrics=metrics)
 
     # -- health, metrics, UI -------------------------------------------------------
@@ -352,42 +358,6 @@ def create_gateway(bus: Bus, config: GatewayConfig) -> FastAPI:
         raise AgataError(ErrorCode.NOT_FOUND, f"rpc_{operation} is an invalid RPC function")
 
     return app
-
-
-class BodyLimit:
-    """Refuses request bodies over ``limit`` (``upload_limit`` for bundle uploads) with 413
-    before reading them; a chunked body that grows past it ends the request."""
-
-    def __init__(self, app: ASGIApp, limit: int, upload_limit: int) -> None:
-        self.app = app
-        self.limit = limit
-        self.upload_limit = upload_limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        path: str = scope.get("path", "")
-        limit = self.upload_limit + 64 * 1024 if path.endswith("/files") else self.limit
-        for name, value in scope.get("headers", []):
-            if name == b"content-length" and value.isdigit() and int(value) > limit:
-                response = error_response(
-                    AgataError(ErrorCode.TOO_LARGE, f"request body over {limit} bytes")
-                )
-                await response(scope, receive, send)
-                return
-        seen = 0
-
-        async def counting_receive() -> Message:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > limit:
-                    return {"type": "http.disconnect"}
-            return message
-
-        await self.app(scope, counting_receive, send)
 
 
 class RequestMetrics:
