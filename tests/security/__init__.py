@@ -1,0 +1,1 @@
+"""Hostile input against the real gateway: schemathesis, the auth matrix, limits."""
