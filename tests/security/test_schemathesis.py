@@ -13,7 +13,7 @@ the services accept); each is tolerated only for its exact reason, so anything e
 - :data:`STORE_REFUSALS`: a schema-valid body refused with 400 because the store refuses
   it (an empty ``host`` or metric name, a ``host`` of 256 characters where the store keeps 255, NUL
   characters, a file listed twice) - and, inherently, selection criteria that do not
-  parse;
+  parse, and starting a task whose bundle is not uploaded yet;
 - lax coercions: a schema-invalid body accepted because pydantic's lax mode converted it
   into a valid one (``0`` for ``false``, ``false`` for ``0.0``, ``"0000"`` for ``0``; and
   on purpose, for the original's clients: arguments as one shell-like string, the
@@ -47,8 +47,10 @@ STORE_REFUSALS = re.compile(
     r"|[\w ]+ is longer than 255 characters"
     r"|[\w ]+ must not contain NUL characters"
     r"|file '.*' is listed twice"
-    # and what no JSON schema can say: a string that is not a criteria expression
-    r"|selection criteria( are not a valid expression)?: .*)$"
+    # and what no JSON schema can say: a string that is not a criteria expression,
+    r"|selection criteria( are not a valid expression)?: .*"
+    # a task started before its bundle was uploaded (a state, arguably 409)
+    r"|task \S+ has no server\.py and no client\.py in its bundle; .*)$"
 )
 MODELS: dict[str, type[BaseModel]] = {
     **{f"/{name}": model for name, model in ops.OPERATION_MODELS.items()},
