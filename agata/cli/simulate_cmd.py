@@ -1,0 +1,198 @@
+"""``agata simulate`` (a simulated fleet) and ``agata bench load`` (the largest fleet).
+
+``register(app)`` adds ``simulate`` to the main application; ``register(app, bench_app)``
+adds ``bench load`` too. Until the main application does it,
+``python -m agata.cli.simulate_cmd simulate ...`` and
+``python -m agata.cli.simulate_cmd bench-load ...`` run them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+T = TypeVar("T")
+
+
+def _run(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run on uvloop when it is installed (less CPU per request for the simulator)."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvicorn[standard] brings it
+        return asyncio.run(coroutine)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coroutine)
+
+
+def simulate(
+    devices: Annotated[int, typer.Option("--devices", min=1, max=100_000, help="devices")],
+    cloud_url: Annotated[
+        str | None, typer.Option("--cloud-url", help="simulate against this gateway")
+    ] = None,
+    enrollment_token: Annotated[
+        str | None,
+        typer.Option("--enrollment-token", help="enrolls the devices (uses >= --devices)"),
+    ] = None,
+    operator_token: Annotated[
+        str | None,
+        typer.Option(
+            "--operator-token",
+            help="with --cloud-url: create --tasks tasks and an enrollment token there "
+            "(removed afterwards)",
+        ),
+    ] = None,
+    embedded: Annotated[
+        bool, typer.Option("--embedded", help="start a cloud in this process")
+    ] = False,
+    bus: Annotated[
+        str, typer.Option("--bus", help="--embedded: memory:// or amqp://...")
+    ] = "memory://",
+    db: Annotated[
+        str | None, typer.Option("--db", help="--embedded: sqlite:///... or postgresql://...")
+    ] = None,
+    duration: Annotated[float, typer.Option(min=1, help="seconds to run")] = 30.0,
+    poll_interval: Annotated[
+        float, typer.Option("--poll-interval", min=0.05, help="seconds between polls")
+    ] = 10.0,
+    tasks: Annotated[
+        int, typer.Option("--tasks", min=1, max=50, help="tasks to set up (with criteria)")
+    ] = 4,
+    ramp: Annotated[
+        float | None,
+        typer.Option(help="devices start spread over this many seconds (default: one poll)"),
+    ] = None,
+    warmup: Annotated[
+        float | None,
+        typer.Option(help="seconds left out of the steady window (default: ramp + poll/2)"),
+    ] = None,
+    legacy: Annotated[
+        bool,
+        typer.Option("--legacy", help="devices of the original kind: no enrollment, no token"),
+    ] = False,
+    seed: Annotated[int, typer.Option(help="attributes and timings")] = 7,
+    timeout: Annotated[float, typer.Option(min=0.1, help="seconds per request")] = 10.0,
+    as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
+) -> None:
+    """N lightweight simulated devices in one process against a cloud (no FL).
+
+    Each enrolls, reports varied attributes, polls for tasks, downloads and verifies new
+    bundles, and reports a trivial client side; prints requests, errors and latencies.
+    Exits 1 when a request failed or a device missed a task it matches.
+    """
+    from agata.cli.main import setup_logging
+    from agata.simulate.simulator import (
+        SimulationOptions,
+        simulate_against,
+        simulate_embedded,
+    )
+
+    if embedded == bool(cloud_url):
+        raise typer.BadParameter("give either --embedded or --cloud-url")
+    if cloud_url and not (enrollment_token or operator_token or legacy):
+        raise typer.BadParameter(
+            "with --cloud-url give --enrollment-token, --operator-token or --legacy"
+        )
+    if not embedded and (db or bus != "memory://"):
+        raise typer.BadParameter("--bus and --db are for --embedded")
+    setup_logging("WARNING")
+    options = SimulationOptions(
+        devices=devices,
+        duration=duration,
+        poll_interval=poll_interval,
+        ramp=ramp,
+        warmup=warmup,
+        tasks=tasks,
+        legacy=legacy,
+        seed=seed,
+        timeout=timeout,
+    )
+    if embedded:
+        result = _run(simulate_embedded(options, bus_url=bus, db_url=db))
+    else:
+        assert cloud_url is not None
+        result = _run(
+            simulate_against(
+                options,
+                cloud_url,
+                operator_token=operator_token,
+                enrollment_token=enrollment_token,
+                target={"mode": "external"},
+            )
+        )
+    if as_json:
+        typer.echo(json.dumps(result.to_json(), indent=2))
+    else:
+        from agata.simulate.summary import render_summary
+
+        render_summary(result)
+    raise typer.Exit(0 if result.ok else 1)
+
+
+def bench_load(
+    steps: Annotated[
+        str, typer.Option(help="fleet sizes to try, in order (stops at the first failure)")
+    ] = "500,1000,2000,3000,4000,6000,8000",
+    seconds: Annotated[
+        float, typer.Option(min=5, help="steady window measured at each step")
+    ] = 20.0,
+    poll_interval: Annotated[float, typer.Option("--poll-interval", min=0.1)] = 10.0,
+    p99_ms: Annotated[float, typer.Option("--p99-ms", help="latency bound")] = 100.0,
+    tasks: Annotated[int, typer.Option(min=1, max=50)] = 4,
+    bus: Annotated[str, typer.Option("--bus", help="memory:// or amqp://...")] = "memory://",
+    db: Annotated[
+        str | None, typer.Option("--db", help="postgresql://... (default: SQLite per step)")
+    ] = None,
+    setup_rate: Annotated[
+        float, typer.Option("--setup-rate", min=1, help="new devices per second in a ramp")
+    ] = 10.0,
+    split: Annotated[
+        bool, typer.Option("--split", help="amqp://: one cloud process per service")
+    ] = False,
+    json_out: Annotated[Path | None, typer.Option("--json", help="write figures here")] = None,
+) -> None:
+    """The largest fleet the cloud serves at the poll interval with p99 under the bound."""
+    from agata.bench.load_bench import run_load_bench
+    from agata.bench.report import render
+    from agata.cli.main import setup_logging
+
+    setup_logging("ERROR")
+    try:
+        sizes = [int(s) for s in steps.split(",") if s.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"--steps: comma-separated numbers, not {steps!r}") from None
+    report = _run(
+        run_load_bench(
+            sizes,
+            seconds=seconds,
+            poll_interval=poll_interval,
+            p99_limit_ms=p99_ms,
+            tasks=tasks,
+            bus_url=bus,
+            db_url=db,
+            setup_rate=setup_rate,
+            split=split,
+            progress=typer.echo,
+        )
+    )
+    render([report])
+    if json_out:
+        report.save(json_out)
+
+
+def register(app: typer.Typer, bench_app: typer.Typer | None = None) -> None:
+    """Add ``simulate`` (and ``bench load`` when ``bench_app`` is given) to the CLI."""
+    app.command("simulate")(simulate)
+    if bench_app is not None:
+        bench_app.command("load")(bench_load)
+
+
+if __name__ == "__main__":
+    standalone = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    standalone.command("simulate")(simulate)
+    standalone.command("bench-load")(bench_load)
+    standalone()

@@ -1,0 +1,176 @@
+"""The simulator's own parts, quickly: histogram, connection pool, command line.
+
+Not marked ``load``: these take a few seconds and guard the tools the load tests use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from agata.cli.simulate_cmd import register
+from agata.simulate.device import fleet_attributes
+from agata.simulate.fleet import FleetTask, expected_tasks, task_criteria
+from agata.simulate.histogram import LatencyHistogram
+from agata.simulate.pool import FleetTransport
+
+# -- histogram -------------------------------------------------------------------------
+
+
+def test_histogram_quantiles_within_one_percent() -> None:
+    rng = random.Random(1)
+    samples = [rng.lognormvariate(-5, 1) for _ in range(20_000)]
+    histogram = LatencyHistogram()
+    for s in samples:
+        histogram.record(s)
+
+    ordered = sorted(samples)
+    for q in (0.5, 0.95, 0.99):
+        exact = ordered[int(q * len(ordered)) - 1]
+        assert exact <= histogram.quantile(q) <= exact * 1.0101
+    assert histogram.count == len(samples)
+    assert histogram.maximum == max(samples)
+
+
+def test_histogram_empty_and_merge() -> None:
+    a, b = LatencyHistogram(), LatencyHistogram()
+    assert a.summary_ms()["p99_ms"] is None
+
+    a.record(0.001)
+    b.record(0.010)
+    b.record(0.0)
+    a.merge(b)
+
+    assert a.count == 3
+    assert a.quantile(1.0) == pytest.approx(0.010)
+    assert a.quantile(0.01) <= 1e-5  # bucket 0: at most 10 µs
+    with pytest.raises(ValueError):
+        a.quantile(0)
+
+
+# -- fleet attributes and criteria ------------------------------------------------------
+
+
+def test_criteria_split_the_fleet() -> None:
+    devices = fleet_attributes(1000)
+    tasks = [FleetTask(f"t{i}", task_criteria(i)) for i in range(4)]
+    expected_of = expected_tasks(tasks)
+
+    counts = {t.task_id: 0 for t in tasks}
+    for device in devices:
+        for task_id in expected_of(device):
+            counts[task_id] += 1
+
+    assert counts["t0"] == 1000  # no criteria: everyone
+    assert 300 < counts["t1"] < 500 and 200 < counts["t2"] < 400 and 100 < counts["t3"] < 300
+    assert fleet_attributes(3, start=5) == fleet_attributes(8)[5:]  # a fleet may grow
+
+
+# -- connection pool -------------------------------------------------------------------
+
+
+async def _keep_alive_server() -> AsyncIterator[tuple[int, list[int]]]:
+    """A minimal HTTP/1.1 server answering ``ok``; counts the connections it accepted."""
+    accepted: list[int] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(1)
+        try:
+            while await reader.readuntil(b"\r\n\r\n"):
+                await asyncio.sleep(0.01)
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    async with server:
+        yield server.sockets[0].getsockname()[1], accepted
+
+
+async def test_pool_reuses_connections_and_bounds_busy_ones() -> None:
+    async for port, accepted in _keep_alive_server():
+        transport = FleetTransport(max_connections=4, keepalive_expiry=5)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", transport=transport) as c:
+            for _ in range(5):
+                assert (await c.get("/")).text == "ok"
+            assert len(accepted) == 1  # one kept-alive connection, reused
+
+            replies = await asyncio.gather(*(c.get("/") for _ in range(20)))
+            assert all(r.text == "ok" for r in replies)
+            assert len(accepted) <= 4  # never more than 4 busy at once
+            assert transport.pool.in_use == 0
+            assert transport.pool.connections == len(accepted)
+
+
+async def test_pool_drops_expired_connections() -> None:
+    async for port, accepted in _keep_alive_server():
+        transport = FleetTransport(max_connections=4, keepalive_expiry=0.05)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", transport=transport) as c:
+            await c.get("/")
+            await asyncio.sleep(0.1)
+            await c.get("/")
+            assert len(accepted) == 2
+            assert transport.pool.connections == 1
+
+
+# -- the command -----------------------------------------------------------------------
+
+
+def _app() -> typer.Typer:
+    app = typer.Typer()
+    bench = typer.Typer()
+    app.add_typer(bench, name="bench")
+    register(app, bench)
+    return app
+
+
+def test_simulate_embedded_json() -> None:
+    """`agata simulate --embedded`: a cloud in the process, 30 devices, all served."""
+    args = ["simulate", "--devices", "30", "--embedded", "--duration", "4",
+            "--poll-interval", "1", "--tasks", "3", "--json"]  # fmt: skip
+    result = CliRunner().invoke(_app(), args)
+
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["ok"] is True
+    assert data["stats"]["errors"] == 0
+    assert data["fleet"]["started"] == data["fleet"]["enrolled"] == 30
+    assert data["fleet"]["devices_missing_tasks"] == 0
+    assert data["stats"]["operations"]["download"]["count"] > 0
+    assert data["stats"]["windows"]["steady"]["p99_ms"] is not None
+
+
+def test_simulate_embedded_legacy_table() -> None:
+    """Legacy devices: no enrollment, downloads with the task's username/password."""
+    args = ["simulate", "--devices", "10", "--embedded", "--legacy", "--duration", "3",
+            "--poll-interval", "1", "--tasks", "2"]  # fmt: skip
+    result = CliRunner().invoke(_app(), args)
+
+    assert result.exit_code == 0, result.output
+    assert "result: ok" in result.output
+    assert "enroll " not in result.output  # no enrollment row
+
+
+def test_simulate_refuses_unclear_targets() -> None:
+    runner = CliRunner()
+    assert runner.invoke(_app(), ["simulate", "--devices", "5"]).exit_code == 2
+    cloud_only = ["simulate", "--devices", "5", "--cloud-url", "http://127.0.0.1:9"]
+    assert runner.invoke(_app(), cloud_only).exit_code == 2
+    external_db = [*cloud_only, "--legacy", "--db", "sqlite:///x.db"]
+    assert runner.invoke(_app(), external_db).exit_code == 2
+
+
+def test_bench_load_is_registered() -> None:
+    result = CliRunner().invoke(_app(), ["bench", "load", "--help"])
+    assert result.exit_code == 0
+    assert "largest fleet" in result.output
