@@ -136,7 +136,12 @@ class CloudNode:
 
     async def _serve(self, app: FastAPI) -> None:
         s = self.settings
-        sock = socket.socket(socket.AF_INET6 if ":" in s.gateway_host else socket.AF_INET)
+        family = socket.AF_INET6 if ":" in s.gateway_host else socket.AF_INET
+        # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY on accepted connections only when
+        # the listening socket names its protocol. With protocol 0 Nagle stays on and
+        # every response after the first on a keep-alive connection waits ~40 ms for the
+        # client's delayed ACK (docs/benchmarks.md).
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((s.gateway_host, s.gateway_port))
