@@ -13,6 +13,7 @@ from agata import __version__
 from agata.cli.cloud_cmd import cloud_app, token_app
 from agata.cli.demo_cmd import register as register_demo
 from agata.cli.edge_cmd import device_app, edge_app
+from agata.cli.simulate_cmd import register as register_simulate
 from agata.errors import AgataError
 
 app = typer.Typer(
@@ -29,6 +30,7 @@ app.add_typer(token_app, name="token")
 app.add_typer(edge_app, name="edge")
 app.add_typer(device_app, name="device")
 register_demo(app, bench_app)
+register_simulate(app, bench_app)
 
 ConfigOption = Annotated[
     Path | None,

@@ -1,9 +1,6 @@
 """``agata simulate`` (a simulated fleet) and ``agata bench load`` (the largest fleet).
 
-``register(app)`` adds ``simulate`` to the main application; ``register(app, bench_app)``
-adds ``bench load`` too. Until the main application does it,
-``python -m agata.cli.simulate_cmd simulate ...`` and
-``python -m agata.cli.simulate_cmd bench-load ...`` run them.
+``register(app, bench_app)`` adds both to the main application (agata/cli/main.py).
 """
 
 from __future__ import annotations
@@ -189,10 +186,3 @@ def register(app: typer.Typer, bench_app: typer.Typer | None = None) -> None:
     app.command("simulate")(simulate)
     if bench_app is not None:
         bench_app.command("load")(bench_load)
-
-
-if __name__ == "__main__":
-    standalone = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-    standalone.command("simulate")(simulate)
-    standalone.command("bench-load")(bench_load)
-    standalone()
