@@ -208,6 +208,46 @@ async def test_device_flow_with_credentials(cloud: Cloud) -> None:
     await cloud.op("rpc_exec_stop_server_task", {"task_id": "t3"})
 
 
+async def test_download_grant_ends_when_the_task_stops_or_stops_matching(cloud: Cloud) -> None:
+    """A device's later files of a bundle skip the offer check for a few seconds; a
+    stop, a change of criteria or of the device's record ends that at once."""
+    await create_bundle_task(
+        cloud, "t4", server_arguments=["1", "--hold"], selection_criteria="data_qnt > 50"
+    )
+    await cloud.op("rpc_exec_start_server_task", {"task_id": "t4"})
+    credential = await enroll(cloud, "pi-4")
+    device = {"Authorization": f"Bearer {credential}"}
+    await cloud.op(
+        "rpc_exec_update_user_info", {"user_id": "pi-4", "data_qnt": 100}, token=credential
+    )
+
+    async def status_soon(expected: int) -> int:
+        for _ in range(100):
+            status = (await cloud.http.get("/download/t4/client.py", headers=device)).status_code
+            if status == expected:
+                break
+            await asyncio.sleep(0.01)
+        return status
+
+    assert await status_soon(200) == 200
+    await cloud.op(
+        "rpc_exec_update_task", {"task_id": "t4", "selection_criteria": "data_qnt > 500"}
+    )
+    assert await status_soon(403) == 403
+    await cloud.op("rpc_exec_update_task", {"task_id": "t4", "selection_criteria": "data_qnt > 5"})
+    assert await status_soon(200) == 200
+    await cloud.op(
+        "rpc_exec_update_user_info", {"user_id": "pi-4", "data_qnt": 1}, token=credential
+    )
+    assert await status_soon(403) == 403
+    await cloud.op(
+        "rpc_exec_update_user_info", {"user_id": "pi-4", "data_qnt": 100}, token=credential
+    )
+    assert await status_soon(200) == 200
+    await cloud.op("rpc_exec_stop_server_task", {"task_id": "t4"})
+    assert await status_soon(403) == 403
+
+
 async def test_enrollment_token_is_single_use(cloud: Cloud) -> None:
     enrollment = (await cloud.op("rpc_exec_create_enrollment_token", {})).json()
     body = {"user_id": "pi-9", "enrollment_token": enrollment["enrollment_token"]}

@@ -24,6 +24,7 @@ from agata.bus.rpc import RpcClient
 from agata.bus.service import describe_errors
 from agata.cloud.bundles import BundleStore
 from agata.cloud.gateway.auth import ANONYMOUS, Authenticator, Principal, require_operator
+from agata.cloud.gateway.grants import DownloadGrants
 from agata.cloud.gateway.limits import BodyLimit, RateLimit
 from agata.cloud.gateway.metrics import GatewayMetrics
 from agata.cloud.gateway.openapi import DOWNLOAD, LEGACY_DEVICE, PUBLIC, STREAM, install
@@ -94,6 +95,17 @@ def create_gateway(bus: Bus, config: GatewayConfig) -> FastAPI:
     rpc = RpcClient(bus, timeout=config.rpc_timeout, service="gateway")
     auth = Authenticator(rpc)
     hub = StreamHub(bus)
+    grants = DownloadGrants()
+
+    def on_notification(message: dict[str, Any]) -> None:
+        # A task stopped, updated or deleted, or a device's record changed: check afresh.
+        kind = message.get("kind")
+        if kind in ("task", "stop_task") and isinstance(message.get("task_id"), str):
+            grants.revoke_task(message["task_id"])
+        elif kind == "device" and isinstance(message.get("user_id"), str):
+            grants.revoke_device(message["user_id"])
+
+    hub.listeners.append(on_notification)
     metrics = GatewayMetrics(rpc)
     if config.legacy_devices:
         logger.warning(
@@ -324,11 +336,14 @@ def create_gateway(bus: Bus, config: GatewayConfig) -> FastAPI:
             return
         if principal.kind != "device":
             raise AgataError(ErrorCode.UNAUTHENTICATED, "a device credential is required")
+        if grants.allowed(principal.name, task_id):
+            return
         offers = await rpc.call(ops.CLIENT_REQUESTING_TASK, {"user_id": principal.name})
         if not any(offer.get("ID") == task_id for offer in offers):
             raise AgataError(
                 ErrorCode.FORBIDDEN, f"task {task_id} is not running or not for this device"
             )
+        grants.grant(principal.name, task_id)
 
     # -- operations ------------------------------------------------------------------
 

@@ -26,6 +26,8 @@ class StreamHub:
         self._clients: dict[asyncio.Queue[dict[str, Any]], Filter] = {}
         self._subscription: Consumer | None = None
         self._closed = asyncio.Event()
+        #: Called with every notification (before the clients get it); must not raise.
+        self.listeners: list[Callable[[dict[str, Any]], None]] = []
 
     async def start(self) -> None:
         self._subscription = await self.bus.subscribe(NOTIFICATIONS_TOPIC, self._on_message)
@@ -48,7 +50,11 @@ class StreamHub:
             message = json.loads(delivery.body)
         except ValueError:
             return None
-        if not isinstance(message, dict) or message.get("kind") == "stop_task":
+        if not isinstance(message, dict):
+            return None
+        for listener in self.listeners:
+            listener(message)
+        if message.get("kind") == "stop_task":
             return None
         for queue, accepts in list(self._clients.items()):
             if accepts(message):
