@@ -20,6 +20,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import ctypes
+import functools
 import logging
 import os
 import shutil
@@ -186,8 +187,12 @@ def _pdeathsig_preexec() -> Callable[[], None] | None:
     return preexec
 
 
+@functools.cache
 def _setpriv() -> str | None:
-    """util-linux ``setpriv`` when it can set PDEATHSIG (Linux), else None."""
+    """util-linux ``setpriv`` when it can set PDEATHSIG (Linux), else None.
+
+    Probed once per process: the probe is a spawn (~4 ms), and every task start
+    creates a launcher."""
     if not sys.platform.startswith("linux"):
         return None
     path = shutil.which("setpriv")
