@@ -33,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from agata.edge.arguments import expand_client_arguments, placeholder_values
 from agata.edge.backoff import Backoff, StateLog
 from agata.edge.bundle_cache import BundleCache
 from agata.edge.cloud_client import CloudClient, TaskOffer, is_transient
@@ -314,6 +315,12 @@ class Agent:
         Raises AgataError only when the cloud is unreachable (try again later).
         """
         task_id = offer.task_id
+        try:
+            values = placeholder_values(self._current_device(), offer)
+            argv = expand_client_arguments(offer.argv, values)
+        except AgataError as exc:
+            self._fail(offer, exc.message)
+            return False
         self._report(Report(task_id, "downloading"))
         self._event("download task", "start", task_id=task_id)
         try:
@@ -336,7 +343,7 @@ class Agent:
             bundle,
             "client",
             work,
-            offer.argv,
+            argv,
             on_message=lambda message: self._on_message(run, message),
             launcher=self._launcher,
             grace=self._grace,

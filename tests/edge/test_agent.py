@@ -10,7 +10,7 @@ from pathlib import Path
 
 from cloud_harness import Cloud
 
-from agata.edge.device_info import DeviceSource
+from agata.edge.device_info import DeviceInfo, DeviceSource
 from edge.conftest import (
     Device,
     client_code,
@@ -95,6 +95,28 @@ async def _event_with(cloud: Cloud, task_id: str, text: str) -> bool:
 async def _status_is(cloud: Cloud, task_id: str, status: str) -> bool:
     states = await device_states(cloud, task_id)
     return states.get("dev1", ("", ""))[0] == status
+
+
+async def test_client_arguments_take_each_devices_own_values(cloud: Cloud, device: Device) -> None:
+    # Prepare: arguments with placeholders; a device file that has client_index, and a
+    # second task that needs a value this device lacks
+    arguments = ["--client-index", "{client_index}", "--who", "{user_id}", "--at={host}:{port}"]
+    await create_task(cloud, "t1", "hold", client_arguments=[*arguments, "{{literal}}"])
+    await create_task(cloud, "t2", "hold", client_arguments=["--x", "{partition}"])
+    info = DeviceInfo("dev1", data_qnt=100, sensors=("camera",), extra={"client_index": 3})
+
+    async with running_agent(device.agent(info, policy="all")) as agent:
+        await eventually(lambda: running_ids(agent) == ["t1"], what="t1 running")
+        await eventually(lambda: agent.quarantine(), what="t2 quarantined")
+
+        # Assert: t1 got this device's values; t2 did not run, with the reason
+        cmdline = _cmdline(agent.running_tasks()[0].pid)  # type: ignore[arg-type]
+        expected = ["--client-index", "3", "--who", "dev1", "--at=127.0.0.1:8080", "{literal}"]
+        assert cmdline[-7:-1] == [a.encode() for a in expected]
+        [entry] = agent.quarantine()
+        assert entry.task_id == "t2"
+        assert "{partition}" in entry.reason and "client_index" in entry.reason
+        assert not device.events.find("download task", "start", task_id="t2")
 
 
 async def test_failover_quarantines_the_failing_task_and_switches_at_once(
