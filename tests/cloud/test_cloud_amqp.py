@@ -130,6 +130,34 @@ async def test_gateway_on_amqp_serves_operations(amqp_cloud: CloudNode) -> None:
     await asyncio.sleep(0)
 
 
+async def test_concurrent_uploads_of_one_task_record_every_file(amqp_cloud: CloudNode) -> None:
+    """Uploads of one task take turns: the recorded listing is the bundle on disk."""
+    import hashlib
+
+    import httpx
+
+    token = amqp_cloud.ensure_operator_token()
+    headers = {"Authorization": f"Bearer {token}"}
+    task = {"task_id": "up", "host": "127.0.0.1", "port": 8080, "username": "",
+            "password": "", "files_paths": [], "selection_criteria": ""}  # fmt: skip
+    contents = {f"f{i:02d}.py": f"# file {i}\n".encode() * (i + 1) for i in range(12)}
+    async with httpx.AsyncClient(base_url=amqp_cloud.url, timeout=10, headers=headers) as http:
+        created = await http.post("/rpc_exec_create_task", json=task)
+        assert created.status_code == 200, created.text
+        uploads = await asyncio.gather(
+            *(
+                http.post("/api/tasks/up/files", files=[("files", (name, data))])
+                for name, data in contents.items()
+            )
+        )
+        recorded = (await http.get("/api/tasks/up/files")).json()
+
+    assert [u.status_code for u in uploads] == [200] * len(contents), [u.text for u in uploads]
+    assert {f["name"]: f["sha256"] for f in recorded} == {
+        name: hashlib.sha256(data).hexdigest() for name, data in contents.items()
+    }
+
+
 async def test_services_in_separate_nodes_with_replicas(tmp_path: Path, amqp_url: str) -> None:
     """Like `agata cloud run --service X` in separate processes, sharing broker and store."""
     import httpx

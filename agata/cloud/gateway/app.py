@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import logging
 import time
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -96,6 +98,7 @@ def create_gateway(bus: Bus, config: GatewayConfig) -> FastAPI:
     auth = Authenticator(rpc)
     hub = StreamHub(bus)
     grants = DownloadGrants()
+    upload_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
     def on_notification(message: dict[str, Any]) -> None:
         # A task stopped, updated or deleted, or a device's record changed: check afresh.
@@ -261,16 +264,21 @@ def create_gateway(bus: Bus, config: GatewayConfig) -> FastAPI:
                 f"upload of {total} bytes exceeds the limit of {config.max_upload_bytes}",
             )
         plain = [(f.filename or "", f.file) for f in files if f.filename != "bundle.zip"]
-        # Files and recorded listing must agree: the write is undone if recording fails.
-        with config.bundles.undo_on_error(task_id):
-            for upload in files:
-                if upload.filename == "bundle.zip":
-                    config.bundles.extract_archive(task_id, await upload.read())
-            if plain:
-                config.bundles.write_files(task_id, plain)
-            listing = config.bundles.list_files(task_id)
-            payload = [{"name": f.name, "size": f.size, "sha256": f.sha256} for f in listing]
-            await rpc.call(ops.SET_TASK_FILES, {"task_id": task_id, "files": payload})
+        lock = upload_locks.get(task_id)
+        if lock is None:
+            lock = upload_locks[task_id] = asyncio.Lock()
+        # Files and recorded listing must agree: the write is undone if recording fails,
+        # and uploads of one task take turns (an undo must not remove another's files).
+        async with lock:
+            with config.bundles.undo_on_error(task_id):
+                for upload in files:
+                    if upload.filename == "bundle.zip":
+                        config.bundles.extract_archive(task_id, await upload.read())
+                if plain:
+                    config.bundles.write_files(task_id, plain)
+                listing = config.bundles.list_files(task_id)
+                payload = [{"name": f.name, "size": f.size, "sha256": f.sha256} for f in listing]
+                await rpc.call(ops.SET_TASK_FILES, {"task_id": task_id, "files": payload})
         return payload
 
     @app.get(
