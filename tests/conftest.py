@@ -18,6 +18,8 @@ For a shell of your own: ``eval "$(scripts/services.sh start && scripts/services
 from __future__ import annotations
 
 import os
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -61,6 +63,26 @@ def amqp_url() -> str:
 def pg_url() -> str:
     """URL of a PostgreSQL server for tests (``AGATA_TEST_PG_URL``)."""
     return _service_env("AGATA_TEST_PG_URL", "PostgreSQL server")
+
+
+@pytest.fixture
+def pg_schema_url(pg_url: str) -> Iterator[str]:
+    """A URL of the test PostgreSQL server whose search_path is a new, empty schema
+    (dropped after the test): a cloud given it as ``db_url`` starts from nothing."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.engine import make_url
+
+    schema = f"agata_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(make_url(pg_url).set(drivername="postgresql+psycopg"))
+    with admin.begin() as conn:
+        conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
+    url = make_url(pg_url).update_query_dict({"options": f"-csearch_path={schema}"})
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with admin.begin() as conn:
+            conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
+        admin.dispose()
 
 
 @pytest.fixture(scope="session")

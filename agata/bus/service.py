@@ -41,9 +41,16 @@ def describe_errors(errors: Sequence[Any]) -> str:
     """One readable line per problem: ``field: message``."""
     parts = []
     for item in errors:
-        where = ".".join(str(p) for p in item["loc"] if p != "body") or "body"
+        where = ".".join(_place(p) for p in item["loc"] if p != "body") or "body"
         parts.append(f"{where}: {item['msg']}")
     return "invalid arguments: " + "; ".join(parts)
+
+
+def _place(part: object) -> str:
+    """A part of an error's location; an empty dict key or one with control characters
+    (NUL) is quoted."""
+    text = str(part)
+    return text if text and text.isprintable() else repr(text)
 
 
 def describe_validation_error(error: ValidationError) -> str:

@@ -8,19 +8,77 @@ and the HTTP path at the gateway (``POST /<name>``).
 from __future__ import annotations
 
 import shlex
+from dataclasses import dataclass
 from typing import Annotated, Any
 
-from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    GetCoreSchemaHandler,
+    GetJsonSchemaHandler,
+    StringConstraints,
+    field_validator,
+)
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema, PydanticCustomError, core_schema
 
 # -- field types ---------------------------------------------------------------
+
+
+def _no_nul(value: Any) -> Any:
+    """Refuse a string with a NUL character: PostgreSQL cannot store one, SQLite
+    would, and a file name cannot hold one. Anything else passes unchanged."""
+    if isinstance(value, str) and "\x00" in value:
+        raise PydanticCustomError("nul_character", "must not contain NUL characters")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class NoNul:
+    """Marks a ``str`` that may not contain NUL, for validation and JSON schema.
+
+    The schema says it as ``pattern`` on a value; on a dict key (``key=True``) as
+    ``not: {pattern: "\\x00"}``, because pydantic turns a key's ``pattern`` into
+    ``patternProperties``, which leaves every other key allowed.
+    """
+
+    key: bool = False
+
+    def __get_pydantic_core_schema__(
+        self, source: Any, handler: GetCoreSchemaHandler
+    ) -> CoreSchema:
+        return core_schema.no_info_after_validator_function(_no_nul, handler(source))
+
+    def __get_pydantic_json_schema__(
+        self, schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        value = handler(schema)
+        if self.key:
+            value["not"] = {"pattern": r"\x00"}
+        else:
+            value["pattern"] = r"^[^\x00]*$"
+        return value
+
 
 TASK_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 TaskId = Annotated[str, StringConstraints(pattern=TASK_ID_PATTERN)]
 DeviceId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:@-]{1,128}$")]
-ShortText = Annotated[str, StringConstraints(max_length=256)]
-Criteria = Annotated[str, StringConstraints(max_length=1000)]
-Tag = Annotated[str, StringConstraints(min_length=1, max_length=64)]
-SensorName = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+#: A host name or address (the store keeps 255 characters).
+Host = Annotated[str, StringConstraints(min_length=1, max_length=255), NoNul()]
+ShortText = Annotated[str, StringConstraints(max_length=255), NoNul()]
+Criteria = Annotated[str, StringConstraints(max_length=1000), NoNul()]
+Tag = Annotated[str, StringConstraints(min_length=1, max_length=64), NoNul()]
+SensorName = Annotated[str, StringConstraints(min_length=1, max_length=64), NoNul()]
+MetricName = Annotated[str, StringConstraints(min_length=1, max_length=255), NoNul(key=True)]
+AttributeName = Annotated[str, StringConstraints(max_length=255), NoNul(key=True)]
+#: The value of an extra device attribute; NUL is refused before the union is tried,
+#: so the error names the attribute and not each member of the union.
+AttributeValue = Annotated[
+    Annotated[str, NoNul()] | int | float | bool | None, BeforeValidator(_no_nul)
+]
 
 
 def _split_arguments(value: Any) -> Any:
@@ -36,7 +94,7 @@ def _split_arguments(value: Any) -> Any:
 
 
 Arguments = Annotated[
-    list[Annotated[str, StringConstraints(max_length=1024)]],
+    list[Annotated[str, StringConstraints(max_length=1024), NoNul()]],
     BeforeValidator(_split_arguments),
     Field(max_length=64),
 ]
@@ -70,7 +128,7 @@ CHECK_DOWNLOAD_PASSWORD = "rpc_exec_check_download_password"
 
 class CreateTask(Request):
     task_id: TaskId
-    host: ShortText
+    host: Host
     port: int = Field(ge=1, le=65535)
     username: ShortText = ""
     password: ShortText = ""
@@ -83,7 +141,7 @@ class CreateTask(Request):
 
 class UpdateTask(Request):
     task_id: TaskId
-    host: ShortText | None = None
+    host: Host | None = None
     port: int | None = Field(default=None, ge=1, le=65535)
     selection_criteria: Criteria | None = None
     server_arguments: Arguments | None = None
@@ -107,7 +165,7 @@ class ListTasks(Request):
 
 
 class BundleFileModel(BaseModel):
-    name: Annotated[str, StringConstraints(min_length=1, max_length=255)]
+    name: Annotated[str, StringConstraints(min_length=1, max_length=255), NoNul()]
     size: int = Field(ge=0)
     sha256: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 
@@ -115,6 +173,18 @@ class BundleFileModel(BaseModel):
 class SetTaskFiles(Request):
     task_id: TaskId
     files: list[BundleFileModel] = Field(max_length=256)
+
+    @field_validator("files")
+    @classmethod
+    def _names_unique(cls, files: list[BundleFileModel]) -> list[BundleFileModel]:
+        seen: set[str] = set()
+        for item in files:
+            if item.name in seen:
+                raise PydanticCustomError(
+                    "duplicate_file", "file {name} is listed twice", {"name": repr(item.name)}
+                )
+            seen.add(item.name)
+        return files
 
 
 class TaskLogsQuery(Request):
@@ -165,7 +235,7 @@ class UpdateUserInfo(Request):
     avg_acc_contrib: float | None = None
     avg_disconnection_per_round: float | None = None
     sensors: list[SensorName] | None = Field(default=None, max_length=128)
-    extra: dict[str, str | int | float | bool | None] | None = Field(default=None, max_length=64)
+    extra: dict[AttributeName, AttributeValue] | None = Field(default=None, max_length=64)
 
 
 class UserRef(Request):
@@ -183,9 +253,9 @@ class ReportDeviceTask(Request):
             pattern=r"^(downloading|downloaded|running|finished|failed|quarantined|stopped)$"
         ),
     ]
-    reason: Annotated[str, StringConstraints(max_length=2000)] = ""
+    reason: Annotated[str, StringConstraints(max_length=2000), NoNul()] = ""
     round: int | None = Field(default=None, ge=0)
-    metrics: dict[str, float] | None = Field(default=None, max_length=32)
+    metrics: dict[MetricName, float] | None = Field(default=None, max_length=32)
 
 
 class ClearQuarantine(Request):
@@ -195,7 +265,7 @@ class ClearQuarantine(Request):
 
 class EnrollDevice(Request):
     user_id: DeviceId
-    enrollment_token: Annotated[str, StringConstraints(min_length=8, max_length=256)]
+    enrollment_token: Annotated[str, StringConstraints(min_length=8, max_length=256), NoNul()]
 
 
 class CreateEnrollmentToken(Request):
