@@ -99,11 +99,12 @@ def call(
     headers: dict[str, str],
     user: str = DEVICE,
     task_id: str = "t-match",
+    params: dict[str, str] | None = None,
 ) -> httpx.Response:
     """Call one route with a valid request (a stream: only its status is read)."""
     url = path.replace("{task_id}", task_id).replace("{user_id}", user)
     url = url.replace("{name}", "client.py")
-    kwargs: dict[str, Any] = {"headers": headers}
+    kwargs: dict[str, Any] = {"headers": headers, "params": params}
     if path == "/api/tasks/{task_id}/files" and method == "POST":
         url = url.replace(task_id, "t-idle")
         kwargs["files"] = [("files", ("extra.txt", b"extra"))]
@@ -245,6 +246,46 @@ def test_the_operator_stream_and_its_query_token(http: httpx.Client, seeded: See
     assert status("/api/stream?token=agata_op_wrong")[0] == 401
     assert status(f"/api/devices/{DEVICE}/stream", bearer(seeded.devices[DEVICE]))[0] == 200
     assert status(f"/api/devices/{OTHER}/stream", bearer(seeded.devices[DEVICE]))[0] == 403
+
+
+@pytest.mark.parametrize(("method", "path"), ROUTES)
+def test_a_token_in_the_url_works_on_streams_only(
+    http: httpx.Client, seeded: Seeded, method: str, path: str
+) -> None:
+    response = call(http, seeded, method, path, {}, params={"token": seeded.operator})
+
+    if path.endswith("/stream") or (method, path) in PUBLIC:
+        assert response.status_code == 200, response.text
+    else:
+        assert response.status_code == 401, response.text
+        assert "?token=" in response.json()["detail"]
+
+
+def test_a_mutation_with_a_token_in_the_url_changes_nothing(
+    http: httpx.Client, seeded: Seeded
+) -> None:
+    task_id = f"new-{uuid.uuid4().hex[:8]}"
+    body = {"task_id": task_id, "host": "127.0.0.1", "port": 8080}
+
+    created = http.post("/rpc_exec_create_task", params={"token": seeded.operator}, json=body)
+    found = http.post(
+        "/rpc_exec_get_task_by_id", json={"task_id": task_id}, headers=bearer(seeded.operator)
+    )
+
+    assert created.status_code == 401, created.text
+    assert found.status_code == 404, found.text
+
+
+def test_a_device_stream_with_a_token_in_the_url(http: httpx.Client, seeded: Seeded) -> None:
+    def status(url: str) -> int:
+        with http.stream("GET", url) as response:
+            return response.status_code
+
+    mine = seeded.devices[DEVICE]
+
+    assert status(f"/api/devices/{DEVICE}/stream?token={mine}") == 200
+    assert status(f"/api/devices/{OTHER}/stream?token={mine}") == 403
+    assert status(f"/api/devices/{DEVICE}/stream?token=agata_dev_wrong") == 401
 
 
 def test_revoked_and_look_alike_tokens_are_refused(

@@ -128,6 +128,18 @@ def create_gateway(bus: Bus, config: GatewayConfig) -> FastAPI:
             raise AgataError(ErrorCode.UNAUTHENTICATED, "a device credential is required")
         return principal
 
+    # The event streams alone also take ?token= (EventSource cannot send headers).
+    async def stream_operator(request: Request) -> Principal:
+        principal = await auth.principal(request, query_token=True)
+        require_operator(principal)
+        return principal
+
+    async def stream_caller(request: Request) -> Principal:
+        principal = await auth.principal(request, query_token=True)
+        if principal.kind == "anonymous" and not config.legacy_devices:
+            raise AgataError(ErrorCode.UNAUTHENTICATED, "a device credential is required")
+        return principal
+
     async def downloader(request: Request) -> None:
         await _check_download(request, request.path_params.get("task_id", ""))
 
@@ -218,7 +230,7 @@ def create_gateway(bus: Bus, config: GatewayConfig) -> FastAPI:
         openapi_extra=STREAM,
     )
     async def read_device_stream(
-        user_id: ops.DeviceId, principal: Principal = Depends(caller)
+        user_id: ops.DeviceId, principal: Principal = Depends(stream_caller)
     ) -> StreamingResponse:
         """Server-sent events telling one device that tasks changed."""
         _check_device_access(principal, user_id, config.legacy_devices)
@@ -238,7 +250,7 @@ def create_gateway(bus: Bus, config: GatewayConfig) -> FastAPI:
         tags=["operators"],
         responses=errors(401, 403),
         openapi_extra=STREAM,
-        dependencies=[Depends(operator)],
+        dependencies=[Depends(stream_operator)],
     )
     async def read_stream() -> StreamingResponse:
         """Server-sent events of everything: task, metric, log, event, device."""

@@ -34,13 +34,24 @@ class Authenticator:
         self.rpc = rpc
         self._cache: dict[str, tuple[float, Principal]] = {}
 
-    async def principal(self, request: Request) -> Principal:
-        """Resolve the bearer token (or ``?token=`` for event streams)."""
+    async def principal(self, request: Request, *, query_token: bool = False) -> Principal:
+        """Resolve the bearer token; with ``query_token`` (the event streams only:
+        browsers' EventSource cannot send headers) also ``?token=``.
+
+        Anywhere else a ``?token=`` is refused (401), not ignored: a token in a URL ends
+        up in logs and browser history, and the caller should learn to send the header.
+        """
         header = request.headers.get("authorization", "")
         token = ""
         if header[:7].lower() == "bearer ":
             token = header[7:].strip()
         elif not header and "token" in request.query_params:
+            if not query_token:
+                raise AgataError(
+                    ErrorCode.UNAUTHENTICATED,
+                    "a token in the URL (?token=) is accepted on event streams only; "
+                    "send it as Authorization: Bearer",
+                )
             token = request.query_params["token"]
         if not token:
             return ANONYMOUS
