@@ -9,6 +9,8 @@ in order, and forwards it to the gateways' streams.
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import json
 import logging
 import time
@@ -17,20 +19,43 @@ from typing import Any
 from agata.bus.bus import EVENTS_QUEUE, Bus, Consumer, Delivery
 from agata.bus.envelope import encode
 from agata.cloud.notifier import Notifier
-from agata.errors import AgataError
+from agata.errors import AgataError, ErrorCode
 from agata.store.store import Store
 
 logger = logging.getLogger(__name__)
 
 
+#: Events held while the bus is unavailable, at most (the oldest go first past this).
+MAX_HELD_EVENTS = 10_000
+#: Retry delays while holding events: from the first to the last, doubling (a retry
+#: while the bus is down costs nothing: it fails at once without a connection).
+RETRY_FIRST_SECONDS = 0.1
+RETRY_LAST_SECONDS = 1.0
+#: A publish that has not completed by then counts as failed (a publish caught by a
+#: dropped connection may never complete).
+PUBLISH_TIMEOUT_SECONDS = 5.0
+
+
 class EventPublisher:
-    """Fire-and-forget events from synchronous code paths; never raises."""
+    """Fire-and-forget events from synchronous code paths; never raises.
+
+    While the bus is unavailable (a broker outage) events are held in memory, in order,
+    up to :data:`MAX_HELD_EVENTS`, and published once it is back: an experiment's
+    timeline keeps the events of an outage, with the times they happened.
+    """
 
     def __init__(self, bus: Bus, service: str, *, enabled: bool = True) -> None:
         self.bus = bus
         self.service = service
         self.enabled = enabled
+        self.dropped = 0  # events lost because more than MAX_HELD_EVENTS were held
         self._pending: set[asyncio.Task[None]] = set()
+        self._held: collections.deque[bytes] = collections.deque()
+        self._flusher: asyncio.Task[None] | None = None
+
+    @property
+    def held(self) -> int:
+        return len(self._held)
 
     def __call__(self, function: str, event: str, **fields: Any) -> None:
         if not self.enabled:
@@ -44,15 +69,75 @@ class EventPublisher:
                 **fields,
             }
         )
+        if self._flusher is not None:  # behind the held ones, in order
+            self._hold(body)
+            return
         task = asyncio.get_running_loop().create_task(self._publish(body))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
+    async def close(self) -> None:
+        """Stop retrying; events still held are dropped (and counted in the log)."""
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+        if self._held:
+            logger.warning(
+                "%s: %d event(s) not published (the bus was unavailable)",
+                self.service,
+                len(self._held),
+            )
+            self._held.clear()
+
+    async def _send(self, body: bytes) -> None:
+        try:
+            await asyncio.wait_for(self.bus.publish(EVENTS_QUEUE, body), PUBLISH_TIMEOUT_SECONDS)
+        except TimeoutError:
+            raise AgataError(ErrorCode.UNAVAILABLE, "bus unavailable: publish timed out") from None
+
     async def _publish(self, body: bytes) -> None:
         try:
-            await self.bus.publish(EVENTS_QUEUE, body)
+            await self._send(body)
         except AgataError as exc:
-            logger.debug("event not published: %s", exc.message)
+            if exc.code is ErrorCode.UNAVAILABLE:
+                self._hold(body)
+            else:
+                logger.debug("event not published: %s", exc.message)
+
+    def _hold(self, body: bytes) -> None:
+        if len(self._held) >= MAX_HELD_EVENTS:
+            self._held.popleft()
+            self.dropped += 1
+            if self.dropped == 1:
+                logger.warning(
+                    "%s: more than %d events held while the bus is unavailable; "
+                    "dropping the oldest",
+                    self.service,
+                    MAX_HELD_EVENTS,
+                )
+        self._held.append(body)
+        if self._flusher is None:
+            self._flusher = asyncio.get_running_loop().create_task(self._flush())
+
+    async def _flush(self) -> None:
+        delay = RETRY_FIRST_SECONDS
+        try:
+            while self._held:
+                try:
+                    await self._send(self._held[0])
+                except AgataError as exc:
+                    if exc.code is not ErrorCode.UNAVAILABLE:  # this one can never go
+                        logger.debug("event not published: %s", exc.message)
+                        self._held.popleft()
+                        continue
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, RETRY_LAST_SECONDS)
+                    continue
+                self._held.popleft()
+                delay = RETRY_FIRST_SECONDS
+        finally:
+            self._flusher = None
 
 
 class EventRecorder:

@@ -13,6 +13,7 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
@@ -42,6 +43,7 @@ n = 0
 while True:
     n += 1
     reporter.send_metrics(n, acc=n / 1000)
+    reporter.send_info(f"tick {n}")  # a component event per tick
     (work / "last_round").write_text(str(n))
     time.sleep(0.1)
 """
@@ -153,7 +155,13 @@ async def test_the_cloud_rides_out_a_broker_outage(
         restarted = await cloud.ok("rpc_exec_get_task_by_id", {"task_id": "live"})
         await cloud.ok("rpc_exec_stop_server_task", {"task_id": "live"})
         stopped = await cloud.ok("rpc_exec_get_task_by_id", {"task_id": "live"})
-        events = await cloud.ok("rpc_exec_get_task_events", {"task_id": "live"})
+
+        async def events_of_both_stops() -> list[dict[str, Any]] | None:
+            events = await cloud.ok("rpc_exec_get_task_events", {"task_id": "live"})
+            stops = [e for e in events if e["event"] == "Task stopped on cloud"]
+            return events if len(stops) == 2 else None
+
+        events = await eventually(events_of_both_stops, timeout=10, what="events recorded")
         log = cloud.log_text()
 
     failures = [d for d in during if d[0] != 200]
@@ -192,6 +200,16 @@ async def test_the_cloud_rides_out_a_broker_outage(
     assert restarted["running"] is True
     assert stopped["running"] is False and stopped["state"] == "stopped"
     assert any(e["event"] == "Task stopped on cloud" for e in events)
+    # Component events of the outage were held and published once the broker was back:
+    # every tick of the first run is in the timeline, in order.
+    ticks = [
+        int(e["event"].rsplit(" ", 1)[1])
+        for e in events
+        if e["event"].startswith("task live reported tick ")
+    ]
+    first_run = ticks[: ticks.index(1, 1)] if 1 in ticks[1:] else ticks
+    assert first_run == list(range(1, len(first_run) + 1))
+    assert len(first_run) >= last_reported
     # The operator's log tells the story in a few lines, without tracebacks.
     assert "Traceback" not in log
     assert " ERROR " not in log
