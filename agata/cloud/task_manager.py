@@ -102,6 +102,7 @@ class TaskManager(Service):
         if self._subscription is not None:
             await self._subscription.cancel()
         await self.server_tasks.stop_all()
+        await self.event.close()
 
     async def _on_notification(self, delivery: Delivery) -> None:
         """Another replica stopped a task whose server side runs here: end it."""
