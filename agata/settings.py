@@ -26,7 +26,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from agata.errors import AgataError, ErrorCode
 
@@ -59,6 +66,18 @@ class Settings(BaseModel):
     reconcile: Literal["stop", "restart"] = Field(
         "stop", description="what to do on start with tasks left marked running"
     )
+    ssl_certfile: Path | None = Field(
+        None, description="PEM certificate (chain) of the gateway: it then serves HTTPS"
+    )
+    ssl_keyfile: Path | None = Field(
+        None, description="unencrypted PEM private key of ssl_certfile (else read from it)"
+    )
+    rate_limit: float = Field(
+        0.0, ge=0, description="requests per second per client address; 0: no limit"
+    )
+    rate_burst: float = Field(
+        0.0, ge=0, description="requests at once per address; 0: twice the rate, at least 10"
+    )
 
     # -- edge
     cloud_url: str = "http://127.0.0.1:8000"
@@ -69,6 +88,38 @@ class Settings(BaseModel):
     max_tasks: int = Field(4, ge=1)
     quarantine_seconds: float = Field(3600.0, ge=0)
     download_attempts: int = Field(3, ge=1)
+    ca_file: Path | None = Field(
+        None, description="PEM CA certificate(s) trusted for the cloud's HTTPS, and no others"
+    )
+
+    @field_validator("ssl_certfile", "ssl_keyfile", "ca_file", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: Any) -> Any:
+        return None if value == "" else value  # AGATA_SSL_CERTFILE= unsets a file setting
+
+    @field_validator("ssl_certfile", "ssl_keyfile", "ca_file")
+    @classmethod
+    def _readable_file(cls, value: Path | None) -> Path | None:
+        if value is None:
+            return None
+        if not value.is_file():
+            raise ValueError(f"{value} is not a file")
+        if not os.access(value, os.R_OK):
+            raise ValueError(f"{value} is not readable by this user")
+        return value
+
+    @field_validator("rate_burst")
+    @classmethod
+    def _whole_burst(cls, value: float) -> float:
+        if 0 < value < 1:
+            raise ValueError("must be 0 (the default burst) or at least 1 request")
+        return value
+
+    @model_validator(mode="after")
+    def _key_with_certificate(self) -> Settings:
+        if self.ssl_keyfile is not None and self.ssl_certfile is None:
+            raise ValueError("ssl_keyfile is given without ssl_certfile (its certificate)")
+        return self
 
     @field_validator("bus_url", "edge_bus_url")
     @classmethod
@@ -186,8 +237,11 @@ def load_settings(
     except ValidationError as exc:
         problems = []
         for item in exc.errors():
-            key = ".".join(str(p) for p in item["loc"]) or "settings"
-            where = origin.get(str(item["loc"][0]) if item["loc"] else "", "defaults")
+            if not item["loc"]:  # a rule over several settings: its message names them
+                problems.append(str(item["msg"]))
+                continue
+            key = ".".join(str(p) for p in item["loc"])
+            where = origin.get(str(item["loc"][0]), "defaults")
             problems.append(f"{key} (from {where}): {item['msg']}")
         raise AgataError(
             ErrorCode.INVALID_ARGUMENT, "invalid configuration: " + "; ".join(problems)

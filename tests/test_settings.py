@@ -1,4 +1,5 @@
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -90,3 +91,68 @@ def test_broken_toml_is_a_clear_error(tmp_path: Path) -> None:
         load_settings(config, environ={})
 
     assert "invalid TOML" in caught.value.message
+
+
+def test_tls_and_rate_limit_from_file_environment_and_flags(tmp_path: Path) -> None:
+    cert, key, ca = (tmp_path / name for name in ("cert.pem", "key.pem", "ca.pem"))
+    for path in (cert, key, ca):
+        path.write_text("-----BEGIN ...\n")  # only their existence is checked here
+    config = tmp_path / "agata.toml"
+    config.write_text(
+        f'[cloud]\nssl_certfile = "{cert}"\nrate_limit = 5\n[edge]\nca_file = "{ca}"\n'
+    )
+    environ = {"AGATA_SSL_KEYFILE": str(key), "AGATA_RATE_BURST": "20"}
+
+    settings = load_settings(config, {"rate_limit": 7.5}, environ)
+    defaults = load_settings(environ={})
+
+    assert (settings.ssl_certfile, settings.ssl_keyfile, settings.ca_file) == (cert, key, ca)
+    assert (settings.rate_limit, settings.rate_burst) == (7.5, 20)
+    assert (defaults.ssl_certfile, defaults.ssl_keyfile, defaults.ca_file) == (None, None, None)
+    assert (defaults.rate_limit, defaults.rate_burst) == (0, 0)
+
+
+def test_an_empty_environment_value_unsets_a_file(tmp_path: Path) -> None:
+    cert = tmp_path / "cert.pem"
+    cert.write_text("x")
+    config = tmp_path / "agata.toml"
+    config.write_text(f'ssl_certfile = "{cert}"\n')
+
+    settings = load_settings(config, environ={"AGATA_SSL_CERTFILE": ""})
+
+    assert settings.ssl_certfile is None
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ({"flags": {"ssl_certfile": "/nonexistent/cert.pem"}}, "ssl_certfile (from command line)"),
+        (
+            {"environ": {"AGATA_SSL_KEYFILE": "/nonexistent/k"}},
+            "ssl_keyfile (from AGATA_SSL_KEYFILE)",
+        ),
+        ({"flags": {"ca_file": "/"}}, "ca_file (from command line): Value error, / is not a file"),
+        ({"flags": {"rate_limit": -1}}, "rate_limit (from command line)"),
+        ({"flags": {"rate_burst": 0.5}}, "rate_burst (from command line): Value error, must be 0"),
+    ],
+)
+def test_bad_tls_and_rate_settings_name_key_and_source(
+    source: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(AgataError) as caught:
+        load_settings(flags=source.get("flags"), environ=source.get("environ", {}))
+
+    assert caught.value.message.startswith(f"invalid configuration: {message}")
+
+
+def test_a_key_without_its_certificate_is_refused(tmp_path: Path) -> None:
+    key = tmp_path / "key.pem"
+    key.write_text("x")
+
+    with pytest.raises(AgataError) as caught:
+        load_settings(flags={"ssl_keyfile": key}, environ={})
+
+    assert caught.value.message == (
+        "invalid configuration: Value error, ssl_keyfile is given without ssl_certfile "
+        "(its certificate)"
+    )

@@ -43,6 +43,22 @@ def run_cloud(
         bool | None,
         typer.Option("--legacy-devices", help="let devices of the original system in"),
     ] = None,
+    ssl_certfile: Annotated[
+        Path | None,
+        typer.Option("--ssl-certfile", help="PEM certificate (chain): serve HTTPS"),
+    ] = None,
+    ssl_keyfile: Annotated[
+        Path | None,
+        typer.Option("--ssl-keyfile", help="unencrypted PEM private key of --ssl-certfile"),
+    ] = None,
+    rate_limit: Annotated[
+        float | None,
+        typer.Option("--rate-limit", help="requests/s per client address (0: no limit)"),
+    ] = None,
+    rate_burst: Annotated[
+        float | None,
+        typer.Option("--rate-burst", help="requests at once per address (0: 2x rate, >= 10)"),
+    ] = None,
 ) -> None:
     """Start the cloud services and the HTTP gateway in this process."""
     from agata.cli.main import setup_logging
@@ -56,6 +72,10 @@ def run_cloud(
         gateway_host=host,
         gateway_port=port,
         legacy_devices=legacy_devices,
+        ssl_certfile=ssl_certfile,
+        ssl_keyfile=ssl_keyfile,
+        rate_limit=rate_limit,
+        rate_burst=rate_burst,
     )
     setup_logging(settings.log_level)
     services = tuple(service or SERVICES)

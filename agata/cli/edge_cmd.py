@@ -31,6 +31,10 @@ DataDirOption = Annotated[
 CloudUrlOption = Annotated[
     str | None, typer.Option("--cloud-url", help="the cloud gateway, e.g. http://host:8000")
 ]
+CaFileOption = Annotated[
+    Path | None,
+    typer.Option("--ca-file", help="PEM CA certificate(s) to trust for an https:// cloud"),
+]
 
 
 def _settings(config: Path | None, **flags: Any) -> Settings:
@@ -60,6 +64,7 @@ def run_edge(
     config: ConfigOption = None,
     data_dir: DataDirOption = None,
     cloud_url: CloudUrlOption = None,
+    ca_file: CaFileOption = None,
     device_file: Annotated[
         Path | None, typer.Option("--device-file", help="device attributes (TOML or JSON)")
     ] = None,
@@ -107,6 +112,7 @@ def run_edge(
         config,
         data_dir=data_dir,
         cloud_url=cloud_url,
+        ca_file=ca_file,
         device_file=device_file,
         policy=policy,
         max_tasks=max_tasks,
@@ -134,7 +140,11 @@ def run_edge(
         nonlocal credential
         if credential is None and enrollment_token:
             credential = await enroll_device(
-                settings.cloud_url, device.user_id, enrollment_token, settings.data_dir
+                settings.cloud_url,
+                device.user_id,
+                enrollment_token,
+                settings.data_dir,
+                ca_file=settings.ca_file,
             )
             typer.echo(f"device {device.user_id} enrolled")
         if credential is None:
@@ -175,6 +185,7 @@ def run_gateway(
     config: ConfigOption = None,
     data_dir: DataDirOption = None,
     cloud_url: CloudUrlOption = None,
+    ca_file: CaFileOption = None,
     bus: Annotated[
         str | None,
         typer.Option("--bus", help="the device's broker, amqp://user:pass@host:port/vhost"),
@@ -188,7 +199,12 @@ def run_gateway(
     from agata.edge.edge_gateway import EdgeGateway
 
     settings = _settings(
-        config, data_dir=data_dir, cloud_url=cloud_url, edge_bus_url=bus, log_level=log_level
+        config,
+        data_dir=data_dir,
+        cloud_url=cloud_url,
+        ca_file=ca_file,
+        edge_bus_url=bus,
+        log_level=log_level,
     )
     _setup_logging(settings.log_level)
     if not settings.edge_bus_url:
@@ -204,7 +220,9 @@ def run_gateway(
         edge_bus = create_bus(settings.edge_bus_url)
         await edge_bus.connect()
         try:
-            async with CloudClient(settings.cloud_url, credential=credential) as client:
+            async with CloudClient(
+                settings.cloud_url, credential=credential, ca_file=settings.ca_file
+            ) as client:
                 gateway = EdgeGateway(edge_bus, client)
                 await gateway.start()
                 typer.echo(f"edge gateway: {settings.edge_bus_url} -> {settings.cloud_url}")
@@ -228,12 +246,21 @@ def enroll(
         ),
     ],
     cloud_url: CloudUrlOption = None,
+    ca_file: CaFileOption = None,
     config: ConfigOption = None,
     data_dir: DataDirOption = None,
 ) -> None:
     """Trade an enrollment token for this device's credential (stored with mode 0600)."""
     from agata.edge.credential import credential_path, enroll_device
 
-    settings = _settings(config, data_dir=data_dir, cloud_url=cloud_url)
-    asyncio.run(enroll_device(settings.cloud_url, user_id, enrollment_token, settings.data_dir))
+    settings = _settings(config, data_dir=data_dir, cloud_url=cloud_url, ca_file=ca_file)
+    asyncio.run(
+        enroll_device(
+            settings.cloud_url,
+            user_id,
+            enrollment_token,
+            settings.data_dir,
+            ca_file=settings.ca_file,
+        )
+    )
     typer.echo(f"device {user_id} enrolled; credential in {credential_path(settings.data_dir)}")

@@ -14,7 +14,9 @@ import contextlib
 import logging
 import os
 import socket
+import ssl
 from collections.abc import Iterable
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
@@ -33,6 +35,7 @@ from agata.errors import AgataError, ErrorCode
 from agata.settings import Settings
 from agata.store.store import Store
 from agata.store.store_factory import create_store
+from agata.tls import server_context
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +71,7 @@ class CloudNode:
         self.app: FastAPI | None = None
         self._server: uvicorn.Server | None = None
         self._server_task: asyncio.Task[None] | None = None
+        self._tls: ssl.SSLContext | None = None
         self.port: int | None = None
 
     @property
@@ -81,7 +85,8 @@ class CloudNode:
     def url(self) -> str:
         host = self.settings.gateway_host
         shown = "127.0.0.1" if host in {"0.0.0.0", "::", ""} else host
-        return f"http://{shown}:{self.port}"
+        scheme = "https" if self.settings.ssl_certfile else "http"
+        return f"{scheme}://{shown}:{self.port}"
 
     def ensure_operator_token(self) -> str | None:
         """Create a first operator token when there is none; returns it (else None)."""
@@ -96,6 +101,8 @@ class CloudNode:
 
     async def start(self) -> None:
         s = self.settings
+        if "gateway" in self.services and s.ssl_certfile is not None:
+            self._tls = server_context(s.ssl_certfile, s.ssl_keyfile)  # a bad file stops here
         await self.bus.connect()
         if "task-manager" in self.services:
             manager = TaskManager(
@@ -130,6 +137,8 @@ class CloudNode:
                     rpc_timeout=s.rpc_timeout,
                     max_upload_bytes=s.max_upload_bytes,
                     cors_origins=list(s.cors_origins),
+                    rate_limit=s.rate_limit,
+                    rate_burst=s.rate_burst,
                 ),
             )
             await self._serve(self.app)
@@ -153,6 +162,14 @@ class CloudNode:
                 "choose another with --port (0 picks a free one)",
             ) from None
         self.port = sock.getsockname()[1]
+        tls: dict[str, Any] = {}
+        if self._tls is not None:
+            context = self._tls
+            tls = {
+                "ssl_certfile": s.ssl_certfile,
+                "ssl_keyfile": s.ssl_keyfile,
+                "ssl_context_factory": lambda _config, _default: context,  # loaded in start()
+            }
         config = uvicorn.Config(
             app,
             log_level="warning",
@@ -163,6 +180,7 @@ class CloudNode:
             h11_max_incomplete_event_size=64 * 1024,
             http=guarded_http_protocol(),  # head deadline and size cap (slow loris)
             ws="none",
+            **tls,
         )
         self._server = uvicorn.Server(config)
         self._server_task = asyncio.create_task(self._server.serve(sockets=[sock]))

@@ -108,7 +108,10 @@ class Agent:
         self._launcher = launcher
         self._owns_client = client is None
         self.client = client or CloudClient(
-            settings.cloud_url, credential=credential, timeout=settings.rpc_timeout
+            settings.cloud_url,
+            credential=credential,
+            timeout=settings.rpc_timeout,
+            ca_file=settings.ca_file,
         )
         self.edge_dir = settings.data_dir / "edge"
         self.work_root = self.edge_dir / "work"

@@ -44,6 +44,7 @@ from agata.protocol.operations import (
     TASK_ID_PATTERN,
     UPDATE_USER_INFO,
 )
+from agata.tls import client_context
 
 __all__ = [
     "BundleFile",
@@ -149,6 +150,8 @@ class CloudClient:
     Args:
         credential: the device credential (bearer token); None for a cloud that lets
             devices in anonymously (``--legacy-devices``).
+        ca_file: PEM CA certificate(s) to trust for an ``https://`` cloud, instead of
+            httpx's default (certifi's bundle, or ``SSL_CERT_FILE``).
         attempts: tries per call when the cloud is unreachable or answers 5xx.
         transport: an httpx transport (tests); the network by default.
     """
@@ -162,6 +165,7 @@ class CloudClient:
         attempts: int = 3,
         backoff: Backoff | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        ca_file: Path | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.credential = credential
@@ -173,6 +177,7 @@ class CloudClient:
             headers=headers,
             timeout=httpx.Timeout(timeout),
             transport=transport,
+            verify=client_context(ca_file) if ca_file is not None else True,
         )
         self.reachability = StateLog(logger, f"cloud {self.base_url}")
 

@@ -69,9 +69,16 @@ def save_credential(data_dir: Path, user_id: str, credential: str) -> Path:
     return path
 
 
-async def enroll_device(cloud_url: str, user_id: str, enrollment_token: str, data_dir: Path) -> str:
+async def enroll_device(
+    cloud_url: str,
+    user_id: str,
+    enrollment_token: str,
+    data_dir: Path,
+    *,
+    ca_file: Path | None = None,
+) -> str:
     """Enroll with the cloud and store the credential; return it."""
-    async with CloudClient(cloud_url) as client:
+    async with CloudClient(cloud_url, ca_file=ca_file) as client:
         credential = await client.enroll(user_id, enrollment_token)
     path = save_credential(data_dir, user_id, credential)
     logger.info("device %s enrolled; credential stored in %s", user_id, path)
