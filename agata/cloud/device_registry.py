@@ -7,6 +7,7 @@ enrollment of devices and resolution of credentials for the gateway.
 from __future__ import annotations
 
 import logging
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -22,6 +23,13 @@ from agata.store.store import DeviceTaskStatus, Store
 
 logger = logging.getLogger(__name__)
 
+#: Statuses a report records (``downloaded`` is accepted, as the original did, but
+#: not kept).
+RECORDED_STATUSES = frozenset(s.value for s in DeviceTaskStatus)
+#: A device's ``last_seen`` is written at most this often by its reports (its polls
+#: touch it too, through the task manager, as often).
+TOUCH_SECONDS = 10.0
+
 
 class DeviceRegistry(Service):
     def __init__(
@@ -34,6 +42,7 @@ class DeviceRegistry(Service):
     ) -> None:
         super().__init__(bus, "device-registry", hide_internal_errors=hide_internal_errors)
         self.store = store
+        self._last_touch: dict[str, float] = {}
         self.notifier = Notifier(bus)
         self.event = EventPublisher(bus, "device-registry", enabled=register_events)
         for name, handler in [
@@ -72,11 +81,15 @@ class DeviceRegistry(Service):
         ]
 
     async def report_device_task(self, req: ops.ReportDeviceTask) -> None:
-        """A device reports what happened to one of its tasks (and its metrics)."""
-        self.store.get_task(req.task_id)
-        self.store.touch_device(req.user_id)
-        if req.status in {s.value for s in DeviceTaskStatus}:
+        """A device reports what happened to one of its tasks (and its metrics).
+
+        An unknown device or task is a 404 (set_device_task_status checks both; a
+        status that is not recorded, ``downloaded``, checks the task here)."""
+        if req.status in RECORDED_STATUSES:
             self.store.set_device_task_status(req.user_id, req.task_id, req.status, req.reason)
+        else:
+            self.store.get_task(req.task_id)
+        self._touch(req.user_id)
         if req.round is not None and req.metrics:
             self.store.add_metric(req.task_id, req.round, req.user_id, req.metrics)
             await self.notifier.notify(
@@ -100,6 +113,14 @@ class DeviceRegistry(Service):
             status=req.status,
             reason=req.reason,
         )
+
+    def _touch(self, user_id: str) -> None:
+        """Record that the device was seen, at most every ``TOUCH_SECONDS`` (a device
+        reports several times a second while it plays a task); 404 when unknown."""
+        now = time.monotonic()
+        if now - self._last_touch.get(user_id, -TOUCH_SECONDS) >= TOUCH_SECONDS:
+            self.store.touch_device(user_id)
+            self._last_touch[user_id] = now
 
     async def clear_quarantine(self, req: ops.ClearQuarantine) -> dict[str, int]:
         self.store.get_device(req.user_id)
