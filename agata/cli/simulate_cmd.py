@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -61,11 +62,11 @@ def simulate(
     ] = 4,
     ramp: Annotated[
         float | None,
-        typer.Option(help="devices start spread over this many seconds (default: one poll)"),
+        typer.Option(min=0, help="devices start spread over this many seconds (default: one poll)"),
     ] = None,
     warmup: Annotated[
         float | None,
-        typer.Option(help="seconds left out of the steady window (default: ramp + poll/2)"),
+        typer.Option(min=0, help="seconds left out of the steady window (default: ramp + poll/2)"),
     ] = None,
     legacy: Annotated[
         bool,
@@ -75,11 +76,9 @@ def simulate(
     timeout: Annotated[float, typer.Option(min=0.1, help="seconds per request")] = 10.0,
     as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
 ) -> None:
-    """N lightweight simulated devices in one process against a cloud (no FL).
+    """Simulated devices against a cloud: enroll, report, poll, download, play tasks (no FL).
 
-    Each enrolls, reports varied attributes, polls for tasks, downloads and verifies new
-    bundles, and reports a trivial client side; prints requests, errors and latencies.
-    Exits 1 when a request failed or a device missed a task it matches.
+    Prints requests, errors, p50/p95/p99 per operation (docs/simulate.md). Exit 1: a failure.
     """
     from agata.cli.main import setup_logging
     from agata.simulate.simulator import (
@@ -96,6 +95,16 @@ def simulate(
         )
     if not embedded and (db or bus != "memory://"):
         raise typer.BadParameter("--bus and --db are for --embedded")
+    if cloud_url and not re.fullmatch(r"https?://[^/\s]+/?", cloud_url):
+        raise typer.BadParameter(
+            f"--cloud-url: the gateway's address, e.g. http://127.0.0.1:8000, not {cloud_url!r}"
+        )
+    starting = poll_interval if ramp is None else ramp
+    if duration <= starting:
+        raise typer.BadParameter(
+            f"--duration ({duration:g} s) must be longer than the ramp ({starting:g} s: devices "
+            "start spread over it; --ramp, or --poll-interval which is its default)"
+        )
     setup_logging("WARNING")
     options = SimulationOptions(
         devices=devices,
@@ -142,7 +151,8 @@ def bench_load(
     tasks: Annotated[int, typer.Option(min=1, max=50)] = 4,
     bus: Annotated[str, typer.Option("--bus", help="memory:// or amqp://...")] = "memory://",
     db: Annotated[
-        str | None, typer.Option("--db", help="postgresql://... (default: SQLite per step)")
+        str | None,
+        typer.Option("--db", help="postgresql://... (default: SQLite in a temporary folder)"),
     ] = None,
     setup_rate: Annotated[
         float, typer.Option("--setup-rate", min=1, help="new devices per second in a ramp")
@@ -161,7 +171,11 @@ def bench_load(
     try:
         sizes = [int(s) for s in steps.split(",") if s.strip()]
     except ValueError:
-        raise typer.BadParameter(f"--steps: comma-separated numbers, not {steps!r}") from None
+        sizes = []
+    if not sizes or min(sizes) < 1:
+        raise typer.BadParameter(f"--steps: comma-separated device counts, not {steps!r}")
+    if split and not bus.startswith("amqp"):
+        raise typer.BadParameter("--split needs an amqp:// --bus")
     report = _run(
         run_load_bench(
             sizes,

@@ -205,13 +205,14 @@ class SimulatedDevice:
         """Start after ``start_delay`` seconds and poll until ``stop`` is set.
 
         ``busy`` is True while a cycle runs: whoever stops the fleet cancels idle
-        devices at once and lets busy ones finish their cycle."""
+        devices at once and lets busy ones finish their cycle (every task offered at
+        that poll, as an agent would)."""
         await asyncio.sleep(start_delay)
         self.started = True
         while not stop.is_set():
             self.busy = True
             try:
-                await self._cycle(stop)
+                await self._cycle()
             except RequestFailed:
                 pass  # counted; the next poll tries again
             except Exception as exc:  # a bug here must show as an error, not end the device
@@ -224,7 +225,7 @@ class SimulatedDevice:
             spread = self.config.jitter * self.config.poll_interval
             await asyncio.sleep(self.config.poll_interval + self.rng.uniform(-spread, spread))
 
-    async def _cycle(self, stop: asyncio.Event) -> None:
+    async def _cycle(self) -> None:
         if self.credential is None and not self.config.legacy:
             await self._enroll()
         if not self.reported:
@@ -233,8 +234,6 @@ class SimulatedDevice:
             self.reported = True
         offers = await self._requesting_task()
         for offer in offers:
-            if stop.is_set():
-                return
             if self.completed.get(offer.task_id) != offer.version:
                 await self._run_task(offer)
 

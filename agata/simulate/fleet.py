@@ -17,6 +17,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -93,7 +94,16 @@ def expected_tasks(tasks: list[FleetTask]) -> Callable[[DeviceAttributes], set[s
     return of
 
 
-def _ok(response: httpx.Response, what: str) -> httpx.Response:
+async def _post(http: httpx.AsyncClient, what: str, path: str, **kwargs: Any) -> httpx.Response:
+    """POST as the operator; anything but 200 (or no answer) is an :class:`AgataError`
+    saying what failed (a 401 here: the operator token is wrong)."""
+    try:
+        response = await http.post(path, **kwargs)
+    except httpx.HTTPError as exc:
+        reason = str(exc) or type(exc).__name__
+        raise AgataError(
+            ErrorCode.UNAVAILABLE, f"simulation setup: {what} failed: {reason}"
+        ) from None
     if response.status_code != 200:
         raise AgataError(
             ErrorCode.UNAVAILABLE if response.status_code >= 500 else response.status_code,
@@ -103,43 +113,54 @@ def _ok(response: httpx.Response, what: str) -> httpx.Response:
 
 
 async def set_up_tasks(http: httpx.AsyncClient, count: int) -> list[FleetTask]:
-    """Create, upload and start ``count`` tasks; ``http`` carries an operator token."""
+    """Create, upload and start ``count`` tasks; ``http`` carries an operator token.
+    When one step fails, the tasks created so far are removed and the error raised."""
     run = secrets.token_hex(3)
     tasks = [FleetTask(f"sim-{run}-{i:02d}", task_criteria(i)) for i in range(count)]
+    created: list[FleetTask] = []
     with tempfile.TemporaryDirectory(prefix="agata-sim-bundle-") as folder:
         bundle = Path(folder)
         (bundle / "server.py").write_text(SERVER_PY)
         (bundle / "client.py").write_text(CLIENT_PY)
         names = ("server.py", "client.py")
-        for i, task in enumerate(tasks):
-            body = {
-                "task_id": task.task_id,
-                "host": "127.0.0.1",
-                "port": 28000 + i,
-                "username": f"sim-{run}",
-                "password": secrets.token_urlsafe(12),
-                "files_paths": list(names),
-                "selection_criteria": task.selection_criteria,
-                "tags": ["simulation"],
-            }
-            _ok(await http.post(f"/{CREATE_TASK}", json=body), f"creating {task.task_id}")
-            files = [("files", (name, (bundle / name).read_bytes())) for name in names]
-            _ok(
-                await http.post(f"/api/tasks/{task.task_id}/files", files=files),
-                f"uploading the bundle of {task.task_id}",
-            )
-            _ok(
-                await http.post(f"/{START_TASK}", json={"task_id": task.task_id}),
-                f"starting {task.task_id}",
-            )
+        try:
+            for i, task in enumerate(tasks):
+                body = {
+                    "task_id": task.task_id,
+                    "host": "127.0.0.1",
+                    "port": 28000 + i,
+                    "username": f"sim-{run}",
+                    "password": secrets.token_urlsafe(12),
+                    "files_paths": list(names),
+                    "selection_criteria": task.selection_criteria,
+                    "tags": ["simulation"],
+                }
+                await _post(http, f"creating {task.task_id}", f"/{CREATE_TASK}", json=body)
+                created.append(task)
+                files = [("files", (name, (bundle / name).read_bytes())) for name in names]
+                await _post(
+                    http,
+                    f"uploading the bundle of {task.task_id}",
+                    f"/api/tasks/{task.task_id}/files",
+                    files=files,
+                )
+                await _post(
+                    http,
+                    f"starting {task.task_id}",
+                    f"/{START_TASK}",
+                    json={"task_id": task.task_id},
+                )
+        except BaseException:
+            await tear_down_tasks(http, created)
+            raise
     return tasks
 
 
 async def create_enrollment_token(http: httpx.AsyncClient, uses: int) -> str:
     """An enrollment token good for ``uses`` devices (an hour)."""
     body = {"uses": uses, "ttl_seconds": 3600}
-    response = _ok(
-        await http.post(f"/{CREATE_ENROLLMENT_TOKEN}", json=body), "creating an enrollment token"
+    response = await _post(
+        http, "creating an enrollment token", f"/{CREATE_ENROLLMENT_TOKEN}", json=body
     )
     token: str = response.json()["enrollment_token"]
     return token

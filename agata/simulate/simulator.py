@@ -63,6 +63,7 @@ __all__ = [
     "Fleet",
     "SimulationOptions",
     "SimulationResult",
+    "check_gateway",
     "run_fleet",
     "simulate_against",
     "simulate_embedded",
@@ -388,6 +389,24 @@ def fleet_summary(devices: list[SimulatedDevice], tasks: list[FleetTask] | None)
     return summary
 
 
+async def check_gateway(url: str, timeout: float = 10.0) -> None:
+    """Fail with a clear ``UNAVAILABLE`` unless an AGATA gateway answers at ``url``
+    (``GET /healthz``), rather than letting every simulated device fail on its own."""
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=timeout) as http:
+            response = await http.get("/healthz")
+    except httpx.HTTPError as exc:
+        reason = str(exc) or type(exc).__name__
+        raise AgataError(
+            ErrorCode.UNAVAILABLE, f"cannot reach the cloud at {url}: {reason}"
+        ) from None
+    if response.status_code != 200:
+        raise AgataError(
+            ErrorCode.UNAVAILABLE,
+            f"{url} is not an AGATA gateway: GET /healthz answered HTTP {response.status_code}",
+        )
+
+
 async def simulate_against(
     options: SimulationOptions,
     url: str,
@@ -397,7 +416,9 @@ async def simulate_against(
     target: dict[str, Any] | None = None,
 ) -> SimulationResult:
     """Set up ``options.tasks`` tasks with an operator token (if given), run the fleet,
-    then stop and delete those tasks."""
+    then stop and delete those tasks. Fails with an :class:`AgataError` when the cloud
+    cannot be reached or refuses the setup."""
+    await check_gateway(url, options.timeout)
     if operator_token is None:
         return await run_fleet(options, url, enrollment_token=enrollment_token, target=target)
     headers = {"Authorization": f"Bearer {operator_token}"}

@@ -28,6 +28,22 @@ def _latency_row(table: Table, name: str, data: dict[str, Any], errors: int) -> 
     )
 
 
+def _hints(errors_by_kind: dict[str, int], legacy: bool) -> list[str]:
+    """What the most common failures usually mean."""
+    kinds = set(errors_by_kind)
+    hints = []
+    if "enroll:http_401" in kinds:
+        hints.append(
+            "enroll 401: the enrollment token is unknown, expired or used up "
+            "(it must allow --devices enrollments)"
+        )
+    if legacy and any(k.endswith(":http_401") for k in kinds):
+        hints.append("401 in legacy mode: start the cloud with --legacy-devices")
+    if any(k.endswith((":timeout", ":connect")) for k in kinds):
+        hints.append("timeouts or refused connections: the cloud is saturated or went away")
+    return hints
+
+
 def render_summary(result: SimulationResult, console: Console | None = None) -> None:
     console = console or Console()
     o, s, f, sim = result.options, result.stats, result.fleet, result.simulator
@@ -47,7 +63,7 @@ def render_summary(result: SimulationResult, console: Console | None = None) -> 
     _latency_row(table, "[bold]all[/]", s["all"], s["errors"])
     if steady is not None:
         _latency_row(
-            table, f"[bold]steady[/] (after {steady['from_s']:g} s)", steady, steady["errors"]
+            table, f"[bold]steady[/] (after {steady['from_s']:.0f} s)", steady, steady["errors"]
         )
     console.print(table)
 
@@ -61,10 +77,24 @@ def render_summary(result: SimulationResult, console: Console | None = None) -> 
         f"simulator: {sim['cpu_percent']}% of a core ({sim['event_loop']}), event-loop lag "
         f"p99 {_ms(sim['loop_lag_p99_ms'])} ms, max {_ms(sim['loop_lag_max_ms'])} ms",
     ]
+    if result.target.get("mode") == "embedded":
+        lines.append(
+            "note: the cloud ran in this process, on the simulator's event loop: the CPU and "
+            "the latencies are both's together (for the cloud's own, run it apart and use "
+            "--cloud-url, or `agata bench load`)"
+        )
+    if steady is None:
+        lines.append("note: no steady window (the run ended within the warm-up; see --warmup)")
     if s["errors_by_kind"]:
         kinds = ", ".join(f"{k} {n}" for k, n in s["errors_by_kind"].items())
         lines.append(f"[red]errors[/]: {kinds}")
-    if f["tasks"] is not None:
+        lines += [f"hint: {hint}" for hint in _hints(s["errors_by_kind"], o.legacy)]
+    if f["tasks"] is None:
+        lines.append(
+            "tasks: not set up here (no --operator-token), so whether every device ran "
+            "every task it matches is not checked"
+        )
+    else:
         per_task = ", ".join(f"{t['task_id']} {t['completed']}/{t['matching']}" for t in f["tasks"])
         lines.append(f"tasks (completed/matching devices): {per_task}")
         if f["devices_missing_tasks"]:

@@ -16,6 +16,7 @@ import typer
 from typer.testing import CliRunner
 
 from agata.cli.simulate_cmd import register
+from agata.errors import AgataError
 from agata.simulate.device import fleet_attributes
 from agata.simulate.fleet import FleetTask, expected_tasks, task_criteria
 from agata.simulate.histogram import LatencyHistogram
@@ -168,6 +169,37 @@ def test_simulate_refuses_unclear_targets() -> None:
     assert runner.invoke(_app(), cloud_only).exit_code == 2
     external_db = [*cloud_only, "--legacy", "--db", "sqlite:///x.db"]
     assert runner.invoke(_app(), external_db).exit_code == 2
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--cloud-url", "localhost:8000", "--legacy"], "--cloud-url: the gateway's address"),
+        (["--embedded", "--duration", "5"], "must be longer than the ramp"),
+        (["--embedded", "--duration", "5", "--ramp", "-1"], "not in the range"),
+    ],
+)
+def test_simulate_refuses_bad_arguments_clearly(args: list[str], message: str) -> None:
+    result = CliRunner().invoke(_app(), ["simulate", "--devices", "5", *args])
+
+    assert result.exit_code == 2
+    assert message in " ".join(result.output.replace("│", " ").split())  # unwrapped
+
+
+def test_simulate_says_when_the_cloud_cannot_be_reached() -> None:
+    """One clear error before any device starts (``agata`` prints it and exits 2)."""
+    args = ["simulate", "--devices", "5", "--cloud-url", "http://127.0.0.1:9",
+            "--operator-token", "agata_op_x", "--duration", "3", "--ramp", "1"]  # fmt: skip
+    result = CliRunner().invoke(_app(), args)
+
+    assert isinstance(result.exception, AgataError)
+    assert "cannot reach the cloud at http://127.0.0.1:9" in result.exception.message
+
+
+def test_bench_load_refuses_bad_steps() -> None:
+    for steps in (",", "500,x", "0,500"):
+        result = CliRunner().invoke(_app(), ["bench", "load", "--steps", steps])
+        assert result.exit_code == 2, steps
 
 
 def test_bench_load_is_registered() -> None:
