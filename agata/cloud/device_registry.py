@@ -57,6 +57,10 @@ class DeviceRegistry(Service):
         ]:
             self.add_operation(name, ops.OPERATION_MODELS[name], handler)  # type: ignore[arg-type]
 
+    async def stop(self) -> None:
+        await super().stop()
+        await self.event.close()
+
     async def update_user_info(self, req: ops.UpdateUserInfo) -> None:
         """Insert the device if new, else update the given fields (sensors as a set)."""
         device = self.store.upsert_device(
