@@ -8,6 +8,7 @@ a failure of later device requests.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -37,6 +38,12 @@ logger = logging.getLogger(__name__)
 #: How long the list of running tasks is reused between device polls (other replicas'
 #: changes are seen after at most this long; this replica's at once).
 RUNNING_CACHE_SECONDS = 1.0
+#: Seconds a device's attributes are reused for its task requests. A change of the
+#: record (rpc_exec_update_user_info) ends it at once through the registry's "device"
+#: notification; the time bounds it if a notification is lost (a broker outage).
+DEVICE_CACHE_SECONDS = 5.0
+#: Devices whose attributes are kept at most (all are dropped past this).
+DEVICE_CACHE_SIZE = 100_000
 
 
 class TaskManager(Service):
@@ -64,6 +71,7 @@ class TaskManager(Service):
         self.criteria = CriteriaCache()
         self._running_cache: tuple[float, list[Task]] | None = None
         self._last_touch: dict[str, float] = {}
+        self._device_cache: dict[str, tuple[float, dict[str, Any]]] = {}
         self._subscription: Consumer | None = None
         for name, handler in [
             (ops.CREATE_TASK, self.create_task),
@@ -105,15 +113,40 @@ class TaskManager(Service):
         await self.event.close()
 
     async def _on_notification(self, delivery: Delivery) -> None:
-        """Another replica stopped a task whose server side runs here: end it."""
-        if b'"stop_task"' not in delivery.body:
+        """A device's record changed: forget its attributes. Another replica stopped a
+        task whose server side runs here: end it."""
+        body = delivery.body
+        if b'"device"' in body:
+            message = _json_object(body)
+            if message.get("kind") == "device" and isinstance(message.get("user_id"), str):
+                self._device_cache.pop(message["user_id"], None)
             return None
-        import json
-
-        task_id = json.loads(delivery.body).get("task_id", "")
-        if self.server_tasks.is_local(task_id):
+        if b'"stop_task"' not in body:
+            return None
+        task_id = _json_object(body).get("task_id", "")
+        if isinstance(task_id, str) and self.server_tasks.is_local(task_id):
             await self.server_tasks.stop(task_id)
         return None
+
+    def _device_attributes(self, user_id: str) -> dict[str, Any]:
+        now = time.monotonic()
+        cached = self._device_cache.get(user_id)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        try:
+            device = self.store.get_device(user_id)
+        except AgataError as exc:
+            if exc.code is ErrorCode.NOT_FOUND:
+                raise AgataError(
+                    ErrorCode.NOT_FOUND,
+                    f"device {user_id} is not registered; send rpc_exec_update_user_info first",
+                ) from None
+            raise
+        attributes = device_attributes(device)
+        if len(self._device_cache) >= DEVICE_CACHE_SIZE:
+            self._device_cache.clear()
+        self._device_cache[user_id] = (now + DEVICE_CACHE_SECONDS, attributes)
+        return attributes
 
     def _changed(self) -> None:
         self._running_cache = None
@@ -272,20 +305,11 @@ class TaskManager(Service):
 
     async def client_requesting_task(self, req: ops.ClientRequestingTask) -> list[dict[str, Any]]:
         """The running tasks whose selection criteria this device meets."""
-        try:
-            device = self.store.get_device(req.user_id)
-        except AgataError as exc:
-            if exc.code is ErrorCode.NOT_FOUND:
-                raise AgataError(
-                    ErrorCode.NOT_FOUND,
-                    f"device {req.user_id} is not registered; send rpc_exec_update_user_info first",
-                ) from None
-            raise
+        attributes = self._device_attributes(req.user_id)
         now = time.monotonic()
         if now - self._last_touch.get(req.user_id, 0.0) > 10:
             self._last_touch[req.user_id] = now
             self.store.touch_device(req.user_id)
-        attributes = device_attributes(device)
         return [
             offer_view(task, legacy=self.legacy_devices)
             for task in self._running_tasks()
@@ -372,3 +396,11 @@ class TaskManager(Service):
             same_secret(req.username, task.username) & same_secret(req.password, task.password)
         )
         return {"ok": ok}
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
+    try:
+        value = json.loads(body)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}

@@ -195,3 +195,56 @@ async def test_services_in_separate_nodes_with_replicas(tmp_path: Path, amqp_url
 
     assert device.status_code == 200
     assert set(task_ids) <= {t["ID"] for t in listed}
+
+
+async def test_a_device_change_reaches_every_task_manager_replica(
+    tmp_path: Path, amqp_url: str
+) -> None:
+    """Task managers reuse device attributes; the registry's notification (another
+    node) ends that before the device's next request reaches any replica."""
+    import httpx
+
+    flags = {"data_dir": tmp_path / "shared", "bus_url": amqp_url, "gateway_port": 0}
+    settings = load_settings(flags=flags, environ={})
+    nodes = [
+        CloudNode(settings, services=["task-manager"]),
+        CloudNode(settings, services=["task-manager"]),
+        CloudNode(settings, services=["device-registry"]),
+        CloudNode(settings, services=["gateway"]),
+    ]
+    for node in nodes:
+        await node.start()
+    token = nodes[-1].ensure_operator_token()
+    task_id = f"chg{uuid.uuid4().hex[:6]}"
+    user_id = f"chg-dev-{uuid.uuid4().hex[:6]}"
+    server = b"import time\ntime.sleep(600)\n"
+    seen = []
+    try:
+        async with httpx.AsyncClient(
+            base_url=nodes[-1].url, timeout=10, headers={"Authorization": f"Bearer {token}"}
+        ) as http:
+            created = await http.post(
+                "/rpc_exec_create_task",
+                json={"task_id": task_id, "host": "h", "port": 1, "files_paths": [],
+                      "selection_criteria": "data_qnt > 50"},
+            )  # fmt: skip
+            assert created.status_code == 200, created.text
+            files = [("files", ("server.py", server)), ("files", ("client.py", b"\n"))]
+            uploaded = await http.post(f"/api/tasks/{task_id}/files", files=files)
+            assert uploaded.status_code == 200, uploaded.text
+            started = await http.post("/rpc_exec_start_server_task", json={"task_id": task_id})
+            assert started.status_code == 200, started.text
+            for data_qnt in (100, 1, 100, 1, 100, 1):
+                body = {"user_id": user_id, "data_qnt": data_qnt}
+                assert (await http.post("/rpc_exec_update_user_info", json=body)).is_success
+                for _ in range(2):  # the queue's replicas take turns
+                    offers = await http.post(
+                        "/rpc_exec_client_requesting_task", json={"user_id": user_id}
+                    )
+                    seen.append([o["ID"] for o in offers.json()])
+            await http.post("/rpc_exec_stop_server_task", json={"task_id": task_id})
+    finally:
+        for node in reversed(nodes):
+            await node.stop()
+
+    assert seen == [[task_id], [task_id], [], []] * 3

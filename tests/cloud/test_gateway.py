@@ -248,6 +248,28 @@ async def test_download_grant_ends_when_the_task_stops_or_stops_matching(cloud: 
     assert await status_soon(403) == 403
 
 
+async def test_a_device_change_is_seen_by_its_next_task_request(cloud: Cloud) -> None:
+    """Task requests reuse a device's attributes; updating them ends that at once."""
+    await create_bundle_task(
+        cloud, "t5", server_arguments=["1", "--hold"], selection_criteria="data_qnt > 50"
+    )
+    await cloud.op("rpc_exec_start_server_task", {"task_id": "t5"})
+    credential = await enroll(cloud, "pi-5")
+
+    async def offers_after(data_qnt: int) -> list[str]:
+        body = {"user_id": "pi-5", "data_qnt": data_qnt}
+        await cloud.op("rpc_exec_update_user_info", body, token=credential)
+        response = await cloud.op(
+            "rpc_exec_client_requesting_task", {"user_id": "pi-5"}, token=credential
+        )
+        return [offer["ID"] for offer in response.json()]
+
+    seen = [await offers_after(q) for q in (100, 1, 100, 1, 60)]
+    await cloud.op("rpc_exec_stop_server_task", {"task_id": "t5"})
+
+    assert seen == [["t5"], [], ["t5"], [], ["t5"]]
+
+
 async def test_enrollment_token_is_single_use(cloud: Cloud) -> None:
     enrollment = (await cloud.op("rpc_exec_create_enrollment_token", {})).json()
     body = {"user_id": "pi-9", "enrollment_token": enrollment["enrollment_token"]}
