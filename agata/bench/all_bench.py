@@ -69,10 +69,10 @@ def run_all(
     reports: list[Report] = []
     reports += _timed("bus", lambda: [run_bus_bench(amqp_url, calls, 16)])
     reports += _timed("cloud", lambda: run_cloud_bench(amqp_url, samples))
-    reports += _timed("devices", lambda: [run_devices_bench(devices, 20, seconds, 16)])
+    reports += _timed("devices", lambda: [run_devices_bench(devices, 20, seconds, 4)])
     if amqp_url:
         reports += _timed(
-            "devices-amqp", lambda: [run_devices_bench(devices, 20, seconds, 16, amqp_url)]
+            "devices-amqp", lambda: [run_devices_bench(devices, 20, seconds, 4, amqp_url)]
         )
     reports += _timed("edge", lambda: [run_edge_bench(edge_samples, idle)])
     if json_out is not None:

@@ -216,7 +216,7 @@ def run_devices_bench(
     devices: int = 1000,
     tasks: int = 20,
     seconds: int = 10,
-    connections: int = 16,
+    connections: int = 4,
     amqp_url: str | None = None,
 ) -> Report:
     bus_url = amqp_url or "memory://"
@@ -229,9 +229,15 @@ def run_devices_bench(
     }  # fmt: skip
     note = f"{data['generator']}, {connections} connections"
     rps = data.get("rps")
-    report.add("task requests/s", rps, "req/s", note=note)
+    # Issue 3's targets are for memory:// with 4 connections; elsewhere the figure is
+    # reported without a verdict.
+    issue3 = kind == "memory" and connections == 4
+    report.add("task requests/s", rps, "req/s", at_least=2000 if issue3 else None, note=note)
     report.add("request p50", data.get("p50_ms"), "ms")
-    report.add("request p99", data.get("p99_ms"), "ms", at_most=100, note="issue 7 bound")
+    report.add(
+        "request p99", data.get("p99_ms"), "ms", at_most=20 if issue3 else 100,
+        note="issue 3 bound" if issue3 else "issue 7 bound",
+    )  # fmt: skip
     report.add("errors", float(data.get("errors", 0)), "", at_most=0)
     if rps:
         report.add(

@@ -169,7 +169,7 @@ def bench_devices(
     devices: Annotated[int, typer.Option(min=1, help="simulated devices")] = 1000,
     tasks: Annotated[int, typer.Option(min=1, help="running tasks with criteria")] = 20,
     seconds: Annotated[int, typer.Option(min=1, help="load duration")] = 10,
-    connections: Annotated[int, typer.Option(min=1)] = 16,
+    connections: Annotated[int, typer.Option(min=1, help="wrk connections (issue 3: 4)")] = 4,
     amqp_url: Annotated[str | None, typer.Option(help="run the cloud on this RabbitMQ")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="write figures here")] = None,
 ) -> None:
