@@ -54,6 +54,7 @@ class DeviceRegistry(Service):
             (ops.ENROLL_DEVICE, self.enroll_device),
             (ops.CREATE_ENROLLMENT_TOKEN, self.create_enrollment),
             (ops.RESOLVE_CREDENTIAL, self.resolve_credential),
+            (ops.REVOKE_DEVICE, self.revoke_device),
         ]:
             self.add_operation(name, ops.OPERATION_MODELS[name], handler)  # type: ignore[arg-type]
 
@@ -141,16 +142,45 @@ class DeviceRegistry(Service):
         return {"enrollment_token": token, "uses": req.uses, "expires_at": record.expires_at}
 
     async def enroll_device(self, req: ops.EnrollDevice) -> dict[str, str]:
-        """Spend an enrollment token; the device gets its own credential (shown once)."""
+        """Spend an enrollment token; the device gets its own credential (shown once).
+
+        An id that already holds a credential is refused (409): an enrollment token must
+        not let its holder take over another device's identity. The operator revokes
+        the old credential first (a reinstalled device). The token is checked (and
+        spent) first, so a caller without one learns nothing about which ids exist.
+        """
         if self.store.consume_enrollment_token(hash_token(req.enrollment_token)) is None:
             raise AgataError(
                 ErrorCode.UNAUTHENTICATED, "enrollment token unknown, expired or used up"
+            )
+        try:
+            enrolled = self.store.get_device(req.user_id).credential_hash is not None
+        except AgataError as exc:
+            if exc.code is not ErrorCode.NOT_FOUND:
+                raise
+            enrolled = False
+        if enrolled:
+            raise AgataError(
+                ErrorCode.CONFLICT,
+                f"device {req.user_id} is already enrolled; an operator must revoke its "
+                "credential (rpc_exec_revoke_device) before it can enroll again",
             )
         credential = new_token(DEVICE_PREFIX)
         self.store.upsert_device(req.user_id)
         self.store.set_device_credential(req.user_id, hash_token(credential))
         self.event(ops.ENROLL_DEVICE, "Device enrolled", user_id=req.user_id)
         return {"user_id": req.user_id, "credential": credential}
+
+    async def revoke_device(self, req: ops.UserRef) -> dict[str, Any]:
+        """End a device's credential (a lost or stolen device); its record stays, and it
+        may enroll again with a new enrollment token."""
+        device = self.store.get_device(req.user_id)
+        had = device.credential_hash is not None
+        if had:
+            self.store.set_device_credential(req.user_id, None)
+        self.event(ops.REVOKE_DEVICE, "Device credential revoked", user_id=req.user_id)
+        await self.notifier.notify("device", user_id=req.user_id, revoked=True)
+        return {"user_id": req.user_id, "revoked": had}
 
     async def resolve_credential(self, req: ops.ResolveCredential) -> dict[str, Any]:
         """Who holds the token with this hash: an operator, a device, or nobody (401)."""

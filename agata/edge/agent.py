@@ -225,7 +225,13 @@ class Agent:
                 self._health.set("working")
             except AgataError as exc:
                 delay = backoff.next()
-                self._health.set(f"cannot work with the cloud ({exc.code.name})", exc.message)
+                detail = exc.message
+                if exc.code is ErrorCode.UNAUTHENTICATED and self.client.credential:
+                    detail += (
+                        "; if an operator revoked this device, enroll it again with a new "
+                        "enrollment token (agata device enroll)"
+                    )
+                self._health.set(f"cannot work with the cloud ({exc.code.name})", detail)
             except Exception:
                 delay = backoff.next()
                 logger.exception("agent cycle failed")

@@ -222,6 +222,7 @@ CLEAR_QUARANTINE = "rpc_exec_clear_quarantine"
 ENROLL_DEVICE = "rpc_exec_enroll_device"
 CREATE_ENROLLMENT_TOKEN = "rpc_exec_create_enrollment_token"
 RESOLVE_CREDENTIAL = "rpc_exec_resolve_credential"
+REVOKE_DEVICE = "rpc_exec_revoke_device"
 
 
 class ClientRequestingTask(Request):
@@ -305,6 +306,7 @@ OPERATION_MODELS: dict[str, type[Request]] = {
     ENROLL_DEVICE: EnrollDevice,
     CREATE_ENROLLMENT_TOKEN: CreateEnrollmentToken,
     RESOLVE_CREDENTIAL: ResolveCredential,
+    REVOKE_DEVICE: UserRef,
 }
 
 # -- notifications (broadcast to every subscriber; see Bus.subscribe) -----------------

@@ -281,6 +281,45 @@ async def test_enrollment_token_is_single_use(cloud: Cloud) -> None:
     assert second.status_code == 401
 
 
+async def test_a_revoked_device_is_refused_at_once_and_may_enroll_again(cloud: Cloud) -> None:
+    credential = await enroll(cloud, "pi-10")
+    device = {"Authorization": f"Bearer {credential}"}
+    body = {"user_id": "pi-10", "data_qnt": 5}
+    before = await cloud.op("rpc_exec_update_user_info", body, token=credential)
+    token = (await cloud.op("rpc_exec_create_enrollment_token", {"uses": 2})).json()
+    enroll_body = {"user_id": "pi-10", "enrollment_token": token["enrollment_token"]}
+
+    taken = await cloud.http.post("/api/devices/enroll", json=enroll_body)
+    by_device = await cloud.op("rpc_exec_revoke_device", {"user_id": "pi-10"}, token=credential)
+    revoked = await cloud.op("rpc_exec_revoke_device", {"user_id": "pi-10"})
+    unknown = await cloud.op("rpc_exec_revoke_device", {"user_id": "nobody"})
+
+    async def refused() -> bool:
+        for _ in range(100):
+            status = (
+                await cloud.op("rpc_exec_update_user_info", body, token=credential)
+            ).status_code
+            if status == 401:
+                return True
+            await asyncio.sleep(0.01)
+        return False
+
+    after = await refused()
+    stream = await cloud.http.get("/api/devices/pi-10/stream", headers=device)
+    again = await cloud.http.post("/api/devices/enroll", json=enroll_body)
+    record = (await cloud.op("rpc_exec_get_user_info", {"user_id": "pi-10"})).json()
+
+    assert before.status_code == 200
+    assert taken.status_code == 409 and "already enrolled" in taken.text
+    assert by_device.status_code == 403
+    assert revoked.status_code == 200 and revoked.json() == {"user_id": "pi-10", "revoked": True}
+    assert unknown.status_code == 404
+    assert after, "the revoked credential was still accepted after 1 s"
+    assert stream.status_code == 401
+    assert again.status_code == 200 and again.json()["credential"] != credential
+    assert record["data_qnt"] == 5  # the record stays
+
+
 async def test_health_metrics_and_openapi(cloud: Cloud) -> None:
     health = await cloud.http.get("/healthz")
     await cloud.op("rpc_exec_list_tasks", {})

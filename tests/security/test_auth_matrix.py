@@ -72,6 +72,7 @@ BODIES: dict[str, dict[str, Any]] = {
     "rpc_exec_report_device_task": {"user_id": "{user}", "task_id": "t-match", "status": "running"},
     "rpc_exec_clear_quarantine": {"user_id": "{user}"},
     "rpc_exec_create_enrollment_token": {},
+    "rpc_exec_revoke_device": {"user_id": "dev-absent"},  # 404 once allowed
 }
 WRONG_TOKENS = {
     "unknown operator-like": new_token(OPERATOR_PREFIX),

@@ -332,3 +332,33 @@ async def test_devices_page_shows_attributes_and_clears_a_quarantine(
     await page.click('nav a[data-nav="devices"]')
     await page.click("text=Create enrollment token")
     await expect(page.locator("#enrollment-token")).to_have_value(re.compile(r".{8,}"))
+
+
+async def test_an_operator_revokes_a_devices_credential(
+    cloud: Cloud, page: Page, screenshots_dir: Path
+) -> None:
+    # Prepare: an enrolled device that has reported
+    token = (await cloud.op("rpc_exec_create_enrollment_token", {})).json()["enrollment_token"]
+    enrolled = await cloud.http.post(
+        "/api/devices/enroll", json={"user_id": "pi-lost", "enrollment_token": token}
+    )
+    credential = enrolled.json()["credential"]
+    body = {"user_id": "pi-lost", "data_qnt": 50}
+    assert (await cloud.op("rpc_exec_update_user_info", body, token=credential)).is_success
+    await sign_in(page, cloud, "devices/pi-lost")
+    await expect(page.locator(".subtitle")).to_contain_text("enrolled with its own credential")
+
+    # Execute: revoke, cancel once, then confirm
+    await page.click("#revoke-device")
+    await page.click("text=Cancel")
+    await expect(page.locator("#confirm-revoke")).to_have_count(0)
+    await page.click("#revoke-device")
+    await snap(page, screenshots_dir, "11-device-revoke-confirm")
+    await page.click("#confirm-revoke")
+
+    # Assert: told so, the page shows it, and the device is refused
+    await expect(page.get_by_text("Credential of pi-lost revoked")).to_be_visible()
+    await expect(page.locator(".subtitle")).to_contain_text("not enrolled")
+    await expect(page.locator("#revoke-device")).to_have_count(0)
+    refused = await cloud.op("rpc_exec_update_user_info", body, token=credential)
+    assert refused.status_code == 401

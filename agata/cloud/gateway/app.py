@@ -107,6 +107,8 @@ def create_gateway(bus: Bus, config: GatewayConfig) -> FastAPI:
             grants.revoke_task(message["task_id"])
         elif kind == "device" and isinstance(message.get("user_id"), str):
             grants.revoke_device(message["user_id"])
+            if message.get("revoked"):
+                auth.forget_device(message["user_id"])
 
     hub.listeners.append(on_notification)
     metrics = GatewayMetrics(rpc)

@@ -69,6 +69,13 @@ class Authenticator:
         self._cache[digest] = (now + CACHE_SECONDS, principal)
         return principal
 
+    def forget_device(self, user_id: str) -> None:
+        """Drop what is cached for ``user_id``'s credential (it was revoked)."""
+        for digest in [
+            d for d, (_, p) in self._cache.items() if p.kind == "device" and p.name == user_id
+        ]:
+            del self._cache[digest]
+
 
 def require_operator(principal: Principal) -> None:
     if principal.kind == "anonymous":

@@ -34,6 +34,30 @@ export async function render(ctx) {
   };
   const failed = (error) => replace(msg, alertBox(describe(error)));
 
+  function confirmRevoke(button) {
+    const yes = h("button", { type: "button", class: "btn btn-danger-solid btn-small", id: "confirm-revoke" }, "Revoke");
+    const no = h("button", { type: "button", class: "btn btn-small" }, "Cancel");
+    const box = h("div", { class: "confirm", role: "alertdialog", "aria-label": "Confirm revoke" },
+      h("span", null, `Revoke the credential of ${id}? It is refused from now on and must enroll again with a new enrollment token. Its record stays.`), yes, no);
+    no.addEventListener("click", () => {
+      replace(msg);
+      button.focus();
+    });
+    yes.addEventListener("click", async () => {
+      yes.disabled = true;
+      try {
+        await call("rpc_exec_revoke_device", { user_id: id });
+        replace(msg, alertBox(`Credential of ${id} revoked: the device is refused from now on.`, "ok"));
+        load();
+      } catch (error) {
+        yes.disabled = false;
+        failed(error);
+      }
+    });
+    replace(msg, box);
+    no.focus();
+  }
+
   function show() {
     const quarantined = device.tasks.filter((t) => t.status === "quarantined");
     const clearAll = h("button", { type: "button", class: "btn", id: "clear-all", disabled: quarantined.length === 0 }, "Clear all quarantines");
@@ -47,12 +71,17 @@ export async function render(ctx) {
         failed(error);
       }
     });
+    let revoke = null;
+    if (device.enrolled) {
+      revoke = h("button", { type: "button", class: "btn btn-danger", id: "revoke-device" }, "Revoke credential");
+      revoke.addEventListener("click", () => confirmRevoke(revoke));
+    }
     replace(
       head,
       h("div", { class: "crumb" }, h("a", { href: "#/devices" }, "Devices"), " / ", id),
       h("div", null, h("div", { class: "row" }, h("h1", { tabindex: "-1" }, id), badge(device.online ? "online" : "offline")),
         h("p", { class: "subtitle" }, "Last seen ", ago(device.last_seen), device.enrolled ? " · enrolled with its own credential" : " · not enrolled")),
-      h("div", { class: "actions" }, clearAll),
+      h("div", { class: "actions" }, clearAll, revoke),
     );
     replace(
       attrs,
