@@ -28,10 +28,11 @@ import contextlib
 import importlib.util
 import logging
 import random
+import secrets
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -419,6 +420,10 @@ async def simulate_against(
     then stop and delete those tasks. Fails with an :class:`AgataError` when the cloud
     cannot be reached or refuses the setup."""
     await check_gateway(url, options.timeout)
+    if not options.legacy and options.id_prefix == SimulationOptions.id_prefix:
+        # An enrolled id cannot enroll again (409): each run against a long-lived cloud
+        # gets ids of its own.
+        options = replace(options, id_prefix=f"sim-{secrets.token_hex(3)}")
     if operator_token is None:
         return await run_fleet(options, url, enrollment_token=enrollment_token, target=target)
     headers = {"Authorization": f"Bearer {operator_token}"}
