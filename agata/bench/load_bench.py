@@ -9,6 +9,9 @@ from this process, step by step (500, 1000, 2000, … devices by default). At ea
    ``setup_rate``) seconds, plus half a poll interval — each enrolls, reports its
    attributes, and downloads and plays every task it matches (about 16 requests per
    device, a one-off burst);
+   then, if some devices are still coming on board (the cloud is behind), up to the
+   ramp's length (plus the time a device takes to play its tasks) more until they all
+   are (a step whose fleet is not on board by then fails);
 2. *steady*: ``seconds`` of the whole fleet polling every 10 s ± 10 %.
 
 A step passes when no request failed in either window, every device so far ran every
@@ -27,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import secrets
 import tempfile
 import time
 from collections import Counter
@@ -83,6 +87,19 @@ class _CpuSampler:
         return round(100 * (c1 - c0) / (t1 - t0), 1), round(100 * (p1 - p0) / (t1 - t0), 1)
 
 
+async def _wait_on_board(fleet: Fleet, *, limit: float) -> int:
+    """Until every device has come on board (its first cycle done: enrolled, reported,
+    its tasks played), at most ``limit`` seconds; returns how many have not. The steady
+    window must not start while a backlog of the ramp is still being served: it would
+    measure that backlog, not the fleet's polls."""
+    deadline = time.perf_counter() + limit
+    while True:
+        lagging = sum(d.on_board_at is None for d in fleet.devices)
+        if lagging == 0 or time.perf_counter() >= deadline:
+            return lagging
+        await asyncio.sleep(0.5)
+
+
 def _step_figures(
     n: int,
     ramp: Window,
@@ -91,6 +108,7 @@ def _step_figures(
     sampler: _CpuSampler,
     summary: dict[str, Any],
     p99_limit_ms: float,
+    lagging: int = 0,
 ) -> dict[str, Any]:
     s = steady.to_json()
     r = ramp.to_json()
@@ -98,6 +116,8 @@ def _step_figures(
     errors = steady.errors + ramp.errors
     kinds = dict(Counter(ramp.errors_by_kind()) + Counter(steady.errors_by_kind()))
     reasons = []
+    if lagging:
+        reasons.append(f"{lagging} devices still not on board when the steady window began")
     if errors:
         reasons.append(f"{errors} errors ({kinds})")
     if summary["devices_missing_tasks"]:
@@ -110,6 +130,7 @@ def _step_figures(
         "ok": not reasons,
         "why_not": "; ".join(reasons),
         "ramp_s": r["window_s"],
+        "on_board": summary["on_board"],
         "ramp_requests": r["count"],
         "ramp_requests_per_s": r["requests_per_s"],
         "ramp_p99_ms": r["p99_ms"],
@@ -171,20 +192,29 @@ async def run_load_bench(
                 fleet_tasks = await set_up_tasks(op, tasks)
                 token = await create_enrollment_token(op, max(sizes))
                 config = device_config(options, token)
-                async with Fleet(cloud.url, config, max_devices=max(sizes)) as fleet:
+                # Ids of this run's own: an enrolled id cannot enroll again (--db reused).
+                prefix = f"sim-{secrets.token_hex(3)}"
+                async with Fleet(
+                    cloud.url, config, max_devices=max(sizes), id_prefix=prefix
+                ) as fleet:
                     for n in sizes:
                         added = n - len(fleet.devices)
                         ramp_seconds = max(poll_interval, added / setup_rate)
                         ramp = fleet.stats.open_window(f"ramp-{n}")
                         fleet.add(added, ramp_seconds)
                         await asyncio.sleep(ramp_seconds + poll_interval / 2)
+                        # A first cycle also plays each task (rounds x round_seconds).
+                        playing = tasks * config.rounds * config.round_seconds
+                        lagging = await _wait_on_board(fleet, limit=ramp_seconds + playing)
                         fleet.stats.close_window(ramp)
                         steady = fleet.stats.open_window(f"steady-{n}")
                         fleet.lag = LatencyHistogram()  # this window's event-loop lag
                         await asyncio.sleep(seconds)
                         fleet.stats.close_window(steady)
                         summary = fleet_summary(fleet.devices, fleet_tasks)
-                        step = _step_figures(n, ramp, steady, fleet, sampler, summary, p99_limit_ms)
+                        step = _step_figures(
+                            n, ramp, steady, fleet, sampler, summary, p99_limit_ms, lagging
+                        )
                         steps.append(step)
                         if progress is not None:
                             progress(_progress_line(step))
@@ -234,7 +264,8 @@ def _progress_line(step: dict[str, Any]) -> str:
     return (
         f"N={step['devices']}: {verdict}; steady p50/p95/p99 {step['steady_p50_ms']}/"
         f"{step['steady_p95_ms']}/{step['steady_p99_ms']} ms at "
-        f"{step['steady_requests_per_s']} req/s; ramp p99 {step['ramp_p99_ms']} ms at "
+        f"{step['steady_requests_per_s']} req/s; ramp ({step['ramp_s']:.0f} s) p99 "
+        f"{step['ramp_p99_ms']} ms at "
         f"{step['ramp_requests_per_s']} req/s; {step['errors']} errors; cloud CPU "
         f"{step['cloud_cpu_percent']}%, simulator CPU {step['simulator_cpu_percent']}%, "
         f"peak connections {step['peak_connections']}, load {step['load_average_1min']}"

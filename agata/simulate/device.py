@@ -20,6 +20,7 @@ import asyncio
 import hashlib
 import logging
 import random
+import time
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -192,6 +193,9 @@ class SimulatedDevice:
     reported: bool = False
     polls: int = 0
     completed: dict[str, str] = field(default_factory=dict)  # task_id -> version
+    on_board_at: float | None = None
+    """``time.perf_counter()`` when its first cycle succeeded: enrolled, reported, and
+    every task offered at that poll played to the end."""
 
     @property
     def user_id(self) -> str:
@@ -213,6 +217,8 @@ class SimulatedDevice:
             self.busy = True
             try:
                 await self._cycle()
+                if self.on_board_at is None:
+                    self.on_board_at = time.perf_counter()
             except RequestFailed:
                 pass  # counted; the next poll tries again
             except Exception as exc:  # a bug here must show as an error, not end the device

@@ -358,6 +358,7 @@ def fleet_summary(devices: list[SimulatedDevice], tasks: list[FleetTask] | None)
         "reported": sum(d.reported for d in devices),
         "polled": sum(d.polls > 0 for d in devices),
         "polls": sum(d.polls for d in devices),
+        "on_board": sum(d.on_board_at is not None for d in devices),
         "tasks_completed": sum(len(d.completed) for d in devices),
         "devices_with_a_task": sum(bool(d.completed) for d in devices),
         "tasks": None,

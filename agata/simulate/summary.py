@@ -72,7 +72,7 @@ def render_summary(result: SimulationResult, console: Console | None = None) -> 
         f"requests/s: {s['requests_per_s']} overall, {steady_rate} steady; "
         f"peak in flight {s['peak_in_flight']}, peak connections {sim['peak_connections']}",
         f"devices: {f['started']:,} started, {f['enrolled']:,} enrolled, "
-        f"{f['polled']:,} polled ({f['polls']:,} polls), "
+        f"{f['polled']:,} polled ({f['polls']:,} polls), {f['on_board']:,} on board, "
         f"{f['tasks_completed']:,} task runs completed",
         f"simulator: {sim['cpu_percent']}% of a core ({sim['event_loop']}), event-loop lag "
         f"p99 {_ms(sim['loop_lag_p99_ms'])} ms, max {_ms(sim['loop_lag_max_ms'])} ms",

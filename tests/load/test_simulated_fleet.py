@@ -18,12 +18,18 @@ steady window (after 15 s) are written to the test output.
     come on board, ~8,800 requests in all).
 (b) RabbitMQ (``amqp_url``) + PostgreSQL (a fresh schema of ``pg_url``): the cloud
     scaled out as on ``amqp://`` it is meant to be — task manager, device registry and
-    gateway in a process each — and 2 tasks (~6,900 requests). Every request costs
-    several bus messages there (a report: ~5 ms of cloud CPU, plus RabbitMQ and
-    PostgreSQL): one process serves ~190 requests/s of this mix on 2 cores, three
-    ~270, so bringing 500 devices on board with 4 tasks each (~8,800 requests) does not
-    fit in 30 s on this machine. (Measured while writing this test; see
-    docs/benchmarks.md, "Simulated fleets".)
+    gateway in a process each — and 2 tasks (~6,500 requests). Every request costs
+    several bus messages and PostgreSQL round trips there: the three processes,
+    RabbitMQ, PostgreSQL and the simulator share 2 cores and serve ~250 requests/s of
+    this mix, so the fleet comes on board in ~25 s (reports wait 1-3 s at p50 in the
+    device registry's queue meanwhile) and 4 tasks each (~8,800 requests) would not fit
+    in 30 s on this machine. See docs/benchmarks.md, "Load: the largest fleet".
+
+Both need the machine to themselves, more or less: with other test suites running
+beside them the cloud gets less than a core and the fleet may not come on board in
+time (devices missing tasks). Case (b) also needs a broker of its own: any other cloud
+on the same RabbitMQ vhost consumes the same operation queues (``scripts/test.sh``
+starts private services for each run).
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ import asyncio
 import json
 import random
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -200,6 +201,21 @@ def test_bench_load_refuses_bad_steps() -> None:
     for steps in (",", "500,x", "0,500"):
         result = CliRunner().invoke(_app(), ["bench", "load", "--steps", steps])
         assert result.exit_code == 2, steps
+
+
+def test_bench_load_one_small_step(tmp_path: Path) -> None:
+    """`agata bench load` end to end, small: the fleet comes on board (each device plays
+    its tasks) before the steady window, which then holds only polls."""
+    out = tmp_path / "load.json"
+    args = ["bench", "load", "--steps", "30", "--seconds", "5", "--poll-interval", "1",
+            "--setup-rate", "30", "--tasks", "2", "--json", str(out)]  # fmt: skip
+    result = CliRunner().invoke(_app(), args)
+
+    assert result.exit_code == 0, result.output
+    step = json.loads(out.read_text())["context"]["steps"][0]
+    assert step["ok"] is True, step["why_not"]
+    assert step["on_board"] == 30 and step["errors"] == 0
+    assert list(step["steady_by_operation"]) == ["requesting_task"]
 
 
 def test_bench_load_is_registered() -> None:
