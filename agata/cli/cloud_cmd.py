@@ -88,8 +88,10 @@ def run_cloud(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await node.start()
+        # The token file exists before the gateway answers /healthz, so whoever waits
+        # for the cloud to come up can read it straight away.
         token = node.ensure_operator_token() if "gateway" in services else None
+        await node.start()
         if node.port is not None:
             typer.echo(f"AGATA cloud on {node.url}  (web console: {node.url}/ui/)")
         if token:

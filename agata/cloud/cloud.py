@@ -94,9 +94,13 @@ class CloudNode:
             return None
         token = new_token(OPERATOR_PREFIX)
         self.store.add_operator_token("first operator", hash_token(token))
+        self.data_dir.mkdir(parents=True, exist_ok=True)
         path = self.data_dir / "operator-token"
-        path.write_text(token + "\n")
-        os.chmod(path, 0o600)
+        partial = path.with_name(path.name + ".partial")
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(token + "\n")
+        os.replace(partial, path)  # readers see the whole token or no file
         return token
 
     async def start(self) -> None:
