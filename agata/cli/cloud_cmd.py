@@ -88,10 +88,8 @@ def run_cloud(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        # The token file exists before the gateway answers /healthz, so whoever waits
-        # for the cloud to come up can read it straight away.
-        token = node.ensure_operator_token() if "gateway" in services else None
-        await node.start()
+        await node.start(first_token="gateway" in services)
+        token = node.first_token
         if node.port is not None:
             typer.echo(f"AGATA cloud on {node.url}  (web console: {node.url}/ui/)")
         if token:

@@ -73,6 +73,7 @@ class CloudNode:
         self._server_task: asyncio.Task[None] | None = None
         self._tls: ssl.SSLContext | None = None
         self.port: int | None = None
+        self.first_token: str | None = None
 
     @property
     def store(self) -> Store:
@@ -103,7 +104,10 @@ class CloudNode:
         os.replace(partial, path)  # readers see the whole token or no file
         return token
 
-    async def start(self) -> None:
+    async def start(self, *, first_token: bool = False) -> None:
+        """Start the services; with ``first_token`` create the first operator token
+        (``self.first_token``) once the settings proved usable and before the gateway
+        answers, so whoever waits on ``/healthz`` finds the token file."""
         s = self.settings
         if "gateway" in self.services and s.ssl_certfile is not None:
             self._tls = server_context(s.ssl_certfile, s.ssl_keyfile)  # a bad file stops here
@@ -145,6 +149,8 @@ class CloudNode:
                     rate_burst=s.rate_burst,
                 ),
             )
+            if first_token:
+                self.first_token = self.ensure_operator_token()
             await self._serve(self.app)
 
     async def _serve(self, app: FastAPI) -> None:
