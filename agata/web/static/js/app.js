@@ -36,6 +36,7 @@ const stream = new Stream((status) => {
 
 let current = null; // the page context being shown
 let pendingFlash = null;
+let renderedHash = null; // the hash the page on screen was drawn for
 let signInMessage = null;
 let returnTo = null;
 
@@ -108,6 +109,7 @@ function setNav(active) {
 }
 
 async function render() {
+  renderedHash = location.hash;
   if (current) current.dispose();
   current = null;
   const path = routePath();
@@ -207,5 +209,7 @@ document.getElementById("signout").addEventListener("click", () => {
   signOut("You signed out.", { remember: false });
 });
 
-window.addEventListener("hashchange", render);
+// navigate() to the hash just set draws the page at once; the hashchange that follows
+// must not draw it a second time (that would drop the notice shown with it).
+window.addEventListener("hashchange", () => location.hash !== renderedHash && render());
 render();

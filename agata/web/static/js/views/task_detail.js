@@ -15,6 +15,7 @@ export async function render(ctx) {
   ctx.title(id);
   replace(ctx.container, loading());
 
+  let deleting = false;
   const state = { task: null, metrics: [], logs: [], events: [], devices: { matching: [], states: [] }, source: null };
   [state.task, state.metrics, state.logs, state.events, state.devices] = await Promise.all([
     call("rpc_exec_get_task_by_id", { task_id: id }),
@@ -129,11 +130,13 @@ export async function render(ctx) {
     });
     yes.addEventListener("click", async () => {
       yes.disabled = true;
+      deleting = true; // our own delete: its echo on the stream says nothing new
       try {
         await call("rpc_exec_delete_task", { task_id: id });
         ctx.flash(`Task ${id} deleted.`);
         ctx.navigate("#/tasks");
       } catch (error) {
+        deleting = false;
         replace(actionMsg, alertBox(describe(error)));
       }
     });
@@ -343,6 +346,7 @@ export async function render(ctx) {
       showDevices();
     } catch (error) {
       if (error.status === 404) {
+        if (deleting) return;
         ctx.flash(`Task ${id} no longer exists.`, "warn");
         ctx.navigate("#/tasks");
         return;
@@ -386,6 +390,7 @@ export async function render(ctx) {
   ctx.on("task", (t) => {
     if (t.task_id !== id) return;
     if (t.deleted) {
+      if (deleting) return;
       ctx.flash(`Task ${id} was deleted.`, "warn");
       ctx.navigate("#/tasks");
       return;
