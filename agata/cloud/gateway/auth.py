@@ -12,8 +12,15 @@ from agata.cloud.auth import hash_token
 from agata.errors import AgataError, ErrorCode
 from agata.protocol import operations as ops
 
-#: Seconds a resolved credential is trusted before it is looked up again.
+#: Seconds a resolved operator token is trusted before it is looked up again (a token
+#: revoked with `agata token revoke` stops working after at most this long).
 CACHE_SECONDS = 10.0
+#: The same for a device's credential. Longer than a device's poll interval (10 s by
+#: default), or a fleet would never find its entries; a revocation through the device
+#: registry drops the entry at once on every gateway ("device" notification).
+DEVICE_CACHE_SECONDS = 60.0
+#: Credentials kept at most; past it the expired ones go, then all if still too many.
+CACHE_SIZE = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,9 +71,12 @@ class Authenticator:
             return cached[1]
         found = await self.rpc.call(ops.RESOLVE_CREDENTIAL, {"token_sha256": digest})
         principal = Principal(found["kind"], found.get("name") or found.get("user_id") or "")
-        if len(self._cache) > 10_000:
-            self._cache.clear()
-        self._cache[digest] = (now + CACHE_SECONDS, principal)
+        if len(self._cache) >= CACHE_SIZE:
+            self._cache = {d: entry for d, entry in self._cache.items() if entry[0] > now}
+            if len(self._cache) >= CACHE_SIZE:
+                self._cache.clear()
+        ttl = DEVICE_CACHE_SECONDS if principal.kind == "device" else CACHE_SECONDS
+        self._cache[digest] = (now + ttl, principal)
         return principal
 
     def forget_device(self, user_id: str) -> None:
