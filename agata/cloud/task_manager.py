@@ -8,6 +8,7 @@ a failure of later device requests.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -40,10 +41,17 @@ logger = logging.getLogger(__name__)
 RUNNING_CACHE_SECONDS = 1.0
 #: Seconds a device's attributes are reused for its task requests. A change of the
 #: record (rpc_exec_update_user_info) ends it at once through the registry's "device"
-#: notification; the time bounds it if a notification is lost (a broker outage).
-DEVICE_CACHE_SECONDS = 5.0
+#: notification; the time bounds it if a notification is lost (a broker outage). It
+#: spans several of a device's polls (10 s apart by default): shorter, a real fleet
+#: would never find its entries.
+DEVICE_CACHE_SECONDS = 30.0
 #: Devices whose attributes are kept at most (all are dropped past this).
 DEVICE_CACHE_SIZE = 100_000
+#: A device's polls write its ``last_seen`` at most this often...
+TOUCH_SECONDS = 10.0
+#: ...and the writes of this long go in together, one transaction for the whole fleet
+#: (at the default 10 s poll interval every poll would otherwise be a commit).
+TOUCH_BATCH_SECONDS = 1.0
 
 
 class TaskManager(Service):
@@ -71,6 +79,8 @@ class TaskManager(Service):
         self.criteria = CriteriaCache()
         self._running_cache: tuple[float, list[Task]] | None = None
         self._last_touch: dict[str, float] = {}
+        self._touch_pending: set[str] = set()
+        self._touch_flusher: asyncio.Task[None] | None = None
         self._device_cache: dict[str, tuple[float, dict[str, Any]]] = {}
         self._subscription: Consumer | None = None
         for name, handler in [
@@ -107,6 +117,9 @@ class TaskManager(Service):
 
     async def stop(self) -> None:
         await super().stop()
+        if self._touch_flusher is not None:
+            self._touch_flusher.cancel()
+        self._flush_touches()
         if self._subscription is not None:
             await self._subscription.cancel()
         await self.server_tasks.stop_all()
@@ -147,6 +160,22 @@ class TaskManager(Service):
             self._device_cache.clear()
         self._device_cache[user_id] = (now + DEVICE_CACHE_SECONDS, attributes)
         return attributes
+
+    async def _flush_touches_soon(self) -> None:
+        await asyncio.sleep(TOUCH_BATCH_SECONDS)
+        self._flush_touches()
+
+    def _flush_touches(self) -> None:
+        """Write the pending ``last_seen`` of polling devices in one transaction."""
+        ids, self._touch_pending = self._touch_pending, set()
+        if not ids:
+            return
+        try:
+            self.store.touch_devices(ids)
+        except Exception as exc:  # advisory: these devices' next polls try again
+            for user_id in ids:
+                self._last_touch.pop(user_id, None)
+            logger.warning("could not record that %d device(s) polled: %s", len(ids), exc)
 
     def _changed(self) -> None:
         self._running_cache = None
@@ -307,9 +336,11 @@ class TaskManager(Service):
         """The running tasks whose selection criteria this device meets."""
         attributes = self._device_attributes(req.user_id)
         now = time.monotonic()
-        if now - self._last_touch.get(req.user_id, 0.0) > 10:
+        if now - self._last_touch.get(req.user_id, -TOUCH_SECONDS) >= TOUCH_SECONDS:
             self._last_touch[req.user_id] = now
-            self.store.touch_device(req.user_id)
+            self._touch_pending.add(req.user_id)
+            if self._touch_flusher is None or self._touch_flusher.done():
+                self._touch_flusher = asyncio.create_task(self._flush_touches_soon())
         return [
             offer_view(task, legacy=self.legacy_devices)
             for task in self._running_tasks()

@@ -536,6 +536,18 @@ class SqlStore(Store):
     def touch_device(self, user_id: str) -> None:
         self._update_device("touch_device", user_id, {"last_seen": _now()})
 
+    def touch_devices(self, user_ids: Iterable[str]) -> int:
+        ids = sorted(set(user_ids))  # one order for every writer: no lock-order deadlocks
+        now, updated = _now(), 0
+        with self._tx("touch_devices", write=True) as conn:
+            for start in range(0, len(ids), 500):  # well under any bound-parameter limit
+                chunk = ids[start : start + 500]
+                result = conn.execute(
+                    update(t.devices).where(t.devices.c.user_id.in_(chunk)).values(last_seen=now)
+                )
+                updated += result.rowcount or 0
+        return updated
+
     def set_device_credential(self, user_id: str, credential_hash: str | None) -> None:
         if credential_hash is not None:
             v.ident("credential_hash", credential_hash)

@@ -337,6 +337,11 @@ class Store(abc.ABC):
         """Set ``last_seen`` to now; ``NOT_FOUND`` if the id is unknown."""
 
     @abc.abstractmethod
+    def touch_devices(self, user_ids: Iterable[str]) -> int:
+        """Set ``last_seen`` to now for these devices, in one transaction; unknown ids
+        are skipped. Returns how many were updated."""
+
+    @abc.abstractmethod
     def find_device_by_credential_hash(self, credential_hash: str) -> str | None:
         """The user id of the device holding a credential with this hash, else ``None``."""
 

@@ -378,6 +378,20 @@ class TestStoreConformance:
 
         assert [(d.user_id, d.sensors) for d in devices] == [("a", {"y", "z"}), ("b", {"x"})]
 
+    def test_touch_devices_in_one_go_skips_unknown_ids(self, store: Store) -> None:
+        ids = [f"d{n:04d}" for n in range(1203)]  # more than one chunk of 500
+        for user_id in ids:
+            store.upsert_device(user_id)
+        before = {d.user_id: d.last_seen for d in store.list_devices()}
+
+        updated = store.touch_devices([*ids[:1201], "nope", ids[0]])
+
+        after = {d.user_id: d.last_seen for d in store.list_devices()}
+        assert updated == 1201
+        assert all(after[u] > before[u] for u in ids[:1201])
+        assert all(after[u] == before[u] for u in ids[1201:])
+        assert store.touch_devices([]) == 0
+
     def test_touch_and_credential(self, store: Store) -> None:
         before = store.upsert_device("d1")
 
