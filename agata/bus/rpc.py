@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from agata.bus.bus import EVENTS_QUEUE, Bus
-from agata.bus.envelope import decode_reply, encode, event_body
+from agata.bus.envelope import decode_reply, encode, event_body, reply_value_json
 
 
 class RpcClient:
@@ -29,14 +29,30 @@ class RpcClient:
         payload: Mapping[str, Any] | BaseModel | None = None,
         timeout: float | None = None,
     ) -> Any:
+        return decode_reply(await self._request(operation, payload, timeout), operation)
+
+    async def call_json(
+        self,
+        operation: str,
+        payload: Mapping[str, Any] | BaseModel | None = None,
+        timeout: float | None = None,
+    ) -> bytes:
+        """Like :meth:`call`, but the value comes as JSON text (to pass on as it is)."""
+        return reply_value_json(await self._request(operation, payload, timeout), operation)
+
+    async def _request(
+        self,
+        operation: str,
+        payload: Mapping[str, Any] | BaseModel | None,
+        timeout: float | None,
+    ) -> bytes:
         if isinstance(payload, BaseModel):
             data: Any = payload.model_dump(mode="json", exclude_none=True)
         else:
             data = dict(payload or {})
-        body = await self.bus.request(
+        return await self.bus.request(
             operation, encode(data), timeout=self.timeout if timeout is None else timeout
         )
-        return decode_reply(body, operation)
 
     async def publish_event(self, function: str, event: str, **extra: Any) -> None:
         """Publish ``{"time", "service", "function", "event", **extra}`` to ``events``."""

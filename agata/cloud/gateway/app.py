@@ -437,7 +437,7 @@ def _operation_route(
         if operation in DEVICE_OPERATIONS:
             _check_device_access(principal, str(getattr(body, "user_id", "")), legacy)
         payload = body.model_dump(mode="json", exclude_unset=True)
-        return JSONResponse(await rpc.call(operation, payload))
+        return Response(await rpc.call_json(operation, payload), media_type="application/json")
 
     # The body's model is the operation's (a real class, not a postponed annotation).
     call_operation.__annotations__ = {"body": model, "principal": Principal, "return": Response}

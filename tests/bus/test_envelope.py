@@ -1,0 +1,50 @@
+"""Replies as the gateway passes them on: our own encoding sliced, any other re-encoded."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from agata.bus.envelope import encode_failure, encode_success, reply_value_json
+from agata.errors import AgataError, ErrorCode
+
+
+@pytest.mark.parametrize(
+    "value",
+    [None, 0, "é ünïcode", [], {"tasks": [{"task_id": "t1", "port": 8080}]}, [1.5, True]],
+)
+def test_our_replies_hand_over_the_value_as_it_was_encoded(value: object) -> None:
+    body = encode_success(value)
+
+    raw = reply_value_json(body, "op")
+
+    assert json.loads(raw) == value
+    assert body == b'{"status_code":200,"return":' + raw + b"}"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        # an original service: json.dumps with its default separators
+        b'{"status_code": 200, "return": {"a": [1, 2]}}',
+        # compact, but with a key after "return": slicing would hand over broken JSON
+        b'{"status_code":200,"return":{"a":[1,2]},"extra":"x"}',
+        # keys the other way round
+        b'{"return":{"a":[1,2]},"status_code":200}',
+    ],
+)
+def test_other_replies_are_encoded_again(body: bytes) -> None:
+    assert json.loads(reply_value_json(body, "op")) == {"a": [1, 2]}
+
+
+def test_failures_and_malformed_replies_raise() -> None:
+    with pytest.raises(AgataError) as failed:
+        reply_value_json(encode_failure(AgataError(ErrorCode.NOT_FOUND, "no task t9")), "op")
+    with pytest.raises(AgataError) as malformed:
+        reply_value_json(b'["status_code", 200]', "op")
+
+    assert (failed.value.status_code, failed.value.message) == (404, "no task t9")
+    assert (
+        malformed.value.status_code == 500 and "malformed reply to 'op'" in malformed.value.message
+    )
