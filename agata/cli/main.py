@@ -50,6 +50,9 @@ def setup_logging(level: str = "INFO") -> None:
         # would add a traceback and one ERROR per channel and per attempt.
         logging.getLogger("aiormq").setLevel(logging.CRITICAL)
         logging.getLogger("aio_pika.tools").setLevel(logging.CRITICAL)
+        # httpx logs every request at INFO: an agent would write a line per poll (every
+        # 10 s, for ever) and one per downloaded file. Failures are logged by agata.edge.
+        logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 @app.command()
