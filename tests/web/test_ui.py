@@ -223,6 +223,7 @@ async def test_stop_a_held_task_then_edit_and_delete_it(
     # Assert: gone
     await expect(page).to_have_url(f"{cloud.node.url}/ui/#/tasks")
     await expect(page.locator(".flash")).to_contain_text("Task held deleted")
+    await snap(page, screenshots_dir, "12-task-deleted")
     await expect(page.locator('tr[data-task="held"]')).to_have_count(0)
     response = await cloud.op("rpc_exec_get_task_by_id", {"task_id": "held"})
     assert response.status_code == 404
