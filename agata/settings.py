@@ -78,6 +78,13 @@ class Settings(BaseModel):
     rate_burst: float = Field(
         0.0, ge=0, description="requests at once per address; 0: twice the rate, at least 10"
     )
+    max_connections: int = Field(
+        10_000,
+        ge=16,
+        le=1_000_000,
+        description="connections the gateway holds at once (every agent keeps one open "
+        "for its event stream); 503 beyond",
+    )
 
     # -- edge
     cloud_url: str = "http://127.0.0.1:8000"

@@ -59,6 +59,13 @@ def run_cloud(
         float | None,
         typer.Option("--rate-burst", help="requests at once per address (0: 2x rate, >= 10)"),
     ] = None,
+    max_connections: Annotated[
+        int | None,
+        typer.Option(
+            "--max-connections",
+            help="connections held at once, 503 beyond (each agent keeps one open)",
+        ),
+    ] = None,
 ) -> None:
     """Start the cloud services and the HTTP gateway in this process."""
     from agata.cli.main import setup_logging
@@ -76,6 +83,7 @@ def run_cloud(
         ssl_keyfile=ssl_keyfile,
         rate_limit=rate_limit,
         rate_burst=rate_burst,
+        max_connections=max_connections,
     )
     setup_logging(settings.log_level)
     services = tuple(service or SERVICES)

@@ -28,7 +28,7 @@ from agata.cloud.bundles import BundleStore
 from agata.cloud.device_registry import DeviceRegistry
 from agata.cloud.events import EventRecorder
 from agata.cloud.gateway import GatewayConfig, create_gateway
-from agata.cloud.gateway.limits import guarded_http_protocol
+from agata.cloud.gateway.limits import guarded_http_protocol, make_room_for_connections
 from agata.cloud.notifier import Notifier
 from agata.cloud.task_manager import TaskManager
 from agata.errors import AgataError, ErrorCode
@@ -180,12 +180,21 @@ class CloudNode:
                 "ssl_keyfile": s.ssl_keyfile,
                 "ssl_context_factory": lambda _config, _default: context,  # loaded in start()
             }
+        held = make_room_for_connections(s.max_connections)
+        if held < s.max_connections:
+            logger.warning(
+                "the open-file limit lets the gateway hold about %d connections, fewer than "
+                "max_connections (%d): past it the oldest idle connections are closed; "
+                "raise the limit (ulimit -n, or LimitNOFILE= in a systemd unit)",
+                held,
+                s.max_connections,
+            )
         config = uvicorn.Config(
             app,
             log_level="warning",
             access_log=False,
             timeout_keep_alive=5,
-            limit_concurrency=1000,
+            limit_concurrency=s.max_connections,
             timeout_graceful_shutdown=3,
             h11_max_incomplete_event_size=64 * 1024,
             http=guarded_http_protocol(),  # head deadline and size cap (slow loris)

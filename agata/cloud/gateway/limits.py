@@ -37,8 +37,27 @@ HEAD_TIMEOUT_SECONDS = 10.0
 MAX_HEAD_BYTES = 64 * 1024
 #: Seconds a refused connection still reads (and drops) what the client sends.
 LINGER_SECONDS = 1.0
-#: Connections the process may hold: its open-file limit less room for everything else.
-OPEN_FILES = max(64, resource.getrlimit(resource.RLIMIT_NOFILE)[0] - 64)
+#: Open files kept for everything but connections (database, logs, task pipes, bundles).
+FILE_ROOM = 256
+
+
+def open_files_for_connections() -> int:
+    """Connections the process may hold: its open-file limit less :data:`FILE_ROOM`."""
+    return max(64, resource.getrlimit(resource.RLIMIT_NOFILE)[0] - FILE_ROOM)
+
+
+def make_room_for_connections(connections: int) -> int:
+    """Raise the process's soft open-file limit (up to its hard limit) so that it holds
+    ``connections`` besides :data:`FILE_ROOM`; return how many connections it now holds."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = connections + FILE_ROOM
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            pass  # keep the soft limit; the caller says what it allows
+    return open_files_for_connections()
 
 
 def _json_error(status: int, detail: str, headers: dict[str, str] | None = None) -> Any:
@@ -202,7 +221,8 @@ def guarded_http_protocol(
             self._make_room()
 
         def _make_room(self) -> None:
-            limit = min(self.limit_concurrency or OPEN_FILES, OPEN_FILES)
+            files = open_files_for_connections()
+            limit = min(self.limit_concurrency or files, files)
             excess = len(self.connections) - (limit - max(1, limit // 10))
             for oldest in list(waiting_heads)[: max(0, excess)]:
                 if oldest is not self:
