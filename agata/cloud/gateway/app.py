@@ -243,7 +243,16 @@ def create_gateway(bus: Bus, config: GatewayConfig) -> FastAPI:
                 return True
             return kind == "quarantine_cleared" and message.get("user_id") == user_id
 
-        return _sse(hub.events(accepts))
+        def revoked(message: dict[str, Any]) -> bool:
+            # The credential that opened this stream no longer holds: end it (the agent's
+            # reconnection then gets a 401). An operator's view of it ends too.
+            return (
+                message.get("kind") == "device"
+                and message.get("revoked") is True
+                and message.get("user_id") == user_id
+            )
+
+        return _sse(hub.events(accepts, ends=revoked))
 
     # -- operator stream -------------------------------------------------------------
 

@@ -14,8 +14,17 @@ from agata.protocol.operations import NOTIFICATIONS_TOPIC
 logger = logging.getLogger(__name__)
 
 KEEPALIVE_SECONDS = 15.0
-CLOSE = "__close__"
 Filter = Callable[[dict[str, Any]], bool]
+
+
+def _never(_message: dict[str, Any]) -> bool:
+    return False
+
+
+def sse_text(message: dict[str, Any]) -> str:
+    """One notification as an SSE event: its ``kind`` names the event."""
+    data = {k: v for k, v in message.items() if k != "kind"}
+    return f"event: {message.get('kind', 'message')}\ndata: {json.dumps(data)}\n\n"
 
 
 class StreamHub:
@@ -23,7 +32,8 @@ class StreamHub:
 
     def __init__(self, bus: Bus) -> None:
         self.bus = bus
-        self._clients: dict[asyncio.Queue[dict[str, Any]], Filter] = {}
+        # a client's queue of SSE texts (None: end the stream) -> (accepts, ends)
+        self._clients: dict[asyncio.Queue[str | None], tuple[Filter, Filter]] = {}
         self._subscription: Consumer | None = None
         self._closed = asyncio.Event()
         #: Called with every notification (before the clients get it); must not raise.
@@ -35,15 +45,19 @@ class StreamHub:
     async def stop(self) -> None:
         self._closed.set()
         for queue in list(self._clients):
-            if queue.full():
-                queue.get_nowait()
-            queue.put_nowait({"kind": CLOSE})
+            self._end(queue)
         if self._subscription is not None:
             await self._subscription.cancel()
 
     @property
     def client_count(self) -> int:
         return len(self._clients)
+
+    @staticmethod
+    def _end(queue: asyncio.Queue[str | None]) -> None:
+        if queue.full():
+            queue.get_nowait()
+        queue.put_nowait(None)
 
     async def _on_message(self, delivery: Delivery) -> None:
         try:
@@ -56,28 +70,33 @@ class StreamHub:
             listener(message)
         if message.get("kind") == "stop_task":
             return None
-        for queue, accepts in list(self._clients.items()):
-            if accepts(message):
+        text: str | None = None  # made once, shared by every client that takes it
+        for queue, (accepts, ends) in list(self._clients.items()):
+            if ends(message):
+                self._end(queue)
+            elif accepts(message):
+                if text is None:
+                    text = sse_text(message)
                 if queue.full():
                     queue.get_nowait()  # a slow client loses the oldest message
-                queue.put_nowait(message)
+                queue.put_nowait(text)
         return None
 
-    async def events(self, accepts: Filter) -> AsyncIterator[str]:
-        """SSE text for one client until it disconnects or the hub stops."""
-        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=1000)
-        self._clients[queue] = accepts
+    async def events(self, accepts: Filter, ends: Filter = _never) -> AsyncIterator[str]:
+        """SSE text for one client: the notifications ``accepts`` takes, until the client
+        disconnects, the hub stops or a notification ``ends`` takes arrives."""
+        queue: asyncio.Queue[str | None] = asyncio.Queue(maxsize=1000)
+        self._clients[queue] = (accepts, ends)
         try:
             yield ": connected\n\n"
             while not self._closed.is_set():
                 try:
-                    message = await asyncio.wait_for(queue.get(), KEEPALIVE_SECONDS)
+                    text = await asyncio.wait_for(queue.get(), KEEPALIVE_SECONDS)
                 except TimeoutError:
                     yield ": keepalive\n\n"
                     continue
-                kind = message.pop("kind", "message")
-                if kind == CLOSE:
+                if text is None:
                     return
-                yield f"event: {kind}\ndata: {json.dumps(message)}\n\n"
+                yield text
         finally:
             self._clients.pop(queue, None)
