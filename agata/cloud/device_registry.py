@@ -167,7 +167,13 @@ class DeviceRegistry(Service):
             )
         credential = new_token(DEVICE_PREFIX)
         self.store.upsert_device(req.user_id)
-        self.store.set_device_credential(req.user_id, hash_token(credential))
+        # The check above answers most callers; this one decides between two enrollments
+        # of a new id arriving at once on different replicas.
+        if not self.store.claim_device_credential(req.user_id, hash_token(credential)):
+            raise AgataError(
+                ErrorCode.CONFLICT,
+                f"device {req.user_id} was enrolled by another request just now",
+            )
         self.event(ops.ENROLL_DEVICE, "Device enrolled", user_id=req.user_id)
         return {"user_id": req.user_id, "credential": credential}
 

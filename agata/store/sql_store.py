@@ -553,6 +553,22 @@ class SqlStore(Store):
             v.ident("credential_hash", credential_hash)
         self._update_device("set_device_credential", user_id, {"credential_hash": credential_hash})
 
+    def claim_device_credential(self, user_id: str, credential_hash: str) -> bool:
+        v.ident("credential_hash", credential_hash)
+        devices = t.devices.c
+        with self._tx("claim_device_credential", write=True) as conn:
+            claimed = conn.execute(
+                update(t.devices)
+                .where(devices.user_id == user_id, devices.credential_hash.is_(None))
+                .values(credential_hash=credential_hash)
+                .returning(devices.user_id)
+            ).first()
+            if claimed is not None:
+                return True
+            if conn.execute(select(devices.user_id).where(devices.user_id == user_id)).first():
+                return False
+            raise not_found(f"device {user_id!r} not found")
+
     @staticmethod
     def _device_task(r: Row[Any]) -> DeviceTaskState:
         return DeviceTaskState(

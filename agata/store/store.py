@@ -350,6 +350,12 @@ class Store(abc.ABC):
         """Store (or with ``None`` remove) the hash of a device's credential."""
 
     @abc.abstractmethod
+    def claim_device_credential(self, user_id: str, credential_hash: str) -> bool:
+        """Give a device its credential's hash only if it holds none, in one statement
+        (two enrollments of one id, on any replicas, cannot both win); ``False`` when it
+        already holds one. ``NOT_FOUND`` if the id is unknown."""
+
+    @abc.abstractmethod
     def set_device_task_status(
         self, user_id: str, task_id: str, status: DeviceTaskStatus | str, reason: str = ""
     ) -> DeviceTaskState:

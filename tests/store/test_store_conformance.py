@@ -392,6 +392,20 @@ class TestStoreConformance:
         assert all(after[u] == before[u] for u in ids[1201:])
         assert store.touch_devices([]) == 0
 
+    def test_a_credential_is_claimed_once(self, store: Store) -> None:
+        store.upsert_device("d1")
+
+        first = store.claim_device_credential("d1", "hash-a")
+        second = store.claim_device_credential("d1", "hash-b")
+        kept = store.get_device("d1").credential_hash
+        store.set_device_credential("d1", None)  # revoked: free again
+        after_revoke = store.claim_device_credential("d1", "hash-c")
+
+        assert (first, second, kept, after_revoke) == (True, False, "hash-a", True)
+        with pytest.raises(AgataError) as unknown:
+            store.claim_device_credential("nope", "hash-d")
+        assert unknown.value.code is ErrorCode.NOT_FOUND
+
     def test_touch_and_credential(self, store: Store) -> None:
         before = store.upsert_device("d1")
 
