@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import socket
 import ssl
 from collections.abc import Iterable
@@ -32,6 +31,7 @@ from agata.cloud.gateway.limits import guarded_http_protocol, make_room_for_conn
 from agata.cloud.notifier import Notifier
 from agata.cloud.task_manager import TaskManager
 from agata.errors import AgataError, ErrorCode
+from agata.files import write_private_file
 from agata.settings import Settings
 from agata.store.store import Store
 from agata.store.store_factory import create_store
@@ -95,13 +95,7 @@ class CloudNode:
             return None
         token = new_token(OPERATOR_PREFIX)
         self.store.add_operator_token("first operator", hash_token(token))
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        path = self.data_dir / "operator-token"
-        partial = path.with_name(path.name + ".partial")
-        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write(token + "\n")
-        os.replace(partial, path)  # readers see the whole token or no file
+        write_private_file(self.data_dir / "operator-token", token + "\n")
         return token
 
     async def start(self, *, first_token: bool = False) -> None:

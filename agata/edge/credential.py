@@ -9,14 +9,13 @@ the agent's user may read it.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
 from pathlib import Path
 
 from agata.edge.cloud_client import CloudClient
 from agata.errors import AgataError, ErrorCode
+from agata.files import write_private_file
 
 __all__ = ["credential_path", "enroll_device", "load_credential", "save_credential"]
 
@@ -55,17 +54,7 @@ def load_credential(data_dir: Path, user_id: str | None = None) -> str | None:
 def save_credential(data_dir: Path, user_id: str, credential: str) -> Path:
     """Write the credential file atomically, readable by its owner only (0600)."""
     path = credential_path(data_dir)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with contextlib.suppress(FileNotFoundError):
-        temporary.unlink()
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as out:
-        json.dump({"user_id": user_id, "credential": credential}, out)
-        out.flush()
-        os.fsync(out.fileno())
-    os.chmod(temporary, 0o600)  # whatever the umask said
-    os.replace(temporary, path)
+    write_private_file(path, json.dumps({"user_id": user_id, "credential": credential}))
     return path
 
 
