@@ -43,7 +43,7 @@ def encode_failure(error: AgataError) -> bytes:
 
 def decode_reply(body: bytes, operation: str) -> Any:
     """Return the reply's value or raise the AgataError it carries."""
-    return _value(_parse_reply(body, operation), operation)
+    return _value(*_parse_reply(body, operation), operation)
 
 
 #: How :func:`encode_success` begins (compact separators, ``status_code`` first).
@@ -57,27 +57,26 @@ def reply_value_json(body: bytes, operation: str) -> bytes:
     bytes as they are, which saves encoding the value again (the HTTP gateway's case);
     a reply of any other shape, e.g. from an original service, is encoded afresh.
     """
-    reply = _parse_reply(body, operation)
-    value = _value(reply, operation)
-    if len(reply) == 2 and body.startswith(_SUCCESS_HEAD) and body.endswith(b"}"):
+    status, fields = _parse_reply(body, operation)
+    value = _value(status, fields, operation)
+    if len(fields) == 2 and body.startswith(_SUCCESS_HEAD) and body.endswith(b"}"):
         return body[len(_SUCCESS_HEAD) : -1]
     return encode(value)
 
 
-def _parse_reply(body: bytes, operation: str) -> dict[str, Any]:
+def _parse_reply(body: bytes, operation: str) -> tuple[int, dict[str, Any]]:
+    """The reply's status code and object; INTERNAL when it is not a reply."""
     try:
         reply = json.loads(body)
-        int(reply["status_code"])
+        return int(reply["status_code"]), reply
     except (ValueError, TypeError, KeyError) as exc:
         raise AgataError(ErrorCode.INTERNAL, f"malformed reply to {operation!r}: {exc}") from None
-    return reply
 
 
-def _value(reply: dict[str, Any], operation: str) -> Any:
-    status = int(reply["status_code"])
+def _value(status: int, fields: dict[str, Any], operation: str) -> Any:
     if status == 200:
-        return reply.get("return")
-    message = reply.get("exception")
+        return fields.get("return")
+    message = fields.get("exception")
     raise AgataError(status, str(message) if message is not None else f"{operation} failed")
 
 
