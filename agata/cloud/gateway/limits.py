@@ -209,6 +209,8 @@ def guarded_http_protocol(
 
     # Connections waiting for a request head, oldest first (one server per class).
     waiting_heads: dict[Any, None] = {}
+    # The open-file limit is set before the server is made (make_room_for_connections).
+    files = open_files_for_connections()
 
     class GuardedHttpProtocol(base):
         _head_timer: asyncio.TimerHandle | None = None
@@ -221,7 +223,6 @@ def guarded_http_protocol(
             self._make_room()
 
         def _make_room(self) -> None:
-            files = open_files_for_connections()
             limit = min(self.limit_concurrency or files, files)
             excess = len(self.connections) - (limit - max(1, limit // 10))
             for oldest in list(waiting_heads)[: max(0, excess)]:
