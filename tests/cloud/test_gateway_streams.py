@@ -8,7 +8,7 @@ import contextlib
 from collections.abc import AsyncIterator
 
 import httpx
-from cloud_harness import Cloud
+from cloud_harness import Cloud, create_bundle_task
 
 from cloud.test_gateway import enroll
 
@@ -53,9 +53,7 @@ async def test_every_client_gets_the_event_under_its_own_name(cloud: Cloud) -> N
         stream(cloud, "/api/stream", cloud.token) as second,
         stream(cloud, "/api/devices/pi-20/stream", credential) as device,
     ):
-        body = {"task_id": "t1", "host": "127.0.0.1", "port": 8080, "username": "u",
-                "password": "p", "files_paths": []}  # fmt: skip
-        assert (await cloud.op("rpc_exec_create_task", body)).status_code == 200
+        await create_bundle_task(cloud, "t1")
 
         # Before, the first reader took the name off the shared message: the others got
         # "message", which the web console (listening for "task") never saw.
@@ -75,9 +73,7 @@ async def test_a_devices_stream_ends_when_its_credential_is_revoked(cloud: Cloud
         assert response.status_code == 200
 
         ended = await asyncio.wait_for(revoked.get(), 5)
-        body = {"task_id": "t2", "host": "127.0.0.1", "port": 8080, "username": "u",
-                "password": "p", "files_paths": []}  # fmt: skip
-        assert (await cloud.op("rpc_exec_create_task", body)).status_code == 200
+        await create_bundle_task(cloud, "t2")
         still = await next_name(kept, "task")
 
     assert ended == ""  # the server closed it
