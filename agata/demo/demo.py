@@ -23,27 +23,23 @@ from agata.demo.harness import Lab
 from agata.demo.processes import cancel_on_signals, marked_environment
 from agata.demo.timings import EXP1_STEPS, format_seconds
 
-#: Targets of issue 5 (p50 on this machine kind); the demo shows one cold sample.
-STEP_TARGETS_MEMORY = {"register": 0.005, "start_cloud": 0.005, "update_device": 0.005,
-                       "request": 0.005, "download": 0.005, "start_device": 0.010}  # fmt: skip
-STEP_TARGETS_AMQP = {**{k: 0.015 for k in STEP_TARGETS_MEMORY}, "start_device": 0.010}
+#: The whole demo should end within this on a machine of this kind (3 rounds, 2 clients).
 DEMO_TARGET_SECONDS = 30.0
 
+#: What the demo says about its step times. Each is ONE cold sample: the first request on
+#: a fresh connection, imports on first use, Flower starting on both cores. A single
+#: cold sample supports no verdict against a p50 target, so the demo gives none.
+COLD_SAMPLE_NOTE = (
+    "Each time is one cold sample (first calls, while Flower starts on both cores), "
+    "shown as measured. Step targets are medians of warm samples: "
+    "`agata bench cloud` (steps 1-5) and `agata bench edge` (step 6, dispatch) measure them."
+)
 
-def step_targets(bus_url: str) -> dict[str, float]:
-    return STEP_TARGETS_AMQP if bus_url.startswith("amqp") else STEP_TARGETS_MEMORY
 
-
-def demo_json(result: RunResult, wall: float, bus_url: str) -> dict[str, Any]:
-    """The demo's JSON: the run's figures, each step with its target."""
+def demo_json(result: RunResult, wall: float) -> dict[str, Any]:
+    """The demo's JSON: the run's figures (``steps``: one cold sample each, no verdict)."""
     data = result.to_json()
-    targets = step_targets(bus_url)
-    for step in data["steps"]:
-        target = targets.get(step["key"])
-        step["target_seconds"] = target
-        step["within_target"] = (
-            None if target is None or step["seconds"] is None else step["seconds"] <= target
-        )
+    data["samples_per_step"] = 1
     data["finished"] = result.ok and result.cloud_state.get(result.task_ids["task"]) == "finished"
     data["demo_wall_seconds"] = wall
     data["demo_target_seconds"] = DEMO_TARGET_SECONDS
@@ -52,24 +48,20 @@ def demo_json(result: RunResult, wall: float, bus_url: str) -> dict[str, Any]:
 
 
 def render_table(console: Console, data: dict[str, Any]) -> None:
+    """The step times as measured (one cold sample each), the accuracy, the wall time.
+
+    The only verdict is on the whole demo's wall time, which is a single figure by
+    nature; the steps get none (see :data:`COLD_SAMPLE_NOTE`).
+    """
     table = Table(title="experiment 1: timed steps (one cold run)", title_justify="left")
     table.add_column("#", justify="right")
     table.add_column("step")
-    table.add_column("time", justify="right")
-    table.add_column("target (p50)", justify="right")
-    table.add_column("")
+    table.add_column("measured (1 cold sample)", justify="right")
     numbered = {s.key: str(i) for i, s in enumerate(EXP1_STEPS, 1)}
     for step in data["steps"]:
-        target = step.get("target_seconds")
-        mark = {True: "[green]ok[/]", False: "[yellow]over[/]", None: ""}[step["within_target"]]
-        table.add_row(
-            numbered.get(step["key"], "-"),
-            step["name"],
-            format_seconds(step["seconds"]),
-            "" if target is None else f"<= {format_seconds(target)}",
-            mark,
-        )
+        table.add_row(numbered.get(step["key"], "-"), step["name"], format_seconds(step["seconds"]))
     console.print(table)
+    console.print(f"[dim]{COLD_SAMPLE_NOTE}[/]")
     acc = data.get("accuracy")
     wall = data["demo_wall_seconds"]
     verdict = "[green]ok[/]" if wall <= DEMO_TARGET_SECONDS else "[yellow]over[/]"
@@ -79,10 +71,6 @@ def render_table(console: Console, data: dict[str, Any]) -> None:
         else "final accuracy: n/a"
     )
     console.print(f"whole demo: {wall:.1f} s (target <= {DEMO_TARGET_SECONDS:g} s) {verdict}")
-    console.print(
-        "[dim]Single cold samples while Flower starts on both cores; "
-        "`agata bench` measures the p50 of each step.[/]"
-    )
 
 
 def run_demo(
@@ -108,7 +96,7 @@ def run_demo(
         status.update(message)
 
     def report(result: RunResult) -> dict[str, Any]:
-        data = demo_json(result, time.monotonic() - started, options.bus_url)
+        data = demo_json(result, time.monotonic() - started)
         outcome["data"] = data
         if result.error:
             console.print(f"[red]the demo failed:[/] {result.error}")
