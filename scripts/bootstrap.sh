@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Make the repository's virtual environment ready: .venv with Python >= 3.11 and
-# `pip install -e '.[flower,postgres,dev]'`.
+# `pip install -e '.[cloud,flower,postgres,plots,dev]'`.
 #
 # Idempotent and quick when nothing changed: a stamp file in .venv holds the sha256 of
 # pyproject.toml (and the Python version); while it matches and `import agata` works,
@@ -99,10 +99,10 @@ agata_bootstrap() (
         return 0
     fi
 
-    say "pip install -e '.[flower,postgres,dev]' (log: $log) ..."
+    say "pip install -e '.[cloud,flower,postgres,plots,dev]' (log: $log) ..."
     local started=$SECONDS
     if ! (cd "$repo" && PIP_DISABLE_PIP_VERSION_CHECK=1 "$venv/bin/python" -m pip install \
-        --quiet --no-input -e '.[flower,postgres,dev]') >"$log" 2>&1; then
+        --quiet --no-input -e '.[cloud,flower,postgres,plots,dev]') >"$log" 2>&1; then
         say "pip install FAILED; last lines of $log:"
         tail -n 40 "$log" >&2
         rm -f "$stamp_file"

@@ -5,7 +5,9 @@
 #   bash scripts/test.sh -k bus -x       # extra arguments go to pytest
 #
 # Steps: bootstrap .venv -> start private RabbitMQ + PostgreSQL (scripts/services.sh) ->
-# ruff check -> ruff format --check -> mypy -> pytest. Every step runs even when an
+# ruff check -> ruff format --check -> mypy -> pytest -> the wheel (scripts/wheel-check.sh:
+# build it, install it in fresh venvs in an empty folder, run `agata demo` there, check
+# the edge-only install). Every step runs even when an
 # earlier one failed; the exit code is non-zero when any failed. pytest collecting no
 # test (its exit code 5) is a failure too. The services are stopped on every exit.
 #
@@ -15,6 +17,7 @@
 #   AGATA_SERVICES_DIR      services' state folder (default: a fresh one per run, so
 #                           parallel runs never share or stop each other's services)
 #   AGATA_TEST_SKIP_LINT=1  skip ruff and mypy (a local shortcut; CI never sets it)
+#   AGATA_TEST_SKIP_WHEEL=1 skip the wheel step (a local shortcut; CI never sets it)
 set -uo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
@@ -126,8 +129,15 @@ else
     record pytest "$PYTEST_RC"
 fi
 
-# 5. Summary (the services are stopped by the EXIT trap).
+# 5. The product as installed from its wheel, outside the checkout.
 stop_services
+if [ "${AGATA_TEST_SKIP_WHEEL:-0}" = 1 ]; then
+    echo "AGATA_TEST_SKIP_WHEEL=1: the wheel step skipped"
+else
+    run_step "wheel" wheel.txt bash "$REPO/scripts/wheel-check.sh" "$VENV/bin/python"
+fi
+
+# 6. Summary.
 banner "summary"
 for i in "${!STEP_NAMES[@]}"; do
     printf '  %-22s %s\n' "${STEP_NAMES[$i]}" "${STEP_RESULTS[$i]}"

@@ -40,6 +40,8 @@ def demo(
 ) -> None:
     """Experiment 1 on this machine: cloud, task, edge agent, two Flower clients."""
     from agata.cli.main import setup_logging
+
+    _require_demo_extras("agata demo", own_task=task_dir is not None)
     from agata.demo.demo import run_demo
 
     setup_logging("WARNING")
@@ -81,6 +83,7 @@ def experiment(
 
     if name not in EXPERIMENTS:
         raise typer.BadParameter(f"choose exp1 or exp2, not {name!r}")
+    _require_demo_extras(f"agata experiment {name}", own_task=False)
     setup_logging("WARNING")
     console = Console(highlight=False)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -121,6 +124,20 @@ def experiment(
     failed = [r for r in results if not r.ok]
     if failed:
         raise typer.Exit(1)
+
+
+def _require_demo_extras(command: str, *, own_task: bool) -> None:
+    """Stop with one clear line when the cloud (or, for the example tasks, Flower) is not
+    installed: the task processes would otherwise fail one by one with a traceback."""
+    from agata.cli.extras import require_modules
+
+    modules = ["fastapi", "uvicorn", "sqlalchemy"]
+    if not own_task:
+        modules += ["flwr", "sklearn"]
+    problem = require_modules(command, *modules)
+    if problem is not None:
+        typer.secho(f"error: {problem}", err=True, fg="red")
+        raise typer.Exit(2)
 
 
 def bench_all(

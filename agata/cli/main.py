@@ -13,6 +13,7 @@ from agata import __version__
 from agata.cli.cloud_cmd import cloud_app, token_app
 from agata.cli.demo_cmd import register as register_demo
 from agata.cli.edge_cmd import device_app, edge_app
+from agata.cli.extras import install_hint, missing_extra
 from agata.cli.simulate_cmd import register as register_simulate
 from agata.errors import AgataError
 
@@ -86,4 +87,15 @@ def main() -> None:
         app()
     except AgataError as exc:
         typer.secho(f"error: {exc.message}", err=True, fg="red")
+        raise SystemExit(2) from None
+    except ModuleNotFoundError as exc:
+        extra = missing_extra(exc)
+        if extra is None:
+            raise
+        typer.secho(
+            f"error: this command needs the {extra!r} extra ({exc.name} is not installed): "
+            f"{install_hint(extra)}",
+            err=True,
+            fg="red",
+        )
         raise SystemExit(2) from None

@@ -29,6 +29,7 @@ from agata.edge.agent import Agent
 from agata.edge.credential import enroll_device
 from agata.edge.device_info import DeviceInfo
 from agata.errors import AgataError, ErrorCode
+from agata.resources import example_path
 from agata.runtime.messages import Error, Info, Model, TaskMessage
 from agata.runtime.supervisor import TaskProcess
 from agata.settings import load_settings
@@ -39,19 +40,17 @@ Progress = Callable[[str], None]
 
 
 def find_example_task(name: str) -> Path:
-    """The folder of an example task bundle (``examples/tasks/<name>`` of the checkout)."""
-    import agata
-
-    here = Path(agata.__file__).resolve().parent
-    candidates = [here.parent / "examples" / "tasks" / name, Path.cwd() / "examples/tasks" / name]
-    for candidate in candidates:
-        if (candidate / "server.py").is_file() and (candidate / "client.py").is_file():
-            return candidate
-    raise AgataError(
-        ErrorCode.NOT_FOUND,
-        f"example task {name!r} not found (looked in {', '.join(map(str, candidates))}); "
-        "run from the AGATA checkout or pass --task-dir",
-    )
+    """The folder of an example task bundle (``agata/examples/tasks/<name>``, shipped in
+    the wheel; ``examples/tasks/<name>`` of the checkout is the same folder)."""
+    folder = example_path("tasks", name)
+    missing = [f for f in ("server.py", "client.py") if not (folder / f).is_file()]
+    if missing:
+        raise AgataError(
+            ErrorCode.NOT_FOUND,
+            f"example task {name!r} at {folder} lacks {', '.join(missing)}; "
+            "reinstall agata or pass --task-dir",
+        )
+    return folder
 
 
 def bundle_files(folder: Path) -> list[tuple[str, bytes]]:
