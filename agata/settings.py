@@ -98,6 +98,12 @@ class Settings(BaseModel):
     ca_file: Path | None = Field(
         None, description="PEM CA certificate(s) trusted for the cloud's HTTPS, and no others"
     )
+    hook_command: str = Field(
+        "", description="program run on each task-state change (docs/edge.md); '': none"
+    )
+    hook_timeout: float = Field(
+        10.0, gt=0, le=3600, description="seconds a hook may run before it is killed"
+    )
 
     @field_validator("ssl_certfile", "ssl_keyfile", "ca_file", mode="before")
     @classmethod

@@ -101,6 +101,17 @@ def run_edge(
     push: Annotated[
         bool, typer.Option("--push/--no-push", help="listen for task changes (else poll only)")
     ] = True,
+    hook: Annotated[
+        str | None,
+        typer.Option(
+            "--hook",
+            help="program run on each task-state change (AGATA_HOOK_STATE etc. in its "
+            "environment; docs/edge.md)",
+        ),
+    ] = None,
+    hook_timeout: Annotated[
+        float | None, typer.Option("--hook-timeout", help="seconds before a hook is killed")
+    ] = None,
     log_level: Annotated[str | None, typer.Option("--log-level")] = None,
 ) -> None:
     """Run the edge agent until SIGINT/SIGTERM (which stop its task processes)."""
@@ -119,6 +130,8 @@ def run_edge(
         request_interval=request_interval,
         quarantine_seconds=quarantine_seconds,
         download_attempts=download_attempts,
+        hook_command=hook,
+        hook_timeout=hook_timeout,
         log_level=log_level,
     )
     _setup_logging(settings.log_level)

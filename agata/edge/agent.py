@@ -21,6 +21,9 @@ Events (the experiments' timings) go to ``on_event(function, event, **fields)``:
 ``update device info``, ``request task``, ``download task`` and ``start task on
 device`` as ``start``/``end`` pairs; ``task finished`` and ``task failed`` as ``end``;
 ``switch task`` from ``start`` (failure seen) to ``end`` (next client spawned).
+
+Every task-state change reported to the cloud also goes to the device's hook program
+when one is configured (:mod:`agata.edge.hooks`; never awaited by the loop).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from agata.edge.backoff import Backoff, StateLog
 from agata.edge.bundle_cache import BundleCache
 from agata.edge.cloud_client import CloudClient, TaskOffer, is_transient
 from agata.edge.device_info import DeviceInfo, DeviceSource
+from agata.edge.hooks import HookRunner, event_of_report
 from agata.edge.local_state import LocalState, QuarantineEntry, RunningRecord
 from agata.edge.policy import choose_tasks
 from agata.edge.push import PushListener
@@ -119,6 +123,9 @@ class Agent:
             self.edge_dir / "bundles", self.client, attempts=settings.download_attempts
         )
         self.state = LocalState.load(self.edge_dir / "state.json")
+        self.hooks: HookRunner | None = None
+        if settings.hook_command:  # a bad command stops here, with the reason
+            self.hooks = HookRunner.from_command(settings.hook_command, settings.hook_timeout)
 
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -147,6 +154,8 @@ class Agent:
         device = self._current_device()
         self._recover()
         self._reports = ReportSender(self.client, device.user_id)
+        if self.hooks is not None:
+            self.hooks.start(device.user_id)
         workers = [
             asyncio.create_task(self._loop(), name="agent loop"),
             asyncio.create_task(self._reports.run(), name="agent reports"),
@@ -169,6 +178,8 @@ class Agent:
             await asyncio.gather(*workers, return_exceptions=True)
             await self._stop_everything()
             await self._reports.flush(timeout=1.0)
+            if self.hooks is not None:
+                await self.hooks.close(timeout=min(self.settings.hook_timeout, 2.0))
             if self._owns_client:
                 await self.client.aclose()
             logger.info("agent stopped")
@@ -534,8 +545,11 @@ class Agent:
         return task
 
     def _report(self, report: Report) -> None:
+        """Queue ``report`` for the cloud and the device's hook (neither blocks)."""
         if self._reports is not None:
             self._reports.put(report)
+        if self.hooks is not None and (event := event_of_report(report)) is not None:
+            self.hooks.notify(event)
 
     def _event(self, function: str, event: str, **fields: Any) -> None:
         if self._on_event is None:
