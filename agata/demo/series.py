@@ -8,6 +8,8 @@ Output folder (``--out``, default ``experiments-out/<exp>-<date>``)::
     exp1_raw_times          the original's format, one block per run (see below)
     exp1_raw_times.tsv      one line per run: run number, then each step in seconds
     summary.json            per step: n, mean, 95% CI half-width, median, min, max
+    timeline.png            when each step ran in each run, and the durations per run
+                            (needs matplotlib: the plots extra; without it, a note)
 
 ``exp*_raw_times`` is what the original's ``experiments/exp_stats.py`` reads: per run a
 ``---- RESULTS ----`` line, then ``<label> = <seconds> seconds`` for each step, with the
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -46,6 +49,8 @@ from agata.demo.timings import (
 )
 
 EXPERIMENTS = ("exp1", "exp2")
+
+logger = logging.getLogger(__name__)
 
 
 def steps_of(experiment: str) -> tuple[Step, ...]:
@@ -93,7 +98,29 @@ def run_series(
             on_run(number, result)
     summary = summarize(steps, [r.durations for r in results if r.ok])
     write_summary(out / "summary.json", experiment, results, summary)
+    draw_timeline(experiment, results, out, progress)
     return results, summary
+
+
+def draw_timeline(
+    experiment: str, results: list[RunResult], out: Path, progress: Progress
+) -> Path | None:
+    """``timeline.png`` into ``out``; says once (through ``progress``) why there is none.
+    A failure to draw loses only the picture, never the other files."""
+    from agata.demo.timeline import TIMELINE_FILE, plots_available, write_timeline
+
+    if not plots_available():
+        progress(
+            "matplotlib is not installed, so no timeline.png "
+            "(pip install 'agata[plots]'); the other files are written"
+        )
+        return None
+    try:
+        return write_timeline(experiment, results, out / TIMELINE_FILE)
+    except Exception as exc:  # a picture is not worth the series' results
+        logger.warning("timeline.png not drawn: %s", exc, exc_info=True)
+        progress(f"timeline.png not drawn: {exc}")
+        return None
 
 
 def write_summary(

@@ -151,10 +151,14 @@ def _time(event: Event | None) -> float | None:
     return None if event is None else float(event["time"])
 
 
-def _span(start: float | None, end: float | None) -> float | None:
+Span = tuple[float, float]
+"""A step's (start, end), epoch seconds."""
+
+
+def _span(start: float | None, end: float | None) -> Span | None:
     if start is None or end is None or end < start:
         return None
-    return end - start
+    return (start, end)
 
 
 def _round_trip(
@@ -164,7 +168,7 @@ def _round_trip(
     *,
     end_ok: Predicate | None = None,
     after: float | None = None,
-) -> float | None:
+) -> Span | None:
     """From a ``start`` event of ``function`` to the next ``end`` of it (the first pair
     whose end satisfies ``end_ok``)."""
     cursor = after
@@ -177,8 +181,13 @@ def _round_trip(
         if end is None:
             return None
         if end_ok is None or end_ok(end):
-            return float(end["time"]) - t0
+            return (t0, float(end["time"]))
         cursor = math.nextafter(float(end["time"]), math.inf)
+
+
+def durations_of(spans: Mapping[str, Span | None]) -> dict[str, float | None]:
+    """Each step's duration in seconds (None where the step was not found)."""
+    return {key: None if span is None else span[1] - span[0] for key, span in spans.items()}
 
 
 def _offers(task_id: str) -> Predicate:
@@ -207,6 +216,11 @@ def _finished_on_cloud(task_id: str) -> Predicate:
 
 def exp1_durations(events: Sequence[Event], task_id: str) -> dict[str, float | None]:
     """The seven steps and the dispatch latency of one experiment-1 run, in seconds."""
+    return durations_of(exp1_spans(events, task_id))
+
+
+def exp1_spans(events: Sequence[Event], task_id: str) -> dict[str, Span | None]:
+    """When each step of :func:`exp1_durations` began and ended."""
     downloaded = first(events, where(AGENT, "download task", "end", task_id=task_id))
     spawned = first(events, where(AGENT, "start task on device", "end", task_id=task_id))
     # Step 7: from the first "Finished" of either side to the task being inactive on both.
@@ -214,12 +228,12 @@ def exp1_durations(events: Sequence[Event], task_id: str) -> dict[str, float | N
     server_finished = first(events, _finished_on_cloud(task_id))
     ended_cloud = first(events, where(TASK_MANAGER, "task_ended", task_id=task_id))
     firsts = [t for t in (_time(finished_device), _time(server_finished)) if t is not None]
-    finish = None
+    finish: Span | None = None
     if firsts and finished_device is not None and ended_cloud is not None:
         finish = _span(min(firsts), max(_time(finished_device) or 0, _time(ended_cloud) or 0))
     running_on_cloud = first(events, where(OPERATOR, "start task", "end", task_id=task_id))
     agent_up = first(events, where(service=AGENT))
-    dispatch = None
+    dispatch: Span | None = None
     if running_on_cloud is not None and agent_up is not None:
         dispatch = _span(
             max(float(running_on_cloud["time"]), float(agent_up["time"])), _time(spawned)
@@ -246,6 +260,11 @@ def exp2_durations(
     events: Sequence[Event], failing_id: str, correct_id: str
 ) -> dict[str, float | None]:
     """The original's experiment-2 steps and the failover time, in seconds."""
+    return durations_of(exp2_spans(events, failing_id, correct_id))
+
+
+def exp2_spans(events: Sequence[Event], failing_id: str, correct_id: str) -> dict[str, Span | None]:
+    """When each step of :func:`exp2_durations` began and ended."""
     e_downloaded = first(events, where(AGENT, "download task", "end", task_id=failing_id))
     e_spawned = first(events, where(AGENT, "start task on device", "end", task_id=failing_id))
     e_failed = first(events, where(AGENT, "task failed", "end", task_id=failing_id))
