@@ -12,6 +12,7 @@ import typer
 from agata import __version__
 from agata.cli.cloud_cmd import cloud_app, token_app
 from agata.cli.demo_cmd import register as register_demo
+from agata.cli.deploy_cmd import deploy_app
 from agata.cli.edge_cmd import device_app, edge_app
 from agata.cli.extras import install_hint, missing_extra
 from agata.cli.simulate_cmd import register as register_simulate
@@ -30,6 +31,7 @@ app.add_typer(cloud_app, name="cloud")
 app.add_typer(token_app, name="token")
 app.add_typer(edge_app, name="edge")
 app.add_typer(device_app, name="device")
+app.add_typer(deploy_app, name="deploy")
 register_demo(app, bench_app)
 register_simulate(app, bench_app)
 

@@ -1,0 +1,1 @@
+"""Installing AGATA as a service of the operating system (systemd units)."""
