@@ -6,7 +6,7 @@ Two panels, one figure:
   in seconds since the run's first step began. Below the steps, a thin hatched bar
   shows the run's extra figure: the dispatch latency (exp1) or the failover (exp2,
   from E's error seen to C's client spawned); above them, for exp1, a thin grey bar
-  while the task trains. A long stretch without steps cuts the time axis in two.
+  while the task trains. Long training before step 7 splits the timeline in two panels.
 - **right, the durations**: each step's duration in every run (log scale, one line per
   step), so that steps of a few milliseconds can be read beside those of a second.
 
@@ -19,7 +19,6 @@ display needed).
 from __future__ import annotations
 
 import importlib.util
-import itertools
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,7 +36,7 @@ from agata.demo.timings import (
     exp2_spans,
 )
 
-__all__ = ["TIMELINE_FILE", "plots_available", "run_spans", "write_timeline"]
+__all__ = ["TIMELINE_FILE", "plots_available", "run_spans", "split_step", "write_timeline"]
 
 logger = logging.getLogger(__name__)
 
@@ -74,38 +73,39 @@ def _relative(run: dict[str, Span | None]) -> dict[str, Span]:
     return {key: (start - zero, end - zero) for key, (start, end) in found.items()}
 
 
-def _axis_ranges(runs: Sequence[dict[str, Span]]) -> list[tuple[float, float]]:
-    """The x ranges of the timeline: one, or two when a long stretch without any step
-    (exp1's training rounds) would squeeze the short steps into a sliver."""
-    spans = sorted(span for run in runs for span in run.values())
-    if not spans:
-        return [(0.0, 1.0)]
-    total = max(end for _, end in spans)
-    merged: list[list[float]] = []
-    for start, end in spans:
-        if merged and start <= merged[-1][1]:
-            merged[-1][1] = max(merged[-1][1], end)
-        else:
-            merged.append([start, end])
-    gaps = [
-        (after[0] - before[1], before[1], after[0]) for before, after in itertools.pairwise(merged)
-    ]
-    if not gaps or total <= 0:
-        return [(0.0, max(total, 1e-3) * 1.03)]
-    width, gap_start, gap_end = max(gaps)
-    if width < 0.25 * total:
-        return [(0.0, total * 1.03)]
-    pad = 0.05 * max(gap_start, total - gap_end)
-    return [(-0.02 * gap_start, gap_start + pad), (gap_end - pad, total + pad)]
+def split_step(runs: Sequence[dict[str, Span]], share: float = 0.4) -> str | None:
+    """The step after which every run has a long stretch without any step (exp1: the
+    Flower rounds before "finish"), or None.
+
+    A stretch is long when it takes at least ``share`` of its run's whole span, and the
+    same step MUST follow it in every run that has steps: the timeline then shows the
+    steps before it and the steps from it on in two panels, each with its own zero.
+    """
+    found: set[str] = set()
+    for run in runs:
+        if not run:
+            continue
+        ordered = sorted(run.items(), key=lambda item: item[1])
+        total = max(end for _, end in run.values()) - ordered[0][1][0]
+        reach, best, best_key = ordered[0][1][1], 0.0, None
+        for key, (start, end) in ordered[1:]:
+            if start - reach > best:
+                best, best_key = start - reach, key
+            reach = max(reach, end)
+        if best_key is None or total <= 0 or best < share * total:
+            return None
+        found.add(best_key)
+    return found.pop() if len(found) == 1 else None
 
 
 def write_timeline(experiment: str, results: Sequence[RunResult], path: Path) -> Path | None:
     """Draw the series' timeline into ``path`` (PNG); None when matplotlib is missing.
 
     Runs whose steps were not found (a failed run) keep their row, empty, so row N is
-    always run N. When the steps of a run leave a long stretch without any step (exp1:
-    the Flower rounds between step 6 and step 7), the time axis is cut there into two
-    panels so that steps of milliseconds stay visible.
+    always run N. When every run has a long stretch without any step before the same
+    step (exp1: the Flower rounds before step 7), the timeline has two panels, the
+    second with each run's zero at that step (:func:`split_step`), so that steps of
+    milliseconds stay visible.
     """
     if not plots_available():
         return None
@@ -116,34 +116,47 @@ def write_timeline(experiment: str, results: Sequence[RunResult], path: Path) ->
     spans = [run_spans(result) for result in results]
     relative = [_relative(run) for run in spans]
     rows = len(results)
-    ranges = _axis_ranges([{k: v for k, v in r.items() if k != extra.key} for r in relative])
+    cut = split_step([{k: v for k, v in r.items() if k != extra.key} for r in relative])
+    # Per timeline panel: each run's zero (seconds) and the panel's x range.
+    panels: list[tuple[list[float], tuple[float, float]]] = []
+    if cut is None:
+        ends = [end for run in relative for _, end in run.values()] or [1.0]
+        panels.append(([0.0] * rows, (0.0, max(ends) * 1.03)))
+    else:
+        zeros = [run[cut][0] if cut in run else 0.0 for run in relative]
+        before = [e for r in relative for k, (s0, e) in r.items() if cut in r and s0 < r[cut][0]]
+        after = [e - z for r, z in zip(relative, zeros, strict=True) for e in _ends_from(r, cut)]
+        width_a, width_b = max(before or [1.0]), max(after or [1.0])
+        panels.append(([0.0] * rows, (-0.02 * width_a, width_a * 1.05)))
+        panels.append((zeros, (-0.25 * width_b, width_b * 1.05)))
     figure = Figure(figsize=(13, 2.2 + 0.42 * max(rows, 3)), dpi=100, layout="constrained")
-    ratios = [2.0] * len(ranges) if len(ranges) == 2 else [3.0]
-    axes = figure.subplots(1, len(ranges) + 1, width_ratios=(*ratios, 2.2))
+    ratios = (3.0,) if len(panels) == 1 else (2.0, 1.2)
+    axes = figure.subplots(1, len(panels) + 1, width_ratios=(*ratios, 2.2))
     timeline_axes, durations_axis = list(axes[:-1]), axes[-1]
     title = "experiment 1" if experiment == "exp1" else "experiment 2 (failover E -> C)"
     figure.suptitle(f"{title}: {rows} run(s)", fontsize=12)
     colour = {step.key: COLOURS[i % len(COLOURS)] for i, step in enumerate(steps)}
 
-    for axis, (low, high) in zip(timeline_axes, ranges, strict=True):
+    for axis, (zeros, (low, high)) in zip(timeline_axes, panels, strict=True):
         for row, (run, result) in enumerate(zip(relative, results, strict=True)):
+            zero = zeros[row]
             running = _task_running(experiment, run)
             if running is not None:
                 axis.broken_barh(
-                    [(running[0], running[1] - running[0])], (row - 0.2, 0.1),
+                    [(running[0] - zero, running[1] - running[0])], (row - 0.2, 0.1),
                     facecolors=RUNNING_COLOUR,
                 )  # fmt: skip
             for step in steps:
                 span = run.get(step.key)
                 if span is not None:
                     axis.broken_barh(
-                        [(span[0], max(span[1] - span[0], 1e-4))], (row - 0.38, 0.46),
+                        [(span[0] - zero, max(span[1] - span[0], 1e-4))], (row - 0.38, 0.46),
                         facecolors=colour[step.key], edgecolor="white", linewidth=0.5,
                     )  # fmt: skip
             span = run.get(extra.key)
             if span is not None:
                 axis.broken_barh(
-                    [(span[0], span[1] - span[0])], (row + 0.14, 0.2),
+                    [(span[0] - zero, span[1] - span[0])], (row + 0.14, 0.2),
                     facecolors="none", edgecolor=EXTRA_COLOUR, hatch="////", linewidth=0.8,
                 )  # fmt: skip
             if not result.ok:
@@ -154,16 +167,18 @@ def write_timeline(experiment: str, results: Sequence[RunResult], path: Path) ->
     first_axis = timeline_axes[0]
     first_axis.set_yticks(range(rows), [f"run {n}" for n in range(1, rows + 1)])
     first_axis.set_title("when each step ran", fontsize=10, loc="left")
-    if len(timeline_axes) == 2:
+    first_axis.set_xlabel("seconds since the run's first step began")
+    if cut is not None:
         second = timeline_axes[1]
         second.set_yticks([])
+        cut_name = next(step.name for step in steps if step.key == cut)
+        gaps = [_gap_before(run, cut) for run in relative if cut in run]
         second.set_title(
-            f"... (cut: {ranges[0][1]:.2f} s to {ranges[1][0]:.2f} s)", fontsize=9, loc="left"
+            f"... {min(gaps):.1f}-{max(gaps):.1f} s later: {cut_name}", fontsize=10, loc="left"
         )
+        second.set_xlabel(f"seconds since {cut_name} began")
         first_axis.spines["right"].set_linestyle((0, (4, 3)))
         second.spines["left"].set_linestyle((0, (4, 3)))
-    for axis in timeline_axes:
-        axis.set_xlabel("seconds since the run's first step began")
 
     numbers = list(range(1, rows + 1))
     for step in (*steps, extra):
@@ -198,6 +213,19 @@ def write_timeline(experiment: str, results: Sequence[RunResult], path: Path) ->
     figure.savefig(path)
     logger.debug("timeline written to %s", path)
     return path
+
+
+def _gap_before(run: dict[str, Span], cut: str) -> float:
+    """Seconds between the last step before ``cut`` ended and ``cut`` began."""
+    before = [end for start, end in run.values() if start < run[cut][0]]
+    return run[cut][0] - max(before, default=run[cut][0])
+
+
+def _ends_from(run: dict[str, Span], cut: str) -> list[float]:
+    """The ends of the steps of ``run`` that start with or after step ``cut``."""
+    if cut not in run:
+        return []
+    return [end for start, end in run.values() if start >= run[cut][0]]
 
 
 def _task_running(experiment: str, run: dict[str, Span]) -> Span | None:

@@ -10,7 +10,7 @@ import pytest
 
 from agata.demo.experiment import RunResult
 from agata.demo.series import draw_timeline
-from agata.demo.timeline import _axis_ranges, run_spans
+from agata.demo.timeline import run_spans, split_step
 from agata.demo.timings import AGENT
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -79,13 +79,16 @@ def test_without_matplotlib_it_says_so_once_and_writes_nothing(
     assert not (tmp_path / "timeline.png").exists()
 
 
-def test_a_long_stretch_without_steps_cuts_the_time_axis() -> None:
-    # exp1-like: steps within the first 0.6 s, then the training, then "finish"
-    runs = [{"a": (0.0, 0.1), "b": (0.2, 0.6), "finish": (3.0, 3.2)}]
+def test_training_before_the_same_step_in_every_run_splits_the_timeline() -> None:
+    # exp1-like: steps within the first 0.6 s, the training, then "finish"
+    runs = [
+        {"a": (0.0, 0.1), "b": (0.2, 0.6), "finish": (3.0, 3.2)},
+        {"a": (0.0, 0.2), "b": (0.2, 0.5), "finish": (2.0, 2.4)},
+    ]
     contiguous = [{"a": (0.0, 0.1), "b": (0.1, 0.3)}]
+    different = [runs[0], {"a": (0.0, 0.1), "b": (2.0, 2.1), "finish": (2.1, 2.2)}]
 
-    cut = _axis_ranges(runs)
-    whole = _axis_ranges(contiguous)
-
-    assert len(cut) == 2 and cut[0][1] < 1.0 and cut[1][0] > 2.0
-    assert len(whole) == 1 and whole[0][0] == 0.0 and whole[0][1] >= 0.3
+    assert split_step(runs) == "finish"
+    assert split_step([*runs, {}]) == "finish"  # a failed run has no steps
+    assert split_step(contiguous) is None
+    assert split_step(different) is None  # the long stretch is not before the same step
