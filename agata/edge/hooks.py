@@ -18,6 +18,9 @@ AGATA_USER_ID       this device
 AGATA_HOOK_TIME     when the change happened, epoch seconds
 ==================  ==============================================================
 
+The rest of the agent's environment is passed on (``AGATA_LED_PIN`` of the example
+hook, ``PATH``, ...), except the enrollment token (:data:`SECRET_VARIABLES`).
+
 Contract:
 
 - :meth:`HookRunner.notify` never blocks and never raises: it queues the change and
@@ -56,6 +59,8 @@ __all__ = ["HookEvent", "HookRunner", "HookState", "event_of_report", "parse_hoo
 logger = logging.getLogger(__name__)
 
 OUTPUT_LIMIT = 4096
+#: Variables of the agent's environment a hook does not get (they are credentials).
+SECRET_VARIABLES = frozenset({"AGATA_ENROLLMENT_TOKEN"})
 
 
 class HookState(StrEnum):
@@ -198,7 +203,7 @@ class HookRunner:
         try:
             process = await asyncio.create_subprocess_exec(
                 *self.argv,
-                env={**os.environ, **event.environment(self._user_id)},
+                env=_hook_environment(event.environment(self._user_id)),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
@@ -240,6 +245,12 @@ class HookRunner:
             logger.warning(
                 "hook %s on %s of task %s exited with %s", name, event.state, event.task_id, code
             )
+
+
+def _hook_environment(state: dict[str, str]) -> dict[str, str]:
+    """The agent's environment without its secrets, plus the state variables."""
+    inherited = {k: v for k, v in os.environ.items() if k not in SECRET_VARIABLES}
+    return {**inherited, **state}
 
 
 async def _read_limited(stream: asyncio.StreamReader, limit: int) -> bytes:

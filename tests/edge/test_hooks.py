@@ -3,6 +3,7 @@ calls (agata.edge.hooks)."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import sys
@@ -53,10 +54,16 @@ def _states(log: Path, task_id: str) -> list[str]:
 
 
 async def test_hook_sees_every_state_change_and_its_failures_are_logged(
-    cloud: Cloud, device: Device, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    cloud: Cloud,
+    device: Device,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Prepare: E errors, C sends one round and finishes; the hook exits 3 every time
     command, log = _hook(tmp_path, code=3)
+    monkeypatch.setenv("AGATA_ENROLLMENT_TOKEN", "secret-enrollment-token")
+    monkeypatch.setenv("AGATA_LED_PIN", "22")
     await create_task(cloud, "a-error", "error")
     await create_task(cloud, "b-finish", "finish")
     caplog.set_level(logging.INFO, logger="agata.edge.hooks")
@@ -76,6 +83,9 @@ async def test_hook_sees_every_state_change_and_its_failures_are_logged(
     assert round_call["AGATA_ROUND"] == "1"
     assert json.loads(round_call["AGATA_METRICS"]) == {"acc": 0.9}
     assert float(round_call["AGATA_HOOK_TIME"]) <= round_call["started"]
+    # the agent's own settings reach the hook, its enrollment token does not
+    assert all(c["AGATA_LED_PIN"] == "22" for c in calls)
+    assert all("AGATA_ENROLLMENT_TOKEN" not in c for c in calls)
     # the hook's output and its non-zero exit are logged; the agent went on regardless
     messages = [r.getMessage() for r in caplog.records if r.name == "agata.edge.hooks"]
     assert any("hook saw finished" in m for m in messages)
@@ -100,7 +110,7 @@ async def test_a_slow_hook_never_delays_the_agent_and_runs_one_at_a_time(
         await eventually(lambda: len(_calls(log)) >= 3, timeout=10, what="three hook calls")
     calls = sorted(_calls(log), key=lambda c: c["started"])
     assert [c["AGATA_HOOK_STATE"] for c in calls[:3]] == ["downloading", "running", "round"]
-    for before, after in zip(calls, calls[1:], strict=False):
+    for before, after in itertools.pairwise(calls):
         assert before["ended"] <= after["started"], "two hooks ran at once"
 
 
