@@ -121,6 +121,8 @@ def experiment(
         )
     console.print(table)
     console.print(f"files: {folder}")
+    if (folder / "timeline.png").is_file():
+        console.print(f"timeline: {folder / 'timeline.png'}")
     failed = [r for r in results if not r.ok]
     if failed:
         raise typer.Exit(1)

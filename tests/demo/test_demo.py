@@ -159,4 +159,5 @@ def test_experiment_2_switches_from_e_to_c(tmp_path: Path) -> None:
     assert [s["key"] for s in summary["steps"]][: len(EXP2_STEPS)] == [s.key for s in EXP2_STEPS]
     assert summary["runs_ok"] == 1
     assert (out / "timeline.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"timeline: {out / 'timeline.png'}" in stdout
     _assert_nothing_left(run.pid, mark)
