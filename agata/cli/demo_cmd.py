@@ -122,7 +122,7 @@ def experiment(
     console.print(table)
     console.print(f"files: {folder}")
     if (folder / "timeline.png").is_file():
-        console.print(f"timeline: {folder / 'timeline.png'}")
+        console.print(f"timeline: {folder / 'timeline.png'}", soft_wrap=True)
     failed = [r for r in results if not r.ok]
     if failed:
         raise typer.Exit(1)
