@@ -54,7 +54,16 @@ from agata.errors import AgataError, ErrorCode, invalid, not_found
 from agata.protocol.bundle_names import MAX_NAME_BYTES
 from agata.protocol.bundle_names import check_file_name as validate_file_name
 
-__all__ = ["MAX_NAME_BYTES", "BundleFile", "BundleStore", "validate_file_name", "validate_task_id"]
+__all__ = [
+    "CLIENT_ENTRYPOINT",
+    "MAX_NAME_BYTES",
+    "SERVER_ENTRYPOINT",
+    "BundleFile",
+    "BundleStore",
+    "too_large",
+    "validate_file_name",
+    "validate_task_id",
+]
 
 logger = logging.getLogger(__name__)
 
