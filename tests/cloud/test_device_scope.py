@@ -189,3 +189,19 @@ async def test_a_devices_stream_carries_only_its_own_tasks(cloud: Cloud) -> None
     # Before: every stream carried every task's id and state.
     assert far_seen == ["everyone"]
     assert near_seen == ["secret-1", "secret-1", "everyone"]  # started, then stopped
+
+
+async def test_a_device_that_stops_matching_is_out_of_scope_at_once(cloud: Cloud) -> None:
+    """The registry trusts a checked (device, task) pair for a while; a change of the
+    device's record ends that trust at once."""
+    await start_held_task(cloud, "t-attr", MATCH)
+    credential = await device(cloud, "pi-moved", 100)
+    assert (await report(cloud, credential, "pi-moved", task_id="t-attr")).status_code == 200
+    body = {"user_id": "pi-moved", "data_qnt": 1}
+    assert (await cloud.op("rpc_exec_update_user_info", body, token=credential)).status_code == 200
+
+    running = await report(cloud, credential, "pi-moved", task_id="t-attr", round=2)
+    ended = await report(cloud, credential, "pi-moved", task_id="t-attr", status="stopped")
+
+    assert running.status_code == 404
+    assert ended.status_code == 200, ended.text
