@@ -18,26 +18,30 @@ offered (not even that they exist). The metrics of a report are recorded only wh
 is in scope, under the device's id (which may not be one of the cloud's own source
 names: :data:`agata.protocol.operations.RESERVED_DEVICE_IDS`).
 
-Cost: the reports of a device on a task of case (a) are checked once, then trusted for
+Cost: a running task's criteria and a device's attributes are kept for
 :data:`SCOPE_CACHE_SECONDS` or until a notification says the task or the device
-changed (:meth:`ReportScope.forget_task`, :meth:`ReportScope.forget_device`); the
-task manager's poll path is not touched.
+changed (:meth:`ReportScope.forget_task`, :meth:`ReportScope.forget_device`), so a
+report in case (a) usually reads nothing: the store is read once per running task and
+once per device in that time. Kept records only ever shorten a "yes": a report they do
+not show in scope is decided on fresh records, so a task just started or a device that
+just came to match is never refused for a stale copy. The task manager's poll path is
+not touched.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Final
+from typing import Any, Final
 
 from agata.cloud.criteria import CriteriaCache
 from agata.cloud.views import device_attributes
 from agata.errors import AgataError, ErrorCode
 from agata.store.store import DeviceTaskStatus, Store
 
-#: Seconds a report of case (a) is trusted without looking again (notifications end it
-#: at once; this bounds it when one is lost, as the task manager's device cache does).
+#: Seconds a running task's criteria and a device's attributes are reused (notifications
+#: end it at once; this bounds it when one is lost, as the task manager's caches do).
 SCOPE_CACHE_SECONDS: Final = 10.0
-#: (device, task) pairs remembered at most (all are dropped past this).
+#: Devices whose attributes are kept at most (all are dropped past this).
 SCOPE_CACHE_SIZE: Final = 100_000
 #: Statuses that end a device's part in a task.
 ENDING_STATUSES: Final = frozenset(
@@ -70,34 +74,37 @@ class ReportScope:
     def __init__(self, store: Store, criteria: CriteriaCache | None = None) -> None:
         self.store = store
         self.criteria = criteria or CriteriaCache()
-        # task id -> {user id -> when the trust ends (monotonic seconds)}
-        self._trusted: dict[str, dict[str, float]] = {}
-        self._size = 0
+        # Both only ever shorten a "yes": a "no" is always decided on fresh records.
+        self._running: dict[str, tuple[float, str]] = {}  # task -> (until, criteria)
+        self._devices: dict[str, tuple[float, dict[str, Any]]] = {}  # -> (until, attributes)
 
     def check(self, user_id: str, task_id: str, status: str) -> None:
         """Return if the report is in scope; raise NOT_FOUND (:func:`out_of_scope`, or
         "device … not found" for an unknown device) otherwise."""
         now = time.monotonic()
-        expires = self._trusted.get(task_id, {}).get(user_id)
-        if expires is not None and expires > now:
-            return
+        task = self._running.get(task_id)
+        device = self._devices.get(user_id)
+        if task is not None and device is not None and task[0] > now and device[0] > now:
+            if self.criteria.matches(task[1], device[1]):
+                return
+        # Not known to be in scope: decide on what the store holds now.
         try:
-            task = self.store.get_task(task_id)
+            record = self.store.get_task(task_id)
         except AgataError as exc:
             if exc.code is ErrorCode.NOT_FOUND:
+                self._running.pop(task_id, None)
                 raise out_of_scope(task_id) from None
             raise
-        device = self.store.get_device(user_id)  # NOT_FOUND names the device: its own id
-        if task.running and self.criteria.matches(
-            task.selection_criteria, device_attributes(device)
-        ):
-            if self._size >= SCOPE_CACHE_SIZE:
-                self._trusted.clear()
-                self._size = 0
-            devices = self._trusted.setdefault(task_id, {})
-            self._size += user_id not in devices
-            devices[user_id] = now + SCOPE_CACHE_SECONDS
-            return
+        attributes = device_attributes(self.store.get_device(user_id))  # 404 names it
+        if len(self._devices) >= SCOPE_CACHE_SIZE:
+            self._devices.clear()
+        self._devices[user_id] = (now + SCOPE_CACHE_SECONDS, attributes)
+        if record.running:
+            self._running[task_id] = (now + SCOPE_CACHE_SECONDS, record.selection_criteria)
+            if self.criteria.matches(record.selection_criteria, attributes):
+                return
+        else:
+            self._running.pop(task_id, None)
         if status in ENDING_STATUSES:
             for state in self.store.list_device_tasks(user_id):
                 if state.task_id == task_id and state.status.value in TAKING_PART:
@@ -105,10 +112,9 @@ class ReportScope:
         raise out_of_scope(task_id)
 
     def forget_task(self, task_id: str) -> None:
-        """The task changed (stopped, updated, deleted): check its reports afresh."""
-        self._size -= len(self._trusted.pop(task_id, {}))
+        """The task changed (started, stopped, updated, deleted): read it afresh."""
+        self._running.pop(task_id, None)
 
     def forget_device(self, user_id: str) -> None:
-        """The device's record changed: check its reports afresh."""
-        for devices in self._trusted.values():
-            self._size -= devices.pop(user_id, None) is not None
+        """The device's record changed: read it afresh."""
+        self._devices.pop(user_id, None)
