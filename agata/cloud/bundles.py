@@ -4,9 +4,11 @@ A bundle is a flat folder of regular files (``server.py``, ``client.py``, module
 data, trigger scripts). The store is the only code that touches these folders; it
 guarantees:
 
-- Names are plain, portable file names (:func:`validate_file_name`): no separators,
-  no ``.``/``..``, no control or invisible characters, no lookalikes of ``/``, ``\\``
-  or ``.``; task ids match ``[A-Za-z0-9_-]{1,64}`` (:func:`validate_task_id`).
+- Names follow the one rule that agents apply too
+  (:func:`agata.protocol.bundle_names.check_file_name`, here ``validate_file_name``):
+  plain, portable, not hidden, no separators, no control or invisible characters, no
+  lookalikes of ``/``, ``\\`` or ``.``; task ids match ``[A-Za-z0-9_-]{1,64}``
+  (:func:`validate_task_id`).
 - Writes are all-or-nothing with respect to validation: every name and size is
   checked before anything reaches the bundle folder. Content is streamed into a
   staging folder inside the root (same file system), hashed (SHA-256) and fsynced,
@@ -40,7 +42,6 @@ import stat
 import tempfile
 import threading
 import time
-import unicodedata
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator, Sequence
@@ -50,23 +51,27 @@ from pathlib import Path
 from typing import IO, BinaryIO, Final
 
 from agata.errors import AgataError, ErrorCode, invalid, not_found
+from agata.protocol.bundle_names import MAX_NAME_BYTES
+from agata.protocol.bundle_names import check_file_name as validate_file_name
+
+__all__ = [
+    "CLIENT_ENTRYPOINT",
+    "MAX_NAME_BYTES",
+    "SERVER_ENTRYPOINT",
+    "BundleFile",
+    "BundleStore",
+    "too_large",
+    "validate_file_name",
+    "validate_task_id",
+]
 
 logger = logging.getLogger(__name__)
 
 SERVER_ENTRYPOINT: Final = "server.py"
 CLIENT_ENTRYPOINT: Final = "client.py"
-MAX_NAME_BYTES: Final = 255
-"""Longest file name, in UTF-8 bytes (the usual file-system limit)."""
 
 _CHUNK: Final = 1 << 20
 _TASK_ID: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
-_SEPARATORS: Final = frozenset("/\\")
-_NOT_PORTABLE: Final = frozenset('<>:"|?*')  # reserved on Windows, ':' on classic macOS
-# Characters that look like '/', '\\' or '.' but are not (NFKC maps some of them, not all).
-_LOOKALIKES: Final = frozenset(
-    "\u2044\u2215\u2216\u2571\u2572\u27cb\u27cd\u29f5\u29f8\u29f9\u0337\u0338"
-    "\uff0f\uff3c\ufe68\u3002\uff61\u2024\u2025\u2026\ufe52\uff0e\u2e31\u2e33"
-)
 _STALE_STAGING_SECONDS: Final = 3600
 _DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _READ_FLAGS: Final = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -116,64 +121,6 @@ def validate_task_id(task_id: str) -> str:
         shown = ascii(task_id[:80]) if isinstance(task_id, str) else type(task_id).__name__
         raise invalid(f"task id {shown} is not valid: use 1 to 64 letters, digits, '_' or '-'")
     return task_id
-
-
-def validate_file_name(name: str) -> str:
-    """Return ``name`` in NFC form if it is a safe, plain file name; else INVALID_ARGUMENT.
-
-    Refused: empty names, ``.`` and ``..``, ``/`` and ``\\``, control, format
-    (e.g. right-to-left override U+202E), private-use and unassigned characters,
-    spaces other than U+0020, leading or trailing whitespace, a trailing ``.``,
-    characters reserved on Windows (``<>:"|?*``), characters that look like or
-    normalise (NFKC) to ``/``, ``\\``, ``.`` or any of the above, and names longer
-    than 255 bytes in UTF-8. Everything else printable is allowed.
-    """
-    if not isinstance(name, str):
-        raise invalid("a file name must be a string")
-    if not name:
-        raise invalid("a file name must not be empty")
-    shown = ascii(name[:80])
-    for ch in name:
-        if unicodedata.category(ch) == "Cs":
-            raise invalid(f"file name {shown} is not valid Unicode (lone surrogate)")
-    nfc = unicodedata.normalize("NFC", name)
-    if nfc in (".", ".."):
-        raise invalid(f"file name {shown} is not allowed: it names a folder")
-    if len(nfc.encode("utf-8")) > MAX_NAME_BYTES:
-        raise invalid(f"file name {shown}... is longer than {MAX_NAME_BYTES} bytes")
-    _check_characters(nfc, shown)
-    if nfc != nfc.strip():
-        raise invalid(f"file name {shown} starts or ends with whitespace")
-    if nfc.endswith("."):
-        raise invalid(f"file name {shown} ends with '.'")
-    nfkc = unicodedata.normalize("NFKC", nfc)
-    if nfkc != nfc:
-        for ch in nfkc:
-            if ch in _SEPARATORS or ch in _NOT_PORTABLE or ch in _LOOKALIKES or ch == ".":
-                if nfkc.count(ch) != nfc.count(ch):
-                    raise invalid(f"file name {shown} contains a character that looks like {ch!a}")
-            if unicodedata.category(ch)[0] == "C":
-                raise invalid(f"file name {shown} normalises to a control character")
-    return nfc
-
-
-def _check_characters(name: str, shown: str) -> None:
-    for ch in name:
-        category = unicodedata.category(ch)
-        if category[0] == "C" or category in ("Zl", "Zp"):
-            raise invalid(
-                f"file name {shown} contains a control or invisible character U+{ord(ch):04X}"
-            )
-        if ch in _SEPARATORS:
-            raise invalid(f"file name {shown} must be a plain name, without '/' or '\\'")
-        if ch in _NOT_PORTABLE:
-            raise invalid(f"file name {shown} contains {ch!r}, which is not portable")
-        if category == "Zs" and ch != " ":
-            raise invalid(f"file name {shown} contains an unusual space U+{ord(ch):04X}")
-        if ch in _LOOKALIKES:
-            raise invalid(
-                f"file name {shown} contains U+{ord(ch):04X}, which looks like '/', '\\' or '.'"
-            )
 
 
 @dataclass(slots=True)

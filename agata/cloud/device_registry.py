@@ -6,16 +6,18 @@ enrollment of devices and resolution of credentials for the gateway.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from agata.bus.bus import Bus
+from agata.bus.bus import Bus, Consumer, Delivery
 from agata.bus.service import Service
 from agata.cloud.auth import DEVICE_PREFIX, ENROLLMENT_PREFIX, hash_token, new_token
 from agata.cloud.events import EventPublisher
 from agata.cloud.notifier import Notifier
+from agata.cloud.report_scope import ReportScope
 from agata.cloud.views import device_view
 from agata.errors import AgataError, ErrorCode
 from agata.protocol import operations as ops
@@ -45,6 +47,8 @@ class DeviceRegistry(Service):
         self._last_touch: dict[str, float] = {}
         self.notifier = Notifier(bus)
         self.event = EventPublisher(bus, "device-registry", enabled=register_events)
+        self.scope = ReportScope(store)
+        self._subscription: Consumer | None = None
         for name, handler in [
             (ops.UPDATE_USER_INFO, self.update_user_info),
             (ops.GET_USER_INFO, self.get_user_info),
@@ -58,9 +62,37 @@ class DeviceRegistry(Service):
         ]:
             self.add_operation(name, ops.OPERATION_MODELS[name], handler)  # type: ignore[arg-type]
 
+    async def start(self) -> None:
+        self._subscription = await self.bus.subscribe(
+            ops.NOTIFICATIONS_TOPIC, self._on_notification
+        )
+        await super().start()
+
     async def stop(self) -> None:
         await super().stop()
+        if self._subscription is not None:
+            await self._subscription.cancel()
         await self.event.close()
+
+    async def _on_notification(self, delivery: Delivery) -> None:
+        """A task changed, or a device's record (on any replica): the reports they
+        concern are checked afresh. A device's own reports (``status``) change neither."""
+        body = delivery.body
+        if b'"task"' not in body and b'"device"' not in body:
+            return None
+        try:
+            message = json.loads(body)
+        except ValueError:
+            return None
+        if not isinstance(message, dict):
+            return None
+        kind = message.get("kind")
+        if kind == "task" and isinstance(message.get("task_id"), str):
+            self.scope.forget_task(message["task_id"])
+        elif kind == "device" and isinstance(message.get("user_id"), str):
+            if "status" not in message:
+                self.scope.forget_device(message["user_id"])
+        return None
 
     async def update_user_info(self, req: ops.UpdateUserInfo) -> None:
         """Insert the device if new, else update the given fields (sensors as a set)."""
@@ -72,6 +104,7 @@ class DeviceRegistry(Service):
             sensors=req.sensors,
             extra=req.extra,
         )
+        self.scope.forget_device(req.user_id)
         self.event(ops.UPDATE_USER_INFO, "Device info updated", user_id=req.user_id)
         await self.notifier.notify("device", user_id=device.user_id)
 
@@ -88,12 +121,14 @@ class DeviceRegistry(Service):
     async def report_device_task(self, req: ops.ReportDeviceTask) -> None:
         """A device reports what happened to one of its tasks (and its metrics).
 
-        An unknown device or task is a 404 (set_device_task_status checks both; a
-        status that is not recorded, ``downloaded``, checks the task here)."""
+        Only a report in the device's scope is recorded (:mod:`agata.cloud.report_scope`:
+        a task it is offered in the current run, or the end of its part in one); any
+        other is 404 ``task '<id>' not found``, as for a task that does not exist. An
+        unknown device is 404 too. Nothing is written before every check passed (the
+        request model bounds the round and refuses non-finite metrics)."""
+        self.scope.check(req.user_id, req.task_id, req.status)
         if req.status in RECORDED_STATUSES:
             self.store.set_device_task_status(req.user_id, req.task_id, req.status, req.reason)
-        else:
-            self.store.get_task(req.task_id)
         self._touch(req.user_id)
         if req.round is not None and req.metrics:
             self.store.add_metric(req.task_id, req.round, req.user_id, req.metrics)

@@ -126,13 +126,17 @@ class TaskManager(Service):
         await self.event.close()
 
     async def _on_notification(self, delivery: Delivery) -> None:
-        """A device's record changed: forget its attributes. Another replica stopped a
-        task whose server side runs here: end it."""
+        """A device's record changed: forget its attributes. A task changed: read the
+        running tasks afresh. Another replica stopped a task whose server side runs
+        here: end it."""
         body = delivery.body
         if b'"device"' in body:
             message = _json_object(body)
             if message.get("kind") == "device" and isinstance(message.get("user_id"), str):
                 self._device_cache.pop(message["user_id"], None)
+            return None
+        if b'"task"' in body and _json_object(body).get("kind") == "task":
+            self._changed()  # another replica's change: seen at once, not after 1 s
             return None
         if b'"stop_task"' not in body:
             return None

@@ -8,8 +8,9 @@ folder that exists is always whole.
 
 - An unchanged bundle (same listing) is reused without any request; files whose hash
   is already in another version of the same task are linked instead of downloaded.
-- File names must be plain names (no folders, no ``..``, no hidden files): a listing
-  with any other name is refused before anything is fetched.
+- File names must follow the cloud's own rule (:mod:`agata.protocol.bundle_names`:
+  plain names, no folders, no ``..``, no hidden files): a listing with any other name
+  is refused before anything is fetched.
 - A failed or tampered download is retried ``attempts`` times. The final error is
   raised: :func:`~agata.edge.cloud_client.is_transient` tells the agent whether to try
   again later (the cloud is down) or to quarantine the task (a missing or tampered file,
@@ -31,28 +32,25 @@ from urllib.parse import quote
 from agata.edge.backoff import Backoff
 from agata.edge.cloud_client import BundleFile, CloudClient, TaskOffer, is_transient
 from agata.errors import AgataError, ErrorCode
+from agata.protocol.bundle_names import AGENT_MANIFEST, check_listed_name
 
 __all__ = ["MANIFEST", "BundleCache", "check_file_name"]
 
 logger = logging.getLogger(__name__)
 
-MANIFEST = ".agata-bundle.json"
+MANIFEST = AGENT_MANIFEST
 
 
 def check_file_name(name: str) -> None:
-    """Refuse anything but a plain file name (AgataError INVALID_ARGUMENT)."""
-    bad = (
-        not name
-        or len(name) > 255
-        or name in (".", "..")
-        or name.startswith(".")
-        or any(ch in name for ch in "/\\\0")
-        or any(ord(ch) < 32 for ch in name)
-    )
-    if bad:
+    """Refuse a listed name the cloud's rule does not allow, or one not in the form the
+    cloud stores (AgataError INVALID_ARGUMENT with the reason); see
+    :mod:`agata.protocol.bundle_names`."""
+    try:
+        check_listed_name(name)
+    except AgataError as exc:
         raise AgataError(
-            ErrorCode.INVALID_ARGUMENT, f"bundle file name {name!r} is not a plain name"
-        )
+            ErrorCode.INVALID_ARGUMENT, f"bundle listing refused: {exc.message}"
+        ) from None
 
 
 def _listing(files: tuple[BundleFile, ...] | list[BundleFile]) -> list[dict[str, object]]:

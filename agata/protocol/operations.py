@@ -7,11 +7,13 @@ and the HTTP path at the gateway (``POST /<name>``).
 
 from __future__ import annotations
 
+import re
 import shlex
 from dataclasses import dataclass
 from typing import Annotated, Any
 
 from pydantic import (
+    AfterValidator,
     AliasChoices,
     BaseModel,
     BeforeValidator,
@@ -24,6 +26,9 @@ from pydantic import (
 )
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema, PydanticCustomError, core_schema
+
+from agata.errors import AgataError
+from agata.protocol.bundle_names import check_listed_name
 
 # -- field types ---------------------------------------------------------------
 
@@ -63,9 +68,74 @@ class NoNul:
         return value
 
 
+#: Bounds of the integers a request may carry, so that one beyond what the store keeps
+#: is refused (400) before anything is written: rounds go to ``INTEGER`` columns; sizes
+#: to ``BIGINT`` ones, bounded here by the largest integer JSON carries exactly
+#: (2**53 - 1: a browser, or a JSON schema tool, reads numbers as doubles).
+INT32_MAX = 2**31 - 1
+JSON_INT_MAX = 2**53 - 1
+
+#: Names the cloud itself uses as the source or actor of what it records (metrics and
+#: log lines of a task's server side are from ``server``; events name the services and
+#: the operator). A device may not take one of them as its id (compared without case),
+#: or what it reports would pass for the cloud's own.
+RESERVED_DEVICE_IDS = frozenset(
+    {
+        "server",
+        "cloud",
+        "operator",
+        "gateway",
+        "task-manager",
+        "device-registry",
+        "anonymous",
+    }
+)
+
 TASK_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 TaskId = Annotated[str, StringConstraints(pattern=TASK_ID_PATTERN)]
 DeviceId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:@-]{1,128}$")]
+
+
+def _not_reserved(value: str) -> str:
+    if value.lower() in RESERVED_DEVICE_IDS:
+        raise PydanticCustomError(
+            "reserved_device_id",
+            "{user_id} is reserved for the cloud's own records; choose another device id",
+            {"user_id": repr(value)},
+        )
+    return value
+
+
+def _any_case(word: str) -> str:
+    """A regex matching ``word`` in any case (``-`` and ``_`` are literal as they are)."""
+    return "".join(
+        f"[{c.lower()}{c.upper()}]" if c.isalpha() else c if c in "-_" else re.escape(c)
+        for c in word
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class NotReserved:
+    """Marks a device id that may not be one of :data:`RESERVED_DEVICE_IDS` (any case),
+    for validation and JSON schema (``not: {pattern: ...}``)."""
+
+    def __get_pydantic_core_schema__(
+        self, source: Any, handler: GetCoreSchemaHandler
+    ) -> CoreSchema:
+        return core_schema.no_info_after_validator_function(_not_reserved, handler(source))
+
+    def __get_pydantic_json_schema__(
+        self, schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        value = handler(schema)
+        words = "|".join(_any_case(word) for word in sorted(RESERVED_DEVICE_IDS))
+        value["not"] = {"pattern": f"^({words})$"}
+        return value
+
+
+#: The id of a device acting for itself (registering, enrolling, reporting): a
+#: :data:`DeviceId` that is not one of :data:`RESERVED_DEVICE_IDS`.
+OwnDeviceId = Annotated[DeviceId, NotReserved()]
 #: A host name or address (the store keeps 255 characters).
 Host = Annotated[str, StringConstraints(min_length=1, max_length=255), NoNul()]
 ShortText = Annotated[str, StringConstraints(max_length=255), NoNul()]
@@ -74,6 +144,8 @@ Tag = Annotated[str, StringConstraints(min_length=1, max_length=64), NoNul()]
 SensorName = Annotated[str, StringConstraints(min_length=1, max_length=64), NoNul()]
 MetricName = Annotated[str, StringConstraints(min_length=1, max_length=255), NoNul(key=True)]
 AttributeName = Annotated[str, StringConstraints(max_length=255), NoNul(key=True)]
+#: A metric's value: a finite number (the store keeps no NaN or infinity).
+MetricValue = Annotated[float, Field(allow_inf_nan=False)]
 #: The value of an extra device attribute; NUL is refused before the union is tried,
 #: so the error names the attribute and not each member of the union.
 AttributeValue = Annotated[
@@ -164,9 +236,23 @@ class ListTasks(Request):
     running: bool | None = None
 
 
+def _listed_name(value: str) -> str:
+    """The bundle name rule (:mod:`agata.protocol.bundle_names`) as a pydantic check."""
+    try:
+        return check_listed_name(value)
+    except AgataError as exc:
+        raise PydanticCustomError("file_name", "{reason}", {"reason": exc.message}) from None
+
+
+#: A file name of a bundle listing, by the rule cloud and agents share.
+ListedFileName = Annotated[
+    str, StringConstraints(min_length=1, max_length=255), NoNul(), AfterValidator(_listed_name)
+]
+
+
 class BundleFileModel(BaseModel):
-    name: Annotated[str, StringConstraints(min_length=1, max_length=255), NoNul()]
-    size: int = Field(ge=0)
+    name: ListedFileName
+    size: int = Field(ge=0, le=JSON_INT_MAX)
     sha256: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 
 
@@ -231,7 +317,7 @@ class ClientRequestingTask(Request):
 
 
 class UpdateUserInfo(Request):
-    user_id: DeviceId
+    user_id: OwnDeviceId
     data_qnt: float | None = None
     avg_acc_contrib: float | None = None
     avg_disconnection_per_round: float | None = None
@@ -246,7 +332,7 @@ class UserRef(Request):
 class ReportDeviceTask(Request):
     """A device tells the cloud what happened to one of its tasks."""
 
-    user_id: DeviceId
+    user_id: OwnDeviceId
     task_id: TaskId
     status: Annotated[
         str,
@@ -255,8 +341,8 @@ class ReportDeviceTask(Request):
         ),
     ]
     reason: Annotated[str, StringConstraints(max_length=2000), NoNul()] = ""
-    round: int | None = Field(default=None, ge=0)
-    metrics: dict[MetricName, float] | None = Field(default=None, max_length=32)
+    round: int | None = Field(default=None, ge=0, le=INT32_MAX)
+    metrics: dict[MetricName, MetricValue] | None = Field(default=None, max_length=32)
 
 
 class ClearQuarantine(Request):
@@ -265,7 +351,7 @@ class ClearQuarantine(Request):
 
 
 class EnrollDevice(Request):
-    user_id: DeviceId
+    user_id: OwnDeviceId
     enrollment_token: Annotated[str, StringConstraints(min_length=8, max_length=256), NoNul()]
 
 

@@ -684,7 +684,7 @@ class SqlStore(Store):
     ) -> Metric:
         values: dict[str, Any] = {
             "task_id": task_id,
-            "round": v.integer("round", round, 0),
+            "round": v.integer("round", round, 0, v.INT32_MAX),
             "source": v.ident("source", source),
             "metrics": v.metrics(metrics),
             "time": _time.time() if time is None else v.number("time", time),
@@ -844,7 +844,7 @@ class SqlStore(Store):
             "token_hash": v.ident("token_hash", token_hash),
             "created_at": _now(),
             "expires_at": v.aware("expires_at", expires_at),
-            "uses_left": v.integer("uses", uses, 1),
+            "uses_left": v.integer("uses", uses, 1, v.INT32_MAX),
             "revoked": False,
         }
         with self._tx(

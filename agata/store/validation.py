@@ -20,6 +20,12 @@ from agata.store.store import BundleFile, DeviceTaskStatus, TaskState
 MAX_ID = 255
 """Longest id, name, host, tag, sensor or hash (characters)."""
 MAX_FILE_NAME = 1024
+INT32_MAX = 2**31 - 1
+"""Largest value of an ``INTEGER`` column (rounds, versions, uses) on every backend."""
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
+"""Range of a ``BIGINT`` column (sizes, process ids, sequence numbers); SQLite's
+``INTEGER`` holds the same and no more."""
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -58,9 +64,17 @@ def unique(name: str, values: Iterable[str]) -> tuple[str, ...]:
 
 
 def integer(name: str, value: object, low: int | None = None, high: int | None = None) -> int:
+    """An int between ``low`` and ``high`` (bools refused).
+
+    Bounds left out default to the ``BIGINT`` range, so no value reaches a backend
+    that would fail to convert it (SQLite raises ``OverflowError`` past 64 bits,
+    PostgreSQL refuses it): out of range is ``INVALID_ARGUMENT`` on every store.
+    """
     if isinstance(value, bool) or not isinstance(value, int):
         raise invalid(f"{name} must be an integer")
-    if (low is not None and value < low) or (high is not None and value > high):
+    low = INT64_MIN if low is None else max(low, INT64_MIN)
+    high = INT64_MAX if high is None else min(high, INT64_MAX)
+    if value < low or value > high:
         raise invalid(f"{name} must be between {low} and {high}")
     return value
 
@@ -69,7 +83,10 @@ def number(name: str, value: object) -> float:
     """A finite float (ints accepted, bools refused)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise invalid(f"{name} must be a number")
-    result = float(value)
+    try:
+        result = float(value)
+    except OverflowError:  # an int beyond the range of a float
+        raise invalid(f"{name} must be a finite number") from None
     if not math.isfinite(result):
         raise invalid(f"{name} must be a finite number")
     return result
@@ -111,7 +128,7 @@ def files(values: Sequence[BundleFile]) -> tuple[BundleFile, ...]:
         name = text("file name", f.name, MAX_FILE_NAME, empty=False)
         if name in result:
             raise invalid(f"file {name!r} is listed twice")
-        integer("file size", f.size, 0)
+        integer("file size", f.size, 0, INT64_MAX)
         if not isinstance(f.sha256, str) or not _SHA256.fullmatch(f.sha256):
             raise invalid(f"sha256 of {name!r} must be 64 lowercase hex digits")
         result[name] = f

@@ -66,7 +66,6 @@ def make_zip(members: list[tuple[str | zipfile.ZipInfo, bytes]]) -> bytes:
         "data_part_1.npz",
         "trigger_example.py",
         "-leading-dash.py",
-        ".hidden",
         "a b.txt",
         "模型.py",
         "données.csv",
@@ -127,6 +126,9 @@ def test_names_are_normalised_to_nfc() -> None:
         "a\ufe13b",  # presentation form of ':'
         "\ud800",
         "\ue000",  # private use
+        ".hidden",  # hidden names: every agent refuses them (issue 14, item 6)
+        ".gitignore",
+        ".agata-bundle.json",  # the agent's own manifest
     ],
     ids=ascii,
 )

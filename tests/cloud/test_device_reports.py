@@ -28,6 +28,7 @@ async def registry() -> AsyncIterator[DeviceRegistry]:
     await bus.connect()
     store = create_store("sqlite://")
     store.create_task(NewTask(task_id="t1", host="h", port=1, username="u", password="p"))
+    store.set_task_state("t1", running=True, state="running")
     store.upsert_device("d1", data_qnt=10)
     try:
         yield DeviceRegistry(bus, store, register_events=False)
@@ -71,17 +72,18 @@ async def test_reports_record_status_metrics_and_last_seen(registry: DeviceRegis
 
 
 async def test_a_task_report_is_one_transaction(registry: DeviceRegistry) -> None:
-    """A status report writes the status and, once per TOUCH_SECONDS, last_seen: no
-    separate lookup of the task (set_device_task_status checks it)."""
+    """A status report writes the status and, once per TOUCH_SECONDS, last_seen. Only
+    the first report of a device on a task reads the task and the device (its scope:
+    agata.cloud.report_scope); the next ones are trusted for SCOPE_CACHE_SECONDS."""
     store = registry.store
     assert isinstance(store, SqlStore)
     transactions: list[int] = []
     event.listen(store.engine, "begin", lambda _conn: transactions.append(1))
 
-    await report(registry, status="downloading")  # first report: status + last_seen
+    await report(registry, status="downloading")  # scope (task, device), status, last_seen
     first = len(transactions)
     await report(registry, status="running")
     await report(registry, status="finished")
 
-    assert first == 2
+    assert first == 4
     assert len(transactions) == first + 2

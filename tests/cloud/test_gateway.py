@@ -354,8 +354,11 @@ async def test_validate_criteria_reports_unknown_names_and_matches(cloud: Cloud)
 
 
 async def test_device_reports_show_who_runs_a_task(cloud: Cloud) -> None:
-    await cloud.op("rpc_exec_create_task", TASK)
-    await cloud.op("rpc_exec_update_user_info", {"user_id": "pi-5", "data_qnt": 99})
+    fields = {k: v for k, v in TASK.items() if k != "task_id"}
+    await create_bundle_task(cloud, "4fe5", **{**fields, "server_arguments": ["1", "--hold"]})
+    assert (await cloud.op("rpc_exec_start_server_task", {"task_id": "4fe5"})).status_code == 200
+    device_info = {"user_id": "pi-5", "data_qnt": 99, "sensors": ["camera"]}
+    await cloud.op("rpc_exec_update_user_info", device_info)
     report = {"user_id": "pi-5", "task_id": "4fe5"}
 
     await cloud.op("rpc_exec_report_device_task", {**report, "status": "running"})

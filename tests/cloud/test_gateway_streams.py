@@ -46,6 +46,13 @@ async def next_name(names: asyncio.Queue[str], wanted: str) -> str:
             return name
 
 
+async def start_held_task(cloud: Cloud, task_id: str, **fields: object) -> None:
+    """Create a task for ``fields`` and start it; its server side holds for 120 s."""
+    await create_bundle_task(cloud, task_id, server_arguments=["1", "--hold"], **fields)
+    started = await cloud.op("rpc_exec_start_server_task", {"task_id": task_id})
+    assert started.status_code == 200, started.text
+
+
 async def test_every_client_gets_the_event_under_its_own_name(cloud: Cloud) -> None:
     credential = await enroll(cloud, "pi-20")
     async with (
@@ -53,7 +60,7 @@ async def test_every_client_gets_the_event_under_its_own_name(cloud: Cloud) -> N
         stream(cloud, "/api/stream", cloud.token) as second,
         stream(cloud, "/api/devices/pi-20/stream", credential) as device,
     ):
-        await create_bundle_task(cloud, "t1")
+        await start_held_task(cloud, "t1")  # a task a device hears of: offered to it
 
         # Before, the first reader took the name off the shared message: the others got
         # "message", which the web console (listening for "task") never saw.
@@ -73,7 +80,7 @@ async def test_a_devices_stream_ends_when_its_credential_is_revoked(cloud: Cloud
         assert response.status_code == 200
 
         ended = await asyncio.wait_for(revoked.get(), 5)
-        await create_bundle_task(cloud, "t2")
+        await start_held_task(cloud, "t2")
         still = await next_name(kept, "task")
 
     assert ended == ""  # the server closed it

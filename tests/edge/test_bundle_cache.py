@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import unicodedata
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -144,13 +145,31 @@ async def test_a_file_longer_than_listed_is_cut_short(
     assert caught.value.code is ErrorCode.TOO_LARGE
 
 
-@pytest.mark.parametrize("name", ["../evil.py", "a/b.py", ".hidden", "..", "x\\y.py", "a\nb"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "../evil.py",
+        "a/b.py",
+        ".hidden",
+        ".gitignore",
+        ".agata-bundle.json",
+        "..",
+        "x\\y.py",
+        "a\nb",
+        "a:b.py",
+        "evil\u202eyp.exe",
+        "\uff0e\uff0e\uff0fx",
+        "server.",
+        unicodedata.normalize("NFD", "données.csv"),
+    ],
+    ids=ascii,
+)
 async def test_names_that_are_not_plain_are_refused_before_any_request(
     tmp_path: Path, server: FileServer, client: CloudClient, name: str
 ) -> None:
     files = [*listing(client_py=CLIENT), {"name": name, "size": 1, "sha256": "0" * 64}]
 
-    with pytest.raises(AgataError, match="not a plain name"):
+    with pytest.raises(AgataError, match="bundle listing refused"):
         await cache_for(tmp_path, client).ensure(make_offer(files=files))
 
     assert server.requests == []

@@ -12,7 +12,8 @@ Known gaps; each is tolerated only for its exact reason, so anything else fails:
 - :data:`SEMANTIC_REFUSALS`: a schema-valid body refused with 400 for what no JSON
   schema can say: a file listed twice in a bundle listing (``uniqueItems`` compares whole
   items, not names), selection criteria that do not parse, starting a task whose bundle
-  is not uploaded yet. (Empty or over-long hosts and metric names and NUL characters were
+  is not uploaded yet, a listed file name the bundle name rule refuses (Unicode
+  categories and lookalikes). (Empty or over-long hosts and metric names and NUL characters were
   also tolerated here until the protocol models refused them: their schemas now say so.)
 - lax coercions: a schema-invalid body accepted because pydantic's lax mode converted it
   into a valid one (``0`` for ``false``, ``false`` for ``0.0``, ``"0000"`` for ``0``; and
@@ -47,7 +48,10 @@ SEMANTIC_REFUSALS = re.compile(
     # a string that is not a criteria expression,
     r"|selection criteria( are not a valid expression)?: .*"
     # a task started before its bundle was uploaded (a state, arguably 409)
-    r"|task \S+ has no server\.py and no client\.py in its bundle; .*)$"
+    r"|task \S+ has no server\.py and no client\.py in its bundle; .*"
+    # a listed file name outside the bundle name rule (Unicode categories, NFKC
+    # lookalikes, hidden names: agata/protocol/bundle_names.py)
+    r"|invalid arguments: files\.\d+\.name: file name .*)$"
 )
 MODELS: dict[str, type[BaseModel]] = {
     **{f"/{name}": model for name, model in ops.OPERATION_MODELS.items()},

@@ -510,6 +510,48 @@ class TestStoreConformance:
             store.add_metric("t1", 3, "server", {"loss": float("inf")})
         assert error_code(exc) is ErrorCode.INVALID_ARGUMENT
 
+    @pytest.mark.parametrize(
+        "call",
+        [
+            lambda s: s.add_metric("t1", 2**63, "d1", {"acc": 0.5}),
+            lambda s: s.add_metric("t1", 2**31, "d1", {"acc": 0.5}),  # an INTEGER column
+            lambda s: s.add_metric("t1", 1, "d1", {"acc": 10**400}),
+            lambda s: s.set_task_files("t1", [BundleFile("big.bin", 10**25, SHA)]),
+            lambda s: s.set_task_files("t1", [BundleFile("big.bin", 2**63, SHA)]),
+            lambda s: s.set_task_state("t1", running=True, state="running", server_pid=2**64),
+            lambda s: s.tail_logs("t1", after_seq=10**25),
+            lambda s: s.tail_logs("t1", n=2**70),
+            lambda s: s.list_events("t1", limit=2**64),
+            lambda s: s.add_enrollment_token("e", "h", uses=2**31),
+            lambda s: s.upsert_device("d1", data_qnt=10**400),  # type: ignore[arg-type]
+        ],
+    )
+    def test_integers_out_of_range_are_invalid_and_write_nothing(
+        self, store: Store, call: Callable[[Store], object]
+    ) -> None:
+        """Issue 14, item 8: SQLite raised OverflowError (a 500) past 64 bits and
+        PostgreSQL refused past its column's range; now every store says 400 first."""
+        store.create_task(new_task())
+        store.upsert_device("d1", data_qnt=1.0)
+
+        with pytest.raises(AgataError) as exc:
+            call(store)
+
+        assert error_code(exc) is ErrorCode.INVALID_ARGUMENT
+        task = store.get_task("t1")
+        assert task.version == 1 and not task.running and task.server_pid is None
+        assert store.list_metrics("t1") == [] and store.list_enrollment_tokens() == []
+        assert store.get_device("d1").data_qnt == 1.0
+
+    def test_largest_integers_in_range_round_trip(self, store: Store) -> None:
+        store.create_task(new_task())
+
+        store.add_metric("t1", 2**31 - 1, "d1", {"acc": 0.5})
+        task = store.set_task_files("t1", [BundleFile("big.bin", 2**63 - 1, SHA)])
+
+        assert [m.round for m in store.list_metrics("t1")] == [2**31 - 1]
+        assert task.files == (BundleFile("big.bin", 2**63 - 1, SHA),)
+
     def test_log_is_capped_per_task(self, open_store: OpenStore) -> None:
         store = open_store(log_cap=10)
         store.create_task(new_task("t1"))

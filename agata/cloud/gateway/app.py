@@ -26,6 +26,7 @@ from agata.bus.rpc import RpcClient
 from agata.bus.service import describe_errors
 from agata.cloud.bundles import BundleStore
 from agata.cloud.gateway.auth import ANONYMOUS, Authenticator, Principal, require_operator
+from agata.cloud.gateway.device_stream import DeviceStreamScope
 from agata.cloud.gateway.grants import DownloadGrants
 from agata.cloud.gateway.limits import BodyLimit, RateLimit
 from agata.cloud.gateway.metrics import GatewayMetrics
@@ -234,13 +235,16 @@ def create_gateway(bus: Bus, config: GatewayConfig) -> FastAPI:
     async def read_device_stream(
         user_id: ops.DeviceId, principal: Principal = Depends(stream_caller)
     ) -> StreamingResponse:
-        """Server-sent events telling one device that tasks changed."""
+        """Server-sent events telling one device that its tasks changed: those it is
+        offered, or was offered until this change; never another task's."""
         _check_device_access(principal, user_id, config.legacy_devices)
+        scope = DeviceStreamScope(rpc, user_id)
+        await scope.refresh()
 
         def accepts(message: dict[str, Any]) -> bool:
             kind = message.get("kind")
             if kind == "task":
-                return True
+                return True  # then DeviceStreamScope.rewrite keeps the device's own
             return kind == "quarantine_cleared" and message.get("user_id") == user_id
 
         def revoked(message: dict[str, Any]) -> bool:
@@ -252,7 +256,7 @@ def create_gateway(bus: Bus, config: GatewayConfig) -> FastAPI:
                 and message.get("user_id") == user_id
             )
 
-        return _sse(hub.events(accepts, ends=revoked))
+        return _sse(hub.events(accepts, ends=revoked, rewrite=scope.rewrite))
 
     # -- operator stream -------------------------------------------------------------
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from agata.bus.bus import Bus, Consumer, Delivery
@@ -15,6 +15,9 @@ logger = logging.getLogger(__name__)
 
 KEEPALIVE_SECONDS = 15.0
 Filter = Callable[[dict[str, Any]], bool]
+#: A client's own, slower check of a message it accepted: its text (``None``: skip the
+#: message), run in the client's request, never in the hub's fan-out.
+Rewrite = Callable[[dict[str, Any], str], Awaitable[str | None]]
 
 
 def _never(_message: dict[str, Any]) -> bool:
@@ -27,13 +30,17 @@ def sse_text(message: dict[str, Any]) -> str:
     return f"event: {message.get('kind', 'message')}\ndata: {json.dumps(data)}\n\n"
 
 
+_Queue = asyncio.Queue[tuple[dict[str, Any], str] | None]
+
+
 class StreamHub:
     """One bus subscription; each HTTP client gets a bounded queue of its own."""
 
     def __init__(self, bus: Bus) -> None:
         self.bus = bus
-        # a client's queue of SSE texts (None: end the stream) -> (accepts, ends)
-        self._clients: dict[asyncio.Queue[str | None], tuple[Filter, Filter]] = {}
+        # a client's queue of (message, its SSE text) (None: end the stream)
+        # -> (accepts, ends)
+        self._clients: dict[_Queue, tuple[Filter, Filter]] = {}
         self._subscription: Consumer | None = None
         self._closed = asyncio.Event()
         #: Called with every notification (before the clients get it); must not raise.
@@ -54,7 +61,7 @@ class StreamHub:
         return len(self._clients)
 
     @staticmethod
-    def _end(queue: asyncio.Queue[str | None]) -> None:
+    def _end(queue: _Queue) -> None:
         if queue.full():
             queue.get_nowait()
         queue.put_nowait(None)
@@ -79,24 +86,31 @@ class StreamHub:
                     text = sse_text(message)
                 if queue.full():
                     queue.get_nowait()  # a slow client loses the oldest message
-                queue.put_nowait(text)
+                queue.put_nowait((message, text))
         return None
 
-    async def events(self, accepts: Filter, ends: Filter = _never) -> AsyncIterator[str]:
-        """SSE text for one client: the notifications ``accepts`` takes, until the client
-        disconnects, the hub stops or a notification ``ends`` takes arrives."""
-        queue: asyncio.Queue[str | None] = asyncio.Queue(maxsize=1000)
+    async def events(
+        self, accepts: Filter, ends: Filter = _never, rewrite: Rewrite | None = None
+    ) -> AsyncIterator[str]:
+        """SSE text for one client: the notifications ``accepts`` takes (each passed
+        through ``rewrite`` when given), until the client disconnects, the hub stops or
+        a notification ``ends`` takes arrives."""
+        queue: _Queue = asyncio.Queue(maxsize=1000)
         self._clients[queue] = (accepts, ends)
         try:
             yield ": connected\n\n"
             while not self._closed.is_set():
                 try:
-                    text = await asyncio.wait_for(queue.get(), KEEPALIVE_SECONDS)
+                    item = await asyncio.wait_for(queue.get(), KEEPALIVE_SECONDS)
                 except TimeoutError:
                     yield ": keepalive\n\n"
                     continue
-                if text is None:
+                if item is None:
                     return
-                yield text
+                text: str | None = item[1]
+                if rewrite is not None:
+                    text = await rewrite(*item)
+                if text is not None:
+                    yield text
         finally:
             self._clients.pop(queue, None)
