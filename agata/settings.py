@@ -99,7 +99,7 @@ class Settings(BaseModel):
     max_slow_bodies: int = Field(
         16,
         ge=1,
-        description="request bodies unfinished 1 s after their head one client address may "
+        description="request bodies unfinished 10 s after their head one client address may "
         "send at once (429 beyond)",
     )
     max_downloads: int = Field(

@@ -20,6 +20,10 @@ from pathlib import Path
 import pytest
 from cloud_harness import Cloud, create_bundle_task, running_cloud
 
+from agata.cloud.gateway.limits import guarded_http_protocol
+
+from .test_limits import serve
+
 MIB = 1024 * 1024
 ENROLL_HEAD = (
     b"POST /api/devices/enroll HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
@@ -114,8 +118,11 @@ async def test_slow_bodies_cannot_take_every_connection(tmp_path: Path) -> None:
 
 
 async def test_one_address_may_keep_only_max_slow_bodies_unfinished(tmp_path: Path) -> None:
-    async with running_cloud(tmp_path, body_timeout=30.0, max_slow_bodies=3) as cloud:
-        held = [await connect(cloud) for _ in range(4)]
+    # The cloud's gateway served once more with a guard that counts a body as slow
+    # after 0.3 s instead of 10 s.
+    protocol = guarded_http_protocol(slow_after=0.3, max_slow_bodies=3)
+    async with running_cloud(tmp_path) as cloud, serve(cloud.node.app, http=protocol) as port:
+        held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(4)]
         feeding = []
         for _, writer in held:
             writer.write(ENROLL_HEAD)
@@ -124,17 +131,45 @@ async def test_one_address_may_keep_only_max_slow_bodies_unfinished(tmp_path: Pa
         try:
             fourth = await answer(held[3][0], 5)
             first_three = [await answer(reader, 0.2) for reader, _ in held[:3]]
-            ok = await health(cloud)  # no body: not limited
+        finally:
+            for task in feeding:
+                task.cancel()
+            for _, writer in held:
+                writer.close()
+        ok = await health(cloud)  # a request without a body: not limited
+
+    assert fourth.startswith(b"HTTP/1.1 429 "), fourth
+    assert b"retry-after: 1" in fourth.lower()
+    assert first_three == [b"", b"", b""]  # still open, not answered
+    assert ok == b"HTTP/1.1 200 OK\r\n"
+
+
+async def test_near_the_connection_limit_the_oldest_unfinished_body_makes_room(
+    tmp_path: Path,
+) -> None:
+    # 15 bodies trickling at the minimum rate's pace would stay for body_timeout (60 s):
+    # the 16th connection (of max_connections 16) closes the oldest instead of a 503.
+    async with running_cloud(
+        tmp_path, max_connections=16, body_timeout=60.0, max_slow_bodies=16
+    ) as cloud:
+        held = [await connect(cloud) for _ in range(15)]
+        for _, writer in held:
+            writer.write(ENROLL_HEAD)
+        feeding = [asyncio.create_task(trickle(writer, 8)) for _, writer in held]
+        try:
+            await asyncio.sleep(1.2)  # past EVICTABLE_BODY_SECONDS
+            status = await health(cloud)
+            oldest = await answer(held[0][0], 2)
+            others = [await answer(reader, 0.05) for reader, _ in held[1:]]
         finally:
             for task in feeding:
                 task.cancel()
             for _, writer in held:
                 writer.close()
 
-    assert fourth.startswith(b"HTTP/1.1 429 "), fourth
-    assert b"retry-after: 1" in fourth.lower()
-    assert first_three == [b"", b"", b""]  # still open, not answered
-    assert ok == b"HTTP/1.1 200 OK\r\n"
+    assert status == b"HTTP/1.1 200 OK\r\n"
+    assert oldest.startswith(b"HTTP/1.1 503 "), oldest
+    assert others == [b""] * 14
 
 
 async def test_a_body_sent_at_once_is_served_as_before(tmp_path: Path) -> None:

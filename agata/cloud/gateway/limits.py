@@ -17,9 +17,11 @@
   The same protocol bounds a request *body's* time, whether or not the app reads it:
   the whole body within ``body_timeout`` seconds of its head, and at least
   ``body_min_rate`` bytes a second once ``body_grace`` seconds have passed (a client
-  sending one byte every 20 s resets any idle timer, never these); and it caps the
-  bodies still unfinished :data:`SLOW_BODY_SECONDS` after their head at
-  ``max_slow_bodies`` per client address (429 beyond).
+  sending one byte every 20 s resets any idle timer, never these); it caps the bodies
+  still unfinished :data:`SLOW_BODY_SECONDS` after their head at ``max_slow_bodies``
+  per client address (429 beyond); and near the connection limit a new connection
+  closes the oldest bodies unfinished for :data:`EVICTABLE_BODY_SECONDS` (503), as it
+  closes the oldest connections waiting for a head.
 """
 
 from __future__ import annotations
@@ -50,7 +52,13 @@ BODY_MIN_RATE = 4096.0
 #: Seconds after its head before a body must keep up with the minimum rate.
 BODY_GRACE_SECONDS = 10.0
 #: Seconds after its head a still unfinished body counts as slow (for the address cap).
-SLOW_BODY_SECONDS = 1.0
+#: As long as the grace: an honest client's body follows its head at once, but a client
+#: whose own event loop is overloaded (a fleet simulator in a burst) may write it
+#: seconds later; a trickle slower than the minimum rate is cut at the grace anyway.
+SLOW_BODY_SECONDS = 10.0
+#: Seconds after its head an unfinished body may be cut to make room when the server
+#: nears its connection limit (oldest first, after the connections waiting for a head).
+EVICTABLE_BODY_SECONDS = 1.0
 #: Slow bodies one client address may have at once (``max_slow_bodies``).
 MAX_SLOW_BODIES = 16
 #: Open files kept for everything but connections (database, logs, task pipes, bundles).
@@ -231,6 +239,8 @@ def guarded_http_protocol(
     is not taking the body: flow control) does not count. A body still unfinished
     ``slow_after`` seconds after its head counts against its client address: past
     ``max_slow_bodies`` of them the newest is answered 429 and its connection closed.
+    Near the connection limit, after the connections waiting for a head, the oldest
+    bodies unfinished for :data:`EVICTABLE_BODY_SECONDS` are answered 503 and closed.
     Pass the class as ``uvicorn.Config(http=...)``; each call makes a class of its own."""
     base: Any
     try:
@@ -244,6 +254,8 @@ def guarded_http_protocol(
     files = open_files_for_connections()
     # Connections with a slow body, by client address.
     slow_bodies: dict[str, set[Any]] = {}
+    # Connections with an unfinished body, oldest first.
+    unfinished_bodies: dict[Any, None] = {}
 
     class GuardedHttpProtocol(base):
         _head_timer: asyncio.TimerHandle | None = None
@@ -263,9 +275,17 @@ def guarded_http_protocol(
         def _make_room(self) -> None:
             limit = min(self.limit_concurrency or files, files)
             excess = len(self.connections) - (limit - max(1, limit // 10))
-            for oldest in list(waiting_heads)[: max(0, excess)]:
-                if oldest is not self:
-                    oldest._on_head_timeout()
+            if excess <= 0:
+                return
+            for oldest in [c for c in waiting_heads if c is not self][:excess]:
+                oldest._on_head_timeout()
+                excess -= 1
+            # Then bodies unfinished for a while (honest bodies take milliseconds).
+            old = self.loop.time() - EVICTABLE_BODY_SECONDS
+            for oldest in list(unfinished_bodies)[: max(0, excess)]:
+                if oldest._body_started > old:
+                    break  # the rest are younger still
+                oldest._evict_body()
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
@@ -300,11 +320,13 @@ def guarded_http_protocol(
             self._end_body()
             self._body_started = self._body_checked = self.loop.time()
             self._body_bytes = 0
+            unfinished_bodies[self] = None
             self._body_timer = self.loop.call_later(
                 min(slow_after, body_grace, body_timeout), self._check_body
             )
 
         def _end_body(self) -> None:
+            unfinished_bodies.pop(self, None)
             if self._body_timer is not None:
                 self._body_timer.cancel()
                 self._body_timer = None
@@ -365,7 +387,13 @@ def guarded_http_protocol(
             self._body_timer = self.loop.call_later(max(0.01, min(wait, 1.0)), self._check_body)
 
         def _cut_body(
-            self, status: int, reason: str, detail: str, headers: dict[str, str] | None = None
+            self,
+            status: int,
+            reason: str,
+            detail: str,
+            headers: dict[str, str] | None = None,
+            *,
+            linger: bool = True,
         ) -> None:
             cycle = self.cycle
             self._end_body()
@@ -377,6 +405,19 @@ def guarded_http_protocol(
                 self.transport.close()  # too late for a status: end the connection
                 return
             self._refuse(status, reason, detail, headers)
+            if not linger:
+                self.transport.close()  # the room is needed now (the answer may be lost)
+
+        def _evict_body(self) -> None:
+            elapsed = self.loop.time() - self._body_started
+            self._cut_body(
+                503,
+                "Service Unavailable",
+                f"the gateway is near its connection limit and this request body is still "
+                f"unfinished after {elapsed:.0f} s",
+                {"Retry-After": "1"},
+                linger=False,
+            )
 
         # -- the head's time -----------------------------------------------------------
 
