@@ -32,6 +32,7 @@ import math
 import resource
 import time
 from collections.abc import Callable
+from itertools import islice
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -277,12 +278,12 @@ def guarded_http_protocol(
             excess = len(self.connections) - (limit - max(1, limit // 10))
             if excess <= 0:
                 return
-            for oldest in [c for c in waiting_heads if c is not self][:excess]:
+            for oldest in list(islice((c for c in waiting_heads if c is not self), excess)):
                 oldest._on_head_timeout()
                 excess -= 1
             # Then bodies unfinished for a while (honest bodies take milliseconds).
             old = self.loop.time() - EVICTABLE_BODY_SECONDS
-            for oldest in list(unfinished_bodies)[: max(0, excess)]:
+            for oldest in list(islice(unfinished_bodies, max(0, excess))):
                 if oldest._body_started > old:
                     break  # the rest are younger still
                 oldest._evict_body()
