@@ -271,3 +271,31 @@ async def test_an_upload_left_half_way_leaves_no_spooled_file(
     assert while_uploading  # the measurement sees spooled files
     assert after == []
     assert "big.bin" not in {f["name"] for f in listing}
+
+
+async def test_a_malformed_upload_is_400_and_leaves_no_spooled_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # python-multipart's own errors (here a control character in a part's header)
+    # were a 500 once the route read its body itself, and its spooled files stayed open.
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(spool))
+    body = (
+        PART_HEAD
+        + b"x" * (2 * MIB)  # spooled to disk
+        + b'\r\n--b0\r\nContent-Disposition: form-data; name="files"; filename="b"\r\n'
+        + b"Bad\x04Header: x\r\n\r\nabc\r\n--b0--\r\n"
+    )
+    async with running_cloud(tmp_path / "cloud", max_upload_bytes=20 * MIB) as cloud:
+        await create_bundle_task(cloud, "t1")
+        response = await cloud.http.post(
+            "/api/tasks/t1/files",
+            content=body,
+            headers={**cloud.auth, "Content-Type": "multipart/form-data; boundary=b0"},
+        )
+        left = spooled_files(spool)
+
+    assert response.status_code == 400, response.text
+    assert "malformed multipart body" in response.json()["detail"]
+    assert left == []

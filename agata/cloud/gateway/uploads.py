@@ -1,12 +1,13 @@
 """Reading a multipart upload so that its spooled files never outlive the request.
 
 Starlette's multipart parser spools each file part to a temporary file (in memory up to
-1 MiB, then on disk) and closes those files when parsing fails with a multipart error
--- but not when the client leaves half way: then the files stayed open, their disk
-space taken, until the garbage collector found them (20 unfinished 50 MiB uploads held
-980 MiB of the temp folder). :func:`uploaded_files` turns the client leaving into such
-an error, so the parser closes what it spooled, and closes the files of a complete
-upload when the route is done with them.
+1 MiB, then on disk) and closes those files when parsing fails with one of its own
+errors -- but not when the client leaves half way, nor on python-multipart's errors
+(which FastAPI turned into a 400): then the files stayed open, their disk space taken,
+until the garbage collector found them (20 unfinished 50 MiB uploads held 980 MiB of
+the temp folder). :func:`uploaded_files` turns the client leaving into such an error
+and closes the spooled files on any other, and closes the files of a complete upload
+when the route is done with them.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import Request
-from starlette.datastructures import UploadFile
+from starlette.datastructures import FormData, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
@@ -48,6 +49,21 @@ UPLOAD_BODY: dict[str, Any] = {
 }
 
 
+class _ClosingParser(MultiPartParser):
+    """Starlette's parser that closes what it spooled on *any* failure: Starlette does
+    so for its own errors only, not for python-multipart's (a malformed part header)."""
+
+    async def parse(self) -> FormData:
+        try:
+            return await super().parse()
+        except MultiPartException:
+            raise  # the files are closed
+        except Exception as exc:
+            for file in getattr(self, "_files_to_close_on_error", ()):
+                file.close()
+            raise MultiPartException(f"malformed multipart body ({exc})") from None
+
+
 async def _until_disconnect(request: Request) -> AsyncGenerator[bytes, None]:
     try:
         async for chunk in request.stream():
@@ -67,7 +83,7 @@ async def uploaded_files(request: Request, field: str = "files") -> AsyncIterato
         raise AgataError(
             ErrorCode.INVALID_ARGUMENT, f"{field}: a multipart/form-data body is required"
         )
-    parser = MultiPartParser(
+    parser = _ClosingParser(
         request.headers, _until_disconnect(request), max_files=MAX_FILES, max_fields=MAX_FILES
     )
     try:
