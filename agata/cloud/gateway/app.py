@@ -6,7 +6,6 @@ import asyncio
 import base64
 import binascii
 import logging
-import tempfile
 import time
 import weakref
 from dataclasses import dataclass, field
@@ -28,7 +27,12 @@ from agata.bus.rpc import RpcClient
 from agata.bus.service import describe_errors
 from agata.cloud.bundles import BundleStore
 from agata.cloud.gateway.auth import ANONYMOUS, Authenticator, Principal, require_operator
-from agata.cloud.gateway.downloads import DownloadSlots, FileStream, too_many_downloads
+from agata.cloud.gateway.downloads import (
+    DownloadSlots,
+    FileStream,
+    spooled_stream,
+    too_many_downloads,
+)
 from agata.cloud.gateway.gate import AuthGate, gated
 from agata.cloud.gateway.grants import DownloadGrants
 from agata.cloud.gateway.limits import BodyLimit, RateLimit
@@ -347,20 +351,11 @@ def create_gateway(bus: Bus, config: GatewayConfig) -> FastAPI:
         release = slots.take(f"operator:{principal.name}")
         if release is None:
             return too_many_downloads(slots.limit)
-        try:
-            # Built in a temporary file off the event loop, then streamed from it.
-            spool = tempfile.TemporaryFile()
-        except BaseException:
-            release()
-            raise
-        try:
-            await asyncio.to_thread(config.bundles.write_archive, task_id, spool)
-            spool.seek(0)
-        except BaseException:
-            spool.close()
-            release()
-            raise
-        return FileStream(spool, release=release, media_type="application/zip")
+        return await spooled_stream(
+            lambda target: config.bundles.write_archive(task_id, target),
+            release=release,
+            media_type="application/zip",
+        )
 
     @app.get(
         "/download/{task_id}/{name}",

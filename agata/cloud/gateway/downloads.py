@@ -7,6 +7,8 @@ on the event loop, held every other request (``/healthz`` 1.5 s). Now:
 - :class:`FileStream` sends an open file in :data:`CHUNK_BYTES` pieces, each read in a
   worker thread, at the pace the client takes them (uvicorn's flow control); it stops
   when the client leaves, and always closes the file and gives back its slot;
+  :func:`spooled_stream` does the same with what a function writes (the bundle zip),
+  written to a temporary file in a worker thread first;
 - :class:`DownloadSlots` counts the downloads each downloader (a device, an operator
   token, or for task passwords a client address) is running; past its limit a new one
   is answered 429 with ``Retry-After`` (:func:`too_many_downloads`).
@@ -18,8 +20,9 @@ downloader can hold is ``limit`` of them.
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import AsyncIterator, Callable, Mapping
-from typing import BinaryIO
+from typing import IO, BinaryIO
 
 import anyio
 from starlette.responses import JSONResponse, StreamingResponse
@@ -113,3 +116,26 @@ class FileStream(StreamingResponse):
         finally:
             self.file.close()
             self.release()
+
+
+async def spooled_stream(
+    write: Callable[[IO[bytes]], None],
+    *,
+    release: Callable[[], None],
+    media_type: str = "application/octet-stream",
+) -> FileStream:
+    """The :class:`FileStream` of what ``write`` (blocking) writes to a temporary file,
+    run in a worker thread; if it fails, the file is removed, ``release`` called and
+    the error raised."""
+    try:
+        spool = tempfile.TemporaryFile()
+        try:
+            await anyio.to_thread.run_sync(write, spool)
+            spool.seek(0)
+        except BaseException:
+            spool.close()
+            raise
+    except BaseException:
+        release()
+        raise
+    return FileStream(spool, release=release, media_type=media_type)
