@@ -299,3 +299,12 @@ async def test_a_malformed_upload_is_400_and_leaves_no_spooled_file(
     assert response.status_code == 400, response.text
     assert "malformed multipart body" in response.json()["detail"]
     assert left == []
+
+
+async def test_a_refusal_from_the_headers_is_counted_by_its_route(tmp_path: Path) -> None:
+    async with running_cloud(tmp_path) as cloud:
+        refused = await cloud.http.post("/rpc_exec_list_tasks", json={})
+        metrics = (await cloud.http.get("/metrics")).text
+
+    assert refused.status_code == 401
+    assert 'path="/rpc_exec_list_tasks",status="401"' in metrics

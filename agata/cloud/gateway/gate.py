@@ -97,29 +97,31 @@ class AuthGate:
         self._exact = exact
         return exact
 
-    def check_for(self, scope: Scope) -> Check | None:
-        """The check of the route that will answer this request, if it is gated."""
+    def check_for(self, scope: Scope) -> tuple[APIRoute, Check] | None:
+        """The route that will answer this request and its check, if it is gated."""
         exact = self._exact if self._exact is not None else self._build()
         method = scope.get("method", "")
         for route, check in exact.get(scope.get("path", ""), ()):
             if method in (route.methods or ()):
-                return check
+                return route, check
         for route, check in self._templated:
             if route.matches(scope)[0] is Match.FULL:
-                return check
+                return route, check
         return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        check = self.check_for(scope)
-        if check is None:
+        found = self.check_for(scope)
+        if found is None:
             await self.app(scope, receive, send)
             return
+        route, check = found
         try:
             principal = await check(Request(scope))  # no receive: the body stays unread
         except AgataError as exc:
+            scope["route"] = route  # as the router would: metrics count it by route
             await self.refuse(exc)(scope, receive, send)
             return
         scope[PRINCIPAL_KEY] = principal
