@@ -85,6 +85,30 @@ class Settings(BaseModel):
         description="connections the gateway holds at once (every agent keeps one open "
         "for its event stream); 503 beyond",
     )
+    body_timeout: float = Field(
+        300.0,
+        gt=0,
+        le=86_400,
+        description="seconds the whole of a request body may take after its head (408 beyond)",
+    )
+    body_min_rate: float = Field(
+        4096.0,
+        gt=0,
+        description="bytes/s a request body must average after its first 10 s (408 below)",
+    )
+    max_slow_bodies: int = Field(
+        16,
+        ge=1,
+        description="request bodies unfinished 10 s after their head one client address may "
+        "send at once (429 beyond)",
+    )
+    max_downloads: int = Field(
+        4,
+        ge=1,
+        le=10_000,
+        description="bundle downloads one device (or operator token, or task password) may "
+        "run at once (429 beyond)",
+    )
 
     # -- edge
     cloud_url: str = "http://127.0.0.1:8000"

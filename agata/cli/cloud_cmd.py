@@ -66,6 +66,22 @@ def run_cloud(
             help="connections held at once, 503 beyond (each agent keeps one open)",
         ),
     ] = None,
+    body_timeout: Annotated[
+        float | None,
+        typer.Option("--body-timeout", help="seconds a request body may take (408 beyond)"),
+    ] = None,
+    body_min_rate: Annotated[
+        float | None,
+        typer.Option("--body-min-rate", help="bytes/s a body must average after 10 s"),
+    ] = None,
+    max_slow_bodies: Annotated[
+        int | None,
+        typer.Option("--max-slow-bodies", help="slow bodies per client address (429 beyond)"),
+    ] = None,
+    max_downloads: Annotated[
+        int | None,
+        typer.Option("--max-downloads", help="downloads at once per device (429 beyond)"),
+    ] = None,
 ) -> None:
     """Start the cloud services and the HTTP gateway in this process."""
     from agata.cli.main import setup_logging
@@ -84,6 +100,10 @@ def run_cloud(
         rate_limit=rate_limit,
         rate_burst=rate_burst,
         max_connections=max_connections,
+        body_timeout=body_timeout,
+        body_min_rate=body_min_rate,
+        max_slow_bodies=max_slow_bodies,
+        max_downloads=max_downloads,
     )
     setup_logging(settings.log_level)
     services = tuple(service or SERVICES)

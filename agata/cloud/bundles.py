@@ -261,11 +261,18 @@ class BundleStore:
 
     def archive(self, task_id: str) -> bytes:
         """The whole bundle as a zip (flat, deflated); an empty zip if there is none."""
-        validate_task_id(task_id)
         buffer = io.BytesIO()
+        self.write_archive(task_id, buffer)
+        return buffer.getvalue()
+
+    def write_archive(self, task_id: str, target: IO[bytes]) -> None:
+        """Write the zip of :meth:`archive` to ``target`` (a file open for writing, e.g. a
+        temporary file), reading each bundle file in pieces: memory stays small whatever
+        the bundle's size. Blocking: call it off the event loop."""
+        validate_task_id(task_id)
         with (
             self._lock(task_id),
-            zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive,
+            zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as archive,
             self._open_dir(task_id) as dir_fd,
         ):
             for name, info in sorted(self._scan(dir_fd).items()):
@@ -283,9 +290,8 @@ class BundleStore:
                     member.compress_type = zipfile.ZIP_DEFLATED
                     member.external_attr = (stat.S_IFREG | 0o644) << 16
                     large = current.st_size >= zipfile.ZIP64_LIMIT
-                    with archive.open(member, "w", force_zip64=large) as target:
-                        shutil.copyfileobj(source, target, _CHUNK)
-        return buffer.getvalue()
+                    with archive.open(member, "w", force_zip64=large) as entry:
+                        shutil.copyfileobj(source, entry, _CHUNK)
 
     # --- writing --------------------------------------------------------------------
 

@@ -141,6 +141,7 @@ class CloudNode:
                     cors_origins=list(s.cors_origins),
                     rate_limit=s.rate_limit,
                     rate_burst=s.rate_burst,
+                    max_downloads=s.max_downloads,
                 ),
             )
             if first_token:
@@ -191,7 +192,12 @@ class CloudNode:
             limit_concurrency=s.max_connections,
             timeout_graceful_shutdown=3,
             h11_max_incomplete_event_size=64 * 1024,
-            http=guarded_http_protocol(),  # head deadline and size cap (slow loris)
+            # head and body deadlines, head size cap, slow bodies per address (slow loris)
+            http=guarded_http_protocol(
+                body_timeout=s.body_timeout,
+                body_min_rate=s.body_min_rate,
+                max_slow_bodies=s.max_slow_bodies,
+            ),
             ws="none",
             **tls,
         )

@@ -10,14 +10,15 @@ import time
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import Depends, FastAPI, File, Request, UploadFile
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
+from starlette.datastructures import UploadFile
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agata import __version__
@@ -27,11 +28,19 @@ from agata.bus.service import describe_errors
 from agata.cloud.bundles import BundleStore
 from agata.cloud.gateway.auth import ANONYMOUS, Authenticator, Principal, require_operator
 from agata.cloud.gateway.device_stream import DeviceStreamScope
+from agata.cloud.gateway.downloads import (
+    DownloadSlots,
+    FileStream,
+    spooled_stream,
+    too_many_downloads,
+)
+from agata.cloud.gateway.gate import AuthGate, gated
 from agata.cloud.gateway.grants import DownloadGrants
 from agata.cloud.gateway.limits import BodyLimit, RateLimit
 from agata.cloud.gateway.metrics import GatewayMetrics
 from agata.cloud.gateway.openapi import DOWNLOAD, LEGACY_DEVICE, PUBLIC, STREAM, install
 from agata.cloud.gateway.streams import StreamHub
+from agata.cloud.gateway.uploads import UPLOAD_BODY, uploaded_files
 from agata.errors import AgataError, ErrorCode
 from agata.protocol import operations as ops
 
@@ -85,6 +94,7 @@ class GatewayConfig:
     cors_origins: list[str] = field(default_factory=list)
     rate_limit: float = 0.0  # requests per second per client address; 0: no limit
     rate_burst: float = 0.0  # requests at once; 0: twice the rate, at least 10
+    max_downloads: int = 4  # downloads at once per device, operator token or address
 
 
 def error_response(exc: AgataError) -> JSONResponse:
@@ -99,6 +109,7 @@ def create_gateway(bus: Bus, config: GatewayConfig) -> FastAPI:
     auth = Authenticator(rpc)
     hub = StreamHub(bus)
     grants = DownloadGrants()
+    slots = DownloadSlots(config.max_downloads)
     upload_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
     def on_notification(message: dict[str, Any]) -> None:
@@ -119,32 +130,38 @@ def create_gateway(bus: Bus, config: GatewayConfig) -> FastAPI:
             "bundles with the task's username/password"
         )
 
-    # Who may call: dependencies, so 401/403 come before the request is validated.
-    async def operator(request: Request) -> Principal:
+    # Who may call: checks of the request's headers, run by the gate before the body is
+    # read (agata.cloud.gateway.gate); the routes depend on them through gated().
+    async def check_operator(request: Request) -> Principal:
         principal = await auth.principal(request)
         require_operator(principal)
         return principal
 
-    async def caller(request: Request) -> Principal:
+    async def check_caller(request: Request) -> Principal:
         principal = await auth.principal(request)
         if principal.kind == "anonymous" and not config.legacy_devices:
             raise AgataError(ErrorCode.UNAUTHENTICATED, "a device credential is required")
         return principal
 
     # The event streams alone also take ?token= (EventSource cannot send headers).
-    async def stream_operator(request: Request) -> Principal:
+    async def check_stream_operator(request: Request) -> Principal:
         principal = await auth.principal(request, query_token=True)
         require_operator(principal)
         return principal
 
-    async def stream_caller(request: Request) -> Principal:
+    async def check_stream_caller(request: Request) -> Principal:
         principal = await auth.principal(request, query_token=True)
         if principal.kind == "anonymous" and not config.legacy_devices:
             raise AgataError(ErrorCode.UNAUTHENTICATED, "a device credential is required")
         return principal
 
-    async def downloader(request: Request) -> None:
-        await _check_download(request, request.path_params.get("task_id", ""))
+    operator = gated(check_operator)
+    caller = gated(check_caller)
+    stream_operator = gated(check_stream_operator)
+    stream_caller = gated(check_stream_caller)
+
+    async def downloader(request: Request) -> str:
+        return await _check_download(request, request.path_params.get("task_id", ""))
 
     async def anyone() -> Principal:
         return ANONYMOUS
@@ -165,6 +182,8 @@ def create_gateway(bus: Bus, config: GatewayConfig) -> FastAPI:
     )
     install(app)
     app.state.hub = hub
+    # Innermost of the middleware (inside CORS): refusals carry CORS headers.
+    app.add_middleware(AuthGate, routes=app.router.routes, refuse=error_response)
     if config.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -278,11 +297,14 @@ def create_gateway(bus: Bus, config: GatewayConfig) -> FastAPI:
         tags=["files"],
         responses=errors(400, 401, 403, 404, 413),
         dependencies=[Depends(operator)],
+        openapi_extra=UPLOAD_BODY,
     )
-    async def upload_task_files(
-        task_id: ops.TaskId, files: Annotated[list[UploadFile], File(min_length=1)]
-    ) -> list[dict[str, Any]]:
+    async def upload_task_files(task_id: ops.TaskId, request: Request) -> list[dict[str, Any]]:
         """Upload bundle files (multipart field ``files``; ``bundle.zip`` is unpacked)."""
+        async with uploaded_files(request) as files:  # closed however the request ends
+            return await store_uploaded_files(task_id, files)
+
+    async def store_uploaded_files(task_id: str, files: list[UploadFile]) -> list[dict[str, Any]]:
         await rpc.call(ops.GET_TASK, {"task_id": task_id})  # 404 for unknown tasks
         total = sum(f.size or 0 for f in files)
         if total > config.max_upload_bytes:
@@ -324,33 +346,48 @@ def create_gateway(bus: Bus, config: GatewayConfig) -> FastAPI:
         "/api/tasks/{task_id}/bundle.zip",
         tags=["files"],
         responses=errors(400, 401, 403, 404),
-        dependencies=[Depends(operator)],
     )
-    async def download_bundle(task_id: ops.TaskId) -> Response:
-        """The whole bundle as a zip."""
+    async def download_bundle(
+        task_id: ops.TaskId, principal: Principal = Depends(operator)
+    ) -> Response:
+        """The whole bundle as a zip (429 while this token runs ``max_downloads``)."""
         await rpc.call(ops.GET_TASK, {"task_id": task_id})
-        return Response(config.bundles.archive(task_id), media_type="application/zip")
+        release = slots.take(f"operator:{principal.name}")
+        if release is None:
+            return too_many_downloads(slots.limit)
+        return await spooled_stream(
+            lambda target: config.bundles.write_archive(task_id, target),
+            release=release,
+            media_type="application/zip",
+        )
 
     @app.get(
         "/download/{task_id}/{name}",
         tags=["files"],
         responses=errors(400, 401, 403, 404),
         openapi_extra=DOWNLOAD,
-        dependencies=[Depends(downloader)],
     )
-    async def download_file(task_id: ops.TaskId, name: str) -> Response:
-        """One bundle file, for operators, matching devices, or legacy Basic auth."""
+    async def download_file(
+        task_id: ops.TaskId, name: str, who: str = Depends(downloader)
+    ) -> Response:
+        """One bundle file, for operators, matching devices, or legacy Basic auth;
+        streamed from disk (429 while this downloader runs ``max_downloads``)."""
         try:
             handle = config.bundles.open_file(task_id, name)
         except AgataError as exc:  # a name that cannot be in a bundle is not in this one
             if exc.code is not ErrorCode.INVALID_ARGUMENT:
                 raise
             raise AgataError(ErrorCode.NOT_FOUND, f"task {task_id} has no such file") from None
-        with handle:
-            content = handle.read()
-        return Response(content, media_type="application/octet-stream")
+        release = slots.take(who)
+        if release is None:
+            handle.close()
+            return too_many_downloads(slots.limit)
+        return FileStream(handle, release=release)
 
-    async def _check_download(request: Request, task_id: str) -> None:
+    async def _check_download(request: Request, task_id: str) -> str:
+        """Check who downloads; return whom the download counts against: the device,
+        the operator token, or (a task password, shared by a task's devices) the
+        client address."""
         header = request.headers.get("authorization", "")
         if header[:6].lower() == "basic ":
             if not config.legacy_devices:
@@ -365,20 +402,21 @@ def create_gateway(bus: Bus, config: GatewayConfig) -> FastAPI:
             )
             if not ok.get("ok"):
                 raise AgataError(ErrorCode.UNAUTHENTICATED, "wrong task username or password")
-            return
+            return f"address:{request.client.host if request.client else ''}"
         principal = await auth.principal(request)
         if principal.is_operator:
-            return
+            return f"operator:{principal.name}"
         if principal.kind != "device":
             raise AgataError(ErrorCode.UNAUTHENTICATED, "a device credential is required")
         if grants.allowed(principal.name, task_id):
-            return
+            return f"device:{principal.name}"
         offers = await rpc.call(ops.CLIENT_REQUESTING_TASK, {"user_id": principal.name})
         if not any(offer.get("ID") == task_id for offer in offers):
             raise AgataError(
                 ErrorCode.FORBIDDEN, f"task {task_id} is not running or not for this device"
             )
         grants.grant(principal.name, task_id)
+        return f"device:{principal.name}"
 
     # -- operations ------------------------------------------------------------------
 
