@@ -64,6 +64,7 @@ class ServerTasks:
         grace: float = 5.0,
         record_event: EventSink | None = None,
         reconcile_seconds: float = RECONCILE_SECONDS,
+        on_ended: Callable[[str], None] | None = None,
     ) -> None:
         self.store = store
         self.notifier = notifier
@@ -75,6 +76,7 @@ class ServerTasks:
         self._watchers: set[asyncio.Task[None]] = set()
         self._log_buffers: dict[str, list[NewLogLine]] = {}
         self._claims: set[str] = set()  # owned here; end not recorded yet
+        self.on_ended = on_ended  # told each task id whose end was recorded
         self.ends = EndRecorder(
             store, self._settled, self._lost, reconcile_seconds=reconcile_seconds
         )
@@ -180,6 +182,8 @@ class ServerTasks:
         if not written:
             return  # stopped by the operator, deleted, or running again: nothing to say
         task_id, state = end.task_id, end.state
+        if self.on_ended is not None:
+            self.on_ended(task_id)
         logger.info("task %s server side ended: %s (%s)", task_id, state, end.reason)
         self._event("task_ended", f"task {task_id} {state}: {end.reason}", task_id)
         await self.notifier.notify(
@@ -205,7 +209,16 @@ class ServerTasks:
 
     async def _on_message(self, task_id: str, message: TaskMessage) -> None:
         if isinstance(message, Model):
-            metric = self.store.add_metric(task_id, message.round, "server", message.metrics)
+            try:
+                metric = self.store.add_metric(task_id, message.round, "server", message.metrics)
+            except AgataError as exc:  # a full disk or a deleted task: say so, go on
+                logger.error(
+                    "task %s: server metrics of round %d not recorded: %s",
+                    task_id,
+                    message.round,
+                    exc.message,
+                )
+                return
             await self.notifier.notify(
                 "metric",
                 task_id=task_id,

@@ -78,7 +78,13 @@ class TaskManager(Service):
         self.notifier = Notifier(bus)
         self.event = EventPublisher(bus, "task-manager", enabled=register_events)
         self.server_tasks = ServerTasks(
-            store, self.notifier, bundles_root, work_root, grace=grace, record_event=self.event
+            store,
+            self.notifier,
+            bundles_root,
+            work_root,
+            grace=grace,
+            record_event=self.event,
+            on_ended=lambda _task_id: self._changed(),
         )
         self.criteria = CriteriaCache()
         self._running_cache: tuple[float, list[Task]] | None = None
