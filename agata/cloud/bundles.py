@@ -633,10 +633,12 @@ class BundleStore:
     def check_listing(self, task_id: str, listing: Sequence[Listed]) -> None:
         """Raise ``CONFLICT`` with the reason unless the bundle holds exactly ``listing``.
 
-        Every listed file must be on disk with its listed size and SHA-256, and no other
-        file may be. Digests come from the cache while a file's inode, size, mtime and
-        ctime are unchanged, so a file is hashed once after each change: any write
-        behind the listing changes its ctime and is caught.
+        Every listed file must be on disk with its listed size and SHA-256 (what devices
+        download and verify). Files on disk that are not listed are only logged: devices
+        never fetch them, and a server side that writes into its folder (its working
+        directory) must still start again. Digests come from the cache while a file's
+        inode, size, mtime and ctime are unchanged, so a file is hashed once after each
+        change: any write behind the listing changes its ctime and is caught.
         """
         on_disk = {f.name: f for f in self.list_files(task_id)}
         problems = []
@@ -649,7 +651,14 @@ class BundleStore:
                     f"{item.name!r} has {found.size} bytes, SHA-256 {found.sha256[:12]}…, "
                     f"where the listing says {item.size} bytes, {item.sha256[:12]}…"
                 )
-        problems += [f"{name!r} is not in the listing" for name in sorted(on_disk)]
+        if on_disk:
+            logger.warning(
+                "bundle of task %s: %d file(s) on disk not in its listing (devices do not "
+                "get them): %s",
+                task_id,
+                len(on_disk),
+                ", ".join(sorted(on_disk)[:5]),
+            )
         if problems:
             shown = "; ".join(problems[:5]) + ("; …" if len(problems) > 5 else "")
             raise AgataError(
