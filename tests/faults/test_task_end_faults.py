@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -63,13 +64,20 @@ async def test_an_end_while_the_disk_is_full_is_recorded_once_there_is_room(
 
             # Execute: space is freed; the cloud keeps running
             filler.unlink()
+            freed = time.monotonic()
             ended = await eventually(
                 lambda: task_ended(cloud, "t1"), timeout=15, what="the end is recorded"
             )
+            recorded_after = time.monotonic() - freed
             offered_after = await offered(cloud, "d1")
             restarted = await cloud.op("rpc_exec_start_server_task", {"task_id": "t1"})
             log = cloud.log_text()
 
+    print(
+        f"\nend of a task while the disk is full: recorded {recorded_after:.2f} s after space "
+        f"was freed (retries 0.25 s doubling to 8 s); while full: start "
+        f"{start_while_full.status_code}, offered {offered_while_full}"
+    )
     # Assert: while full, the task is not offered and start says why (503, not 409)
     assert offered_running == ["t1"]
     assert while_full["running"] is True  # the store could not take the end
@@ -105,13 +113,16 @@ async def test_a_cloud_restarted_onto_a_full_disk_ends_its_leftover_when_there_i
             while_full = await cloud.ok("rpc_exec_get_task_by_id", {"task_id": "t1"})
             offered_while_full = await offered(cloud, "d1")
             filler.unlink()
+            freed = time.monotonic()
             ended = await eventually(
                 lambda: task_ended(cloud, "t1"), timeout=15, what="the leftover is ended"
             )
+            recorded_after = time.monotonic() - freed
             restarted = await cloud.op("rpc_exec_start_server_task", {"task_id": "t1"})
             await cloud.op("rpc_exec_stop_server_task", {"task_id": "t1"})
             log = cloud.log_text()
 
+    print(f"\nleftover of a cloud restarted onto a full disk: ended {recorded_after:.2f} s after")
     # Assert: the cloud came up; the leftover was ended with the reason once possible
     assert while_full["running"] is True
     assert offered_while_full == []
