@@ -74,6 +74,7 @@ class EndRecorder:
         self._busy = asyncio.Lock()
         self._wake = asyncio.Event()
         self._loop: asyncio.Task[None] | None = None
+        self._closing = False
 
     def pending(self, task_id: str) -> TaskEnd | None:
         """The end of ``task_id`` that the store has not taken yet, if any."""
@@ -93,6 +94,7 @@ class EndRecorder:
 
     async def stop(self) -> None:
         """End the loop; ends still refused are reconciled when the cloud next starts."""
+        self._closing = True
         if self._loop is not None:
             self._loop.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -109,11 +111,11 @@ class EndRecorder:
 
     async def _keep_recording(self) -> None:
         delay = END_RETRY_FIRST_SECONDS
-        while True:
-            timeout = delay if self._pending else self.reconcile_seconds
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+        while not self._closing:
+            await self._sleep(delay if self._pending else self.reconcile_seconds)
             self._wake.clear()
+            if self._closing:
+                return
             try:
                 for end in self.lost():
                     if end.task_id not in self._pending:
@@ -124,6 +126,15 @@ class EndRecorder:
                 logger.exception("recording the ends of tasks failed; trying again")
                 settled = False
             delay = END_RETRY_FIRST_SECONDS if settled else min(delay * 2, END_RETRY_MAX_SECONDS)
+
+    async def _sleep(self, seconds: float) -> None:
+        """Until ``seconds`` pass or ``_wake`` is set. Not ``asyncio.wait_for``: on
+        Python 3.11 it can swallow a cancellation that meets the event being set."""
+        waiter = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait({waiter}, timeout=seconds)
+        finally:
+            waiter.cancel()
 
     async def _write_pending(self) -> bool:
         """One attempt at every pending end; True when none is left."""

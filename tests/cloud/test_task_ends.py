@@ -34,7 +34,7 @@ async def test_an_end_refused_by_a_locked_database_is_retried_without_blocking(
 ) -> None:
     # Prepare: a running task; another connection holds the write lock
     db = tmp_path / "agata.db"
-    store = create_store(f"sqlite:///{db}", busy_timeout=0.3)
+    store = create_store(f"sqlite:///{db}", busy_timeout=1.0)
     running_task(store, "t1", 100)
     settled = Settled()
     recorder = EndRecorder(store, settled, lambda: [])
@@ -47,7 +47,7 @@ async def test_an_end_refused_by_a_locked_database_is_retried_without_blocking(
         pending = recorder.pending("t1")
         # The loop keeps retrying in a worker thread: the event loop stays free
         lags = []
-        for _ in range(20):
+        for _ in range(40):
             started = time.monotonic()
             await asyncio.sleep(0.02)
             lags.append(time.monotonic() - started - 0.02)
@@ -61,7 +61,7 @@ async def test_an_end_refused_by_a_locked_database_is_retried_without_blocking(
 
     # Assert
     assert first is False and pending is not None
-    assert max(lags) < 0.2, lags  # a busy-timeout wait (0.3 s) never ran on the loop
+    assert max(lags) < 0.5, lags  # a busy-timeout wait (1 s) never ran on the loop
     assert task.running is False
     assert task.state == TaskState.FINISHED and task.state_reason == "reported Finished"
     assert settled.calls == [("t1", True)]
