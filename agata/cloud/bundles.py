@@ -44,13 +44,15 @@ import threading
 import time
 import zipfile
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, BinaryIO, Final
+from typing import IO, BinaryIO, Final, Protocol
 
+from agata.cloud.bundle_journal import UndoJournal, abandoned, is_journal, journal_error
 from agata.errors import AgataError, ErrorCode, invalid, not_found
+from agata.fault_points import pause_point
 from agata.protocol.bundle_names import MAX_NAME_BYTES
 from agata.protocol.bundle_names import check_file_name as validate_file_name
 
@@ -471,8 +473,10 @@ class BundleStore:
     def _move_into_place(
         self, task_id: str, staging_fd: int, dir_fd: int, staged: dict[str, tuple[int, str]]
     ) -> list[BundleFile]:
-        written = []
+        written: list[BundleFile] = []
         for name, (size, sha256) in staged.items():
+            if written:
+                pause_point("bundle-file-moved")  # some files in place, others not yet
             # rename(2) replaces the directory entry itself: it never follows a link
             os.replace(name, name, src_dir_fd=staging_fd, dst_dir_fd=dir_fd)
             info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
@@ -480,60 +484,141 @@ class BundleStore:
             written.append(BundleFile(name, size, sha256))
         os.fsync(dir_fd)
         logger.info("bundle of task %s: wrote %d file(s)", task_id, len(written))
+        pause_point("bundle-written")  # files in place, listing not recorded
         return written
 
     @contextmanager
     def undo_on_error(self, task_id: str) -> Iterator[None]:
-        """Put the bundle's files back as they were if the block raises.
+        """Make "write the files, record their listing" one recoverable step.
 
-        For a writer that records the new listing elsewhere after writing the files
-        (the gateway records it in the store): when that record fails, the files on
-        disk must not disagree with the recorded listing, or devices would download
-        files whose SHA-256 is not the one they were given. The previous files are kept
-        as hard links (no copy) while the block runs.
+        For a writer that records the new listing elsewhere after writing the files (the
+        gateway records it in the store): files on disk must never disagree with the
+        recorded listing, or devices would download files whose SHA-256 is not the one
+        they were given. The previous files are kept in an undo journal
+        (:mod:`agata.cloud.bundle_journal`, hard links, no copy) while the block runs. If
+        the block raises they are put back; if the process dies inside the block,
+        :meth:`recover` (run when the cloud starts) keeps the new files when the store
+        holds their listing and puts the old ones back when it does not.
         """
         validate_task_id(task_id)
         with _disk_full_is_unavailable(task_id):
-            backup = Path(tempfile.mkdtemp(prefix="undo-", dir=self._staging))
+            with self._lock(task_id), self._open_dir(task_id) as dir_fd:
+                journal = UndoJournal.create(self._staging, task_id, dir_fd)
         try:
-            backup_fd = os.open(backup, _DIR_FLAGS)
+            pause_point("bundle-journaled")
             try:
-                with self._lock(task_id), self._open_dir(task_id) as dir_fd:
-                    before = {
-                        name
-                        for name, info in self._scan(dir_fd).items()
-                        if stat.S_ISREG(info.st_mode)
-                    }
-                    for name in before:
-                        os.link(
-                            name,
-                            name,
-                            src_dir_fd=dir_fd,
-                            dst_dir_fd=backup_fd,
-                            follow_symlinks=False,
-                        )
-                try:
-                    yield
-                except BaseException:
-                    self._put_back(task_id, backup_fd, before)
-                    raise
-            finally:
-                os.close(backup_fd)
+                yield
+            except BaseException:
+                self._put_back(journal)
+                raise
+            pause_point("bundle-recorded")
+            journal.finish()
         finally:
-            shutil.rmtree(backup, ignore_errors=True)
+            journal.release()
 
-    def _put_back(self, task_id: str, backup_fd: int, before: set[str]) -> None:
-        with self._lock(task_id), self._open_dir(task_id) as dir_fd:
-            if dir_fd is None:
-                return
-            for name, info in self._scan(dir_fd).items():
-                if name in before:
-                    os.replace(name, name, src_dir_fd=backup_fd, dst_dir_fd=dir_fd)
-                elif stat.S_ISREG(info.st_mode):
-                    os.unlink(name, dir_fd=dir_fd)
-            os.fsync(dir_fd)
-        self._forget(task_id)
-        logger.warning("bundle of task %s put back as it was before the failed write", task_id)
+    def _put_back(self, journal: UndoJournal) -> None:
+        """Undo a failed write; if that fails too, the journal stays for :meth:`recover`."""
+        try:
+            with self._lock(journal.task_id):
+                self._restore(journal)
+        except OSError as exc:
+            logger.error(
+                "bundle of task %s not put back after a failed write: %s; the journal %s "
+                "is kept and applied when the cloud next starts",
+                journal.task_id,
+                exc,
+                journal.folder,
+            )
+            journal.release()
+            raise journal_error(journal.task_id, exc) from None
+        journal.finish()
+        logger.warning(
+            "bundle of task %s put back as it was before the failed write", journal.task_id
+        )
+
+    def _restore(self, journal: UndoJournal) -> None:
+        with self._open_dir(journal.task_id, create=bool(journal.before)) as dir_fd:
+            if dir_fd is not None:
+                journal.restore(dir_fd)
+        self._forget(journal.task_id)
+
+    def recover(self, recorded: Callable[[str], Sequence[Listed] | None]) -> dict[str, str]:
+        """Finish or undo the bundle writes that a dead process left half done.
+
+        ``recorded(task_id)`` returns the listing the store holds (``None``: the task no
+        longer exists); it may raise (the store unreachable), which leaves that journal
+        for a later call. A bundle equal to its recorded listing keeps the new files;
+        any other is put back as it was before the write. Journals of live writers (in
+        any process) are not touched. Returns ``{task_id: "kept" | "put back" | "dropped"}``.
+        """
+        outcomes: dict[str, str] = {}
+        for journal in abandoned(self._staging):
+            task_id = journal.task_id
+            try:
+                validate_task_id(task_id)
+                listing = recorded(task_id)
+                with self._lock(task_id):
+                    if listing is None:
+                        outcome = "dropped"  # the task is gone; nothing to put back
+                    elif _as_set(self.list_files(task_id)) == _as_set(listing):
+                        outcome = "kept"
+                    else:
+                        self._restore(journal)
+                        outcome = "put back"
+            except (AgataError, OSError) as exc:
+                journal.release()
+                logger.error(
+                    "bundle of task %s: an interrupted write is not recovered yet: %s",
+                    task_id,
+                    exc,
+                )
+                continue
+            journal.finish()
+            outcomes[task_id] = outcome
+            logger.warning(
+                "bundle of task %s: a write interrupted by a crash was %s (%s)",
+                task_id,
+                "completed" if outcome == "kept" else outcome,
+                "the store holds its listing" if outcome == "kept" else "the listing was not",
+            )
+        return outcomes
+
+    def check_listing(self, task_id: str, listing: Sequence[Listed]) -> None:
+        """Raise ``CONFLICT`` with the reason unless the bundle holds exactly ``listing``.
+
+        Every listed file must be on disk with its listed size and SHA-256 (what devices
+        download and verify). Files on disk that are not listed are only logged: devices
+        never fetch them, and a server side that writes into its folder (its working
+        directory) must still start again. Digests come from the cache while a file's
+        inode, size, mtime and ctime are unchanged, so a file is hashed once after each
+        change: any write behind the listing changes its ctime and is caught.
+        """
+        on_disk = {f.name: f for f in self.list_files(task_id)}
+        problems = []
+        for item in listing:
+            found = on_disk.pop(item.name, None)
+            if found is None:
+                problems.append(f"{item.name!r} is missing")
+            elif (found.size, found.sha256) != (item.size, item.sha256):
+                problems.append(
+                    f"{item.name!r} has {found.size} bytes, SHA-256 {found.sha256[:12]}…, "
+                    f"where the listing says {item.size} bytes, {item.sha256[:12]}…"
+                )
+        if on_disk:
+            logger.warning(
+                "bundle of task %s: %d file(s) on disk not in its listing (devices do not "
+                "get them): %s",
+                task_id,
+                len(on_disk),
+                ", ".join(sorted(on_disk)[:5]),
+            )
+        if problems:
+            shown = "; ".join(problems[:5]) + ("; …" if len(problems) > 5 else "")
+            raise AgataError(
+                ErrorCode.CONFLICT,
+                f"the bundle of task {task_id} does not match its listing ({shown}); "
+                "upload the bundle files again",
+            )
 
     # --- deleting -------------------------------------------------------------------
 
@@ -603,6 +688,8 @@ class BundleStore:
         """Remove staging folders left by a crash (old enough not to be in use)."""
         cutoff = time.time() - _STALE_STAGING_SECONDS
         for entry in self._staging.iterdir():
+            if is_journal(entry):
+                continue  # an interrupted write: recover() decides, never the clock
             try:
                 if entry.lstat().st_mtime < cutoff:
                     if entry.is_dir() and not entry.is_symlink():
@@ -611,6 +698,21 @@ class BundleStore:
                         entry.unlink()
             except OSError:
                 continue
+
+
+class Listed(Protocol):
+    """A listed bundle file, as any side records it (name, size, SHA-256)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def sha256(self) -> str: ...
+
+
+def _as_set(files: Iterable[Listed]) -> set[tuple[str, int, str]]:
+    return {(f.name, f.size, f.sha256) for f in files}
 
 
 def _same(stream: BinaryIO) -> IO[bytes]:

@@ -33,7 +33,7 @@ from agata.cloud.task_manager import TaskManager
 from agata.errors import AgataError, ErrorCode
 from agata.files import write_private_file
 from agata.settings import Settings
-from agata.store.store import Store
+from agata.store.store import BundleFile, Store
 from agata.store.store_factory import create_store
 from agata.tls import server_context
 
@@ -106,12 +106,15 @@ class CloudNode:
         if "gateway" in self.services and s.ssl_certfile is not None:
             self._tls = server_context(s.ssl_certfile, s.ssl_keyfile)  # a bad file stops here
         await self.bus.connect()
+        if "task-manager" in self.services or "gateway" in self.services:
+            self.recover_bundles()
         if "task-manager" in self.services:
             manager = TaskManager(
                 self.bus,
                 self.store,
                 self.bundles.root,
                 self.data_dir / "work",
+                bundles=self.bundles,
                 legacy_devices=s.legacy_devices,
                 hide_internal_errors=s.hide_internal_errors,
                 grace=s.server_grace_seconds,
@@ -147,6 +150,23 @@ class CloudNode:
             if first_token:
                 self.first_token = self.ensure_operator_token()
             await self._serve(self.app)
+
+    def recover_bundles(self) -> dict[str, str]:
+        """Finish or undo the uploads a crash interrupted, before any service answers.
+
+        A bundle whose files match the listing in the store keeps them; any other is put
+        back as it was before the interrupted upload (:meth:`BundleStore.recover`).
+        """
+
+        def recorded(task_id: str) -> list[BundleFile] | None:
+            try:
+                return list(self.store.get_task(task_id).files)
+            except AgataError as exc:
+                if exc.code is ErrorCode.NOT_FOUND:
+                    return None
+                raise
+
+        return self.bundles.recover(recorded)
 
     async def _serve(self, app: FastAPI) -> None:
         s = self.settings

@@ -2,7 +2,13 @@
 
 Each running task is a :class:`~agata.runtime.TaskProcess`. Its messages become
 metrics, log lines and events in the store and notifications for the gateways; when
-it ends (Finished, error, crash, stop) the task is marked not running with the reason.
+it ends (Finished, error, crash, stop) the task is marked not running with the reason,
+by an :class:`~agata.cloud.task_ends.EndRecorder` that retries until the store takes it.
+
+Ownership: a replica *claims* a task when it wins the task's start (the store's
+``expected_running`` check) or, when it starts, takes over the tasks a previous run of the
+cloud left marked running. Only the claiming replica records a claimed task's end, and
+its periodic reconcile ends a claimed task whose process is gone.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from agata.cloud.notifier import Notifier
+from agata.cloud.task_ends import RECONCILE_SECONDS, EndRecorder, TaskEnd
 from agata.errors import AgataError, ErrorCode
 from agata.runtime.messages import Error, Info, LogLine, Model, Print, TaskMessage, Trigger
 from agata.runtime.process import kill_process_group
@@ -56,6 +63,8 @@ class ServerTasks:
         *,
         grace: float = 5.0,
         record_event: EventSink | None = None,
+        reconcile_seconds: float = RECONCILE_SECONDS,
+        on_ended: Callable[[str], None] | None = None,
     ) -> None:
         self.store = store
         self.notifier = notifier
@@ -66,9 +75,27 @@ class ServerTasks:
         self._processes: dict[str, TaskProcess] = {}
         self._watchers: set[asyncio.Task[None]] = set()
         self._log_buffers: dict[str, list[NewLogLine]] = {}
+        self._claims: set[str] = set()  # owned here; end not recorded yet
+        self.on_ended = on_ended  # told each task id whose end was recorded
+        self.ends = EndRecorder(
+            store, self._settled, self._lost, reconcile_seconds=reconcile_seconds
+        )
 
     def is_local(self, task_id: str) -> bool:
         return task_id in self._processes
+
+    def ending(self, task_id: str) -> TaskEnd | None:
+        """The end of ``task_id``'s server side that the store has not taken yet."""
+        return self.ends.pending(task_id)
+
+    def start_reconciling(self) -> None:
+        """Keep recording refused ends and ending claimed tasks whose process is gone."""
+        self.ends.start()
+
+    async def record_end(self, task_id: str, state: StoredState, reason: str) -> None:
+        """Record that a claimed task ended (retried until the store takes it)."""
+        self._claims.add(task_id)
+        await self.ends.record(TaskEnd(task_id, state, reason))
 
     async def start(self, task_id: str, arguments: Sequence[str]) -> int | None:
         """Spawn ``server.py`` of the task's bundle; returns the process group id."""
@@ -87,9 +114,20 @@ class ServerTasks:
         )
         await process.start()  # raises NOT_FOUND / INTERNAL with the reason
         self._processes[task_id] = process
+        self._claims.add(task_id)
         if process.pgid is not None:
             # Lets a restarted cloud end this group, and only this one (see reconcile).
-            (work / PID_FILE).write_text(json.dumps({"pgid": process.pgid, "token": process.token}))
+            record = json.dumps({"pgid": process.pgid, "token": process.token})
+            try:
+                (work / PID_FILE).write_text(record)
+            except OSError as exc:  # a full disk must not leave the process unwatched
+                logger.warning(
+                    "task %s: %s not written (%s); a restarted cloud cannot end this "
+                    "server side by itself",
+                    task_id,
+                    PID_FILE,
+                    exc.strerror,
+                )
         watcher = asyncio.create_task(self._watch(task_id, process))
         self._watchers.add(watcher)
         watcher.add_done_callback(self._watchers.discard)
@@ -105,22 +143,52 @@ class ServerTasks:
         await asyncio.gather(*(p.stop(self.grace) for p in self._processes.values()))
         if self._watchers:
             await asyncio.gather(*self._watchers, return_exceptions=True)
+        await self.ends.stop()
 
-    def reconcile(self) -> list[str]:
-        """After a restart: end leftover server processes, mark their tasks stopped."""
+    async def reconcile(self) -> list[str]:
+        """When the cloud starts: end leftover server processes, mark their tasks stopped.
+
+        Every task found running without a process here is claimed: a previous run of
+        this cloud left it. Its end is recorded like any other (retried while the store
+        refuses it), so a store that cannot take writes does not stop the cloud starting.
+        """
         fixed = []
         for task in self.store.list_tasks(running=True):
             if task.task_id in self._processes:
                 continue
             self._end_leftover(task.task_id)
-            self.store.set_task_state(
+            await self.record_end(
                 task.task_id,
-                running=False,
-                state=StoredState.STOPPED,
-                reason="the cloud restarted while the task ran; its server side was ended",
+                StoredState.STOPPED,
+                "the cloud restarted while the task ran; its server side was ended",
             )
             fixed.append(task.task_id)
         return fixed
+
+    def _lost(self) -> list[TaskEnd]:
+        """Claimed tasks with no process here and no end on its way to the store."""
+        return [
+            TaskEnd(
+                task_id,
+                StoredState.STOPPED,
+                "its server side is gone: no process on the cloud that started it",
+            )
+            for task_id in sorted(self._claims)
+            if task_id not in self._processes and self.ends.pending(task_id) is None
+        ]
+
+    async def _settled(self, end: TaskEnd, written: bool) -> None:
+        self._claims.discard(end.task_id)
+        if not written:
+            return  # stopped by the operator, deleted, or running again: nothing to say
+        task_id, state = end.task_id, end.state
+        if self.on_ended is not None:
+            self.on_ended(task_id)
+        logger.info("task %s server side ended: %s (%s)", task_id, state, end.reason)
+        self._event("task_ended", f"task {task_id} {state}: {end.reason}", task_id)
+        await self.notifier.notify(
+            "task", task_id=task_id, running=False, state=str(state), reason=end.reason
+        )
 
     def _end_leftover(self, task_id: str) -> None:
         """End the server process group a previous run of this cloud left behind."""
@@ -141,7 +209,16 @@ class ServerTasks:
 
     async def _on_message(self, task_id: str, message: TaskMessage) -> None:
         if isinstance(message, Model):
-            metric = self.store.add_metric(task_id, message.round, "server", message.metrics)
+            try:
+                metric = self.store.add_metric(task_id, message.round, "server", message.metrics)
+            except AgataError as exc:  # a full disk or a deleted task: say so, go on
+                logger.error(
+                    "task %s: server metrics of round %d not recorded: %s",
+                    task_id,
+                    message.round,
+                    exc.message,
+                )
+                return
             await self.notifier.notify(
                 "metric",
                 task_id=task_id,
@@ -197,25 +274,16 @@ class ServerTasks:
 
     async def _watch(self, task_id: str, process: TaskProcess) -> None:
         outcome = await process.wait()
-        self._flush_logs(task_id)
-        self._processes.pop(task_id, None)
-        (self.work_root / f"task_{task_id}" / PID_FILE).unlink(missing_ok=True)
         state = {
             TaskState.FINISHED: StoredState.FINISHED,
             TaskState.FAILED: StoredState.FAILED,
         }.get(outcome.state, StoredState.STOPPED)
+        end = TaskEnd(task_id, state, outcome.reason, process.pgid)
         try:
-            # A task the operator stopped is already marked stopped: keep that.
-            if self.store.get_task(task_id).running:
-                self.store.set_task_state(
-                    task_id, running=False, state=state, reason=outcome.reason
-                )
-        except AgataError as exc:
-            if exc.code is not ErrorCode.NOT_FOUND:
-                logger.error("cannot record the end of task %s: %s", task_id, exc.message)
-            return
-        logger.info("task %s server side ended: %s (%s)", task_id, outcome.state, outcome.reason)
-        self._event("task_ended", f"task {task_id} {state}: {outcome.reason}", task_id)
-        await self.notifier.notify(
-            "task", task_id=task_id, running=False, state=str(state), reason=outcome.reason
-        )
+            self._flush_logs(task_id)
+            with contextlib.suppress(OSError):
+                (self.work_root / f"task_{task_id}" / PID_FILE).unlink(missing_ok=True)
+        finally:
+            self._processes.pop(task_id, None)
+            # A task the operator stopped is already marked stopped: the end is dropped.
+            await self.ends.record(end)

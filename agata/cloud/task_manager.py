@@ -18,6 +18,7 @@ from typing import Any
 from agata.bus.bus import Bus, Consumer, Delivery
 from agata.bus.service import Service
 from agata.cloud.auth import same_secret
+from agata.cloud.bundles import BundleStore
 from agata.cloud.criteria import DEVICE_FIELDS, CriteriaCache, compile_criteria
 from agata.cloud.events import EventPublisher
 from agata.cloud.notifier import Notifier
@@ -66,15 +67,24 @@ class TaskManager(Service):
         hide_internal_errors: bool = False,
         grace: float = 5.0,
         register_events: bool = True,
+        bundles: BundleStore | None = None,
     ) -> None:
         super().__init__(bus, "task-manager", hide_internal_errors=hide_internal_errors)
         self.store = store
         self.bundles_root = bundles_root
+        # The gateway's store when both run in one process: digests it took are reused.
+        self.bundles = bundles if bundles is not None else BundleStore(bundles_root)
         self.legacy_devices = legacy_devices
         self.notifier = Notifier(bus)
         self.event = EventPublisher(bus, "task-manager", enabled=register_events)
         self.server_tasks = ServerTasks(
-            store, self.notifier, bundles_root, work_root, grace=grace, record_event=self.event
+            store,
+            self.notifier,
+            bundles_root,
+            work_root,
+            grace=grace,
+            record_event=self.event,
+            on_ended=lambda _task_id: self._changed(),
         )
         self.criteria = CriteriaCache()
         self._running_cache: tuple[float, list[Task]] | None = None
@@ -106,9 +116,10 @@ class TaskManager(Service):
     # -- lifecycle --------------------------------------------------------------------
 
     async def start(self) -> None:
-        fixed = self.server_tasks.reconcile()
+        fixed = await self.server_tasks.reconcile()
         for task_id in fixed:
             logger.warning("task %s was left marked running; marked stopped", task_id)
+        self.server_tasks.start_reconciling()
         self._subscription = await self.bus.subscribe(
             ops.NOTIFICATIONS_TOPIC, self._on_notification
         )
@@ -185,11 +196,12 @@ class TaskManager(Service):
         self._running_cache = None
 
     def _running_tasks(self) -> list[Task]:
+        """Running tasks to offer: not those whose end is known here but not recorded."""
         now = time.monotonic()
         cached = self._running_cache
         if cached is None or now - cached[0] > RUNNING_CACHE_SECONDS:
             cached = self._running_cache = (now, self.store.list_running_tasks())
-        return cached[1]
+        return [t for t in cached[1] if self.server_tasks.ending(t.task_id) is None]
 
     def _view(self, task: Task) -> dict[str, Any]:
         metrics = self.store.list_metrics(task.task_id)
@@ -262,9 +274,7 @@ class TaskManager(Service):
 
     async def delete_task(self, req: ops.TaskRef) -> None:
         self.store.delete_task(req.task_id)  # 409 while running
-        from agata.cloud.bundles import BundleStore
-
-        BundleStore(self.bundles_root).delete(req.task_id)
+        self.bundles.delete(req.task_id)
         self._changed()
         self.event(ops.DELETE_TASK, "Task deleted", task_id=req.task_id)
         await self.notifier.notify("task", task_id=req.task_id, deleted=True, running=False)
@@ -288,6 +298,13 @@ class TaskManager(Service):
         self.event(ops.START_TASK, "Initialization", task_id=req.task_id)
         task = self.store.get_task(req.task_id)
         if task.running:
+            end = self.server_tasks.ending(task.task_id)
+            if end is not None:
+                raise AgataError(
+                    ErrorCode.UNAVAILABLE,
+                    f"task {task.task_id} ended ({end.state}: {end.reason}) but the store "
+                    "has not taken its end yet; the cloud keeps trying, start it again then",
+                )
             raise conflict(f"task {task.task_id} is already running")
         names = {f.name for f in task.files}
         missing = [n for n in ("server.py", "client.py") if n not in names]
@@ -296,6 +313,10 @@ class TaskManager(Service):
                 f"task {task.task_id} has no {' and no '.join(missing)} in its bundle; "
                 "upload the bundle files first"
             )
+        # Devices verify every file against this listing: a bundle that does not match
+        # (a crash between a write and its listing, a file changed behind the listing)
+        # would make each of them fail and quarantine the task. Hashing runs in a thread.
+        await asyncio.to_thread(self.bundles.check_listing, task.task_id, task.files)
         arguments = req.arguments if req.arguments is not None else list(task.server_arguments)
         self.store.set_task_state(
             task.task_id, running=True, state=TaskState.RUNNING, expected_running=False
@@ -305,11 +326,9 @@ class TaskManager(Service):
                 task.task_id, expand_arguments(arguments, task.host, task.port)
             )
         except AgataError as exc:
-            self.store.set_task_state(
-                task.task_id,
-                running=False,
-                state=TaskState.FAILED,
-                reason=f"server side did not start: {exc.message}",
+            # Recorded like any end: retried if the store refuses it now.
+            await self.server_tasks.record_end(
+                task.task_id, TaskState.FAILED, f"server side did not start: {exc.message}"
             )
             raise
         self.store.set_task_state(
