@@ -99,7 +99,34 @@ class Settings(BaseModel):
         None, description="PEM CA certificate(s) trusted for the cloud's HTTPS, and no others"
     )
 
-    @field_validator("ssl_certfile", "ssl_keyfile", "ca_file", mode="before")
+    # -- task processes (cloud: server sides; edge: client sides)
+    task_user: str = Field(
+        "nobody",
+        description="user task processes run as when AGATA runs as root; empty: AGATA's own",
+    )
+    task_dir: Path | None = Field(
+        None,
+        description="root of the task folders used with a task user (bundle copies, work "
+        "folders); default <temp dir>/agata-tasks/<hash of data_dir>",
+    )
+    task_memory_mb: int | None = Field(None, ge=1, description="default memory limit (MiB)")
+    task_cpu_cores: float | None = Field(None, gt=0, description="default CPU limit (cores)")
+    task_open_files: int | None = Field(None, ge=16, description="default open-file limit")
+    task_pids: int | None = Field(None, ge=1, description="default process limit")
+    task_wall_seconds: float | None = Field(None, gt=0, description="default wall time limit")
+
+    @field_validator(
+        "ssl_certfile",
+        "ssl_keyfile",
+        "ca_file",
+        "task_dir",
+        "task_memory_mb",
+        "task_cpu_cores",
+        "task_open_files",
+        "task_pids",
+        "task_wall_seconds",
+        mode="before",
+    )
     @classmethod
     def _empty_is_none(cls, value: Any) -> Any:
         return None if value == "" else value  # AGATA_SSL_CERTFILE= unsets a file setting
@@ -141,6 +168,17 @@ class Settings(BaseModel):
         if value and not value.startswith(("sqlite:", "postgresql:", "postgresql+psycopg:")):
             raise ValueError("must start with sqlite:/// or postgresql://")
         return value
+
+    @property
+    def task_limits(self) -> dict[str, Any]:
+        """The configured default limits of a task (see ``agata.runtime.limits``)."""
+        return {
+            "memory_mb": self.task_memory_mb,
+            "cpu_cores": self.task_cpu_cores,
+            "open_files": self.task_open_files,
+            "pids": self.task_pids,
+            "wall_seconds": self.task_wall_seconds,
+        }
 
     @property
     def database_url(self) -> str:

@@ -17,8 +17,10 @@ from pathlib import Path
 
 from agata.cloud.notifier import Notifier
 from agata.errors import AgataError, ErrorCode
+from agata.files import write_private_file
 from agata.runtime.messages import Error, Info, LogLine, Model, Print, TaskMessage, Trigger
 from agata.runtime.process import kill_process_group
+from agata.runtime.sandbox import TaskSandbox
 from agata.runtime.supervisor import TaskOutcome, TaskProcess, TaskState
 from agata.store.store import NewLogLine, Store
 from agata.store.store import TaskState as StoredState
@@ -30,7 +32,9 @@ EventSink = Callable[..., object]
 #: Environment variable naming the task's work folder (for the task and its triggers).
 WORK_PATH_ENV = "AGATA_WORK_PATH"
 
-#: In a task's work folder while its server side runs: {"pgid", "token"}.
+#: In ``<work_root>/task_<id>/`` while its server side runs: {"pgid", "token"} (the token
+#: is the run id of its container). With a task user that folder is not the task's work
+#: folder, so the task cannot rewrite the record a restarted cloud acts on.
 PID_FILE = "server.pid.json"
 
 #: A server side's log lines are written in batches: at most this many lines, held at
@@ -56,8 +60,10 @@ class ServerTasks:
         *,
         grace: float = 5.0,
         record_event: EventSink | None = None,
+        sandbox: TaskSandbox | None = None,
     ) -> None:
         self.store = store
+        self.sandbox = sandbox
         self.notifier = notifier
         self.bundles_root = bundles_root
         self.work_root = work_root
@@ -73,8 +79,13 @@ class ServerTasks:
     async def start(self, task_id: str, arguments: Sequence[str]) -> int | None:
         """Spawn ``server.py`` of the task's bundle; returns the process group id."""
         bundle = self.bundles_root / f"task_{task_id}"
-        work = self.work_root / f"task_{task_id}"
-        work.mkdir(parents=True, exist_ok=True)
+        record_dir = self.work_root / f"task_{task_id}"
+        record_dir.mkdir(parents=True, exist_ok=True)
+        work = record_dir
+        options: dict[str, object] = {}
+        if self.sandbox is not None:
+            bundle, work = self.sandbox.place("server", task_id, bundle, record_dir)
+            options = {"launcher": self.sandbox.launcher, "limits": self.sandbox.limits_for(None)}
         process = TaskProcess.for_side(
             bundle,
             "server",
@@ -84,12 +95,14 @@ class ServerTasks:
             grace=self.grace,
             name=f"task {task_id} server",
             env={WORK_PATH_ENV: str(work)},
+            **options,
         )
         await process.start()  # raises NOT_FOUND / INTERNAL with the reason
         self._processes[task_id] = process
         if process.pgid is not None:
             # Lets a restarted cloud end this group, and only this one (see reconcile).
-            (work / PID_FILE).write_text(json.dumps({"pgid": process.pgid, "token": process.token}))
+            record = json.dumps({"pgid": process.pgid, "token": process.token})
+            write_private_file(record_dir / PID_FILE, record)
         watcher = asyncio.create_task(self._watch(task_id, process))
         self._watchers.add(watcher)
         watcher.add_done_callback(self._watchers.discard)
@@ -131,7 +144,11 @@ class ServerTasks:
         except (OSError, ValueError, KeyError, TypeError):
             return
         with contextlib.suppress(AgataError, OSError):
-            if kill_process_group(pgid, token=token):
+            if self.sandbox is not None:
+                ended = self.sandbox.reap(token, pgid)
+            else:
+                ended = kill_process_group(pgid, token=token or None)
+            if ended:
                 logger.warning(
                     "ended the leftover server side of task %s (group %d)", task_id, pgid
                 )

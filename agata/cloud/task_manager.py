@@ -32,6 +32,7 @@ from agata.cloud.views import (
 )
 from agata.errors import AgataError, ErrorCode, conflict, invalid
 from agata.protocol import operations as ops
+from agata.runtime.sandbox import TaskSandbox
 from agata.store.store import BundleFile, NewTask, Store, Task, TaskState
 
 logger = logging.getLogger(__name__)
@@ -66,6 +67,7 @@ class TaskManager(Service):
         hide_internal_errors: bool = False,
         grace: float = 5.0,
         register_events: bool = True,
+        sandbox: TaskSandbox | None = None,
     ) -> None:
         super().__init__(bus, "task-manager", hide_internal_errors=hide_internal_errors)
         self.store = store
@@ -74,7 +76,13 @@ class TaskManager(Service):
         self.notifier = Notifier(bus)
         self.event = EventPublisher(bus, "task-manager", enabled=register_events)
         self.server_tasks = ServerTasks(
-            store, self.notifier, bundles_root, work_root, grace=grace, record_event=self.event
+            store,
+            self.notifier,
+            bundles_root,
+            work_root,
+            grace=grace,
+            record_event=self.event,
+            sandbox=sandbox,
         )
         self.criteria = CriteriaCache()
         self._running_cache: tuple[float, list[Task]] | None = None
@@ -418,6 +426,7 @@ class TaskManager(Service):
             "tasks_total": len(tasks),
             "tasks_running": sum(1 for t in tasks if t.running),
             "recent_failures": failures[-10:],
+            "containment": sandbox.describe() if (sandbox := self.server_tasks.sandbox) else "",
         }
 
     async def check_password(self, req: ops.CheckDownloadPassword) -> dict[str, bool]:

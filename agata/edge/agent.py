@@ -44,8 +44,11 @@ from agata.edge.push import PushListener
 from agata.edge.reports import Report, ReportSender
 from agata.edge.task_runs import TaskRun, recover_leftovers
 from agata.errors import AgataError, ErrorCode
+from agata.files import make_private_dir
+from agata.runtime.limits import Limits
 from agata.runtime.messages import Error, Info, LogLine, Model, Print, TaskMessage
 from agata.runtime.process import ProcessLauncher
+from agata.runtime.sandbox import TaskSandbox, default_task_dir
 from agata.runtime.supervisor import TaskProcess
 from agata.settings import Settings
 
@@ -85,7 +88,8 @@ class Agent:
         push: listen to the device's event stream (else poll only).
         grace: seconds a stopped client side gets between SIGTERM and SIGKILL.
         client: a ready :class:`CloudClient` (tests); one is built from the settings.
-        launcher: the runtime's OS boundary (tests); real processes by default.
+        launcher: the runtime's OS boundary (tests); without one the agent builds a
+            :class:`TaskSandbox` from the settings (containment, task user, limits).
     """
 
     def __init__(
@@ -106,6 +110,15 @@ class Agent:
         self._push_enabled = push
         self._grace = grace
         self._launcher = launcher
+        self.sandbox: TaskSandbox | None = None
+        if launcher is None:
+            self.sandbox = TaskSandbox(
+                f"edge:{settings.data_dir.resolve()}",
+                task_user=settings.task_user,
+                task_dir=settings.task_dir or default_task_dir(settings.data_dir / "edge"),
+                limits=Limits.from_mapping(settings.task_limits),
+            )
+            self._launcher = self.sandbox.launcher
         self._owns_client = client is None
         self.client = client or CloudClient(
             settings.cloud_url,
@@ -143,7 +156,10 @@ class Agent:
         if self._started:
             raise AgataError(ErrorCode.CONFLICT, "this agent already ran")
         self._started = True
-        self.edge_dir.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.settings.data_dir)
+        make_private_dir(self.edge_dir)
+        if self.sandbox is not None:
+            logger.info("client sides: %s", self.sandbox.describe())
         device = self._current_device()
         self._recover()
         self._reports = ReportSender(self.client, device.user_id)
@@ -345,20 +361,26 @@ class Agent:
             return False
         self._event("download task", "end", task_id=task_id)
         work = self.work_root / f"task_{task_id}"
-        work.mkdir(parents=True, exist_ok=True)
         self._event("start task on device", "start", task_id=task_id)
         run = TaskRun(offer, time.time())
-        run.process = TaskProcess.for_side(
-            bundle,
-            "client",
-            work,
-            argv,
-            on_message=lambda message: self._on_message(run, message),
-            launcher=self._launcher,
-            grace=self._grace,
-            name=f"task {task_id} client",
-        )
         try:
+            limits = None
+            if self.sandbox is not None:
+                bundle, work = self.sandbox.place("client", task_id, bundle, work)
+                limits = self.sandbox.limits_for(None)
+            else:
+                work.mkdir(parents=True, exist_ok=True)
+            run.process = TaskProcess.for_side(
+                bundle,
+                "client",
+                work,
+                argv,
+                on_message=lambda message: self._on_message(run, message),
+                launcher=self._launcher,
+                grace=self._grace,
+                name=f"task {task_id} client",
+                limits=limits,
+            )
             await run.process.start()
         except AgataError as exc:
             self._event("start task on device", "end", task_id=task_id, error=exc.message)
@@ -501,7 +523,9 @@ class Agent:
 
     def _recover(self) -> None:
         """End task processes a killed predecessor left, drop stale temporary files."""
-        recover_leftovers(self.state)
+        recover_leftovers(self.state, self.sandbox)
+        if self.sandbox is not None:  # runs whose record was lost: this agent is alone here
+            self.sandbox.containment.reap_all()
         for entry in self.state.expire_quarantine():
             logger.info("task %s: quarantine ended while the agent was away", entry.task_id)
         if self.state.quarantine:

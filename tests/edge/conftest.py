@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import textwrap
 import time
 from collections.abc import AsyncIterator, Callable
@@ -17,6 +18,7 @@ from cloud_harness import Cloud, running_cloud
 from agata.edge.agent import Agent
 from agata.edge.credential import enroll_device
 from agata.edge.device_info import DeviceInfo, DeviceSource
+from agata.runtime.sandbox import default_task_dir
 from agata.settings import Settings, load_settings
 
 SERVER_PY = """
@@ -135,6 +137,14 @@ async def eventually(
         if time.monotonic() > deadline:
             raise AssertionError(f"not within {timeout} s: {what or check}")
         await asyncio.sleep(interval)
+
+
+def work_folder(data_dir: Path, task_id: str) -> Path:
+    """The work folder an agent on ``data_dir`` gives a client side (with the default
+    settings): its own under the task dir when the agent runs as root (task user)."""
+    if os.geteuid() == 0:
+        return default_task_dir(data_dir / "edge") / "client" / f"task_{task_id}" / "work"
+    return data_dir / "edge" / "work" / f"task_{task_id}"
 
 
 def pid_alive(pid: int) -> bool:

@@ -158,7 +158,7 @@ SERVICE = textwrap.dedent(
 )
 
 
-async def test_a_killed_service_restarted_ends_the_escapees(
+def test_a_killed_service_restarted_ends_the_escapees(
     tmp_path: Path, containment: Containment
 ) -> None:
     """The probe: SIGKILL of the service, then its restart reaps by the recorded run id."""
@@ -175,10 +175,10 @@ async def test_a_killed_service_restarted_ends_the_escapees(
     run_id = service.stdout.readline().strip()
     deadline = time.monotonic() + 10
     while len(sleepers(f"TEST_MARK={mark}")) < 3 and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
+        time.sleep(0.05)
     service.kill()
     service.wait()
-    await asyncio.sleep(0.3)
+    time.sleep(0.3)
     survivors = sleepers(f"TEST_MARK={mark}")
     assert len(survivors) == 2  # PDEATHSIG ended the side; the escapees outlived it
 

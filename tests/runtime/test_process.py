@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from agata.errors import AgataError, ErrorCode
-from agata.runtime.messages import TaskMessage
 from agata.runtime.containment import Containment, ContainmentKind
+from agata.runtime.messages import TaskMessage
 from agata.runtime.process import (
     AsyncioProcessLauncher,
     group_members,
