@@ -66,6 +66,18 @@ def run_cloud(
             help="connections held at once, 503 beyond (each agent keeps one open)",
         ),
     ] = None,
+    task_user: Annotated[
+        str | None,
+        typer.Option(
+            "--task-user",
+            help="run task processes as this user when running as root (default nobody; "
+            "'' : as AGATA's user)",
+        ),
+    ] = None,
+    task_dir: Annotated[
+        Path | None,
+        typer.Option("--task-dir", help="task folders for the task user (bundle copies, work)"),
+    ] = None,
 ) -> None:
     """Start the cloud services and the HTTP gateway in this process."""
     from agata.cli.main import setup_logging
@@ -74,6 +86,8 @@ def run_cloud(
     settings = cloud_settings(
         config,
         data_dir=data_dir,
+        task_user=task_user,
+        task_dir=task_dir,
         bus_url=bus,
         db_url=db,
         gateway_host=host,

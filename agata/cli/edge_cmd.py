@@ -101,6 +101,18 @@ def run_edge(
     push: Annotated[
         bool, typer.Option("--push/--no-push", help="listen for task changes (else poll only)")
     ] = True,
+    task_user: Annotated[
+        str | None,
+        typer.Option(
+            "--task-user",
+            help="run task processes as this user when running as root (default nobody; "
+            "'' : as AGATA's user)",
+        ),
+    ] = None,
+    task_dir: Annotated[
+        Path | None,
+        typer.Option("--task-dir", help="task folders for the task user (bundle copies, work)"),
+    ] = None,
     log_level: Annotated[str | None, typer.Option("--log-level")] = None,
 ) -> None:
     """Run the edge agent until SIGINT/SIGTERM (which stop its task processes)."""
@@ -120,6 +132,8 @@ def run_edge(
         quarantine_seconds=quarantine_seconds,
         download_attempts=download_attempts,
         log_level=log_level,
+        task_user=task_user,
+        task_dir=task_dir,
     )
     _setup_logging(settings.log_level)
     overrides: dict[str, Any] = {
