@@ -81,6 +81,22 @@ def bench_bus(
         report.save(json_out)
 
 
+@bench_app.command("containment")
+def bench_containment(
+    rounds: Annotated[int, typer.Option(min=3)] = 30,
+    json_out: Annotated[Path | None, typer.Option("--json", help="write figures here")] = None,
+) -> None:
+    """What containment (cgroup or marker, task user, limits) adds to a task's spawn."""
+    from agata.bench.containment_bench import run_containment_bench
+    from agata.bench.report import render
+
+    setup_logging("WARNING")
+    report = run_containment_bench(rounds)
+    render([report])
+    if json_out:
+        report.save(json_out)
+
+
 def main() -> None:
     try:
         app()
