@@ -12,12 +12,14 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from agata.cloud.notifier import Notifier
 from agata.errors import AgataError, ErrorCode
 from agata.files import write_private_file
+from agata.runtime.limits import Limits
 from agata.runtime.messages import Error, Info, LogLine, Model, Print, TaskMessage, Trigger
 from agata.runtime.process import kill_process_group
 from agata.runtime.sandbox import TaskSandbox
@@ -76,8 +78,11 @@ class ServerTasks:
     def is_local(self, task_id: str) -> bool:
         return task_id in self._processes
 
-    async def start(self, task_id: str, arguments: Sequence[str]) -> int | None:
-        """Spawn ``server.py`` of the task's bundle; returns the process group id."""
+    async def start(
+        self, task_id: str, arguments: Sequence[str], *, limits: Mapping[str, Any] | None = None
+    ) -> int | None:
+        """Spawn ``server.py`` of the task's bundle within the task's ``limits`` (over
+        the configured defaults); returns the process group id."""
         bundle = self.bundles_root / f"task_{task_id}"
         record_dir = self.work_root / f"task_{task_id}"
         record_dir.mkdir(parents=True, exist_ok=True)
@@ -85,7 +90,8 @@ class ServerTasks:
         options: dict[str, object] = {}
         if self.sandbox is not None:
             bundle, work = self.sandbox.place("server", task_id, bundle, record_dir)
-            options = {"launcher": self.sandbox.launcher, "limits": self.sandbox.limits_for(None)}
+            run_limits = self.sandbox.limits_for(Limits.from_mapping(limits))
+            options = {"launcher": self.sandbox.launcher, "limits": run_limits}
         process = TaskProcess.for_side(
             bundle,
             "server",

@@ -229,6 +229,7 @@ class TaskManager(Service):
                 server_arguments=req.server_arguments or [],
                 client_arguments=req.client_arguments or [],
                 tags=req.tags or [],
+                limits=req.limits.model_dump(exclude_none=True) if req.limits else {},
             )
         )
         self.event(ops.CREATE_TASK, "Task registered", task_id=req.task_id)
@@ -248,6 +249,7 @@ class TaskManager(Service):
             server_arguments=req.server_arguments,
             client_arguments=req.client_arguments,
             tags=req.tags,
+            limits=req.limits.model_dump(exclude_none=True) if req.limits else None,
         )
         self._changed()
         await self.notifier.notify(
@@ -306,7 +308,9 @@ class TaskManager(Service):
         )
         try:
             pgid = await self.server_tasks.start(
-                task.task_id, expand_arguments(arguments, task.host, task.port)
+                task.task_id,
+                expand_arguments(arguments, task.host, task.port),
+                limits=task.limits,
             )
         except AgataError as exc:
             self.store.set_task_state(

@@ -367,7 +367,8 @@ class Agent:
             limits = None
             if self.sandbox is not None:
                 bundle, work = self.sandbox.place("client", task_id, bundle, work)
-                limits = self.sandbox.limits_for(None)
+                task_limits = Limits.from_mapping(offer.limits, ignore_unknown=True)
+                limits = self.sandbox.limits_for(task_limits)
             else:
                 work.mkdir(parents=True, exist_ok=True)
             run.process = TaskProcess.for_side(

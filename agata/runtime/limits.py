@@ -42,14 +42,19 @@ class Limits:
     wall_seconds: float | None = None
 
     @classmethod
-    def from_mapping(cls, values: Mapping[str, Any] | None) -> Limits:
+    def from_mapping(
+        cls, values: Mapping[str, Any] | None, *, ignore_unknown: bool = False
+    ) -> Limits:
         """Validate ``values`` (e.g. a task's ``limits`` field); raises INVALID_ARGUMENT
-        naming the bad field."""
+        naming the bad field. With ``ignore_unknown`` names this version does not know
+        (a newer cloud's) are left out instead."""
         if not values:
             return cls()
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
-        if unknown:
+        if unknown and ignore_unknown:
+            values = {k: v for k, v in values.items() if k in known}
+        elif unknown:
             raise AgataError(
                 ErrorCode.INVALID_ARGUMENT,
                 f"unknown limit(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}",
