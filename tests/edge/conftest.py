@@ -49,6 +49,12 @@ CLIENTS: dict[str, str] = {
         "open(os.path.join(work, 'grandchild.pid'), 'w').write(str(p.pid))\n"
         "time.sleep(600)"
     ),
+    # leaves its session: a setsid grandchild that writes its pid to the work folder
+    "setsid": (
+        "p = subprocess.Popen(['setsid', 'sleep', '300'])\n"
+        "open(os.path.join(work, 'grandchild.pid'), 'w').write(str(p.pid))\n"
+        "time.sleep(600)"
+    ),
     # floods stdout with lines that are not the protocol, then finishes
     "flood": (
         "for i in range(20000):\n"
@@ -74,6 +80,7 @@ async def create_task(
     criteria: str | None = None,
     client_arguments: list[str] | None = None,
     extra_files: dict[str, bytes] | None = None,
+    limits: dict[str, float] | None = None,
 ) -> None:
     body: dict[str, Any] = {
         "task_id": task_id,
@@ -87,6 +94,8 @@ async def create_task(
         body["selection_criteria"] = criteria
     if client_arguments is not None:
         body["client_arguments"] = client_arguments
+    if limits is not None:
+        body["limits"] = limits
     response = await cloud.op("rpc_exec_create_task", body)
     assert response.status_code == 200, response.text
     files = [
