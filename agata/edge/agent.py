@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -286,9 +287,14 @@ class Agent:
         await self._reconcile()
 
     def _current_device(self) -> DeviceInfo:
-        if isinstance(self._device, DeviceSource):
-            return self._device.current()
-        return self._device
+        """The device's attributes, with ``containment`` (the sandbox's kind) added to
+        its extra attributes: the cloud's device record says how this device contains
+        its tasks, and criteria may ask for it."""
+        device = self._device.current() if isinstance(self._device, DeviceSource) else self._device
+        if self.sandbox is None or "containment" in device.extra:
+            return device
+        extra = {**device.extra, "containment": str(self.sandbox.kind)}
+        return dataclasses.replace(device, extra=extra)
 
     # -- deciding what runs -----------------------------------------------------------
 
