@@ -12,7 +12,7 @@ every run into a container the task cannot leave and that survives the service:
   service finds the cgroup by its recorded id and ends what is left. Memory, process and
   CPU limits are the cgroup's.
 - ``process-marker`` (no usable cgroup): every process of the run carries a marker in
-  its environment (``AGATA_RUN_MARK``, a random id that grants nothing); ending the run
+  its environment (``AGATA_CONTAINER``, a random id that grants nothing); ending the run
   or reaping after a restart kills every process carrying it, in any session or group.
   Weaker: a process that replaces its environment (``execve`` with a new one) escapes.
   Limits are then per-process ``setrlimit`` values (see :mod:`agata.runtime.limits`).
@@ -42,7 +42,7 @@ __all__ = ["MARK_ENV", "Containment", "ContainmentKind", "RunContainer", "detect
 
 logger = logging.getLogger(__name__)
 
-MARK_ENV = "AGATA_RUN_MARK"
+MARK_ENV = "AGATA_CONTAINER"
 """Environment variable marking the processes of one run (``process-marker`` only)."""
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
