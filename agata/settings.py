@@ -114,6 +114,14 @@ class Settings(BaseModel):
     task_open_files: int | None = Field(None, ge=16, description="default open-file limit")
     task_pids: int | None = Field(None, ge=1, description="default process limit")
     task_wall_seconds: float | None = Field(None, gt=0, description="default wall time limit")
+    env_index_url: str = Field("", description="package index for task environments")
+    env_find_links: str = Field("", description="wheel folder/URL for task environments")
+    env_no_index: bool = Field(False, description="task environments: only env_find_links")
+    env_allow_direct: bool = Field(
+        False, description="accept URLs, paths and options in a bundle's requirements.txt"
+    )
+    env_timeout: float = Field(600.0, gt=0, description="seconds one environment build may take")
+    env_cache_mb: int = Field(5120, ge=0, description="task environments kept (MiB; 0: no bound)")
 
     @field_validator(
         "ssl_certfile",
@@ -179,6 +187,14 @@ class Settings(BaseModel):
             "pids": self.task_pids,
             "wall_seconds": self.task_wall_seconds,
         }
+
+    @property
+    def env_index_options(self) -> list[str]:
+        """Installer options of task environments (uv and pip understand the same)."""
+        options = ["--index-url", self.env_index_url] if self.env_index_url else []
+        if self.env_find_links:
+            options += ["--find-links", self.env_find_links]
+        return [*options, "--no-index"] if self.env_no_index else options
 
     @property
     def database_url(self) -> str:

@@ -118,6 +118,10 @@ class CloudNode:
                 task_user=s.task_user,
                 task_dir=s.task_dir or default_task_dir(self.data_dir),
                 limits=Limits.from_mapping(s.task_limits),
+                index_options=s.env_index_options,
+                env_timeout=s.env_timeout,
+                env_max_bytes=s.env_cache_mb * 1024 * 1024,
+                allow_direct=s.env_allow_direct,
             )
             logger.info("server sides: %s", sandbox.describe())
             manager = TaskManager(

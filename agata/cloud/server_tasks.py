@@ -91,7 +91,10 @@ class ServerTasks:
         if self.sandbox is not None:
             bundle, work = self.sandbox.place("server", task_id, bundle, record_dir)
             run_limits = self.sandbox.limits_for(Limits.from_mapping(limits))
-            options = {"launcher": self.sandbox.launcher, "limits": run_limits}
+            python = await self.sandbox.python_for(
+                bundle, lambda text: self._event("environment", text, task_id)
+            )
+            options = {"launcher": self.sandbox.launcher, "limits": run_limits, "python": python}
         process = TaskProcess.for_side(
             bundle,
             "server",

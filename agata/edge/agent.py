@@ -118,6 +118,10 @@ class Agent:
                 task_user=settings.task_user,
                 task_dir=settings.task_dir or default_task_dir(settings.data_dir / "edge"),
                 limits=Limits.from_mapping(settings.task_limits),
+                index_options=settings.env_index_options,
+                env_timeout=settings.env_timeout,
+                env_max_bytes=settings.env_cache_mb * 1024 * 1024,
+                allow_direct=settings.env_allow_direct,
             )
             self._launcher = self.sandbox.launcher
         self._owns_client = client is None
@@ -370,8 +374,11 @@ class Agent:
         self._event("start task on device", "start", task_id=task_id)
         run = TaskRun(offer, time.time())
         try:
-            limits = None
+            limits, python = None, None
             if self.sandbox is not None:
+                python = await self.sandbox.python_for(
+                    bundle, lambda text: logger.info("task %s: %s", task_id, text)
+                )
                 bundle, work = self.sandbox.place("client", task_id, bundle, work)
                 task_limits = Limits.from_mapping(offer.limits, ignore_unknown=True)
                 limits = self.sandbox.limits_for(task_limits)
@@ -387,6 +394,7 @@ class Agent:
                 grace=self._grace,
                 name=f"task {task_id} client",
                 limits=limits,
+                python=python,
             )
             await run.process.start()
         except AgataError as exc:

@@ -111,6 +111,17 @@ def _size(folder: Path) -> int:
     return total
 
 
+def _readable_by_all(folder: Path) -> None:
+    """Folders 0755, files readable by all (executables executable by all)."""
+    for root, _dirs, files in os.walk(folder):
+        os.chmod(root, 0o755)
+        for name in files:
+            path = os.path.join(root, name)
+            if not os.path.islink(path):
+                mode = os.stat(path).st_mode
+                os.chmod(path, mode | 0o444 | (0o111 if mode & 0o100 else 0))
+
+
 def _tail(text: str) -> str:
     text = text.strip()
     return text if len(text) <= _TAIL_CHARS else "…" + text[-_TAIL_CHARS:]
@@ -189,6 +200,7 @@ class EnvironmentCache:
             self._create(staging, requirements)
             self._install_runtime(staging)
             (staging / "requirements.txt").write_text("\n".join(requirements) + "\n")
+            _readable_by_all(staging)  # task users run it, whatever the umask was
             (staging / _COMPLETE).write_text(f"{time.time()}\n")
             shutil.rmtree(final, ignore_errors=True)  # an incomplete leftover of a crash
             os.rename(staging, final)

@@ -8,14 +8,17 @@ what a killed previous life of the service left (:meth:`TaskSandbox.reap`).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import logging
 import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from agata.errors import AgataError, ErrorCode
 from agata.runtime.containment import Containment, ContainmentKind, detect_containment
+from agata.runtime.environments import REQUIREMENTS_FILE, EnvironmentCache
 from agata.runtime.limits import Limits
 from agata.runtime.process import AsyncioProcessLauncher, kill_process_group
 from agata.runtime.task_user import prepare_area, resolve_task_user
@@ -41,16 +44,35 @@ class TaskSandbox:
         task_user: user name for task processes when running as root ("" : none).
         task_dir: root of the task areas (see :func:`default_task_dir`).
         limits: the configuration's limits; a task's own values win.
+        index_options, env_timeout, env_max_bytes, allow_direct: of the task
+            environments (:class:`~agata.runtime.environments.EnvironmentCache`), kept
+            in ``<task_dir>/environments``.
     """
 
     def __init__(
-        self, scope: str, *, task_user: str, task_dir: Path, limits: Limits | None = None
+        self,
+        scope: str,
+        *,
+        task_user: str,
+        task_dir: Path,
+        limits: Limits | None = None,
+        index_options: Sequence[str] = (),
+        env_timeout: float = 600.0,
+        env_max_bytes: int = 5 * 1024**3,
+        allow_direct: bool = False,
     ) -> None:
         user = resolve_task_user(task_user)
         self.containment: Containment = detect_containment(scope, task_user=user)
         self.launcher = AsyncioProcessLauncher(containment=self.containment)
         self.task_dir = task_dir
         self.limits = limits or Limits()
+        self.environments = EnvironmentCache(
+            task_dir / "environments",
+            index_options=index_options,
+            timeout=env_timeout,
+            max_bytes=env_max_bytes,
+            allow_direct=allow_direct,
+        )
 
     @property
     def kind(self) -> ContainmentKind:
@@ -86,6 +108,31 @@ class TaskSandbox:
             raise AgataError(
                 ErrorCode.INTERNAL, f"cannot prepare the task's folder {area}: {exc}"
             ) from exc
+
+    async def python_for(
+        self, bundle: Path, progress: Callable[[str], None] | None = None
+    ) -> str | None:
+        """The interpreter a side of ``bundle`` runs with: its environment's when the
+        bundle declares requirements (built now if missing, in a thread), else None
+        (AGATA's own). ``progress`` is called on the event loop's thread. Raises
+        AgataError with the reason when it cannot be built."""
+        requirements = bundle / REQUIREMENTS_FILE
+        if not requirements.is_file():
+            return None
+        try:
+            text = requirements.read_text("utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise AgataError(
+                ErrorCode.INVALID_ARGUMENT, f"cannot read {REQUIREMENTS_FILE}: {exc}"
+            ) from exc
+        loop = asyncio.get_running_loop()
+
+        def report(line: str) -> None:  # called in the build's thread
+            if progress is not None:
+                loop.call_soon_threadsafe(progress, line)
+
+        python = await asyncio.to_thread(self.environments.ensure, text, report)
+        return str(python)
 
     def reap(self, run_id: str, pgid: int | None = None) -> bool:
         """End what a previous life left of a run (its container, else its recorded
