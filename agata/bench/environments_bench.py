@@ -105,10 +105,9 @@ def run_environments_bench(
         bundle.mkdir()
         (bundle / "task.py").write_text(_TASK)
         bare, with_env = asyncio.run(_dispatches(bundle, cache, requirements, rounds))
-    report.add("dispatch, no dependencies (median)", round(statistics.median(bare), 2), "ms")
-    report.add(
-        "dispatch, existing environment (median)", round(statistics.median(with_env), 2), "ms"
-    )
+    bare_ms, env_ms = statistics.median(bare), statistics.median(with_env)
+    report.add("dispatch, no dependencies (median)", round(bare_ms, 2), "ms")
+    report.add("dispatch, existing environment (median)", round(env_ms, 2), "ms")
     report.add(
         "environment adds to a dispatch",
         round(env_ms - bare_ms, 2),
