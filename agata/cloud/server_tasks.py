@@ -127,6 +127,8 @@ class ServerTasks:
         await asyncio.gather(*(p.stop(self.grace) for p in self._processes.values()))
         if self._watchers:
             await asyncio.gather(*self._watchers, return_exceptions=True)
+        if self.sandbox is not None:
+            self.sandbox.close()
 
     def reconcile(self) -> list[str]:
         """After a restart: end leftover server processes, mark their tasks stopped."""

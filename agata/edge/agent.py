@@ -189,6 +189,8 @@ class Agent:
                 worker.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
             await self._stop_everything()
+            if self.sandbox is not None:
+                self.sandbox.close()
             await self._reports.flush(timeout=1.0)
             if self._owns_client:
                 await self.client.aclose()

@@ -314,6 +314,13 @@ class Containment:
             logger.warning("ended %d leftover process(es) of run %s", killed, run_id)
         return killed
 
+    def close(self) -> None:
+        """Remove this scope's cgroup folders when no run is left in them (a service
+        that stops cleanly leaves nothing in the cgroup tree)."""
+        for base in self.bases.values():
+            with contextlib.suppress(OSError):
+                base.rmdir()
+
     def reap_all(self) -> int:
         """End every run cgroup of this scope (a service that is alone on its data
         folder, at start). Process-marker runs are found by :meth:`reap` only."""

@@ -134,6 +134,10 @@ class TaskSandbox:
         python = await asyncio.to_thread(self.environments.ensure, text, report)
         return str(python)
 
+    def close(self) -> None:
+        """Once every side has ended: remove the service's empty cgroup folders."""
+        self.containment.close()
+
     def reap(self, run_id: str, pgid: int | None = None) -> bool:
         """End what a previous life left of a run (its container, else its recorded
         process group); whether anything was left."""

@@ -36,6 +36,9 @@ async def test_a_setsid_grandchild_ends_when_the_task_is_stopped(
         await eventually(lambda: agent.running_tasks() == [], what="client stopped")
         await eventually(lambda: not pid_alive(grandchild), what="grandchild ended")
         assert agent.quarantine() == []
+    # Assert: an agent that stopped cleanly leaves no cgroup folder behind
+    assert agent.sandbox is not None
+    assert [base for base in agent.sandbox.containment.bases.values() if base.exists()] == []
 
 
 async def test_the_tasks_limit_ends_the_client_with_the_limit_named(
