@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
+import secrets
 import subprocess
 import threading
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,12 +19,16 @@ from agata.runtime.environments import EnvironmentCache, normalize_requirements
 from agata.runtime.supervisor import TaskProcess, TaskState
 
 
-def make_wheel(folder: Path, name: str = "agatatoy", version: str = "1.0") -> Path:
-    """A minimal pure-Python wheel: ``import <name>`` gives ``VALUE``."""
+def make_wheel(
+    folder: Path, name: str = "agatatoy", version: str = "1.0", padding: int = 0
+) -> Path:
+    """A minimal pure-Python wheel: ``import <name>`` gives ``VALUE`` (``padding``: the
+    size of an extra data file, to fill disks)."""
     folder.mkdir(parents=True, exist_ok=True)
     dist = f"{name}-{version}.dist-info"
     files = {
         f"{name}/__init__.py": f"VALUE = {name!r}\n",
+        f"{name}/padding.txt": secrets.token_hex(padding // 2),
         f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
         f"{dist}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
         "Tag: py3-none-any\n",
@@ -158,3 +165,34 @@ def test_least_recently_used_environments_are_evicted(tmp_path: Path, wheelhouse
 
     assert second.exists()
     assert not first.parent.parent.exists()  # the older one went
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 2 MiB tmpfs (root only)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    folder = tmp_path / "small"
+    folder.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(folder)]).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    yield folder
+    subprocess.run(["umount", str(folder)], check=False)
+
+
+def test_a_full_disk_keeps_nothing_half_built(
+    tmp_path: Path, wheelhouse: Path, small_disk: Path
+) -> None:
+    make_wheel(wheelhouse, "agatabig", padding=4 * 1024 * 1024)
+    offline = ["--no-index", "--find-links", str(wheelhouse)]
+    cache = EnvironmentCache(small_disk / "envs", index_options=offline)
+
+    with pytest.raises(AgataError) as failed:
+        cache.ensure("agatabig\n")
+
+    assert failed.value.code is ErrorCode.INTERNAL
+    assert (
+        "No space left on device" in failed.value.message or "os error 28" in failed.value.message
+    )
+    left = [p.name for p in (small_disk / "envs").iterdir() if not p.name.endswith(".lock")]
+    assert left == []
