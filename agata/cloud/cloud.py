@@ -83,8 +83,10 @@ class CloudNode:
         if self._store is None:
             make_private_dir(self.data_dir)
             url = self.settings.database_url
-            if url.startswith("sqlite:///") and ":memory:" not in url:
-                make_private_file(Path(url.removeprefix("sqlite:///")))  # 0600 from the start
+            database = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else ""
+            if database and database != ":memory:" and not database.startswith("file:"):
+                if "?" not in database:  # a plain file: 0600 before SQLite creates it
+                    make_private_file(Path(database))
             self._store = create_store(url)
         return self._store
 
