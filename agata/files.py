@@ -1,4 +1,8 @@
-"""Writing small files that must never be seen half-written."""
+"""Files and folders of AGATA's own: written whole, readable by their owner only.
+
+Modes are set explicitly (``chmod``), not left to the umask: the data folder is 0700,
+databases, tokens and credentials 0600, whatever the umask of whoever started AGATA.
+"""
 
 from __future__ import annotations
 
@@ -22,3 +26,19 @@ def write_private_file(path: Path, text: str) -> None:
         os.fsync(out.fileno())
     os.chmod(temporary, 0o600)  # whatever the umask said
     os.replace(temporary, path)
+
+
+def make_private_dir(path: Path) -> None:
+    """Create ``path`` (and missing parents) and make it 0700, also when it existed:
+    only its owner may list or enter it."""
+    path.mkdir(parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+
+
+def make_private_file(path: Path) -> None:
+    """Make sure ``path`` exists and is 0600 (an empty file is created when missing),
+    e.g. a database file before the database library opens it with the umask's mode."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    os.close(fd)
+    os.chmod(path, 0o600)

@@ -129,7 +129,42 @@ class Settings(BaseModel):
         10.0, gt=0, le=3600, description="seconds a hook may run before it is killed"
     )
 
-    @field_validator("ssl_certfile", "ssl_keyfile", "ca_file", mode="before")
+    # -- task processes (cloud: server sides; edge: client sides)
+    task_user: str = Field(
+        "nobody",
+        description="user task processes run as when AGATA runs as root; empty: AGATA's own",
+    )
+    task_dir: Path | None = Field(
+        None,
+        description="root of the task folders used with a task user (bundle copies, work "
+        "folders); default <temp dir>/agata-tasks/<hash of data_dir>",
+    )
+    task_memory_mb: int | None = Field(None, ge=1, description="default memory limit (MiB)")
+    task_cpu_cores: float | None = Field(None, gt=0, description="default CPU limit (cores)")
+    task_open_files: int | None = Field(None, ge=16, description="default open-file limit")
+    task_pids: int | None = Field(None, ge=1, description="default process limit")
+    task_wall_seconds: float | None = Field(None, gt=0, description="default wall time limit")
+    env_index_url: str = Field("", description="package index for task environments")
+    env_find_links: str = Field("", description="wheel folder/URL for task environments")
+    env_no_index: bool = Field(False, description="task environments: only env_find_links")
+    env_allow_direct: bool = Field(
+        False, description="accept URLs, paths and options in a bundle's requirements.txt"
+    )
+    env_timeout: float = Field(600.0, gt=0, description="seconds one environment build may take")
+    env_cache_mb: int = Field(5120, ge=0, description="task environments kept (MiB; 0: no bound)")
+
+    @field_validator(
+        "ssl_certfile",
+        "ssl_keyfile",
+        "ca_file",
+        "task_dir",
+        "task_memory_mb",
+        "task_cpu_cores",
+        "task_open_files",
+        "task_pids",
+        "task_wall_seconds",
+        mode="before",
+    )
     @classmethod
     def _empty_is_none(cls, value: Any) -> Any:
         return None if value == "" else value  # AGATA_SSL_CERTFILE= unsets a file setting
@@ -171,6 +206,25 @@ class Settings(BaseModel):
         if value and not value.startswith(("sqlite:", "postgresql:", "postgresql+psycopg:")):
             raise ValueError("must start with sqlite:/// or postgresql://")
         return value
+
+    @property
+    def task_limits(self) -> dict[str, Any]:
+        """The configured default limits of a task (see ``agata.runtime.limits``)."""
+        return {
+            "memory_mb": self.task_memory_mb,
+            "cpu_cores": self.task_cpu_cores,
+            "open_files": self.task_open_files,
+            "pids": self.task_pids,
+            "wall_seconds": self.task_wall_seconds,
+        }
+
+    @property
+    def env_index_options(self) -> list[str]:
+        """Installer options of task environments (uv and pip understand the same)."""
+        options = ["--index-url", self.env_index_url] if self.env_index_url else []
+        if self.env_find_links:
+            options += ["--find-links", self.env_find_links]
+        return [*options, "--no-index"] if self.env_no_index else options
 
     @property
     def database_url(self) -> str:

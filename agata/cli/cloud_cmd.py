@@ -82,6 +82,18 @@ def run_cloud(
         int | None,
         typer.Option("--max-downloads", help="downloads at once per device (429 beyond)"),
     ] = None,
+    task_user: Annotated[
+        str | None,
+        typer.Option(
+            "--task-user",
+            help="run task processes as this user when running as root (default nobody; "
+            "'' : as AGATA's user)",
+        ),
+    ] = None,
+    task_dir: Annotated[
+        Path | None,
+        typer.Option("--task-dir", help="task folders for the task user (bundle copies, work)"),
+    ] = None,
 ) -> None:
     """Start the cloud services and the HTTP gateway in this process."""
     from agata.cli.main import setup_logging
@@ -90,6 +102,8 @@ def run_cloud(
     settings = cloud_settings(
         config,
         data_dir=data_dir,
+        task_user=task_user,
+        task_dir=task_dir,
         bus_url=bus,
         db_url=db,
         gateway_host=host,

@@ -112,6 +112,18 @@ def run_edge(
     hook_timeout: Annotated[
         float | None, typer.Option("--hook-timeout", help="seconds before a hook is killed")
     ] = None,
+    task_user: Annotated[
+        str | None,
+        typer.Option(
+            "--task-user",
+            help="run task processes as this user when running as root (default nobody; "
+            "'' : as AGATA's user)",
+        ),
+    ] = None,
+    task_dir: Annotated[
+        Path | None,
+        typer.Option("--task-dir", help="task folders for the task user (bundle copies, work)"),
+    ] = None,
     log_level: Annotated[str | None, typer.Option("--log-level")] = None,
 ) -> None:
     """Run the edge agent until SIGINT/SIGTERM (which stop its task processes)."""
@@ -133,6 +145,8 @@ def run_edge(
         hook_command=hook,
         hook_timeout=hook_timeout,
         log_level=log_level,
+        task_user=task_user,
+        task_dir=task_dir,
     )
     _setup_logging(settings.log_level)
     overrides: dict[str, Any] = {

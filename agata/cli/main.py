@@ -84,6 +84,45 @@ def bench_bus(
         report.save(json_out)
 
 
+@bench_app.command("containment")
+def bench_containment(
+    rounds: Annotated[int, typer.Option(min=3)] = 30,
+    json_out: Annotated[Path | None, typer.Option("--json", help="write figures here")] = None,
+) -> None:
+    """What containment (cgroup or marker, task user, limits) adds to a task's spawn."""
+    from agata.bench.containment_bench import run_containment_bench
+    from agata.bench.report import render
+
+    setup_logging("WARNING")
+    report = run_containment_bench(rounds)
+    render([report])
+    if json_out:
+        report.save(json_out)
+
+
+@bench_app.command("environments")
+def bench_environments(
+    rounds: Annotated[int, typer.Option(min=3)] = 20,
+    wheelhouse: Annotated[
+        Path | None, typer.Option(help="build from this wheel folder (default: one made here)")
+    ] = None,
+    requirements: Annotated[
+        str, typer.Option(help="with --wheelhouse: what to install, e.g. 'flwr numpy'")
+    ] = "",
+    json_out: Annotated[Path | None, typer.Option("--json", help="write figures here")] = None,
+) -> None:
+    """First build of a task environment, and what one adds to a later dispatch."""
+    from agata.bench.environments_bench import run_environments_bench
+    from agata.bench.report import render
+
+    setup_logging("WARNING")
+    wanted = "\n".join(requirements.split()) + "\n" if requirements else ""
+    report = run_environments_bench(rounds, wheelhouse, wanted)
+    render([report])
+    if json_out:
+        report.save(json_out)
+
+
 def main() -> None:
     try:
         app()

@@ -15,6 +15,7 @@ import logging
 import socket
 import ssl
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -31,7 +32,9 @@ from agata.cloud.gateway.limits import guarded_http_protocol, make_room_for_conn
 from agata.cloud.notifier import Notifier
 from agata.cloud.task_manager import TaskManager
 from agata.errors import AgataError, ErrorCode
-from agata.files import write_private_file
+from agata.files import make_private_dir, make_private_file, write_private_file
+from agata.runtime.limits import Limits
+from agata.runtime.sandbox import TaskSandbox, default_task_dir
 from agata.settings import Settings
 from agata.store.store import BundleFile, Store
 from agata.store.store_factory import create_store
@@ -78,8 +81,13 @@ class CloudNode:
     @property
     def store(self) -> Store:
         if self._store is None:
-            self.data_dir.mkdir(parents=True, exist_ok=True)
-            self._store = create_store(self.settings.database_url)
+            make_private_dir(self.data_dir)
+            url = self.settings.database_url
+            database = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else ""
+            if database and database != ":memory:" and not database.startswith("file:"):
+                if "?" not in database:  # a plain file: 0600 before SQLite creates it
+                    make_private_file(Path(database))
+            self._store = create_store(url)
         return self._store
 
     @property
@@ -109,6 +117,17 @@ class CloudNode:
         if "task-manager" in self.services or "gateway" in self.services:
             self.recover_bundles()
         if "task-manager" in self.services:
+            sandbox = TaskSandbox(
+                f"cloud:{self.data_dir}",
+                task_user=s.task_user,
+                task_dir=s.task_dir or default_task_dir(self.data_dir),
+                limits=Limits.from_mapping(s.task_limits),
+                index_options=s.env_index_options,
+                env_timeout=s.env_timeout,
+                env_max_bytes=s.env_cache_mb * 1024 * 1024,
+                allow_direct=s.env_allow_direct,
+            )
+            logger.info("server sides: %s", sandbox.describe())
             manager = TaskManager(
                 self.bus,
                 self.store,
@@ -119,6 +138,7 @@ class CloudNode:
                 hide_internal_errors=s.hide_internal_errors,
                 grace=s.server_grace_seconds,
                 register_events=s.register_events,
+                sandbox=sandbox,
             )
             await manager.start()
             self._running.append(manager)

@@ -18,14 +18,18 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from agata.cloud.notifier import Notifier
 from agata.cloud.task_ends import RECONCILE_SECONDS, EndRecorder, TaskEnd
 from agata.errors import AgataError, ErrorCode
+from agata.files import write_private_file
+from agata.runtime.limits import Limits
 from agata.runtime.messages import Error, Info, LogLine, Model, Print, TaskMessage, Trigger
 from agata.runtime.process import kill_process_group
+from agata.runtime.sandbox import TaskSandbox
 from agata.runtime.supervisor import TaskOutcome, TaskProcess, TaskState
 from agata.store.store import NewLogLine, Store
 from agata.store.store import TaskState as StoredState
@@ -37,7 +41,9 @@ EventSink = Callable[..., object]
 #: Environment variable naming the task's work folder (for the task and its triggers).
 WORK_PATH_ENV = "AGATA_WORK_PATH"
 
-#: In a task's work folder while its server side runs: {"pgid", "token"}.
+#: In ``<work_root>/task_<id>/`` while its server side runs: {"pgid", "token"} (the token
+#: is the run id of its container). With a task user that folder is not the task's work
+#: folder, so the task cannot rewrite the record a restarted cloud acts on.
 PID_FILE = "server.pid.json"
 
 #: A server side's log lines are written in batches: at most this many lines, held at
@@ -65,8 +71,10 @@ class ServerTasks:
         record_event: EventSink | None = None,
         reconcile_seconds: float = RECONCILE_SECONDS,
         on_ended: Callable[[str], None] | None = None,
+        sandbox: TaskSandbox | None = None,
     ) -> None:
         self.store = store
+        self.sandbox = sandbox
         self.notifier = notifier
         self.bundles_root = bundles_root
         self.work_root = work_root
@@ -97,11 +105,23 @@ class ServerTasks:
         self._claims.add(task_id)
         await self.ends.record(TaskEnd(task_id, state, reason))
 
-    async def start(self, task_id: str, arguments: Sequence[str]) -> int | None:
-        """Spawn ``server.py`` of the task's bundle; returns the process group id."""
+    async def start(
+        self, task_id: str, arguments: Sequence[str], *, limits: Mapping[str, Any] | None = None
+    ) -> int | None:
+        """Spawn ``server.py`` of the task's bundle within the task's ``limits`` (over
+        the configured defaults); returns the process group id."""
         bundle = self.bundles_root / f"task_{task_id}"
-        work = self.work_root / f"task_{task_id}"
-        work.mkdir(parents=True, exist_ok=True)
+        record_dir = self.work_root / f"task_{task_id}"
+        record_dir.mkdir(parents=True, exist_ok=True)
+        work = record_dir
+        options: dict[str, object] = {}
+        if self.sandbox is not None:
+            bundle, work = self.sandbox.place("server", task_id, bundle, record_dir)
+            run_limits = self.sandbox.limits_for(Limits.from_mapping(limits))
+            python = await self.sandbox.python_for(
+                bundle, lambda text: self._event("environment", text, task_id)
+            )
+            options = {"launcher": self.sandbox.launcher, "limits": run_limits, "python": python}
         process = TaskProcess.for_side(
             bundle,
             "server",
@@ -111,6 +131,7 @@ class ServerTasks:
             grace=self.grace,
             name=f"task {task_id} server",
             env={WORK_PATH_ENV: str(work)},
+            **options,
         )
         await process.start()  # raises NOT_FOUND / INTERNAL with the reason
         self._processes[task_id] = process
@@ -119,7 +140,7 @@ class ServerTasks:
             # Lets a restarted cloud end this group, and only this one (see reconcile).
             record = json.dumps({"pgid": process.pgid, "token": process.token})
             try:
-                (work / PID_FILE).write_text(record)
+                write_private_file(record_dir / PID_FILE, record)
             except OSError as exc:  # a full disk must not leave the process unwatched
                 logger.warning(
                     "task %s: %s not written (%s); a restarted cloud cannot end this "
@@ -144,6 +165,8 @@ class ServerTasks:
         if self._watchers:
             await asyncio.gather(*self._watchers, return_exceptions=True)
         await self.ends.stop()
+        if self.sandbox is not None:
+            self.sandbox.close()
 
     async def reconcile(self) -> list[str]:
         """When the cloud starts: end leftover server processes, mark their tasks stopped.
@@ -199,7 +222,11 @@ class ServerTasks:
         except (OSError, ValueError, KeyError, TypeError):
             return
         with contextlib.suppress(AgataError, OSError):
-            if kill_process_group(pgid, token=token):
+            if self.sandbox is not None:
+                ended = self.sandbox.reap(token, pgid)
+            else:
+                ended = kill_process_group(pgid, token=token or None)
+            if ended:
                 logger.warning(
                     "ended the leftover server side of task %s (group %d)", task_id, pgid
                 )

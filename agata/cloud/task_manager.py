@@ -33,6 +33,7 @@ from agata.cloud.views import (
 )
 from agata.errors import AgataError, ErrorCode, conflict, invalid
 from agata.protocol import operations as ops
+from agata.runtime.sandbox import TaskSandbox
 from agata.store.store import BundleFile, NewTask, Store, Task, TaskState
 
 logger = logging.getLogger(__name__)
@@ -68,6 +69,7 @@ class TaskManager(Service):
         grace: float = 5.0,
         register_events: bool = True,
         bundles: BundleStore | None = None,
+        sandbox: TaskSandbox | None = None,
     ) -> None:
         super().__init__(bus, "task-manager", hide_internal_errors=hide_internal_errors)
         self.store = store
@@ -85,6 +87,7 @@ class TaskManager(Service):
             grace=grace,
             record_event=self.event,
             on_ended=lambda _task_id: self._changed(),
+            sandbox=sandbox,
         )
         self.criteria = CriteriaCache()
         self._running_cache: tuple[float, list[Task]] | None = None
@@ -237,6 +240,7 @@ class TaskManager(Service):
                 server_arguments=req.server_arguments or [],
                 client_arguments=req.client_arguments or [],
                 tags=req.tags or [],
+                limits=req.limits.model_dump(exclude_none=True) if req.limits else {},
             )
         )
         self.event(ops.CREATE_TASK, "Task registered", task_id=req.task_id)
@@ -256,6 +260,7 @@ class TaskManager(Service):
             server_arguments=req.server_arguments,
             client_arguments=req.client_arguments,
             tags=req.tags,
+            limits=req.limits.model_dump(exclude_none=True) if req.limits else None,
         )
         self._changed()
         await self.notifier.notify(
@@ -323,7 +328,9 @@ class TaskManager(Service):
         )
         try:
             pgid = await self.server_tasks.start(
-                task.task_id, expand_arguments(arguments, task.host, task.port)
+                task.task_id,
+                expand_arguments(arguments, task.host, task.port),
+                limits=task.limits,
             )
         except AgataError as exc:
             # Recorded like any end: retried if the store refuses it now.
@@ -441,6 +448,7 @@ class TaskManager(Service):
             "tasks_total": len(tasks),
             "tasks_running": sum(1 for t in tasks if t.running),
             "recent_failures": failures[-10:],
+            "containment": sandbox.describe() if (sandbox := self.server_tasks.sandbox) else "",
         }
 
     async def check_password(self, req: ops.CheckDownloadPassword) -> dict[str, bool]:

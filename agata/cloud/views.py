@@ -38,6 +38,7 @@ def task_view(
         "client_arguments": shlex.join(task.client_arguments),
         "server_argv": list(task.server_arguments),
         "client_argv": list(task.client_arguments),
+        "limits": dict(task.limits),
         "tags": list(task.tags),
         "files_paths": [f.name for f in task.files],
         "files": files,
@@ -61,6 +62,7 @@ def offer_view(task: Task, *, legacy: bool) -> dict[str, Any]:
         "files": [{"name": f.name, "size": f.size, "sha256": f.sha256} for f in task.files],
         "version": task.version,
         "download_url": f"/download/{task.task_id}/",
+        "limits": dict(task.limits),
     }
     if legacy:  # devices of the original system download with these
         offer["username"] = task.username

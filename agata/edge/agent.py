@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -48,8 +49,11 @@ from agata.edge.push import PushListener
 from agata.edge.reports import Report, ReportSender
 from agata.edge.task_runs import TaskRun, recover_leftovers
 from agata.errors import AgataError, ErrorCode
+from agata.files import make_private_dir
+from agata.runtime.limits import Limits
 from agata.runtime.messages import Error, Info, LogLine, Model, Print, TaskMessage
 from agata.runtime.process import ProcessLauncher
+from agata.runtime.sandbox import TaskSandbox, default_task_dir
 from agata.runtime.supervisor import TaskProcess
 from agata.settings import Settings
 
@@ -89,7 +93,8 @@ class Agent:
         push: listen to the device's event stream (else poll only).
         grace: seconds a stopped client side gets between SIGTERM and SIGKILL.
         client: a ready :class:`CloudClient` (tests); one is built from the settings.
-        launcher: the runtime's OS boundary (tests); real processes by default.
+        launcher: the runtime's OS boundary (tests); without one the agent builds a
+            :class:`TaskSandbox` from the settings (containment, task user, limits).
     """
 
     def __init__(
@@ -110,6 +115,19 @@ class Agent:
         self._push_enabled = push
         self._grace = grace
         self._launcher = launcher
+        self.sandbox: TaskSandbox | None = None
+        if launcher is None:
+            self.sandbox = TaskSandbox(
+                f"edge:{settings.data_dir.resolve()}",
+                task_user=settings.task_user,
+                task_dir=settings.task_dir or default_task_dir(settings.data_dir / "edge"),
+                limits=Limits.from_mapping(settings.task_limits),
+                index_options=settings.env_index_options,
+                env_timeout=settings.env_timeout,
+                env_max_bytes=settings.env_cache_mb * 1024 * 1024,
+                allow_direct=settings.env_allow_direct,
+            )
+            self._launcher = self.sandbox.launcher
         self._owns_client = client is None
         self.client = client or CloudClient(
             settings.cloud_url,
@@ -150,7 +168,10 @@ class Agent:
         if self._started:
             raise AgataError(ErrorCode.CONFLICT, "this agent already ran")
         self._started = True
-        self.edge_dir.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.settings.data_dir)
+        make_private_dir(self.edge_dir)
+        if self.sandbox is not None:
+            logger.info("client sides: %s", self.sandbox.describe())
         device = self._current_device()
         self._recover()
         self._reports = ReportSender(self.client, device.user_id)
@@ -177,6 +198,8 @@ class Agent:
                 worker.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
             await self._stop_everything()
+            if self.sandbox is not None:
+                self.sandbox.close()
             await self._reports.flush(timeout=1.0)
             if self.hooks is not None:
                 await self.hooks.close(timeout=min(self.settings.hook_timeout, 2.0))
@@ -281,9 +304,14 @@ class Agent:
         await self._reconcile()
 
     def _current_device(self) -> DeviceInfo:
-        if isinstance(self._device, DeviceSource):
-            return self._device.current()
-        return self._device
+        """The device's attributes, with ``containment`` (the sandbox's kind) added to
+        its extra attributes: the cloud's device record says how this device contains
+        its tasks, and criteria may ask for it."""
+        device = self._device.current() if isinstance(self._device, DeviceSource) else self._device
+        if self.sandbox is None or "containment" in device.extra:
+            return device
+        extra = {**device.extra, "containment": str(self.sandbox.kind)}
+        return dataclasses.replace(device, extra=extra)
 
     # -- deciding what runs -----------------------------------------------------------
 
@@ -356,20 +384,31 @@ class Agent:
             return False
         self._event("download task", "end", task_id=task_id)
         work = self.work_root / f"task_{task_id}"
-        work.mkdir(parents=True, exist_ok=True)
         self._event("start task on device", "start", task_id=task_id)
         run = TaskRun(offer, time.time())
-        run.process = TaskProcess.for_side(
-            bundle,
-            "client",
-            work,
-            argv,
-            on_message=lambda message: self._on_message(run, message),
-            launcher=self._launcher,
-            grace=self._grace,
-            name=f"task {task_id} client",
-        )
         try:
+            limits, python = None, None
+            if self.sandbox is not None:
+                python = await self.sandbox.python_for(
+                    bundle, lambda text: logger.info("task %s: %s", task_id, text)
+                )
+                bundle, work = self.sandbox.place("client", task_id, bundle, work)
+                task_limits = Limits.from_mapping(offer.limits, ignore_unknown=True)
+                limits = self.sandbox.limits_for(task_limits)
+            else:
+                work.mkdir(parents=True, exist_ok=True)
+            run.process = TaskProcess.for_side(
+                bundle,
+                "client",
+                work,
+                argv,
+                on_message=lambda message: self._on_message(run, message),
+                launcher=self._launcher,
+                grace=self._grace,
+                name=f"task {task_id} client",
+                limits=limits,
+                python=python,
+            )
             await run.process.start()
         except AgataError as exc:
             self._event("start task on device", "end", task_id=task_id, error=exc.message)
@@ -512,7 +551,9 @@ class Agent:
 
     def _recover(self) -> None:
         """End task processes a killed predecessor left, drop stale temporary files."""
-        recover_leftovers(self.state)
+        recover_leftovers(self.state, self.sandbox)
+        if self.sandbox is not None:  # runs whose record was lost: this agent is alone here
+            self.sandbox.containment.reap_all()
         for entry in self.state.expire_quarantine():
             logger.info("task %s: quarantine ended while the agent was away", entry.task_id)
         if self.state.quarantine:

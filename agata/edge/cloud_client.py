@@ -105,6 +105,7 @@ class TaskOffer(BaseModel):
     download_url: str = ""
     username: str | None = None
     password: str | None = None
+    limits: dict[str, float] = Field(default_factory=dict)  # checked when the run starts
 
     @field_validator("version", mode="before")
     @classmethod

@@ -12,6 +12,7 @@ from agata.edge.local_state import LocalState
 from agata.errors import AgataError
 from agata.runtime.messages import LogLine, Stream
 from agata.runtime.process import kill_process_group
+from agata.runtime.sandbox import TaskSandbox
 from agata.runtime.supervisor import TaskProcess
 
 __all__ = ["TaskRun", "recover_leftovers"]
@@ -48,13 +49,19 @@ class TaskRun:
         return f"{reason}: {' | '.join(tail[-lines:])}"[:2000]
 
 
-def recover_leftovers(state: LocalState) -> int:
-    """End the process groups recorded as running by a previous agent; return how many
-    were still there. A recycled pgid that is not a task of ours is left alone."""
+def recover_leftovers(state: LocalState, sandbox: TaskSandbox | None = None) -> int:
+    """End the runs recorded as running by a previous agent (their containers, and their
+    process groups); return how many were still there. A recycled pgid that is not a
+    task of ours is left alone."""
     ended = 0
     for record in list(state.running.values()):
         try:
-            if kill_process_group(record.pgid, signal.SIGKILL, token=record.token):
+            if sandbox is not None:
+                left = sandbox.reap(record.token, record.pgid)
+            else:
+                token = record.token or None
+                left = kill_process_group(record.pgid, signal.SIGKILL, token=token)
+            if left:
                 ended += 1
                 logger.warning(
                     "task %s: ended the process group %d left by the previous agent",

@@ -198,6 +198,17 @@ GET_OVERVIEW = "rpc_exec_get_overview"
 CHECK_DOWNLOAD_PASSWORD = "rpc_exec_check_download_password"
 
 
+class TaskLimits(Request):
+    """Limits of a task's processes (each side's process tree); absent: the cloud's or
+    the device's configured default (``docs/runtime.md``, Limits)."""
+
+    memory_mb: int | None = Field(default=None, ge=1, le=1 << 30)
+    cpu_cores: float | None = Field(default=None, ge=0.01, le=4096)
+    open_files: int | None = Field(default=None, ge=16, le=1 << 20)
+    pids: int | None = Field(default=None, ge=1, le=1 << 22)
+    wall_seconds: float | None = Field(default=None, ge=0.1, le=366 * 86400)
+
+
 class CreateTask(Request):
     task_id: TaskId
     host: Host
@@ -209,6 +220,7 @@ class CreateTask(Request):
     server_arguments: Arguments | None = None
     client_arguments: Arguments | None = None
     tags: list[Tag] | None = Field(default=None, max_length=64)
+    limits: TaskLimits | None = None
 
 
 class UpdateTask(Request):
@@ -221,6 +233,7 @@ class UpdateTask(Request):
     username: ShortText | None = None
     password: ShortText | None = None
     tags: list[Tag] | None = Field(default=None, max_length=64)
+    limits: TaskLimits | None = None
 
 
 class TaskRef(Request):

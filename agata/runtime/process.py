@@ -11,8 +11,12 @@ outlive a supervisor that was killed without a chance to clean up. The kernel ti
 signal to the *thread* that forked the child: start tasks from the event loop's thread
 and keep that thread alive as long as the tasks.
 
-A restarted service may find groups left by its previous life (recorded ``pgid`` and
-``token``); :func:`kill_process_group` ends them after checking they are still ours.
+With a :class:`~agata.runtime.containment.Containment` the launcher also puts each run
+in a container (a cgroup, or an environment marker) that ``setsid`` and double forks do
+not leave, applies the run's limits and switches to the task user; the handle then
+signals the whole container, not only the group. A restarted service ends what a
+previous life left through the recorded run id (:meth:`Containment.reap`), or, for a
+group started without containment, :func:`kill_process_group`.
 """
 
 from __future__ import annotations
@@ -32,9 +36,11 @@ from pathlib import Path
 from typing import Protocol
 
 from agata.errors import AgataError, ErrorCode
+from agata.runtime.containment import MARK_ENV, Containment, RunContainer
+from agata.runtime.limits import Limits
 
 __all__ = [
-    "TOKEN_ENV",
+    "ENV_ALLOWLIST",
     "AsyncioProcessLauncher",
     "ByteReader",
     "ProcessHandle",
@@ -46,8 +52,23 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-TOKEN_ENV = "AGATA_TASK_TOKEN"
-"""Environment variable holding a random token that marks every process of one task."""
+ENV_ALLOWLIST = frozenset(
+    {
+        "PATH",
+        "LANG",
+        "LANGUAGE",
+        "TZ",
+        "TERM",
+        "PYTHONPATH",
+        "PYTHONHOME",
+        "PYTHONIOENCODING",
+        "PYTHONHASHSEED",
+        "PYTHONDONTWRITEBYTECODE",
+        "PYTHONWARNINGS",
+        "PYTHONUTF8",
+    }
+)
+"""Variables of AGATA's own environment a task inherits (and ``LC_*``); nothing else."""
 
 _PR_SET_PDEATHSIG = 1
 _STREAM_LIMIT = 64 * 1024  # bytes buffered per pipe before the child has to wait
@@ -66,6 +87,7 @@ class ProcessHandle(abc.ABC):
     pgid: int
     stdout: ByteReader
     stderr: ByteReader
+    run_id: str = ""  # the container's id ("" without containment): record it to reap
 
     @abc.abstractmethod
     async def wait(self) -> int:
@@ -84,7 +106,12 @@ class ProcessHandle(abc.ABC):
         """
 
     def close(self) -> None:  # noqa: B027 - optional hook, nothing to do by default
-        """Release the pipes once the process has exited (reading them is abandoned)."""
+        """Release the pipes (and the container) once the process has exited."""
+
+    def limit_exceeded(self) -> str | None:
+        """The limit the kernel enforced on the process tree, named; None if none or
+        unknown. Meaningful once the process has exited, before :meth:`close`."""
+        return None
 
 
 class ProcessLauncher(abc.ABC):
@@ -92,9 +119,15 @@ class ProcessLauncher(abc.ABC):
 
     @abc.abstractmethod
     async def spawn(
-        self, argv: Sequence[str], *, cwd: Path, env: Mapping[str, str]
+        self,
+        argv: Sequence[str],
+        *,
+        cwd: Path,
+        env: Mapping[str, str],
+        limits: Limits | None = None,
     ) -> ProcessHandle:
-        """Start ``argv`` in ``cwd`` with exactly ``env`` as its environment.
+        """Start ``argv`` in ``cwd`` with exactly ``env`` as its environment (plus what
+        the containment needs), within ``limits`` where the launcher enforces limits.
 
         The process MUST lead a new process group, with stdout and stderr as pipes and
         stdin closed (``/dev/null``). When it cannot be started this MUST raise
@@ -105,9 +138,12 @@ class ProcessLauncher(abc.ABC):
 def task_environment(
     extra: Mapping[str, str] | None = None, base: Mapping[str, str] | None = None
 ) -> dict[str, str]:
-    """The environment of a task process: ``base`` (default ``os.environ``), then the
-    runtime's settings (no Flower telemetry, unbuffered output), then ``extra``."""
-    env = dict(os.environ if base is None else base)
+    """The environment of a task process: the allowlisted variables of ``base`` (default
+    ``os.environ``; see :data:`ENV_ALLOWLIST`), then the runtime's settings (no Flower
+    telemetry, unbuffered output), then ``extra``. Secrets of AGATA's environment (bus
+    and database URLs, tokens) are therefore never passed on."""
+    source = os.environ if base is None else base
+    env = {k: v for k, v in source.items() if k in ENV_ALLOWLIST or k.startswith("LC_")}
     env["FLWR_TELEMETRY_ENABLED"] = "0"
     env["PYTHONUNBUFFERED"] = "1"
     if extra:
@@ -131,10 +167,15 @@ class _ExitWatchingProtocol(asyncio.subprocess.SubprocessStreamProtocol):
 
 class _AsyncioHandle(ProcessHandle):
     def __init__(
-        self, transport: asyncio.SubprocessTransport, protocol: _ExitWatchingProtocol
+        self,
+        transport: asyncio.SubprocessTransport,
+        protocol: _ExitWatchingProtocol,
+        container: RunContainer | None = None,
     ) -> None:
         self._transport = transport
         self._protocol = protocol
+        self._container = container
+        self.run_id = container.run_id if container else ""
         self.pid = transport.get_pid()
         self.pgid = self.pid  # start_new_session: the child leads its own group
         assert protocol.stdout is not None and protocol.stderr is not None
@@ -148,17 +189,30 @@ class _AsyncioHandle(ProcessHandle):
         return code
 
     def signal_group(self, sig: int) -> bool:
+        """Signal the group and, with containment, every process of the container
+        (those that left the group by ``setsid`` or a double fork too)."""
+        contained = False
+        if self._container is not None:
+            if sig == signal.SIGKILL and self._transport.get_returncode() is not None:
+                contained = self._container.kill() > 0  # the leader is gone: end the rest
+            else:
+                contained = self._container.signal(sig)
         try:
             os.killpg(self.pgid, sig)
         except ProcessLookupError:
-            return False
+            return contained
         except PermissionError:  # the number now names someone else's group
             logger.warning("process group %d is no longer ours; not signalled", self.pgid)
-            return False
+            return contained
         return True
+
+    def limit_exceeded(self) -> str | None:
+        return self._container.limit_exceeded() if self._container else None
 
     def close(self) -> None:
         self._transport.close()
+        if self._container is not None:
+            self._container.release()
 
 
 def _pdeathsig_preexec() -> Callable[[], None] | None:
@@ -213,28 +267,65 @@ class AsyncioProcessLauncher(ProcessLauncher):
     Args:
         pdeathsig: on Linux, have the kernel SIGKILL the child when the thread that
             started it dies.
+        containment: put each process tree in a container of its own, with the run's
+            limits, as the containment's task user (None: a process group only).
     """
 
-    def __init__(self, *, pdeathsig: bool = True) -> None:
+    def __init__(self, *, pdeathsig: bool = True, containment: Containment | None = None) -> None:
         self._pdeathsig = pdeathsig
-        self._setpriv = _setpriv() if pdeathsig else None
+        self._containment = containment
+        needs_setpriv = pdeathsig or (containment is not None and containment.task_user)
+        self._setpriv = _setpriv() if needs_setpriv else None
+        if containment is not None and containment.task_user and self._setpriv is None:
+            raise AgataError(
+                ErrorCode.INTERNAL, "a task user needs util-linux setpriv, which is missing"
+            )
+
+    def _wrap(self, argv: list[str], container: RunContainer | None) -> list[str]:
+        """Prefix ``argv`` with the shell prologue (cgroups, rlimits) and setpriv
+        (PDEATHSIG, task user). Both exec: the task keeps the child's pid."""
+        if self._setpriv is not None:
+            options = ["--pdeathsig", "KILL"] if self._pdeathsig else []
+            user = self._containment.task_user if self._containment else None
+            if user is not None:
+                options = [*user.setpriv_options(), *options]
+            # setpriv sets PDEATHSIG after switching users (a switch would clear it)
+            # and execs the task: no preexec_fn, so CPython can vfork.
+            argv = [self._setpriv, *options, "--", *argv]
+        prologue = container.prologue() if container is not None else []
+        if prologue:
+            script = "\n".join([*prologue, 'exec "$@"'])
+            argv = ["/bin/sh", "-c", script, "agata-task", *argv]
+        return argv
 
     async def spawn(
-        self, argv: Sequence[str], *, cwd: Path, env: Mapping[str, str]
+        self,
+        argv: Sequence[str],
+        *,
+        cwd: Path,
+        env: Mapping[str, str],
+        limits: Limits | None = None,
     ) -> ProcessHandle:
         if not argv:
             raise AgataError(ErrorCode.INTERNAL, "cannot start a process without a command")
         preexec = None
-        if self._setpriv is not None:
-            if shutil.which(argv[0]) is None:  # setpriv would only fail after the spawn
-                raise AgataError(
-                    ErrorCode.INTERNAL, f"cannot start {argv[0]!r}: not an executable program"
-                )
-            # util-linux's setpriv sets PDEATHSIG and execs the task: no preexec_fn, so
-            # CPython can vfork (≈ 0.3 ms instead of ≈ 9 ms in a large agent process).
-            argv = [self._setpriv, "--pdeathsig", "KILL", "--", *argv]
-        elif self._pdeathsig:
+        if self._setpriv is not None and shutil.which(argv[0]) is None:
+            # setpriv would only fail after the spawn
+            raise AgataError(
+                ErrorCode.INTERNAL, f"cannot start {argv[0]!r}: not an executable program"
+            )
+        if self._setpriv is None and self._pdeathsig:
             preexec = _pdeathsig_preexec()
+        container = None
+        if self._containment is not None:
+            try:
+                container = self._containment.new_run(limits)
+            except OSError as exc:
+                raise AgataError(
+                    ErrorCode.INTERNAL, f"cannot make the task's container: {exc}"
+                ) from exc
+            env = {**env, **container.env()}
+        argv = self._wrap(list(argv), container)
         loop = asyncio.get_running_loop()
         try:
             transport, protocol = await loop.subprocess_exec(
@@ -249,8 +340,10 @@ class AsyncioProcessLauncher(ProcessLauncher):
                 preexec_fn=preexec,
             )
         except (OSError, ValueError, subprocess.SubprocessError) as exc:
+            if container is not None:
+                container.release()
             raise AgataError(ErrorCode.INTERNAL, f"cannot start {argv[0]!r}: {exc}") from exc
-        handle = _AsyncioHandle(transport, protocol)
+        handle = _AsyncioHandle(transport, protocol, container)
         logger.debug("started pid %d (group %d): %s", handle.pid, handle.pgid, argv)
         return handle
 
@@ -283,16 +376,16 @@ def _has_token(pid: int, token: str) -> bool:
         environ = Path(f"/proc/{pid}/environ").read_bytes()
     except OSError:
         return False
-    return f"{TOKEN_ENV}={token}".encode() in environ.split(b"\0")
+    return f"{MARK_ENV}={token}".encode() in environ.split(b"\0")
 
 
 def kill_process_group(pgid: int, sig: int = signal.SIGKILL, *, token: str | None = None) -> bool:
     """Signal a process group left behind (e.g. by a previous run of the service).
 
     Checks first that the group still has a live member and, when ``token`` is given (the
-    ``TaskProcess.token`` recorded with the pgid), that one of its live members carries
-    that token in its environment — a recycled pgid belonging to someone else is left
-    alone. Returns whether the signal was sent.
+    run id of a ``process-marker`` container recorded with the pgid), that one of its live
+    members carries that marker in its environment — a recycled pgid belonging to someone
+    else is left alone. Returns whether the signal was sent.
     """
     if pgid <= 1:
         raise AgataError(ErrorCode.INVALID_ARGUMENT, f"refusing to signal process group {pgid}")

@@ -23,6 +23,9 @@ States (one :meth:`TaskProcess._transition` method changes them)::
   ``require_finished=False``, ends FINISHED on exit code 0).
 - :meth:`TaskProcess.stop` by the owner: STOPPING, and the distinct terminal state
   STOPPED — the owner's decision is neither the task's success nor its failure.
+- A limit (:class:`~agata.runtime.limits.Limits`): past ``wall_seconds`` the process is
+  ended (STOPPING at once); a memory or process limit the kernel enforced is read from
+  the container after the exit. Either ends FAILED with a reason naming the limit.
 
 The first cause wins: an error sent while stopping after "Finished" changes nothing.
 Whenever the main process has exited, the rest of its process group is killed, so no
@@ -35,7 +38,6 @@ import asyncio
 import enum
 import logging
 import re
-import secrets
 import signal
 import sys
 from collections import deque
@@ -45,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from agata.errors import AgataError, ErrorCode
+from agata.runtime.limits import Limits
 from agata.runtime.messages import (
     MAX_LINE_CHARS,
     Error,
@@ -57,7 +60,6 @@ from agata.runtime.messages import (
     parse_line,
 )
 from agata.runtime.process import (
-    TOKEN_ENV,
     AsyncioProcessLauncher,
     ByteReader,
     ProcessHandle,
@@ -113,6 +115,7 @@ class _Event(enum.Enum):
     FINISHED = "reported Finished"
     ERROR = "reported an error"
     STOP = "stop requested"
+    LIMIT = "exceeded a limit"
     EXITED = "exited"
 
 
@@ -140,8 +143,9 @@ class TaskProcess:
             :meth:`stop` (that would wait for itself); it may call :meth:`request_stop`.
         launcher: the OS boundary; real asyncio subprocesses by default.
         python: the interpreter; ``sys.executable`` by default.
-        env: added to the environment (which already has ``FLWR_TELEMETRY_ENABLED=0`` and
-            ``PYTHONUNBUFFERED=1``).
+        env: added to the environment (the allowlisted part of AGATA's, with
+            ``FLWR_TELEMETRY_ENABLED=0`` and ``PYTHONUNBUFFERED=1``).
+        limits: of the process tree, passed to the launcher; ``wall_seconds`` is kept here.
         require_finished: exiting without reporting "Finished" is a failure (tasks); when
             False, exit code 0 is a success (trigger scripts).
         grace: seconds between SIGTERM and SIGKILL.
@@ -172,6 +176,7 @@ class TaskProcess:
         trigger_timeout: float = 300.0,
         max_triggers: int = 4,
         name: str | None = None,
+        limits: Limits | None = None,
     ) -> None:
         if Path(script).name != script or not script.endswith(".py"):
             raise AgataError(
@@ -181,7 +186,7 @@ class TaskProcess:
         self.script = script
         self.arguments = tuple(str(argument) for argument in arguments)
         self.name = name or f"{self.bundle_dir.name}/{script}"
-        self.token = secrets.token_hex(16)
+        self.limits = limits or Limits()
         self._on_message = on_message
         self._launcher = launcher or AsyncioProcessLauncher()
         self._python = python or sys.executable
@@ -213,6 +218,8 @@ class TaskProcess:
         self._supervisor: asyncio.Task[None] | None = None
         self._terminator: asyncio.Task[None] | None = None
         self._terminator_patient = False  # still waiting for a voluntary exit
+        self._wall_timer: asyncio.TimerHandle | None = None
+        self._limit: str | None = None  # the limit that ended the process
         self._triggers = TriggerRunner(
             self.bundle_dir,
             self._trigger_process,
@@ -231,9 +238,11 @@ class TaskProcess:
         arguments: Sequence[str] = (),
         **options: Any,
     ) -> TaskProcess:
-        """One side of a task: ``python <side>.py <work_path> [arguments...]``."""
+        """One side of a task: ``python <side>.py <work_path> [arguments...]``, with
+        ``HOME`` set to ``work_path``."""
         if not _IDENTIFIER.match(side):
             raise AgataError(ErrorCode.INVALID_ARGUMENT, f"invalid task side {side!r}")
+        options["env"] = {"HOME": str(work_path), **(options.get("env") or {})}
         return cls(bundle_dir, f"{side}.py", [str(work_path), *arguments], **options)
 
     # -- what the owner sees ------------------------------------------------------------
@@ -253,9 +262,14 @@ class TaskProcess:
 
     @property
     def pgid(self) -> int | None:
-        """Record it with :attr:`token` to end leftovers after a restart
-        (:func:`agata.runtime.process.kill_process_group`)."""
+        """Record it with :attr:`token` to end leftovers after a restart."""
         return self._handle.pgid if self._handle else None
+
+    @property
+    def token(self) -> str:
+        """The run id of the process's container ("" without containment): what a
+        restarted owner gives :meth:`~agata.runtime.containment.Containment.reap`."""
+        return self._handle.run_id if self._handle else ""
 
     def tail(self, n: int | None = None) -> list[LogLine | Print]:
         """The last ``n`` (default: all kept) log lines and print messages, oldest first."""
@@ -280,9 +294,15 @@ class TaskProcess:
             self._transition(_Event.SPAWN_FAILED, message)
             raise AgataError(ErrorCode.NOT_FOUND, message)
         argv = [self._python, self.script, *self.arguments]
-        env = task_environment({**self._env, TOKEN_ENV: self.token})
+        env = task_environment(self._env)
+        launch_limits = None if self.limits.empty else self.limits
         try:
-            handle = await self._launcher.spawn(argv, cwd=self.bundle_dir, env=env)
+            if launch_limits is None:  # launchers written before limits keep working
+                handle = await self._launcher.spawn(argv, cwd=self.bundle_dir, env=env)
+            else:
+                handle = await self._launcher.spawn(
+                    argv, cwd=self.bundle_dir, env=env, limits=launch_limits
+                )
         except AgataError as exc:
             self._transition(_Event.SPAWN_FAILED, str(exc))
             raise
@@ -341,6 +361,7 @@ class TaskProcess:
             if event is _Event.SPAWNED:
                 # STARTING -> RUNNING
                 self._set_state(TaskState.RUNNING, event)
+                self._start_wall_timer()
                 if self._stop_requested:
                     self._transition(_Event.STOP)
             elif event is _Event.SPAWN_FAILED:
@@ -358,7 +379,7 @@ class TaskProcess:
             if event is _Event.FINISHED:
                 # RUNNING -> STOPPING: let it exit by itself, then end it; ends FINISHED
                 self._begin_stopping(TaskState.FINISHED, "reported Finished", event)
-            elif event is _Event.ERROR:
+            elif event in (_Event.ERROR, _Event.LIMIT):
                 # RUNNING -> STOPPING: end it now; ends FAILED
                 self._begin_stopping(TaskState.FAILED, detail, event)
             elif event is _Event.STOP:
@@ -367,7 +388,9 @@ class TaskProcess:
             elif event is _Event.EXITED:
                 # RUNNING -> FINISHED | FAILED: exited by itself without "Finished"
                 code = self._exit_code if self._exit_code is not None else -1
-                if code == 0 and not self._require_finished:
+                if self._limit is not None:
+                    self._end(TaskState.FAILED, f"ended by its {self._limit}", event)
+                elif code == 0 and not self._require_finished:
                     self._end(TaskState.FINISHED, "exited with code 0", event)
                 else:
                     self._end(TaskState.FAILED, _exit_reason(code), event)
@@ -380,6 +403,8 @@ class TaskProcess:
             elif event is _Event.EXITED:
                 # STOPPING -> FINISHED | FAILED | STOPPED: the cause decided which
                 assert self._ending is not None
+                if self._limit is not None and self._ending is TaskState.FAILED:
+                    self._reason = f"ended by its {self._limit} ({self._reason})"
                 self._end(self._ending, self._reason, event)
             else:
                 # STOPPING -> STOPPING: the first cause wins
@@ -399,11 +424,21 @@ class TaskProcess:
         self._terminate(patience=self._finish_grace if ending is TaskState.FINISHED else 0.0)
 
     def _end(self, state: TaskState, reason: str, event: _Event) -> None:
+        if self._wall_timer is not None:
+            self._wall_timer.cancel()
         self._set_state(state, event)
         self._outcome = TaskOutcome(state, reason, self._exit_code)
         if state is not TaskState.FINISHED:
             logger.info("%s: %s", self.name, reason)
         self._done.set()
+
+    def _start_wall_timer(self) -> None:
+        seconds = self.limits.wall_seconds
+        if seconds is not None:
+            reason = f"wall time limit of {seconds:g} s exceeded"
+            self._wall_timer = asyncio.get_running_loop().call_later(
+                seconds, self._transition, _Event.LIMIT, reason
+            )
 
     # -- stopping -----------------------------------------------------------------------
 
@@ -444,6 +479,10 @@ class TaskProcess:
             self._exited.set()
             # The main process is gone: nothing else of its group may stay behind.
             handle.signal_group(signal.SIGKILL)
+            if self._limit is None:
+                limit = handle.limit_exceeded()
+                if limit is not None:
+                    self._limit = limit
         await self._drain_readers()
         handle.close()
         self._accepting = False
@@ -554,6 +593,7 @@ class TaskProcess:
     # -- triggers -----------------------------------------------------------------------
 
     def _trigger_process(self, script: str, arguments: Sequence[str]) -> TaskProcess:
+        limits = Limits(**{**self.limits.as_dict(), "wall_seconds": None})
         return TaskProcess(
             self.bundle_dir,
             script,
@@ -568,6 +608,7 @@ class TaskProcess:
             tail_lines=20,
             max_triggers=0,
             name=f"{self.name}:trigger {script}",
+            limits=limits,
         )
 
     def _trigger_output(self, script: str) -> MessageCallback:

@@ -30,7 +30,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: tasks.limits
 
 _ID = 255
 
@@ -95,6 +95,7 @@ tasks = Table(
     Column("log_seq", BigInteger, nullable=False),
     Column("created_at", UtcDateTime, nullable=False),
     Column("updated_at", UtcDateTime, nullable=False),
+    Column("limits", JSON, nullable=True),  # since version 2; NULL: no limits
     Index("ix_tasks_running", "running"),
 )
 

@@ -182,10 +182,10 @@ class SqlStore(Store):
     def _migrate(self, conn: Connection, stored: int) -> None:
         """Bring a schema from ``stored`` up to :data:`sql_schema.SCHEMA_VERSION`.
 
-        Each future step is a function ``(conn) -> None`` taking version N to N+1, run in
-        the transaction of :meth:`initialize`; none exists yet.
+        Each step is a function ``(conn) -> None`` taking version N to N+1, run in the
+        transaction of :meth:`initialize`.
         """
-        steps: dict[int, Any] = {}
+        steps: dict[int, Any] = {1: _add_task_limits}
         for version in range(stored, t.SCHEMA_VERSION):
             step = steps.get(version)
             if step is None:
@@ -246,6 +246,7 @@ class SqlStore(Store):
             updated_at=iso(r.updated_at),
             files=tuple(files),
             version=r.version,
+            limits=dict(r.limits or {}),
         )
 
     def _one_task(self, conn: Connection, task_id: str) -> Task:
@@ -286,6 +287,7 @@ class SqlStore(Store):
             "selection_criteria": v.text("selection_criteria", task.selection_criteria),
             "server_arguments": list(v.strings("server_arguments", task.server_arguments)),
             "client_arguments": list(v.strings("client_arguments", task.client_arguments)),
+            "limits": _limits(task.limits),
         }
         tags, files = v.unique("tag", task.tags), v.files(task.files)
         now = _now()
@@ -333,8 +335,11 @@ class SqlStore(Store):
         server_arguments: Sequence[str] | None = None,
         client_arguments: Sequence[str] | None = None,
         tags: Sequence[str] | None = None,
+        limits: Mapping[str, Any] | None = None,
     ) -> Task:
         changes: dict[str, Any] = {}
+        if limits is not None:
+            changes["limits"] = _limits(limits)
         if host is not None:
             changes["host"] = v.ident("host", host)
         if port is not None:
@@ -883,3 +888,26 @@ class SqlStore(Store):
 
     def revoke_enrollment_token(self, token_id: str) -> None:
         self._revoke("revoke_enrollment_token", t.enrollment_tokens, token_id)
+
+
+_LIMIT_NAMES = frozenset({"memory_mb", "cpu_cores", "open_files", "pids", "wall_seconds"})
+
+
+def _limits(limits: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A task's limits as stored (None when there are none). Their bounds are the
+    protocol's and the runtime's business; here: known names, numbers."""
+    checked: dict[str, Any] = {}
+    for name, value in limits.items():
+        if name not in _LIMIT_NAMES:
+            raise invalid(f"unknown limit {name!r}")
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise invalid(f"limit {name} must be a positive number")
+        checked[name] = value
+    return checked or None
+
+
+def _add_task_limits(conn: Connection) -> None:
+    """Schema 1 -> 2: tasks get their limits (NULL: none)."""
+    conn.execute(sql_text("ALTER TABLE tasks ADD COLUMN limits JSON"))

@@ -96,6 +96,7 @@ class NewTask:
     client_arguments: Sequence[str] = ()
     tags: Sequence[str] = ()
     files: Sequence[BundleFile] = ()
+    limits: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -125,6 +126,7 @@ class Task:
     updated_at: str = ""
     files: tuple[BundleFile, ...] = ()
     version: int = 1
+    limits: Mapping[str, Any] = field(default_factory=dict)  # agata.runtime.limits names
 
 
 @dataclass(frozen=True)
@@ -267,8 +269,10 @@ class Store(abc.ABC):
         server_arguments: Sequence[str] | None = None,
         client_arguments: Sequence[str] | None = None,
         tags: Sequence[str] | None = None,
+        limits: Mapping[str, Any] | None = None,
     ) -> Task:
         """Change the given fields (``None`` = leave as is) and bump ``updated_at``.
+        ``limits`` replaces the task's limits as a whole (``{}``: none).
 
         MUST NOT touch the running flag, state, files, version, metrics, logs or events.
         ``NOT_FOUND`` if the id is unknown. With no field given nothing is written.

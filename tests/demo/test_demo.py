@@ -22,7 +22,9 @@ from agata.demo.timings import EXP1_STEPS, EXP2_STEPS, parse_raw_times
 
 pytestmark = pytest.mark.flower
 
-MARK = "AGATA_TEST_DEMO_MARK"
+# Task processes get an allowlisted environment (docs/runtime.md), which passes LC_*
+# variables on: the mark must be one of them to reach the Flower processes.
+MARK = "LC_AGATA_TEST_DEMO_MARK"
 COMMAND = [sys.executable, "-m", "agata"]
 
 

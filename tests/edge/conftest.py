@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import textwrap
 import time
 from collections.abc import AsyncIterator, Callable
@@ -17,6 +18,7 @@ from cloud_harness import Cloud, running_cloud
 from agata.edge.agent import Agent
 from agata.edge.credential import enroll_device
 from agata.edge.device_info import DeviceInfo, DeviceSource
+from agata.runtime.sandbox import default_task_dir
 from agata.settings import Settings, load_settings
 
 SERVER_PY = """
@@ -47,6 +49,12 @@ CLIENTS: dict[str, str] = {
         "open(os.path.join(work, 'grandchild.pid'), 'w').write(str(p.pid))\n"
         "time.sleep(600)"
     ),
+    # leaves its session: a setsid grandchild that writes its pid to the work folder
+    "setsid": (
+        "p = subprocess.Popen(['setsid', 'sleep', '300'])\n"
+        "open(os.path.join(work, 'grandchild.pid'), 'w').write(str(p.pid))\n"
+        "time.sleep(600)"
+    ),
     # floods stdout with lines that are not the protocol, then finishes
     "flood": (
         "for i in range(20000):\n"
@@ -72,6 +80,7 @@ async def create_task(
     criteria: str | None = None,
     client_arguments: list[str] | None = None,
     extra_files: dict[str, bytes] | None = None,
+    limits: dict[str, float] | None = None,
 ) -> None:
     body: dict[str, Any] = {
         "task_id": task_id,
@@ -85,6 +94,8 @@ async def create_task(
         body["selection_criteria"] = criteria
     if client_arguments is not None:
         body["client_arguments"] = client_arguments
+    if limits is not None:
+        body["limits"] = limits
     response = await cloud.op("rpc_exec_create_task", body)
     assert response.status_code == 200, response.text
     files = [
@@ -135,6 +146,14 @@ async def eventually(
         if time.monotonic() > deadline:
             raise AssertionError(f"not within {timeout} s: {what or check}")
         await asyncio.sleep(interval)
+
+
+def work_folder(data_dir: Path, task_id: str) -> Path:
+    """The work folder an agent on ``data_dir`` gives a client side (with the default
+    settings): its own under the task dir when the agent runs as root (task user)."""
+    if os.geteuid() == 0:
+        return default_task_dir(data_dir / "edge") / "client" / f"task_{task_id}" / "work"
+    return data_dir / "edge" / "work" / f"task_{task_id}"
 
 
 def pid_alive(pid: int) -> bool:

@@ -23,6 +23,7 @@ from edge.conftest import (
     running_agent,
     start_task,
     stop_task,
+    work_folder,
 )
 
 
@@ -50,7 +51,7 @@ async def test_push_starts_the_client_well_under_a_second_and_stop_ends_it(
         assert pid is not None and pid_alive(pid)
         cmdline = _cmdline(pid)
         assert cmdline[-3:] == [b"--lr", b"0.1", b""]
-        work = device.data_dir / "edge" / "work" / "task_t1"
+        work = work_folder(device.data_dir, "t1")
         assert cmdline[-4] == str(work).encode()
         version = agent.running_tasks()[0].version
         bundle = device.data_dir / "edge" / "bundles" / "task_t1" / f"v{version}"

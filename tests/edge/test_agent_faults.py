@@ -25,6 +25,7 @@ from edge.conftest import (
     eventually,
     pid_alive,
     running_agent,
+    work_folder,
 )
 
 
@@ -81,7 +82,7 @@ async def test_a_killed_agent_leaves_no_orphan_after_its_restart(
 ) -> None:
     # Prepare: an agent in a process of its own runs a client that has a grandchild
     await create_task(cloud, "t1", "grandchild")
-    work = device.data_dir / "edge" / "work" / "task_t1"
+    work = work_folder(device.data_dir, "t1")
     log = (tmp_path / "agent.log").open("wb")
     process = await asyncio.create_subprocess_exec(
         sys.executable,

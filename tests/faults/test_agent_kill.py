@@ -21,7 +21,15 @@ from typing import Any
 
 import pytest
 from cloud_harness import Cloud, running_cloud
-from edge.conftest import Device, create_task, enroll, eventually, pid_alive, running_agent
+from edge.conftest import (
+    Device,
+    create_task,
+    enroll,
+    eventually,
+    pid_alive,
+    running_agent,
+    work_folder,
+)
 
 from faults.harness import live_processes
 
@@ -55,8 +63,8 @@ async def test_a_killed_agent_keeps_its_quarantine_and_leaves_no_process(
     # whose client side starts a grandchild
     await create_task(cloud, "a-error", "error")
     await create_task(cloud, "b-hold", "grandchild")
-    work = str(device.data_dir / "edge" / "work")
-    pid_file = Path(work) / "task_b-hold" / "grandchild.pid"
+    pid_file = work_folder(device.data_dir, "b-hold") / "grandchild.pid"
+    work = str(pid_file.parent).rsplit("task_b-hold", 1)[0]  # in every client's command line
     with (tmp_path / "agent.log").open("wb") as log:
         process = await asyncio.create_subprocess_exec(
             sys.executable,

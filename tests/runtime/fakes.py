@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from agata.errors import AgataError, ErrorCode
+from agata.runtime.limits import Limits
 from agata.runtime.process import ProcessHandle, ProcessLauncher
 
 
@@ -90,7 +91,12 @@ class FakeLauncher(ProcessLauncher):
         self.spawned = asyncio.Event()
 
     async def spawn(
-        self, argv: Sequence[str], *, cwd: Path, env: Mapping[str, str]
+        self,
+        argv: Sequence[str],
+        *,
+        cwd: Path,
+        env: Mapping[str, str],
+        limits: Limits | None = None,
     ) -> ProcessHandle:
         if self.gate is not None:
             await self.gate.wait()

@@ -11,8 +11,14 @@ from pathlib import Path
 import pytest
 
 from agata.errors import AgataError, ErrorCode
+from agata.runtime.containment import Containment, ContainmentKind
 from agata.runtime.messages import TaskMessage
-from agata.runtime.process import group_members, kill_process_group, task_environment
+from agata.runtime.process import (
+    AsyncioProcessLauncher,
+    group_members,
+    kill_process_group,
+    task_environment,
+)
 from agata.runtime.supervisor import TaskProcess, TaskState
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="process groups, /proc")
@@ -21,7 +27,10 @@ SLEEPER = "import subprocess, time\nsubprocess.Popen(['sleep', '1000'])\ntime.sl
 
 
 def test_task_environment_overrides() -> None:
-    env = task_environment({"X": "1", "PYTHONUNBUFFERED": "0"}, base={"PATH": "/bin"})
+    env = task_environment(
+        {"X": "1", "PYTHONUNBUFFERED": "0"},
+        base={"PATH": "/bin", "AGATA_BUS_URL": "amqp://u:secret@h/", "DB_PASSWORD": "x"},
+    )
 
     assert env == {
         "PATH": "/bin",
@@ -44,7 +53,9 @@ async def test_an_interpreter_that_cannot_start_fails_the_task(tmp_path: Path) -
 
 async def test_kill_process_group_checks_the_token(tmp_path: Path) -> None:
     (tmp_path / "client.py").write_text(SLEEPER)
-    task = TaskProcess.for_side(tmp_path, "client", "w")
+    marker = Containment(ContainmentKind.PROCESS_MARKER)
+    launcher = AsyncioProcessLauncher(containment=marker)
+    task = TaskProcess.for_side(tmp_path, "client", "w", launcher=launcher)
     await task.start()
     assert task.pgid is not None
     await asyncio.sleep(0.3)  # let it start its grandchild

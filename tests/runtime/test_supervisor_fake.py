@@ -12,7 +12,6 @@ import pytest
 
 from agata.errors import AgataError, ErrorCode
 from agata.runtime.messages import Info, LogLine, Model, Print, Stream, TaskMessage, Trigger
-from agata.runtime.process import TOKEN_ENV
 from agata.runtime.supervisor import TaskOutcome, TaskProcess, TaskState
 
 from .fakes import FakeHandle, FakeLauncher
@@ -71,7 +70,8 @@ async def test_starting_to_running_spawns_the_side(bundle: Path) -> None:
     assert handle.cwd == bundle
     assert handle.env["FLWR_TELEMETRY_ENABLED"] == "0"
     assert handle.env["PYTHONUNBUFFERED"] == "1"
-    assert handle.env[TOKEN_ENV] == task.token
+    assert handle.env["HOME"] == "/work/t1"
+    assert not any("TOKEN" in name for name in handle.env)
     assert (task.pid, task.pgid) == (handle.pid, handle.pgid)
 
 

@@ -133,3 +133,39 @@ def test_newer_schema_version_is_refused(db_path: Path) -> None:
 
     assert exc.value.code is ErrorCode.INTERNAL
     assert "upgrade AGATA" in exc.value.message
+
+
+def test_a_version_1_database_gains_task_limits_and_keeps_its_rows(db_path: Path) -> None:
+    # Prepare: a database as version 1 left it (no tasks.limits), with a task in it
+    store = create_store(f"sqlite:///{db_path}")
+    store.create_task(_task())
+    store.close()
+    raw = sqlite3.connect(db_path)
+    raw.execute("ALTER TABLE tasks DROP COLUMN limits")
+    raw.execute("UPDATE schema_version SET version = 1")
+    raw.commit()
+    raw.close()
+
+    # Execute
+    store = create_store(f"sqlite:///{db_path}")
+
+    # Assert: migrated; the old task has no limits, new values are kept
+    assert store.get_task("t1").limits == {}
+    assert store.update_task("t1", limits={"pids": 20}).limits == {"pids": 20}
+    assert store.get_task("t1").password == "secret-pw"
+    store.close()
+    raw = sqlite3.connect(db_path)
+    assert raw.execute("SELECT version FROM schema_version").fetchone() == (2,)
+    raw.close()
+
+
+def test_task_limits_are_checked_by_the_store(db_path: Path) -> None:
+    store = create_store(f"sqlite:///{db_path}")
+    store.create_task(_task())
+
+    for bad in ({"gpus": 1}, {"pids": -1}, {"memory_mb": "lots"}):
+        with pytest.raises(AgataError) as exc:
+            store.update_task("t1", limits=bad)
+        assert exc.value.code is ErrorCode.INVALID_ARGUMENT
+    assert store.get_task("t1").limits == {}
+    store.close()

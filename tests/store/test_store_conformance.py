@@ -238,6 +238,19 @@ class TestStoreConformance:
         assert all(len(t.files) == 3 and t.tags[1] == "all" for t in running)
         assert len(selects) <= 3
 
+    def test_task_limits_round_trip_and_update_replaces_them(self, store: Store) -> None:
+        created = store.create_task(new_task(limits={"memory_mb": 256, "cpu_cores": 0.5}))
+        plain = store.create_task(new_task("t2"))
+
+        changed = store.update_task("t1", limits={"pids": 64})
+        untouched = store.update_task("t1", host="h2")
+        cleared = store.update_task("t2", limits={})
+
+        assert created.limits == {"memory_mb": 256, "cpu_cores": 0.5}
+        assert plain.limits == {}
+        assert changed.limits == {"pids": 64} == untouched.limits
+        assert cleared.limits == {}
+
     def test_set_task_files_replaces_and_bumps_version(self, store: Store) -> None:
         store.create_task(new_task())
 
