@@ -38,6 +38,14 @@ r = TaskReporter()
 CLIENTS: dict[str, str] = {
     # runs until stopped, after one round of metrics
     "hold": "r.send_metrics(1, acc=0.5, loss=0.9)\ntime.sleep(600)",
+    # forks children until something stops it (a pids limit)
+    "forks": (
+        "for _ in range(10_000):\n"
+        "    if os.fork() == 0:\n"
+        "        time.sleep(60)\n"
+        "        os._exit(0)\n"
+        "time.sleep(600)"
+    ),
     # reports an error and would go on if nobody stopped it
     "error": "r.send_error(RuntimeError('broken on purpose'))\ntime.sleep(600)",
     "finish": "r.send_metrics(1, acc=0.9)\nr.finished()",

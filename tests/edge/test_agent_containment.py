@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from cloud_harness import Cloud
 
 from edge.conftest import (
@@ -44,12 +46,17 @@ async def test_a_setsid_grandchild_ends_when_the_task_is_stopped(
 async def test_the_tasks_limit_ends_the_client_with_the_limit_named(
     cloud: Cloud, device: Device
 ) -> None:
-    await create_task(cloud, "t1", "hold", limits={"wall_seconds": 0.5})
+    # A limit only the client side reaches: the task's limits hold for both sides, and a
+    # server side ending by its own limit ends the run (not the device's failure).
     async with running_agent(device.agent()) as agent:
+        assert agent.sandbox is not None
+        if "pids" not in agent.sandbox.containment.enforced:
+            pytest.skip("no pids cgroup: RLIMIT_NPROC counts per user, not per run")
+        await create_task(cloud, "t1", "forks", limits={"pids": 20})
         await eventually(lambda: agent.quarantine(), timeout=15, what="t1 quarantined")
 
         [entry] = agent.quarantine()
-        assert "wall time limit of 0.5 s exceeded" in entry.reason
+        assert "process limit of 20" in entry.reason
 
 
 async def test_the_devices_configured_limit_applies_when_the_task_sets_none(

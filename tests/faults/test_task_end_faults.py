@@ -5,7 +5,9 @@ restarted onto a full disk comes up and ends its leftovers the same way."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -33,7 +35,10 @@ async def offered(cloud: CloudProcess, user_id: str) -> list[str]:
 async def test_an_end_while_the_disk_is_full_is_recorded_once_there_is_room(
     tmp_path: Path,
 ) -> None:
-    data_dir, flag = tmp_path / "cloud", tmp_path / "finish-now"
+    # The flag lies where the task user (nobody, when the tests run as root) can see it.
+    flags = Path(tempfile.mkdtemp(prefix="agata-flag-"))
+    flags.chmod(0o755)
+    data_dir, flag = tmp_path / "cloud", flags / "finish-now"
     with small_file_system(data_dir):
         async with cloud_process(data_dir) as cloud:
             # Prepare: a running task, a device it is offered to
@@ -72,6 +77,7 @@ async def test_an_end_while_the_disk_is_full_is_recorded_once_there_is_room(
             offered_after = await offered(cloud, "d1")
             restarted = await cloud.op("rpc_exec_start_server_task", {"task_id": "t1"})
             log = cloud.log_text()
+    shutil.rmtree(flags, ignore_errors=True)
 
     print(
         f"\nend of a task while the disk is full: recorded {recorded_after:.2f} s after space "
