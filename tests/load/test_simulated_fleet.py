@@ -26,12 +26,13 @@ steady window (after 15 s) are written to the test output.
     in 30 s on this machine. See docs/benchmarks.md, "Load: the largest fleet".
 
 A report that times out is sent again, as a real agent does; that is a retry (printed),
-not an error — only a report that is lost fails the test (docs/simulate.md). With that,
-both hold with one core kept busy by another process; with several other test suites
-running beside them the cloud gets less than a core and the fleet may not come on board
-in time (devices missing tasks). Case (b) also needs a broker of its own: any other
-cloud on the same RabbitMQ vhost consumes the same operation queues
-(``scripts/test.sh`` starts private services for each run).
+not an error — only a report that is lost fails the test (docs/simulate.md). Both still
+need most of the machine: with other work taking several cores the cloud gets less than
+a core, the device registry's queue outgrows the 10 s timeout during the enrollment
+burst and enrollments time out, or the fleet does not come on board in time (devices
+missing tasks). Case (b) also needs a broker of its own: any other cloud on the same
+RabbitMQ vhost consumes the same operation queues (``scripts/test.sh`` starts private
+services for each run).
 """
 
 from __future__ import annotations
