@@ -121,8 +121,9 @@ class LegacyRefusals:
         """The 401 to raise for ``request`` (the warning is logged here)."""
         address = request.client.host if request.client else "?"
         self._warning.warn(
-            "refused %s %s from %s: it came without a device credential, as devices of "
-            "the original system call; start the cloud with --legacy-devices to let them in",
+            "refused %s %s from %s: a call without a device credential (or with a task "
+            "password), as devices of the original system make; start the cloud with "
+            "--legacy-devices to let them in",
             request.method,
             request.url.path,
             address,
