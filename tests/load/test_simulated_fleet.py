@@ -132,8 +132,11 @@ async def test_500_devices_memory_sqlite(
 @pytest.mark.amqp
 @pytest.mark.postgres
 async def test_500_devices_amqp_postgres(
-    tmp_path: Path, amqp_url: str, pg_schema_url: str, report_line: Callable[[str], None]
+    tmp_path: Path,
+    fresh_amqp_url: str,
+    pg_schema_url: str,
+    report_line: Callable[[str], None],
 ) -> None:
-    cloud = CloudProcesses(tmp_path / "cloud", bus_url=amqp_url, db_url=pg_schema_url)
+    cloud = CloudProcesses(tmp_path / "cloud", bus_url=fresh_amqp_url, db_url=pg_schema_url)
     label = "amqp:// + PostgreSQL, 3 cloud processes, 2 tasks"
     await _simulate(cloud, 2, label, report_line)
