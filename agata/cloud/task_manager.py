@@ -22,11 +22,13 @@ from agata.cloud.bundles import BundleStore
 from agata.cloud.criteria import DEVICE_FIELDS, CriteriaCache, compile_criteria
 from agata.cloud.events import EventPublisher
 from agata.cloud.notifier import Notifier
+from agata.cloud.ratelog import RateLimitedWarning
 from agata.cloud.server_tasks import ServerTasks, expand_arguments
 from agata.cloud.views import (
     ONLINE_SECONDS,
     device_attributes,
     device_task_view,
+    legacy_offer_view,
     offer_view,
     seconds_since,
     task_view,
@@ -95,6 +97,7 @@ class TaskManager(Service):
         self._touch_pending: set[str] = set()
         self._touch_flusher: asyncio.Task[None] | None = None
         self._device_cache: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._unexpandable = RateLimitedWarning(logger)
         self._subscription: Consumer | None = None
         for name, handler in [
             (ops.CREATE_TASK, self.create_task),
@@ -371,11 +374,33 @@ class TaskManager(Service):
             self._touch_pending.add(req.user_id)
             if self._touch_flusher is None or self._touch_flusher.done():
                 self._touch_flusher = asyncio.create_task(self._flush_touches_soon())
-        return [
-            offer_view(task, legacy=self.legacy_devices)
+        tasks = [
+            task
             for task in self._running_tasks()
             if self.criteria.matches(task.selection_criteria, attributes)
         ]
+        if self.legacy_devices and req.legacy is not False:
+            return self._legacy_offers(tasks, attributes)
+        return [offer_view(task, legacy=False) for task in tasks]
+
+    def _legacy_offers(self, tasks: list[Task], attributes: dict[str, Any]) -> list[dict[str, Any]]:
+        """Offers for a device of the original system: client arguments expanded for it.
+
+        A task whose arguments use a placeholder this device has no value for is left
+        out (that device could not run it as configured), with a rate-limited warning.
+        """
+        offers = []
+        for task in tasks:
+            try:
+                offers.append(legacy_offer_view(task, attributes))
+            except AgataError as exc:
+                self._unexpandable.warn(
+                    "task %s is not offered to device %s of the original system: %s",
+                    task.task_id,
+                    attributes.get("user_id"),
+                    exc.message,
+                )
+        return offers
 
     async def get_task_metrics(self, req: ops.TaskRef) -> list[dict[str, Any]]:
         self.store.get_task(req.task_id)

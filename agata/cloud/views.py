@@ -7,6 +7,7 @@ import time
 from datetime import datetime
 from typing import Any
 
+from agata.protocol.arguments import expand_client_arguments, placeholder_values
 from agata.store.store import Device, DeviceTaskState, Task
 
 #: A device that polled within this many seconds counts as online.
@@ -50,7 +51,8 @@ def task_view(
 
 
 def offer_view(task: Task, *, legacy: bool) -> dict[str, Any]:
-    """What a device gets for a compatible task."""
+    """What a device gets for a compatible task (``legacy``: with the task's download
+    username/password, which devices of the original system need)."""
     offer: dict[str, Any] = {
         "ID": task.task_id,
         "host": task.host,
@@ -67,6 +69,37 @@ def offer_view(task: Task, *, legacy: bool) -> dict[str, Any]:
     if legacy:  # devices of the original system download with these
         offer["username"] = task.username
         offer["password"] = task.password
+    return offer
+
+
+#: The number fields of a device record (the rest of its attributes are extra).
+NUMBER_FIELDS = ("data_qnt", "avg_acc_contrib", "avg_disconnection_per_round")
+
+
+def legacy_offer_view(task: Task, attributes: dict[str, Any]) -> dict[str, Any]:
+    """What a device of the original system gets for a compatible task.
+
+    That agent splits ``client_arguments`` on spaces and expands nothing, so they come
+    expanded for this device (``attributes``: its :func:`device_attributes`), exactly as
+    our agent would expand them, and joined with plain spaces (no shell quoting). An
+    argument holding a space cannot reach such a device intact. ``client_argv`` stays
+    unexpanded: our agent, when it runs anonymously, expands it itself. Raises
+    AgataError (INVALID_ARGUMENT) when a placeholder has no value for this device.
+    """
+    values = placeholder_values(
+        user_id=str(attributes.get("user_id", "")),
+        numbers={name: attributes.get(name) for name in NUMBER_FIELDS},
+        sensors=attributes.get("sensors") or (),
+        extra={
+            key: value
+            for key, value in attributes.items()
+            if key not in NUMBER_FIELDS and key not in ("user_id", "sensors")
+        },
+        host=task.host,
+        port=task.port,
+    )
+    offer = offer_view(task, legacy=True)
+    offer["client_arguments"] = " ".join(expand_client_arguments(task.client_arguments, values))
     return offer
 
 

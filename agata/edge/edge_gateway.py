@@ -50,6 +50,8 @@ class EdgeGateway(Service):
     def _forwarder(self, operation: str) -> Any:
         async def forward(request: BaseModel) -> Any:
             body = request.model_dump(mode="json", exclude_none=True)
+            if operation == ops.CLIENT_REQUESTING_TASK:
+                body["legacy"] = True  # offers in the form the original agent reads
             result = await self.client.call(operation, body)
             self.forwarded += 1
             return result

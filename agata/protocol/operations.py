@@ -141,6 +141,18 @@ Host = Annotated[str, StringConstraints(min_length=1, max_length=255), NoNul()]
 ShortText = Annotated[str, StringConstraints(max_length=255), NoNul()]
 Criteria = Annotated[str, StringConstraints(max_length=1000), NoNul()]
 Tag = Annotated[str, StringConstraints(min_length=1, max_length=64), NoNul()]
+
+
+def _drop_empty_tags(value: Any) -> Any:
+    """The original's create page sends ``tags: [""]`` for an empty field: empty (or
+    blank) tags are dropped, not refused. Anything else is validated as given."""
+    if isinstance(value, list):
+        return [tag for tag in value if not (isinstance(tag, str) and not tag.strip())]
+    return value
+
+
+#: A task's tags: at most 64, each 1-64 characters; empty ones are dropped.
+Tags = Annotated[list[Tag], BeforeValidator(_drop_empty_tags), Field(max_length=64)]
 SensorName = Annotated[str, StringConstraints(min_length=1, max_length=64), NoNul()]
 MetricName = Annotated[str, StringConstraints(min_length=1, max_length=255), NoNul(key=True)]
 AttributeName = Annotated[str, StringConstraints(max_length=255), NoNul(key=True)]
@@ -219,7 +231,7 @@ class CreateTask(Request):
     selection_criteria: Criteria | None = None
     server_arguments: Arguments | None = None
     client_arguments: Arguments | None = None
-    tags: list[Tag] | None = Field(default=None, max_length=64)
+    tags: Tags | None = None
     limits: TaskLimits | None = None
 
 
@@ -232,7 +244,7 @@ class UpdateTask(Request):
     client_arguments: Arguments | None = None
     username: ShortText | None = None
     password: ShortText | None = None
-    tags: list[Tag] | None = Field(default=None, max_length=64)
+    tags: Tags | None = None
     limits: TaskLimits | None = None
 
 
@@ -325,8 +337,19 @@ REVOKE_DEVICE = "rpc_exec_revoke_device"
 
 
 class ClientRequestingTask(Request):
+    """The running tasks whose selection criteria this device meets.
+
+    ``legacy``: the offers are for a device of the original system, which gets the
+    task's download username/password and its client arguments already expanded for
+    it — only while the cloud runs with ``--legacy-devices``. The HTTP gateway sets it
+    True for a call without a credential and keeps a caller's own True (the edge
+    gateway asks so for the original agent behind it); anything else is False there. A
+    caller on the bus that leaves it out is taken for such a device.
+    """
+
     # The original's code sent ``client_id``; DESIGN.md names it ``user_id``.
     user_id: DeviceId = Field(validation_alias=AliasChoices("user_id", "client_id"))
+    legacy: bool | None = None
 
 
 class UpdateUserInfo(Request):

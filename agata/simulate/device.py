@@ -10,8 +10,17 @@ rounds with made-up metrics, and ``finished``. No process is started.
 All devices share one :class:`DeviceApi` (one ``httpx.AsyncClient``, one connection
 pool); each request carries its device's own credential. A failed request ends the
 device's current cycle (counted by kind in :class:`~agata.simulate.stats.FleetStats`)
-and the device tries again at its next poll, like the agent does; nothing is retried
-silently, so every failure the cloud causes is counted.
+and the device tries again at its next poll, like the agent does.
+
+Reports are the exception, because the agent treats them so (``agata/edge/reports.py``):
+it queues a report and sends it again, with backoff, after a failure that may pass (a
+timeout, a refused or broken connection, a 5xx or 429, a reply that is not JSON) until
+it is delivered. A simulated device does the same, up to :data:`REPORT_ATTEMPTS`
+attempts (``DeviceConfig.report_attempts``), with the agent's backoff. Each failed
+attempt that is sent again is counted as a *retry* (by kind, in the latencies too):
+nothing was lost. A report refused for
+good (another 4xx) or still failing at its last attempt is an *error*: that report is
+lost. Nothing is retried without being counted.
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ from urllib.parse import quote
 import httpx
 from pydantic import ValidationError
 
+from agata.edge.backoff import Backoff
 from agata.edge.cloud_client import ENROLL_PATH, TaskOffer
 from agata.protocol.operations import (
     CLIENT_REQUESTING_TASK,
@@ -37,6 +47,7 @@ from agata.protocol.operations import (
 from agata.simulate.stats import FleetStats
 
 __all__ = [
+    "REPORT_ATTEMPTS",
     "SENSORS",
     "DeviceApi",
     "DeviceAttributes",
@@ -45,20 +56,41 @@ __all__ = [
     "SimulatedDevice",
     "device_attributes",
     "fleet_attributes",
+    "sent_again_by_agent",
 ]
 
 logger = logging.getLogger(__name__)
 
 SENSORS = ("camera", "microphone", "gps", "accelerometer")
+#: Attempts of one report before it counts as lost. The agent never gives up (its queue
+#: is bounded instead); six attempts with its backoff wait ~15 s besides the requests'
+#: own time, which outlasts a cloud that is merely slow.
+REPORT_ATTEMPTS = 6
+#: The agent's backoff between two attempts of a report (``ReportSender``): first and
+#: longest delay, in seconds.
+REPORT_BACKOFF = (0.5, 30.0)
+
+
+def sent_again_by_agent(kind: str) -> bool:
+    """Whether the agent's report sender tries again after a failure of ``kind``
+    (``agata.edge.cloud_client.is_transient``: unreachable, timed out, 5xx, 429, garbage)."""
+    if kind.startswith("http_"):
+        status = int(kind[5:]) if kind[5:].isdigit() else 0
+        return status >= 500 or status == 429
+    return kind not in ("bundle_mismatch", "no_enrollment_token")
 
 
 class RequestFailed(Exception):
     """A request of a simulated device failed (already counted)."""
 
-    def __init__(self, operation: str, kind: str, detail: str = "") -> None:
+    def __init__(
+        self, operation: str, kind: str, detail: str = "", *, retried: bool = False
+    ) -> None:
         super().__init__(f"{operation}: {kind}{': ' + detail if detail else ''}")
         self.operation = operation
         self.kind = kind
+        self.retried = retried
+        """Counted as a retry: the caller sends the request again."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,29 +154,43 @@ class DeviceApi:
         self.stats = stats
 
     async def post(
-        self, operation: str, path: str, body: dict[str, Any], headers: dict[str, str]
+        self,
+        operation: str,
+        path: str,
+        body: dict[str, Any],
+        headers: dict[str, str],
+        *,
+        will_retry: bool = False,
     ) -> Any:
-        """``POST path`` and return the JSON body; anything but 200 is a failure."""
+        """``POST path`` and return the JSON body; anything but 200 is a failure.
+
+        ``will_retry``: the caller sends the request again after a failure the agent
+        would retry (:func:`sent_again_by_agent`); such a failure counts as a retry, and
+        the :class:`RequestFailed` says so (``retried``)."""
         started = self.stats.begin()
         kind: str | None = None
+        retried = False
         try:
             try:
                 response = await self.http.post(path, json=body, headers=headers)
             except httpx.HTTPError as exc:
                 kind = _kind(exc)
-                raise RequestFailed(operation, kind, str(exc)) from None
+                retried = will_retry and sent_again_by_agent(kind)
+                raise RequestFailed(operation, kind, str(exc), retried=retried) from None
             if response.status_code != 200:
                 kind = f"http_{response.status_code}"
-                raise RequestFailed(operation, kind, response.text[:200])
+                retried = will_retry and sent_again_by_agent(kind)
+                raise RequestFailed(operation, kind, response.text[:200], retried=retried)
             if not response.content:
                 return None
             try:
                 return response.json()
             except ValueError:
                 kind = "bad_reply"
-                raise RequestFailed(operation, kind, response.text[:200]) from None
+                retried = will_retry
+                raise RequestFailed(operation, kind, response.text[:200], retried=retried) from None
         finally:
-            self.stats.end(operation, started, kind)
+            self.stats.end(operation, started, kind, retried=retried)
 
     async def download(
         self, path: str, headers: dict[str, str], auth: tuple[str, str] | None
@@ -179,6 +225,8 @@ class DeviceConfig:
     enrollment_token: str | None = None
     rounds: int = 2
     round_seconds: float = 0.5
+    report_attempts: int = REPORT_ATTEMPTS
+    report_backoff: tuple[float, float] = REPORT_BACKOFF
 
 
 @dataclass
@@ -273,8 +321,24 @@ class SimulatedDevice:
         return offers
 
     async def _report(self, task_id: str, status: str, **extra: Any) -> None:
+        """Deliver one report, sent again as the agent would (see the module's text)."""
         body = {"user_id": self.user_id, "task_id": task_id, "status": status, **extra}
-        await self.api.post("report", f"/{REPORT_DEVICE_TASK}", body, self._headers)
+        backoff = Backoff(*self.config.report_backoff, rng=self.rng)
+        attempts = max(1, self.config.report_attempts)
+        for attempt in range(1, attempts + 1):
+            try:
+                await self.api.post(
+                    "report",
+                    f"/{REPORT_DEVICE_TASK}",
+                    body,
+                    self._headers,
+                    will_retry=attempt < attempts,
+                )
+                return
+            except RequestFailed as exc:
+                if not exc.retried:
+                    raise
+            await asyncio.sleep(backoff.next())
 
     async def _run_task(self, offer: TaskOffer) -> None:
         """Download the bundle (verified) and play a trivial client side."""

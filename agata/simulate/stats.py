@@ -7,6 +7,10 @@ is the steady one: requests after the warm-up (enrollment, first reports and bun
 downloads of the whole fleet) — the load a fleet of that size puts on the cloud day
 after day, while the warm-up is a one-off burst. Failed requests count in the
 latencies too (a timeout shows up in p99).
+
+A failed request that the device sends again — as a real agent does, see
+:mod:`agata.simulate.device` — is a *retry*, counted apart from the errors: it cost
+time, not data. An error is a request whose purpose failed for good.
 """
 
 from __future__ import annotations
@@ -28,17 +32,34 @@ OPERATIONS = ("enroll", "update_user_info", "requesting_task", "download", "repo
 class OperationStats:
     latency: LatencyHistogram = field(default_factory=LatencyHistogram)
     errors: Counter[str] = field(default_factory=Counter)
+    retries: Counter[str] = field(default_factory=Counter)
 
     @property
     def requests(self) -> int:
         return self.latency.count
+
+    def count(self, kind: str | None, retried: bool) -> None:
+        """Count a failure of ``kind`` (None: no failure) as a retry or an error."""
+        if kind is not None:
+            (self.retries if retried else self.errors)[kind] += 1
 
     def to_json(self) -> dict[str, Any]:
         return {
             **self.latency.summary_ms(),
             "errors": sum(self.errors.values()),
             "errors_by_kind": dict(self.errors),
+            "retries": sum(self.retries.values()),
+            "retries_by_kind": dict(self.retries),
         }
+
+
+def _by_kind(operations: dict[str, OperationStats], retries: bool = False) -> dict[str, int]:
+    """``operation:kind`` -> count, of the errors (or the retries)."""
+    return {
+        f"{op}:{kind}": n
+        for op, stats in operations.items()
+        for kind, n in sorted((stats.retries if retries else stats.errors).items())
+    }
 
 
 class Window:
@@ -55,13 +76,14 @@ class Window:
     def covers(self, started: float) -> bool:
         return self.start <= started and (self.end is None or started < self.end)
 
-    def add(self, operation: str, latency: float | None, error: str | None) -> None:
+    def add(
+        self, operation: str, latency: float | None, error: str | None, retried: bool = False
+    ) -> None:
         stats = self.operations.setdefault(operation, OperationStats())
         if latency is not None:
             stats.latency.record(latency)
             self.latency.record(latency)
-        if error is not None:
-            stats.errors[error] += 1
+        stats.count(error, retried)
 
     @property
     def seconds(self) -> float:
@@ -72,12 +94,12 @@ class Window:
     def errors(self) -> int:
         return sum(sum(s.errors.values()) for s in self.operations.values())
 
+    @property
+    def retries(self) -> int:
+        return sum(sum(s.retries.values()) for s in self.operations.values())
+
     def errors_by_kind(self) -> dict[str, int]:
-        return {
-            f"{op}:{kind}": n
-            for op, stats in self.operations.items()
-            for kind, n in sorted(stats.errors.items())
-        }
+        return _by_kind(self.operations)
 
     def to_json(self) -> dict[str, Any]:
         seconds = self.seconds
@@ -88,6 +110,8 @@ class Window:
             "requests_per_s": round(self.latency.count / seconds, 1) if seconds > 0 else None,
             "errors": self.errors,
             "errors_by_kind": self.errors_by_kind(),
+            "retries": self.retries,
+            "retries_by_kind": _by_kind(self.operations, retries=True),
             "operations": {op: s.to_json() for op, s in self.operations.items()},
         }
 
@@ -132,17 +156,19 @@ class FleetStats:
             self.peak_in_flight = self.in_flight
         return time.perf_counter()
 
-    def end(self, operation: str, started: float, error: str | None = None) -> None:
-        """A request started at ``started`` ended, with ``error`` (its kind) if it failed."""
+    def end(
+        self, operation: str, started: float, error: str | None = None, *, retried: bool = False
+    ) -> None:
+        """A request started at ``started`` ended, with ``error`` (its kind) if it failed;
+        ``retried``: the device sends it again, so the failure counts as a retry."""
         latency = time.perf_counter() - started
         self.in_flight -= 1
         stats = self.operations.setdefault(operation, OperationStats())
         stats.latency.record(latency)
-        if error is not None:
-            stats.errors[error] += 1
+        stats.count(error, retried)
         for window in self.windows:
             if window.covers(started):
-                window.add(operation, latency, error)
+                window.add(operation, latency, error, retried)
 
     def error(self, operation: str, kind: str) -> None:
         """A failure found after the request itself succeeded (e.g. a wrong checksum)."""
@@ -168,13 +194,18 @@ class FleetStats:
     def errors(self) -> int:
         return sum(sum(s.errors.values()) for s in self.operations.values())
 
+    @property
+    def retries(self) -> int:
+        """Failed requests that were sent again (not errors)."""
+        return sum(sum(s.retries.values()) for s in self.operations.values())
+
     def errors_by_kind(self) -> dict[str, int]:
         """``operation:kind`` -> count, for every kind seen."""
-        return {
-            f"{op}:{kind}": n
-            for op, stats in self.operations.items()
-            for kind, n in sorted(stats.errors.items())
-        }
+        return _by_kind(self.operations)
+
+    def retries_by_kind(self) -> dict[str, int]:
+        """``operation:kind`` -> count of the failures that were sent again."""
+        return _by_kind(self.operations, retries=True)
 
     def to_json(self) -> dict[str, Any]:
         overall = LatencyHistogram()
@@ -187,6 +218,8 @@ class FleetStats:
             "requests_per_s": round(self.requests / elapsed, 1) if elapsed > 0 else None,
             "errors": self.errors,
             "errors_by_kind": self.errors_by_kind(),
+            "retries": self.retries,
+            "retries_by_kind": self.retries_by_kind(),
             "operations": {op: s.to_json() for op, s in self.operations.items()},
             "all": overall.summary_ms(),
             "windows": {w.name: w.to_json() for w in self.windows},

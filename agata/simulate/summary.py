@@ -85,6 +85,12 @@ def render_summary(result: SimulationResult, console: Console | None = None) -> 
         )
     if steady is None:
         lines.append("note: no steady window (the run ended within the warm-up; see --warmup)")
+    if s.get("retries_by_kind"):
+        kinds = ", ".join(f"{k} {n}" for k, n in s["retries_by_kind"].items())
+        lines.append(
+            f"[yellow]retries[/] (failed attempts sent again, as an agent does; a report "
+            f"still failing at its last attempt is an error): {kinds}"
+        )
     if s["errors_by_kind"]:
         kinds = ", ".join(f"{k} {n}" for k, n in s["errors_by_kind"].items())
         lines.append(f"[red]errors[/]: {kinds}")

@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from cloud_harness import Cloud
 
 from edge.conftest import (

@@ -50,6 +50,37 @@ async def test_the_original_agents_calls_are_forwarded(tmp_path: Path) -> None:
     assert gateway.forwarded == 2
 
 
+async def test_an_enrolled_gateway_gets_offers_in_the_original_form(tmp_path: Path) -> None:
+    # Prepare: the gateway holds a device credential; the original agent behind it
+    # still needs the task password and its client arguments expanded.
+    async with running_cloud(tmp_path, legacy_devices=True) as cloud:
+        await create_task(
+            cloud, "t1", "hold", client_arguments=["--address", "{host}:{port}", "--id={user_id}"]
+        )
+        enrollment = (await cloud.op("rpc_exec_create_enrollment_token", {})).json()
+        enrolled = await cloud.http.post(
+            "/api/devices/enroll",
+            json={"user_id": "old-dev", "enrollment_token": enrollment["enrollment_token"]},
+        )
+        bus = create_bus("memory://")
+        await bus.connect()
+        async with CloudClient(cloud.node.url, credential=enrolled.json()["credential"]) as client:
+            gateway = EdgeGateway(bus, client)
+            await gateway.start()
+            rpc = RpcClient(bus, timeout=5)
+            try:
+                # Execute
+                await rpc.call("rpc_exec_update_user_info", {"user_id": "old-dev"})
+                offers = await rpc.call("rpc_exec_client_requesting_task", {"client_id": "old-dev"})
+            finally:
+                await gateway.stop()
+                await bus.close()
+
+    # Assert
+    assert offers[0]["client_arguments"] == "--address 127.0.0.1:8080 --id=old-dev"
+    assert offers[0]["password"] == "pass-t1"
+
+
 async def test_without_legacy_devices_the_cloud_refuses_anonymous_calls(cloud: Cloud) -> None:
     bus = create_bus("memory://")
     await bus.connect()

@@ -37,7 +37,7 @@ async def test_an_end_while_the_disk_is_full_is_recorded_once_there_is_room(
 ) -> None:
     # The flag lies where the task user (nobody, when the tests run as root) can see it.
     flags = Path(tempfile.mkdtemp(prefix="agata-flag-"))
-    flags.chmod(0o755)
+    os.chmod(flags, 0o755)
     data_dir, flag = tmp_path / "cloud", flags / "finish-now"
     with small_file_system(data_dir):
         async with cloud_process(data_dir) as cloud:

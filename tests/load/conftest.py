@@ -39,6 +39,36 @@ def pg_schema_url(pg_url: str) -> Iterator[str]:
 
 
 @pytest.fixture
+async def fresh_amqp_url(amqp_url: str) -> str:
+    """``amqp_url`` with the operation queues emptied first.
+
+    A cloud's operation queues outlive it (non-exclusive, not auto-deleted, as the
+    original's wire format has them) and requests carry no expiry: after a run whose
+    callers gave up (a saturated cloud), hundreds of their requests wait in the queue,
+    and the next cloud on the broker serves them first — found after a failed run: 375
+    enrollments in ``rpc_exec_enroll_device``, which made every later run fail. A load
+    test measures its own run, so it starts from empty queues."""
+    import aio_pika
+    import aiormq
+
+    from agata.protocol.operations import OPERATION_MODELS
+
+    connection = await aio_pika.connect(amqp_url)
+    try:
+        for name in OPERATION_MODELS:
+            channel = await connection.channel()
+            try:
+                queue = await channel.declare_queue(name, passive=True)
+            except aiormq.exceptions.ChannelNotFoundEntity:
+                continue  # no such queue yet: nothing to empty (the channel is closed)
+            await queue.purge()
+            await channel.close()
+    finally:
+        await connection.close()
+    return amqp_url
+
+
+@pytest.fixture
 def report_line(capsys: pytest.CaptureFixture[str]) -> Callable[[str], None]:
     """Write a line to the test output, past pytest's capture."""
 

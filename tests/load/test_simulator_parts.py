@@ -8,8 +8,10 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -18,10 +20,11 @@ from typer.testing import CliRunner
 
 from agata.cli.simulate_cmd import register
 from agata.errors import AgataError
-from agata.simulate.device import fleet_attributes
+from agata.simulate.device import DeviceApi, DeviceConfig, SimulatedDevice, fleet_attributes
 from agata.simulate.fleet import FleetTask, expected_tasks, task_criteria
 from agata.simulate.histogram import LatencyHistogram
 from agata.simulate.pool import FleetTransport
+from agata.simulate.stats import FleetStats
 
 # -- histogram -------------------------------------------------------------------------
 
@@ -222,3 +225,124 @@ def test_bench_load_is_registered() -> None:
     result = CliRunner().invoke(_app(), ["bench", "load", "--help"])
     assert result.exit_code == 0
     assert "largest fleet" in result.output
+
+
+# -- reports sent again, as the agent does ----------------------------------------------
+
+
+@asynccontextmanager
+async def _device_cloud(
+    report_reply: Callable[[int], Awaitable[tuple[bytes, bytes]]],
+) -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
+    """A tiny HTTP/1.1 cloud on loopback for one legacy device: it registers, is offered
+    task t1 (no files), and its reports are answered by ``report_reply(n)`` (n: the
+    report's number, from 1) with a status (``200 OK``) and a body. Yields its URL and
+    the report bodies it received."""
+    reports: list[dict[str, Any]] = []
+    offer = json.dumps([{"ID": "t1", "version": "1", "files": []}]).encode()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = (await reader.readuntil(b"\r\n\r\n")).decode()
+                length = next(
+                    int(line.split(":", 1)[1])
+                    for line in head.split("\r\n")
+                    if line.lower().startswith("content-length:")
+                )
+                body = await reader.readexactly(length)
+                path = head.split(" ", 2)[1]
+                if path == "/rpc_exec_client_requesting_task":
+                    status, reply = b"200 OK", offer
+                elif path == "/rpc_exec_report_device_task":
+                    reports.append(json.loads(body))
+                    status, reply = await report_reply(len(reports))
+                else:
+                    status, reply = b"200 OK", b"null"
+                writer.write(
+                    b"HTTP/1.1 " + status + b"\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: " + str(len(reply)).encode() + b"\r\n\r\n" + reply
+                )
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, StopIteration):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    async with server:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", reports
+
+
+async def _play_one_task(url: str, **config: Any) -> tuple[SimulatedDevice, FleetStats]:
+    """A legacy simulated device until it completed t1 or 10 s passed."""
+    stats = FleetStats()
+    async with httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(0.3)) as http:
+        device = SimulatedDevice(
+            fleet_attributes(1)[0],
+            DeviceApi(http, stats),
+            DeviceConfig(
+                poll_interval=0.2,
+                legacy=True,
+                rounds=1,
+                round_seconds=0.01,
+                report_backoff=(0.01, 0.05),
+                **config,
+            ),
+            random.Random(1),
+        )
+        stop = asyncio.Event()
+        runner = asyncio.create_task(device.run(0, stop))
+        for _ in range(200):
+            if device.completed or runner.done():
+                break
+            await asyncio.sleep(0.05)
+        stop.set()
+        await asyncio.wait_for(runner, 5)
+    return device, stats
+
+
+async def test_a_report_that_timed_out_and_was_sent_again_is_a_retry_not_an_error() -> None:
+    async def reply(n: int) -> tuple[bytes, bytes]:
+        if n == 1:
+            await asyncio.sleep(1.0)  # past the client's 0.3 s: it times out
+        return b"200 OK", b"null"
+
+    async with _device_cloud(reply) as (url, reports):
+        device, stats = await _play_one_task(url)
+
+    assert device.completed == {"t1": "1"}
+    assert stats.errors == 0, stats.errors_by_kind()
+    assert stats.retries_by_kind() == {"report:timeout": 1}
+    # The timed-out report was sent again; the task was played once, in order.
+    assert [r["status"] for r in reports] == [
+        "downloading",
+        "downloading",
+        "running",
+        "running",
+        "finished",
+    ]
+    assert stats.to_json()["operations"]["report"]["retries"] == 1
+
+
+async def test_a_report_refused_or_failing_to_the_last_attempt_is_an_error() -> None:
+    async def refused(n: int) -> tuple[bytes, bytes]:
+        return b"400 Bad Request", b'{"detail": "no"}'
+
+    async def unavailable(n: int) -> tuple[bytes, bytes]:
+        return b"503 Service Unavailable", b'{"detail": "busy"}'
+
+    async with _device_cloud(refused) as (url, reports):
+        device, stats = await _play_one_task(url)
+    assert device.completed == {}
+    assert stats.errors_by_kind()["report:http_400"] >= 1
+    assert stats.retries == 0  # a 400 is not sent again (nor by the agent)
+
+    async with _device_cloud(unavailable) as (url, reports):
+        device, stats = await _play_one_task(url, report_attempts=3)
+    assert device.completed == {}
+    # Each report: 2 attempts sent again, the third one lost (an error).
+    assert stats.errors_by_kind()["report:http_503"] >= 1
+    lost = stats.errors_by_kind()["report:http_503"]
+    assert stats.retries_by_kind()["report:http_503"] == 2 * lost
+    assert len(reports) == 3 * lost

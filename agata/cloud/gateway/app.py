@@ -26,7 +26,14 @@ from agata.bus.bus import Bus
 from agata.bus.rpc import RpcClient
 from agata.bus.service import describe_errors
 from agata.cloud.bundles import BundleStore
-from agata.cloud.gateway.auth import ANONYMOUS, Authenticator, Principal, require_operator
+from agata.cloud.gateway.auth import (
+    ANONYMOUS,
+    LEGACY_OFF,
+    Authenticator,
+    LegacyRefusals,
+    Principal,
+    require_operator,
+)
 from agata.cloud.gateway.device_stream import DeviceStreamScope
 from agata.cloud.gateway.downloads import (
     DownloadSlots,
@@ -107,6 +114,7 @@ def create_gateway(bus: Bus, config: GatewayConfig) -> FastAPI:
     to the app's lifespan."""
     rpc = RpcClient(bus, timeout=config.rpc_timeout, service="gateway")
     auth = Authenticator(rpc)
+    refusals = LegacyRefusals()
     hub = StreamHub(bus)
     grants = DownloadGrants()
     slots = DownloadSlots(config.max_downloads)
@@ -140,7 +148,7 @@ def create_gateway(bus: Bus, config: GatewayConfig) -> FastAPI:
     async def check_caller(request: Request) -> Principal:
         principal = await auth.principal(request)
         if principal.kind == "anonymous" and not config.legacy_devices:
-            raise AgataError(ErrorCode.UNAUTHENTICATED, "a device credential is required")
+            raise refusals.refuse(request)
         return principal
 
     # The event streams alone also take ?token= (EventSource cannot send headers).
@@ -152,7 +160,7 @@ def create_gateway(bus: Bus, config: GatewayConfig) -> FastAPI:
     async def check_stream_caller(request: Request) -> Principal:
         principal = await auth.principal(request, query_token=True)
         if principal.kind == "anonymous" and not config.legacy_devices:
-            raise AgataError(ErrorCode.UNAUTHENTICATED, "a device credential is required")
+            raise refusals.refuse(request)
         return principal
 
     operator = gated(check_operator)
@@ -391,9 +399,10 @@ def create_gateway(bus: Bus, config: GatewayConfig) -> FastAPI:
         header = request.headers.get("authorization", "")
         if header[:6].lower() == "basic ":
             if not config.legacy_devices:
-                raise AgataError(
-                    ErrorCode.UNAUTHENTICATED,
-                    "task passwords are only accepted with --legacy-devices",
+                raise refusals.refuse(
+                    request,
+                    "task passwords are for devices of the original system: start the "
+                    "cloud with --legacy-devices to accept them",
                 )
             username, password = _basic(header)
             ok = await rpc.call(
@@ -410,7 +419,9 @@ def create_gateway(bus: Bus, config: GatewayConfig) -> FastAPI:
             raise AgataError(ErrorCode.UNAUTHENTICATED, "a device credential is required")
         if grants.allowed(principal.name, task_id):
             return f"device:{principal.name}"
-        offers = await rpc.call(ops.CLIENT_REQUESTING_TASK, {"user_id": principal.name})
+        offers = await rpc.call(
+            ops.CLIENT_REQUESTING_TASK, {"user_id": principal.name, "legacy": False}
+        )
         if not any(offer.get("ID") == task_id for offer in offers):
             raise AgataError(
                 ErrorCode.FORBIDDEN, f"task {task_id} is not running or not for this device"
@@ -488,6 +499,9 @@ def _operation_route(
         if operation in DEVICE_OPERATIONS:
             _check_device_access(principal, str(getattr(body, "user_id", "")), legacy)
         payload = body.model_dump(mode="json", exclude_unset=True)
+        if operation == ops.CLIENT_REQUESTING_TASK:
+            # Only the gateway knows whether the call came without a credential.
+            payload["legacy"] = principal.kind == "anonymous" or payload.get("legacy") is True
         return Response(await rpc.call_json(operation, payload), media_type="application/json")
 
     # The body's model is the operation's (a real class, not a postponed annotation).
@@ -510,8 +524,8 @@ def _check_device_access(principal: Principal, user_id: str, legacy: bool) -> No
         if principal.name != user_id:
             raise AgataError(ErrorCode.FORBIDDEN, "a device may only act for itself")
         return
-    if not legacy:
-        raise AgataError(ErrorCode.UNAUTHENTICATED, "a device credential is required")
+    if not legacy:  # the callers' dependency refused it already, with a warning
+        raise AgataError(ErrorCode.UNAUTHENTICATED, LEGACY_OFF)
 
 
 def _basic(header: str) -> tuple[str, str]:

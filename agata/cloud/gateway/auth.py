@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 
@@ -9,8 +10,11 @@ from fastapi import Request
 
 from agata.bus.rpc import RpcClient
 from agata.cloud.auth import hash_token
+from agata.cloud.ratelog import RateLimitedWarning
 from agata.errors import AgataError, ErrorCode
 from agata.protocol import operations as ops
+
+logger = logging.getLogger(__name__)
 
 #: Seconds a resolved operator token is trusted before it is looked up again (a token
 #: revoked with `agata token revoke` stops working after at most this long).
@@ -21,6 +25,13 @@ CACHE_SECONDS = 10.0
 DEVICE_CACHE_SECONDS = 60.0
 #: Credentials kept at most; past it the expired ones go, then all if still too many.
 CACHE_SIZE = 100_000
+#: The 401 of a device call without a credential while ``--legacy-devices`` is off.
+LEGACY_OFF = (
+    "a device credential is required; calls without one come from devices of the "
+    "original system: start the cloud with --legacy-devices to let them in"
+)
+#: Seconds between two warnings in the log about such calls.
+LEGACY_WARNING_SECONDS = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,3 +103,29 @@ def require_operator(principal: Principal) -> None:
         raise AgataError(ErrorCode.UNAUTHENTICATED, "an operator token is required")
     if not principal.is_operator:
         raise AgataError(ErrorCode.FORBIDDEN, "only operators may do this")
+
+
+class LegacyRefusals:
+    """Refuses device calls of the original system (no credential, or a task password)
+    while ``--legacy-devices`` is off, and tells the operator in the log.
+
+    The warning names the caller's address and path and is written at most once per
+    ``interval`` seconds (a fleet of such devices polls every few seconds); the next
+    line says how many refusals were held back.
+    """
+
+    def __init__(self, interval: float = LEGACY_WARNING_SECONDS) -> None:
+        self._warning = RateLimitedWarning(logger, interval)
+
+    def refuse(self, request: Request, message: str = LEGACY_OFF) -> AgataError:
+        """The 401 to raise for ``request`` (the warning is logged here)."""
+        address = request.client.host if request.client else "?"
+        self._warning.warn(
+            "refused %s %s from %s: a call without a device credential (or with a task "
+            "password), as devices of the original system make; start the cloud with "
+            "--legacy-devices to let them in",
+            request.method,
+            request.url.path,
+            address,
+        )
+        return AgataError(ErrorCode.UNAUTHENTICATED, message)

@@ -44,7 +44,9 @@ class DeviceStreamScope:
 
         A device that has not registered yet (404) is offered nothing."""
         try:
-            offers = await self.rpc.call(ops.CLIENT_REQUESTING_TASK, {"user_id": self.user_id})
+            offers = await self.rpc.call(
+                ops.CLIENT_REQUESTING_TASK, {"user_id": self.user_id, "legacy": False}
+            )
         except AgataError as exc:
             if exc.code is ErrorCode.NOT_FOUND:
                 self.offered = frozenset()
