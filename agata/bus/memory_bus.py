@@ -27,6 +27,13 @@ from agata.errors import AgataError, ErrorCode
 logger = logging.getLogger(__name__)
 
 
+def _expire(future: asyncio.Future[bytes], queue: str, timeout: float) -> None:
+    if not future.done():
+        future.set_exception(
+            AgataError(ErrorCode.TIMEOUT, f"no reply to {queue!r} within {timeout:g} s")
+        )
+
+
 class _Queue:
     """A named queue: pending messages plus the consumers waiting for them."""
 
@@ -38,6 +45,11 @@ class _Queue:
         self._next = itertools.count()
 
     def put(self, delivery: Delivery, *, front: bool = False) -> None:
+        if not self.messages:  # nothing waits before it: straight to a free consumer
+            consumer = self._ready()
+            if consumer is not None:
+                consumer.take(delivery)
+                return
         if front:
             self.messages.appendleft(delivery)
         else:
@@ -47,13 +59,25 @@ class _Queue:
             self.messages.append(delivery)
         self.dispatch()
 
+    def _ready(self) -> _MemoryConsumer | None:
+        """The next consumer with free capacity, round robin; None when all are busy."""
+        consumers = self.consumers
+        count = len(consumers)
+        if count == 1:
+            return consumers[0] if consumers[0].has_capacity() else None
+        start = next(self._next)
+        for step in range(count):
+            consumer = consumers[(start + step) % count]
+            if consumer.has_capacity():
+                return consumer
+        return None
+
     def dispatch(self) -> None:
-        """Hand pending messages to consumers with free capacity, round robin."""
+        """Hand pending messages to consumers with free capacity."""
         while self.messages:
-            ready = [c for c in self.consumers if c.has_capacity()]
-            if not ready:
+            consumer = self._ready()
+            if consumer is None:
                 return
-            consumer = ready[next(self._next) % len(ready)]
             consumer.take(self.messages.popleft())
 
 
@@ -87,7 +111,8 @@ class _MemoryConsumer(Consumer):
                 self._in_flight.pop(task, None)
         if reply is not None and delivery.reply_to:
             self._bus._deliver_reply(delivery.reply_to, delivery.correlation_id, reply)
-        self._queue.dispatch()
+        if self._queue.messages:
+            self._queue.dispatch()
 
     async def cancel(self) -> None:
         if self._cancelled:
@@ -135,6 +160,8 @@ class MemoryBus(Bus):
         self._queues: dict[str, _Queue] = {}
         self._pending: dict[str, asyncio.Future[bytes]] = {}
         self._reply_queue = f"amq.gen-memory-{uuid.uuid4().hex}"
+        # Fresh per request: a counter under this bus's own (random) reply queue name.
+        self._correlation_ids = itertools.count()
         self._topics: dict[str, list[_Subscription]] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._connected = False
@@ -177,18 +204,17 @@ class MemoryBus(Bus):
         target = self._queues.get(queue)
         if target is None:
             raise AgataError(ErrorCode.UNAVAILABLE, f"no service serves {queue!r}")
-        correlation_id = str(uuid.uuid4())
-        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        correlation_id = f"{self._reply_queue}.{next(self._correlation_ids)}"
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[bytes] = loop.create_future()
         self._pending[correlation_id] = future
+        # A timer handle rather than asyncio.timeout(): a third of the cost per call.
+        timer = loop.call_later(timeout, _expire, future, queue, timeout)
         try:
             target.put(Delivery(queue, body, self._reply_queue, correlation_id, queue))
-            async with asyncio.timeout(timeout):
-                return await future
-        except TimeoutError:
-            raise AgataError(
-                ErrorCode.TIMEOUT, f"no reply to {queue!r} within {timeout:g} s"
-            ) from None
+            return await future
         finally:
+            timer.cancel()
             self._pending.pop(correlation_id, None)
 
     def _deliver_reply(self, reply_to: str, correlation_id: str | None, body: bytes) -> None:

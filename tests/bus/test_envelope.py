@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from agata.bus.envelope import encode_failure, encode_success, reply_value_json
+from agata.bus.envelope import decode, encode, encode_failure, encode_success, reply_value_json
 from agata.errors import AgataError, ErrorCode
 
 
@@ -48,3 +48,22 @@ def test_failures_and_malformed_replies_raise() -> None:
     assert (
         malformed.value.status_code == 500 and "malformed reply to 'op'" in malformed.value.message
     )
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"ID": "t1", "port": 8080, "tags": ["a", "é"], "files": [{"size": 12, "sha256": "ab"}]},
+        [0.1, 1.5, -2.25, 1e300, True, False, None, "", "\u2028 <>&\\\"", 2**70],
+        float("nan"),
+        [float("inf"), -float("inf")],
+    ],
+)
+def test_encoding_writes_the_bytes_of_the_standard_library(value: object) -> None:
+    assert encode(value) == json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def test_json_only_the_standard_library_reads_is_still_read() -> None:
+    body = b'{"text": "\\ud800"}'  # a lone surrogate escape
+
+    assert decode(body) == json.loads(body)
