@@ -16,11 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from agata.bus.bus import Bus, Consumer, Delivery
+from agata.bus.envelope import RawJson, encode
 from agata.bus.service import Service
 from agata.cloud.auth import same_secret
 from agata.cloud.criteria import DEVICE_FIELDS, CriteriaCache, compile_criteria
 from agata.cloud.events import EventPublisher
 from agata.cloud.notifier import Notifier
+from agata.cloud.offer_cache import OfferCache
 from agata.cloud.server_tasks import ServerTasks, expand_arguments
 from agata.cloud.views import (
     ONLINE_SECONDS,
@@ -36,8 +38,9 @@ from agata.store.store import BundleFile, NewTask, Store, Task, TaskState
 
 logger = logging.getLogger(__name__)
 
-#: How long the list of running tasks is reused between device polls (other replicas'
-#: changes are seen after at most this long; this replica's at once).
+#: How long the list of running tasks is reused between device polls. Every replica's
+#: changes end it at once through the "task" notification; the time bounds it if a
+#: notification is lost (a broker outage).
 RUNNING_CACHE_SECONDS = 1.0
 #: Seconds a device's attributes are reused for its task requests. A change of the
 #: record (rpc_exec_update_user_info) ends it at once through the registry's "device"
@@ -82,6 +85,7 @@ class TaskManager(Service):
         self._touch_pending: set[str] = set()
         self._touch_flusher: asyncio.Task[None] | None = None
         self._device_cache: dict[str, tuple[float, dict[str, Any]]] = {}
+        self.offers = OfferCache(DEVICE_CACHE_SIZE)
         self._subscription: Consumer | None = None
         for name, handler in [
             (ops.CREATE_TASK, self.create_task),
@@ -126,13 +130,18 @@ class TaskManager(Service):
         await self.event.close()
 
     async def _on_notification(self, delivery: Delivery) -> None:
-        """A device's record changed: forget its attributes. Another replica stopped a
-        task whose server side runs here: end it."""
+        """A device's record changed: forget its attributes and offers. A task changed
+        (on any replica, or its server side ended): forget the running tasks and every
+        offer. Another replica stopped a task whose server side runs here: end it."""
         body = delivery.body
         if b'"device"' in body:
             message = _json_object(body)
             if message.get("kind") == "device" and isinstance(message.get("user_id"), str):
                 self._device_cache.pop(message["user_id"], None)
+                self.offers.device_changed(message["user_id"])
+            return None
+        if b'"task"' in body and _json_object(body).get("kind") == "task":
+            self._changed()
             return None
         if b'"stop_task"' not in body:
             return None
@@ -179,12 +188,16 @@ class TaskManager(Service):
 
     def _changed(self) -> None:
         self._running_cache = None
+        self.offers.tasks_changed()
 
     def _running_tasks(self) -> list[Task]:
         now = time.monotonic()
         cached = self._running_cache
         if cached is None or now - cached[0] > RUNNING_CACHE_SECONDS:
-            cached = self._running_cache = (now, self.store.list_running_tasks())
+            fresh = self.store.list_running_tasks()
+            if cached is None or fresh != cached[1]:  # a change no notification told of
+                self.offers.tasks_changed()
+            cached = self._running_cache = (now, fresh)
         return cached[1]
 
     def _view(self, task: Task) -> dict[str, Any]:
@@ -332,8 +345,9 @@ class TaskManager(Service):
         self.event(ops.STOP_TASK, "Task stopped on cloud", task_id=task.task_id)
         await self.notifier.notify("task", task_id=task.task_id, running=False, state="stopped")
 
-    async def client_requesting_task(self, req: ops.ClientRequestingTask) -> list[dict[str, Any]]:
-        """The running tasks whose selection criteria this device meets."""
+    async def client_requesting_task(self, req: ops.ClientRequestingTask) -> RawJson:
+        """The running tasks whose selection criteria this device meets (their offers,
+        encoded: kept between polls while neither the tasks nor the device change)."""
         attributes = self._device_attributes(req.user_id)
         now = time.monotonic()
         if now - self._last_touch.get(req.user_id, -TOUCH_SECONDS) >= TOUCH_SECONDS:
@@ -341,11 +355,23 @@ class TaskManager(Service):
             self._touch_pending.add(req.user_id)
             if self._touch_flusher is None or self._touch_flusher.done():
                 self._touch_flusher = asyncio.create_task(self._flush_touches_soon())
-        return [
-            offer_view(task, legacy=self.legacy_devices)
-            for task in self._running_tasks()
-            if self.criteria.matches(task.selection_criteria, attributes)
-        ]
+        running = self._running_tasks()  # first: a re-read may end the cached offers
+        matched = self.offers.matches(req.user_id, attributes)
+        if matched is None:
+            matched = tuple(
+                task.task_id
+                for task in running
+                if self.criteria.matches(task.selection_criteria, attributes)
+            )
+            self.offers.remember_matches(req.user_id, attributes, matched)
+        variant = self.legacy_devices
+        reply = self.offers.reply(variant, matched)
+        if reply is None:
+            by_id = {task.task_id: task for task in running}
+            offers = [offer_view(by_id[task_id], legacy=variant) for task_id in matched]
+            reply = RawJson(encode(offers))
+            self.offers.remember_reply(variant, matched, reply)
+        return reply
 
     async def get_task_metrics(self, req: ops.TaskRef) -> list[dict[str, Any]]:
         self.store.get_task(req.task_id)
