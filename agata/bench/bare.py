@@ -173,6 +173,8 @@ async def bare_fastapi(path: str, reply: bytes) -> AsyncIterator[str]:
     async def answer(body: Body) -> Response:
         return Response(reply, media_type="application/json")
 
+    # The annotations as classes (this module postpones them; Body is local).
+    answer.__annotations__ = {"body": Body, "return": Response}
     app.post(path)(answer)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

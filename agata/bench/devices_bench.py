@@ -159,6 +159,8 @@ async def _wrk_beside_bare(
     result = _merge(cloud)
     result["generator"] = "wrk"
     result["bare"] = _merge(bare)
+    if result["bare"]["errors"]:
+        raise RuntimeError(f"the bare endpoint answered {result['bare']['errors']} errors")
     result["rounds"] = {
         "cloud": [r.get("rps") for r in cloud],
         "bare": [r.get("rps") for r in bare],

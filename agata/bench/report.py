@@ -98,13 +98,13 @@ class Report:
         unit: str,
         *,
         limit_name: str,
-        at_most: float,
+        at_most: float | None = None,
         note: str = "",
     ) -> Figure:
         """``value`` with its same-run ``limit``; the verdict is on ``value - limit``."""
         compared = value - limit if value is not None and limit is not None else None
-        ok = None if compared is None else compared <= at_most
-        target = f"<= limit + {at_most:g} {unit}"
+        ok = None if compared is None or at_most is None else compared <= at_most
+        target = "" if at_most is None else f"<= limit + {at_most:g} {unit}"
         figure = Figure(name, value, unit, target, ok, note, limit, limit_name, "excess", compared)
         self.figures.append(figure)
         return figure
