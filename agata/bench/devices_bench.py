@@ -11,6 +11,13 @@ sets method, body and headers per request). Without ``wrk`` a Python load genera
 (httpx, asyncio) runs instead and the report says so: it shares the cores it measures
 and understates the cloud.
 
+The limit, measured in the same run: a bare FastAPI endpoint (:mod:`agata.bench.bare`)
+loaded by the same wrk command and script, answering the bytes of a real reply. Every
+device asks once first (a fleet polling every 10 s finds its credential and attributes
+cached); then wrk runs in rounds ordered bare, cloud, cloud, bare. Target (issue 17):
+task requests/s >= 0.5x the bare endpoint's. The CPU time this process spends per
+request is printed beside the bare endpoint's.
+
 Derived figure: devices served at the default poll interval = requests/s * interval
 (the push stream adds no polls; devices poll once per interval when idle).
 
