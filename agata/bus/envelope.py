@@ -64,38 +64,39 @@ class RawJson(bytes):
     __slots__ = ()
 
 
-class _OwnReply(bytes):
-    """A reply body as :func:`encode_success` or :func:`encode_failure` wrote it, which
-    also knows what they knew: its status and, for a failure, the message. Over an
-    in-process bus the caller gets this very object back and need not parse the reply
-    to learn its shape (a reply that crossed a broker is plain bytes and is parsed)."""
+class _OwnSuccess(bytes):
+    """A reply body as :func:`encode_success` wrote it (status 200, the value between
+    :data:`_SUCCESS_HEAD` and the last byte). Over an in-process bus the caller gets this
+    very object back and need not parse the reply to learn its shape; a reply that
+    crossed a broker is plain bytes and is parsed."""
+
+    __slots__ = ()
+
+
+class _OwnFailure(bytes):
+    """A reply body as :func:`encode_failure` wrote it, with its status and message."""
 
     status_code: int
     message: str
 
 
-def _own(body: bytes, status_code: int, message: str = "") -> _OwnReply:
-    reply = _OwnReply(body)
-    reply.status_code, reply.message = status_code, message
-    return reply
-
-
 def encode_success(value: Any) -> bytes:
     value_json = value if isinstance(value, RawJson) else encode(value)
-    return _own(_SUCCESS_HEAD + value_json + b"}", 200)
+    return _OwnSuccess(_SUCCESS_HEAD + value_json + b"}")
 
 
 def encode_failure(error: AgataError) -> bytes:
-    body = encode({"status_code": error.status_code, "exception": error.message})
-    return _own(body, error.status_code, error.message)
+    reply = _OwnFailure(encode({"status_code": error.status_code, "exception": error.message}))
+    reply.status_code, reply.message = error.status_code, error.message
+    return reply
 
 
 def decode_reply(body: bytes, operation: str) -> Any:
     """Return the reply's value or raise the AgataError it carries."""
-    if type(body) is _OwnReply:
-        if body.status_code != 200:
-            raise AgataError(body.status_code, body.message)
+    if type(body) is _OwnSuccess:
         return decode(body[len(_SUCCESS_HEAD) : -1])
+    if type(body) is _OwnFailure:
+        raise AgataError(body.status_code, body.message)
     return _value(*_parse_reply(body, operation), operation)
 
 
@@ -106,10 +107,10 @@ def reply_value_json(body: bytes, operation: str) -> bytes:
     bytes as they are, which saves encoding the value again (the HTTP gateway's case);
     a reply of any other shape, e.g. from an original service, is encoded afresh.
     """
-    if type(body) is _OwnReply:
-        if body.status_code != 200:
-            raise AgataError(body.status_code, body.message)
+    if type(body) is _OwnSuccess:
         return body[len(_SUCCESS_HEAD) : -1]
+    if type(body) is _OwnFailure:
+        raise AgataError(body.status_code, body.message)
     status, fields = _parse_reply(body, operation)
     value = _value(status, fields, operation)
     if len(fields) == 2 and body.startswith(_SUCCESS_HEAD) and body.endswith(b"}"):

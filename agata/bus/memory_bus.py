@@ -82,37 +82,54 @@ class _Queue:
 
 
 class _MemoryConsumer(Consumer):
+    """Handles up to ``prefetch`` messages at once, each in a worker task. A worker
+    that finished its message parks until the next one instead of ending, so a
+    message costs a future, not a new task (their count never exceeds ``prefetch``)."""
+
     def __init__(self, bus: MemoryBus, queue: _Queue, handler: Handler, prefetch: int) -> None:
         self._bus = bus
         self._queue = queue
         self._handler = handler
         self._prefetch = max(1, prefetch)
         self._in_flight: dict[asyncio.Task[None], Delivery] = {}
+        self._idle: list[tuple[asyncio.Task[None], asyncio.Future[Delivery]]] = []
         self._cancelled = False
 
     def has_capacity(self) -> bool:
         return not self._cancelled and len(self._in_flight) < self._prefetch
 
     def take(self, delivery: Delivery) -> None:
-        task = asyncio.get_running_loop().create_task(self._handle(delivery))
-        self._in_flight[task] = delivery
+        if self._idle:
+            task, waiter = self._idle.pop()
+            self._in_flight[task] = delivery
+            waiter.set_result(delivery)
+        else:
+            task = asyncio.get_running_loop().create_task(self._work(delivery))
+            self._in_flight[task] = delivery
 
-    async def _handle(self, delivery: Delivery) -> None:
-        try:
-            reply = await self._handler(delivery)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            logger.exception("handler of queue %s failed; message dropped", self._queue.name)
-            reply = None
-        finally:
-            task = asyncio.current_task()
-            if task is not None:
+    async def _work(self, delivery: Delivery) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                reply = await self._handler(delivery)
+            except asyncio.CancelledError:
                 self._in_flight.pop(task, None)
-        if reply is not None and delivery.reply_to:
-            self._bus._deliver_reply(delivery.reply_to, delivery.correlation_id, reply)
-        if self._queue.messages:
-            self._queue.dispatch()
+                raise
+            except Exception:
+                logger.exception("handler of queue %s failed; message dropped", self._queue.name)
+                reply = None
+            self._in_flight.pop(task, None)
+            if reply is not None and delivery.reply_to:
+                self._bus._deliver_reply(delivery.reply_to, delivery.correlation_id, reply)
+            if self._cancelled:
+                return
+            waiter: asyncio.Future[Delivery] = loop.create_future()
+            self._idle.append((task, waiter))
+            if self._queue.messages:
+                self._queue.dispatch()  # may hand this worker the next one at once
+            delivery = await waiter
 
     async def cancel(self) -> None:
         if self._cancelled:
@@ -122,9 +139,12 @@ class _MemoryConsumer(Consumer):
             self._queue.consumers.remove(self)
         unfinished = list(self._in_flight.items())
         self._in_flight.clear()
+        idle, self._idle = self._idle, []
         for task, _delivery in unfinished:
             task.cancel()
-        for task, _ in unfinished:
+        for task, _waiter in idle:
+            task.cancel()
+        for task in [t for t, _ in unfinished] + [t for t, _ in idle]:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         # Hand unfinished messages back, in their original order, like an AMQP requeue.
