@@ -311,9 +311,13 @@ def run_devices_bench(
             f"{c:,.0f}/{b:,.0f}"
             for c, b in zip(rounds["cloud"], rounds["bare"][::-1], strict=False)
         )
+        # The target is memory://'s: on amqp:// each request also crosses the broker,
+        # which the bare endpoint does not (see agata bench bus for that hop's limit).
         report.ratio(
             "task requests/s", rps, bare["rps"], "req/s", limit_name="bare FastAPI",
-            at_least=TARGET_RATIO, note=f"{note}; rounds cloud/bare: {spread}",
+            at_least=TARGET_RATIO if kind == "memory" else None,
+            note=f"{note}; rounds cloud/bare: {spread}"
+            + ("" if kind == "memory" else "; no target: the broker hop is not in the limit"),
         )  # fmt: skip
         report.ratio(
             "CPU per task request", data.get("cpu_us"), bare["cpu_us"], "us",
