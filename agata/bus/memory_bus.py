@@ -99,13 +99,14 @@ class _MemoryConsumer(Consumer):
         return not self._cancelled and len(self._in_flight) < self._prefetch
 
     def take(self, delivery: Delivery) -> None:
-        if self._idle:
+        while self._idle:
             task, waiter = self._idle.pop()
-            self._in_flight[task] = delivery
-            waiter.set_result(delivery)
-        else:
-            task = asyncio.get_running_loop().create_task(self._work(delivery))
-            self._in_flight[task] = delivery
+            if not waiter.done():  # done: its worker was cancelled while parked
+                self._in_flight[task] = delivery
+                waiter.set_result(delivery)
+                return
+        task = asyncio.get_running_loop().create_task(self._work(delivery))
+        self._in_flight[task] = delivery
 
     async def _work(self, delivery: Delivery) -> None:
         task = asyncio.current_task()
