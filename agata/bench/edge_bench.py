@@ -23,7 +23,7 @@ the same run before and after the agent (:func:`~agata.bench.bare.interpreter_st
 spawning this Python until its first line runs). It is the honest limit because the
 clients measured take their time on their first line, before any import: the start with
 ``import agata.runtime`` (a client that imports TaskReporter first) is printed beside it
-but would hide 15-20 ms of the agent's own work in the limit.
+but would hide ~20 ms of the agent's own work in the limit.
 
 Targets (issue 17): dispatch p50 and failover (cached) p50 <= interpreter start + 20 ms,
 dispatch p95 <= + 100 ms; idle < 1% of a core; RSS <= 60 MB (issue 4). Step 6 is shown
