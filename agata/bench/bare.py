@@ -41,7 +41,9 @@ __all__ = [
 ]
 
 
-async def asyncio_round_trips(calls: int, in_flight: int) -> dict[str, float]:
+async def asyncio_round_trips(
+    calls: int, in_flight: int, min_seconds: float = 0.0
+) -> dict[str, float]:
     """Sequential and ``in_flight``-concurrent request/reply through an asyncio queue."""
     loop = asyncio.get_running_loop()
     requests: asyncio.Queue[tuple[dict[str, Any], asyncio.Future[Any]]] = asyncio.Queue()
@@ -59,14 +61,16 @@ async def asyncio_round_trips(calls: int, in_flight: int) -> dict[str, float]:
 
     serving = asyncio.create_task(server())
     try:
-        return await round_trips(call, calls, in_flight)
+        return await round_trips(call, calls, in_flight, min_seconds)
     finally:
         serving.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await serving
 
 
-async def aio_pika_round_trips(url: str, calls: int, in_flight: int) -> dict[str, float]:
+async def aio_pika_round_trips(
+    url: str, calls: int, in_flight: int, min_seconds: float = 0.0
+) -> dict[str, float]:
     """The same through RabbitMQ with aio-pika alone (no AGATA code on the path)."""
     import aio_pika
 
@@ -119,32 +123,43 @@ async def aio_pika_round_trips(url: str, calls: int, in_flight: int) -> dict[str
             )
             return await asyncio.wait_for(future, 10)
 
-        return await round_trips(call, calls, in_flight)
+        return await round_trips(call, calls, in_flight, min_seconds)
     finally:
         await client_connection.close()
         await server_connection.close()
 
 
-async def round_trips(call: Any, calls: int, in_flight: int) -> dict[str, float]:
-    """Warm up, then time ``calls`` sequential calls and ``calls`` at ``in_flight``."""
+async def round_trips(
+    call: Any, calls: int, in_flight: int, min_seconds: float = 0.0
+) -> dict[str, float]:
+    """Warm up, then time sequential calls and calls ``in_flight`` at once: each at
+    least ``calls`` of them and for at least ``min_seconds`` (so a fast limit and a
+    slower figure are measured over rounds of similar length, and a pause of the
+    process weighs on both alike)."""
     for i in range(min(200, calls)):
         await call(i)
     latencies = []
     started = time.perf_counter()
-    for i in range(calls):
+    deadline = started + min_seconds
+    count = 0
+    while count < calls or time.perf_counter() < deadline:
         t0 = time.perf_counter()
-        await call(i)
+        await call(count)
         latencies.append(time.perf_counter() - t0)
-    sequential = calls / (time.perf_counter() - started)
-    numbers = iter(range(calls))
+        count += 1
+    sequential = count / (time.perf_counter() - started)
+    done = 0
 
     async def worker() -> None:
-        for i in numbers:
-            await call(i)
+        nonlocal done
+        while done < calls or time.perf_counter() < deadline:
+            done += 1
+            await call(done)
 
     started = time.perf_counter()
+    deadline = started + min_seconds
     await asyncio.gather(*(worker() for _ in range(in_flight)))
-    concurrent = calls / (time.perf_counter() - started)
+    concurrent = done / (time.perf_counter() - started)
     return {
         "p50_ms": percentile(latencies, 50) * 1000,
         "p99_ms": percentile(latencies, 99) * 1000,

@@ -30,15 +30,17 @@ from agata.bus import RpcClient, Service, create_bus
 
 MEMORY_TARGET = 0.3
 AMQP_TARGET = 0.9
-#: Interleaved rounds of limit and figure (each with calls / ROUNDS calls).
+#: Interleaved rounds of limit and figure (each with calls / ROUNDS calls, and at
+#: least ROUND_SECONDS long: the bare loop needs several times the calls of the bus).
 ROUNDS = 5
+ROUND_SECONDS = 0.3
 
 
 class Ping(BaseModel):
     n: int = 0
 
 
-async def _measure(url: str, calls: int, in_flight: int) -> dict[str, float]:
+async def _measure(url: str, calls: int, in_flight: int, min_seconds: float) -> dict[str, float]:
     server_bus, client_bus = create_bus(url), create_bus(url)
     await server_bus.connect()
     if url.startswith("memory"):
@@ -59,7 +61,7 @@ async def _measure(url: str, calls: int, in_flight: int) -> dict[str, float]:
         return await client.call(queue, {"n": n})
 
     try:
-        return await round_trips(call, calls, in_flight)
+        return await round_trips(call, calls, in_flight, min_seconds)
     finally:
         await service.stop()
         await server_bus.close()
@@ -136,8 +138,8 @@ def run_bus_bench(amqp_url: str | None, calls: int = 20_000, in_flight: int = 16
     per_round = max(500, calls // ROUNDS)
     memory = runner(
         _with_limit(
-            lambda: _measure("memory://", per_round, in_flight),
-            lambda: asyncio_round_trips(per_round, in_flight),
+            lambda: _measure("memory://", per_round, in_flight, ROUND_SECONDS),
+            lambda: asyncio_round_trips(per_round, in_flight, ROUND_SECONDS),
             ROUNDS,
         )
     )
@@ -147,8 +149,8 @@ def run_bus_bench(amqp_url: str | None, calls: int = 20_000, in_flight: int = 16
         amqp_calls = max(400, calls // 5 // ROUNDS)
         amqp = runner(
             _with_limit(
-                lambda: _measure(amqp_url, amqp_calls, in_flight),
-                lambda: aio_pika_round_trips(amqp_url, amqp_calls, in_flight),
+                lambda: _measure(amqp_url, amqp_calls, in_flight, ROUND_SECONDS),
+                lambda: aio_pika_round_trips(amqp_url, amqp_calls, in_flight, ROUND_SECONDS),
                 ROUNDS,
             )
         )
