@@ -92,3 +92,19 @@ def chromium_path() -> str:
     if not (Path(path).is_file() and os.access(path, os.X_OK)):
         _unavailable(f"AGATA_TEST_CHROMIUM={path} is not an executable file")
     return path
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A fresh folder that task processes can see: when the tests run as root, task sides
+    run as the task user (``nobody``), who cannot enter pytest's private ``tmp_path``.
+    For flag files and the like that a test and a task process share."""
+    import shutil
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="agata-shared-"))
+    os.chmod(path, 0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)

@@ -1,9 +1,12 @@
-"""``agata bench``: every measurement, side by side with its target, and one JSON file.
+"""``agata bench``: every measurement beside the limit it is judged against, and one
+JSON file.
 
 Runs, in order: the bus (:mod:`~agata.bench.bus_bench`), the cloud's steps through the
 HTTP gateway (:mod:`~agata.bench.cloud_bench`), task-request throughput with simulated
 devices (:mod:`~agata.bench.devices_bench`) and a real agent process
-(:mod:`~agata.bench.edge_bench`). The machine's load average is recorded before and
+(:mod:`~agata.bench.edge_bench`). Each part measures its own limits in the same run
+(:mod:`~agata.bench.bare`) and gives its verdicts on the ratio to them, so the verdicts
+hold from one machine to another. The machine's load average is recorded before and
 after each part: figures taken on a busy machine say so.
 """
 

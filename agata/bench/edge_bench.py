@@ -18,8 +18,16 @@ so the figures are taken from outside the agent:
   callbacks), in a process that imports only what an agent imports; the cloud runs in
   a process of its own (``agata cloud run``).
 
-Targets (issue 4/5): dispatch p50 <= 300 ms and p95 <= 1 s; failover <= 100 ms (cached);
-idle < 1% of a core; RSS <= 60 MB; step 6 <= 10 ms.
+The limit of dispatch and failover is the interpreter start of the client, measured in
+the same run before and after the agent (:func:`~agata.bench.bare.interpreter_start_ms`:
+spawning this Python until its first line runs). It is the honest limit because the
+clients measured take their time on their first line, before any import: the start with
+``import agata.runtime`` (a client that imports TaskReporter first) is printed beside it
+but would hide ~20 ms of the agent's own work in the limit.
+
+Targets (issue 17): dispatch p50 and failover (cached) p50 <= interpreter start + 20 ms,
+dispatch p95 <= + 100 ms; idle < 1% of a core; RSS <= 60 MB (issue 4). Step 6 is shown
+beside a bare spawn of the same Python from the same process, without a target.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ import contextlib
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -36,6 +45,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from agata.bench.bare import interpreter_start_ms
 from agata.bench.report import Report, percentile
 from agata.demo.timings import AGENT, first, where
 
@@ -67,6 +77,11 @@ r.send_error(RuntimeError("fails on purpose"))
 sys.exit(1)
 """
 FINISH_CLIENT = "from agata.runtime import TaskReporter\nTaskReporter().finished()\n"
+#: Issue 17: dispatch and failover p50 <= interpreter start + this; p95 <= + the other.
+EXCESS_MS = 20.0
+EXCESS_P95_MS = 100.0
+#: Interpreter starts measured before and after the agent (each time).
+STARTS = 7
 
 
 def _stamps(path: Path) -> list[tuple[float, int]]:
@@ -112,19 +127,6 @@ def _rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
-
-
-def interpreter_start_ms(samples: int = 5) -> float:
-    """Median time from spawning this Python to its first line running."""
-    values = []
-    for _ in range(samples):
-        t0 = time.time()
-        out = subprocess.run(
-            [sys.executable, "-c", "import time; print(time.time())"],
-            capture_output=True, text=True, check=True,
-        )  # fmt: skip
-        values.append((float(out.stdout) - t0) * 1000)
-    return percentile(values, 50)
 
 
 async def _task(lab: Lab, task_id: str, client: str, stamp: Path | None, port: int) -> None:
@@ -217,9 +219,11 @@ async def _measure(samples: int, idle_seconds: float) -> dict[str, Any]:
     return out
 
 
-async def _step6_process(samples: int) -> list[float]:
+async def _step6_process(samples: int) -> dict[str, list[float]]:
     """:func:`_step6` in a fresh process that imports what an agent imports, no more:
-    the cost of spawning a client grows with the spawning process's memory."""
+    the cost of spawning a client grows with the spawning process's memory. Returns the
+    step-6 samples and, as their limit, bare spawns of the same interpreter from that
+    process (``asyncio.create_subprocess_exec`` until it returns)."""
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "agata.bench.edge_bench", "step6", str(samples),
         stdout=asyncio.subprocess.PIPE,
@@ -227,7 +231,7 @@ async def _step6_process(samples: int) -> list[float]:
     out, _ = await process.communicate()
     if process.returncode != 0:
         raise RuntimeError(f"the step-6 measurement failed ({process.returncode})")
-    values: list[float] = json.loads(out.decode().strip().splitlines()[-1])
+    values: dict[str, list[float]] = json.loads(out.decode().strip().splitlines()[-1])
     return values
 
 
@@ -341,38 +345,77 @@ async def _step6(samples: int) -> list[float]:
     return values
 
 
+async def _bare_spawns(samples: int) -> list[float]:
+    """Seconds ``asyncio.create_subprocess_exec`` of this Python takes to return."""
+    values = []
+    for _ in range(samples):
+        t0 = time.time()
+        process = await asyncio.create_subprocess_exec(sys.executable, "-c", "pass")
+        values.append(time.time() - t0)
+        await process.wait()
+    return values
+
+
 def run_edge_bench(samples: int = 10, idle_seconds: float = 10.0) -> Report:
-    startup = interpreter_start_ms()
+    """Measure the agent; the interpreter start is measured before and after (its limit)."""
+    starts = interpreter_start_ms(STARTS)
+    runtime_starts = interpreter_start_ms(STARTS, "import agata.runtime")
     data = asyncio.run(_measure(samples, idle_seconds))
+    starts += interpreter_start_ms(STARTS)
+    runtime_starts += interpreter_start_ms(STARTS, "import agata.runtime")
+    start = statistics.median(starts)
     report = Report("edge agent (a real `agata edge run` process)")
-    report.context = {"samples": samples, "idle_seconds": idle_seconds, "raw": data}
+    report.context = {
+        "samples": samples, "idle_seconds": idle_seconds, "raw": data,
+        "interpreter_start_ms": starts, "interpreter_start_with_runtime_ms": runtime_starts,
+    }  # fmt: skip
+    limit = "interpreter start"
+    spread = f"{limit} {min(starts):.0f}-{max(starts):.0f} ms over {len(starts)} spawns"
     dispatch = [v * 1000 for v in data["dispatch"]]
-    note = f"n={len(dispatch)}; incl. ~{startup:.0f} ms interpreter start of the client"
-    report.add("dispatch latency p50", percentile(dispatch, 50), "ms", at_most=300, note=note)
-    report.add("dispatch latency p95", percentile(dispatch, 95), "ms", at_most=1000)
+    report.excess(
+        "dispatch latency p50", percentile(dispatch, 50), start, "ms", limit_name=limit,
+        at_most=EXCESS_MS, note=f"n={len(dispatch)}; {spread}",
+    )  # fmt: skip
+    report.excess(
+        "dispatch latency p95", percentile(dispatch, 95), start, "ms", limit_name=limit,
+        at_most=EXCESS_P95_MS,
+    )  # fmt: skip
     failover = [v * 1000 for v in data["failover"]]
     cached = failover[1:]
-    report.add(
-        "failover, C cached, p50", percentile(cached, 50), "ms", at_most=100,
-        note=f"n={len(cached)}; incl. the interpreter start of C's client",
+    report.excess(
+        "failover, C cached, p50", percentile(cached, 50), start, "ms", limit_name=limit,
+        at_most=EXCESS_MS, note=f"n={len(cached)}",
     )  # fmt: skip
-    report.add("failover, C downloaded", failover[0], "ms", note="first sample")
+    report.excess(
+        "failover, C downloaded", failover[0], start, "ms", limit_name=limit,
+        note="first sample; no target",
+    )  # fmt: skip
+    report.add(
+        "interpreter start with agata.runtime", statistics.median(runtime_starts), "ms",
+        note="what a client importing TaskReporter first would add; not the limit: the "
+        "clients measured take their time before any import",
+    )  # fmt: skip
     tick = 100 / os.sysconf("SC_CLK_TCK") / idle_seconds
     report.add(
         "agent idle CPU", data["idle_cpu_percent"], "% of a core", at_most=1,
         note=f"over {idle_seconds:g} s; resolution {tick:.2f} %",
     )  # fmt: skip
     report.add("agent idle RSS", data["idle_rss_mb"], "MB", at_most=60)
-    step6 = [v * 1000 for v in data["step6"]]
-    report.add(
-        "step 6 start task on device p50", percentile(step6, 50), "ms", at_most=10,
-        note=f"n={len(step6)}, in-process agent events; p95 {percentile(step6, 95):.1f} ms",
+    step6 = [v * 1000 for v in data["step6"]["step6"]]
+    spawn = [v * 1000 for v in data["step6"]["bare_spawn"]]
+    report.ratio(
+        "step 6 start task on device p50", percentile(step6, 50), percentile(spawn, 50), "ms",
+        limit_name="bare spawn",
+        note=f"n={len(step6)}, in-process agent events; p95 {percentile(step6, 95):.1f} ms; "
+        "limit: create_subprocess_exec of the same Python from the same process; no target",
     )  # fmt: skip
     return report
 
 
 if __name__ == "__main__":  # python -m agata.bench.edge_bench step6 N
     if len(sys.argv) == 3 and sys.argv[1] == "step6":
-        print(json.dumps(asyncio.run(_step6(int(sys.argv[2])))))
+        count = int(sys.argv[2])
+        step6 = asyncio.run(_step6(count))
+        print(json.dumps({"step6": step6, "bare_spawn": asyncio.run(_bare_spawns(count))}))
     else:
         sys.exit("usage: python -m agata.bench.edge_bench step6 SAMPLES")

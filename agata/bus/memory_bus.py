@@ -27,6 +27,13 @@ from agata.errors import AgataError, ErrorCode
 logger = logging.getLogger(__name__)
 
 
+def _expire(future: asyncio.Future[bytes], queue: str, timeout: float) -> None:
+    if not future.done():
+        future.set_exception(
+            AgataError(ErrorCode.TIMEOUT, f"no reply to {queue!r} within {timeout:g} s")
+        )
+
+
 class _Queue:
     """A named queue: pending messages plus the consumers waiting for them."""
 
@@ -38,6 +45,11 @@ class _Queue:
         self._next = itertools.count()
 
     def put(self, delivery: Delivery, *, front: bool = False) -> None:
+        if not self.messages:  # nothing waits before it: straight to a free consumer
+            consumer = self._ready()
+            if consumer is not None:
+                consumer.take(delivery)
+                return
         if front:
             self.messages.appendleft(delivery)
         else:
@@ -47,47 +59,78 @@ class _Queue:
             self.messages.append(delivery)
         self.dispatch()
 
+    def _ready(self) -> _MemoryConsumer | None:
+        """The next consumer with free capacity, round robin; None when all are busy."""
+        consumers = self.consumers
+        count = len(consumers)
+        if count == 1:
+            return consumers[0] if consumers[0].has_capacity() else None
+        start = next(self._next)
+        for step in range(count):
+            consumer = consumers[(start + step) % count]
+            if consumer.has_capacity():
+                return consumer
+        return None
+
     def dispatch(self) -> None:
-        """Hand pending messages to consumers with free capacity, round robin."""
+        """Hand pending messages to consumers with free capacity."""
         while self.messages:
-            ready = [c for c in self.consumers if c.has_capacity()]
-            if not ready:
+            consumer = self._ready()
+            if consumer is None:
                 return
-            consumer = ready[next(self._next) % len(ready)]
             consumer.take(self.messages.popleft())
 
 
 class _MemoryConsumer(Consumer):
+    """Handles up to ``prefetch`` messages at once, each in a worker task. A worker
+    that finished its message parks until the next one instead of ending, so a
+    message costs a future, not a new task (their count never exceeds ``prefetch``)."""
+
     def __init__(self, bus: MemoryBus, queue: _Queue, handler: Handler, prefetch: int) -> None:
         self._bus = bus
         self._queue = queue
         self._handler = handler
         self._prefetch = max(1, prefetch)
         self._in_flight: dict[asyncio.Task[None], Delivery] = {}
+        self._idle: list[tuple[asyncio.Task[None], asyncio.Future[Delivery]]] = []
         self._cancelled = False
 
     def has_capacity(self) -> bool:
         return not self._cancelled and len(self._in_flight) < self._prefetch
 
     def take(self, delivery: Delivery) -> None:
-        task = asyncio.get_running_loop().create_task(self._handle(delivery))
+        while self._idle:
+            task, waiter = self._idle.pop()
+            if not waiter.done():  # done: its worker was cancelled while parked
+                self._in_flight[task] = delivery
+                waiter.set_result(delivery)
+                return
+        task = asyncio.get_running_loop().create_task(self._work(delivery))
         self._in_flight[task] = delivery
 
-    async def _handle(self, delivery: Delivery) -> None:
-        try:
-            reply = await self._handler(delivery)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            logger.exception("handler of queue %s failed; message dropped", self._queue.name)
-            reply = None
-        finally:
-            task = asyncio.current_task()
-            if task is not None:
+    async def _work(self, delivery: Delivery) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                reply = await self._handler(delivery)
+            except asyncio.CancelledError:
                 self._in_flight.pop(task, None)
-        if reply is not None and delivery.reply_to:
-            self._bus._deliver_reply(delivery.reply_to, delivery.correlation_id, reply)
-        self._queue.dispatch()
+                raise
+            except Exception:
+                logger.exception("handler of queue %s failed; message dropped", self._queue.name)
+                reply = None
+            self._in_flight.pop(task, None)
+            if reply is not None and delivery.reply_to:
+                self._bus._deliver_reply(delivery.reply_to, delivery.correlation_id, reply)
+            if self._cancelled:
+                return
+            waiter: asyncio.Future[Delivery] = loop.create_future()
+            self._idle.append((task, waiter))
+            if self._queue.messages:
+                self._queue.dispatch()  # may hand this worker the next one at once
+            delivery = await waiter
 
     async def cancel(self) -> None:
         if self._cancelled:
@@ -97,9 +140,12 @@ class _MemoryConsumer(Consumer):
             self._queue.consumers.remove(self)
         unfinished = list(self._in_flight.items())
         self._in_flight.clear()
+        idle, self._idle = self._idle, []
         for task, _delivery in unfinished:
             task.cancel()
-        for task, _ in unfinished:
+        for task, _waiter in idle:
+            task.cancel()
+        for task in [t for t, _ in unfinished] + [t for t, _ in idle]:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         # Hand unfinished messages back, in their original order, like an AMQP requeue.
@@ -135,6 +181,8 @@ class MemoryBus(Bus):
         self._queues: dict[str, _Queue] = {}
         self._pending: dict[str, asyncio.Future[bytes]] = {}
         self._reply_queue = f"amq.gen-memory-{uuid.uuid4().hex}"
+        # Fresh per request: a counter under this bus's own (random) reply queue name.
+        self._correlation_ids = itertools.count()
         self._topics: dict[str, list[_Subscription]] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._connected = False
@@ -177,18 +225,17 @@ class MemoryBus(Bus):
         target = self._queues.get(queue)
         if target is None:
             raise AgataError(ErrorCode.UNAVAILABLE, f"no service serves {queue!r}")
-        correlation_id = str(uuid.uuid4())
-        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        correlation_id = f"{self._reply_queue}.{next(self._correlation_ids)}"
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[bytes] = loop.create_future()
         self._pending[correlation_id] = future
+        # A timer handle rather than asyncio.timeout(): a third of the cost per call.
+        timer = loop.call_later(timeout, _expire, future, queue, timeout)
         try:
             target.put(Delivery(queue, body, self._reply_queue, correlation_id, queue))
-            async with asyncio.timeout(timeout):
-                return await future
-        except TimeoutError:
-            raise AgataError(
-                ErrorCode.TIMEOUT, f"no reply to {queue!r} within {timeout:g} s"
-            ) from None
+            return await future
         finally:
+            timer.cancel()
             self._pending.pop(correlation_id, None)
 
     def _deliver_reply(self, reply_to: str, correlation_id: str | None, body: bytes) -> None:

@@ -48,6 +48,8 @@ class RpcClient:
     ) -> bytes:
         if isinstance(payload, BaseModel):
             data: Any = payload.model_dump(mode="json", exclude_none=True)
+        elif type(payload) is dict:
+            data = payload  # encoded at once: nothing keeps a reference to it
         else:
             data = dict(payload or {})
         return await self.bus.request(

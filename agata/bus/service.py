@@ -65,6 +65,29 @@ def to_jsonable(value: Any) -> Any:
     return value
 
 
+#: Validation errors of ``model_validate_json`` that mean the body is no JSON object.
+_NOT_AN_OBJECT = frozenset({"json_invalid", "json_type", "model_type", "model_attributes_type"})
+
+
+def _validated(model: type[M], body: bytes) -> M:
+    """The request as ``model``, parsed and validated in one pass (pydantic-core reads
+    the JSON itself); INVALID_ARGUMENT with the reason otherwise. A body that is no JSON
+    object gets the reason :func:`~agata.bus.envelope.decode_request` words."""
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        errors = exc.errors()
+        if not any(e["type"] in _NOT_AN_OBJECT and not e["loc"] for e in errors):
+            raise AgataError(ErrorCode.INVALID_ARGUMENT, describe_errors(errors)) from None
+    # Not JSON, or not an object, or JSON only the standard library reads (a lone
+    # surrogate escape): decode_request says which, or hands over the object.
+    data = decode_request(body)
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise AgataError(ErrorCode.INVALID_ARGUMENT, describe_validation_error(exc)) from None
+
+
 class Service:
     """A set of operations served on one bus."""
 
@@ -136,14 +159,7 @@ class Service:
             op = self.operations.get(operation)
             if op is None:
                 raise AgataError(ErrorCode.INTERNAL, f"{operation} is an invalid RPC function")
-            data = decode_request(body)
-            try:
-                request = op.model.model_validate(data)
-            except ValidationError as exc:
-                raise AgataError(
-                    ErrorCode.INVALID_ARGUMENT, describe_validation_error(exc)
-                ) from None
-            result = await op.handler(request)
+            result = await op.handler(_validated(op.model, body))
             return encode_success(to_jsonable(result))
         except AgataError as exc:
             if exc.status_code >= 500:

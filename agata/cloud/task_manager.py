@@ -16,12 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from agata.bus.bus import Bus, Consumer, Delivery
+from agata.bus.envelope import RawJson, encode
 from agata.bus.service import Service
 from agata.cloud.auth import same_secret
 from agata.cloud.bundles import BundleStore
 from agata.cloud.criteria import DEVICE_FIELDS, CriteriaCache, compile_criteria
 from agata.cloud.events import EventPublisher
 from agata.cloud.notifier import Notifier
+from agata.cloud.offer_cache import OfferCache
 from agata.cloud.ratelog import RateLimitedWarning
 from agata.cloud.server_tasks import ServerTasks, expand_arguments
 from agata.cloud.views import (
@@ -40,8 +42,9 @@ from agata.store.store import BundleFile, NewTask, Store, Task, TaskState
 
 logger = logging.getLogger(__name__)
 
-#: How long the list of running tasks is reused between device polls (other replicas'
-#: changes are seen after at most this long; this replica's at once).
+#: How long the list of running tasks is reused between device polls. Every replica's
+#: changes end it at once through the "task" notification; the time bounds it if a
+#: notification is lost (a broker outage).
 RUNNING_CACHE_SECONDS = 1.0
 #: Seconds a device's attributes are reused for its task requests. A change of the
 #: record (rpc_exec_update_user_info) ends it at once through the registry's "device"
@@ -98,6 +101,8 @@ class TaskManager(Service):
         self._touch_flusher: asyncio.Task[None] | None = None
         self._device_cache: dict[str, tuple[float, dict[str, Any]]] = {}
         self._unexpandable = RateLimitedWarning(logger)
+        self.offers = OfferCache(DEVICE_CACHE_SIZE)
+        self._ending_hidden: frozenset[str] = frozenset()
         self._subscription: Consumer | None = None
         for name, handler in [
             (ops.CREATE_TASK, self.create_task),
@@ -143,17 +148,18 @@ class TaskManager(Service):
         await self.event.close()
 
     async def _on_notification(self, delivery: Delivery) -> None:
-        """A device's record changed: forget its attributes. A task changed: read the
-        running tasks afresh. Another replica stopped a task whose server side runs
-        here: end it."""
+        """A device's record changed: forget its attributes and offers. A task changed
+        (on any replica, or its server side ended): forget the running tasks and every
+        offer. Another replica stopped a task whose server side runs here: end it."""
         body = delivery.body
         if b'"device"' in body:
             message = _json_object(body)
             if message.get("kind") == "device" and isinstance(message.get("user_id"), str):
                 self._device_cache.pop(message["user_id"], None)
+                self.offers.device_changed(message["user_id"])
             return None
         if b'"task"' in body and _json_object(body).get("kind") == "task":
-            self._changed()  # another replica's change: seen at once, not after 1 s
+            self._changed()  # any replica's change, or a server side's end: seen at once
             return None
         if b'"stop_task"' not in body:
             return None
@@ -200,14 +206,22 @@ class TaskManager(Service):
 
     def _changed(self) -> None:
         self._running_cache = None
+        self.offers.tasks_changed()
 
     def _running_tasks(self) -> list[Task]:
         """Running tasks to offer: not those whose end is known here but not recorded."""
         now = time.monotonic()
         cached = self._running_cache
         if cached is None or now - cached[0] > RUNNING_CACHE_SECONDS:
-            cached = self._running_cache = (now, self.store.list_running_tasks())
-        return [t for t in cached[1] if self.server_tasks.ending(t.task_id) is None]
+            fresh = self.store.list_running_tasks()
+            if cached is None or fresh != cached[1]:  # a change no notification told of
+                self.offers.tasks_changed()
+            cached = self._running_cache = (now, fresh)
+        hidden = frozenset(t.task_id for t in cached[1] if self.server_tasks.ending(t.task_id))
+        if hidden != self._ending_hidden:  # an end the store has not taken yet: not offered
+            self._ending_hidden = hidden
+            self.offers.tasks_changed()
+        return [t for t in cached[1] if t.task_id not in hidden]
 
     def _view(self, task: Task) -> dict[str, Any]:
         metrics = self.store.list_metrics(task.task_id)
@@ -365,8 +379,11 @@ class TaskManager(Service):
         self.event(ops.STOP_TASK, "Task stopped on cloud", task_id=task.task_id)
         await self.notifier.notify("task", task_id=task.task_id, running=False, state="stopped")
 
-    async def client_requesting_task(self, req: ops.ClientRequestingTask) -> list[dict[str, Any]]:
-        """The running tasks whose selection criteria this device meets."""
+    async def client_requesting_task(
+        self, req: ops.ClientRequestingTask
+    ) -> RawJson | list[dict[str, Any]]:
+        """The running tasks whose selection criteria this device meets (their offers,
+        encoded: kept between polls while neither the tasks nor the device change)."""
         attributes = self._device_attributes(req.user_id)
         now = time.monotonic()
         if now - self._last_touch.get(req.user_id, -TOUCH_SECONDS) >= TOUCH_SECONDS:
@@ -374,14 +391,26 @@ class TaskManager(Service):
             self._touch_pending.add(req.user_id)
             if self._touch_flusher is None or self._touch_flusher.done():
                 self._touch_flusher = asyncio.create_task(self._flush_touches_soon())
-        tasks = [
-            task
-            for task in self._running_tasks()
-            if self.criteria.matches(task.selection_criteria, attributes)
-        ]
+        running = self._running_tasks()  # first: a re-read may end the cached offers
+        matched = self.offers.matches(req.user_id, attributes)
+        if matched is None:
+            matched = tuple(
+                task.task_id
+                for task in running
+                if self.criteria.matches(task.selection_criteria, attributes)
+            )
+            self.offers.remember_matches(req.user_id, attributes, matched)
         if self.legacy_devices and req.legacy is not False:
-            return self._legacy_offers(tasks, attributes)
-        return [offer_view(task, legacy=False) for task in tasks]
+            # Expanded for this device: never shared through the reply cache.
+            by_id = {task.task_id: task for task in running}
+            return self._legacy_offers([by_id[task_id] for task_id in matched], attributes)
+        reply = self.offers.reply(False, matched)
+        if reply is None:
+            by_id = {task.task_id: task for task in running}
+            offers = [offer_view(by_id[task_id], legacy=False) for task_id in matched]
+            reply = RawJson(encode(offers))
+            self.offers.remember_reply(False, matched, reply)
+        return reply
 
     def _legacy_offers(self, tasks: list[Task], attributes: dict[str, Any]) -> list[dict[str, Any]]:
         """Offers for a device of the original system: client arguments expanded for it.

@@ -6,7 +6,14 @@ import json
 
 import pytest
 
-from agata.bus.envelope import encode_failure, encode_success, reply_value_json
+from agata.bus.envelope import (
+    decode,
+    decode_reply,
+    encode,
+    encode_failure,
+    encode_success,
+    reply_value_json,
+)
 from agata.errors import AgataError, ErrorCode
 
 
@@ -48,3 +55,34 @@ def test_failures_and_malformed_replies_raise() -> None:
     assert (
         malformed.value.status_code == 500 and "malformed reply to 'op'" in malformed.value.message
     )
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"ID": "t1", "port": 8080, "tags": ["a", "é"], "files": [{"size": 12, "sha256": "ab"}]},
+        [0.1, 1.5, -2.25, 1e300, True, False, None, "", '\u2028 <>&\\"', 2**70],
+        float("nan"),
+        [float("inf"), -float("inf")],
+    ],
+)
+def test_encoding_writes_the_bytes_of_the_standard_library(value: object) -> None:
+    assert encode(value) == json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def test_json_only_the_standard_library_reads_is_still_read() -> None:
+    body = b'{"text": "\\ud800"}'  # a lone surrogate escape
+
+    assert decode(body) == json.loads(body)
+
+
+def test_an_own_reply_is_read_without_parsing_and_like_a_parsed_one() -> None:
+    success = encode_success({"a": [1, 2]})
+    failure = encode_failure(AgataError(ErrorCode.NOT_FOUND, "no task t9"))
+
+    assert reply_value_json(success, "op") == reply_value_json(bytes(success), "op")
+    assert decode_reply(success, "op") == decode_reply(bytes(success), "op") == {"a": [1, 2]}
+    for body in (failure, bytes(failure)):
+        with pytest.raises(AgataError) as caught:
+            decode_reply(body, "op")
+        assert (caught.value.status_code, caught.value.message) == (404, "no task t9")

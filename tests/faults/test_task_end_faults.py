@@ -5,9 +5,7 @@ restarted onto a full disk comes up and ends its leftovers the same way."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -33,12 +31,9 @@ async def offered(cloud: CloudProcess, user_id: str) -> list[str]:
 
 
 async def test_an_end_while_the_disk_is_full_is_recorded_once_there_is_room(
-    tmp_path: Path,
+    tmp_path: Path, shared_dir: Path
 ) -> None:
-    # The flag lies where the task user (nobody, when the tests run as root) can see it.
-    flags = Path(tempfile.mkdtemp(prefix="agata-flag-"))
-    os.chmod(flags, 0o755)
-    data_dir, flag = tmp_path / "cloud", flags / "finish-now"
+    data_dir, flag = tmp_path / "cloud", shared_dir / "finish-now"
     with small_file_system(data_dir):
         async with cloud_process(data_dir) as cloud:
             # Prepare: a running task, a device it is offered to
@@ -77,7 +72,6 @@ async def test_an_end_while_the_disk_is_full_is_recorded_once_there_is_room(
             offered_after = await offered(cloud, "d1")
             restarted = await cloud.op("rpc_exec_start_server_task", {"task_id": "t1"})
             log = cloud.log_text()
-    shutil.rmtree(flags, ignore_errors=True)
 
     print(
         f"\nend of a task while the disk is full: recorded {recorded_after:.2f} s after space "

@@ -60,6 +60,8 @@ DEVICE_OPERATIONS = frozenset(
 #: Operations never reachable over HTTP (the gateway's own plumbing).
 INTERNAL_OPERATIONS = frozenset({ops.RESOLVE_CREDENTIAL, ops.CHECK_DOWNLOAD_PASSWORD})
 PUBLIC_OPERATIONS = frozenset({ops.ENROLL_DEVICE})
+#: The path of the polls of the whole fleet.
+POLL_PATH = f"/{ops.CLIENT_REQUESTING_TASK}"
 MAX_BODY_BYTES = 1024 * 1024
 
 
@@ -456,6 +458,10 @@ def create_gateway(bus: Bus, config: GatewayConfig) -> FastAPI:
     async def call_unknown_operation(operation: str) -> Response:
         raise AgataError(ErrorCode.NOT_FOUND, f"rpc_{operation} is an invalid RPC function")
 
+    # The router tries its routes in order: the one every device calls every poll
+    # interval goes first (a literal path: no other route matched it before, so no
+    # request changes hands; the rest keep their order).
+    app.router.routes.sort(key=lambda route: getattr(route, "path", "") != POLL_PATH)
     return app
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
@@ -37,10 +38,20 @@ class GatewayMetrics:
         self.devices = Gauge(
             "agata_devices", "Registered devices", ["online"], registry=self.registry
         )
+        # The labelled series of each (method, route, status): a bounded set (routes are
+        # the app's, unmatched paths share one label).
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     def observe(self, method: str, path: str, status: int, seconds: float) -> None:
-        self.requests.labels(method, path, str(status)).inc()
-        self.latency.labels(method, path).observe(seconds)
+        key = (method, path, status)
+        children = self._children.get(key)
+        if children is None:  # labels() checks and locks: once per route and status
+            children = self._children[key] = (
+                self.requests.labels(method, path, str(status)),
+                self.latency.labels(method, path),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
 
     async def render(self) -> tuple[bytes, str]:
         try:
