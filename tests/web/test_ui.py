@@ -285,8 +285,11 @@ async def test_an_oversized_upload_and_a_refused_start_show_their_errors(
 async def test_devices_page_shows_attributes_and_clears_a_quarantine(
     cloud: Cloud, tmp_path: Path, page: Page, screenshots_dir: Path
 ) -> None:
-    await create_bundle_task(cloud, "flaky")
-    await create_bundle_task(cloud, "steady")
+    await create_bundle_task(cloud, "flaky", server_arguments=["1", "--hold"])
+    await create_bundle_task(cloud, "steady", server_arguments=["1", "--hold"])
+    for task_id in ("flaky", "steady"):  # a device reports only on tasks it is offered
+        started = await cloud.op("rpc_exec_start_server_task", {"task_id": task_id})
+        assert started.status_code == 200, started.text
     await register_device(
         cloud,
         "pi-garden",
@@ -297,6 +300,7 @@ async def test_devices_page_shows_attributes_and_clears_a_quarantine(
         extra={"os": "raspbian"},
     )
     await register_device(cloud, "jetson-2", data_qnt=900, sensors=["gpu"])
+    await report(cloud, "pi-garden", "flaky", "running")
     await report(cloud, "pi-garden", "flaky", "quarantined", reason="client.py exited 1: boom")
     await report(cloud, "pi-garden", "steady", "running")
     await sign_in(page, cloud, "devices")
