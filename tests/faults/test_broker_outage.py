@@ -92,7 +92,12 @@ async def test_the_cloud_rides_out_a_broker_outage(
     # Prepare: the cloud on amqp:// through the proxy, three tasks, one of them running
     via_proxy = through(proxy, amqp_url)
     data_dir = tmp_path / "cloud"
-    env = {"AGATA_RPC_TIMEOUT": str(RPC_TIMEOUT), "AGATA_SERVER_GRACE_SECONDS": "1"}
+    env = {
+        "AGATA_RPC_TIMEOUT": str(RPC_TIMEOUT),
+        "AGATA_SERVER_GRACE_SECONDS": "1",
+        # The task's work folder where the test reads it (no task user's own folder).
+        "AGATA_TASK_USER": "",
+    }
     marker = f"--outage-{proxy.port}"
     async with cloud_process(data_dir, bus=via_proxy, env=env) as cloud:
         for task_id in ("idle1", "idle2"):
