@@ -66,6 +66,19 @@ def run_cloud(
             help="connections held at once, 503 beyond (each agent keeps one open)",
         ),
     ] = None,
+    max_in_flight: Annotated[
+        int | None,
+        typer.Option(
+            "--max-in-flight",
+            help="requests served at once; as many wait, the rest get 503 + Retry-After",
+        ),
+    ] = None,
+    admission_wait: Annotated[
+        float | None,
+        typer.Option(
+            "--admission-wait", help="seconds a request may wait for a place before 503"
+        ),
+    ] = None,
 ) -> None:
     """Start the cloud services and the HTTP gateway in this process."""
     from agata.cli.main import setup_logging
@@ -84,6 +97,8 @@ def run_cloud(
         rate_limit=rate_limit,
         rate_burst=rate_burst,
         max_connections=max_connections,
+        max_in_flight=max_in_flight,
+        admission_wait=admission_wait,
     )
     setup_logging(settings.log_level)
     services = tuple(service or SERVICES)

@@ -117,6 +117,7 @@ class CloudNode:
                 grace=s.server_grace_seconds,
                 register_events=s.register_events,
             )
+            manager.max_in_flight = s.service_max_in_flight
             await manager.start()
             self._running.append(manager)
             self._recorder = EventRecorder(self.bus, self.store, Notifier(self.bus))
@@ -128,6 +129,7 @@ class CloudNode:
                 hide_internal_errors=s.hide_internal_errors,
                 register_events=s.register_events,
             )
+            registry.max_in_flight = s.service_max_in_flight
             await registry.start()
             self._running.append(registry)
         if "gateway" in self.services:
@@ -141,6 +143,8 @@ class CloudNode:
                     cors_origins=list(s.cors_origins),
                     rate_limit=s.rate_limit,
                     rate_burst=s.rate_burst,
+                    max_in_flight=s.max_in_flight,
+                    admission_wait=s.admission_wait,
                 ),
             )
             if first_token:

@@ -25,6 +25,11 @@ from agata.bus.bus import Bus
 from agata.bus.rpc import RpcClient
 from agata.bus.service import describe_errors
 from agata.cloud.bundles import BundleStore
+from agata.cloud.gateway.admission import (
+    DEFAULT_MAX_IN_FLIGHT,
+    DEFAULT_MAX_WAIT,
+    AdmissionControl,
+)
 from agata.cloud.gateway.auth import ANONYMOUS, Authenticator, Principal, require_operator
 from agata.cloud.gateway.grants import DownloadGrants
 from agata.cloud.gateway.limits import BodyLimit, RateLimit
@@ -61,15 +66,16 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         (413, "request too large"),
         (429, "too many requests from this address (rate limit)"),
         (500, "a service failed"),
-        (503, "a service is unavailable"),
+        (503, "a service is unavailable, or the cloud is busy (then with Retry-After)"),
         (504, "a service did not answer in time"),
     ]
 }
 
 
 def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """The documented errors of a route: its own, and 429 which any route may answer."""
-    return {status: ERROR_RESPONSES[status] for status in (*statuses, 429)}
+    """The documented errors of a route: its own, and 429 and 503 (busy, with Retry-After)
+    which any route may answer."""
+    return {status: ERROR_RESPONSES[status] for status in (*statuses, 429, 503)}
 
 
 WEB_ROOT = Path(__file__).resolve().parent.parent.parent / "web" / "static"
@@ -84,6 +90,8 @@ class GatewayConfig:
     cors_origins: list[str] = field(default_factory=list)
     rate_limit: float = 0.0  # requests per second per client address; 0: no limit
     rate_burst: float = 0.0  # requests at once; 0: twice the rate, at least 10
+    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT  # requests served at once (admission.py)
+    admission_wait: float = DEFAULT_MAX_WAIT  # seconds a request may wait for a place
 
 
 def error_response(exc: AgataError) -> JSONResponse:
@@ -181,6 +189,10 @@ def create_gateway(bus: Bus, config: GatewayConfig) -> FastAPI:
         return error_response(AgataError(ErrorCode.INVALID_ARGUMENT, describe_errors(exc.errors())))
 
     app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES, upload_limit=config.max_upload_bytes)
+    # Inside the rate limit (a client over its rate takes no place), outside the rest.
+    app.add_middleware(
+        AdmissionControl, max_in_flight=config.max_in_flight, max_wait=config.admission_wait
+    )
     if config.rate_limit > 0:
         burst = config.rate_burst or max(10.0, 2 * config.rate_limit)
         app.add_middleware(RateLimit, rate=config.rate_limit, burst=burst)

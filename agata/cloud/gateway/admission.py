@@ -1,0 +1,216 @@
+"""Admission control of the gateway: a call that cannot start soon is refused at once.
+
+When devices come on line together (a site powers up, the cloud restarts and every
+agent reconnects) the gateway receives more calls than the services can answer. Left
+alone, every call waits in the event loop and on the bus until it times out, the
+devices retry, and the cloud spends its time on calls whose callers have given up.
+:class:`AdmissionControl` (ASGI) bounds that work instead:
+
+- at most ``max_in_flight`` requests are being served at once (from the request head
+  until the response starts: the work that needs the bus and the store; streaming the
+  body of a download or an event stream afterwards does not hold a place);
+- up to ``max_in_flight`` more wait, in order, for a place, each at most ``max_wait``
+  seconds;
+- any other request is answered **503 with Retry-After** at once: when the queue is
+  full, when the completions measured over the last seconds say its wait would exceed
+  ``max_wait``, or when its wait ran out. ``Retry-After`` is the time the measured rate
+  takes to serve the requests ahead (1 to :data:`MAX_RETRY_AFTER` seconds); clients
+  add jitter (``agata.edge.backoff``) so a refused fleet does not come back at once.
+
+Liveness, metrics and the static web pages (:data:`EXEMPT_PREFIXES`) never touch the
+bus and are always admitted, so a busy cloud is not mistaken for a dead one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+__all__ = [
+    "DEFAULT_MAX_IN_FLIGHT",
+    "DEFAULT_MAX_WAIT",
+    "EXEMPT_PREFIXES",
+    "MAX_RETRY_AFTER",
+    "AdmissionControl",
+    "Admissions",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Default bound on requests served at once (``--max-in-flight``).
+DEFAULT_MAX_IN_FLIGHT = 64
+#: Default longest wait for a place, seconds (``--admission-wait``).
+DEFAULT_MAX_WAIT = 1.0
+#: Largest Retry-After the gateway sends, seconds.
+MAX_RETRY_AFTER = 30
+#: Paths admitted without a place: they answer without the bus.
+EXEMPT_PREFIXES = ("/healthz", "/metrics", "/ui")
+#: Seconds over which completions are counted to measure the service rate.
+RATE_WINDOW = 5.0
+
+
+class Admissions:
+    """The places and the queue (no ASGI): :meth:`enter` waits for a place or refuses.
+
+    ``clock`` is monotonic seconds (tests pass their own).
+    """
+
+    def __init__(
+        self,
+        max_in_flight: int,
+        max_wait: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if max_in_flight < 1 or max_wait < 0:
+            raise ValueError("max_in_flight must be >= 1 and max_wait >= 0")
+        self.max_in_flight = max_in_flight
+        self.max_queued = max_in_flight
+        self.max_wait = max_wait
+        self.clock = clock
+        self.in_flight = 0
+        self.refused = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._completions: deque[float] = deque()  # times of recent completions
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+    def rate(self) -> float:
+        """Requests completed per second over the last :data:`RATE_WINDOW` seconds (0.0
+        before any)."""
+        now = self.clock()
+        while self._completions and self._completions[0] < now - RATE_WINDOW:
+            self._completions.popleft()
+        if not self._completions:
+            return 0.0
+        span = max(now - self._completions[0], 1.0)
+        return len(self._completions) / span
+
+    def retry_after(self) -> int:
+        """Whole seconds until the requests ahead are served at the measured rate."""
+        rate = self.rate()
+        ahead = self.in_flight + self.waiting
+        seconds = ahead / rate if rate > 0 else 1.0
+        return max(1, min(MAX_RETRY_AFTER, math.ceil(seconds)))
+
+    async def enter(self) -> int | None:
+        """Take a place: None once taken (call :meth:`leave` after), else the
+        Retry-After seconds of a refusal."""
+        if self.in_flight < self.max_in_flight and not self._waiters:
+            self.in_flight += 1
+            return None
+        if self.waiting >= self.max_queued or self._expected_wait() > self.max_wait:
+            return self._refuse()
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await asyncio.wait_for(asyncio.shield(waiter), self.max_wait)
+        except TimeoutError:
+            if waiter.done() and not waiter.cancelled():  # the place came just in time
+                return None
+            waiter.cancel()
+            return self._refuse()
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.leave()  # handed a place while being cancelled: pass it on
+            waiter.cancel()
+            raise
+        finally:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+        return None  # leave() handed its place over (in_flight unchanged)
+
+    def leave(self) -> None:
+        """Give a place back: to the first live waiter, else free it."""
+        self._completions.append(self.clock())
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self.in_flight -= 1
+
+    def _expected_wait(self) -> float:
+        rate = self.rate()
+        if rate <= 0:
+            return 0.0  # nothing measured yet: wait and see
+        return (self.waiting + 1) / rate
+
+    def _refuse(self) -> int:
+        self.refused += 1
+        return self.retry_after()
+
+
+class AdmissionControl:
+    """ASGI middleware: :class:`Admissions` for every HTTP request but the exempt paths;
+    a refused request gets 503 ``{"detail": ...}`` with ``Retry-After``."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+        max_wait: float = DEFAULT_MAX_WAIT,
+        admissions: Admissions | None = None,
+    ) -> None:
+        self.app = app
+        self.admissions = admissions or Admissions(max_in_flight, max_wait)
+        self._last_warning = -math.inf
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("path", "").startswith(EXEMPT_PREFIXES):
+            await self.app(scope, receive, send)
+            return
+        admissions = self.admissions
+        retry_after = await admissions.enter()
+        if retry_after is not None:
+            self._warn()
+            await _refusal(retry_after)(scope, receive, send)
+            return
+        held = True
+
+        async def releasing_send(message: Message) -> None:
+            nonlocal held
+            if held and message["type"] == "http.response.start":
+                held = False
+                admissions.leave()
+            await send(message)
+
+        try:
+            await self.app(scope, receive, releasing_send)
+        finally:
+            if held:
+                admissions.leave()
+
+    def _warn(self) -> None:
+        now = time.monotonic()
+        if now - self._last_warning >= 10.0:
+            self._last_warning = now
+            a = self.admissions
+            logger.warning(
+                "gateway saturated: %d requests in flight, %d waiting, %.0f/s served; "
+                "refusing with 503 + Retry-After (%d refused so far)",
+                a.in_flight,
+                a.waiting,
+                a.rate(),
+                a.refused,
+            )
+
+
+def _refusal(retry_after: int) -> Any:
+    from starlette.responses import JSONResponse
+
+    return JSONResponse(
+        {"detail": f"the cloud is busy; retry in {retry_after} s"},
+        status_code=503,
+        headers={"Retry-After": str(retry_after)},
+    )
