@@ -12,6 +12,13 @@ pool); each request carries its device's own credential. A failed request ends t
 device's current cycle (counted by kind in :class:`~agata.simulate.stats.FleetStats`)
 and the device tries again at its next poll, like the agent does; nothing is retried
 silently, so every failure the cloud causes is counted.
+
+A busy cloud's refusal (503 or 429 with ``Retry-After``) is not a failure: like the
+agent, the device waits as asked, plus jitter (:meth:`~agata.edge.backoff.Backoff.after`),
+and sends the same request again until it is accepted (at most
+:data:`BUSY_PATIENCE` seconds, then it is a failure ``http_503``/``http_429``). Such
+refusals are counted in :attr:`DeviceApi.shed`, per operation; the request's latency
+counts from its first attempt to its answer.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import hashlib
 import logging
 import random
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -28,7 +36,8 @@ from urllib.parse import quote
 import httpx
 from pydantic import ValidationError
 
-from agata.edge.cloud_client import ENROLL_PATH, TaskOffer
+from agata.edge.backoff import Backoff
+from agata.edge.cloud_client import ENROLL_PATH, TaskOffer, retry_after
 from agata.protocol.operations import (
     CLIENT_REQUESTING_TASK,
     REPORT_DEVICE_TASK,
@@ -50,6 +59,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 SENSORS = ("camera", "microphone", "gps", "accelerometer")
+#: Longest a simulated device keeps resending one request the cloud refused as busy.
+BUSY_PATIENCE = 300.0
 
 
 class RequestFailed(Exception):
@@ -117,22 +128,46 @@ def _kind(exc: httpx.HTTPError) -> str:
 class DeviceApi:
     """The gateway's device API on one shared client; every request is timed."""
 
-    def __init__(self, http: httpx.AsyncClient, stats: FleetStats) -> None:
+    def __init__(
+        self, http: httpx.AsyncClient, stats: FleetStats, rng: random.Random | None = None
+    ) -> None:
         self.http = http
         self.stats = stats
+        self.shed: Counter[str] = Counter()
+        """Busy refusals (503/429 with Retry-After) per operation, each one resent."""
+        self._rng = rng or random.Random()
+
+    def _busy_wait(self, response: httpx.Response, backoff: Backoff, since: float) -> float | None:
+        """Seconds to wait before resending a request the cloud refused as busy; None
+        when ``response`` is no such refusal or the device's patience ran out."""
+        wait = retry_after(response)
+        if wait is None:
+            return None
+        delay = backoff.after(wait)
+        if time.perf_counter() + delay - since > BUSY_PATIENCE:
+            return None
+        return delay
 
     async def post(
         self, operation: str, path: str, body: dict[str, Any], headers: dict[str, str]
     ) -> Any:
-        """``POST path`` and return the JSON body; anything but 200 is a failure."""
+        """``POST path`` and return the JSON body; anything but 200 is a failure (a busy
+        refusal is resent after its Retry-After)."""
         started = self.stats.begin()
         kind: str | None = None
+        backoff = Backoff(0.5, 30.0, rng=self._rng)
         try:
-            try:
-                response = await self.http.post(path, json=body, headers=headers)
-            except httpx.HTTPError as exc:
-                kind = _kind(exc)
-                raise RequestFailed(operation, kind, str(exc)) from None
+            while True:
+                try:
+                    response = await self.http.post(path, json=body, headers=headers)
+                except httpx.HTTPError as exc:
+                    kind = _kind(exc)
+                    raise RequestFailed(operation, kind, str(exc)) from None
+                delay = self._busy_wait(response, backoff, started)
+                if delay is None:
+                    break
+                self.shed[operation] += 1
+                await asyncio.sleep(delay)
             if response.status_code != 200:
                 kind = f"http_{response.status_code}"
                 raise RequestFailed(operation, kind, response.text[:200])
@@ -154,15 +189,23 @@ class DeviceApi:
         kind: str | None = None
         digest = hashlib.sha256()
         size = 0
+        backoff = Backoff(0.5, 30.0, rng=self._rng)
         try:
-            async with self.http.stream("GET", path, headers=headers, auth=auth) as response:
-                if response.status_code != 200:
-                    await response.aread()
-                    kind = f"http_{response.status_code}"
-                    raise RequestFailed("download", kind, response.text[:200])
-                async for chunk in response.aiter_bytes():
-                    size += len(chunk)
-                    digest.update(chunk)
+            while True:
+                async with self.http.stream("GET", path, headers=headers, auth=auth) as response:
+                    if response.status_code != 200:
+                        await response.aread()
+                        delay = self._busy_wait(response, backoff, started)
+                        if delay is None:
+                            kind = f"http_{response.status_code}"
+                            raise RequestFailed("download", kind, response.text[:200])
+                    else:
+                        async for chunk in response.aiter_bytes():
+                            size += len(chunk)
+                            digest.update(chunk)
+                        break
+                self.shed["download"] += 1
+                await asyncio.sleep(delay)
         except httpx.HTTPError as exc:
             kind = _kind(exc)
             raise RequestFailed("download", kind, str(exc)) from None

@@ -6,9 +6,14 @@ alone, every call waits in the event loop and on the bus until it times out, the
 devices retry, and the cloud spends its time on calls whose callers have given up.
 :class:`AdmissionControl` (ASGI) bounds that work instead:
 
-- at most ``max_in_flight`` requests are being served at once (from the request head
-  until the response starts: the work that needs the bus and the store; streaming the
-  body of a download or an event stream afterwards does not hold a place);
+- at most ``max_in_flight`` requests are being served at once (from the end of the
+  request body until the response starts: the work that needs the bus and the store;
+  a client sending its body slowly does not hold a place, nor does streaming the body
+  of a download or an event stream afterwards). The body (at most the gateway's 1 MiB
+  body limit: this middleware sits inside :class:`~agata.cloud.gateway.limits.BodyLimit`
+  and the authentication of the request head) is read before a place is taken, and
+  handed to the application unchanged; bundle uploads (``.../files``, operators only)
+  take their place at once and stream as before;
 - up to ``max_in_flight`` more wait, in order, for a place, each at most ``max_wait``
   seconds;
 - any other request is answered **503 with Retry-After** at once: when the queue is
@@ -171,6 +176,10 @@ class AdmissionControl:
             await self.app(scope, receive, send)
             return
         admissions = self.admissions
+        if scope.get("method") in ("POST", "PUT", "PATCH") and not scope["path"].endswith(
+            "/files"
+        ):
+            receive = await _buffered(receive)
         retry_after = await admissions.enter()
         if retry_after is not None:
             self._warn()
@@ -204,6 +213,24 @@ class AdmissionControl:
                 a.rate(),
                 a.refused,
             )
+
+
+async def _buffered(receive: Receive) -> Receive:
+    """Read the request body now; return a ``receive`` that hands it over again, then
+    goes on with the original (e.g. for the disconnect)."""
+    messages: deque[Message] = deque()
+    while True:
+        message = await receive()
+        messages.append(message)
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            break
+
+    async def replay() -> Message:
+        if messages:
+            return messages.popleft()
+        return await receive()
+
+    return replay
 
 
 def _refusal(retry_after: int) -> Any:

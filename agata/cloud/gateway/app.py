@@ -188,11 +188,13 @@ def create_gateway(bus: Bus, config: GatewayConfig) -> FastAPI:
     async def on_invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
         return error_response(AgataError(ErrorCode.INVALID_ARGUMENT, describe_errors(exc.errors())))
 
-    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES, upload_limit=config.max_upload_bytes)
-    # Inside the rate limit (a client over its rate takes no place), outside the rest.
+    # Innermost: it reads a body before taking a place, so it must stay inside the body
+    # limit, the rate limit and any check of the request head (a refused client takes
+    # no place, and no body byte is read before those checks).
     app.add_middleware(
         AdmissionControl, max_in_flight=config.max_in_flight, max_wait=config.admission_wait
     )
+    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES, upload_limit=config.max_upload_bytes)
     if config.rate_limit > 0:
         burst = config.rate_burst or max(10.0, 2 * config.rate_limit)
         app.add_middleware(RateLimit, rate=config.rate_limit, burst=burst)
