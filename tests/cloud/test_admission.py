@@ -141,6 +141,27 @@ async def test_a_simulated_device_waits_retry_after_and_delivers(tmp_path: Path)
         assert record.status_code == 200
 
 
+async def test_a_rate_limited_simulated_device_waits_retry_after_and_delivers(
+    tmp_path: Path,
+) -> None:
+    # Prepare: one request per second from an address; a cycle makes two at once
+    async with running_cloud(tmp_path, legacy_devices=True, rate_limit=1.0, rate_burst=1.0) as c:
+        stats = FleetStats()
+        async with httpx.AsyncClient(base_url=c.node.url, timeout=10) as http:
+            api = DeviceApi(http, stats, random.Random(1))
+            device = SimulatedDevice(
+                device_attributes(4, prefix="sim"), api, DeviceConfig(legacy=True), random.Random(2)
+            )
+            # Execute
+            started = time.perf_counter()
+            await device._cycle()
+            elapsed = time.perf_counter() - started
+        # Assert: the 429 was waited out (Retry-After: 1 s), not counted as a failure
+        assert api.shed["requesting_task"] >= 1
+        assert stats.errors == 0, stats.errors_by_kind()
+        assert device.polls == 1 and elapsed >= 0.9
+
+
 # -- the places and the queue, on their own ------------------------------------------
 
 
