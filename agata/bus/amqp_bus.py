@@ -8,8 +8,8 @@ Features:
 - replies on an exclusive, server-named reply queue; ``correlation_id`` is a UUID;
 - a request carries the caller's deadline twice, outside the body (which stays the
   original's): ``expiration`` (the timeout in ms: the broker drops a request still
-  queued when its caller has given up) and the header ``x-agata-deadline`` (epoch
-  seconds: a consumer skips a request it took too late; the cloud's machines' clocks
+  queued when its caller has given up) and the header ``x-agata-deadline-ms`` (epoch
+  milliseconds: a consumer skips a request it took too late; the cloud's machines' clocks
   must agree, e.g. by NTP, to well within the RPC timeout). Messages without them, from
   the original system's clients, are served as before;
 - a request to a queue that does not exist fails at once with ``UNAVAILABLE``
@@ -33,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import time
 import uuid
 from typing import Any
@@ -60,17 +59,18 @@ RECOVERABLE_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-#: Header of a request carrying the caller's deadline (epoch seconds, a float).
-DEADLINE_HEADER = "x-agata-deadline"
+#: Header of a request carrying the caller's deadline: epoch milliseconds, an integer
+#: (AMQP tables may carry floats as 32 bits: far too coarse for a time).
+DEADLINE_HEADER = "x-agata-deadline-ms"
 
 
 def _deadline(headers: Any) -> float | None:
-    """The caller's deadline from a request's headers; None when absent or not a finite
-    number (a client of the original system sends none)."""
+    """The caller's deadline (epoch seconds) from a request's headers; None when absent
+    or not an integer (a client of the original system sends none)."""
     value = headers.get(DEADLINE_HEADER) if isinstance(headers, dict) else None
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if isinstance(value, bool) or not isinstance(value, int):
         return None
-    return float(value) if math.isfinite(value) else None
+    return value / 1000
 
 
 def _unavailable(reason: str) -> AgataError:
@@ -230,7 +230,7 @@ class AmqpBus(Bus):
                         # The broker drops it once the caller has given up, and the
                         # consumer skips it (Delivery.deadline); the body is unchanged.
                         expiration=max(timeout, 0.001),
-                        headers={DEADLINE_HEADER: time.time() + timeout},
+                        headers={DEADLINE_HEADER: int((time.time() + timeout) * 1000)},
                     ),
                     routing_key=queue,
                 )
