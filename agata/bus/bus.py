@@ -83,9 +83,9 @@ class Bus(ABC):
 
         The message MUST carry a fresh ``correlation_id``, ``reply_to`` naming this
         bus's reply queue and ``type`` = ``queue``, and its consumer MUST see the
-        caller's deadline (now + ``timeout``) as :attr:`Delivery.deadline`. MUST raise ``AgataError`` with
-        ``TIMEOUT`` when no reply came within ``timeout`` seconds, ``UNAVAILABLE``
-        when no consumer was ever declared for ``queue`` or the bus is down, and
+        caller's deadline (now + ``timeout``) as :attr:`Delivery.deadline`. MUST raise
+        ``AgataError`` with ``TIMEOUT`` when no reply came within ``timeout`` seconds,
+        ``UNAVAILABLE`` when no consumer was ever declared for ``queue`` or the bus is down, and
         ``TOO_LARGE`` for a body over :attr:`max_message_bytes`.
         """
 

@@ -75,9 +75,7 @@ def run_cloud(
     ] = None,
     admission_wait: Annotated[
         float | None,
-        typer.Option(
-            "--admission-wait", help="seconds a request may wait for a place before 503"
-        ),
+        typer.Option("--admission-wait", help="seconds a request may wait for a place before 503"),
     ] = None,
 ) -> None:
     """Start the cloud services and the HTTP gateway in this process."""

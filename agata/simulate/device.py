@@ -10,8 +10,9 @@ rounds with made-up metrics, and ``finished``. No process is started.
 All devices share one :class:`DeviceApi` (one ``httpx.AsyncClient``, one connection
 pool); each request carries its device's own credential. A failed request ends the
 device's current cycle (counted by kind in :class:`~agata.simulate.stats.FleetStats`)
-and the device tries again at its next poll, like the agent does; nothing is retried
-silently, so every failure the cloud causes is counted.
+and the device tries again, like the agent does: after a backoff (0.5 s doubling up to
+the poll interval, with jitter) rather than a whole poll; nothing is retried silently,
+so every failure the cloud causes is counted.
 
 A busy cloud's refusal (503 or 429 with ``Retry-After``) is not a failure: like the
 agent, the device waits as asked, plus jitter (:meth:`~agata.edge.backoff.Backoff.after`),
@@ -239,6 +240,8 @@ class SimulatedDevice:
     on_board_at: float | None = None
     """``time.perf_counter()`` when its first cycle succeeded: enrolled, reported, and
     every task offered at that poll played to the end."""
+    last_ok_at: float | None = None
+    """``time.perf_counter()`` when its latest cycle succeeded."""
 
     @property
     def user_id(self) -> str:
@@ -256,14 +259,19 @@ class SimulatedDevice:
         that poll, as an agent would)."""
         await asyncio.sleep(start_delay)
         self.started = True
+        # After a failed cycle the next comes sooner than a poll, like the agent's.
+        backoff = Backoff(min(0.5, self.config.poll_interval), self.config.poll_interval)
         while not stop.is_set():
             self.busy = True
+            delay: float | None = None
             try:
                 await self._cycle()
+                self.last_ok_at = time.perf_counter()
                 if self.on_board_at is None:
-                    self.on_board_at = time.perf_counter()
+                    self.on_board_at = self.last_ok_at
+                backoff.reset()
             except RequestFailed:
-                pass  # counted; the next poll tries again
+                delay = backoff.next()  # counted; try again soon
             except Exception as exc:  # a bug here must show as an error, not end the device
                 self.api.stats.error("device", f"crash:{type(exc).__name__}")
                 logger.exception("simulated device %s failed", self.user_id)
@@ -271,8 +279,10 @@ class SimulatedDevice:
                 self.busy = False
             if stop.is_set():
                 break
-            spread = self.config.jitter * self.config.poll_interval
-            await asyncio.sleep(self.config.poll_interval + self.rng.uniform(-spread, spread))
+            if delay is None:
+                spread = self.config.jitter * self.config.poll_interval
+                delay = self.config.poll_interval + self.rng.uniform(-spread, spread)
+            await asyncio.sleep(delay)
 
     async def _cycle(self) -> None:
         if self.credential is None and not self.config.legacy:

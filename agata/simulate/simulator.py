@@ -225,6 +225,11 @@ class Fleet:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.stop()
 
+    @property
+    def shed_total(self) -> int:
+        """Requests the cloud refused as busy (503/429 + Retry-After), each resent."""
+        return sum(self._api.shed.values()) if self._api is not None else 0
+
     def add(self, count: int, ramp: float) -> None:
         """Start ``count`` more devices, spread over the next ``ramp`` seconds."""
         assert self._api is not None, "use the fleet inside `async with`"

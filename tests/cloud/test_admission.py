@@ -213,5 +213,3 @@ def test_backoff_after_waits_at_least_retry_after_and_spreads() -> None:
     delays = [backoff.after(2.0) for _ in range(50)]
     assert all(2.0 <= d <= 4.0 for d in delays)
     assert max(delays) - min(delays) > 1.0  # a refused fleet comes back spread out
-
-

@@ -176,9 +176,7 @@ class AdmissionControl:
             await self.app(scope, receive, send)
             return
         admissions = self.admissions
-        if scope.get("method") in ("POST", "PUT", "PATCH") and not scope["path"].endswith(
-            "/files"
-        ):
+        if scope.get("method") in ("POST", "PUT", "PATCH") and not scope["path"].endswith("/files"):
             receive = await _buffered(receive)
         retry_after = await admissions.enter()
         if retry_after is not None:
