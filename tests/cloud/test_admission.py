@@ -189,16 +189,24 @@ async def test_admissions_refuse_a_wait_that_runs_out() -> None:
 
 
 def test_retry_after_is_the_time_the_measured_rate_takes_for_the_requests_ahead() -> None:
-    now = [100.0]
-    admissions = Admissions(10, max_wait=1.0, clock=lambda: now[0])
+    admissions = Admissions(10, max_wait=1.0)
     admissions.in_flight = 10
-    for _ in range(10):  # 10 completions over 5 s: 2 per second
-        now[0] += 0.5
-        admissions._completions.append(now[0])
-    admissions.in_flight = 10
+    for _ in range(10):
+        admissions.leave(5.0)  # 10 places each held 5 s: 2 per second
+        admissions.in_flight += 1
+    assert admissions.rate() == pytest.approx(2.0)
     assert admissions.retry_after() == 5  # 10 ahead at 2/s
     admissions.in_flight = 10_000
     assert admissions.retry_after() == 30  # capped
+
+
+async def test_a_wait_the_rate_says_is_too_long_is_refused_at_once() -> None:
+    admissions = Admissions(1, max_wait=1.0)
+    assert await admissions.enter() is None
+    admissions.held_seconds = 2.0  # one place, 2 s a request: the next waits ~2 s
+    started = time.perf_counter()
+    assert await admissions.enter() == 2
+    assert time.perf_counter() - started < 0.1
 
 
 @pytest.mark.parametrize("value", [0, -1.0])

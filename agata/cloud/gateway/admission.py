@@ -17,9 +17,10 @@ devices retry, and the cloud spends its time on calls whose callers have given u
 - up to ``max_in_flight`` more wait, in order, for a place, each at most ``max_wait``
   seconds;
 - any other request is answered **503 with Retry-After** at once: when the queue is
-  full, when the completions measured over the last seconds say its wait would exceed
+  full, when the measured service rate says its wait would exceed
   ``max_wait``, or when its wait ran out. ``Retry-After`` is the time the measured rate
-  takes to serve the requests ahead (1 to :data:`MAX_RETRY_AFTER` seconds); clients
+  takes to serve the requests ahead (1 to :data:`MAX_RETRY_AFTER` seconds; the rate
+  is estimated from how long requests hold a place, see :class:`Admissions`); clients
   add jitter (``agata.edge.backoff``) so a refused fleet does not come back at once.
 
 Liveness, metrics and the static web pages (:data:`EXEMPT_PREFIXES`) never touch the
@@ -33,7 +34,6 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -57,51 +57,42 @@ DEFAULT_MAX_WAIT = 1.0
 MAX_RETRY_AFTER = 30
 #: Paths admitted without a place: they answer without the bus.
 EXEMPT_PREFIXES = ("/healthz", "/metrics", "/ui")
-#: Seconds over which completions are counted to measure the service rate.
-RATE_WINDOW = 5.0
 
 
 class Admissions:
     """The places and the queue (no ASGI): :meth:`enter` waits for a place or refuses.
 
-    ``clock`` is monotonic seconds (tests pass their own).
+    The service rate is estimated from how long requests hold a place (a moving
+    average): with every place taken, ``max_in_flight`` places each freed after that
+    long serve ``max_in_flight / average`` requests a second. It does not depend on how
+    busy the gateway was before a burst (a rate counted over the last seconds would
+    call a cloud idle a moment ago slow, and refuse its first burst).
     """
 
-    def __init__(
-        self,
-        max_in_flight: int,
-        max_wait: float,
-        *,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
+    def __init__(self, max_in_flight: int, max_wait: float) -> None:
         if max_in_flight < 1 or max_wait < 0:
             raise ValueError("max_in_flight must be >= 1 and max_wait >= 0")
         self.max_in_flight = max_in_flight
         self.max_queued = max_in_flight
         self.max_wait = max_wait
-        self.clock = clock
         self.in_flight = 0
         self.refused = 0
+        self.held_seconds: float | None = None
+        """Moving average of the time a request holds a place (None before the first)."""
         self._waiters: deque[asyncio.Future[None]] = deque()
-        self._completions: deque[float] = deque()  # times of recent completions
 
     @property
     def waiting(self) -> int:
         return len(self._waiters)
 
     def rate(self) -> float:
-        """Requests completed per second over the last :data:`RATE_WINDOW` seconds (0.0
-        before any)."""
-        now = self.clock()
-        while self._completions and self._completions[0] < now - RATE_WINDOW:
-            self._completions.popleft()
-        if not self._completions:
+        """Requests per second the places serve when all are taken (0.0: not known)."""
+        if not self.held_seconds:
             return 0.0
-        span = max(now - self._completions[0], 1.0)
-        return len(self._completions) / span
+        return self.max_in_flight / self.held_seconds
 
     def retry_after(self) -> int:
-        """Whole seconds until the requests ahead are served at the measured rate."""
+        """Whole seconds until the requests ahead are served at the estimated rate."""
         rate = self.rate()
         ahead = self.in_flight + self.waiting
         seconds = ahead / rate if rate > 0 else 1.0
@@ -134,9 +125,12 @@ class Admissions:
                 self._waiters.remove(waiter)
         return None  # leave() handed its place over (in_flight unchanged)
 
-    def leave(self) -> None:
-        """Give a place back: to the first live waiter, else free it."""
-        self._completions.append(self.clock())
+    def leave(self, held: float | None = None) -> None:
+        """Give a place back (``held``: seconds it was held, for the rate estimate): to
+        the first live waiter, else free it."""
+        if held is not None:
+            previous = self.held_seconds
+            self.held_seconds = held if previous is None else 0.9 * previous + 0.1 * held
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
@@ -184,19 +178,20 @@ class AdmissionControl:
             await _refusal(retry_after)(scope, receive, send)
             return
         held = True
+        since = time.monotonic()
 
         async def releasing_send(message: Message) -> None:
             nonlocal held
             if held and message["type"] == "http.response.start":
                 held = False
-                admissions.leave()
+                admissions.leave(time.monotonic() - since)
             await send(message)
 
         try:
             await self.app(scope, receive, releasing_send)
         finally:
             if held:
-                admissions.leave()
+                admissions.leave(time.monotonic() - since)
 
     def _warn(self) -> None:
         now = time.monotonic()
