@@ -12,7 +12,8 @@ resend, :mod:`agata.simulate.device`), as real agents do.
   bare limit of this run: the cloud cannot onboard faster than devices arrive), the
   requests refused as busy (503/429, each resent), errors by kind, and the accepted
   calls that timed out (must be 0).
-- ``restart``: N devices are brought on board (at ``setup_rate``), then the cloud is
+- ``restart``: N devices are brought on board (at ``setup_rate``: the onboarding
+  figures above are reported for that phase too), then the cloud is
   stopped and started again (same data, same port; runs left running are restarted,
   ``reconcile = restart``, so every device joins its tasks' new runs: a second burst).
   Reported: the time from the restarted cloud's first answer until every device has
@@ -80,7 +81,14 @@ def _settings_env(max_in_flight: int | None, admission_wait: float | None) -> di
 
 def _window_figures(window: Window, fleet: Fleet, shed_before: int) -> dict[str, Any]:
     kinds = window.errors_by_kind()
+    lag = fleet.lag.summary_ms()
     return {
+        "simulator_cpu_percent": round(
+            100 * (time.process_time() - fleet.cpu_mark) / max(window.seconds, 1e-9), 1
+        ),
+        "simulator_loop_lag_p99_ms": lag["p99_ms"],
+        "simulator_loop_lag_max_ms": lag["max_ms"],
+        "peak_connections": fleet.peak_connections,
         "requests": window.latency.count,
         "p99_ms": window.to_json()["p99_ms"],
         "busy_refusals": fleet.shed_total - shed_before,
@@ -123,6 +131,7 @@ async def run_onboard_bench(
                 prefix = f"sim-{secrets.token_hex(3)}"
                 async with Fleet(cloud.url, config, max_devices=devices, id_prefix=prefix) as fleet:
                     window = fleet.stats.open_window("onboard")
+                    fleet.mark()
                     cpu_from = (time.perf_counter(), cloud.cpu_seconds())
                     started = time.perf_counter()
                     fleet.add(devices, arrival)
@@ -200,10 +209,21 @@ async def run_restart_bench(
                 config = device_config(options, await create_enrollment_token(op, devices))
                 prefix = f"sim-{secrets.token_hex(3)}"
                 async with Fleet(cloud.url, config, max_devices=devices, id_prefix=prefix) as fleet:
+                    setup = fleet.stats.open_window("onboard")
+                    fleet.mark()
+                    cpu_from = (time.perf_counter(), cloud.cpu_seconds())
                     fleet.add(devices, arrival)
                     on = await _until(
                         lambda: all(d.on_board_at for d in fleet.devices), 3 * arrival + 120.0
                     )
+                    fleet.stats.close_window(setup)
+                    onboarding = _window_figures(setup, fleet, 0)
+                    onboarding["cloud_cpu_percent"] = _cloud_cpu(cloud, cpu_from)
+                    firsts = [d.on_board_at for d in fleet.devices if d.on_board_at is not None]
+                    if len(firsts) > 1 and max(firsts) > min(firsts):
+                        span = max(firsts) - min(firsts)
+                        onboarding["sustained_rate"] = round((len(firsts) - 1) / span, 2)
+                    onboarding["not_on_board"] = devices - len(firsts)
                     if progress is not None:
                         progress(f"{devices} devices on board: {on}; restarting the cloud")
                     down = fleet.stats.open_window("down")
@@ -214,6 +234,7 @@ async def run_restart_bench(
                     up_at = time.perf_counter()
                     shed_before = fleet.shed_total
                     window = fleet.stats.open_window("after-restart")
+                    fleet.mark()
                     cpu_from = (up_at, cloud.cpu_seconds())
                     back = await _until(
                         lambda: all((d.last_ok_at or 0) > up_at for d in fleet.devices),
@@ -234,6 +255,7 @@ async def run_restart_bench(
     seconds = round(max(times) - up_at, 1) if back and times else None
     figures.update(
         devices=devices,
+        onboarding=onboarding,
         all_on_board_before=on,
         cloud_down_s=round(up_at - stopped, 1),
         seconds_to_all_back=seconds,
@@ -242,6 +264,14 @@ async def run_restart_bench(
         devices_missing_tasks=summary["devices_missing_tasks"],
         cloud_cpu_percent=cloud_cpu,
         load_average_1min=round(os.getloadavg()[0], 2),
+    )
+    report.add(
+        "sustained onboarding rate (before the restart)",
+        onboarding.get("sustained_rate"),
+        "devices/s",
+        note=f"offered {setup_rate:g}/s; {onboarding['not_on_board']} not on board; "
+        f"{onboarding['busy_refusals']} busy refusals; "
+        f"{onboarding['accepted_calls_timed_out']} accepted calls timed out",
     )
     report.add(
         "time until every device is back on board",
