@@ -189,7 +189,7 @@ async def test_admissions_refuse_a_wait_that_runs_out() -> None:
 
 
 def test_retry_after_is_the_time_the_measured_rate_takes_for_the_requests_ahead() -> None:
-    admissions = Admissions(10, max_wait=1.0)
+    admissions = Admissions(10, max_wait=1.0, held_target=10.0)
     admissions.in_flight = 10
     for _ in range(10):
         admissions.leave(5.0)  # 10 places each held 5 s: 2 per second
@@ -207,6 +207,21 @@ async def test_a_wait_the_rate_says_is_too_long_is_refused_at_once() -> None:
     started = time.perf_counter()
     assert await admissions.enter() == 2
     assert time.perf_counter() - started < 0.1
+
+
+async def test_places_shrink_while_requests_take_too_long_and_grow_back() -> None:
+    admissions = Admissions(32, max_wait=1.0, held_target=1.0)
+    for _ in range(40):  # slow: each held its place 3 s
+        admissions.in_flight = 1
+        admissions.leave(3.0)
+    assert admissions.limit == admissions.min_limit == 2
+    admissions.in_flight = 0
+    assert await admissions.enter() is None and await admissions.enter() is None
+    assert admissions.in_flight == 2
+    for _ in range(40):  # fast again
+        admissions.leave(0.1)
+        admissions.in_flight += 1
+    assert admissions.limit == 32
 
 
 @pytest.mark.parametrize("value", [0, -1.0])

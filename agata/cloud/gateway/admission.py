@@ -6,8 +6,11 @@ alone, every call waits in the event loop and on the bus until it times out, the
 devices retry, and the cloud spends its time on calls whose callers have given up.
 :class:`AdmissionControl` (ASGI) bounds that work instead:
 
-- at most ``max_in_flight`` requests are being served at once (from the end of the
-  request body until the response starts: the work that needs the bus and the store;
+- at most ``max_in_flight`` requests are being served at once, fewer while requests
+  hold their place longer than ``held_target`` (:attr:`Admissions.limit`: a cloud
+  short of CPU serves fewer at once, each within its callers' timeout). A place is
+  held from the end of the request body until the response starts (the work that
+  needs the bus and the store;
   a client sending its body slowly does not hold a place, nor does streaming the body
   of a download or an event stream afterwards). The body (at most the gateway's 1 MiB
   body limit: this middleware sits inside :class:`~agata.cloud.gateway.limits.BodyLimit`
@@ -53,6 +56,10 @@ logger = logging.getLogger(__name__)
 DEFAULT_MAX_IN_FLIGHT = 64
 #: Default longest wait for a place, seconds (``--admission-wait``).
 DEFAULT_MAX_WAIT = 1.0
+#: Default longest time a request should hold a place, seconds: the gateway's places
+#: shrink while requests take longer (``create_gateway`` uses a quarter of its RPC
+#: timeout, so an accepted call ends well before its caller's own timeout).
+DEFAULT_HELD_TARGET = 2.5
 #: Largest Retry-After the gateway sends, seconds.
 MAX_RETRY_AFTER = 30
 #: Paths admitted without a place: they answer without the bus.
@@ -63,18 +70,24 @@ class Admissions:
     """The places and the queue (no ASGI): :meth:`enter` waits for a place or refuses.
 
     The service rate is estimated from how long requests hold a place (a moving
-    average): with every place taken, ``max_in_flight`` places each freed after that
-    long serve ``max_in_flight / average`` requests a second. It does not depend on how
+    average): with every place taken, :attr:`limit` places each freed after that long
+    serve ``limit / average`` requests a second. It does not depend on how
     busy the gateway was before a burst (a rate counted over the last seconds would
     call a cloud idle a moment ago slow, and refuse its first burst).
     """
 
-    def __init__(self, max_in_flight: int, max_wait: float) -> None:
-        if max_in_flight < 1 or max_wait < 0:
-            raise ValueError("max_in_flight must be >= 1 and max_wait >= 0")
+    def __init__(
+        self, max_in_flight: int, max_wait: float, *, held_target: float = DEFAULT_HELD_TARGET
+    ) -> None:
+        if max_in_flight < 1 or max_wait < 0 or held_target <= 0:
+            raise ValueError("max_in_flight must be >= 1, max_wait >= 0, held_target > 0")
         self.max_in_flight = max_in_flight
-        self.max_queued = max_in_flight
         self.max_wait = max_wait
+        self.held_target = held_target
+        self.limit = max_in_flight
+        """Places offered now: ``max_in_flight`` at most, one fewer after each request
+        that held its place longer than ``held_target``, one more after each that took
+        under half of it (a cloud short of CPU serves fewer at once, each in time)."""
         self.in_flight = 0
         self.refused = 0
         self.held_seconds: float | None = None
@@ -85,11 +98,16 @@ class Admissions:
     def waiting(self) -> int:
         return len(self._waiters)
 
+    @property
+    def max_queued(self) -> int:
+        """Requests that may wait: as many as there are places."""
+        return self.limit
+
     def rate(self) -> float:
         """Requests per second the places serve when all are taken (0.0: not known)."""
         if not self.held_seconds:
             return 0.0
-        return self.max_in_flight / self.held_seconds
+        return self.limit / self.held_seconds
 
     def retry_after(self) -> int:
         """Whole seconds until the requests ahead are served at the estimated rate."""
@@ -101,7 +119,7 @@ class Admissions:
     async def enter(self) -> int | None:
         """Take a place: None once taken (call :meth:`leave` after), else the
         Retry-After seconds of a refusal."""
-        if self.in_flight < self.max_in_flight and not self._waiters:
+        if self.in_flight < self.limit and not self._waiters:
             self.in_flight += 1
             return None
         if self.waiting >= self.max_queued or self._expected_wait() > self.max_wait:
@@ -131,12 +149,20 @@ class Admissions:
         if held is not None:
             previous = self.held_seconds
             self.held_seconds = held if previous is None else 0.9 * previous + 0.1 * held
-        while self._waiters:
+            if held > self.held_target:
+                self.limit = max(self.min_limit, self.limit - 1)
+            elif held < self.held_target / 2:
+                self.limit = min(self.max_in_flight, self.limit + 1)
+        while self._waiters and self.in_flight <= self.limit:
             waiter = self._waiters.popleft()
             if not waiter.done():
                 waiter.set_result(None)
                 return
         self.in_flight -= 1
+
+    @property
+    def min_limit(self) -> int:
+        return max(1, self.max_in_flight // 16)
 
     def _expected_wait(self) -> float:
         rate = self.rate()
@@ -159,10 +185,11 @@ class AdmissionControl:
         *,
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
         max_wait: float = DEFAULT_MAX_WAIT,
+        held_target: float = DEFAULT_HELD_TARGET,
         admissions: Admissions | None = None,
     ) -> None:
         self.app = app
-        self.admissions = admissions or Admissions(max_in_flight, max_wait)
+        self.admissions = admissions or Admissions(max_in_flight, max_wait, held_target=held_target)
         self._last_warning = -math.inf
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -192,7 +192,10 @@ def create_gateway(bus: Bus, config: GatewayConfig) -> FastAPI:
     # limit, the rate limit and any check of the request head (a refused client takes
     # no place, and no body byte is read before those checks).
     app.add_middleware(
-        AdmissionControl, max_in_flight=config.max_in_flight, max_wait=config.admission_wait
+        AdmissionControl,
+        max_in_flight=config.max_in_flight,
+        max_wait=config.admission_wait,
+        held_target=config.rpc_timeout / 4,  # accepted calls end well within callers' timeout
     )
     app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES, upload_limit=config.max_upload_bytes)
     if config.rate_limit > 0:
