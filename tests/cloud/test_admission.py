@@ -196,6 +196,8 @@ def test_retry_after_is_the_time_the_measured_rate_takes_for_the_requests_ahead(
         admissions.in_flight += 1
     assert admissions.rate() == pytest.approx(2.0)
     assert admissions.retry_after() == 5  # 10 ahead at 2/s
+    assert [admissions._refuse() for _ in range(3)] == [5, 6, 6]  # and the refused before
+    assert admissions.promised() == 3
     admissions.in_flight = 10_000
     assert admissions.retry_after() == 30  # capped
 

@@ -22,7 +22,8 @@ devices retry, and the cloud spends its time on calls whose callers have given u
 - any other request is answered **503 with Retry-After** at once: when the queue is
   full, when the measured service rate says its wait would exceed
   ``max_wait``, or when its wait ran out. ``Retry-After`` is the time the measured rate
-  takes to serve the requests ahead (1 to :data:`MAX_RETRY_AFTER` seconds; the rate
+  takes to serve the requests ahead, counting those refused before and not yet due
+  back (1 to :data:`MAX_RETRY_AFTER` seconds; the rate
   is estimated from how long requests hold a place, see :class:`Admissions`); clients
   add jitter (``agata.edge.backoff``) so a refused fleet does not come back at once.
 
@@ -33,6 +34,7 @@ bus and are always admitted, so a busy cloud is not mistaken for a dead one.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 import math
 import time
@@ -93,6 +95,7 @@ class Admissions:
         self.held_seconds: float | None = None
         """Moving average of the time a request holds a place (None before the first)."""
         self._waiters: deque[asyncio.Future[None]] = deque()
+        self._promised: list[float] = []  # heap of the times refused requests come back
 
     @property
     def waiting(self) -> int:
@@ -109,10 +112,20 @@ class Admissions:
             return 0.0
         return self.limit / self.held_seconds
 
+    def promised(self) -> int:
+        """Refused requests told to come back later than now (each will, once)."""
+        now = time.monotonic()
+        while self._promised and self._promised[0] <= now:
+            heapq.heappop(self._promised)
+        return len(self._promised)
+
     def retry_after(self) -> int:
-        """Whole seconds until the requests ahead are served at the estimated rate."""
+        """Whole seconds until the requests ahead are served at the estimated rate:
+        those in flight, those waiting, and those refused before and told to come back
+        later (so a refused fleet is handed return times spread over the time the cloud
+        needs for all of it, rather than all coming back to be refused again)."""
         rate = self.rate()
-        ahead = self.in_flight + self.waiting
+        ahead = self.in_flight + self.waiting + self.promised()
         seconds = ahead / rate if rate > 0 else 1.0
         return max(1, min(MAX_RETRY_AFTER, math.ceil(seconds)))
 
@@ -172,7 +185,9 @@ class Admissions:
 
     def _refuse(self) -> int:
         self.refused += 1
-        return self.retry_after()
+        seconds = self.retry_after()
+        heapq.heappush(self._promised, time.monotonic() + seconds)
+        return seconds
 
 
 class AdmissionControl:
