@@ -36,10 +36,15 @@ class ErrorCode(IntEnum):
 class AgataError(Exception):
     """An error with a code and a message meant for the caller."""
 
-    def __init__(self, code: ErrorCode | int, message: str) -> None:
+    def __init__(
+        self, code: ErrorCode | int, message: str, *, retry_after: float | None = None
+    ) -> None:
         self.code = code if isinstance(code, ErrorCode) else ErrorCode.from_status(code)
         self.status_code = int(code)
         self.message = message
+        self.retry_after = retry_after
+        """Seconds the refusing side asked the caller to wait (HTTP ``Retry-After`` of a
+        503 or 429), when it said."""
         super().__init__(message)
 
     def __str__(self) -> str:

@@ -109,6 +109,26 @@ class Settings(BaseModel):
         description="bundle downloads one device (or operator token, or task password) may "
         "run at once (429 beyond)",
     )
+    max_in_flight: int = Field(
+        64,
+        ge=1,
+        le=100_000,
+        description="requests the gateway serves at once; as many more wait up to "
+        "admission_wait, the rest get 503 with Retry-After at once",
+    )
+    admission_wait: float = Field(
+        1.0,
+        ge=0,
+        le=60,
+        description="seconds a request may wait for one of max_in_flight places before "
+        "503 with Retry-After",
+    )
+    service_max_in_flight: int = Field(
+        64,
+        ge=1,
+        le=100_000,
+        description="bus requests each cloud service handles at once (all its operations)",
+    )
 
     # -- edge
     cloud_url: str = "http://127.0.0.1:8000"

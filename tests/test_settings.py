@@ -156,3 +156,11 @@ def test_a_key_without_its_certificate_is_refused(tmp_path: Path) -> None:
         "invalid configuration: Value error, ssl_keyfile is given without ssl_certfile "
         "(its certificate)"
     )
+
+
+def test_admission_settings_come_from_flags_and_environment() -> None:
+    environ = {"AGATA_MAX_IN_FLIGHT": "8", "AGATA_ADMISSION_WAIT": "0.5"}
+    settings = load_settings(flags={"admission_wait": 2.0}, environ=environ)
+    assert settings.max_in_flight == 8 and settings.admission_wait == 2.0
+    with pytest.raises(AgataError, match="max_in_flight"):
+        load_settings(environ={"AGATA_MAX_IN_FLIGHT": "0"})

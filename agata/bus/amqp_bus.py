@@ -6,6 +6,12 @@ Features:
   (non-durable, non-exclusive, not auto-deleted), so its services and clients mix
   with ours;
 - replies on an exclusive, server-named reply queue; ``correlation_id`` is a UUID;
+- a request carries the caller's deadline twice, outside the body (which stays the
+  original's): ``expiration`` (the timeout in ms: the broker drops a request still
+  queued when its caller has given up) and the header ``x-agata-deadline-ms`` (epoch
+  milliseconds: a consumer skips a request it took too late; the cloud's machines' clocks
+  must agree, e.g. by NTP, to well within the RPC timeout). Messages without them, from
+  the original system's clients, are served as before;
 - a request to a queue that does not exist fails at once with ``UNAVAILABLE``
   instead of hanging until the timeout (the first request to each queue checks it
   with a passive declare on a throwaway channel; known queues are remembered);
@@ -27,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from typing import Any
 
@@ -50,6 +57,20 @@ RECOVERABLE_ERRORS: tuple[type[BaseException], ...] = (
     asyncio.TimeoutError,
     aio_pika.exceptions.AMQPConnectionError,
 )
+
+
+#: Header of a request carrying the caller's deadline: epoch milliseconds, an integer
+#: (AMQP tables may carry floats as 32 bits: far too coarse for a time).
+DEADLINE_HEADER = "x-agata-deadline-ms"
+
+
+def _deadline(headers: Any) -> float | None:
+    """The caller's deadline (epoch seconds) from a request's headers; None when absent
+    or not an integer (a client of the original system sends none)."""
+    value = headers.get(DEADLINE_HEADER) if isinstance(headers, dict) else None
+    if isinstance(value, bool) or not isinstance(value, int):
+        return None
+    return value / 1000
 
 
 def _unavailable(reason: str) -> AgataError:
@@ -206,6 +227,10 @@ class AmqpBus(Bus):
                         reply_to=self._reply_queue.name,
                         correlation_id=correlation_id,
                         type=queue,
+                        # The broker drops it once the caller has given up, and the
+                        # consumer skips it (Delivery.deadline); the body is unchanged.
+                        expiration=max(timeout, 0.001),
+                        headers={DEADLINE_HEADER: int((time.time() + timeout) * 1000)},
                     ),
                     routing_key=queue,
                 )
@@ -243,7 +268,12 @@ class AmqpBus(Bus):
 
         async def on_message(message: AbstractIncomingMessage) -> None:
             delivery = Delivery(
-                queue, message.body, message.reply_to, message.correlation_id, message.type
+                queue,
+                message.body,
+                message.reply_to,
+                message.correlation_id,
+                message.type,
+                _deadline(message.headers),
             )
             try:
                 if len(message.body) > max_bytes:

@@ -8,6 +8,7 @@ operation: encoding, dispatch and validation live in :mod:`agata.bus.rpc` and
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -28,6 +29,15 @@ class Delivery:
     reply_to: str | None = None
     correlation_id: str | None = None
     type: str | None = None
+    deadline: float | None = None
+    """Epoch seconds (``time.time()``) after which the caller no longer waits for the
+    reply; None when the publisher set none (e.g. a client of the original system)."""
+
+    def expired(self, now: float | None = None) -> bool:
+        """Whether the caller has given up on this request."""
+        if self.deadline is None:
+            return False
+        return (time.time() if now is None else now) >= self.deadline
 
 
 #: A consumer's handler: returns the reply body, or None for no reply.
@@ -72,9 +82,10 @@ class Bus(ABC):
         """Publish ``body`` to ``queue`` and wait for the reply body.
 
         The message MUST carry a fresh ``correlation_id``, ``reply_to`` naming this
-        bus's reply queue and ``type`` = ``queue``. MUST raise ``AgataError`` with
-        ``TIMEOUT`` when no reply came within ``timeout`` seconds, ``UNAVAILABLE``
-        when no consumer was ever declared for ``queue`` or the bus is down, and
+        bus's reply queue and ``type`` = ``queue``, and its consumer MUST see the
+        caller's deadline (now + ``timeout``) as :attr:`Delivery.deadline`. MUST raise
+        ``AgataError`` with ``TIMEOUT`` when no reply came within ``timeout`` seconds,
+        ``UNAVAILABLE`` when no consumer was ever declared for ``queue`` or the bus is down, and
         ``TOO_LARGE`` for a body over :attr:`max_message_bytes`.
         """
 

@@ -1,7 +1,8 @@
 """In-process bus: no broker, everything in one asyncio loop.
 
 Features: competing consumers, concurrent handling up to ``prefetch`` per consumer,
-redelivery of unfinished messages when a consumer is cancelled, request timeouts.
+redelivery of unfinished messages when a consumer is cancelled, request timeouts
+(each request carries its deadline, :attr:`~agata.bus.bus.Delivery.deadline`).
 It behaves like the AMQP bus so it doubles as the fake broker in unit tests.
 
 URL format: ``memory://`` (anything after the scheme is ignored).
@@ -18,6 +19,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import time
 import uuid
 from collections import deque
 
@@ -232,7 +234,8 @@ class MemoryBus(Bus):
         # A timer handle rather than asyncio.timeout(): a third of the cost per call.
         timer = loop.call_later(timeout, _expire, future, queue, timeout)
         try:
-            target.put(Delivery(queue, body, self._reply_queue, correlation_id, queue))
+            deadline = time.time() + timeout
+            target.put(Delivery(queue, body, self._reply_queue, correlation_id, queue, deadline))
             return await future
         finally:
             timer.cancel()

@@ -9,11 +9,21 @@ the original system gets the original answers:
 - a handler raising :class:`AgataError` -> its status and message;
 - any other exception -> 500 with its message (or a generic text when
   ``hide_internal_errors`` is on); the service keeps serving.
+
+Bounded work: at most ``max_in_flight`` requests are handled at once, over all the
+service's operations (the bus's ``prefetch`` bounds what each queue hands over); the
+others wait for a place. A request whose caller has given up
+(:meth:`~agata.bus.bus.Delivery.expired`) is not served: no handler runs, no reply is
+sent (nobody waits for it), and :attr:`Service.expired` counts it. So after a burst the
+service works through what its callers still wait for instead of a backlog of calls
+that already timed out.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -98,11 +108,18 @@ class Service:
         *,
         hide_internal_errors: bool = False,
         prefetch: int = 64,
+        max_in_flight: int = 64,
     ) -> None:
         self.bus = bus
         self.name = name
         self.hide_internal_errors = hide_internal_errors
         self.prefetch = prefetch
+        self.max_in_flight = max_in_flight
+        """Requests handled at once; read by :meth:`start`."""
+        self.expired = 0
+        """Requests not served because their caller had given up."""
+        self._places: asyncio.Semaphore | None = None
+        self._last_expired_log = -1e9
         self.operations: dict[str, Operation] = {}
         self._consumers: list[Consumer] = []
 
@@ -126,6 +143,9 @@ class Service:
 
     async def start(self) -> None:
         """Consume one queue per operation (replicas on one broker share them)."""
+        if self.max_in_flight < 1:
+            raise ValueError("max_in_flight must be at least 1")
+        self._places = asyncio.Semaphore(self.max_in_flight)
         for name in self.operations:
             self._consumers.append(
                 await self.bus.consume(name, self.handle_delivery, prefetch=self.prefetch)
@@ -145,7 +165,30 @@ class Service:
                 delivery.correlation_id,
             )
             return None
-        return await self.handle(delivery.type or delivery.queue, delivery.body)
+        if self._places is None:  # not started (a test calling it directly)
+            self._places = asyncio.Semaphore(self.max_in_flight)
+        if delivery.expired():
+            self._skip_expired(delivery)
+            return None
+        async with self._places:
+            if delivery.expired():  # it waited for a place longer than its caller
+                self._skip_expired(delivery)
+                return None
+            return await self.handle(delivery.type or delivery.queue, delivery.body)
+
+    def _skip_expired(self, delivery: Delivery) -> None:
+        self.expired += 1
+        now = time.monotonic()
+        if now - self._last_expired_log >= 10.0:
+            self._last_expired_log = now
+            logger.warning(
+                "service %s is behind: skipped a request on %s whose caller had given up "
+                "(%d so far)",
+                self.name,
+                delivery.queue,
+                self.expired,
+            )
+        return None
 
     async def handle(self, operation: str, body: bytes) -> bytes:
         """Run one request and return the reply body; never raises."""

@@ -94,6 +94,17 @@ def run_cloud(
         Path | None,
         typer.Option("--task-dir", help="task folders for the task user (bundle copies, work)"),
     ] = None,
+    max_in_flight: Annotated[
+        int | None,
+        typer.Option(
+            "--max-in-flight",
+            help="requests served at once; as many wait, the rest get 503 + Retry-After",
+        ),
+    ] = None,
+    admission_wait: Annotated[
+        float | None,
+        typer.Option("--admission-wait", help="seconds a request may wait for a place before 503"),
+    ] = None,
 ) -> None:
     """Start the cloud services and the HTTP gateway in this process."""
     from agata.cli.main import setup_logging
@@ -118,6 +129,8 @@ def run_cloud(
         body_min_rate=body_min_rate,
         max_slow_bodies=max_slow_bodies,
         max_downloads=max_downloads,
+        max_in_flight=max_in_flight,
+        admission_wait=admission_wait,
     )
     setup_logging(settings.log_level)
     services = tuple(service or SERVICES)

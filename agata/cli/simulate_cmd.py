@@ -161,13 +161,56 @@ def bench_load(
         bool, typer.Option("--split", help="amqp://: one cloud process per service")
     ] = False,
     json_out: Annotated[Path | None, typer.Option("--json", help="write figures here")] = None,
+    mode: Annotated[
+        str,
+        typer.Option(
+            "--mode",
+            help="steps: largest fleet; onboard: --devices arriving at --rate/s; "
+            "restart: --devices on board, then the cloud restarted",
+        ),
+    ] = "steps",
+    devices: Annotated[int, typer.Option("--devices", min=1, help="onboard/restart")] = 2000,
+    rate: Annotated[
+        float, typer.Option("--rate", min=0.1, help="onboard: new devices per second")
+    ] = 20.0,
+    max_in_flight: Annotated[
+        int | None, typer.Option("--max-in-flight", help="the cloud's (default: its own)")
+    ] = None,
+    admission_wait: Annotated[
+        float | None, typer.Option("--admission-wait", help="the cloud's (default: its own)")
+    ] = None,
 ) -> None:
-    """The largest fleet the cloud serves at the poll interval with p99 under the bound."""
+    """The largest fleet the cloud serves at the poll interval with p99 under the bound
+    (``--mode steps``), or how it takes a burst of devices (``onboard``, ``restart``)."""
     from agata.bench.load_bench import run_load_bench
     from agata.bench.report import render
     from agata.cli.main import setup_logging
 
     setup_logging("ERROR")
+    if mode in ("onboard", "restart"):
+        from agata.bench.burst_bench import run_onboard_bench, run_restart_bench
+
+        common: dict[str, object] = {
+            "tasks": tasks,
+            "poll_interval": poll_interval,
+            "bus_url": bus,
+            "db_url": db,
+            "max_in_flight": max_in_flight,
+            "admission_wait": admission_wait,
+            "progress": typer.echo,
+        }
+        if mode == "onboard":
+            burst = _run(run_onboard_bench(devices, rate, **common))  # type: ignore[arg-type]
+        else:
+            burst = _run(
+                run_restart_bench(devices, setup_rate=setup_rate, **common)  # type: ignore[arg-type]
+            )
+        render([burst])
+        if json_out:
+            burst.save(json_out)
+        return
+    if mode != "steps":
+        raise typer.BadParameter(f"--mode: steps, onboard or restart, not {mode!r}")
     try:
         sizes = [int(s) for s in steps.split(",") if s.strip()]
     except ValueError:

@@ -140,6 +140,7 @@ class CloudNode:
                 register_events=s.register_events,
                 sandbox=sandbox,
             )
+            manager.max_in_flight = s.service_max_in_flight
             await manager.start()
             self._running.append(manager)
             self._recorder = EventRecorder(self.bus, self.store, Notifier(self.bus))
@@ -151,6 +152,7 @@ class CloudNode:
                 hide_internal_errors=s.hide_internal_errors,
                 register_events=s.register_events,
             )
+            registry.max_in_flight = s.service_max_in_flight
             await registry.start()
             self._running.append(registry)
         if "gateway" in self.services:
@@ -165,6 +167,8 @@ class CloudNode:
                     rate_limit=s.rate_limit,
                     rate_burst=s.rate_burst,
                     max_downloads=s.max_downloads,
+                    max_in_flight=s.max_in_flight,
+                    admission_wait=s.admission_wait,
                 ),
             )
             if first_token:

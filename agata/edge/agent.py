@@ -258,7 +258,7 @@ class Agent:
                 backoff.reset()
                 self._health.set("working")
             except AgataError as exc:
-                delay = backoff.next()
+                delay = backoff.after(exc.retry_after)  # a busy cloud said how long
                 detail = exc.message
                 if exc.code is ErrorCode.UNAUTHENTICATED and self.client.credential:
                     detail += (

@@ -1,7 +1,8 @@
 """Exponential backoff with jitter, and a logger that speaks once per state change.
 
 Every retry of the agent (cloud calls, downloads, the push stream, cycles after a
-failure) draws its delays from :class:`Backoff`, so the policy lives in one place.
+failure) draws its delays from :class:`Backoff`, so the policy lives in one place; a
+cloud that answered 503/429 with ``Retry-After`` is honoured by :meth:`Backoff.after`.
 """
 
 from __future__ import annotations
@@ -43,6 +44,17 @@ class Backoff:
         self.attempt += 1
         spread = base * self.jitter
         return max(0.0, base + self._rng.uniform(-spread, spread))
+
+    def after(self, retry_after: float | None) -> float:
+        """The delay before the next attempt when the cloud asked for ``retry_after``
+        seconds (``Retry-After`` of a 503/429; None: it did not say): at least that,
+        plus up to as much again at random, so a fleet refused in one instant comes back
+        spread over a window; and never shorter than :meth:`next` (which it advances),
+        so a cloud that keeps refusing is asked less and less often."""
+        delay = self.next()
+        if retry_after is None or retry_after <= 0:
+            return delay
+        return max(delay, retry_after * (1.0 + self._rng.random()))
 
     def reset(self) -> None:
         self.attempt = 0

@@ -10,12 +10,17 @@ Every failure is an :class:`AgataError`: connection errors and timeouts are
 ``UNAVAILABLE``/``TIMEOUT``, an HTTP error keeps its status and the cloud's ``detail``,
 a reply that is not what the API promises is ``INTERNAL`` ("garbage"). Connection
 errors and 5xx are retried a few times with backoff and jitter; whether the cloud is
-reachable is logged once per change, not once per attempt.
+reachable is logged once per change, not once per attempt. A busy cloud answers 503
+(or 429) with ``Retry-After``: the error then carries it
+(:attr:`~agata.errors.AgataError.retry_after`) and every retry waits at least that long,
+plus jitter (:meth:`~agata.edge.backoff.Backoff.after`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime
+import email.utils
 import hashlib
 import logging
 import shlex
@@ -51,6 +56,7 @@ __all__ = [
     "CloudClient",
     "TaskOffer",
     "is_transient",
+    "retry_after",
 ]
 
 logger = logging.getLogger(__name__)
@@ -132,6 +138,36 @@ class TaskOffer(BaseModel):
             return shlex.split(self.client_arguments)
         except ValueError:
             return self.client_arguments.split()
+
+
+#: Longest Retry-After honoured, seconds (a wilder value is capped to it).
+MAX_RETRY_AFTER = 600.0
+
+
+def retry_after(response: httpx.Response) -> float | None:
+    """The ``Retry-After`` of a 503 or 429 in seconds (delay-seconds or an HTTP date),
+    capped to :data:`MAX_RETRY_AFTER`; None when absent, unreadable or another status."""
+    if response.status_code not in (429, 503):
+        return None
+    value = response.headers.get("retry-after", "").strip()
+    if not value:
+        return None
+    if value.isdigit():
+        return min(float(value), MAX_RETRY_AFTER)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.UTC)
+    seconds = (when - datetime.datetime.now(datetime.UTC)).total_seconds()
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+
+
+def _http_error(response: httpx.Response, what: str) -> AgataError:
+    return AgataError(
+        response.status_code, f"{what}: {_detail(response)}", retry_after=retry_after(response)
+    )
 
 
 def _detail(response: httpx.Response) -> str:
@@ -269,7 +305,7 @@ class CloudClient:
             async with self._http.stream("GET", path, auth=auth) as response:
                 if response.status_code >= 400:
                     await response.aread()
-                    raise AgataError(response.status_code, f"GET {path}: {_detail(response)}")
+                    raise _http_error(response, f"GET {path}")
                 with destination.open("wb") as out:
                     async for chunk in response.aiter_bytes(_CHUNK):
                         size += len(chunk)
@@ -295,7 +331,7 @@ class CloudClient:
             ) as response:
                 if response.status_code >= 400:
                     await response.aread()
-                    raise AgataError(response.status_code, f"GET {path}: {_detail(response)}")
+                    raise _http_error(response, f"GET {path}")
                 self._mark_up()
                 yield response
         except httpx.HTTPError as exc:
@@ -311,10 +347,11 @@ class CloudClient:
                 return await self._post_once(path, body, what)
             except AgataError as exc:
                 if attempt == attempts or not (
-                    exc.code in (ErrorCode.UNAVAILABLE, ErrorCode.TIMEOUT) or exc.status_code >= 500
+                    exc.code in (ErrorCode.UNAVAILABLE, ErrorCode.TIMEOUT, ErrorCode.RATE_LIMITED)
+                    or exc.status_code >= 500
                 ):
                     raise
-                delay = backoff.next()
+                delay = backoff.after(exc.retry_after)
                 logger.debug("%s failed (%s); retry %d in %.2f s", what, exc, attempt, delay)
                 await asyncio.sleep(delay)
         raise AssertionError("unreachable")
@@ -324,12 +361,15 @@ class CloudClient:
             response = await self._http.post(path, json=body)
         except httpx.HTTPError as exc:
             raise self._connection_error(what, exc) from None
-        if response.status_code >= 500:
+        wait = retry_after(response)
+        if wait is not None:  # up, but asked to come back later
+            self.reachability.set("busy", f"HTTP {response.status_code}, retry after {wait:g} s")
+        elif response.status_code >= 500:
             self._mark_down(f"HTTP {response.status_code}")
         else:
             self._mark_up()
         if response.status_code >= 400:
-            raise AgataError(response.status_code, f"{what}: {_detail(response)}")
+            raise _http_error(response, what)
         if not response.content:
             return None
         try:

@@ -94,7 +94,7 @@ class ReportSender:
                 if is_transient(exc):
                     if not retry:
                         return False
-                    await asyncio.sleep(self._backoff.next())
+                    await asyncio.sleep(self._backoff.after(exc.retry_after))
                     continue
                 logger.warning(
                     "the cloud refused the report %s of task %s: %s",

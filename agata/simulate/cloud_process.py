@@ -41,8 +41,13 @@ class CloudProcess:
         legacy_devices: bool = False,
         log_level: str = "WARNING",
         services: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
     ) -> None:
         self.data_dir = data_dir
+        self.env = dict(env or {})
+        """Extra environment of the cloud (``AGATA_*`` settings)."""
+        self.port = 0
+        """The gateway's port: any free one at the first start, the same on a restart."""
         self.bus_url = bus_url
         self.db_url = db_url
         self.legacy_devices = legacy_devices
@@ -58,12 +63,14 @@ class CloudProcess:
         return self._process.pid if self._process is not None else None
 
     async def start(self, timeout: float = 60.0) -> None:
+        """Start the cloud (again, after :meth:`stop`: same data, same port)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.url = ""
         name = "-".join(self.services) or "cloud"
         out_path = self.data_dir / f"{name}.out"
         self._log_path = self.data_dir / f"{name}.log"
-        command = [sys.executable, *ENTRY, "cloud", "run",
-                   "--data-dir", str(self.data_dir), "--host", "127.0.0.1", "--port", "0",
+        command = [sys.executable, *ENTRY, "cloud", "run", "--data-dir", str(self.data_dir),
+                   "--host", "127.0.0.1", "--port", str(self.port),
                    "--bus", self.bus_url]  # fmt: skip
         if self.db_url:
             command += ["--db", self.db_url]
@@ -71,7 +78,12 @@ class CloudProcess:
             command.append("--legacy-devices")
         for service in self.services:
             command += ["--service", service]
-        env = {**os.environ, "AGATA_LOG_LEVEL": self.log_level, "FLWR_TELEMETRY_ENABLED": "0"}
+        env = {
+            **os.environ,
+            "AGATA_LOG_LEVEL": self.log_level,
+            "FLWR_TELEMETRY_ENABLED": "0",
+            **self.env,
+        }
         with out_path.open("wb") as out, self._log_path.open("wb") as log:
             self._process = await asyncio.create_subprocess_exec(
                 *command, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=log, env=env
@@ -88,6 +100,7 @@ class CloudProcess:
             text = out_path.read_text(errors="replace")
             if match := _URL_LINE.search(text):
                 self.url = match.group(1)
+                self.port = int(self.url.rsplit(":", 1)[1].split("/")[0])
                 break
             if self._process.returncode is not None or time.monotonic() > deadline:
                 await self.stop()

@@ -10,7 +10,8 @@ rounds with made-up metrics, and ``finished``. No process is started.
 All devices share one :class:`DeviceApi` (one ``httpx.AsyncClient``, one connection
 pool); each request carries its device's own credential. A failed request ends the
 device's current cycle (counted by kind in :class:`~agata.simulate.stats.FleetStats`)
-and the device tries again at its next poll, like the agent does.
+and the device tries again, like the agent does: after a backoff (0.5 s doubling up to
+the poll interval, with jitter) rather than a whole poll.
 
 Reports are the exception, because the agent treats them so (``agata/edge/reports.py``):
 it queues a report and sends it again, with backoff, after a failure that may pass (a
@@ -21,6 +22,13 @@ attempt that is sent again is counted as a *retry* (by kind, in the latencies to
 nothing was lost. A report refused for
 good (another 4xx) or still failing at its last attempt is an *error*: that report is
 lost. Nothing is retried without being counted.
+
+A busy cloud's refusal (503 or 429 with ``Retry-After``) is not a failure: like the
+agent, the device waits as asked, plus jitter (:meth:`~agata.edge.backoff.Backoff.after`),
+and sends the same request again until it is accepted (at most
+:data:`BUSY_PATIENCE` seconds, then it is a failure ``http_503``/``http_429``). Such
+refusals are counted in :attr:`DeviceApi.shed`, per operation; the request's latency
+counts from its first attempt to its answer.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ import hashlib
 import logging
 import random
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -38,7 +47,7 @@ import httpx
 from pydantic import ValidationError
 
 from agata.edge.backoff import Backoff
-from agata.edge.cloud_client import ENROLL_PATH, TaskOffer
+from agata.edge.cloud_client import ENROLL_PATH, TaskOffer, retry_after
 from agata.protocol.operations import (
     CLIENT_REQUESTING_TASK,
     REPORT_DEVICE_TASK,
@@ -78,6 +87,10 @@ def sent_again_by_agent(kind: str) -> bool:
         status = int(kind[5:]) if kind[5:].isdigit() else 0
         return status >= 500 or status == 429
     return kind not in ("bundle_mismatch", "no_enrollment_token")
+
+
+#: Longest a simulated device keeps resending one request the cloud refused as busy.
+BUSY_PATIENCE = 300.0
 
 
 class RequestFailed(Exception):
@@ -149,9 +162,25 @@ def _kind(exc: httpx.HTTPError) -> str:
 class DeviceApi:
     """The gateway's device API on one shared client; every request is timed."""
 
-    def __init__(self, http: httpx.AsyncClient, stats: FleetStats) -> None:
+    def __init__(
+        self, http: httpx.AsyncClient, stats: FleetStats, rng: random.Random | None = None
+    ) -> None:
         self.http = http
         self.stats = stats
+        self.shed: Counter[str] = Counter()
+        """Busy refusals (503/429 with Retry-After) per operation, each one resent."""
+        self._rng = rng or random.Random()
+
+    def _busy_wait(self, response: httpx.Response, backoff: Backoff, since: float) -> float | None:
+        """Seconds to wait before resending a request the cloud refused as busy; None
+        when ``response`` is no such refusal or the device's patience ran out."""
+        wait = retry_after(response)
+        if wait is None:
+            return None
+        delay = backoff.after(wait)
+        if time.perf_counter() + delay - since > BUSY_PATIENCE:
+            return None
+        return delay
 
     async def post(
         self,
@@ -162,7 +191,8 @@ class DeviceApi:
         *,
         will_retry: bool = False,
     ) -> Any:
-        """``POST path`` and return the JSON body; anything but 200 is a failure.
+        """``POST path`` and return the JSON body; anything but 200 is a failure (a busy
+        refusal is resent after its Retry-After).
 
         ``will_retry``: the caller sends the request again after a failure the agent
         would retry (:func:`sent_again_by_agent`); such a failure counts as a retry, and
@@ -170,13 +200,20 @@ class DeviceApi:
         started = self.stats.begin()
         kind: str | None = None
         retried = False
+        backoff = Backoff(0.5, 30.0, rng=self._rng)
         try:
-            try:
-                response = await self.http.post(path, json=body, headers=headers)
-            except httpx.HTTPError as exc:
-                kind = _kind(exc)
-                retried = will_retry and sent_again_by_agent(kind)
-                raise RequestFailed(operation, kind, str(exc), retried=retried) from None
+            while True:
+                try:
+                    response = await self.http.post(path, json=body, headers=headers)
+                except httpx.HTTPError as exc:
+                    kind = _kind(exc)
+                    retried = will_retry and sent_again_by_agent(kind)
+                    raise RequestFailed(operation, kind, str(exc), retried=retried) from None
+                delay = self._busy_wait(response, backoff, started)
+                if delay is None:
+                    break
+                self.shed[operation] += 1
+                await asyncio.sleep(delay)
             if response.status_code != 200:
                 kind = f"http_{response.status_code}"
                 retried = will_retry and sent_again_by_agent(kind)
@@ -200,15 +237,23 @@ class DeviceApi:
         kind: str | None = None
         digest = hashlib.sha256()
         size = 0
+        backoff = Backoff(0.5, 30.0, rng=self._rng)
         try:
-            async with self.http.stream("GET", path, headers=headers, auth=auth) as response:
-                if response.status_code != 200:
-                    await response.aread()
-                    kind = f"http_{response.status_code}"
-                    raise RequestFailed("download", kind, response.text[:200])
-                async for chunk in response.aiter_bytes():
-                    size += len(chunk)
-                    digest.update(chunk)
+            while True:
+                async with self.http.stream("GET", path, headers=headers, auth=auth) as response:
+                    if response.status_code != 200:
+                        await response.aread()
+                        delay = self._busy_wait(response, backoff, started)
+                        if delay is None:
+                            kind = f"http_{response.status_code}"
+                            raise RequestFailed("download", kind, response.text[:200])
+                    else:
+                        async for chunk in response.aiter_bytes():
+                            size += len(chunk)
+                            digest.update(chunk)
+                        break
+                self.shed["download"] += 1
+                await asyncio.sleep(delay)
         except httpx.HTTPError as exc:
             kind = _kind(exc)
             raise RequestFailed("download", kind, str(exc)) from None
@@ -244,6 +289,8 @@ class SimulatedDevice:
     on_board_at: float | None = None
     """``time.perf_counter()`` when its first cycle succeeded: enrolled, reported, and
     every task offered at that poll played to the end."""
+    last_ok_at: float | None = None
+    """``time.perf_counter()`` when its latest cycle succeeded."""
 
     @property
     def user_id(self) -> str:
@@ -261,14 +308,19 @@ class SimulatedDevice:
         that poll, as an agent would)."""
         await asyncio.sleep(start_delay)
         self.started = True
+        # After a failed cycle the next comes sooner than a poll, like the agent's.
+        backoff = Backoff(min(0.5, self.config.poll_interval), self.config.poll_interval)
         while not stop.is_set():
             self.busy = True
+            delay: float | None = None
             try:
                 await self._cycle()
+                self.last_ok_at = time.perf_counter()
                 if self.on_board_at is None:
-                    self.on_board_at = time.perf_counter()
+                    self.on_board_at = self.last_ok_at
+                backoff.reset()
             except RequestFailed:
-                pass  # counted; the next poll tries again
+                delay = backoff.next()  # counted; try again soon
             except Exception as exc:  # a bug here must show as an error, not end the device
                 self.api.stats.error("device", f"crash:{type(exc).__name__}")
                 logger.exception("simulated device %s failed", self.user_id)
@@ -276,8 +328,10 @@ class SimulatedDevice:
                 self.busy = False
             if stop.is_set():
                 break
-            spread = self.config.jitter * self.config.poll_interval
-            await asyncio.sleep(self.config.poll_interval + self.rng.uniform(-spread, spread))
+            if delay is None:
+                spread = self.config.jitter * self.config.poll_interval
+                delay = self.config.poll_interval + self.rng.uniform(-spread, spread)
+            await asyncio.sleep(delay)
 
     async def _cycle(self) -> None:
         if self.credential is None and not self.config.legacy:

@@ -199,6 +199,7 @@ class Fleet:
         self.lag = LatencyHistogram()
         self.peak_connections = 0
         self.cpu_seconds = 0.0
+        self.cpu_mark = 0.0
         self._rng = random.Random(seed)
         self._runs: list[asyncio.Task[None]] = []
         self._stop = asyncio.Event()
@@ -224,6 +225,16 @@ class Fleet:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.stop()
+
+    def mark(self) -> None:
+        """Start measuring the simulator afresh: event-loop lag and :attr:`cpu_mark`."""
+        self.lag = LatencyHistogram()
+        self.cpu_mark = time.process_time()
+
+    @property
+    def shed_total(self) -> int:
+        """Requests the cloud refused as busy (503/429 + Retry-After), each resent."""
+        return sum(self._api.shed.values()) if self._api is not None else 0
 
     def add(self, count: int, ramp: float) -> None:
         """Start ``count`` more devices, spread over the next ``ramp`` seconds."""

@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import json
 import re
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -375,3 +376,56 @@ async def test_broadcast_reaches_every_subscriber(make_bus: BusFactory, queue_su
     assert await asyncio.wait_for(got[2].get(), 5) == b'{"n": 1}'
     await sub1.cancel()
     await sub2.cancel()
+
+
+async def test_the_consumer_sees_the_callers_deadline(
+    make_bus: BusFactory, queue_suffix: str
+) -> None:
+    bus = make_bus()
+    await bus.connect()
+    queue = "op_deadline" + queue_suffix
+    seen: list[float | None] = []
+
+    async def handler(delivery: Delivery) -> bytes:
+        seen.append(delivery.deadline)
+        return b'{"status_code": 200, "return": null}'
+
+    await bus.consume(queue, handler)
+    client = await client_for(make_bus)
+    before = time.time()
+
+    await client.call(queue, {}, timeout=3.0)
+
+    assert seen and seen[0] is not None
+    assert before + 2.0 <= seen[0] <= time.time() + 3.0
+
+
+async def test_a_request_whose_caller_gave_up_is_not_served(
+    make_bus: BusFactory, queue_suffix: str
+) -> None:
+    # Prepare: one request at a time; the first holds the place for a while
+    bus = make_bus()
+    await bus.connect()
+    service = Service(bus, "slow", max_in_flight=1)
+    served: list[str] = []
+
+    async def echo(req: Echo) -> dict[str, Any]:
+        served.append(req.text)
+        await asyncio.sleep(req.delay)
+        return {"text": req.text}
+
+    queue = "op_slow" + queue_suffix
+    service.add_operation(queue, Echo, echo)
+    await service.start()
+    client = await client_for(make_bus)
+    # Execute: a second call waits behind it longer than its caller does
+    first = asyncio.create_task(client.call(queue, {"text": "first", "delay": 1.0}, timeout=5))
+    await asyncio.sleep(0.2)
+    with pytest.raises(AgataError) as late:
+        await client.call(queue, {"text": "late"}, timeout=0.3)
+    assert (await first)["text"] == "first"
+    after = await client.call(queue, {"text": "after"}, timeout=5)
+    # Assert: the abandoned call never ran; the service went on serving
+    assert late.value.code is ErrorCode.TIMEOUT
+    assert after["text"] == "after"
+    assert "late" not in served

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Iterator
 
+import httpx
 import pytest
 from helpers import free_port
 
@@ -127,3 +129,18 @@ async def test_server_sent_events_are_parsed() -> None:
     events = [event async for event in parse_sse(source())]
 
     assert events == [("task", '{"task_id": "t1",\n"running": true}'), ("message", "plain")]
+
+
+def test_retry_after_reads_seconds_and_dates_of_a_busy_answer() -> None:
+    import email.utils
+
+    from agata.edge.cloud_client import MAX_RETRY_AFTER, retry_after
+
+    later = email.utils.formatdate(time.time() + 30, usegmt=True)
+    assert retry_after(httpx.Response(503, headers={"Retry-After": "3"})) == 3.0
+    assert retry_after(httpx.Response(429, headers={"Retry-After": " 7 "})) == 7.0
+    assert 25.0 <= (retry_after(httpx.Response(503, headers={"Retry-After": later})) or 0) <= 31.0
+    assert retry_after(httpx.Response(503, headers={"Retry-After": "99999"})) == MAX_RETRY_AFTER
+    assert retry_after(httpx.Response(503, headers={"Retry-After": "soon"})) is None
+    assert retry_after(httpx.Response(503)) is None
+    assert retry_after(httpx.Response(500, headers={"Retry-After": "3"})) is None

@@ -26,6 +26,11 @@ from agata.bus.bus import Bus
 from agata.bus.rpc import RpcClient
 from agata.bus.service import describe_errors
 from agata.cloud.bundles import BundleStore
+from agata.cloud.gateway.admission import (
+    DEFAULT_MAX_IN_FLIGHT,
+    DEFAULT_MAX_WAIT,
+    AdmissionControl,
+)
 from agata.cloud.gateway.auth import (
     ANONYMOUS,
     LEGACY_OFF,
@@ -80,15 +85,16 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         (413, "request too large"),
         (429, "too many requests from this address (rate limit)"),
         (500, "a service failed"),
-        (503, "a service is unavailable"),
+        (503, "a service is unavailable, or the cloud is busy (then with Retry-After)"),
         (504, "a service did not answer in time"),
     ]
 }
 
 
 def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """The documented errors of a route: its own, and 429 which any route may answer."""
-    return {status: ERROR_RESPONSES[status] for status in (*statuses, 429)}
+    """The documented errors of a route: its own, and 429 and 503 (busy, with Retry-After)
+    which any route may answer."""
+    return {status: ERROR_RESPONSES[status] for status in (*statuses, 429, 503)}
 
 
 WEB_ROOT = Path(__file__).resolve().parent.parent.parent / "web" / "static"
@@ -104,6 +110,8 @@ class GatewayConfig:
     rate_limit: float = 0.0  # requests per second per client address; 0: no limit
     rate_burst: float = 0.0  # requests at once; 0: twice the rate, at least 10
     max_downloads: int = 4  # downloads at once per device, operator token or address
+    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT  # requests served at once (admission.py)
+    admission_wait: float = DEFAULT_MAX_WAIT  # seconds a request may wait for a place
 
 
 def error_response(exc: AgataError) -> JSONResponse:
@@ -192,7 +200,16 @@ def create_gateway(bus: Bus, config: GatewayConfig) -> FastAPI:
     )
     install(app)
     app.state.hub = hub
-    # Innermost of the middleware (inside CORS): refusals carry CORS headers.
+    # Innermost: admission control reads a body before taking a place, so it must stay
+    # inside the body limit, the rate limit and the gate's check of the request head (a
+    # refused client takes no place, and no body byte is read before those checks).
+    app.add_middleware(
+        AdmissionControl,
+        max_in_flight=config.max_in_flight,
+        max_wait=config.admission_wait,
+        held_target=config.rpc_timeout / 4,  # accepted calls end well within callers' timeout
+    )
+    # Inside CORS, so that its refusals carry CORS headers; outside admission control.
     app.add_middleware(AuthGate, routes=app.router.routes, refuse=error_response)
     if config.cors_origins:
         app.add_middleware(
