@@ -82,6 +82,12 @@ def run_cloud(
         int | None,
         typer.Option("--max-downloads", help="downloads at once per device (429 beyond)"),
     ] = None,
+    wheelhouse: Annotated[
+        Path | None,
+        typer.Option(
+            "--wheelhouse", help="a folder of wheels served to devices (offline installs)"
+        ),
+    ] = None,
     task_user: Annotated[
         str | None,
         typer.Option(
@@ -118,6 +124,7 @@ def run_cloud(
         body_min_rate=body_min_rate,
         max_slow_bodies=max_slow_bodies,
         max_downloads=max_downloads,
+        wheelhouse=wheelhouse,
     )
     setup_logging(settings.log_level)
     services = tuple(service or SERVICES)

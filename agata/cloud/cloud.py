@@ -165,6 +165,7 @@ class CloudNode:
                     rate_limit=s.rate_limit,
                     rate_burst=s.rate_burst,
                     max_downloads=s.max_downloads,
+                    wheelhouse=s.wheelhouse,
                 ),
             )
             if first_token:
