@@ -17,6 +17,8 @@ import pytest
 from cloud_harness import Cloud, running_cloud
 from runtime.test_environments import make_wheel
 
+from agata.edge.cloud_client import CloudClient
+from agata.edge.wheelhouse import WheelhouseMirror
 from edge.conftest import (
     SERVER_PY,
     Device,
@@ -111,3 +113,35 @@ async def test_a_wheel_that_does_not_match_the_listing_is_refused(
         assert listed.json()["wheels"][0]["sha256"] in entry.reason
         assert "refused" in entry.reason
         assert os.listdir(agent.edge_dir / "wheelhouse") == []
+
+
+async def test_the_mirror_downloads_only_what_it_lacks(
+    wheel_cloud: tuple[Cloud, Path], tmp_path: Path
+) -> None:
+    cloud, wheels = wheel_cloud
+    cache = tmp_path / "mirror"
+    credential = await enroll(cloud, "dev1", tmp_path / "device")
+    async with CloudClient(cloud.node.url, credential=credential) as client:
+        mirror = WheelhouseMirror(client, cache)
+        first = await mirror.find_links()
+        again = await mirror.find_links()
+        make_wheel(wheels, name="agatasecond")
+        more = await mirror.find_links()
+
+    assert first == again == more == ["--find-links", str(cache)]
+    assert mirror.downloads == 2  # agatatoy once, then agatasecond
+    assert sorted(p.name for p in cache.iterdir() if not p.name.startswith(".")) == [
+        "agatasecond-1.0-py3-none-any.whl",
+        "agatatoy-1.0-py3-none-any.whl",
+    ]
+
+
+async def test_no_wheelhouse_or_no_credential_adds_nothing(tmp_path: Path) -> None:
+    async with running_cloud(tmp_path) as cloud:
+        credential = await enroll(cloud, "dev1", tmp_path / "device")
+        async with CloudClient(cloud.node.url, credential=credential) as client:
+            none_served = await WheelhouseMirror(client, tmp_path / "a").find_links()
+        async with CloudClient(cloud.node.url) as anonymous:
+            refused = await WheelhouseMirror(anonymous, tmp_path / "b").find_links()
+
+    assert none_served == [] and refused == []

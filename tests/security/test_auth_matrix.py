@@ -27,7 +27,15 @@ from cloud_harness import CLIENT_PY, Cloud, create_bundle_task, running_cloud
 
 from agata.cloud.auth import OPERATOR_PREFIX, hash_token, new_token
 
-from .harness import TASK_PASSWORD, TASK_USERNAME, Seeded, ThreadedCloud, enroll, gateway_document
+from .harness import (
+    TASK_PASSWORD,
+    TASK_USERNAME,
+    WHEEL,
+    Seeded,
+    ThreadedCloud,
+    enroll,
+    gateway_document,
+)
 
 DOCUMENT = gateway_document()
 ROUTES = sorted(
@@ -48,6 +56,14 @@ DEVICE_ALLOWED = {
     ("POST", "/rpc_exec_report_device_task"),
     ("GET", "/api/devices/{user_id}/stream"),
     ("GET", "/download/{task_id}/{name}"),
+    ("GET", "/wheelhouse/"),
+    ("GET", "/wheelhouse/{name}"),
+}
+#: Routes a device may call that act for nobody (nothing to act for another on).
+NOT_FOR_ANYONE = {
+    ("GET", "/download/{task_id}/{name}"),
+    ("GET", "/wheelhouse/"),
+    ("GET", "/wheelhouse/{name}"),
 }
 #: Operation bodies that leave the seeded tasks and devices as they are ({user} = actor).
 BODIES: dict[str, dict[str, Any]] = {
@@ -104,7 +120,7 @@ def call(
 ) -> httpx.Response:
     """Call one route with a valid request (a stream: only its status is read)."""
     url = path.replace("{task_id}", task_id).replace("{user_id}", user)
-    url = url.replace("{name}", "client.py")
+    url = url.replace("{name}", WHEEL if path.startswith("/wheelhouse/") else "client.py")
     kwargs: dict[str, Any] = {"headers": headers, "params": params}
     if path == "/api/tasks/{task_id}/files" and method == "POST":
         url = url.replace(task_id, "t-idle")
@@ -182,9 +198,7 @@ def test_operator(http: httpx.Client, seeded: Seeded, method: str, path: str) ->
     assert response.status_code in (200, 404, 409), response.text  # 404/409: absent, idle
 
 
-@pytest.mark.parametrize(
-    ("method", "path"), sorted(DEVICE_ALLOWED - {("GET", "/download/{task_id}/{name}")})
-)
+@pytest.mark.parametrize(("method", "path"), sorted(DEVICE_ALLOWED - NOT_FOR_ANYONE))
 def test_a_device_may_not_act_for_another(
     http: httpx.Client, seeded: Seeded, method: str, path: str
 ) -> None:
