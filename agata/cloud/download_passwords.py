@@ -18,7 +18,7 @@ The operator's own password still works for Basic downloads: it is verified agai
 scrypt hash once in a worker thread, and a verified (task, username, password) is then
 remembered for :data:`VERIFIED_SECONDS` (by a keyed digest, never the password itself;
 over the stored hash too, so a password change ends it), so repeated downloads do
-not pay a scrypt each.
+not pay a scrypt each. At most :data:`SLOW_CHECKS` scrypt verifications run at once.
 """
 
 from __future__ import annotations
@@ -33,12 +33,14 @@ import time
 from agata.store.passwords import verify_password
 from agata.store.store import Task
 
-__all__ = ["PREFIX", "VERIFIED_SECONDS", "DownloadPasswords", "device_password"]
+__all__ = ["PREFIX", "SLOW_CHECKS", "VERIFIED_SECONDS", "DownloadPasswords", "device_password"]
 
 PREFIX = "agata-dl:"
 #: How long a verified operator password is remembered.
 VERIFIED_SECONDS = 300.0
 _MAX_REMEMBERED = 4096
+#: scrypt verifications run at once (the rest wait their turn).
+SLOW_CHECKS = 2
 
 
 def _mac(password_hash: str, task_id: str, user_id: str) -> str:
@@ -62,6 +64,9 @@ class DownloadPasswords:
     def __init__(self) -> None:
         self._key = secrets.token_bytes(32)  # for the remembered digests
         self._verified: dict[bytes, float] = {}
+        # scrypt costs 16 MiB and tens of ms: a flood of wrong passwords gets queued
+        # here instead of taking every worker thread and that memory each.
+        self._slow = asyncio.Semaphore(SLOW_CHECKS)
 
     async def check(self, task: Task, username: str, password: str) -> bool:
         """Whether ``username``/``password`` may download ``task``'s bundle: a task with
@@ -81,7 +86,8 @@ class DownloadPasswords:
         now = time.monotonic()
         if self._verified.get(remembered, 0.0) > now:
             return True
-        ok = await asyncio.to_thread(verify_password, password, task.password_hash)
+        async with self._slow:
+            ok = await asyncio.to_thread(verify_password, password, task.password_hash)
         if ok:
             self._remember(remembered, now + VERIFIED_SECONDS)
         return ok

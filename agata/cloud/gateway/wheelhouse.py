@@ -90,8 +90,8 @@ class Wheelhouse:
                 continue
             seen.add(entry.name)
             wheels.append({"name": entry.name, "size": info.st_size, "sha256": sha})
-        for gone in set(self._sums) - seen:
-            del self._sums[gone]
+        for gone in set(self._sums) - seen:  # two listings may run at once: pop
+            self._sums.pop(gone, None)
         return wheels
 
     async def listing(self) -> dict[str, Any]:
