@@ -130,6 +130,10 @@ class Settings(BaseModel):
         description="bus requests each cloud service handles at once (all its operations)",
     )
 
+    wheelhouse: Path | None = Field(
+        None, description="a folder of wheels the gateway serves to devices; none by default"
+    )
+
     # -- edge
     cloud_url: str = "http://127.0.0.1:8000"
     edge_bus_url: str = Field("", description="broker of the device (original deployment)")
@@ -178,6 +182,7 @@ class Settings(BaseModel):
         "ssl_keyfile",
         "ca_file",
         "task_dir",
+        "wheelhouse",
         "task_memory_mb",
         "task_cpu_cores",
         "task_open_files",
@@ -198,6 +203,13 @@ class Settings(BaseModel):
             raise ValueError(f"{value} is not a file")
         if not os.access(value, os.R_OK):
             raise ValueError(f"{value} is not readable by this user")
+        return value
+
+    @field_validator("wheelhouse")
+    @classmethod
+    def _readable_folder(cls, value: Path | None) -> Path | None:
+        if value is not None and not (value.is_dir() and os.access(value, os.R_OK | os.X_OK)):
+            raise ValueError(f"{value} is not a folder this user can read")
         return value
 
     @field_validator("rate_burst")

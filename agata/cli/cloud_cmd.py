@@ -82,6 +82,12 @@ def run_cloud(
         int | None,
         typer.Option("--max-downloads", help="downloads at once per device (429 beyond)"),
     ] = None,
+    wheelhouse: Annotated[
+        Path | None,
+        typer.Option(
+            "--wheelhouse", help="a folder of wheels served to devices (offline installs)"
+        ),
+    ] = None,
     task_user: Annotated[
         str | None,
         typer.Option(
@@ -131,6 +137,7 @@ def run_cloud(
         max_downloads=max_downloads,
         max_in_flight=max_in_flight,
         admission_wait=admission_wait,
+        wheelhouse=wheelhouse,
     )
     setup_logging(settings.log_level)
     services = tuple(service or SERVICES)

@@ -169,6 +169,7 @@ class CloudNode:
                     max_downloads=s.max_downloads,
                     max_in_flight=s.max_in_flight,
                     admission_wait=s.admission_wait,
+                    wheelhouse=s.wheelhouse,
                 ),
             )
             if first_token:

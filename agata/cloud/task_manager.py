@@ -18,9 +18,9 @@ from typing import Any
 from agata.bus.bus import Bus, Consumer, Delivery
 from agata.bus.envelope import RawJson, encode
 from agata.bus.service import Service
-from agata.cloud.auth import same_secret
 from agata.cloud.bundles import BundleStore
 from agata.cloud.criteria import DEVICE_FIELDS, CriteriaCache, compile_criteria
+from agata.cloud.download_passwords import DownloadPasswords
 from agata.cloud.events import EventPublisher
 from agata.cloud.notifier import Notifier
 from agata.cloud.offer_cache import OfferCache
@@ -102,6 +102,7 @@ class TaskManager(Service):
         self._device_cache: dict[str, tuple[float, dict[str, Any]]] = {}
         self._unexpandable = RateLimitedWarning(logger)
         self.offers = OfferCache(DEVICE_CACHE_SIZE)
+        self.download_passwords = DownloadPasswords()
         self._ending_hidden: frozenset[str] = frozenset()
         self._subscription: Consumer | None = None
         for name, handler in [
@@ -407,7 +408,7 @@ class TaskManager(Service):
         reply = self.offers.reply(False, matched)
         if reply is None:
             by_id = {task.task_id: task for task in running}
-            offers = [offer_view(by_id[task_id], legacy=False) for task_id in matched]
+            offers = [offer_view(by_id[task_id]) for task_id in matched]
             reply = RawJson(encode(offers))
             self.offers.remember_reply(False, matched, reply)
         return reply
@@ -506,12 +507,11 @@ class TaskManager(Service):
         }
 
     async def check_password(self, req: ops.CheckDownloadPassword) -> dict[str, bool]:
-        """Legacy devices download with the task's username/password (gateway only)."""
+        """Legacy devices download with the task's username and the password their offer
+        carried, or the task's own password (gateway only; see
+        :mod:`agata.cloud.download_passwords`)."""
         task = self.store.get_task(req.task_id)
-        ok = bool(task.username or task.password) and (
-            same_secret(req.username, task.username) & same_secret(req.password, task.password)
-        )
-        return {"ok": ok}
+        return {"ok": await self.download_passwords.check(task, req.username, req.password)}
 
 
 def _json_object(body: bytes) -> dict[str, Any]:

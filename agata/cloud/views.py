@@ -7,6 +7,7 @@ import time
 from datetime import datetime
 from typing import Any
 
+from agata.cloud.download_passwords import device_password
 from agata.protocol.arguments import expand_client_arguments, placeholder_values
 from agata.store.store import Device, DeviceTaskState, Task
 
@@ -50,9 +51,9 @@ def task_view(
     }
 
 
-def offer_view(task: Task, *, legacy: bool) -> dict[str, Any]:
-    """What a device gets for a compatible task (``legacy``: with the task's download
-    username/password, which devices of the original system need)."""
+def offer_view(task: Task) -> dict[str, Any]:
+    """What a device gets for a compatible task (see :func:`legacy_offer_view` for a
+    device of the original system)."""
     offer: dict[str, Any] = {
         "ID": task.task_id,
         "host": task.host,
@@ -66,9 +67,6 @@ def offer_view(task: Task, *, legacy: bool) -> dict[str, Any]:
         "download_url": f"/download/{task.task_id}/",
         "limits": dict(task.limits),
     }
-    if legacy:  # devices of the original system download with these
-        offer["username"] = task.username
-        offer["password"] = task.password
     return offer
 
 
@@ -83,7 +81,10 @@ def legacy_offer_view(task: Task, attributes: dict[str, Any]) -> dict[str, Any]:
     expanded for this device (``attributes``: its :func:`device_attributes`), exactly as
     our agent would expand them, and joined with plain spaces (no shell quoting). An
     argument holding a space cannot reach such a device intact. ``client_argv`` stays
-    unexpanded: our agent, when it runs anonymously, expands it itself. Raises
+    unexpanded: our agent, when it runs anonymously, expands it itself. The offer
+    carries the task's download username and a password made for this device
+    (:func:`agata.cloud.download_passwords.device_password`), never the task's own,
+    which the store does not keep. Raises
     AgataError (INVALID_ARGUMENT) when a placeholder has no value for this device.
     """
     values = placeholder_values(
@@ -98,7 +99,9 @@ def legacy_offer_view(task: Task, attributes: dict[str, Any]) -> dict[str, Any]:
         host=task.host,
         port=task.port,
     )
-    offer = offer_view(task, legacy=True)
+    offer = offer_view(task)
+    offer["username"] = task.username  # that agent downloads with exactly these
+    offer["password"] = device_password(task, str(attributes.get("user_id", "")))
     offer["client_arguments"] = " ".join(expand_client_arguments(task.client_arguments, values))
     return offer
 

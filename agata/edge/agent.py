@@ -48,6 +48,7 @@ from agata.edge.policy import choose_tasks
 from agata.edge.push import PushListener
 from agata.edge.reports import Report, ReportSender
 from agata.edge.task_runs import TaskRun, recover_leftovers
+from agata.edge.wheelhouse import WheelhouseMirror
 from agata.errors import AgataError, ErrorCode
 from agata.files import make_private_dir
 from agata.runtime.limits import Limits
@@ -140,6 +141,9 @@ class Agent:
         self.cache = BundleCache(
             self.edge_dir / "bundles", self.client, attempts=settings.download_attempts
         )
+        self.wheelhouse = WheelhouseMirror(self.client, self.edge_dir / "wheelhouse")
+        if self.sandbox is not None:  # environments are built from the cloud's wheels too
+            self.sandbox.wheelhouse = self.wheelhouse.find_links
         self.state = LocalState.load(self.edge_dir / "state.json")
         self.hooks: HookRunner | None = None
         if settings.hook_command:  # a bad command stops here, with the reason

@@ -171,8 +171,21 @@ class EnvironmentCache:
         text = "\n".join([python, sys.platform, platform.machine(), *requirements])
         return hashlib.sha256(text.encode()).hexdigest()[:32]
 
-    def ensure(self, requirements_text: str, progress: Progress | None = None) -> Path:
-        """The interpreter of the environment for these requirements, built if missing.
+    def built(self, requirements_text: str) -> bool:
+        """Whether the environment for these requirements exists (complete). Raises
+        INVALID_ARGUMENT for refused lines."""
+        requirements = normalize_requirements(requirements_text, allow_direct=self.allow_direct)
+        return (self.root / self.key(requirements) / _COMPLETE).is_file()
+
+    def ensure(
+        self,
+        requirements_text: str,
+        progress: Progress | None = None,
+        extra_options: Sequence[str] = (),
+    ) -> Path:
+        """The interpreter of the environment for these requirements, built if missing
+        (``extra_options``: installer options for this build, after the configured ones,
+        e.g. the agent's copy of the cloud's wheelhouse).
 
         Blocking (run it in a thread). Raises INVALID_ARGUMENT for refused lines,
         INTERNAL with the installer's tail when the build fails or takes too long.
@@ -187,17 +200,19 @@ class EnvironmentCache:
             with open(self.root / f"{key}.lock", "w") as lock:
                 fcntl.flock(lock, fcntl.LOCK_EX)  # one build per key, whoever asks
                 if not (final / _COMPLETE).is_file():
-                    self._build(final, requirements, say)
+                    self._build(final, requirements, say, list(extra_options))
         (final / _LAST_USED).touch()
         self._evict(keep=final)
         return final / "bin" / "python"
 
-    def _build(self, final: Path, requirements: list[str], say: Progress) -> None:
+    def _build(
+        self, final: Path, requirements: list[str], say: Progress, options: list[str]
+    ) -> None:
         began = time.monotonic()
         staging = self.root / f".build-{final.name}-{secrets.token_hex(4)}"
         say(f"installing {len(requirements)} package(s) into environment {final.name[:12]}")
         try:
-            self._create(staging, requirements)
+            self._create(staging, requirements, options)
             self._install_runtime(staging)
             (staging / "requirements.txt").write_text("\n".join(requirements) + "\n")
             _readable_by_all(staging)  # task users run it, whatever the umask was
@@ -228,7 +243,7 @@ class EnvironmentCache:
                 f"{what} failed (exit {done.returncode}): {_tail(done.stderr or done.stdout)}",
             )
 
-    def _create(self, folder: Path, requirements: list[str]) -> None:
+    def _create(self, folder: Path, requirements: list[str], options: list[str]) -> None:
         deadline = time.monotonic() + self.timeout
         listing = folder.with_name(folder.name + ".txt")
         listing.write_text("\n".join(requirements) + "\n")
@@ -242,7 +257,7 @@ class EnvironmentCache:
         try:
             self._run(create, "creating the environment", deadline)
             if requirements:
-                argv = [*install, *self.index_options, "-r", str(listing)]
+                argv = [*install, *self.index_options, *options, "-r", str(listing)]
                 self._run(argv, "installing the requirements", deadline)
         finally:
             listing.unlink(missing_ok=True)

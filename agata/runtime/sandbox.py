@@ -13,7 +13,7 @@ import contextlib
 import hashlib
 import logging
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 from agata.errors import AgataError, ErrorCode
@@ -73,6 +73,9 @@ class TaskSandbox:
             max_bytes=env_max_bytes,
             allow_direct=allow_direct,
         )
+        #: Installer options for a build, fetched just before it (the agent's copy of
+        #: the cloud's wheelhouse, :mod:`agata.edge.wheelhouse`); None: none.
+        self.wheelhouse: Callable[[], Awaitable[list[str]]] | None = None
 
     @property
     def kind(self) -> ContainmentKind:
@@ -114,8 +117,10 @@ class TaskSandbox:
     ) -> str | None:
         """The interpreter a side of ``bundle`` runs with: its environment's when the
         bundle declares requirements (built now if missing, in a thread), else None
-        (AGATA's own). ``progress`` is called on the event loop's thread. Raises
-        AgataError with the reason when it cannot be built."""
+        (AGATA's own). ``progress`` is called on the event loop's thread. When the
+        environment must be built and :attr:`wheelhouse` is set, the installer options
+        it answers are added to that build. Raises AgataError with the reason when it
+        cannot be built."""
         requirements = bundle / REQUIREMENTS_FILE
         if not requirements.is_file():
             return None
@@ -131,7 +136,10 @@ class TaskSandbox:
             if progress is not None:
                 loop.call_soon_threadsafe(progress, line)
 
-        python = await asyncio.to_thread(self.environments.ensure, text, report)
+        options: list[str] = []
+        if self.wheelhouse is not None and not self.environments.built(text):
+            options = await self.wheelhouse()
+        python = await asyncio.to_thread(self.environments.ensure, text, report, options)
         return str(python)
 
     def close(self) -> None:

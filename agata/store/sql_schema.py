@@ -30,7 +30,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
 
-SCHEMA_VERSION = 2  # 2: tasks.limits
+SCHEMA_VERSION = 3  # 2: tasks.limits; 3: tasks.password holds a hash
 
 _ID = 255
 
@@ -83,7 +83,7 @@ tasks = Table(
     Column("host", String(_ID), nullable=False),
     Column("port", Integer, nullable=False),
     Column("username", String(_ID), nullable=False),
-    Column("password", Text, nullable=False),
+    Column("password", Text, nullable=False),  # agata.store.passwords form (since 3)
     Column("selection_criteria", Text, nullable=False),
     Column("server_arguments", JSON, nullable=False),
     Column("client_arguments", JSON, nullable=False),

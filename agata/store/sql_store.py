@@ -41,6 +41,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from agata.errors import AgataError, ErrorCode, conflict, invalid, not_found
 from agata.store import sql_schema as t
 from agata.store import validation as v
+from agata.store.passwords import hash_password
 from agata.store.sql_errors import translate
 from agata.store.store import (
     BundleFile,
@@ -185,7 +186,7 @@ class SqlStore(Store):
         Each step is a function ``(conn) -> None`` taking version N to N+1, run in the
         transaction of :meth:`initialize`.
         """
-        steps: dict[int, Any] = {1: _add_task_limits}
+        steps: dict[int, Any] = {1: _add_task_limits, 2: _hash_task_passwords}
         for version in range(stored, t.SCHEMA_VERSION):
             step = steps.get(version)
             if step is None:
@@ -233,7 +234,7 @@ class SqlStore(Store):
             host=r.host,
             port=r.port,
             username=r.username,
-            password=r.password,
+            password_hash=r.password,
             selection_criteria=r.selection_criteria,
             server_arguments=tuple(r.server_arguments),
             client_arguments=tuple(r.client_arguments),
@@ -283,7 +284,7 @@ class SqlStore(Store):
             "host": v.ident("host", task.host),
             "port": v.integer("port", task.port, 1, 65535),
             "username": v.text("username", task.username, v.MAX_ID),
-            "password": v.text("password", task.password),
+            "password": hash_password(v.text("password", task.password)),
             "selection_criteria": v.text("selection_criteria", task.selection_criteria),
             "server_arguments": list(v.strings("server_arguments", task.server_arguments)),
             "client_arguments": list(v.strings("client_arguments", task.client_arguments)),
@@ -347,7 +348,7 @@ class SqlStore(Store):
         if username is not None:
             changes["username"] = v.text("username", username, v.MAX_ID)
         if password is not None:
-            changes["password"] = v.text("password", password)
+            changes["password"] = hash_password(v.text("password", password))
         if selection_criteria is not None:
             changes["selection_criteria"] = v.text("selection_criteria", selection_criteria)
         if server_arguments is not None:
@@ -911,3 +912,18 @@ def _limits(limits: Mapping[str, Any]) -> dict[str, Any] | None:
 def _add_task_limits(conn: Connection) -> None:
     """Schema 1 -> 2: tasks get their limits (NULL: none)."""
     conn.execute(sql_text("ALTER TABLE tasks ADD COLUMN limits JSON"))
+
+
+def _hash_task_passwords(conn: Connection) -> None:
+    """Schema 2 -> 3: task passwords kept in clear until version 2 are hashed."""
+    rows = conn.execute(
+        select(t.tasks.c.task_id, t.tasks.c.password).where(t.tasks.c.password != "")
+    ).all()
+    for row in rows:
+        conn.execute(
+            update(t.tasks)
+            .where(t.tasks.c.task_id == row.task_id)
+            .values(password=hash_password(row.password))
+        )
+    if rows:
+        logger.info("store: hashed the download passwords of %s tasks", len(rows))

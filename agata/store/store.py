@@ -18,7 +18,8 @@ Conventions every implementation MUST follow:
   returned as ISO-8601 strings with microseconds and a ``Z`` suffix
   (``2026-01-31T12:00:00.000000Z``). Times of events, metrics and log lines are epoch
   seconds (``float``), as on the wire.
-- Secrets (a task's legacy download password, token and credential hashes) are excluded
+- A task's legacy download password is stored as a salted slow hash, never in clear.
+- Secrets (a task's password and its hash, token and credential hashes) are excluded
   from ``repr`` and MUST never be logged.
 """
 
@@ -103,8 +104,10 @@ class NewTask:
 class Task:
     """A registered task.
 
-    ``password`` is the legacy download credential, kept as given because devices of the
-    original system send it back in clear; it is secret. ``server_pid`` is the process
+    ``password_hash`` is the legacy download credential as
+    :func:`agata.store.passwords.hash_password` stores it (``""``: no password); the
+    clear password is never kept. It is secret all the same: it keys the per-device
+    download passwords (:mod:`agata.cloud.download_passwords`). ``server_pid`` is the process
     group of the running server side. ``version`` starts at 1 and grows by one each time
     the bundle files are replaced.
     """
@@ -113,7 +116,7 @@ class Task:
     host: str
     port: int
     username: str
-    password: str = field(repr=False, metadata=SECRET)
+    password_hash: str = field(repr=False, metadata=SECRET)
     selection_criteria: str = ""
     server_arguments: tuple[str, ...] = ()
     client_arguments: tuple[str, ...] = ()
@@ -238,7 +241,8 @@ class Store(abc.ABC):
 
         If a task with the same id exists, storing MUST fail with ``CONFLICT`` and change
         nothing. Tags are kept in order without duplicates; duplicate file names MUST be
-        refused with ``INVALID_ARGUMENT``.
+        refused with ``INVALID_ARGUMENT``. The password is stored as a salted slow hash
+        (:func:`agata.store.passwords.hash_password`), never in clear.
         """
 
     @abc.abstractmethod
@@ -272,7 +276,8 @@ class Store(abc.ABC):
         limits: Mapping[str, Any] | None = None,
     ) -> Task:
         """Change the given fields (``None`` = leave as is) and bump ``updated_at``.
-        ``limits`` replaces the task's limits as a whole (``{}``: none).
+        ``limits`` replaces the task's limits as a whole (``{}``: none). ``password`` is
+        given in clear and stored hashed (``""``: no password).
 
         MUST NOT touch the running flag, state, files, version, metrics, logs or events.
         ``NOT_FOUND`` if the id is unknown. With no field given nothing is written.

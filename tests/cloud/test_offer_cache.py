@@ -77,7 +77,7 @@ async def test_the_cached_answer_is_the_one_computed_afresh(cloud: Cloud) -> Non
     first = await cloud.op("rpc_exec_client_requesting_task", {"user_id": "pi-1"})
     second = await cloud.op("rpc_exec_client_requesting_task", {"user_id": "pi-1"})
 
-    expected = [offer_view(cloud.node.store.get_task(t), legacy=False) for t in ("t1", "t2")]
+    expected = [offer_view(cloud.node.store.get_task(t)) for t in ("t1", "t2")]
     assert first.content == second.content
     assert first.json() == json.loads(json.dumps(expected))
     for task_id in ("t1", "t2"):

@@ -52,7 +52,7 @@ async def test_the_original_agents_calls_are_forwarded(tmp_path: Path) -> None:
 
 async def test_an_enrolled_gateway_gets_offers_in_the_original_form(tmp_path: Path) -> None:
     # Prepare: the gateway holds a device credential; the original agent behind it
-    # still needs the task password and its client arguments expanded.
+    # still needs a download password and its client arguments expanded.
     async with running_cloud(tmp_path, legacy_devices=True) as cloud:
         await create_task(
             cloud, "t1", "hold", client_arguments=["--address", "{host}:{port}", "--id={user_id}"]
@@ -78,7 +78,7 @@ async def test_an_enrolled_gateway_gets_offers_in_the_original_form(tmp_path: Pa
 
     # Assert
     assert offers[0]["client_arguments"] == "--address 127.0.0.1:8080 --id=old-dev"
-    assert offers[0]["password"] == "pass-t1"
+    assert offers[0]["password"].startswith("agata-dl:old-dev:")  # made for it, not pass-t1
 
 
 async def test_without_legacy_devices_the_cloud_refuses_anonymous_calls(cloud: Cloud) -> None:

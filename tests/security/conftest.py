@@ -6,12 +6,15 @@ from collections.abc import Iterator
 
 import pytest
 
-from .harness import Seeded, ThreadedCloud
+from .harness import WHEEL, Seeded, ThreadedCloud
 
 
 @pytest.fixture(scope="module")
 def threaded_cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadedCloud]:
-    cloud = ThreadedCloud(tmp_path_factory.mktemp("cloud"))
+    root = tmp_path_factory.mktemp("cloud")
+    (root / "wheels").mkdir()
+    (root / "wheels" / WHEEL).write_bytes(b"a wheel for the auth matrix")
+    cloud = ThreadedCloud(root, wheelhouse=root / "wheels")
     with cloud:
         yield cloud
 

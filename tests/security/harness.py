@@ -21,6 +21,8 @@ from agata.cloud.gateway import GatewayConfig, create_gateway
 #: The task password of every seeded task: it must never reach a device unless legacy.
 TASK_PASSWORD = "s3cr3t-task-pass"
 TASK_USERNAME = "task-user"
+#: The one file of the seeded cloud's wheelhouse.
+WHEEL = "agatatoy-1.0-py3-none-any.whl"
 
 
 @dataclass

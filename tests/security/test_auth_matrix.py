@@ -27,7 +27,15 @@ from cloud_harness import CLIENT_PY, Cloud, create_bundle_task, running_cloud
 
 from agata.cloud.auth import OPERATOR_PREFIX, hash_token, new_token
 
-from .harness import TASK_PASSWORD, TASK_USERNAME, Seeded, ThreadedCloud, enroll, gateway_document
+from .harness import (
+    TASK_PASSWORD,
+    TASK_USERNAME,
+    WHEEL,
+    Seeded,
+    ThreadedCloud,
+    enroll,
+    gateway_document,
+)
 
 DOCUMENT = gateway_document()
 ROUTES = sorted(
@@ -48,6 +56,14 @@ DEVICE_ALLOWED = {
     ("POST", "/rpc_exec_report_device_task"),
     ("GET", "/api/devices/{user_id}/stream"),
     ("GET", "/download/{task_id}/{name}"),
+    ("GET", "/wheelhouse/"),
+    ("GET", "/wheelhouse/{name}"),
+}
+#: Routes a device may call that act for nobody (nothing to act for another on).
+NOT_FOR_ANYONE = {
+    ("GET", "/download/{task_id}/{name}"),
+    ("GET", "/wheelhouse/"),
+    ("GET", "/wheelhouse/{name}"),
 }
 #: Operation bodies that leave the seeded tasks and devices as they are ({user} = actor).
 BODIES: dict[str, dict[str, Any]] = {
@@ -104,7 +120,7 @@ def call(
 ) -> httpx.Response:
     """Call one route with a valid request (a stream: only its status is read)."""
     url = path.replace("{task_id}", task_id).replace("{user_id}", user)
-    url = url.replace("{name}", "client.py")
+    url = url.replace("{name}", WHEEL if path.startswith("/wheelhouse/") else "client.py")
     kwargs: dict[str, Any] = {"headers": headers, "params": params}
     if path == "/api/tasks/{task_id}/files" and method == "POST":
         url = url.replace(task_id, "t-idle")
@@ -182,9 +198,7 @@ def test_operator(http: httpx.Client, seeded: Seeded, method: str, path: str) ->
     assert response.status_code in (200, 404, 409), response.text  # 404/409: absent, idle
 
 
-@pytest.mark.parametrize(
-    ("method", "path"), sorted(DEVICE_ALLOWED - {("GET", "/download/{task_id}/{name}")})
-)
+@pytest.mark.parametrize(("method", "path"), sorted(DEVICE_ALLOWED - NOT_FOR_ANYONE))
 def test_a_device_may_not_act_for_another(
     http: httpx.Client, seeded: Seeded, method: str, path: str
 ) -> None:
@@ -417,7 +431,8 @@ async def test_legacy_on_lets_old_devices_in_and_only_them(tmp_path: Path) -> No
     assert report.status_code == 200
     assert offers.status_code == 200
     assert offers.json()[0]["username"] == TASK_USERNAME
-    assert offers.json()[0]["password"] == TASK_PASSWORD  # legacy devices need it
+    # legacy devices need one: made for that device, never the task's own
+    assert offers.json()[0]["password"].startswith("agata-dl:old-1:")
     assert operator_only.status_code == 401
     assert create.status_code == 401
     assert device_for_other.status_code == 403
@@ -444,6 +459,9 @@ async def test_task_passwords_are_compared_in_constant_time(
     assert wrong_user.status_code == 401
     assert right.status_code == 200
     # Both the username and the password are compared, even when the username is wrong
-    # (no early exit), and with hmac.compare_digest.
+    # (no early exit), and with hmac.compare_digest: the password as its scrypt digest
+    # (the store has no clear password to compare with).
     assert (b"nope", TASK_USERNAME.encode()) in after_wrong_user
-    assert (TASK_PASSWORD.encode(), TASK_PASSWORD.encode()) in after_wrong_user
+    digests = [(a, b) for a, b in after_wrong_user if len(a) == len(b) == 32]
+    assert any(a == b for a, b in digests), after_wrong_user
+    assert not any(TASK_PASSWORD.encode() in (a, b) for a, b in compared)

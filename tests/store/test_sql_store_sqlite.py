@@ -13,6 +13,7 @@ from sqlalchemy import update
 from agata.errors import AgataError, ErrorCode
 from agata.store import NewLogLine, NewTask, create_store
 from agata.store import sql_schema as schema
+from agata.store.passwords import verify_password
 from agata.store.sql_store import SqlStore
 
 
@@ -57,7 +58,7 @@ def test_data_survives_reopening(db_path: Path) -> None:
         first.create_task(_task())
 
     with create_store(f"sqlite:///{db_path}") as second:
-        assert second.get_task("t1").password == "secret-pw"
+        assert verify_password("secret-pw", second.get_task("t1").password_hash)
 
 
 def test_write_locked_by_another_connection_fails_fast_with_unavailable(
@@ -142,6 +143,7 @@ def test_a_version_1_database_gains_task_limits_and_keeps_its_rows(db_path: Path
     store.close()
     raw = sqlite3.connect(db_path)
     raw.execute("ALTER TABLE tasks DROP COLUMN limits")
+    raw.execute("UPDATE tasks SET password = 'secret-pw'")  # version 1 kept it in clear
     raw.execute("UPDATE schema_version SET version = 1")
     raw.commit()
     raw.close()
@@ -152,10 +154,11 @@ def test_a_version_1_database_gains_task_limits_and_keeps_its_rows(db_path: Path
     # Assert: migrated; the old task has no limits, new values are kept
     assert store.get_task("t1").limits == {}
     assert store.update_task("t1", limits={"pids": 20}).limits == {"pids": 20}
-    assert store.get_task("t1").password == "secret-pw"
+    assert verify_password("secret-pw", store.get_task("t1").password_hash)
     store.close()
     raw = sqlite3.connect(db_path)
-    assert raw.execute("SELECT version FROM schema_version").fetchone() == (2,)
+    assert raw.execute("SELECT version FROM schema_version").fetchone() == (3,)
+    assert raw.execute("SELECT password FROM tasks").fetchone()[0].startswith("scrypt$")
     raw.close()
 
 

@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
-from sqlalchemy import event
+from sqlalchemy import event, select, update
 
 from agata.errors import AgataError, ErrorCode
 from agata.store import (
@@ -21,7 +21,9 @@ from agata.store import (
     NewTask,
     Store,
     TaskState,
+    sql_schema,
 )
+from agata.store.passwords import verify_password
 from agata.store.sql_store import SqlStore
 
 OpenStore = Callable[..., Store]
@@ -75,7 +77,7 @@ class TestStoreConformance:
 
         assert got == created
         assert got.host == "10.0.0.1" and got.port == 8080
-        assert got.username == "dl" and got.password == "s3cret"
+        assert got.username == "dl" and verify_password("s3cret", got.password_hash)
         assert got.selection_criteria == "data_qnt > 5"
         assert got.server_arguments == ("--rounds", "3")
         assert got.client_arguments == ("--epochs", "1")
@@ -155,7 +157,7 @@ class TestStoreConformance:
         after = store.update_task("t1", port=9090, client_arguments=["--x"])
 
         assert after.port == 9090 and after.client_arguments == ("--x",)
-        unchanged = ("host", "username", "password", "selection_criteria", "server_arguments")
+        unchanged = ("host", "username", "password_hash", "selection_criteria", "server_arguments")
         for name in (*unchanged, "tags", "files", "version", "created_at"):
             assert getattr(after, name) == getattr(before, name), name
         assert after.updated_at > before.updated_at
@@ -331,7 +333,7 @@ class TestStoreConformance:
         device = store.get_device("appareil-😀")
         event_data = store.list_events()[0].data
 
-        assert got.selection_criteria == huge and got.password == "pässwörd 🔑"
+        assert got.selection_criteria == huge and verify_password("pässwörd 🔑", got.password_hash)
         assert got.tags == ("étiquette", "标签")
         assert device.sensors == {"caméra"} and device.extra == {"note": huge, "ñ": [1]}
         assert event_data == {"big": huge}
@@ -656,3 +658,63 @@ class TestStoreConformance:
             store.list_tasks()
 
         assert error_code(exc) is ErrorCode.UNAVAILABLE
+
+
+def _stored_passwords(store: Store) -> dict[str, str]:
+    """What the tasks table holds in its password column, read past the store's API."""
+    assert isinstance(store, SqlStore)
+    with store.engine.connect() as conn:
+        rows = conn.execute(select(sql_schema.tasks.c.task_id, sql_schema.tasks.c.password))
+        return {row.task_id: row.password for row in rows}
+
+
+class TestTaskPasswords:
+    def test_the_database_holds_no_clear_password(self, store: Store) -> None:
+        store.create_task(new_task("t1", password="first-secret"))
+        store.create_task(new_task("t2", password="first-secret"))
+
+        raw = _stored_passwords(store)
+
+        assert all(value.startswith("scrypt$") for value in raw.values())
+        assert not any("first-secret" in value for value in raw.values())
+        assert raw["t1"] != raw["t2"]  # a salt per row
+
+    def test_a_changed_password_replaces_the_hash(self, store: Store) -> None:
+        store.create_task(new_task(password="old-secret"))
+
+        changed = store.update_task("t1", password="new-secret")
+
+        assert verify_password("new-secret", changed.password_hash)
+        assert not verify_password("old-secret", changed.password_hash)
+        assert "new-secret" not in _stored_passwords(store)["t1"]
+        assert "new-secret" not in repr(changed) and changed.password_hash not in repr(changed)
+
+    def test_an_empty_password_stays_empty(self, store: Store) -> None:
+        store.create_task(new_task(password=""))
+
+        assert store.get_task("t1").password_hash == "" == _stored_passwords(store)["t1"]
+
+    def test_clear_rows_of_version_2_are_hashed_when_migrated(self, store: Store) -> None:
+        # Prepare: rows as schema version 2 kept them (in clear)
+        store.create_task(new_task("t1"))
+        store.create_task(new_task("t2", password=""))
+        assert isinstance(store, SqlStore)
+        with store.engine.begin() as conn:
+            conn.execute(
+                update(sql_schema.tasks)
+                .where(sql_schema.tasks.c.task_id == "t1")
+                .values(password="clear-pw")
+            )
+            conn.execute(update(sql_schema.schema_version).values(version=2))
+
+        # Execute: start-up again
+        store.initialize()
+
+        # Assert: hashed, still authenticates, version bumped
+        raw = _stored_passwords(store)
+        assert raw["t1"].startswith("scrypt$") and "clear-pw" not in raw["t1"]
+        assert raw["t2"] == ""
+        assert verify_password("clear-pw", store.get_task("t1").password_hash)
+        with store.engine.connect() as conn:
+            version = conn.execute(select(sql_schema.schema_version.c.version)).scalar()
+        assert version == sql_schema.SCHEMA_VERSION == 3

@@ -53,6 +53,7 @@ from agata.cloud.gateway.metrics import GatewayMetrics
 from agata.cloud.gateway.openapi import DOWNLOAD, LEGACY_DEVICE, PUBLIC, STREAM, install
 from agata.cloud.gateway.streams import StreamHub
 from agata.cloud.gateway.uploads import UPLOAD_BODY, uploaded_files
+from agata.cloud.gateway.wheelhouse import Wheelhouse, wheelhouse_router
 from agata.errors import AgataError, ErrorCode
 from agata.protocol import operations as ops
 
@@ -112,6 +113,7 @@ class GatewayConfig:
     max_downloads: int = 4  # downloads at once per device, operator token or address
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT  # requests served at once (admission.py)
     admission_wait: float = DEFAULT_MAX_WAIT  # seconds a request may wait for a place
+    wheelhouse: Path | None = None  # a folder of wheels served to devices; None: none
 
 
 def error_response(exc: AgataError) -> JSONResponse:
@@ -173,7 +175,16 @@ def create_gateway(bus: Bus, config: GatewayConfig) -> FastAPI:
             raise refusals.refuse(request)
         return principal
 
+    async def check_fleet_member(request: Request) -> Principal:
+        principal = await auth.principal(request)
+        if principal.kind not in ("operator", "device"):
+            raise AgataError(
+                ErrorCode.UNAUTHENTICATED, "a device credential or an operator token is required"
+            )
+        return principal
+
     operator = gated(check_operator)
+    fleet_member = gated(check_fleet_member)
     caller = gated(check_caller)
     stream_operator = gated(check_stream_operator)
     stream_caller = gated(check_stream_caller)
@@ -387,6 +398,10 @@ def create_gateway(bus: Bus, config: GatewayConfig) -> FastAPI:
             release=release,
             media_type="application/zip",
         )
+
+    app.include_router(
+        wheelhouse_router(Wheelhouse(config.wheelhouse), fleet_member, slots, errors(401, 404, 503))
+    )
 
     @app.get(
         "/download/{task_id}/{name}",
