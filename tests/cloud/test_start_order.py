@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from typing import Any
 
 from cloud_harness import Cloud, create_bundle_task
+from edge.conftest import pid_alive
 
 from agata.bus.bus import Delivery
 from agata.protocol.operations import NOTIFICATIONS_TOPIC
@@ -27,7 +27,7 @@ async def test_the_running_notice_follows_the_spawn_and_the_pgid_is_still_record
         if message.get("kind") == "task" and message.get("running"):
             records = list(cloud.node.data_dir.rglob("task_t-order/server.pid.json"))
             pgid = json.loads(records[0].read_text())["pgid"] if records else None
-            alive = pgid is not None and os.path.exists(f"/proc/{pgid}")
+            alive = pgid is not None and pid_alive(pgid)
             stored = cloud.node.store.get_task("t-order")
             seen.append({"alive": alive, "running": stored.running})
 
@@ -48,5 +48,5 @@ async def test_the_running_notice_follows_the_spawn_and_the_pgid_is_still_record
     assert seen == [{"alive": True, "running": True}]
     task = cloud.node.store.get_task("t-order")
     assert task.running and task.server_pid is not None
-    assert os.path.exists(f"/proc/{task.server_pid}")
+    assert pid_alive(task.server_pid)
     await cloud.op("rpc_exec_stop_server_task", {"task_id": "t-order"})
