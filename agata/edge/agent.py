@@ -128,6 +128,7 @@ class Agent:
                 env_timeout=settings.env_timeout,
                 env_max_bytes=settings.env_cache_mb * 1024 * 1024,
                 allow_direct=settings.env_allow_direct,
+                spare=True,  # dispatch and failover skip the cgroup join
             )
             self._launcher = self.sandbox.launcher
         self._owns_client = client is None
@@ -178,6 +179,8 @@ class Agent:
             logger.info("client sides: %s", self.sandbox.describe())
         device = self._current_device()
         self._recover()
+        if self.sandbox is not None:
+            await self.sandbox.prepare()
         self._reports = ReportSender(self.client, device.user_id)
         if self.hooks is not None:
             self.hooks.start(device.user_id)
