@@ -71,8 +71,11 @@ ENV_ALLOWLIST = frozenset(
 )
 """Variables of AGATA's own environment a task inherits (and ``LC_*``); nothing else."""
 
-#: Seconds between a start taking the spare and the next spare's start.
-SPARE_REFILL_SECONDS = 1.0
+#: Seconds between a start taking the spare and the next spare's start: a little, so
+#: that the fork is not in the way of the task's own exec; the join itself sleeps in
+#: the kernel. (1 s was too long: the bench's starts come ~0.7 s apart and failover
+#: follows a start by about a second, so they found no spare.)
+SPARE_REFILL_SECONDS = 0.1
 _PR_SET_PDEATHSIG = 1
 _STREAM_LIMIT = 64 * 1024  # bytes buffered per pipe before the child has to wait
 
@@ -339,8 +342,7 @@ class AsyncioProcessLauncher(ProcessLauncher):
         self._spare = spare
 
     def _refill_soon(self) -> None:
-        """Park the next spare after a pause: not while the task just started competes
-        for the cores with its own interpreter start."""
+        """Park the next spare after a short pause (see SPARE_REFILL_SECONDS)."""
         if self._spare_wanted and (self._refill is None or self._refill.done()):
             self._refill = asyncio.get_running_loop().create_task(self._refill_later())
 
