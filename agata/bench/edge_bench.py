@@ -7,7 +7,9 @@ so the figures are taken from outside the agent:
 
 - **dispatch latency**: the agent idle, the operator starts a compatible task (time
   taken before the HTTP call) -> the task's client process runs its first line.
-  Includes the interpreter start of the client (measured alone, in the note).
+  Includes the interpreter start of the client (measured alone, in the note). When
+  the operator's start call returned is kept beside it (``dispatch_start_answered``).
+  The clients' stamp files go to a folder of their own that the task user may write.
 - **failover**: task E's client reports an error (time taken just before) -> task C's
   client runs its first line. The first sample downloads C's bundle; the others find
   it cached (the target is for a cached bundle).
