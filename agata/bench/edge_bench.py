@@ -7,7 +7,9 @@ so the figures are taken from outside the agent:
 
 - **dispatch latency**: the agent idle, the operator starts a compatible task (time
   taken before the HTTP call) -> the task's client process runs its first line.
-  Includes the interpreter start of the client (measured alone, in the note).
+  Includes the interpreter start of the client (measured alone, in the note). When
+  the operator's start call returned is kept beside it (``dispatch_start_answered``).
+  The clients' stamp files go to a folder of their own that the task user may write.
 - **failover**: task E's client reports an error (time taken just before) -> task C's
   client runs its first line. The first sample downloads C's bundle; the others find
   it cached (the target is for a cached bundle).
@@ -36,6 +38,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -166,55 +169,62 @@ async def _measure(samples: int, idle_seconds: float) -> dict[str, Any]:
     from agata.demo.harness import Lab, LabOptions  # the cloud: not in the step-6 process
 
     out: dict[str, Any] = {}
-    async with Lab(LabOptions()) as lab:
-        await lab.start_cloud()
-        assert lab.data_dir is not None
-        stamps = lab.data_dir / "stamps"
-        stamps.mkdir()
-        await _task(lab, "E", FAIL_CLIENT, stamps / "E", 21001)
-        await _task(lab, "C", STAMP_CLIENT, stamps / "C", 21002)
-        await _task(lab, "D", STAMP_CLIENT, stamps / "D", 21003)
-        agent = await _agent_process(lab, lab.data_dir / "agent")
-        try:
-            # Idle: nothing to run.
-            cpu0, t0 = _cpu_seconds(agent.pid), time.monotonic()
-            await asyncio.sleep(idle_seconds)
-            cpu1, t1 = _cpu_seconds(agent.pid), time.monotonic()
-            out["idle_cpu_percent"] = (cpu1 - cpu0) / (t1 - t0) * 100
-            out["idle_rss_mb"] = _rss_mb(agent.pid)
-
-            dispatch = []
-            for i in range(samples):
-                started = time.time()
-                await lab.op("rpc_exec_start_server_task", {"task_id": "D"})
-                ran, pid = (await _wait_stamps(stamps / "D", i + 1, 30))[i]
-                dispatch.append(ran - started)
-                await lab.op("rpc_exec_stop_server_task", {"task_id": "D"})
-                await _wait_gone(pid)
-                await asyncio.sleep(0.5)  # idle again
-            out["dispatch"] = dispatch
-
-            failover = []
-            for i in range(max(2, samples // 2)):
-                await lab.op("rpc_exec_clear_quarantine", {"user_id": "bench-edge"})
-                await asyncio.sleep(0.3)
-                await lab.op("rpc_exec_start_server_task", {"task_id": "E"})
-                await lab.op("rpc_exec_start_server_task", {"task_id": "C"})
-                failed, _ = (await _wait_stamps(stamps / "E", i + 1, 30))[i]
-                ran, pid = (await _wait_stamps(stamps / "C", i + 1, 30))[i]
-                failover.append(ran - failed)
-                await lab.op("rpc_exec_stop_server_task", {"task_id": "E"})
-                await lab.op("rpc_exec_stop_server_task", {"task_id": "C"})
-                await _wait_gone(pid)
-                await asyncio.sleep(0.5)
-            out["failover"] = failover
-        finally:
-            agent.send_signal(signal.SIGTERM)
+    # The clients run as the task user when the agent runs as root: their stamp files
+    # go where that user may write (the lab's data folder is private to AGATA).
+    stamps = Path(tempfile.mkdtemp(prefix="agata-bench-stamps-"))
+    os.chmod(stamps, 0o1777)
+    try:
+        async with Lab(LabOptions()) as lab:
+            await lab.start_cloud()
+            assert lab.data_dir is not None
+            await _task(lab, "E", FAIL_CLIENT, stamps / "E", 21001)
+            await _task(lab, "C", STAMP_CLIENT, stamps / "C", 21002)
+            await _task(lab, "D", STAMP_CLIENT, stamps / "D", 21003)
+            agent = await _agent_process(lab, lab.data_dir / "agent")
             try:
-                agent.wait(15)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(agent.pid, signal.SIGKILL)
+                # Idle: nothing to run.
+                cpu0, t0 = _cpu_seconds(agent.pid), time.monotonic()
+                await asyncio.sleep(idle_seconds)
+                cpu1, t1 = _cpu_seconds(agent.pid), time.monotonic()
+                out["idle_cpu_percent"] = (cpu1 - cpu0) / (t1 - t0) * 100
+                out["idle_rss_mb"] = _rss_mb(agent.pid)
+
+                dispatch, answered = [], []
+                for i in range(samples):
+                    started = time.time()
+                    await lab.op("rpc_exec_start_server_task", {"task_id": "D"})
+                    answered.append(time.time() - started)
+                    ran, pid = (await _wait_stamps(stamps / "D", i + 1, 30))[i]
+                    dispatch.append(ran - started)
+                    await lab.op("rpc_exec_stop_server_task", {"task_id": "D"})
+                    await _wait_gone(pid)
+                    await asyncio.sleep(0.5)  # idle again
+                out["dispatch"] = dispatch
+                out["dispatch_start_answered"] = answered
+
+                failover = []
+                for i in range(max(2, samples // 2)):
+                    await lab.op("rpc_exec_clear_quarantine", {"user_id": "bench-edge"})
+                    await asyncio.sleep(0.3)
+                    await lab.op("rpc_exec_start_server_task", {"task_id": "E"})
+                    await lab.op("rpc_exec_start_server_task", {"task_id": "C"})
+                    failed, _ = (await _wait_stamps(stamps / "E", i + 1, 30))[i]
+                    ran, pid = (await _wait_stamps(stamps / "C", i + 1, 30))[i]
+                    failover.append(ran - failed)
+                    await lab.op("rpc_exec_stop_server_task", {"task_id": "E"})
+                    await lab.op("rpc_exec_stop_server_task", {"task_id": "C"})
+                    await _wait_gone(pid)
+                    await asyncio.sleep(0.5)
+                out["failover"] = failover
+            finally:
+                agent.send_signal(signal.SIGTERM)
+                try:
+                    agent.wait(15)
+                except subprocess.TimeoutExpired:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(agent.pid, signal.SIGKILL)
+    finally:
+        shutil.rmtree(stamps, ignore_errors=True)
     out["step6"] = await _step6_process(samples * 2)
     return out
 

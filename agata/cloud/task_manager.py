@@ -356,14 +356,26 @@ class TaskManager(Service):
                 task.task_id, TaskState.FAILED, f"server side did not start: {exc.message}"
             )
             raise
-        self.store.set_task_state(
-            task.task_id, running=True, state=TaskState.RUNNING, server_pid=pgid
-        )
+        # Devices hear of the run as soon as its server side is spawned: the store
+        # already holds it running (the claim above), so the offers they ask for next
+        # include it. The server's pgid and the event are written after the notice.
         self._changed()
-        self.event(ops.START_TASK, "Task started on cloud", task_id=task.task_id)
         await self.notifier.notify(
             "task", task_id=task.task_id, running=True, state="running", version=task.version
         )
+        try:  # not if it ended or was stopped meanwhile (that end stays recorded)
+            self.store.set_task_state(
+                task.task_id,
+                running=True,
+                state=TaskState.RUNNING,
+                server_pid=pgid,
+                expected_running=True,
+            )
+        except AgataError as exc:
+            if exc.code not in (ErrorCode.CONFLICT, ErrorCode.NOT_FOUND):
+                raise
+            logger.info("task %s ended before its server's pgid was recorded", task.task_id)
+        self.event(ops.START_TASK, "Task started on cloud", task_id=task.task_id)
 
     async def stop_task(self, req: ops.TaskRef) -> None:
         task = self.store.get_task(req.task_id)

@@ -6,7 +6,9 @@ One asyncio loop, one process::
       -> download the bundle (verified, cached) -> start the client side -> supervise
 
 - The loop sleeps on one ``wake`` event with the poll interval as timeout: idle means
-  idle, and a push event, a finished task or shutdown wakes it at once.
+  idle, and a push event, a finished task or shutdown wakes it at once. A push event
+  that carries the cloud's offers for this device stands for the next poll's answer
+  (unless the device's attributes changed since); the periodic poll stays.
 - Failover: when a client side reports an error or exits without "Finished", the task
   goes into quarantine (with the reason) and the next compatible task is started at
   once from the offers already known, before the cloud is asked again.
@@ -45,7 +47,7 @@ from agata.edge.device_info import DeviceInfo, DeviceSource
 from agata.edge.hooks import HookRunner, event_of_report
 from agata.edge.local_state import LocalState, QuarantineEntry, RunningRecord
 from agata.edge.policy import choose_tasks
-from agata.edge.push import PushListener
+from agata.edge.push import PushListener, pushed_offers
 from agata.edge.reports import Report, ReportSender
 from agata.edge.task_runs import TaskRun, recover_leftovers
 from agata.edge.wheelhouse import WheelhouseMirror
@@ -127,6 +129,7 @@ class Agent:
                 env_timeout=settings.env_timeout,
                 env_max_bytes=settings.env_cache_mb * 1024 * 1024,
                 allow_direct=settings.env_allow_direct,
+                spare=True,  # dispatch and failover skip the cgroup join
             )
             self._launcher = self.sandbox.launcher
         self._owns_client = client is None
@@ -163,7 +166,9 @@ class Agent:
         self._health = StateLog(logger, "agent")
         self._reports: ReportSender | None = None
         self.push: PushListener | None = None
+        self._pushed: list[TaskOffer] | None = None  # offers of the last push event
         self.polls = 0
+        self.pushed_answers = 0  # cycles that took a push event's offers (no poll)
 
     # -- public API -------------------------------------------------------------------
 
@@ -178,6 +183,8 @@ class Agent:
             logger.info("client sides: %s", self.sandbox.describe())
         device = self._current_device()
         self._recover()
+        if self.sandbox is not None:
+            await self.sandbox.prepare()
         self._reports = ReportSender(self.client, device.user_id)
         if self.hooks is not None:
             self.hooks.start(device.user_id)
@@ -287,12 +294,22 @@ class Agent:
         for entry in self.state.expire_quarantine():
             logger.info("task %s: quarantine ended", entry.task_id)
         device = self._current_device()
+        pushed, self._pushed = self._pushed, None
         if device != self._reported:
+            pushed = None  # the cloud answered for the attributes it had: ask again
             self._event("update device info", "start")
             await self.client.update_user_info(device)
             self._event("update device info", "end")
             self._reported = device
         self._event("request task", "start")
+        if pushed is not None:
+            # The cloud's answer for this device, sent with the push event (push.py).
+            offers = pushed
+            self.pushed_answers += 1
+            self._event("request task", "end", tasks=[o.task_id for o in offers], pushed=True)
+            self._offers = offers
+            await self._reconcile()
+            return
         try:
             offers = await self.client.requesting_task(device.user_id)
         except AgataError as exc:
@@ -478,7 +495,8 @@ class Agent:
         logger.warning("task %s failed: %s", task_id, reason)
         self._event("task failed", "end", task_id=task_id, reason=reason)
         self._report(Report(task_id, "failed", reason=reason))
-        self._fail(run.offer, reason)
+        # On the kernel's side at once, fsynced after the next task's spawn (_failover).
+        self._fail(run.offer, reason, sync_later=not self._stopping.is_set())
         if not self._stopping.is_set():
             # Failover: switch at once, from the offers already known.
             self._switch = (task_id, time.time())
@@ -498,11 +516,14 @@ class Agent:
         self._report(Report(task_id, "finished", round=run.round, metrics=run.metrics))
         self._wake.set()
 
-    def _fail(self, offer: TaskOffer, reason: str) -> None:
-        """Quarantine ``offer`` on this device and tell the cloud."""
+    def _fail(self, offer: TaskOffer, reason: str, *, sync_later: bool = False) -> None:
+        """Quarantine ``offer`` on this device and tell the cloud (``sync_later``: see
+        :meth:`LocalState.add_quarantine`)."""
         self.state.count("failed")
         seconds = self.settings.quarantine_seconds
-        self.state.add_quarantine(offer.task_id, offer.version, reason, seconds)
+        self.state.add_quarantine(
+            offer.task_id, offer.version, reason, seconds, sync_later=sync_later
+        )
         logger.warning("task %s: in quarantine for %.0f s: %s", offer.task_id, seconds, reason)
         self._report(Report(offer.task_id, "quarantined", reason=reason))
 
@@ -514,7 +535,15 @@ class Agent:
             logger.info("failover: %s; the next cycle tries again", exc.message)
         else:
             self._switch = None  # started the next task (event sent) or there is none
+        finally:
+            self._sync_state()  # the quarantine, now that the next task is spawned
         self._wake.set()  # and refresh the offers
+
+    def _sync_state(self) -> None:
+        try:
+            self.state.sync()
+        except OSError as exc:  # a full or failing disk: the agent goes on, says so
+            logger.error("the agent's state could not be made durable: %s", exc)
 
     def _end_run(self, run: TaskRun) -> bool:
         """Mark ``run`` as over (once): it no longer counts as running."""
@@ -539,6 +568,8 @@ class Agent:
     # -- push -------------------------------------------------------------------------
 
     def _on_push(self, name: str, data: Any) -> None:
+        if name == "task" and (offers := pushed_offers(data)) is not None:
+            self._pushed = offers  # the newest answer wins; the loop takes it next
         if isinstance(data, dict):
             task_id = data.get("task_id")
             if name == "task" and data.get("running") and isinstance(task_id, str):
@@ -580,6 +611,7 @@ class Agent:
         await asyncio.gather(*background, return_exceptions=True)
         for record in list(self.state.running.values()):
             self.state.forget_running(record.task_id)
+        self._sync_state()  # a quarantine of a failover cancelled before it ran
 
     # -- helpers ------------------------------------------------------------------------
 

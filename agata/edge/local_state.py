@@ -12,7 +12,10 @@
 - ``stats``: counters (tasks started, finished, failed, stopped, bundles downloaded).
 
 Every change is written at once and atomically (temporary file, fsync, rename), so a
-crash leaves the old or the new state, never half of one. A file that cannot be read is
+crash leaves the old or the new state, never half of one. A quarantine added on the
+failover path is renamed into place at once but fsynced by :meth:`LocalState.sync`
+after the next task's spawn: a crash or kill of the agent in between keeps it (the
+kernel has the file), only a power loss before the sync could lose it. A file that cannot be read is
 moved aside as ``state.json.corrupt-<time>`` with a warning, and the agent starts afresh.
 """
 
@@ -66,6 +69,7 @@ class LocalState:
         self.quarantine: dict[str, QuarantineEntry] = {}
         self.finished: dict[str, str] = {}
         self.stats: Counter[str] = Counter()
+        self._sync_pending = False  # a durable change saved without fsync (see sync)
 
     @classmethod
     def load(cls, path: Path) -> LocalState:
@@ -122,8 +126,24 @@ class LocalState:
                 out.flush()
                 os.fsync(out.fileno())
         os.replace(temporary, self.path)
-        if not durable:
+        if durable:
+            self._sync_pending = False
+            self._sync_folder()
+
+    def sync(self) -> None:
+        """Make a change saved with ``sync_later`` durable (fsync of the file and of its
+        folder); nothing to do when every change since was saved durably."""
+        if not self._sync_pending:
             return
+        self._sync_pending = False
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self._sync_folder()
+
+    def _sync_folder(self) -> None:
         with contextlib.suppress(OSError):  # make the rename itself durable
             fd = os.open(self.path.parent, os.O_RDONLY)
             try:
@@ -147,13 +167,25 @@ class LocalState:
     # -- quarantine -----------------------------------------------------------------------
 
     def add_quarantine(
-        self, task_id: str, version: str, reason: str, seconds: float, now: float | None = None
+        self,
+        task_id: str,
+        version: str,
+        reason: str,
+        seconds: float,
+        now: float | None = None,
+        *,
+        sync_later: bool = False,
     ) -> QuarantineEntry:
+        """Put a task version in quarantine and save it. ``sync_later``: written and
+        renamed into place now (a crash of the agent keeps it), fsynced by the caller's
+        :meth:`sync` later (failover: after the next spawn)."""
         now = time.time() if now is None else now
         entry = QuarantineEntry(task_id, version, reason[:2000], now, now + seconds)
         self.quarantine[task_id] = entry
         self.stats["quarantined"] += 1
-        self.save()
+        self.save(durable=not sync_later)
+        if sync_later:
+            self._sync_pending = True
         return entry
 
     def quarantined(

@@ -1,10 +1,14 @@
 """Push dispatch: the device's server-sent-event stream from the cloud.
 
-``GET /api/devices/<user_id>/stream`` sends an event ``task`` whenever a task is
-started, stopped or changed. The agent does not trust the event's content: any event
-only wakes its loop, which asks ``rpc_exec_client_requesting_task`` at once. So a new
-task reaches an idle device in one round trip instead of up to one poll interval, and
-the periodic poll stays as the fallback for a lost stream.
+``GET /api/devices/<user_id>/stream`` sends an event ``task`` whenever a task this
+device is (or was) offered is started, stopped or changed. The event's state fields are
+not trusted: an event wakes the agent's loop. When the event carries ``offers`` (the
+cloud's answer to ``rpc_exec_client_requesting_task`` for this device, asked by the
+gateway right after the change, see :mod:`agata.cloud.gateway.device_stream`), the
+loop takes them as the answer of a poll and starts at once (:func:`pushed_offers`);
+without them it asks ``rpc_exec_client_requesting_task`` itself. So a new task reaches
+an idle device in one event instead of up to one poll interval, and the periodic poll
+stays as the fallback for a lost stream and the authority over what runs.
 
 The stream is reopened with backoff and jitter whenever it breaks (the cloud restarts,
 the network drops); a keep-alive comment arrives every 15 s, so a connection silent for
@@ -21,11 +25,13 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 from urllib.parse import quote
 
+from pydantic import ValidationError
+
 from agata.edge.backoff import Backoff, StateLog
-from agata.edge.cloud_client import CloudClient
+from agata.edge.cloud_client import CloudClient, TaskOffer
 from agata.errors import AgataError, ErrorCode
 
-__all__ = ["PushListener", "parse_sse"]
+__all__ = ["PushListener", "parse_sse", "pushed_offers"]
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +65,22 @@ async def parse_sse(lines: AsyncIterator[str]) -> AsyncIterator[tuple[str, str]]
             data.append(value)
     if data:
         yield name or "message", "\n".join(data)
+
+
+def pushed_offers(data: Any) -> list[TaskOffer] | None:
+    """The offers a ``task`` event carries (None when it carries none: poll instead).
+
+    An unusable item is left out with a warning, as in a poll's answer; a field that is
+    not a list means no offers at all."""
+    if not isinstance(data, dict) or not isinstance(data.get("offers"), list):
+        return None
+    offers = []
+    for item in data["offers"]:
+        try:
+            offers.append(TaskOffer.model_validate(item))
+        except ValidationError as exc:
+            logger.warning("ignoring an unusable pushed task offer %.200r: %s", item, exc)
+    return offers
 
 
 class PushListener:

@@ -181,10 +181,15 @@ class RunContainer:
             return {MARK_ENV: self.run_id}
         return {}
 
-    def prologue(self) -> list[str]:
+    def prologue(self, *, rlimits: bool = True) -> list[str]:
         """Shell commands the child runs before it execs the task: join the cgroups,
-        set the per-process limits the cgroups do not cover."""
+        set the per-process limits the cgroups do not cover (unless not ``rlimits``)."""
         lines = [f'echo $$ > "{folder}/cgroup.procs" || exit 126' for folder in self.folders]
+        return [*lines, *self.rlimit_lines()] if rlimits else lines
+
+    def rlimit_lines(self) -> list[str]:
+        """Shell commands setting the per-process limits the cgroups do not cover."""
+        lines: list[str] = []
         lim, enforced = self.limits, self.containment.enforced
         if lim.open_files is not None:
             lines.append(f"ulimit -n {lim.open_files} || exit 126")

@@ -38,6 +38,7 @@ from typing import Protocol
 from agata.errors import AgataError, ErrorCode
 from agata.runtime.containment import MARK_ENV, Containment, RunContainer
 from agata.runtime.limits import Limits
+from agata.runtime.spare import SpareStart, usable_line
 
 __all__ = [
     "ENV_ALLOWLIST",
@@ -70,6 +71,11 @@ ENV_ALLOWLIST = frozenset(
 )
 """Variables of AGATA's own environment a task inherits (and ``LC_*``); nothing else."""
 
+#: Seconds between a start taking the spare and the next spare's start: a little, so
+#: that the fork is not in the way of the task's own exec; the join itself sleeps in
+#: the kernel. (1 s was too long: the bench's starts come ~0.7 s apart and failover
+#: follows a start by about a second, so they found no spare.)
+SPARE_REFILL_SECONDS = 0.1
 _PR_SET_PDEATHSIG = 1
 _STREAM_LIMIT = 64 * 1024  # bytes buffered per pipe before the child has to wait
 
@@ -271,9 +277,19 @@ class AsyncioProcessLauncher(ProcessLauncher):
             limits, as the containment's task user (None: a process group only).
     """
 
-    def __init__(self, *, pdeathsig: bool = True, containment: Containment | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        pdeathsig: bool = True,
+        containment: Containment | None = None,
+        spare: bool = False,
+    ) -> None:
         self._pdeathsig = pdeathsig
         self._containment = containment
+        # A parked shell in the next run's cgroups (agata.runtime.spare): cgroups only.
+        self._spare_wanted = spare and containment is not None and bool(containment.bases)
+        self._spare: SpareStart | None = None
+        self._refill: asyncio.Task[None] | None = None
         needs_setpriv = pdeathsig or (containment is not None and containment.task_user)
         self._setpriv = _setpriv() if needs_setpriv else None
         if containment is not None and containment.task_user and self._setpriv is None:
@@ -284,6 +300,14 @@ class AsyncioProcessLauncher(ProcessLauncher):
     def _wrap(self, argv: list[str], container: RunContainer | None) -> list[str]:
         """Prefix ``argv`` with the shell prologue (cgroups, rlimits) and setpriv
         (PDEATHSIG, task user). Both exec: the task keeps the child's pid."""
+        argv = self._with_setpriv(argv)
+        prologue = container.prologue() if container is not None else []
+        if prologue:
+            script = "\n".join([*prologue, 'exec "$@"'])
+            argv = ["/bin/sh", "-c", script, "agata-task", *argv]
+        return argv
+
+    def _with_setpriv(self, argv: list[str]) -> list[str]:
         if self._setpriv is not None:
             options = ["--pdeathsig", "KILL"] if self._pdeathsig else []
             user = self._containment.task_user if self._containment else None
@@ -292,11 +316,75 @@ class AsyncioProcessLauncher(ProcessLauncher):
             # setpriv sets PDEATHSIG after switching users (a switch would clear it)
             # and execs the task: no preexec_fn, so CPython can vfork.
             argv = [self._setpriv, *options, "--", *argv]
-        prologue = container.prologue() if container is not None else []
-        if prologue:
-            script = "\n".join([*prologue, 'exec "$@"'])
-            argv = ["/bin/sh", "-c", script, "agata-task", *argv]
         return argv
+
+    # -- the spare start (agata.runtime.spare) ------------------------------------------
+
+    async def prepare(self) -> None:
+        """Park a spare for the next start now (when this launcher keeps one)."""
+        if self._spare_wanted and self._spare is None:
+            await self._make_spare()
+
+    async def _make_spare(self) -> None:
+        assert self._containment is not None
+        loop = asyncio.get_running_loop()
+        try:
+            spare = await SpareStart.make(
+                self._containment,
+                lambda: _ExitWatchingProtocol(_STREAM_LIMIT, loop),
+            )
+        except OSError as exc:
+            logger.warning("no spare start parked (%s); tasks start the ordinary way", exc)
+            return
+        if self._spare is not None or not self._spare_wanted:  # closed or made meanwhile
+            spare.discard()
+            return
+        self._spare = spare
+
+    def _refill_soon(self) -> None:
+        """Park the next spare after a short pause (see SPARE_REFILL_SECONDS)."""
+        if self._spare_wanted and (self._refill is None or self._refill.done()):
+            self._refill = asyncio.get_running_loop().create_task(self._refill_later())
+
+    async def _refill_later(self) -> None:
+        await asyncio.sleep(SPARE_REFILL_SECONDS)
+        await self._make_spare()
+
+    def _take_spare(
+        self, argv: list[str], cwd: Path, env: Mapping[str, str], limits: Limits | None
+    ) -> ProcessHandle | None:
+        """Start ``argv`` in the spare (None: there is none that can carry it)."""
+        spare = self._spare
+        if spare is None or not usable_line(argv, env) or not cwd.is_dir():
+            return None
+        self._spare = None
+        self._refill_soon()
+        if not spare.alive:
+            spare.discard()
+            return None
+        try:
+            spare.launch(self._with_setpriv(argv), cwd=cwd, env=env, limits=limits)
+        except (OSError, RuntimeError) as exc:
+            logger.warning("the spare start failed (%s); starting the ordinary way", exc)
+            spare.discard()
+            return None
+        handle = _AsyncioHandle(spare.transport, spare.protocol, spare.container)  # type: ignore[arg-type]
+        logger.debug("started pid %d in a spare (group %d): %s", handle.pid, handle.pgid, argv)
+        return handle
+
+    @property
+    def spare_pid(self) -> int | None:
+        """The pid of the parked spare (the next start's pid), if one is parked."""
+        return self._spare.transport.get_pid() if self._spare is not None else None
+
+    def close(self) -> None:
+        """End the spare, if one is parked (before the containment's folders go)."""
+        self._spare_wanted = False
+        if self._refill is not None:
+            self._refill.cancel()
+        if self._spare is not None:
+            self._spare.discard()
+            self._spare = None
 
     async def spawn(
         self,
@@ -316,6 +404,11 @@ class AsyncioProcessLauncher(ProcessLauncher):
             )
         if self._setpriv is None and self._pdeathsig:
             preexec = _pdeathsig_preexec()
+        if self._spare_wanted:
+            spared = self._take_spare(list(argv), cwd, env, limits)
+            if spared is not None:
+                return spared
+            self._refill_soon()
         container = None
         if self._containment is not None:
             try:

@@ -47,6 +47,8 @@ class TaskSandbox:
         index_options, env_timeout, env_max_bytes, allow_direct: of the task
             environments (:class:`~agata.runtime.environments.EnvironmentCache`), kept
             in ``<task_dir>/environments``.
+        spare: keep a shell parked in the next run's cgroups (:mod:`agata.runtime.spare`):
+            a start then skips the cgroup join (the agent's dispatch and failover).
     """
 
     def __init__(
@@ -60,10 +62,11 @@ class TaskSandbox:
         env_timeout: float = 600.0,
         env_max_bytes: int = 5 * 1024**3,
         allow_direct: bool = False,
+        spare: bool = False,
     ) -> None:
         user = resolve_task_user(task_user)
         self.containment: Containment = detect_containment(scope, task_user=user)
-        self.launcher = AsyncioProcessLauncher(containment=self.containment)
+        self.launcher = AsyncioProcessLauncher(containment=self.containment, spare=spare)
         self.task_dir = task_dir
         self.limits = limits or Limits()
         self.environments = EnvironmentCache(
@@ -142,8 +145,15 @@ class TaskSandbox:
         python = await asyncio.to_thread(self.environments.ensure, text, report, options)
         return str(python)
 
+    async def prepare(self) -> None:
+        """Park a spare start for the first task (with ``spare``; see
+        :mod:`agata.runtime.spare`)."""
+        await self.launcher.prepare()
+
     def close(self) -> None:
-        """Once every side has ended: remove the service's empty cgroup folders."""
+        """Once every side has ended: end the spare start, remove the service's empty
+        cgroup folders."""
+        self.launcher.close()
         self.containment.close()
 
     def reap(self, run_id: str, pgid: int | None = None) -> bool:

@@ -205,3 +205,33 @@ async def test_a_device_that_stops_matching_is_out_of_scope_at_once(cloud: Cloud
 
     assert running.status_code == 404
     assert ended.status_code == 200, ended.text
+
+
+async def test_a_devices_stream_carries_its_offers_as_its_poll_answers_them(
+    cloud: Cloud,
+) -> None:
+    """Issue 17 (dispatch): a task event on a device's own stream carries the offers
+    its poll would get at that moment, so the agent need not poll again; those of
+    another device's tasks never appear in them."""
+    near = await device(cloud, "pi-o", 100)
+    await start_held_task(cloud, "far-only", "data_qnt < 50")
+    async with task_events(cloud, "pi-o", near) as events:
+        await start_held_task(cloud, "near-1", MATCH)
+        started = await asyncio.wait_for(events.get(), 10)
+        poll = await cloud.op("rpc_exec_client_requesting_task", {"user_id": "pi-o"}, token=near)
+        await cloud.op("rpc_exec_stop_server_task", {"task_id": "near-1"})
+        stopped = await asyncio.wait_for(events.get(), 10)
+
+    assert started["task_id"] == "near-1" and started["running"] is True
+    assert started["offers"] == poll.json()
+    assert [offer["ID"] for offer in started["offers"]] == ["near-1"]
+    assert stopped["task_id"] == "near-1" and stopped["offers"] == []
+
+
+async def test_an_operators_view_of_a_device_stream_carries_no_offers(cloud: Cloud) -> None:
+    await device(cloud, "pi-v", 100)
+    async with task_events(cloud, "pi-v", cloud.token) as events:
+        await start_held_task(cloud, "seen-1", MATCH)
+        started = await asyncio.wait_for(events.get(), 10)
+
+    assert started["task_id"] == "seen-1" and "offers" not in started

@@ -295,7 +295,9 @@ def create_gateway(bus: Bus, config: GatewayConfig) -> FastAPI:
         """Server-sent events telling one device that its tasks changed: those it is
         offered, or was offered until this change; never another task's."""
         _check_device_access(principal, user_id, config.legacy_devices)
-        scope = DeviceStreamScope(rpc, user_id)
+        # Offers only on a device's own credential: an anonymous device of the original
+        # system is offered other replies (legacy offers) by its poll.
+        scope = DeviceStreamScope(rpc, user_id, with_offers=principal.kind == "device")
         await scope.refresh()
 
         def accepts(message: dict[str, Any]) -> bool:

@@ -14,6 +14,12 @@ when its stream wakes it, so the stream's question costs no more than one poll o
 devices that had been woken before; the devices a task does not concern are no longer
 woken at all. When the question cannot be answered (a service is away) the device gets
 a ``task`` event without content: it wakes up and asks itself, and learns nothing.
+
+A stream opened with the device's own credential also gets that answer: the ``task``
+event it takes carries ``offers``, the list ``rpc_exec_client_requesting_task`` gave
+for this device right after the change (the same call and reply as its poll), so the
+agent can start at once without asking again. It is what the device would be offered,
+never more; an agent that ignores the field polls as before.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import logging
 from typing import Any, Final
 
 from agata.bus.rpc import RpcClient
+from agata.cloud.gateway.streams import sse_text
 from agata.errors import AgataError, ErrorCode
 from agata.protocol import operations as ops
 
@@ -34,10 +41,12 @@ WAKE_UP: Final = "event: task\ndata: {}\n\n"
 class DeviceStreamScope:
     """The tasks one device's stream may tell it about (module docstring)."""
 
-    def __init__(self, rpc: RpcClient, user_id: str) -> None:
+    def __init__(self, rpc: RpcClient, user_id: str, *, with_offers: bool = False) -> None:
         self.rpc = rpc
         self.user_id = user_id
+        self.with_offers = with_offers
         self.offered: frozenset[str] = frozenset()
+        self.offers: list[Any] = []
 
     async def refresh(self) -> bool:
         """Ask which tasks the device is offered; False when no answer came.
@@ -53,9 +62,10 @@ class DeviceStreamScope:
                 return True
             logger.debug("offers of device %s not known: %s", self.user_id, exc.message)
             return False
+        self.offers = offers if isinstance(offers, list) else []
         self.offered = frozenset(
             offer["ID"]
-            for offer in offers
+            for offer in self.offers
             if isinstance(offer, dict) and isinstance(offer.get("ID"), str)
         )
         return True
@@ -68,4 +78,8 @@ class DeviceStreamScope:
         was_offered = task_id in self.offered
         if not await self.refresh():
             return WAKE_UP
-        return text if was_offered or task_id in self.offered else None
+        if not (was_offered or task_id in self.offered):
+            return None
+        if self.with_offers:
+            return sse_text({**message, "offers": self.offers})
+        return text
