@@ -15,6 +15,7 @@ from typing import Any
 from agata.bus.bus import Bus, Consumer, Delivery
 from agata.bus.service import Service
 from agata.cloud.auth import DEVICE_PREFIX, ENROLLMENT_PREFIX, hash_token, new_token
+from agata.cloud.device_query import parse_device_filter
 from agata.cloud.events import EventPublisher
 from agata.cloud.notifier import Notifier
 from agata.cloud.report_scope import ReportScope
@@ -59,6 +60,8 @@ class DeviceRegistry(Service):
             (ops.CREATE_ENROLLMENT_TOKEN, self.create_enrollment),
             (ops.RESOLVE_CREDENTIAL, self.resolve_credential),
             (ops.REVOKE_DEVICE, self.revoke_device),
+            (ops.QUERY_DEVICES, self.query_devices),
+            (ops.DELETE_DEVICE, self.delete_device),
         ]:
             self.add_operation(name, ops.OPERATION_MODELS[name], handler)  # type: ignore[arg-type]
 
@@ -117,6 +120,27 @@ class DeviceRegistry(Service):
             device_view(d, self.store.list_device_tasks(d.user_id))
             for d in self.store.list_devices()
         ]
+
+    async def query_devices(self, req: ops.QueryDevices) -> dict[str, Any]:
+        """One page of devices and the total matching ``q`` (:mod:`agata.cloud.device_query`)."""
+        query = parse_device_filter(
+            req.q, sort=req.sort, descending=req.order == "desc", limit=req.limit, offset=req.offset
+        )
+        page = self.store.query_devices(query)
+        return {
+            "items": [device_view(d, self.store.list_device_tasks(d.user_id)) for d in page.items],
+            "total": page.total,
+        }
+
+    async def delete_device(self, req: ops.UserRef) -> dict[str, str]:
+        """Decommission: the device, its credential and task states go; its events and
+        the metrics it reported (a run's history) stay. It may enroll again as new."""
+        self.store.delete_device(req.user_id)
+        self.scope.forget_device(req.user_id)
+        self._last_touch.pop(req.user_id, None)
+        self.event(ops.DELETE_DEVICE, "Device decommissioned", user_id=req.user_id)
+        await self.notifier.notify("device", user_id=req.user_id, deleted=True)
+        return {"user_id": req.user_id}
 
     async def report_device_task(self, req: ops.ReportDeviceTask) -> None:
         """A device reports what happened to one of its tasks (and its metrics).

@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +110,7 @@ class TaskManager(Service):
             (ops.UPDATE_TASK, self.update_task),
             (ops.GET_TASK, self.get_task),
             (ops.LIST_TASKS, self.list_tasks),
+            (ops.QUERY_TASKS, self.query_tasks),
             (ops.DELETE_TASK, self.delete_task),
             (ops.START_TASK, self.start_task),
             (ops.STOP_TASK, self.stop_task),
@@ -293,6 +295,16 @@ class TaskManager(Service):
 
     async def list_tasks(self, req: ops.ListTasks) -> list[dict[str, Any]]:
         return [self._view(t) for t in self.store.list_tasks(req.running)]
+
+    async def query_tasks(self, req: ops.QueryTasks) -> dict[str, Any]:
+        """One page of tasks and the total matching ``q`` (:func:`task_filter`)."""
+        matches = task_filter(req.q)
+        tasks = [x for x in self.store.list_tasks() if matches(x)]
+        tasks.sort(key=lambda x: (str(getattr(x, req.sort)), x.task_id))
+        if req.order == "desc":
+            tasks.reverse()
+        page = tasks[req.offset : req.offset + req.limit]
+        return {"items": [self._view(x) for x in page], "total": len(tasks)}
 
     async def delete_task(self, req: ops.TaskRef) -> None:
         self.store.delete_task(req.task_id)  # 409 while running
@@ -512,6 +524,37 @@ class TaskManager(Service):
             same_secret(req.username, task.username) & same_secret(req.password, task.password)
         )
         return {"ok": ok}
+
+
+def task_filter(q: str) -> Callable[[Task], bool]:
+    """``q`` of ``rpc_exec_query_tasks`` as a test: blank-separated terms that must all
+    hold, each a state word, ``tag:NAME`` or a part of the task id. Tasks are few (an
+    operator creates each), so they are filtered in memory."""
+    states = {s.value for s in TaskState}
+    wanted_states: set[str] = set()
+    tags: list[str] = []
+    parts: list[str] = []
+    for token in q.split():
+        lowered = token.lower()
+        if lowered in states:
+            wanted_states.add(lowered)
+        elif lowered.startswith("tag:") and len(token) > 4:
+            tags.append(token[4:])
+        elif ":" in token:
+            raise invalid(f"q: {token!r}: unknown prefix (tag:NAME, or a state or id part)")
+        else:
+            parts.append(token)
+    if len(wanted_states) > 1:
+        raise invalid(f"q: a task is in one state, not all of {sorted(wanted_states)}")
+
+    def matches(task: Task) -> bool:
+        return (
+            all(str(task.state) == state for state in wanted_states)
+            and all(tag in task.tags for tag in tags)
+            and all(part in task.task_id for part in parts)
+        )
+
+    return matches
 
 
 def _json_object(body: bytes) -> dict[str, Any]:

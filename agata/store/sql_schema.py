@@ -30,7 +30,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
 
-SCHEMA_VERSION = 2  # 2: tasks.limits
+SCHEMA_VERSION = 3  # 2: tasks.limits; 3: devices.revoked_at and the query indexes
 
 _ID = 255
 
@@ -127,6 +127,13 @@ devices = Table(
     Column("credential_hash", String(_ID), nullable=True),
     Column("last_seen", UtcDateTime, nullable=False),
     Column("created_at", UtcDateTime, nullable=False),
+    Column("revoked_at", UtcDateTime, nullable=True),  # since version 3
+    # Since version 3: a page of devices sorted or filtered by these reads an index.
+    Index("ix_devices_last_seen", "last_seen", "user_id"),
+    Index("ix_devices_created_at", "created_at", "user_id"),
+    Index("ix_devices_data_qnt", "data_qnt", "user_id"),
+    Index("ix_devices_avg_acc_contrib", "avg_acc_contrib", "user_id"),
+    Index("ix_devices_avg_disconnection", "avg_disconnection_per_round", "user_id"),
 )
 
 device_sensors = Table(
@@ -134,6 +141,7 @@ device_sensors = Table(
     metadata,
     Column("user_id", ForeignKey("devices.user_id", ondelete="CASCADE"), primary_key=True),
     Column("sensor", String(_ID), primary_key=True),
+    Index("ix_device_sensors_sensor", "sensor"),  # since version 3
 )
 
 device_tasks = Table(
@@ -145,6 +153,7 @@ device_tasks = Table(
     Column("reason", Text, nullable=False),
     Column("updated_at", UtcDateTime, nullable=False),
     Index("ix_device_tasks_task", "task_id"),
+    Index("ix_device_tasks_status", "status", "user_id"),  # since version 3
 )
 
 # No foreign keys: events are an audit trail that outlives tasks and devices.

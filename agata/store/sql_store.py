@@ -30,7 +30,19 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Row, delete, false, insert, or_, select, true, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Row,
+    delete,
+    false,
+    insert,
+    inspect,
+    or_,
+    select,
+    true,
+    update,
+)
 from sqlalchemy import text as sql_text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -39,8 +51,10 @@ from sqlalchemy.pool import StaticPool
 from sqlalchemy.sql.elements import ColumnElement
 
 from agata.errors import AgataError, ErrorCode, conflict, invalid, not_found
+from agata.store import sql_device_query
 from agata.store import sql_schema as t
 from agata.store import validation as v
+from agata.store.queries import DevicePage, DeviceQuery
 from agata.store.sql_errors import translate
 from agata.store.store import (
     BundleFile,
@@ -185,7 +199,7 @@ class SqlStore(Store):
         Each step is a function ``(conn) -> None`` taking version N to N+1, run in the
         transaction of :meth:`initialize`.
         """
-        steps: dict[int, Any] = {1: _add_task_limits}
+        steps: dict[int, Any] = {1: _add_task_limits, 2: _add_device_queries}
         for version in range(stored, t.SCHEMA_VERSION):
             step = steps.get(version)
             if step is None:
@@ -451,6 +465,7 @@ class SqlStore(Store):
             credential_hash=r.credential_hash,
             last_seen=iso(r.last_seen),
             created_at=iso(r.created_at),
+            revoked_at=None if r.revoked_at is None else iso(r.revoked_at),
         )
 
     def _one_device(self, conn: Connection, user_id: str) -> Device:
@@ -520,6 +535,19 @@ class SqlStore(Store):
                 sensors[s.user_id].append(s.sensor)
             return [self._device(r, sensors[r.user_id]) for r in rows]
 
+    def query_devices(self, query: DeviceQuery) -> DevicePage:
+        with self._tx("query_devices") as conn:
+            return sql_device_query.query_devices(
+                conn, query, lambda c, ids: sql_device_query.load_devices(c, ids, self._device)
+            )
+
+    def delete_device(self, user_id: str) -> None:
+        with self._tx("delete_device", write=True) as conn:
+            # Its sensors and task states go by the foreign keys' cascades.
+            gone = conn.execute(delete(t.devices).where(t.devices.c.user_id == user_id))
+            if not gone.rowcount:
+                raise not_found(f"device {user_id!r} not found")
+
     def _update_device(self, operation: str, user_id: str, values: dict[str, Any]) -> None:
         with self._tx(operation, write=True) as conn:
             found = conn.execute(
@@ -556,7 +584,12 @@ class SqlStore(Store):
     def set_device_credential(self, user_id: str, credential_hash: str | None) -> None:
         if credential_hash is not None:
             v.ident("credential_hash", credential_hash)
-        self._update_device("set_device_credential", user_id, {"credential_hash": credential_hash})
+        revoked_at = _now() if credential_hash is None else None
+        self._update_device(
+            "set_device_credential",
+            user_id,
+            {"credential_hash": credential_hash, "revoked_at": revoked_at},
+        )
 
     def claim_device_credential(self, user_id: str, credential_hash: str) -> bool:
         v.ident("credential_hash", credential_hash)
@@ -565,7 +598,7 @@ class SqlStore(Store):
             claimed = conn.execute(
                 update(t.devices)
                 .where(devices.user_id == user_id, devices.credential_hash.is_(None))
-                .values(credential_hash=credential_hash)
+                .values(credential_hash=credential_hash, revoked_at=None)
                 .returning(devices.user_id)
             ).first()
             if claimed is not None:
@@ -911,3 +944,12 @@ def _limits(limits: Mapping[str, Any]) -> dict[str, Any] | None:
 def _add_task_limits(conn: Connection) -> None:
     """Schema 1 -> 2: tasks get their limits (NULL: none)."""
     conn.execute(sql_text("ALTER TABLE tasks ADD COLUMN limits JSON"))
+
+
+def _add_device_queries(conn: Connection) -> None:
+    """Schema 2 -> 3: devices remember a revocation; the indexes of paged device queries."""
+    if "revoked_at" not in {c["name"] for c in inspect(conn).get_columns("devices")}:
+        conn.execute(sql_text("ALTER TABLE devices ADD COLUMN revoked_at TIMESTAMP WITH TIME ZONE"))
+    for table in (t.devices, t.device_sensors, t.device_tasks):
+        for index in table.indexes:
+            index.create(conn, checkfirst=True)

@@ -155,7 +155,7 @@ def test_a_version_1_database_gains_task_limits_and_keeps_its_rows(db_path: Path
     assert store.get_task("t1").password == "secret-pw"
     store.close()
     raw = sqlite3.connect(db_path)
-    assert raw.execute("SELECT version FROM schema_version").fetchone() == (2,)
+    assert raw.execute("SELECT version FROM schema_version").fetchone() == (schema.SCHEMA_VERSION,)
     raw.close()
 
 
