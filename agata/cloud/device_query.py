@@ -12,9 +12,10 @@ is not — one selection-criteria expression (:mod:`agata.cloud.criteria`), whic
   dropped);
 - any other word: a part of the id or the name of a sensor.
 
-Everything but comparisons on ``extra`` attributes and criteria expressions goes into
-SQL on indexed columns; those two are evaluated with the criteria compiler on the rows
-the rest lets through (a bounded scan, see :class:`~agata.store.queries.DeviceQuery`).
+Everything but criteria expressions and ``<``/``>`` on ``extra`` strings goes into SQL on
+indexed columns (``extra`` through ``device_attributes``); those are evaluated with the
+criteria compiler on the rows the rest lets through (a bounded scan, see
+:class:`~agata.store.queries.DeviceQuery`).
 A text that is neither raises ``INVALID_ARGUMENT`` naming ``q`` and the reason.
 """
 
@@ -27,10 +28,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from agata.cloud.criteria import compile_criteria
-from agata.cloud.views import NUMBER_FIELDS, ONLINE_SECONDS, device_attributes
+from agata.cloud.views import NUMBER_FIELDS, ONLINE_SECONDS
 from agata.errors import AgataError, invalid
 from agata.store.queries import DeviceQuery
-from agata.store.store import Device, DeviceTaskStatus
+from agata.store.store import DeviceTaskStatus
 
 __all__ = ["STATE_WORDS", "parse_device_filter"]
 
@@ -55,7 +56,7 @@ class _Terms:
     tasks: list[str] = field(default_factory=list)
     sensors: list[str] = field(default_factory=list)
     numbers: list[tuple[str, str, float]] = field(default_factory=list)
-    extra_text: list[tuple[str, str, bool]] = field(default_factory=list)
+    attributes: list[tuple[str, str, str | float]] = field(default_factory=list)
     python: list[str] = field(default_factory=list)  # criteria fragments
 
 
@@ -99,8 +100,8 @@ def _comparison(terms: _Terms, token: str, name: str, op: str, raw: str) -> None
         return
     if name.startswith("_") or keyword.iskeyword(name):
         raise invalid(f"q: {token!r}: {name!r} cannot be an attribute name")
-    if number is None and op in ("=", "!=") and name not in ("user_id", "sensors"):
-        terms.extra_text.append((name, value, op == "="))
+    if name not in ("user_id", "sensors") and (number is not None or op in ("=", "!=")):
+        terms.attributes.append((name, op, value if number is None else number))
         return
     literal = repr(number if number is not None else value)
     terms.python.append(f"({name} {_PY_OPERATORS[op]} {literal})")
@@ -133,14 +134,7 @@ def _criteria_query(q: str, **window: Any) -> DeviceQuery:
         raise invalid(
             f"q: neither filter terms nor a selection criteria expression: {exc.message}"
         ) from None
-    return DeviceQuery(predicate=_predicate(criteria.matches), **window)
-
-
-def _predicate(matches: Any) -> Any:
-    def predicate(device: Device) -> bool:
-        return bool(matches(device_attributes(device)))
-
-    return predicate
+    return DeviceQuery(predicate=criteria.matches, **window)
 
 
 def parse_device_filter(
@@ -170,7 +164,7 @@ def parse_device_filter(
         tasks=tuple(terms.tasks),
         sensors=tuple(terms.sensors),
         numbers=tuple(terms.numbers),
-        extra_text=tuple(terms.extra_text),
+        attributes=tuple(terms.attributes),
         predicate=predicate,
         **terms.conditions,
         **window,

@@ -128,7 +128,7 @@ class DeviceRegistry(Service):
         )
         page = self.store.query_devices(query)
         return {
-            "items": [device_view(d, self.store.list_device_tasks(d.user_id)) for d in page.items],
+            "items": [device_view(d, page.tasks.get(d.user_id, [])) for d in page.items],
             "total": page.total,
         }
 

@@ -3,18 +3,19 @@
 A :class:`DeviceQuery` is built by the device registry from an operator's filter text
 (:mod:`agata.cloud.device_query`); the store knows nothing of that text. Every field is a
 condition the backend evaluates with its indexes; all of them must hold (AND). What no
-index can answer (an arbitrary selection-criteria expression, a comparison on an ``extra``
-attribute) comes as ``predicate``, which the backend applies to the candidate rows in sort
+index can answer (an arbitrary selection-criteria expression, an ordering of
+``extra`` strings) comes as ``predicate``, which the backend applies to the candidate rows in sort
 order over a scan bounded by ``scan_limit``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
-from agata.store.store import Device
+from agata.store.store import Device, DeviceTaskState
 
 __all__ = ["DEVICE_SORT_KEYS", "NUMBER_OPERATORS", "DevicePage", "DeviceQuery"]
 
@@ -54,10 +55,13 @@ class DeviceQuery:
     #: ``(field, operator, value)`` on a number field of :data:`DEVICE_SORT_KEYS`; a
     #: device without a value for the field never matches.
     numbers: tuple[tuple[str, str, float], ...] = ()
-    #: ``(attribute, text, equal)``: the ``extra`` attribute is (or is not) this string.
-    extra_text: tuple[tuple[str, str, bool], ...] = ()
-    #: Evaluated in Python on what the conditions above let through.
-    predicate: Callable[[Device], bool] | None = field(default=None, compare=False)
+    #: ``(attribute, operator, value)`` on an ``extra`` attribute holding a string (then
+    #: only ``=`` / ``!=``) or a number (bools are neither). ``!=`` also matches a device
+    #: without such a value; the other operators need one.
+    attributes: tuple[tuple[str, str, str | float], ...] = ()
+    #: Evaluated in Python on what the conditions above let through: it gets a device's
+    #: selection-criteria names (:func:`agata.cloud.views.device_attributes`' shape).
+    predicate: Callable[[Mapping[str, Any]], bool] | None = field(default=None, compare=False)
     sort: str = "user_id"
     descending: bool = False
     limit: int = 50
@@ -72,3 +76,5 @@ class DevicePage:
 
     items: list[Device]
     total: int
+    #: The task states of the page's devices, by user id (absent: none).
+    tasks: dict[str, list[DeviceTaskState]] = field(default_factory=dict)

@@ -144,6 +144,19 @@ device_sensors = Table(
     Index("ix_device_sensors_sensor", "sensor"),  # since version 3
 )
 
+# Since version 3: the text and number values of each device's ``extra`` (a copy kept by
+# upsert_device), so a filter on an attribute reads an index instead of every record.
+device_attributes = Table(
+    "device_attributes",
+    metadata,
+    Column("user_id", ForeignKey("devices.user_id", ondelete="CASCADE"), primary_key=True),
+    Column("name", String(_ID), primary_key=True),
+    Column("text_value", Text, nullable=True),
+    Column("num_value", Double, nullable=True),
+    Index("ix_device_attributes_text", "name", "text_value"),
+    Index("ix_device_attributes_num", "name", "num_value"),
+)
+
 device_tasks = Table(
     "device_tasks",
     metadata,

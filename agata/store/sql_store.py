@@ -499,6 +499,7 @@ class SqlStore(Store):
         }
         if extra is not None:
             changes["extra"] = v.json_object("extra", extra)
+        indexed = [] if extra is None else indexed_attributes(user_id, changes["extra"])
         new_sensors = None if sensors is None else sorted(set(v.unique("sensor", sensors)))
         now = _now()
         with self._tx("upsert_device", write=True) as conn:
@@ -514,6 +515,11 @@ class SqlStore(Store):
                 .where(t.devices.c.user_id == user_id)
                 .values(**changes, last_seen=now)
             )
+            if extra is not None:
+                attributes = t.device_attributes
+                conn.execute(delete(attributes).where(attributes.c.user_id == user_id))
+                if indexed:
+                    conn.execute(insert(attributes), indexed)
             if new_sensors is not None:
                 conn.execute(delete(t.device_sensors).where(t.device_sensors.c.user_id == user_id))
                 if new_sensors:
@@ -537,9 +543,7 @@ class SqlStore(Store):
 
     def query_devices(self, query: DeviceQuery) -> DevicePage:
         with self._tx("query_devices") as conn:
-            return sql_device_query.query_devices(
-                conn, query, lambda c, ids: sql_device_query.load_devices(c, ids, self._device)
-            )
+            return sql_device_query.query_devices(conn, query, self._device, self._device_task)
 
     def delete_device(self, user_id: str) -> None:
         with self._tx("delete_device", write=True) as conn:
@@ -946,10 +950,30 @@ def _add_task_limits(conn: Connection) -> None:
     conn.execute(sql_text("ALTER TABLE tasks ADD COLUMN limits JSON"))
 
 
+def indexed_attributes(user_id: str, extra: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The ``device_attributes`` rows of a device's ``extra``: its strings and numbers
+    (not bools, lists or nulls, which no indexed filter compares)."""
+    rows: list[dict[str, Any]] = []
+    for name, value in extra.items():
+        if isinstance(value, str):
+            rows.append({"user_id": user_id, "name": name, "text_value": value, "num_value": None})
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            rows.append(
+                {"user_id": user_id, "name": name, "text_value": None, "num_value": float(value)}
+            )
+    return rows
+
+
 def _add_device_queries(conn: Connection) -> None:
-    """Schema 2 -> 3: devices remember a revocation; the indexes of paged device queries."""
+    """Schema 2 -> 3: devices remember a revocation; ``device_attributes`` (filled from
+    every device's ``extra``, which ``create_all`` created empty); the query indexes."""
     if "revoked_at" not in {c["name"] for c in inspect(conn).get_columns("devices")}:
         conn.execute(sql_text("ALTER TABLE devices ADD COLUMN revoked_at TIMESTAMP WITH TIME ZONE"))
     for table in (t.devices, t.device_sensors, t.device_tasks):
         for index in table.indexes:
             index.create(conn, checkfirst=True)
+    conn.execute(delete(t.device_attributes))
+    for row in conn.execute(select(t.devices.c.user_id, t.devices.c.extra)).all():
+        rows = indexed_attributes(row.user_id, row.extra or {})
+        if rows:
+            conn.execute(insert(t.device_attributes), rows)

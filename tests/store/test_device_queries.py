@@ -63,8 +63,13 @@ def test_each_condition_filters(store: Store) -> None:
     assert _ids(store, enrolled=True) == ["dev-2"]
     assert _ids(store, numbers=(("data_qnt", ">", 50.0),)) == ["dev-1", "dev-3"]
     assert _ids(store, numbers=(("data_qnt", "!=", 10.0),)) == ["dev-1", "dev-3"]
-    assert _ids(store, extra_text=(("location", "lab", True),)) == ["dev-0", "dev-1"]
-    assert _ids(store, extra_text=(("location", "lab", False),)) == ["dev-2", "dev-3"]
+    assert _ids(store, attributes=(("location", "=", "lab"),)) == ["dev-0", "dev-1"]
+    assert _ids(store, attributes=(("location", "!=", "lab"),)) == ["dev-2", "dev-3"]
+    assert _ids(store, attributes=(("n", ">=", 2.0),)) == ["dev-2", "dev-3"]
+    assert _ids(store, attributes=(("n", "!=", 2.0),)) == ["dev-0", "dev-1", "dev-3"]
+    store.upsert_device("dev-3", extra={"location": "lab"})  # replaces the indexed copy
+    assert _ids(store, attributes=(("n", "=", 3.0),)) == []
+    assert _ids(store, attributes=(("location", "=", "lab"),)) == ["dev-0", "dev-1", "dev-3"]
     assert _ids(store, seen_before=future) == ["dev-0", "dev-1", "dev-2", "dev-3"]
     assert _ids(store, seen_since=future) == []
     assert store.get_device("dev-3").revoked_at is not None
@@ -77,12 +82,15 @@ def test_a_predicate_is_applied_in_order_and_counted(store: Store) -> None:
 
     page = store.query_devices(
         DeviceQuery(
-            predicate=lambda d: int(d.extra["n"]) % 2 == 1, sort="user_id", descending=True, limit=1
+            predicate=lambda d: int(d["n"]) % 2 == 1 and d["sensors"] == [],
+            sort="user_id",
+            descending=True,
+            limit=1,
         )
     )
 
     assert [d.user_id for d in page.items] == ["dev-3"]
-    assert page.total == 2
+    assert page.total == 2  # dev-1 and dev-3
     with pytest.raises(AgataError) as exc:
         store.query_devices(DeviceQuery(predicate=lambda d: True, scan_limit=3))
     assert exc.value.code is ErrorCode.INVALID_ARGUMENT
