@@ -356,6 +356,10 @@ RESOLVE_CREDENTIAL = "rpc_exec_resolve_credential"
 REVOKE_DEVICE = "rpc_exec_revoke_device"
 QUERY_DEVICES = "rpc_exec_query_devices"
 DELETE_DEVICE = "rpc_exec_delete_device"
+LIST_OPERATOR_TOKENS = "rpc_exec_list_operator_tokens"
+REVOKE_OPERATOR_TOKEN = "rpc_exec_revoke_operator_token"
+LIST_ENROLLMENT_TOKENS = "rpc_exec_list_enrollment_tokens"
+REVOKE_ENROLLMENT_TOKEN = "rpc_exec_revoke_enrollment_token"
 
 
 class ClientRequestingTask(Request):
@@ -437,6 +441,12 @@ class CreateEnrollmentToken(Request):
     ttl_seconds: float = Field(86_400.0, gt=0, le=365 * 86_400)
 
 
+class TokenRef(Request):
+    """An operator or enrollment token by its id (as listed; never the token itself)."""
+
+    token_id: Annotated[str, StringConstraints(min_length=1, max_length=64), NoNul()]
+
+
 class ResolveCredential(Request):
     token_sha256: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 
@@ -473,6 +483,10 @@ OPERATION_MODELS: dict[str, type[Request]] = {
     REVOKE_DEVICE: UserRef,
     QUERY_DEVICES: QueryDevices,
     DELETE_DEVICE: UserRef,
+    LIST_OPERATOR_TOKENS: Empty,
+    REVOKE_OPERATOR_TOKEN: TokenRef,
+    LIST_ENROLLMENT_TOKENS: Empty,
+    REVOKE_ENROLLMENT_TOKEN: TokenRef,
 }
 
 # -- notifications (broadcast to every subscriber; see Bus.subscribe) -----------------

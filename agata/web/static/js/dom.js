@@ -124,6 +124,12 @@ export function badge(state, extraClass = "") {
   return h("span", { class: `badge ${text} ${extraClass}`.trim(), "data-state": text }, text);
 }
 
+/** A device's state word: a revoked credential first, then whether it polled lately. */
+export function deviceState(device) {
+  if (device.revoked) return "revoked";
+  return device.online ? "online" : "offline";
+}
+
 export function stateCell(state, reason) {
   return h("span", { class: "state" }, badge(state), reason ? h("span", { class: "reason" }, reason) : null);
 }
