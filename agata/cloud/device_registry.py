@@ -149,7 +149,12 @@ class DeviceRegistry(Service):
     async def list_operator_tokens(self, req: ops.Empty) -> list[dict[str, Any]]:
         """Every operator token (id, name, created, revoked); never a token or its hash."""
         return [
-            {"token_id": x.token_id, "name": x.name, "created_at": x.created_at, "revoked": x.revoked}
+            {
+                "token_id": x.token_id,
+                "name": x.name,
+                "created_at": x.created_at,
+                "revoked": x.revoked,
+            }
             for x in self.store.list_operator_tokens()
         ]
 
