@@ -22,6 +22,7 @@ from agata.bus.service import Service
 from agata.cloud.auth import same_secret
 from agata.cloud.bundles import BundleStore
 from agata.cloud.criteria import DEVICE_FIELDS, CriteriaCache, compile_criteria
+from agata.cloud.criteria_check import type_mismatches
 from agata.cloud.events import EventPublisher
 from agata.cloud.notifier import Notifier
 from agata.cloud.offer_cache import OfferCache
@@ -484,18 +485,35 @@ class TaskManager(Service):
         return {"matching": matching, "states": states}
 
     async def validate_criteria(self, req: ops.ValidateCriteria) -> dict[str, Any]:
-        """Whether the expression is valid, which names no device has, how many match."""
+        """Whether the expression is valid, which names no device has, which comparisons
+        cannot match by type, and how many devices it matches now (of how many, how
+        many of those online)."""
         try:
             criteria = compile_criteria(req.selection_criteria)
         except AgataError as exc:
-            return {"valid": False, "error": exc.message, "unknown_names": [], "matching": 0}
-        devices = [device_attributes(d) for d in self.store.list_devices()]
+            return {
+                "valid": False,
+                "error": exc.message,
+                "unknown_names": [],
+                "type_mismatches": [],
+                "matching": 0,
+                "matching_online": 0,
+                "devices": 0,
+            }
+        fleet = self.store.list_devices()
+        devices = [device_attributes(d) for d in fleet]
         known = set(DEVICE_FIELDS).union(*(d.keys() for d in devices))
+        matched = [d for d, names in zip(fleet, devices, strict=True) if criteria.matches(names)]
         return {
             "valid": True,
             "error": "",
             "unknown_names": sorted(criteria.names - known),
-            "matching": sum(1 for d in devices if criteria.matches(d)),
+            "type_mismatches": type_mismatches(req.selection_criteria, devices),
+            "matching": len(matched),
+            "matching_online": sum(
+                1 for d in matched if seconds_since(d.last_seen) <= ONLINE_SECONDS
+            ),
+            "devices": len(devices),
         }
 
     async def get_overview(self, req: ops.Empty) -> dict[str, Any]:
