@@ -329,6 +329,11 @@ export async function render(ctx) {
       if (err.status === 400 && state.q) {
         filterNote.className = "hint error";
         replace(filterNote, describe(err));
+        count.textContent = "";
+        replace(list, empty("Fix the filter to see devices."));
+        replace(pager);
+        page = null;
+        return;
       } else {
         replace(error, alertBox(describe(err)));
       }

@@ -136,7 +136,7 @@ export async function render(ctx) {
       const total = result.devices ?? 0;
       notes.push(`Matches ${result.matching.toLocaleString("en")} of ${total.toLocaleString("en")} devices now (${(result.matching_online ?? 0).toLocaleString("en")} online).`);
       const warn = result.unknown_names.length || (result.type_mismatches || []).length || (total > 0 && !result.matching);
-      setMessage(f.selection_criteria, `${warn ? "⚠ " : "✓ "}${notes.join(" ")}`, warn ? "warn" : "ok");
+      setMessage(f.selection_criteria, `${warn ? "⚠ " : "✓ Valid expression. "}${notes.join(" ")}`, warn ? "warn" : "ok");
     } catch (error) {
       if (seq !== criteriaCheck) return;
       criteriaValid = !(error instanceof ApiError && error.status === 400);
