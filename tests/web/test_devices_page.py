@@ -11,6 +11,8 @@ from cloud_harness import Cloud
 from playwright.async_api import Page, expect
 
 from agata.bench.console_bench import insert_fleet
+from agata.cloud.notifier import Notifier
+from agata.store import NewTask
 
 from .test_ui import register_device, sign_in, snap
 
@@ -160,3 +162,36 @@ async def test_log_lines_are_coloured_by_their_level(cloud: Cloud, page: Page) -
     )
 
     assert levels == ["info", "warning", "error", "error", "", "debug"]
+
+
+async def test_the_chart_follows_the_run_and_then_the_operators_choice(
+    cloud: Cloud, page: Page
+) -> None:
+    # Prepare: a task whose first point came from a device
+    store = cloud.node.store
+    store.create_task(NewTask(task_id="live", host="h", port=1, username="", password=""))
+    store.add_metric("live", 1, "pi-1", {"accuracy": 0.25})
+    notifier = Notifier(cloud.node.bus)
+
+    async def point(source: str, round_: int, accuracy: float) -> None:
+        store.add_metric("live", round_, source, {"accuracy": accuracy})
+        metric = {"accuracy": accuracy}
+        await notifier.notify("metric", task_id="live", round=round_, source=source, metrics=metric)
+
+    await sign_in(page, cloud, "tasks/live")
+    await expect(page.locator("#chart")).to_be_visible()
+
+    # Execute: the server's aggregated series arrives during the run
+    await point("server", 1, 0.5)
+
+    # Assert: the chart switches to it (not stuck on the device that reported first)
+    await expect(page.locator("#chart-source")).to_have_value("server")
+
+    # Execute: the operator picks the device; more points arrive
+    await page.select_option("#chart-source", "pi-1")
+    await point("server", 2, 0.75)
+    await point("pi-2", 2, 0.5)
+
+    # Assert: the choice holds
+    await expect(page.locator("#chart-source option")).to_have_count(3)
+    await expect(page.locator("#chart-source")).to_have_value("pi-1")
