@@ -7,14 +7,14 @@ import time
 from pathlib import Path
 
 import pytest
-from cloud_harness import Cloud
+from cloud_harness import Cloud, create_bundle_task
 from playwright.async_api import Page, expect
 
 from agata.bench.console_bench import insert_fleet
 from agata.cloud.notifier import Notifier
 from agata.store import NewTask
 
-from .test_ui import register_device, sign_in, snap
+from .test_ui import TASK_STARTS, register_device, sign_in, snap
 
 pytestmark = pytest.mark.browser
 
@@ -195,3 +195,16 @@ async def test_the_chart_follows_the_run_and_then_the_operators_choice(
     # Assert: the choice holds
     await expect(page.locator("#chart-source option")).to_have_count(3)
     await expect(page.locator("#chart-source")).to_have_value("pi-1")
+
+
+async def test_the_started_notice_goes_when_the_task_has_finished(cloud: Cloud, page: Page) -> None:
+    await create_bundle_task(cloud, "quick")
+    await sign_in(page, cloud, "tasks/quick")
+
+    # Execute: start it from its page; its server side runs two rounds and finishes
+    await page.click("#start-form button[type=submit]")
+    await expect(page.get_by_text("Task quick started")).to_be_visible()
+
+    # Assert: the notice goes once the task is no longer running
+    await expect(page.locator("#task-state .badge")).to_have_text("finished", timeout=TASK_STARTS)
+    await expect(page.get_by_text("Task quick started")).to_have_count(0)
