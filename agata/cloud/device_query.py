@@ -30,7 +30,7 @@ from typing import Any
 from agata.cloud.criteria import compile_criteria
 from agata.cloud.views import NUMBER_FIELDS, ONLINE_SECONDS
 from agata.errors import AgataError, invalid
-from agata.store.queries import DeviceQuery
+from agata.store.queries import INDEXED_NAME_MAX, INDEXED_TEXT_MAX, DeviceQuery
 from agata.store.store import DeviceTaskStatus
 
 __all__ = ["STATE_WORDS", "parse_device_filter"]
@@ -100,7 +100,8 @@ def _comparison(terms: _Terms, token: str, name: str, op: str, raw: str) -> None
         return
     if name.startswith("_") or keyword.iskeyword(name):
         raise invalid(f"q: {token!r}: {name!r} cannot be an attribute name")
-    if name not in ("user_id", "sensors") and (number is not None or op in ("=", "!=")):
+    indexable = number is not None or (op in ("=", "!=") and len(value) <= INDEXED_TEXT_MAX)
+    if name not in ("user_id", "sensors") and len(name) <= INDEXED_NAME_MAX and indexable:
         terms.attributes.append((name, op, value if number is None else number))
         return
     literal = repr(number if number is not None else value)

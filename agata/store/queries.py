@@ -17,7 +17,14 @@ from typing import Any
 
 from agata.store.store import Device, DeviceTaskState
 
-__all__ = ["DEVICE_SORT_KEYS", "NUMBER_OPERATORS", "DevicePage", "DeviceQuery"]
+__all__ = [
+    "DEVICE_SORT_KEYS",
+    "INDEXED_NAME_MAX",
+    "INDEXED_TEXT_MAX",
+    "NUMBER_OPERATORS",
+    "DevicePage",
+    "DeviceQuery",
+]
 
 #: The columns a page of devices may be sorted by (ties: by ``user_id``).
 DEVICE_SORT_KEYS = (
@@ -28,6 +35,11 @@ DEVICE_SORT_KEYS = (
     "last_seen",
     "created_at",
 )
+#: Longest ``extra`` string (characters) and attribute name kept in the index of
+#: attributes (an index entry is bounded: PostgreSQL's B-tree takes about 2,700 bytes);
+#: a filter for a longer string is evaluated as ``predicate``.
+INDEXED_TEXT_MAX = 512
+INDEXED_NAME_MAX = 255
 #: Comparisons ``numbers`` may use.
 NUMBER_OPERATORS = ("=", "!=", "<", "<=", ">", ">=")
 
@@ -55,8 +67,9 @@ class DeviceQuery:
     #: ``(field, operator, value)`` on a number field of :data:`DEVICE_SORT_KEYS`; a
     #: device without a value for the field never matches.
     numbers: tuple[tuple[str, str, float], ...] = ()
-    #: ``(attribute, operator, value)`` on an ``extra`` attribute holding a string (then
-    #: only ``=`` / ``!=``) or a number (bools are neither). ``!=`` also matches a device
+    #: ``(attribute, operator, value)`` on an ``extra`` attribute holding a string of at
+    #: most :data:`INDEXED_TEXT_MAX` characters (then only ``=`` / ``!=``) or a number
+    #: (bools are neither). ``!=`` also matches a device
     #: without such a value; the other operators need one.
     attributes: tuple[tuple[str, str, str | float], ...] = ()
     #: Evaluated in Python on what the conditions above let through: it gets a device's

@@ -54,7 +54,7 @@ from agata.errors import AgataError, ErrorCode, conflict, invalid, not_found
 from agata.store import sql_device_query
 from agata.store import sql_schema as t
 from agata.store import validation as v
-from agata.store.queries import DevicePage, DeviceQuery
+from agata.store.queries import INDEXED_NAME_MAX, INDEXED_TEXT_MAX, DevicePage, DeviceQuery
 from agata.store.sql_errors import translate
 from agata.store.store import (
     BundleFile,
@@ -951,11 +951,16 @@ def _add_task_limits(conn: Connection) -> None:
 
 
 def indexed_attributes(user_id: str, extra: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The ``device_attributes`` rows of a device's ``extra``: its strings and numbers
-    (not bools, lists or nulls, which no indexed filter compares)."""
+    """The ``device_attributes`` rows of a device's ``extra``: its strings (up to
+    ``INDEXED_TEXT_MAX`` characters) and numbers (not bools, lists or nulls, which no
+    indexed filter compares)."""
     rows: list[dict[str, Any]] = []
     for name, value in extra.items():
+        if len(name) > INDEXED_NAME_MAX:
+            continue
         if isinstance(value, str):
+            if len(value) > INDEXED_TEXT_MAX:
+                continue
             rows.append({"user_id": user_id, "name": name, "text_value": value, "num_value": None})
         elif isinstance(value, int | float) and not isinstance(value, bool):
             rows.append(

@@ -102,3 +102,12 @@ async def test_query_tasks_pages_and_filters(cloud: Cloud) -> None:
     assert bad.status_code == 400 and "q" in bad.json()["detail"]
     assert bad_sort.status_code == 400 and "sort" in bad_sort.json()["detail"]
     assert isinstance((await cloud.op("rpc_exec_list_tasks", {})).json(), list)
+
+
+async def test_a_filter_on_a_long_string_is_still_answered(cloud: Cloud) -> None:
+    long = "y" * 1000  # longer than the index keeps (INDEXED_TEXT_MAX)
+    cloud.node.store.upsert_device("dev-long", extra={"note": long})
+
+    found = await _query(cloud, q=f"note={long}")
+
+    assert _ids(found) == ["dev-long"]

@@ -138,3 +138,13 @@ def test_a_version_2_database_gains_revocations_and_indexes(tmp_path: Path) -> N
     assert {"ix_devices_last_seen", "ix_device_sensors_sensor"} <= indexes
     assert raw.execute("SELECT version FROM schema_version").fetchone() == (schema.SCHEMA_VERSION,)
     raw.close()
+
+
+def test_long_strings_are_kept_but_not_indexed(store: Store) -> None:
+    long = "x" * 20_000
+
+    store.upsert_device("dev-long", extra={"note": long, "site": "lab"})
+
+    assert store.get_device("dev-long").extra["note"] == long
+    assert _ids(store, attributes=(("site", "=", "lab"),)) == ["dev-long"]
+    assert _ids(store, attributes=(("note", "=", long[:512]),)) == []
