@@ -22,7 +22,9 @@ A text that is neither raises ``INVALID_ARGUMENT`` naming ``q`` and the reason.
 from __future__ import annotations
 
 import keyword
+import operator
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -41,7 +43,14 @@ STATE_WORDS = ("online", "offline", "quarantined", "running", "revoked", "enroll
 _COMPARISON = re.compile(r"^([A-Za-z][A-Za-z0-9_]*)(!=|>=|<=|=|>|<)(.+)$")
 _PREFIXED = re.compile(r"^(sensor|task|id):(.+)$", re.IGNORECASE)
 _WORD = re.compile(r"^[A-Za-z0-9_.@:\-]+$")
-_PY_OPERATORS = {"=": "==", "!=": "!=", "<": "<", "<=": "<=", ">": ">", ">=": ">="}
+_COMPARE: dict[str, Callable[[Any, Any], Any]] = {
+    "=": operator.eq,
+    "!=": operator.ne,
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+}
 
 
 class _NotATerm(Exception):
@@ -57,7 +66,7 @@ class _Terms:
     sensors: list[str] = field(default_factory=list)
     numbers: list[tuple[str, str, float]] = field(default_factory=list)
     attributes: list[tuple[str, str, str | float]] = field(default_factory=list)
-    python: list[str] = field(default_factory=list)  # criteria fragments
+    python: list[Callable[[Mapping[str, Any]], bool]] = field(default_factory=list)
 
 
 def _number(text: str) -> float | None:
@@ -104,8 +113,24 @@ def _comparison(terms: _Terms, token: str, name: str, op: str, raw: str) -> None
     if name not in ("user_id", "sensors") and len(name) <= INDEXED_NAME_MAX and indexable:
         terms.attributes.append((name, op, value if number is None else number))
         return
-    literal = repr(number if number is not None else value)
-    terms.python.append(f"({name} {_PY_OPERATORS[op]} {literal})")
+    terms.python.append(_comparison_test(name, op, number if number is not None else value))
+
+
+def _comparison_test(name: str, op: str, wanted: Any) -> Callable[[Mapping[str, Any]], bool]:
+    """``names[name] <op> wanted`` as the criteria language decides it: false without a
+    value or for values that do not compare (``"a" > 1``)."""
+    compare = _COMPARE[op]
+
+    def test(names: Mapping[str, Any]) -> bool:
+        value = names.get(name)
+        if value is None:
+            return op == "!="
+        try:
+            return bool(compare(value, wanted))
+        except TypeError:
+            return False
+
+    return test
 
 
 def _term(terms: _Terms, token: str, now: datetime) -> None:
@@ -158,7 +183,11 @@ def parse_device_filter(
         return _criteria_query(q, **window)
     predicate = None
     if terms.python:
-        predicate = _criteria_query(" and ".join(terms.python), **window).predicate
+        tests = tuple(terms.python)
+
+        def predicate(names: Mapping[str, Any]) -> bool:
+            return all(test(names) for test in tests)
+
     return DeviceQuery(
         words=tuple(terms.words),
         task_statuses=tuple(dict.fromkeys(terms.statuses)),

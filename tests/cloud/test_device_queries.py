@@ -42,6 +42,8 @@ async def test_filters_terms_and_criteria(cloud: Cloud) -> None:
     assert _ids(await _query(cloud, q="quarantined")) == ["dev-1"]
     assert _ids(await _query(cloud, q="sensor:camera battery>=30")) == ["dev-3", "dev-5"]
     assert _ids(await _query(cloud, q="task:t1")) == ["dev-1"]
+    assert _ids(await _query(cloud, q="location>k")) == ["dev-0", "dev-1", "dev-2"]  # in Python
+    assert _ids(await _query(cloud, q="user_id=dev-4")) == ["dev-4"]
     assert _ids(await _query(cloud, q="camera", sort="data_qnt", order="desc")) == [
         "dev-5",
         "dev-3",
