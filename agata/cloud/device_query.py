@@ -160,7 +160,9 @@ def _criteria_query(q: str, **window: Any) -> DeviceQuery:
         raise invalid(
             f"q: neither filter terms nor a selection criteria expression: {exc.message}"
         ) from None
-    return DeviceQuery(predicate=criteria.matches, **window)
+    return DeviceQuery(
+        predicate=criteria.matches, predicate_names=frozenset(criteria.names), **window
+    )
 
 
 def parse_device_filter(

@@ -75,6 +75,9 @@ class DeviceQuery:
     #: Evaluated in Python on what the conditions above let through: it gets a device's
     #: selection-criteria names (:func:`agata.cloud.views.device_attributes`' shape).
     predicate: Callable[[Mapping[str, Any]], bool] | None = field(default=None, compare=False)
+    #: The names ``predicate`` reads (None: any): the backend may leave the others out
+    #: of the mappings it builds.
+    predicate_names: frozenset[str] | None = None
     sort: str = "user_id"
     descending: bool = False
     limit: int = 50

@@ -35,7 +35,6 @@ _COMPARE: dict[str, Callable[[Any, Any], Any]] = {
     ">=": operator.ge,
 }
 _NUMBER_COLUMNS = frozenset({"data_qnt", "avg_acc_contrib", "avg_disconnection_per_round"})
-_CHUNK = 500  # ids per IN (…): well under any bound-parameter limit
 
 DeviceMaker = Callable[[Any, list[str]], Device]
 TaskStateMaker = Callable[[Any], DeviceTaskState]
@@ -120,11 +119,13 @@ def query_devices(
             ).scalars()
         )
         return _page(conn, ids, int(total or 0), make, make_task)
+    wanted = query.predicate_names
+    numbers = [n for n in _NUMBER_COLUMNS if wanted is None or n in wanted]
+    with_extra = wanted is None or bool(wanted - _NUMBER_COLUMNS - {"user_id", "sensors"})
+    with_sensors = wanted is None or "sensors" in wanted
+    columns = [d.user_id, *(d[n] for n in numbers), *([d.extra] if with_extra else [])]
     rows = conn.execute(
-        select(d.user_id, *(d[n] for n in _NUMBER_COLUMNS), d.extra)
-        .where(where)
-        .order_by(*order)
-        .limit(query.scan_limit + 1)
+        select(*columns).where(where).order_by(*order).limit(query.scan_limit + 1)
     ).all()
     if len(rows) > query.scan_limit:
         raise invalid(
@@ -132,16 +133,22 @@ def query_devices(
             "devices would have to be read; add a term the server indexes (an id, online, "
             "offline, quarantined, revoked, running, sensor:NAME, task:ID, NAME=VALUE)"
         )
+    sensors: dict[str, list[str]] = defaultdict(list)
+    if with_sensors:  # one query for every candidate
+        ds = t.device_sensors
+        candidates = select(d.user_id).where(where)
+        for s in conn.execute(select(ds).where(ds.c.user_id.in_(candidates)).order_by(ds.c.sensor)):
+            sensors[s.user_id].append(s.sensor)
     predicate = query.predicate
     matched: list[str] = []
-    for start in range(0, len(rows), _CHUNK):
-        chunk = rows[start : start + _CHUNK]
-        sensors = _sensors(conn, [r.user_id for r in chunk])
-        for r in chunk:
-            names = {**r.extra, "user_id": r.user_id, "sensors": sorted(sensors[r.user_id])}
-            names.update((n, getattr(r, n)) for n in _NUMBER_COLUMNS)
-            if predicate(names):
-                matched.append(r.user_id)
+    for r in rows:
+        names: dict[str, Any] = dict(r.extra) if with_extra else {}
+        names["user_id"] = r.user_id
+        names["sensors"] = sensors.get(r.user_id, [])
+        for n in numbers:
+            names[n] = getattr(r, n)
+        if predicate(names):
+            matched.append(r.user_id)
     page = matched[query.offset : query.offset + query.limit]
     return _page(conn, page, len(matched), make, make_task)
 
