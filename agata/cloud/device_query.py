@@ -30,6 +30,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from agata.cloud.criteria import compile_criteria
+from agata.cloud.criteria_sql import indexed_terms
 from agata.cloud.views import NUMBER_FIELDS, ONLINE_SECONDS
 from agata.errors import AgataError, invalid
 from agata.store.queries import INDEXED_NAME_MAX, INDEXED_TEXT_MAX, DeviceQuery
@@ -160,8 +161,14 @@ def _criteria_query(q: str, **window: Any) -> DeviceQuery:
         raise invalid(
             f"q: neither filter terms nor a selection criteria expression: {exc.message}"
         ) from None
+    pushed = indexed_terms(q)
     return DeviceQuery(
-        predicate=criteria.matches, predicate_names=frozenset(criteria.names), **window
+        numbers=tuple(pushed.numbers),
+        attributes=tuple(pushed.attributes),
+        sensors=tuple(pushed.sensors),
+        predicate=None if pushed.complete else criteria.matches,
+        predicate_names=frozenset(criteria.names),
+        **window,
     )
 
 

@@ -69,7 +69,7 @@ class DeviceQuery:
     numbers: tuple[tuple[str, str, float], ...] = ()
     #: ``(attribute, operator, value)`` on an ``extra`` attribute holding a string of at
     #: most :data:`INDEXED_TEXT_MAX` characters (then only ``=`` / ``!=``) or a number
-    #: (bools are neither). ``!=`` also matches a device
+    #: (a bool counts as 1 or 0, as in the criteria language). ``!=`` also matches a device
     #: without such a value; the other operators need one.
     attributes: tuple[tuple[str, str, str | float], ...] = ()
     #: Evaluated in Python on what the conditions above let through: it gets a device's

@@ -952,8 +952,8 @@ def _add_task_limits(conn: Connection) -> None:
 
 def indexed_attributes(user_id: str, extra: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The ``device_attributes`` rows of a device's ``extra``: its strings (up to
-    ``INDEXED_TEXT_MAX`` characters) and numbers (not bools, lists or nulls, which no
-    indexed filter compares)."""
+    ``INDEXED_TEXT_MAX`` characters) and numbers (bools as 1/0; not lists or nulls,
+    which no indexed filter compares)."""
     rows: list[dict[str, Any]] = []
     for name, value in extra.items():
         if len(name) > INDEXED_NAME_MAX:
@@ -962,7 +962,7 @@ def indexed_attributes(user_id: str, extra: Mapping[str, Any]) -> list[dict[str,
             if len(value) > INDEXED_TEXT_MAX:
                 continue
             rows.append({"user_id": user_id, "name": name, "text_value": value, "num_value": None})
-        elif isinstance(value, int | float) and not isinstance(value, bool):
+        elif isinstance(value, int | float):  # a bool as 1/0, as Python compares it
             rows.append(
                 {"user_id": user_id, "name": name, "text_value": None, "num_value": float(value)}
             )
