@@ -3,8 +3,9 @@ JSON file.
 
 Runs, in order: the bus (:mod:`~agata.bench.bus_bench`), the cloud's steps through the
 HTTP gateway (:mod:`~agata.bench.cloud_bench`), task-request throughput with simulated
-devices (:mod:`~agata.bench.devices_bench`) and a real agent process
-(:mod:`~agata.bench.edge_bench`). Each part measures its own limits in the same run
+devices (:mod:`~agata.bench.devices_bench`), a real agent process
+(:mod:`~agata.bench.edge_bench`) and the console's device queries
+(:mod:`~agata.bench.console_bench`). Each part measures its own limits in the same run
 (:mod:`~agata.bench.bare`) and gives its verdicts on the ratio to them, so the verdicts
 hold from one machine to another. The machine's load average is recorded before and
 after each part: figures taken on a busy machine say so.
@@ -61,6 +62,7 @@ def run_all(
 ) -> list[Report]:
     from agata.bench.bus_bench import run_bus_bench
     from agata.bench.cloud_bench import run_cloud_bench
+    from agata.bench.console_bench import run_console_bench
     from agata.bench.devices_bench import run_devices_bench
     from agata.bench.edge_bench import run_edge_bench
 
@@ -78,6 +80,9 @@ def run_all(
             "devices-amqp", lambda: [run_devices_bench(devices, 20, seconds, 4, amqp_url)]
         )
     reports += _timed("edge", lambda: [run_edge_bench(edge_samples, idle)])
+    reports += _timed(
+        "console", lambda: [run_console_bench(10_000, samples // 4, 0 if quick else 1000)]
+    )
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         data = {"machine": machine(), "reports": [r.to_json() for r in reports]}

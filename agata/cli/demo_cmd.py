@@ -203,6 +203,25 @@ def bench_devices(
         _save([report], json_out)
 
 
+def bench_console(
+    devices: Annotated[int, typer.Option(min=1, help="devices in the store")] = 10_000,
+    samples: Annotated[int, typer.Option(min=5, help="calls per figure")] = 50,
+    enrolling: Annotated[
+        int, typer.Option(min=0, help="devices enrolling during the first load (0: skip)")
+    ] = 1000,
+    json_out: Annotated[Path | None, typer.Option("--json", help="write figures here")] = None,
+) -> None:
+    """The console's queries at fleet size: pages of devices beside get_user_info."""
+    from agata.bench.console_bench import run_console_bench
+    from agata.bench.report import render
+
+    _bench_logging()
+    report = run_console_bench(devices, samples, enrolling)
+    render([report])
+    if json_out:
+        _save([report], json_out)
+
+
 def bench_edge(
     samples: Annotated[int, typer.Option(min=2, help="dispatches and failovers")] = 10,
     idle_seconds: Annotated[float, typer.Option(min=1)] = 10.0,
@@ -243,3 +262,4 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     bench_app.command("cloud")(bench_cloud)
     bench_app.command("devices")(bench_devices)
     bench_app.command("edge")(bench_edge)
+    bench_app.command("console")(bench_console)

@@ -15,6 +15,7 @@ from typing import Any
 from agata.bus.bus import Bus, Consumer, Delivery
 from agata.bus.service import Service
 from agata.cloud.auth import DEVICE_PREFIX, ENROLLMENT_PREFIX, hash_token, new_token
+from agata.cloud.device_query import parse_device_filter
 from agata.cloud.events import EventPublisher
 from agata.cloud.notifier import Notifier
 from agata.cloud.report_scope import ReportScope
@@ -59,6 +60,12 @@ class DeviceRegistry(Service):
             (ops.CREATE_ENROLLMENT_TOKEN, self.create_enrollment),
             (ops.RESOLVE_CREDENTIAL, self.resolve_credential),
             (ops.REVOKE_DEVICE, self.revoke_device),
+            (ops.QUERY_DEVICES, self.query_devices),
+            (ops.DELETE_DEVICE, self.delete_device),
+            (ops.LIST_OPERATOR_TOKENS, self.list_operator_tokens),
+            (ops.REVOKE_OPERATOR_TOKEN, self.revoke_operator_token),
+            (ops.LIST_ENROLLMENT_TOKENS, self.list_enrollment_tokens),
+            (ops.REVOKE_ENROLLMENT_TOKEN, self.revoke_enrollment_token),
         ]:
             self.add_operation(name, ops.OPERATION_MODELS[name], handler)  # type: ignore[arg-type]
 
@@ -117,6 +124,66 @@ class DeviceRegistry(Service):
             device_view(d, self.store.list_device_tasks(d.user_id))
             for d in self.store.list_devices()
         ]
+
+    async def query_devices(self, req: ops.QueryDevices) -> dict[str, Any]:
+        """One page of devices and the total matching ``q`` (:mod:`agata.cloud.device_query`)."""
+        query = parse_device_filter(
+            req.q, sort=req.sort, descending=req.order == "desc", limit=req.limit, offset=req.offset
+        )
+        page = self.store.query_devices(query)
+        return {
+            "items": [device_view(d, page.tasks.get(d.user_id, [])) for d in page.items],
+            "total": page.total,
+        }
+
+    async def delete_device(self, req: ops.UserRef) -> dict[str, str]:
+        """Decommission: the device, its credential and task states go; its events and
+        the metrics it reported (a run's history) stay. It may enroll again as new."""
+        self.store.delete_device(req.user_id)
+        self.scope.forget_device(req.user_id)
+        self._last_touch.pop(req.user_id, None)
+        self.event(ops.DELETE_DEVICE, "Device decommissioned", user_id=req.user_id)
+        await self.notifier.notify("device", user_id=req.user_id, deleted=True)
+        return {"user_id": req.user_id}
+
+    async def list_operator_tokens(self, req: ops.Empty) -> list[dict[str, Any]]:
+        """Every operator token (id, name, created, revoked); never a token or its hash."""
+        return [
+            {
+                "token_id": x.token_id,
+                "name": x.name,
+                "created_at": x.created_at,
+                "revoked": x.revoked,
+            }
+            for x in self.store.list_operator_tokens()
+        ]
+
+    async def revoke_operator_token(self, req: ops.TokenRef) -> dict[str, str]:
+        """End an operator token: the gateway refuses it from its next request on and
+        ends the live streams opened with it (the "operator_token" notification)."""
+        self.store.revoke_operator_token(req.token_id)
+        self.event(ops.REVOKE_OPERATOR_TOKEN, "Operator token revoked")
+        await self.notifier.notify("operator_token", token_id=req.token_id, revoked=True)
+        return {"token_id": req.token_id}
+
+    async def list_enrollment_tokens(self, req: ops.Empty) -> list[dict[str, Any]]:
+        """Every enrollment token (id, created, expiry, uses left, revoked)."""
+        return [
+            {
+                "token_id": x.token_id,
+                "name": x.name,
+                "created_at": x.created_at,
+                "expires_at": x.expires_at,
+                "uses_left": x.uses_left,
+                "revoked": x.revoked,
+            }
+            for x in self.store.list_enrollment_tokens()
+        ]
+
+    async def revoke_enrollment_token(self, req: ops.TokenRef) -> dict[str, str]:
+        self.store.revoke_enrollment_token(req.token_id)
+        self.event(ops.REVOKE_ENROLLMENT_TOKEN, "Enrollment token revoked")
+        return {"token_id": req.token_id}
 
     async def report_device_task(self, req: ops.ReportDeviceTask) -> None:
         """A device reports what happened to one of its tasks (and its metrics).
@@ -227,7 +294,7 @@ class DeviceRegistry(Service):
         """Who holds the token with this hash: an operator, a device, or nobody (401)."""
         operator = self.store.find_operator_token_by_hash(req.token_sha256)
         if operator is not None:
-            return {"kind": "operator", "name": operator.name}
+            return {"kind": "operator", "name": operator.name, "token_id": operator.token_id}
         user_id = self.store.find_device_by_credential_hash(req.token_sha256)
         if user_id is not None:
             return {"kind": "device", "user_id": user_id}

@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from agata.bus.envelope import RawJson, encode
 from agata.bus.service import Service
 from agata.cloud.bundles import BundleStore
 from agata.cloud.criteria import DEVICE_FIELDS, CriteriaCache, compile_criteria
+from agata.cloud.criteria_check import type_mismatches
 from agata.cloud.download_passwords import DownloadPasswords
 from agata.cloud.events import EventPublisher
 from agata.cloud.notifier import Notifier
@@ -110,6 +112,7 @@ class TaskManager(Service):
             (ops.UPDATE_TASK, self.update_task),
             (ops.GET_TASK, self.get_task),
             (ops.LIST_TASKS, self.list_tasks),
+            (ops.QUERY_TASKS, self.query_tasks),
             (ops.DELETE_TASK, self.delete_task),
             (ops.START_TASK, self.start_task),
             (ops.STOP_TASK, self.stop_task),
@@ -294,6 +297,16 @@ class TaskManager(Service):
 
     async def list_tasks(self, req: ops.ListTasks) -> list[dict[str, Any]]:
         return [self._view(t) for t in self.store.list_tasks(req.running)]
+
+    async def query_tasks(self, req: ops.QueryTasks) -> dict[str, Any]:
+        """One page of tasks and the total matching ``q`` (:func:`task_filter`)."""
+        matches = task_filter(req.q)
+        tasks = [x for x in self.store.list_tasks() if matches(x)]
+        tasks.sort(key=lambda x: (str(getattr(x, req.sort)), x.task_id))
+        if req.order == "desc":
+            tasks.reverse()
+        page = tasks[req.offset : req.offset + req.limit]
+        return {"items": [self._view(x) for x in page], "total": len(tasks)}
 
     async def delete_task(self, req: ops.TaskRef) -> None:
         self.store.delete_task(req.task_id)  # 409 while running
@@ -485,18 +498,35 @@ class TaskManager(Service):
         return {"matching": matching, "states": states}
 
     async def validate_criteria(self, req: ops.ValidateCriteria) -> dict[str, Any]:
-        """Whether the expression is valid, which names no device has, how many match."""
+        """Whether the expression is valid, which names no device has, which comparisons
+        cannot match by type, and how many devices it matches now (of how many, how
+        many of those online)."""
         try:
             criteria = compile_criteria(req.selection_criteria)
         except AgataError as exc:
-            return {"valid": False, "error": exc.message, "unknown_names": [], "matching": 0}
-        devices = [device_attributes(d) for d in self.store.list_devices()]
+            return {
+                "valid": False,
+                "error": exc.message,
+                "unknown_names": [],
+                "type_mismatches": [],
+                "matching": 0,
+                "matching_online": 0,
+                "devices": 0,
+            }
+        fleet = self.store.list_devices()
+        devices = [device_attributes(d) for d in fleet]
         known = set(DEVICE_FIELDS).union(*(d.keys() for d in devices))
+        matched = [d for d, names in zip(fleet, devices, strict=True) if criteria.matches(names)]
         return {
             "valid": True,
             "error": "",
             "unknown_names": sorted(criteria.names - known),
-            "matching": sum(1 for d in devices if criteria.matches(d)),
+            "type_mismatches": type_mismatches(req.selection_criteria, devices),
+            "matching": len(matched),
+            "matching_online": sum(
+                1 for d in matched if seconds_since(d.last_seen) <= ONLINE_SECONDS
+            ),
+            "devices": len(devices),
         }
 
     async def get_overview(self, req: ops.Empty) -> dict[str, Any]:
@@ -524,6 +554,37 @@ class TaskManager(Service):
         :mod:`agata.cloud.download_passwords`)."""
         task = self.store.get_task(req.task_id)
         return {"ok": await self.download_passwords.check(task, req.username, req.password)}
+
+
+def task_filter(q: str) -> Callable[[Task], bool]:
+    """``q`` of ``rpc_exec_query_tasks`` as a test: blank-separated terms that must all
+    hold, each a state word, ``tag:NAME`` or a part of the task id. Tasks are few (an
+    operator creates each), so they are filtered in memory."""
+    states = {s.value for s in TaskState}
+    wanted_states: set[str] = set()
+    tags: list[str] = []
+    parts: list[str] = []
+    for token in q.split():
+        lowered = token.lower()
+        if lowered in states:
+            wanted_states.add(lowered)
+        elif lowered.startswith("tag:") and len(token) > 4:
+            tags.append(token[4:])
+        elif ":" in token:
+            raise invalid(f"q: {token!r}: unknown prefix (tag:NAME, or a state or id part)")
+        else:
+            parts.append(token)
+    if len(wanted_states) > 1:
+        raise invalid(f"q: a task is in one state, not all of {sorted(wanted_states)}")
+
+    def matches(task: Task) -> bool:
+        return (
+            all(str(task.state) == state for state in wanted_states)
+            and all(tag in task.tags for tag in tags)
+            and all(part in task.task_id for part in parts)
+        )
+
+    return matches
 
 
 def _json_object(body: bytes) -> dict[str, Any]:

@@ -139,6 +139,7 @@ def device_view(device: Device, tasks: list[DeviceTaskState] | None = None) -> d
         "created_at": device.created_at,
         "online": seconds_since(device.last_seen) <= ONLINE_SECONDS,
         "enrolled": device.credential_hash is not None,
+        "revoked": device.revoked_at is not None,
         "tasks": [device_task_view(t) for t in tasks or []],
     }
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import shlex
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -199,6 +199,7 @@ START_TASK = "rpc_exec_start_server_task"
 STOP_TASK = "rpc_exec_stop_server_task"
 CLIENT_REQUESTING_TASK = "rpc_exec_client_requesting_task"
 LIST_TASKS = "rpc_exec_list_tasks"
+QUERY_TASKS = "rpc_exec_query_tasks"
 DELETE_TASK = "rpc_exec_delete_task"
 SET_TASK_FILES = "rpc_exec_set_task_files"
 GET_TASK_METRICS = "rpc_exec_get_task_metrics"
@@ -259,6 +260,25 @@ class StartTask(Request):
 
 class ListTasks(Request):
     running: bool | None = None
+
+
+#: Most items one page of a query returns.
+MAX_PAGE = 500
+#: The filter text of a query (terms or a selection criteria expression).
+FilterText = Annotated[str, StringConstraints(max_length=2000), NoNul()]
+
+
+class QueryTasks(Request):
+    """One page of tasks: ``q`` (blank-separated terms, all must hold) is a part of the
+    id, a state (``running stopped finished failed``) or ``tag:NAME``; sorted by
+    ``sort`` (``task_id created_at updated_at state``) in ``order``. Answers
+    ``{"items": [task, ...], "total": N}``."""
+
+    limit: int = Field(50, ge=1, le=MAX_PAGE)
+    offset: int = Field(0, ge=0, le=JSON_INT_MAX)
+    sort: Literal["task_id", "created_at", "updated_at", "state"] = "created_at"
+    order: Literal["asc", "desc"] = "asc"
+    q: FilterText = ""
 
 
 def _listed_name(value: str) -> str:
@@ -334,6 +354,12 @@ ENROLL_DEVICE = "rpc_exec_enroll_device"
 CREATE_ENROLLMENT_TOKEN = "rpc_exec_create_enrollment_token"
 RESOLVE_CREDENTIAL = "rpc_exec_resolve_credential"
 REVOKE_DEVICE = "rpc_exec_revoke_device"
+QUERY_DEVICES = "rpc_exec_query_devices"
+DELETE_DEVICE = "rpc_exec_delete_device"
+LIST_OPERATOR_TOKENS = "rpc_exec_list_operator_tokens"
+REVOKE_OPERATOR_TOKEN = "rpc_exec_revoke_operator_token"
+LIST_ENROLLMENT_TOKENS = "rpc_exec_list_enrollment_tokens"
+REVOKE_ENROLLMENT_TOKEN = "rpc_exec_revoke_enrollment_token"
 
 
 class ClientRequestingTask(Request):
@@ -363,6 +389,25 @@ class UpdateUserInfo(Request):
 
 class UserRef(Request):
     user_id: DeviceId
+
+
+class QueryDevices(Request):
+    """One page of devices matching ``q`` (terms or a selection criteria expression, see
+    docs/http-api.md), sorted by ``sort`` in ``order`` (ties by id). Answers
+    ``{"items": [device, ...], "total": N}``; a filter matching nothing: no items, 0."""
+
+    limit: int = Field(50, ge=1, le=MAX_PAGE)
+    offset: int = Field(0, ge=0, le=JSON_INT_MAX)
+    sort: Literal[
+        "user_id",
+        "data_qnt",
+        "avg_acc_contrib",
+        "avg_disconnection_per_round",
+        "last_seen",
+        "created_at",
+    ] = "user_id"
+    order: Literal["asc", "desc"] = "asc"
+    q: FilterText = ""
 
 
 class ReportDeviceTask(Request):
@@ -396,6 +441,12 @@ class CreateEnrollmentToken(Request):
     ttl_seconds: float = Field(86_400.0, gt=0, le=365 * 86_400)
 
 
+class TokenRef(Request):
+    """An operator or enrollment token by its id (as listed; never the token itself)."""
+
+    token_id: Annotated[str, StringConstraints(min_length=1, max_length=64), NoNul()]
+
+
 class ResolveCredential(Request):
     token_sha256: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 
@@ -408,6 +459,7 @@ OPERATION_MODELS: dict[str, type[Request]] = {
     UPDATE_TASK: UpdateTask,
     GET_TASK: TaskRef,
     LIST_TASKS: ListTasks,
+    QUERY_TASKS: QueryTasks,
     DELETE_TASK: TaskRef,
     START_TASK: StartTask,
     STOP_TASK: TaskRef,
@@ -429,6 +481,12 @@ OPERATION_MODELS: dict[str, type[Request]] = {
     CREATE_ENROLLMENT_TOKEN: CreateEnrollmentToken,
     RESOLVE_CREDENTIAL: ResolveCredential,
     REVOKE_DEVICE: UserRef,
+    QUERY_DEVICES: QueryDevices,
+    DELETE_DEVICE: UserRef,
+    LIST_OPERATOR_TOKENS: Empty,
+    REVOKE_OPERATOR_TOKEN: TokenRef,
+    LIST_ENROLLMENT_TOKENS: Empty,
+    REVOKE_ENROLLMENT_TOKEN: TokenRef,
 }
 
 # -- notifications (broadcast to every subscriber; see Bus.subscribe) -----------------

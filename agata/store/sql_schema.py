@@ -30,7 +30,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
 
-SCHEMA_VERSION = 3  # 2: tasks.limits; 3: tasks.password holds a hash
+SCHEMA_VERSION = 4  # 2: tasks.limits; 3: tasks.password holds a hash; 4: device queries
 
 _ID = 255
 
@@ -127,6 +127,13 @@ devices = Table(
     Column("credential_hash", String(_ID), nullable=True),
     Column("last_seen", UtcDateTime, nullable=False),
     Column("created_at", UtcDateTime, nullable=False),
+    Column("revoked_at", UtcDateTime, nullable=True),  # since version 3
+    # Since version 3: a page of devices sorted or filtered by these reads an index.
+    Index("ix_devices_last_seen", "last_seen", "user_id"),
+    Index("ix_devices_created_at", "created_at", "user_id"),
+    Index("ix_devices_data_qnt", "data_qnt", "user_id"),
+    Index("ix_devices_avg_acc_contrib", "avg_acc_contrib", "user_id"),
+    Index("ix_devices_avg_disconnection", "avg_disconnection_per_round", "user_id"),
 )
 
 device_sensors = Table(
@@ -134,6 +141,21 @@ device_sensors = Table(
     metadata,
     Column("user_id", ForeignKey("devices.user_id", ondelete="CASCADE"), primary_key=True),
     Column("sensor", String(_ID), primary_key=True),
+    Index("ix_device_sensors_sensor", "sensor", "user_id"),  # since version 3 (covering)
+)
+
+# Since version 3: the text and number values of each device's ``extra`` (a copy kept by
+# upsert_device), so a filter on an attribute reads an index instead of every record.
+device_attributes = Table(
+    "device_attributes",
+    metadata,
+    Column("user_id", ForeignKey("devices.user_id", ondelete="CASCADE"), primary_key=True),
+    Column("name", String(_ID), primary_key=True),
+    Column("text_value", Text, nullable=True),
+    Column("num_value", Double, nullable=True),
+    # Covering (user_id last): a filter reads the index alone.
+    Index("ix_device_attributes_text", "name", "text_value", "user_id"),
+    Index("ix_device_attributes_num", "name", "num_value", "user_id"),
 )
 
 device_tasks = Table(
@@ -145,6 +167,7 @@ device_tasks = Table(
     Column("reason", Text, nullable=False),
     Column("updated_at", UtcDateTime, nullable=False),
     Index("ix_device_tasks_task", "task_id"),
+    Index("ix_device_tasks_status", "status", "user_id"),  # since version 3
 )
 
 # No foreign keys: events are an audit trail that outlives tasks and devices.

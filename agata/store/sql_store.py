@@ -30,7 +30,19 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Row, delete, false, insert, or_, select, true, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Row,
+    delete,
+    false,
+    insert,
+    inspect,
+    or_,
+    select,
+    true,
+    update,
+)
 from sqlalchemy import text as sql_text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -39,9 +51,11 @@ from sqlalchemy.pool import StaticPool
 from sqlalchemy.sql.elements import ColumnElement
 
 from agata.errors import AgataError, ErrorCode, conflict, invalid, not_found
+from agata.store import sql_device_query
 from agata.store import sql_schema as t
 from agata.store import validation as v
 from agata.store.passwords import hash_password
+from agata.store.queries import INDEXED_NAME_MAX, INDEXED_TEXT_MAX, DevicePage, DeviceQuery
 from agata.store.sql_errors import translate
 from agata.store.store import (
     BundleFile,
@@ -186,7 +200,11 @@ class SqlStore(Store):
         Each step is a function ``(conn) -> None`` taking version N to N+1, run in the
         transaction of :meth:`initialize`.
         """
-        steps: dict[int, Any] = {1: _add_task_limits, 2: _hash_task_passwords}
+        steps: dict[int, Any] = {
+            1: _add_task_limits,
+            2: _hash_task_passwords,
+            3: _add_device_queries,
+        }
         for version in range(stored, t.SCHEMA_VERSION):
             step = steps.get(version)
             if step is None:
@@ -452,6 +470,7 @@ class SqlStore(Store):
             credential_hash=r.credential_hash,
             last_seen=iso(r.last_seen),
             created_at=iso(r.created_at),
+            revoked_at=None if r.revoked_at is None else iso(r.revoked_at),
         )
 
     def _one_device(self, conn: Connection, user_id: str) -> Device:
@@ -485,6 +504,7 @@ class SqlStore(Store):
         }
         if extra is not None:
             changes["extra"] = v.json_object("extra", extra)
+        indexed = [] if extra is None else indexed_attributes(user_id, changes["extra"])
         new_sensors = None if sensors is None else sorted(set(v.unique("sensor", sensors)))
         now = _now()
         with self._tx("upsert_device", write=True) as conn:
@@ -500,6 +520,11 @@ class SqlStore(Store):
                 .where(t.devices.c.user_id == user_id)
                 .values(**changes, last_seen=now)
             )
+            if extra is not None:
+                attributes = t.device_attributes
+                conn.execute(delete(attributes).where(attributes.c.user_id == user_id))
+                if indexed:
+                    conn.execute(insert(attributes), indexed)
             if new_sensors is not None:
                 conn.execute(delete(t.device_sensors).where(t.device_sensors.c.user_id == user_id))
                 if new_sensors:
@@ -520,6 +545,17 @@ class SqlStore(Store):
             for s in conn.execute(select(t.device_sensors)):
                 sensors[s.user_id].append(s.sensor)
             return [self._device(r, sensors[r.user_id]) for r in rows]
+
+    def query_devices(self, query: DeviceQuery) -> DevicePage:
+        with self._tx("query_devices") as conn:
+            return sql_device_query.query_devices(conn, query, self._device, self._device_task)
+
+    def delete_device(self, user_id: str) -> None:
+        with self._tx("delete_device", write=True) as conn:
+            # Its sensors and task states go by the foreign keys' cascades.
+            gone = conn.execute(delete(t.devices).where(t.devices.c.user_id == user_id))
+            if not gone.rowcount:
+                raise not_found(f"device {user_id!r} not found")
 
     def _update_device(self, operation: str, user_id: str, values: dict[str, Any]) -> None:
         with self._tx(operation, write=True) as conn:
@@ -557,7 +593,12 @@ class SqlStore(Store):
     def set_device_credential(self, user_id: str, credential_hash: str | None) -> None:
         if credential_hash is not None:
             v.ident("credential_hash", credential_hash)
-        self._update_device("set_device_credential", user_id, {"credential_hash": credential_hash})
+        revoked_at = _now() if credential_hash is None else None
+        self._update_device(
+            "set_device_credential",
+            user_id,
+            {"credential_hash": credential_hash, "revoked_at": revoked_at},
+        )
 
     def claim_device_credential(self, user_id: str, credential_hash: str) -> bool:
         v.ident("credential_hash", credential_hash)
@@ -566,7 +607,7 @@ class SqlStore(Store):
             claimed = conn.execute(
                 update(t.devices)
                 .where(devices.user_id == user_id, devices.credential_hash.is_(None))
-                .values(credential_hash=credential_hash)
+                .values(credential_hash=credential_hash, revoked_at=None)
                 .returning(devices.user_id)
             ).first()
             if claimed is not None:
@@ -927,3 +968,37 @@ def _hash_task_passwords(conn: Connection) -> None:
         )
     if rows:
         logger.info("store: hashed the download passwords of %s tasks", len(rows))
+
+
+def indexed_attributes(user_id: str, extra: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The ``device_attributes`` rows of a device's ``extra``: its strings (up to
+    ``INDEXED_TEXT_MAX`` characters) and numbers (bools as 1/0; not lists or nulls,
+    which no indexed filter compares)."""
+    rows: list[dict[str, Any]] = []
+    for name, value in extra.items():
+        if len(name) > INDEXED_NAME_MAX:
+            continue
+        if isinstance(value, str):
+            if len(value) > INDEXED_TEXT_MAX:
+                continue
+            rows.append({"user_id": user_id, "name": name, "text_value": value, "num_value": None})
+        elif isinstance(value, int | float):  # a bool as 1/0, as Python compares it
+            rows.append(
+                {"user_id": user_id, "name": name, "text_value": None, "num_value": float(value)}
+            )
+    return rows
+
+
+def _add_device_queries(conn: Connection) -> None:
+    """Schema 3 -> 4: devices remember a revocation; ``device_attributes`` (filled from
+    every device's ``extra``, which ``create_all`` created empty); the query indexes."""
+    if "revoked_at" not in {c["name"] for c in inspect(conn).get_columns("devices")}:
+        conn.execute(sql_text("ALTER TABLE devices ADD COLUMN revoked_at TIMESTAMP WITH TIME ZONE"))
+    for table in (t.devices, t.device_sensors, t.device_tasks):
+        for index in table.indexes:
+            index.create(conn, checkfirst=True)
+    conn.execute(delete(t.device_attributes))
+    for row in conn.execute(select(t.devices.c.user_id, t.devices.c.extra)).all():
+        rows = indexed_attributes(row.user_id, row.extra or {})
+        if rows:
+            conn.execute(insert(t.device_attributes), rows)

@@ -31,7 +31,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from agata.store.queries import DevicePage, DeviceQuery
 
 __all__ = [
     "BundleFile",
@@ -145,6 +148,7 @@ class Device:
     credential_hash: str | None = field(default=None, repr=False, metadata=SECRET)
     last_seen: str = ""
     created_at: str = ""
+    revoked_at: str | None = None  # when its credential was revoked (none given since)
 
 
 @dataclass(frozen=True)
@@ -342,6 +346,17 @@ class Store(abc.ABC):
         """All devices, by user id."""
 
     @abc.abstractmethod
+    def query_devices(self, query: DeviceQuery) -> DevicePage:
+        """One page of the devices meeting every condition of ``query``, in its order
+        (ties by user id), and how many meet them in all. ``INVALID_ARGUMENT`` when its
+        ``predicate`` would have to be applied to more than ``scan_limit`` devices."""
+
+    @abc.abstractmethod
+    def delete_device(self, user_id: str) -> None:
+        """Remove a device, its sensors, credential and task states (decommission);
+        its events and the metrics it reported stay. ``NOT_FOUND`` if unknown."""
+
+    @abc.abstractmethod
     def touch_device(self, user_id: str) -> None:
         """Set ``last_seen`` to now; ``NOT_FOUND`` if the id is unknown."""
 
@@ -356,7 +371,8 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def set_device_credential(self, user_id: str, credential_hash: str | None) -> None:
-        """Store (or with ``None`` remove) the hash of a device's credential."""
+        """Store (or with ``None`` remove) the hash of a device's credential; removing
+        sets ``revoked_at`` to now, storing one clears it."""
 
     @abc.abstractmethod
     def claim_device_credential(self, user_id: str, credential_hash: str) -> bool:

@@ -44,3 +44,15 @@ async def test_the_bare_loop_and_the_interpreter_start_give_figures() -> None:
 
     assert loop["sequential_rps"] > 0 and loop["concurrent_rps"] > 0
     assert len(starts) == 2 and all(0 < ms < 10_000 for ms in starts)
+
+
+def test_the_console_bench_prints_pages_beside_get_user_info() -> None:
+    from agata.bench.console_bench import PAGES, run_console_bench
+
+    report = run_console_bench(devices=300, samples=5, enrolling=20)
+
+    pages = [f for f in report.figures if f.relation == "ratio"]
+    assert len(pages) == len(PAGES)
+    assert all(f.limit and f.value and f.compared for f in pages)
+    assert "total 300" in pages[0].note  # the whole fleet, unfiltered
+    assert report.figures[-1].name.startswith("console first load while 20 devices enroll")

@@ -347,10 +347,29 @@ async def test_validate_criteria_reports_unknown_names_and_matches(cloud: Cloud)
         await cloud.op("rpc_exec_validate_criteria", {"selection_criteria": "dat_qnt > 5"})
     ).json()
     bad = (await cloud.op("rpc_exec_validate_criteria", {"selection_criteria": "open('x')"})).json()
+    await cloud.op("rpc_exec_update_user_info", {"user_id": "d2", "extra": {"site": "lab"}})
+    mistyped = (
+        await cloud.op(
+            "rpc_exec_validate_criteria",
+            {"selection_criteria": 'data_qnt > "abc" or site == 3 or site == "lab"'},
+        )
+    ).json()
 
-    assert good == {"valid": True, "error": "", "unknown_names": [], "matching": 1}
+    assert good == {
+        "valid": True,
+        "error": "",
+        "unknown_names": [],
+        "type_mismatches": [],
+        "matching": 1,
+        "matching_online": 1,
+        "devices": 2,
+    }
     assert typo["unknown_names"] == ["dat_qnt"]
     assert bad["valid"] is False and "call" in bad["error"]
+    assert len(mistyped["type_mismatches"]) == 2
+    assert "data_qnt is a number" in mistyped["type_mismatches"][0]
+    assert "site is a string" in mistyped["type_mismatches"][1]
+    assert mistyped["matching"] == 1
 
 
 async def test_device_reports_show_who_runs_a_task(cloud: Cloud) -> None:

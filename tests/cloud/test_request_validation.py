@@ -184,7 +184,9 @@ def test_every_request_schema_says_no_nul(operation: str) -> None:
     objects = [(where, node) for where, node in nodes if node.get("additionalProperties")]
 
     for where, node in strings:
-        if "pattern" in node:  # the pattern itself refuses a NUL
+        if "enum" in node or "const" in node:  # one of listed words (sort keys): no NUL
+            assert all(NUL not in word for word in node.get("enum", [node.get("const")])), where
+        elif "pattern" in node:  # the pattern itself refuses a NUL
             assert re.search(node["pattern"], f"a{NUL}b") is None, where
         else:  # a dict key: "not" a string with a NUL
             assert re.search(node["not"]["pattern"], f"a{NUL}b"), where

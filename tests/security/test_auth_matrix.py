@@ -89,6 +89,13 @@ BODIES: dict[str, dict[str, Any]] = {
     "rpc_exec_clear_quarantine": {"user_id": "{user}"},
     "rpc_exec_create_enrollment_token": {},
     "rpc_exec_revoke_device": {"user_id": "dev-absent"},  # 404 once allowed
+    "rpc_exec_query_devices": {"q": "online"},
+    "rpc_exec_query_tasks": {},
+    "rpc_exec_delete_device": {"user_id": "dev-absent"},  # 404 once allowed
+    "rpc_exec_list_operator_tokens": {},
+    "rpc_exec_revoke_operator_token": {"token_id": "absent"},  # 404 once allowed
+    "rpc_exec_list_enrollment_tokens": {},
+    "rpc_exec_revoke_enrollment_token": {"token_id": "absent"},  # 404 once allowed
 }
 WRONG_TOKENS = {
     "unknown operator-like": new_token(OPERATOR_PREFIX),

@@ -47,6 +47,8 @@ SEMANTIC_REFUSALS = re.compile(
     r"^(invalid arguments: files: file '.*' is listed twice"
     # a string that is not a criteria expression,
     r"|selection criteria( are not a valid expression)?: .*"
+    # a device or task filter (q) that is neither terms nor criteria
+    r"|q: .*"
     # a task started before its bundle was uploaded (a state, arguably 409)
     r"|task \S+ has no server\.py and no client\.py in its bundle; .*"
     # a listed file name outside the bundle name rule (Unicode categories, NFKC

@@ -157,7 +157,7 @@ def test_a_version_1_database_gains_task_limits_and_keeps_its_rows(db_path: Path
     assert verify_password("secret-pw", store.get_task("t1").password_hash)
     store.close()
     raw = sqlite3.connect(db_path)
-    assert raw.execute("SELECT version FROM schema_version").fetchone() == (3,)
+    assert raw.execute("SELECT version FROM schema_version").fetchone() == (schema.SCHEMA_VERSION,)
     assert raw.execute("SELECT password FROM tasks").fetchone()[0].startswith("scrypt$")
     raw.close()
 

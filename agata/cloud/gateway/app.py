@@ -141,6 +141,8 @@ def create_gateway(bus: Bus, config: GatewayConfig) -> FastAPI:
             grants.revoke_device(message["user_id"])
             if message.get("revoked"):
                 auth.forget_device(message["user_id"])
+        elif kind == "operator_token" and isinstance(message.get("token_id"), str):
+            auth.forget_operator_token(message["token_id"])
 
     hub.listeners.append(on_notification)
     metrics = GatewayMetrics(rpc)
@@ -324,11 +326,19 @@ def create_gateway(bus: Bus, config: GatewayConfig) -> FastAPI:
         tags=["operators"],
         responses=errors(401, 403),
         openapi_extra=STREAM,
-        dependencies=[Depends(stream_operator)],
     )
-    async def read_stream() -> StreamingResponse:
-        """Server-sent events of everything: task, metric, log, event, device."""
-        return _sse(hub.events(lambda _message: True))
+    async def read_stream(principal: Principal = Depends(stream_operator)) -> StreamingResponse:
+        """Server-sent events of everything: task, metric, log, event, device. The stream
+        ends as soon as the token that opened it is revoked."""
+
+        def revoked(message: dict[str, Any]) -> bool:
+            return (
+                message.get("kind") == "operator_token"
+                and bool(principal.token_id)
+                and message.get("token_id") == principal.token_id
+            )
+
+        return _sse(hub.events(lambda _message: True, ends=revoked))
 
     # -- files -----------------------------------------------------------------------
 

@@ -38,6 +38,7 @@ LEGACY_WARNING_SECONDS = 60.0
 class Principal:
     kind: str  # "operator" | "device" | "anonymous"
     name: str = ""  # operator token name or device user_id
+    token_id: str = ""  # an operator token's id (what rpc_exec_revoke_operator_token names)
 
     @property
     def is_operator(self) -> bool:
@@ -81,7 +82,11 @@ class Authenticator:
         if cached is not None and cached[0] > now:
             return cached[1]
         found = await self.rpc.call(ops.RESOLVE_CREDENTIAL, {"token_sha256": digest})
-        principal = Principal(found["kind"], found.get("name") or found.get("user_id") or "")
+        principal = Principal(
+            found["kind"],
+            found.get("name") or found.get("user_id") or "",
+            found.get("token_id") or "",
+        )
         if len(self._cache) >= CACHE_SIZE:
             self._cache = {d: entry for d, entry in self._cache.items() if entry[0] > now}
             if len(self._cache) >= CACHE_SIZE:
@@ -89,6 +94,15 @@ class Authenticator:
         ttl = DEVICE_CACHE_SECONDS if principal.kind == "device" else CACHE_SECONDS
         self._cache[digest] = (now + ttl, principal)
         return principal
+
+    def forget_operator_token(self, token_id: str) -> None:
+        """Drop what is cached for this operator token (it was revoked)."""
+        for digest in [
+            d
+            for d, (_, p) in self._cache.items()
+            if p.kind == "operator" and p.token_id == token_id
+        ]:
+            del self._cache[digest]
 
     def forget_device(self, user_id: str) -> None:
         """Drop what is cached for ``user_id``'s credential (it was revoked)."""

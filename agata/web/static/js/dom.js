@@ -62,10 +62,19 @@ export function toDate(value) {
 
 const pad = (n) => String(n).padStart(2, "0");
 
+/** The browser's zone at ``d`` as ``UTC`` or ``UTC+02:00`` (every shown time carries it). */
+export function zoneOf(d) {
+  const minutes = -d.getTimezoneOffset();
+  if (!minutes) return "UTC";
+  const sign = minutes > 0 ? "+" : "-";
+  return `UTC${sign}${pad(Math.floor(Math.abs(minutes) / 60))}:${pad(Math.abs(minutes) % 60)}`;
+}
+
+/** ``2026-01-31 13:00:00 UTC+01:00``: the one format of a full date and time. */
 export function formatTime(value) {
   const d = toDate(value);
   if (!d) return "—";
-  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
+  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())} ${zoneOf(d)}`;
 }
 
 export function formatClock(value) {
@@ -122,6 +131,12 @@ export function formatPercent(value) {
 export function badge(state, extraClass = "") {
   const text = state || "unknown";
   return h("span", { class: `badge ${text} ${extraClass}`.trim(), "data-state": text }, text);
+}
+
+/** A device's state word: a revoked credential first, then whether it polled lately. */
+export function deviceState(device) {
+  if (device.revoked) return "revoked";
+  return device.online ? "online" : "offline";
 }
 
 export function stateCell(state, reason) {

@@ -4,13 +4,32 @@
 import { deviceHref, formatClock, formatTime, h, replace } from "./dom.js";
 
 const LOG_LINES = 1000;
+// The level a log line states near its start (Flower's "INFO :", Python logging's
+// "... WARNING ..."); a traceback is an error. Lines are coloured by it, not by their
+// stream: Flower writes every INFO line to stderr.
+const LEVEL = /^.{0,48}?\b(DEBUG|INFO|WARNING|WARN|ERROR|CRITICAL|FATAL)\b/;
+
+/** ``debug`` / ``info`` / ``warning`` / ``error`` / ``""`` (no level stated). */
+export function logLevel(text) {
+  if (/^(Traceback \(most recent call last\)|\w+(Error|Exception):)/.test(text)) return "error";
+  const match = LEVEL.exec(text || "");
+  if (!match) return "";
+  const word = match[1];
+  if (word === "WARN" || word === "WARNING") return "warning";
+  if (word === "CRITICAL" || word === "FATAL" || word === "ERROR") return "error";
+  return word.toLowerCase();
+}
 const BAD_EVENT = /error|fail|quarantin/i;
 
 /** A terminal-like log; follows new lines while scrolled to the bottom. */
 export function logFeed() {
   const element = h("pre", { class: "log", id: "log", tabindex: "0", "aria-label": "Server log" });
   let count = 0;
-  const line = (l) => h("span", { class: `ln s-${l.stream}` }, h("span", { class: "t" }, formatClock(l.time)), l.text);
+  const line = (l) => {
+    const level = l.stream === "error" ? "error" : logLevel(l.text);
+    return h("span", { class: `ln s-${l.stream}${level ? ` lv-${level}` : ""}`, "data-level": level || null },
+      h("span", { class: "t", title: formatTime(l.time) }, formatClock(l.time)), l.text);
+  };
   return {
     element,
     set(lines) {

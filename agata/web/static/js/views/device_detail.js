@@ -2,7 +2,7 @@
 
 import { call, describe } from "../api.js";
 import {
-  ago, alertBox, badge, chips, debounce, formatNumber, formatTime, h, loading, replace, table, taskHref,
+  ago, alertBox, badge, chips, debounce, deviceState, formatNumber, formatTime, h, loading, replace, table, taskHref,
 } from "../dom.js";
 import { currentTasks, extraChips, quarantineList } from "./devices.js";
 
@@ -79,7 +79,7 @@ export async function render(ctx) {
     replace(
       head,
       h("div", { class: "crumb" }, h("a", { href: "#/devices" }, "Devices"), " / ", id),
-      h("div", null, h("div", { class: "row" }, h("h1", { tabindex: "-1" }, id), badge(device.online ? "online" : "offline")),
+      h("div", null, h("div", { class: "row" }, h("h1", { tabindex: "-1" }, id), badge(deviceState(device))),
         h("p", { class: "subtitle" }, "Last seen ", ago(device.last_seen), device.enrolled ? " · enrolled with its own credential" : " · not enrolled")),
       h("div", { class: "actions" }, clearAll, revoke),
     );

@@ -2,7 +2,7 @@
 
 import { call, describe } from "../api.js";
 import {
-  ago, alertBox, badge, chips, debounce, deviceHref, formatPercent, h, loading, replace, table, taskHref,
+  ago, alertBox, badge, chips, debounce, deviceHref, deviceState, formatPercent, h, loading, replace, table, taskHref,
 } from "../dom.js";
 
 function stat(value, label, cls = "", id = "") {
@@ -45,7 +45,7 @@ export async function render(ctx) {
       const [overview, tasks, fleet] = await Promise.all([
         call("rpc_exec_get_overview", {}),
         call("rpc_exec_list_tasks", { running: true }),
-        call("rpc_exec_list_devices", {}),
+        call("rpc_exec_query_devices", { limit: 8, sort: "last_seen", order: "desc" }),
       ]);
       replace(error);
       replace(
@@ -81,20 +81,20 @@ export async function render(ctx) {
           { emptyText: "No failures." },
         ),
       );
-      const recent = [...fleet].sort((a, b) => String(b.last_seen).localeCompare(String(a.last_seen))).slice(0, 8);
+      const recent = fleet.items;
       replace(
         devices,
         table(
           [
             { label: "Device", className: "primary", render: (d) => h("a", { class: "id-link", href: deviceHref(d.user_id) }, d.user_id) },
-            { label: "State", render: (d) => badge(d.online ? "online" : "offline") },
+            { label: "State", render: (d) => badge(deviceState(d)) },
             { label: "Last seen", render: (d) => ago(d.last_seen) },
             { label: "Sensors", render: (d) => chips(d.sensors) },
           ],
           recent,
           { emptyText: "No device has reported yet. Start an agent with `agata edge run`." },
         ),
-        fleet.length > recent.length ? h("p", { class: "small", style: { padding: "0 18px 14px" } }, h("a", { href: "#/devices" }, `All ${fleet.length} devices →`)) : null,
+        fleet.total ? h("p", { class: "small", style: { padding: "0 18px 14px" } }, h("a", { href: "#/devices", id: "see-all-devices" }, `See all ${fleet.total.toLocaleString("en")} devices →`)) : null,
       );
     } catch (err) {
       replace(error, alertBox(describe(err)));

@@ -170,7 +170,7 @@ export async function render(ctx) {
       if (args.value.trim()) body.arguments = args.value;
       try {
         await call("rpc_exec_start_server_task", body);
-        replace(actionMsg, alertBox(`Task ${id} started. Matching devices pick it up by themselves.`, "ok"));
+        replace(actionMsg, notice(alertBox(`Task ${id} started. Matching devices pick it up by themselves.`, "ok"), "started"));
         await reloadTask();
       } catch (error) {
         replace(actionMsg, alertBox(describe(error)));
@@ -221,22 +221,33 @@ export async function render(ctx) {
     return all.sort((a, b) => (a === "server" ? -1 : b === "server" ? 1 : a.localeCompare(b)));
   }
 
+  // The series shown: the operator's choice once made; until then the aggregated
+  // server series as soon as there is one (else the first device's), so the chart
+  // follows the run instead of staying on whichever device reported first.
+  let chosen = null;
+  let pickerFor = "";
   function showChart() {
     const list = sources();
-    if (!state.source || !list.includes(state.source)) state.source = list[0] || "server";
+    state.source = chosen && list.includes(chosen) ? chosen : list[0] || "server";
     const points = seriesOf(state.metrics, state.source);
     chartWidth = chartBody.clientWidth || chartWidth;
     replace(chartBody, chartSvg(points, chartWidth));
     if (list.length > 1) {
-      const select = h("select", { id: "chart-source", "aria-label": "Whose metrics" },
-        list.map((src) => h("option", { value: src, selected: src === state.source ? "" : null }, src === "server" ? "server (aggregated)" : `device ${src}`)));
-      select.value = state.source;
-      select.addEventListener("change", () => {
-        state.source = select.value;
-        showChart();
-      });
-      replace(sourcePicker, select);
+      // Rebuilt only when the sources change: a new point must not close an open list.
+      const key = `${list.join("\n")}\n${state.source}`;
+      if (pickerFor !== key) {
+        pickerFor = key;
+        const select = h("select", { id: "chart-source", "aria-label": "Whose metrics" },
+          list.map((src) => h("option", { value: src, selected: src === state.source ? "" : null }, src === "server" ? "server (aggregated)" : `device ${src}`)));
+        select.value = state.source;
+        select.addEventListener("change", () => {
+          chosen = select.value;
+          showChart();
+        });
+        replace(sourcePicker, select);
+      }
     } else {
+      pickerFor = "";
       replace(sourcePicker, list.length ? h("span", { class: "small muted" }, `source: ${list[0]}`) : null);
     }
     replace(
@@ -342,6 +353,7 @@ export async function render(ctx) {
         call("rpc_exec_get_task_devices", { task_id: id }),
       ]);
       if (!ctx.active) return;
+      clearStale();
       showTask();
       showDevices();
     } catch (error) {
@@ -351,8 +363,20 @@ export async function render(ctx) {
         ctx.navigate("#/tasks");
         return;
       }
-      replace(actionMsg, alertBox(describe(error)));
+      replace(actionMsg, notice(alertBox(describe(error)), "load"));
     }
+  }
+
+  // A notice says what it is about, so it goes when that no longer holds: a failed
+  // reload once a reload succeeds (the gateway is back), "started" once the task is not.
+  function notice(element, about) {
+    element.dataset.about = about;
+    return element;
+  }
+  function clearStale() {
+    const shown = actionMsg.firstElementChild;
+    const about = shown && shown.dataset.about;
+    if (about === "load" || (about === "started" && state.task && !state.task.running)) replace(actionMsg);
   }
 
   async function reloadAll() {
@@ -366,7 +390,8 @@ export async function render(ctx) {
       log.set(state.logs);
       timeline.set(state.events);
     } catch (error) {
-      replace(actionMsg, alertBox(describe(error)));
+      replace(actionMsg, notice(alertBox(describe(error)), "load"));
+      return;
     }
     await reloadTask();
   }

@@ -107,11 +107,14 @@ export async function render(ctx) {
   // -- selection criteria, checked as you type ----------------------------------------
   let criteriaCheck = 0;
   let criteriaValid = true;
+  let criteriaResult = null; // the validator's last answer for the text in the box
+  let savedNobody = ""; // the text the operator chose to save although it matches nobody
   const checkCriteria = async () => {
     const seq = ++criteriaCheck;
     const text = f.selection_criteria.input.value;
     if (!text.trim()) {
       criteriaValid = true;
+      criteriaResult = null;
       setMessage(f.selection_criteria, "Empty: every device matches.", "ok");
       return;
     }
@@ -120,8 +123,20 @@ export async function render(ctx) {
       const result = await call("rpc_exec_validate_criteria", { selection_criteria: text });
       if (seq !== criteriaCheck) return;
       criteriaValid = result.valid;
-      if (result.valid) setMessage(f.selection_criteria, "✓ Valid expression.", "ok");
-      else setMessage(f.selection_criteria, result.error, "error");
+      criteriaResult = result.valid ? result : null;
+      if (!result.valid) {
+        setMessage(f.selection_criteria, result.error, "error");
+        return;
+      }
+      const notes = [];
+      if (result.unknown_names.length) {
+        notes.push(`No device has ${result.unknown_names.join(", ")} (a typo?): ${result.unknown_names.length > 1 ? "they are" : "it is"} None on every device.`);
+      }
+      notes.push(...(result.type_mismatches || []).map((m) => `${m}.`));
+      const total = result.devices ?? 0;
+      notes.push(`Matches ${result.matching.toLocaleString("en")} of ${total.toLocaleString("en")} devices now (${(result.matching_online ?? 0).toLocaleString("en")} online).`);
+      const warn = result.unknown_names.length || (result.type_mismatches || []).length || (total > 0 && !result.matching);
+      setMessage(f.selection_criteria, `${warn ? "⚠ " : "✓ Valid expression. "}${notes.join(" ")}`, warn ? "warn" : "ok");
     } catch (error) {
       if (seq !== criteriaCheck) return;
       criteriaValid = !(error instanceof ApiError && error.status === 400);
@@ -214,6 +229,18 @@ export async function render(ctx) {
     if (!criteriaValid) problems.selection_criteria = f.selection_criteria.msg.textContent;
     if (showProblems(problems)) {
       replace(formError, alertBox("Please fix the highlighted fields."));
+      return;
+    }
+    const criteriaText = f.selection_criteria.input.value.trim();
+    // A fleet with no device yet matches nothing whatever the criteria: no warning then.
+    if (criteriaResult && criteriaResult.devices > 0 && criteriaResult.matching === 0 && savedNobody !== criteriaText) {
+      const anyway = h("button", { type: "button", class: "btn btn-small", id: "save-anyway" }, "Save anyway");
+      anyway.addEventListener("click", () => {
+        savedNobody = criteriaText;
+        form.requestSubmit();
+      });
+      replace(formError, h("div", { class: "alert alert-warn", role: "alert", id: "criteria-matches-nobody" },
+        "These selection criteria match no device now: the task would run nowhere until one qualifies. ", anyway));
       return;
     }
     const id = editing ? taskId : f.task_id.input.value.trim();

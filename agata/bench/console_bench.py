@@ -1,0 +1,193 @@
+"""``agata bench console``: the operator console's queries at fleet size.
+
+A real cloud in this process (``memory://``, SQLite in a temporary folder) with
+``--devices`` devices (10,000 by default) written straight into the store in a few
+transactions (:func:`insert_fleet`: only the queries are measured). An operator client
+times, warm, pages of 50 devices through ``rpc_exec_query_devices`` for each sort key
+with typical filters, and — the limit, in the same run, through the same gateway and
+client — ``rpc_exec_get_user_info`` of one device. Target (issue 16): each page's p50
+<= 3x the limit's.
+
+Then the console's first load while ``--enrolling`` devices enroll at once
+(``/api/devices/enroll``, all started together): the time until ``/ui/``, its script and
+the first page of devices are served, reported without a target.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+from sqlalchemy import insert
+
+from agata.bench.report import Report, percentile
+from agata.store import sql_schema as t
+from agata.store.sql_store import indexed_attributes
+from agata.store.store import Store
+
+#: Issue 16: a page of 50 devices, p50 <= this times rpc_exec_get_user_info's.
+TARGET_RATIO = 3.0
+SENSORS = ("camera", "microphone", "gps", "accelerometer")
+LOCATIONS = ("lab", "field", "office", "home")
+#: (sort, order, q) of the pages measured.
+PAGES = [
+    ("user_id", "asc", ""),
+    ("data_qnt", "desc", "online"),
+    ("last_seen", "desc", "location=lab"),
+    ("avg_acc_contrib", "asc", "sensor:camera data_qnt>50"),
+    ("created_at", "asc", 'data_qnt > 100 and "gps" in sensors'),
+]
+
+
+def insert_fleet(store: Store, devices: int, *, seed: int = 7, prefix: str = "sim") -> None:
+    """Write ``devices`` varied devices into a SQL store (chunks of 1,000 rows per
+    transaction, with the ``device_attributes`` rows upsert_device would write): a
+    quarter offline, ids ``<prefix>-00000``, …. The bulk path of benchmarks and tests."""
+    engine = store.engine  # type: ignore[attr-defined]
+    rng = random.Random(seed)
+    now = datetime.now(UTC)
+    for start in range(0, devices, 1000):
+        rows: list[dict[str, Any]] = []
+        sensors: list[dict[str, Any]] = []
+        attributes: list[dict[str, Any]] = []
+        for i in range(start, min(devices, start + 1000)):
+            user_id = f"{prefix}-{i:05d}"
+            seen = now - timedelta(seconds=3600 if i % 4 == 3 else rng.uniform(0, 20))
+            extra = {"location": LOCATIONS[i % 4], "battery": rng.randint(5, 100)}
+            rows.append(
+                {
+                    "user_id": user_id,
+                    "data_qnt": float(rng.randint(0, 200)),
+                    "avg_acc_contrib": round(rng.random(), 3),
+                    "avg_disconnection_per_round": round(rng.random() / 4, 3),
+                    "extra": extra,
+                    "credential_hash": None,
+                    "last_seen": seen,
+                    "created_at": now - timedelta(seconds=devices - i),
+                    "revoked_at": None,
+                }
+            )
+            attributes += indexed_attributes(user_id, extra)
+            sensors += [{"user_id": user_id, "sensor": s} for s in SENSORS if rng.random() < 0.4]
+        with engine.begin() as conn:
+            conn.execute(insert(t.devices), rows)
+            conn.execute(insert(t.device_attributes), attributes)
+            if sensors:
+                conn.execute(insert(t.device_sensors), sensors)
+
+
+async def _timed(http: httpx.AsyncClient, path: str, body: Any, n: int) -> list[float]:
+    out = []
+    for i in range(n + 5):
+        t0 = time.perf_counter()
+        response = await http.post(path, json=body)
+        elapsed = time.perf_counter() - t0
+        if response.status_code != 200:
+            raise RuntimeError(f"{path}: {response.status_code} {response.text[:200]}")
+        if i >= 5:  # warm
+            out.append(elapsed)
+    return out
+
+
+async def _first_load_during_enrollment(node: Any, http: httpx.AsyncClient, n: int) -> float:
+    """Seconds until the console's page, script and first device page are served while
+    ``n`` devices enroll at once."""
+    token = (
+        await http.post("/rpc_exec_create_enrollment_token", json={"uses": n, "ttl_seconds": 600})
+    ).json()["enrollment_token"]
+    limits = httpx.Limits(max_connections=n, max_keepalive_connections=0)
+    async with httpx.AsyncClient(base_url=node.url, timeout=120, limits=limits) as devices:
+        burst = [
+            asyncio.create_task(
+                devices.post(
+                    "/api/devices/enroll",
+                    json={"user_id": f"enroll-{i:05d}", "enrollment_token": token},
+                )
+            )
+            for i in range(n)
+        ]
+        await asyncio.sleep(0.05)  # the burst is under way
+        t0 = time.perf_counter()
+        async with httpx.AsyncClient(base_url=node.url, timeout=120, headers=http.headers) as ui:
+            for path in ("/ui/", "/ui/js/app.js"):
+                (await ui.get(path)).raise_for_status()
+            query = {"limit": 50, "sort": "user_id"}
+            (await ui.post("/rpc_exec_query_devices", json=query)).raise_for_status()
+        elapsed = time.perf_counter() - t0
+        results = await asyncio.gather(*burst, return_exceptions=True)
+    failed = sum(1 for r in results if not isinstance(r, httpx.Response) or r.status_code != 200)
+    if failed:
+        raise RuntimeError(f"{failed} of {n} enrollments failed")
+    return elapsed
+
+
+async def _measure(devices: int, samples: int, enrolling: int) -> dict[str, Any]:
+    from agata.cloud.auth import OPERATOR_PREFIX, hash_token, new_token
+    from agata.cloud.cloud import CloudNode
+    from agata.settings import load_settings
+
+    with tempfile.TemporaryDirectory(prefix="agata-bench-") as tmp:
+        settings = load_settings(
+            flags={"data_dir": Path(tmp), "bus_url": "memory://", "gateway_port": 0},
+            environ={},
+        )
+        node = CloudNode(settings)
+        await node.start()
+        try:
+            token = new_token(OPERATOR_PREFIX)
+            node.store.add_operator_token("bench", hash_token(token))
+            t0 = time.perf_counter()
+            insert_fleet(node.store, devices)
+            inserted = time.perf_counter() - t0
+            headers = {"Authorization": f"Bearer {token}"}
+            async with httpx.AsyncClient(base_url=node.url, timeout=60, headers=headers) as http:
+                result: dict[str, Any] = {"insert_seconds": inserted, "pages": {}}
+                result["limit"] = await _timed(
+                    http, "/rpc_exec_get_user_info", {"user_id": "sim-00042"}, samples
+                )
+                for sort, order, q in PAGES:
+                    body = {"limit": 50, "sort": sort, "order": order, "q": q}
+                    total = (await http.post("/rpc_exec_query_devices", json=body)).json()["total"]
+                    times = await _timed(http, "/rpc_exec_query_devices", body, samples)
+                    result["pages"][(sort, order, q)] = (times, total)
+                if enrolling:
+                    result["first_load"] = await _first_load_during_enrollment(
+                        node, http, enrolling
+                    )
+        finally:
+            await node.stop()
+    return result
+
+
+def run_console_bench(devices: int = 10_000, samples: int = 50, enrolling: int = 1000) -> Report:
+    """Pages of devices beside rpc_exec_get_user_info, and the first load in a burst."""
+    measured = asyncio.run(_measure(devices, samples, enrolling))
+    report = Report(f"operator console, {devices} devices")
+    limit = percentile(measured["limit"], 50) * 1000
+    report.context = {"devices": devices, "samples": samples, "enrolling": enrolling}
+    report.context["insert_seconds"] = round(measured["insert_seconds"], 2)
+    report.add("rpc_exec_get_user_info p50 (the limit)", limit, "ms")
+    for (sort, order, q), (times, total) in measured["pages"].items():
+        report.ratio(
+            f"page of 50, sort {sort} {order}, q {q!r} p50",
+            percentile(times, 50) * 1000,
+            limit,
+            "ms",
+            limit_name="rpc_exec_get_user_info p50",
+            at_most=TARGET_RATIO,
+            note=f"total {total}, p95 {percentile(times, 95) * 1000:.1f} ms",
+        )
+    if "first_load" in measured:
+        report.add(
+            f"console first load while {enrolling} devices enroll at once",
+            measured["first_load"] * 1000,
+            "ms",
+            note="/ui/, app.js and the first page of devices",
+        )
+    return report
