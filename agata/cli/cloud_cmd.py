@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 
+from agata.cli.options import TaskDirOption, TaskUserOption
 from agata.settings import Settings, load_settings
 
 cloud_app = typer.Typer(help="Run the cloud side (task manager, device registry, gateway).")
@@ -88,18 +89,8 @@ def run_cloud(
             "--wheelhouse", help="a folder of wheels served to devices (offline installs)"
         ),
     ] = None,
-    task_user: Annotated[
-        str | None,
-        typer.Option(
-            "--task-user",
-            help="run task processes as this user when running as root (default nobody; "
-            "'' : as AGATA's user)",
-        ),
-    ] = None,
-    task_dir: Annotated[
-        Path | None,
-        typer.Option("--task-dir", help="task folders for the task user (bundle copies, work)"),
-    ] = None,
+    task_user: TaskUserOption = None,
+    task_dir: TaskDirOption = None,
     max_in_flight: Annotated[
         int | None,
         typer.Option(

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
+from agata.cli.options import TaskDirOption, TaskUserOption
 from agata.errors import AgataError, ErrorCode
 from agata.settings import Settings, load_settings
 
@@ -112,18 +113,8 @@ def run_edge(
     hook_timeout: Annotated[
         float | None, typer.Option("--hook-timeout", help="seconds before a hook is killed")
     ] = None,
-    task_user: Annotated[
-        str | None,
-        typer.Option(
-            "--task-user",
-            help="run task processes as this user when running as root (default nobody; "
-            "'' : as AGATA's user)",
-        ),
-    ] = None,
-    task_dir: Annotated[
-        Path | None,
-        typer.Option("--task-dir", help="task folders for the task user (bundle copies, work)"),
-    ] = None,
+    task_user: TaskUserOption = None,
+    task_dir: TaskDirOption = None,
     log_level: Annotated[str | None, typer.Option("--log-level")] = None,
 ) -> None:
     """Run the edge agent until SIGINT/SIGTERM (which stop its task processes)."""

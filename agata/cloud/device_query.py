@@ -22,7 +22,6 @@ A text that is neither raises ``INVALID_ARGUMENT`` naming ``q`` and the reason.
 from __future__ import annotations
 
 import keyword
-import operator
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -33,7 +32,7 @@ from agata.cloud.criteria import compile_criteria
 from agata.cloud.criteria_sql import indexed_terms
 from agata.cloud.views import NUMBER_FIELDS, ONLINE_SECONDS
 from agata.errors import AgataError, invalid
-from agata.store.queries import INDEXED_NAME_MAX, INDEXED_TEXT_MAX, DeviceQuery
+from agata.store.queries import COMPARISONS, INDEXED_NAME_MAX, INDEXED_TEXT_MAX, DeviceQuery
 from agata.store.store import DeviceTaskStatus
 
 __all__ = ["STATE_WORDS", "parse_device_filter"]
@@ -44,14 +43,6 @@ STATE_WORDS = ("online", "offline", "quarantined", "running", "revoked", "enroll
 _COMPARISON = re.compile(r"^([A-Za-z][A-Za-z0-9_]*)(!=|>=|<=|=|>|<)(.+)$")
 _PREFIXED = re.compile(r"^(sensor|task|id):(.+)$", re.IGNORECASE)
 _WORD = re.compile(r"^[A-Za-z0-9_.@:\-]+$")
-_COMPARE: dict[str, Callable[[Any, Any], Any]] = {
-    "=": operator.eq,
-    "!=": operator.ne,
-    "<": operator.lt,
-    "<=": operator.le,
-    ">": operator.gt,
-    ">=": operator.ge,
-}
 
 
 class _NotATerm(Exception):
@@ -120,7 +111,7 @@ def _comparison(terms: _Terms, token: str, name: str, op: str, raw: str) -> None
 def _comparison_test(name: str, op: str, wanted: Any) -> Callable[[Mapping[str, Any]], bool]:
     """``names[name] <op> wanted`` as the criteria language decides it: false without a
     value or for values that do not compare (``"a" > 1``)."""
-    compare = _COMPARE[op]
+    compare = COMPARISONS[op]
 
     def test(names: Mapping[str, Any]) -> bool:
         value = names.get(name)

@@ -10,12 +10,24 @@ order over a scan bounded by ``scan_limit``.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from agata.store.store import Device, DeviceTaskState
+
+#: The comparison operators of device queries, by their symbol (Python values and SQL
+#: columns alike).
+COMPARISONS: dict[str, Callable[[Any, Any], Any]] = {
+    "=": operator.eq,
+    "!=": operator.ne,
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+}
 
 __all__ = [
     "DEVICE_SORT_KEYS",

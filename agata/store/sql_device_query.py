@@ -13,7 +13,6 @@ records and their task states are read last, three queries for the whole page.
 
 from __future__ import annotations
 
-import operator
 from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
@@ -23,17 +22,9 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from agata.errors import invalid
 from agata.store import sql_schema as t
-from agata.store.queries import DEVICE_SORT_KEYS, DevicePage, DeviceQuery
+from agata.store.queries import COMPARISONS, DEVICE_SORT_KEYS, DevicePage, DeviceQuery
 from agata.store.store import Device, DeviceTaskState
 
-_COMPARE: dict[str, Callable[[Any, Any], Any]] = {
-    "=": operator.eq,
-    "!=": operator.ne,
-    "<": operator.lt,
-    "<=": operator.le,
-    ">": operator.gt,
-    ">=": operator.ge,
-}
 _NUMBER_COLUMNS = frozenset({"data_qnt", "avg_acc_contrib", "avg_disconnection_per_round"})
 
 DeviceMaker = Callable[[Any, list[str]], Device]
@@ -71,16 +62,16 @@ def where_clause(query: DeviceQuery) -> ColumnElement[bool]:
     for sensor in query.sensors:
         parts.append(d.user_id.in_(select(ds.user_id).where(ds.sensor == sensor)))
     for name, op, value in query.numbers:
-        if name not in _NUMBER_COLUMNS or op not in _COMPARE:
+        if name not in _NUMBER_COLUMNS or op not in COMPARISONS:
             raise invalid(f"q: {name}{op}{value}: not a number comparison the store knows")
         column = d[name]
-        parts.append(and_(column.is_not(None), _COMPARE[op](column, value)))
+        parts.append(and_(column.is_not(None), COMPARISONS[op](column, value)))
     a = t.device_attributes.c
     for name, op, wanted in query.attributes:
         column = a.num_value if isinstance(wanted, float) else a.text_value
-        if op not in _COMPARE or (column is a.text_value and op not in ("=", "!=")):
+        if op not in COMPARISONS or (column is a.text_value and op not in ("=", "!=")):
             raise invalid(f"q: {name}{op}{wanted}: not an attribute comparison the store knows")
-        test = _COMPARE["=" if op == "!=" else op](column, wanted)
+        test = COMPARISONS["=" if op == "!=" else op](column, wanted)
         has = d.user_id.in_(select(a.user_id).where(a.name == name, test))
         parts.append(~has if op == "!=" else has)
     return and_(true(), *parts) if parts else true()
