@@ -32,9 +32,29 @@ from agata.errors import AgataError, ErrorCode
 from agata.resources import example_path
 from agata.runtime.messages import Error, Info, Model, TaskMessage
 from agata.runtime.supervisor import TaskProcess
+from agata.runtime.task_user import DEFAULT_TASK_USER, check_interpreter, resolve_task_user
 from agata.settings import load_settings
 
 logger = logging.getLogger(__name__)
+
+
+def demo_task_user() -> str:
+    """The user the demo's task processes run as: the default task user when it can run
+    this interpreter, else the demo's own user ("", said once). The demo is one person's
+    machine; installed under ``/root`` or in a private folder (a wheel in a venv of
+    one's own), AGATA's interpreter is closed to ``nobody``, and the demo must still run.
+    A cloud or agent started on its own refuses such a task user instead, with the
+    reason (:func:`~agata.runtime.task_user.check_interpreter`)."""
+    user = resolve_task_user(DEFAULT_TASK_USER)
+    if user is None:
+        return DEFAULT_TASK_USER  # not root: tasks run as this user anyway
+    try:
+        check_interpreter(user)
+    except AgataError as exc:
+        logger.warning("the demo runs its tasks as this user, not %s: %s", user.name, exc.message)
+        return ""
+    return DEFAULT_TASK_USER
+
 
 Progress = Callable[[str], None]
 
@@ -90,6 +110,7 @@ class Lab:
         self.second_client: TaskProcess | None = None
         self._agent_events = asyncio.Event()
         self.started_at = time.time()
+        self.task_user = demo_task_user()
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -136,6 +157,7 @@ class Lab:
                 "server_grace_seconds": self.options.server_grace,
                 "rpc_timeout": self.options.rpc_timeout,
                 "register_events": True,
+                "task_user": self.task_user,
             },
             environ={},
         )
@@ -238,6 +260,7 @@ class Lab:
                 "request_interval": self.options.request_interval,
                 "register_events": True,
                 "policy": "one",
+                "task_user": self.task_user,
             },
             environ={},
         )

@@ -21,7 +21,7 @@ from agata.runtime.containment import Containment, ContainmentKind, detect_conta
 from agata.runtime.environments import REQUIREMENTS_FILE, EnvironmentCache
 from agata.runtime.limits import Limits
 from agata.runtime.process import AsyncioProcessLauncher, kill_process_group
-from agata.runtime.task_user import prepare_area, resolve_task_user
+from agata.runtime.task_user import check_interpreter, prepare_area, resolve_task_user
 
 __all__ = ["TaskSandbox", "default_task_dir"]
 
@@ -65,6 +65,8 @@ class TaskSandbox:
         spare: bool = False,
     ) -> None:
         user = resolve_task_user(task_user)
+        if user is not None:
+            check_interpreter(user)
         self.containment: Containment = detect_containment(scope, task_user=user)
         self.launcher = AsyncioProcessLauncher(containment=self.containment, spare=spare)
         self.task_dir = task_dir

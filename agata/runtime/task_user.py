@@ -19,12 +19,20 @@ import logging
 import os
 import pwd
 import shutil
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from agata.errors import AgataError, ErrorCode
 
-__all__ = ["DEFAULT_TASK_USER", "TaskUser", "prepare_area", "resolve_task_user"]
+__all__ = [
+    "DEFAULT_TASK_USER",
+    "TaskUser",
+    "check_interpreter",
+    "prepare_area",
+    "resolve_task_user",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +66,48 @@ def resolve_task_user(name: str) -> TaskUser | None:
     if entry.pw_uid == 0:
         raise AgataError(ErrorCode.INVALID_ARGUMENT, f"task user {name!r} is root")
     return TaskUser(entry.pw_name, entry.pw_uid, entry.pw_gid)
+
+
+#: What a task process imports of AGATA (``TaskReporter``): the probe imports it too.
+_PROBE = "import agata.runtime.reporter"
+
+
+def check_interpreter(user: TaskUser, python: str | None = None) -> None:
+    """Raise INVALID_ARGUMENT with the reason when ``user`` cannot run ``python``
+    (default: this interpreter, which task sides without an environment of their own
+    run with) and import AGATA's task reporter with it.
+
+    The usual cause is a folder on the way closed to other users: a virtualenv under
+    ``/root`` or in a private temporary folder. Checked once at start (a real run of
+    the interpreter as that user, ~0.1 s), so the first task does not fail obscurely."""
+    python = python or sys.executable
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        return  # the launcher refuses a task user without setpriv, with its own reason
+    try:
+        probe = subprocess.run(
+            [setpriv, *user.setpriv_options(), "--", python, "-c", _PROBE],
+            cwd="/",
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": "/"},
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        why = f"{exc}"
+    else:
+        if probe.returncode == 0:
+            return
+        lines = (probe.stderr or probe.stdout).strip().splitlines()
+        why = lines[-1] if lines else f"exit code {probe.returncode}"
+    raise AgataError(
+        ErrorCode.INVALID_ARGUMENT,
+        f"task user {user.name!r} cannot run {python} and import AGATA's task reporter "
+        f"({why}); install AGATA where that user may read it (e.g. a virtualenv under "
+        "/opt, not /root or a private temporary folder), choose another --task-user, or "
+        "give --task-user '' to run tasks as AGATA's own user (they can then read its "
+        "secrets)",
+    )
 
 
 def _reachable(folder: Path) -> None:
