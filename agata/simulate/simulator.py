@@ -85,6 +85,10 @@ def _skip_sniffio_lookups() -> None:
         sys.modules["sniffio"] = None  # type: ignore[assignment]
 
 
+#: Seconds more that :meth:`Fleet.stop` waits for devices still coming on board.
+ONBOARDING_GRACE = 60.0
+
+
 @dataclass(frozen=True)
 class SimulationOptions:
     """How to simulate. ``ramp`` defaults to one poll interval; ``warmup`` (left out of
@@ -254,7 +258,9 @@ class Fleet:
 
     async def stop(self, grace: float = 15.0) -> None:
         """Stop polling: idle devices at once, busy ones after their cycle (at most
-        ``grace`` seconds); then close the client."""
+        ``grace`` seconds; a device still coming on board — its first cycle, perhaps
+        waiting out a busy cloud's Retry-After — up to :data:`ONBOARDING_GRACE` more, as
+        a burst must cost time, never devices); then close the client."""
         if self._http is None:
             return
         self._stop.set()
@@ -265,6 +271,11 @@ class Fleet:
         pending = [run for run in self._runs if not run.done()]
         if pending:
             _done, late = await asyncio.wait(pending, timeout=grace)
+            device_of = dict(zip(self._runs, self.devices, strict=True))
+            onboarding = [run for run in late if device_of[run].on_board_at is None]
+            if onboarding:
+                _done, still = await asyncio.wait(onboarding, timeout=ONBOARDING_GRACE)
+                late = (late - set(onboarding)) | still
             self.stats.cancelled = len(late)
             for run in late:
                 run.cancel()
