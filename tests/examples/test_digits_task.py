@@ -315,6 +315,13 @@ def test_failing_task_client_errors_while_its_server_waits(launcher: Launcher) -
     wait_for_line(server, lambda m: m == {"type": "info", "info": "Started"}, timeout=30)
     wait_for_port(address, server, timeout=30)
     assert server.process.poll() is None, server.logs()  # still waiting for clients
+    # Ended as the task runtime ends a side: SIGTERM, then SIGKILL after a grace period.
+    # Flower's start_server does not always exit on SIGTERM while it waits for clients
+    # (its graceful exit hung in ~1 of 5 full-suite runs); the runtime's SIGKILL covers it.
     server.process.terminate()
-    server.wait(30)
+    try:
+        server.process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+        server.wait(30)
     assert not [m for m in server.messages() if m["type"] in ("error", "model")]
