@@ -97,7 +97,15 @@ class SpareStart:
 
     @property
     def alive(self) -> bool:
-        return self.transport.get_returncode() is None
+        """Running, not merely unreaped: a killed spare keeps no return code until the
+        event loop reaps it, and a line sent to it then would start nothing."""
+        if self.transport.get_returncode() is not None:
+            return False
+        try:
+            stat = Path(f"/proc/{self.transport.get_pid()}/stat").read_text()
+        except OSError:
+            return False
+        return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
 
     def launch(
         self, argv: Sequence[str], *, cwd: Path, env: Mapping[str, str], limits: Limits | None
