@@ -12,7 +12,8 @@ async def test_kind_defaults_to_script_and_is_kept_as_given(tmp_path: Path) -> N
     async with running_cloud(tmp_path) as cloud:
         base = {"host": "127.0.0.1", "port": 8080}
         seed = await cloud.op("rpc_exec_create_task", {"task_id": "t1", **base})
-        app = await cloud.op("rpc_exec_create_task", {"task_id": "t2", "kind": "flower-app", **base})
+        app_body = {"task_id": "t2", "kind": "flower-app", **base}
+        app = await cloud.op("rpc_exec_create_task", app_body)
         changed = await cloud.op("rpc_exec_update_task", {"task_id": "t1", "kind": "flower-app"})
 
         assert (seed.status_code, app.status_code, changed.status_code) == (200, 200, 200)

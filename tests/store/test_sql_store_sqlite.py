@@ -14,8 +14,8 @@ from agata.errors import AgataError, ErrorCode
 from agata.store import NewLogLine, NewTask, create_store
 from agata.store import sql_schema as schema
 from agata.store.passwords import verify_password
-from agata.store.store import TaskKind
 from agata.store.sql_store import SqlStore
+from agata.store.store import TaskKind
 
 
 def _task(task_id: str = "t1") -> NewTask:
