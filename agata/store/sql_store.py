@@ -36,6 +36,7 @@ from sqlalchemy import (
     Row,
     delete,
     false,
+    func,
     insert,
     inspect,
     or_,
@@ -53,6 +54,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from agata.errors import AgataError, ErrorCode, conflict, invalid, not_found
 from agata.store import sql_device_query, validation
 from agata.store import sql_schema as schema
+from agata.store.loop_guard import check_not_on_loop
 from agata.store.passwords import hash_password
 from agata.store.queries import INDEXED_NAME_MAX, INDEXED_TEXT_MAX, DevicePage, DeviceQuery
 from agata.store.sql_errors import translate
@@ -71,6 +73,7 @@ from agata.store.store import (
     Store,
     Task,
     TaskKind,
+    TaskProgress,
     TaskState,
 )
 
@@ -147,6 +150,7 @@ class SqlStore(Store):
         """One transaction; every database error leaves as an :class:`AgataError`."""
         if self._closed:
             raise AgataError(ErrorCode.UNAVAILABLE, "the store is closed")
+        check_not_on_loop(operation)
         if self._serial is not None:
             self._serial.acquire()
         try:
@@ -695,6 +699,22 @@ class SqlStore(Store):
             rows = conn.execute(select(dt).where(dt.c.task_id == task_id).order_by(dt.c.user_id))
             return [self._device_task(r) for r in rows]
 
+    def device_task_states(
+        self, user_ids: Sequence[str] | None = None
+    ) -> dict[str, list[DeviceTaskState]]:
+        dt = schema.device_tasks
+        query = select(dt).order_by(dt.c.user_id, dt.c.task_id)
+        if user_ids is not None:
+            wanted = list(dict.fromkeys(user_ids))
+            if not wanted:
+                return {}
+            query = query.where(dt.c.user_id.in_(wanted))
+        states: dict[str, list[DeviceTaskState]] = defaultdict(list)
+        with self._tx("device_task_states") as conn:
+            for r in conn.execute(query):
+                states[r.user_id].append(self._device_task(r))
+        return dict(states)
+
     def clear_quarantine(self, user_id: str, task_id: str | None = None) -> int:
         dt = schema.device_tasks
         where = [dt.c.user_id == user_id, dt.c.status == DeviceTaskStatus.QUARANTINED.value]
@@ -794,6 +814,54 @@ class SqlStore(Store):
                 )
                 for r in conn.execute(query)
             ]
+
+    def task_progress(self, task_ids: Sequence[str]) -> dict[str, TaskProgress]:
+        wanted = list(dict.fromkeys(task_ids))
+        if not wanted:
+            return {}
+        m, dt = schema.metrics, schema.device_tasks
+        server = (m.c.source == "server").label("server")
+        # The newest metric of each task's server side and of its other sources: at
+        # most two rows per task, in one query.
+        rank = (
+            func.row_number()
+            .over(
+                partition_by=(m.c.task_id, m.c.source == "server"),
+                order_by=(m.c.round.desc(), m.c.id.desc()),
+            )
+            .label("rank")
+        )
+        ranked = select(m, server, rank).where(m.c.task_id.in_(wanted)).subquery()
+        newest = select(ranked).where(ranked.c.rank == 1)
+        running = (
+            select(dt.c.task_id, dt.c.user_id)
+            .where(dt.c.task_id.in_(wanted), dt.c.status == DeviceTaskStatus.RUNNING.value)
+            .order_by(dt.c.user_id)
+        )
+        last: dict[str, tuple[bool, Metric]] = {}
+        devices: dict[str, list[str]] = defaultdict(list)
+        with self._tx("task_progress") as conn:
+            for r in conn.execute(newest):
+                metric = Metric(
+                    id=r.id,
+                    task_id=r.task_id,
+                    round=r.round,
+                    source=r.source,
+                    metrics=dict(r.metrics),
+                    time=r.time,
+                )
+                if r.task_id not in last or (bool(r.server) and not last[r.task_id][0]):
+                    last[r.task_id] = (bool(r.server), metric)
+            for r in conn.execute(running):
+                devices[r.task_id].append(r.user_id)
+        return {
+            task_id: TaskProgress(
+                task_id,
+                last_metric=last[task_id][1] if task_id in last else None,
+                devices_running=tuple(devices.get(task_id, ())),
+            )
+            for task_id in wanted
+        }
 
     def add_log_lines(self, task_id: str, lines: Sequence[NewLogLine]) -> int:
         now = _time.time()

@@ -50,6 +50,7 @@ __all__ = [
     "OperatorToken",
     "Store",
     "Task",
+    "TaskProgress",
     "TaskState",
 ]
 
@@ -203,6 +204,17 @@ class Metric:
 
 
 @dataclass(frozen=True)
+class TaskProgress:
+    """How far a task's run is, as its views show it: the newest metric of its server
+    side (of any source when the server reported none), by round then arrival, and the
+    devices whose status for it is ``running``, by user id."""
+
+    task_id: str
+    last_metric: Metric | None = None
+    devices_running: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class NewLogLine:
     """A line of output to append to a task's log; ``time`` defaults to now."""
 
@@ -276,6 +288,13 @@ class Store(abc.ABC):
         """The running tasks with tags and files, oldest first.
 
         Called on every device poll: it MUST NOT issue a query per task.
+        """
+
+    @abc.abstractmethod
+    def task_progress(self, task_ids: Sequence[str]) -> dict[str, TaskProgress]:
+        """The progress of each of these tasks (unknown ids: an empty progress).
+
+        Called for every task a listing shows: it MUST NOT issue a query per task.
         """
 
     @abc.abstractmethod
@@ -408,6 +427,14 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def list_task_devices(self, task_id: str) -> list[DeviceTaskState]:
         """The device states of one task, by user id."""
+
+    @abc.abstractmethod
+    def device_task_states(
+        self, user_ids: Sequence[str] | None = None
+    ) -> dict[str, list[DeviceTaskState]]:
+        """The task states of these devices (``None``: of every device) by user id, each
+        list by task id; a device without states has no key. It MUST NOT issue a query
+        per device."""
 
     @abc.abstractmethod
     def clear_quarantine(self, user_id: str, task_id: str | None = None) -> int:

@@ -29,6 +29,7 @@ from sqlalchemy.exc import ArgumentError
 from sqlalchemy.pool import StaticPool
 
 from agata.errors import invalid
+from agata.store.async_store import DEFAULT_READ_WORKERS, DEFAULT_WRITE_WORKERS
 from agata.store.sql_store import DEFAULT_LOG_CAP, WRITE_OPTION, SqlStore
 from agata.store.store import Store
 
@@ -38,6 +39,9 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_BUSY_TIMEOUT = 5.0
 """Seconds a SQLite write waits for another writer before failing with UNAVAILABLE."""
+POOL_SIZE = DEFAULT_READ_WORKERS + DEFAULT_WRITE_WORKERS + 2
+"""Connections kept open: one per thread of an :class:`AsyncStore` and two for code
+without a loop. Fewer, and connections past the pool would be opened and closed per call."""
 
 
 def _json_dumps(value: Any) -> str:
@@ -49,10 +53,10 @@ def _sqlite_engine(url: URL, busy_timeout: float, echo: bool) -> Engine:
     memory = database in ("", ":memory:")
     if not memory and not database.startswith("file:"):
         Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-    options: dict[str, Any] = {}
+    options: dict[str, Any] = {"pool_size": POOL_SIZE, "max_overflow": 4}
     if memory:
         # One connection shared by every caller: the database lives as long as the engine.
-        options["poolclass"] = StaticPool
+        options = {"poolclass": StaticPool}
     engine = create_engine(
         url.set(drivername="sqlite+pysqlite"),
         connect_args={"check_same_thread": False, "timeout": busy_timeout},
@@ -98,6 +102,8 @@ def _postgresql_engine(url: URL, busy_timeout: float, echo: bool) -> Engine:
     return create_engine(
         url.set(drivername="postgresql+psycopg"),
         pool_pre_ping=True,
+        pool_size=POOL_SIZE,
+        max_overflow=4,
         hide_parameters=True,
         json_serializer=_json_dumps,
         echo=echo,
