@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -61,7 +62,7 @@ async def running_cloud(tmp_path: Path, **flags: object) -> AsyncIterator[Cloud]
     """A cloud on memory:// with SQLite in ``tmp_path``; yields it with an operator token."""
     node = CloudNode(cloud_settings(tmp_path, **{"server_grace_seconds": 2.0, **flags}))  # type: ignore[arg-type]
     await node.start()
-    token = node.ensure_operator_token()
+    token = await asyncio.to_thread(node.ensure_operator_token)
     assert token
     try:
         async with httpx.AsyncClient(base_url=node.url, timeout=10) as http:

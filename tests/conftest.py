@@ -108,3 +108,19 @@ def shared_dir() -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def strict_store(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Every test runs the store in strict mode (:mod:`agata.store.loop_guard`): package
+    code that calls the synchronous store on an event loop's thread fails with INTERNAL,
+    in this process and in the processes the test starts (they inherit the variable)."""
+    from agata.store import loop_guard
+
+    monkeypatch.setenv(loop_guard.STRICT_ENV, "1")
+    was = loop_guard.is_strict()
+    loop_guard.set_strict(True)
+    try:
+        yield
+    finally:
+        loop_guard.set_strict(was)

@@ -91,7 +91,7 @@ async def _measure(bus_url: str, samples: int) -> dict[str, list[float]]:
         node = CloudNode(settings)
         await node.start()
         token = new_token(OPERATOR_PREFIX)
-        node.store.add_operator_token("bench", hash_token(token))
+        await node.async_store.add_operator_token("bench", hash_token(token))
         operator = {"Authorization": f"Bearer {token}"}
         files = _bundle()
         try:

@@ -141,9 +141,9 @@ async def _measure(devices: int, samples: int, enrolling: int) -> dict[str, Any]
         await node.start()
         try:
             token = new_token(OPERATOR_PREFIX)
-            node.store.add_operator_token("bench", hash_token(token))
+            await node.async_store.add_operator_token("bench", hash_token(token))
             t0 = time.perf_counter()
-            insert_fleet(node.store, devices)
+            await asyncio.to_thread(insert_fleet, node.store, devices)
             inserted = time.perf_counter() - t0
             headers = {"Authorization": f"Bearer {token}"}
             async with httpx.AsyncClient(base_url=node.url, timeout=60, headers=headers) as http:

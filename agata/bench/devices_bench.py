@@ -87,9 +87,9 @@ async def _setup(
     for d in range(devices):
         user_id = f"sim-{d:05d}"
         sensors = [s for s in SENSORS if rng.random() < 0.5]
-        node.store.upsert_device(user_id, data_qnt=rng.randint(0, 200), sensors=sensors)
+        await node.async_store.upsert_device(user_id, data_qnt=rng.randint(0, 200), sensors=sensors)
         credential = new_token(DEVICE_PREFIX)
-        node.store.set_device_credential(user_id, hash_token(credential))
+        await node.async_store.set_device_credential(user_id, hash_token(credential))
         credentials.append((user_id, credential))
     for t in range(tasks):
         body = {"task_id": f"load-{t:02d}", "host": "127.0.0.1", "port": 20000 + t,
@@ -261,7 +261,7 @@ async def _measure(
         node = CloudNode(settings)
         await node.start()
         token = new_token(OPERATOR_PREFIX)
-        node.store.add_operator_token("bench", hash_token(token))
+        await node.async_store.add_operator_token("bench", hash_token(token))
         try:
             headers = {"Authorization": f"Bearer {token}"}
             async with httpx.AsyncClient(base_url=node.url, headers=headers, timeout=30) as http:

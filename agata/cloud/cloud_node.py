@@ -36,6 +36,7 @@ from agata.files import make_private_dir, make_private_file, write_private_file
 from agata.runtime.limits import Limits
 from agata.runtime.sandbox import TaskSandbox, default_task_dir
 from agata.settings import Settings
+from agata.store.async_store import AsyncStore
 from agata.store.store import BundleFile, Store
 from agata.store.store_factory import create_store
 from agata.tls import server_context
@@ -68,6 +69,7 @@ class CloudNode:
         self.bus = bus or create_bus(settings.bus_url)
         self._own_store = store is None
         self._store = store
+        self._async_store: AsyncStore | None = None
         self.bundles = BundleStore(self.data_dir / "tasks")
         self._running: list[Service] = []
         self._recorder: EventRecorder | None = None
@@ -80,6 +82,7 @@ class CloudNode:
 
     @property
     def store(self) -> Store:
+        """The synchronous store (opened on first use): for code without an event loop."""
         if self._store is None:
             make_private_dir(self.data_dir)
             url = self.settings.database_url
@@ -89,6 +92,13 @@ class CloudNode:
                     make_private_file(Path(database))
             self._store = create_store(url)
         return self._store
+
+    @property
+    def async_store(self) -> AsyncStore:
+        """The one :class:`AsyncStore` of this process, which every service is given."""
+        if self._async_store is None:
+            self._async_store = AsyncStore(self.store)
+        return self._async_store
 
     @property
     def url(self) -> str:
@@ -114,8 +124,9 @@ class CloudNode:
         if "gateway" in self.services and s.ssl_certfile is not None:
             self._tls = server_context(s.ssl_certfile, s.ssl_keyfile)  # a bad file stops here
         await self.bus.connect()
+        await asyncio.to_thread(lambda: self.store)  # opens (and migrates) off the loop
         if "task-manager" in self.services or "gateway" in self.services:
-            self.recover_bundles()
+            await asyncio.to_thread(self.recover_bundles)
         if "task-manager" in self.services:
             sandbox = TaskSandbox(
                 f"cloud:{self.data_dir}",
@@ -130,7 +141,7 @@ class CloudNode:
             logger.info("server sides: %s", sandbox.describe())
             manager = TaskManager(
                 self.bus,
-                self.store,
+                self.async_store,
                 self.bundles.root,
                 self.data_dir / "work",
                 bundles=self.bundles,
@@ -143,12 +154,12 @@ class CloudNode:
             manager.max_in_flight = s.service_max_in_flight
             await manager.start()
             self._running.append(manager)
-            self._recorder = EventRecorder(self.bus, self.store, Notifier(self.bus))
+            self._recorder = EventRecorder(self.bus, self.async_store, Notifier(self.bus))
             await self._recorder.start()
         if "device-registry" in self.services:
             registry = DeviceRegistry(
                 self.bus,
-                self.store,
+                self.async_store,
                 hide_internal_errors=s.hide_internal_errors,
                 register_events=s.register_events,
             )
@@ -173,7 +184,7 @@ class CloudNode:
                 ),
             )
             if first_token:
-                self.first_token = self.ensure_operator_token()
+                self.first_token = await asyncio.to_thread(self.ensure_operator_token)
             await self._serve(self.app)
 
     def recover_bundles(self) -> dict[str, str]:
@@ -276,5 +287,8 @@ class CloudNode:
         if self._recorder is not None:
             await self._recorder.stop()
         await self.bus.close()
+        if self._async_store is not None:
+            await self._async_store.shutdown()
+            self._async_store = None
         if self._own_store and self._store is not None:
             self._store.close()

@@ -165,7 +165,9 @@ class Lab:
         await self.node.start()
         # An operator token of this run (the store keeps only its hash).
         self.token = new_token(OPERATOR_PREFIX)
-        self.node.store.add_operator_token(f"demo {secrets.token_hex(3)}", hash_token(self.token))
+        await self.node.async_store.add_operator_token(
+            f"demo {secrets.token_hex(3)}", hash_token(self.token)
+        )
         self.http = httpx.AsyncClient(
             base_url=self.node.url,
             headers={"Authorization": f"Bearer {self.token}"},

@@ -482,12 +482,12 @@ async def simulate_embedded(
         node = CloudNode(load_settings(flags=flags, environ={}))
         await node.start()
         try:
-            token = node.ensure_operator_token()
+            token = await asyncio.to_thread(node.ensure_operator_token)
             if token is None:  # an existing database (--db) already has operators
                 from agata.cloud.credentials.tokens import OPERATOR_PREFIX, hash_token, new_token
 
                 token = new_token(OPERATOR_PREFIX)
-                node.store.add_operator_token("agata simulate", hash_token(token))
+                await node.async_store.add_operator_token("agata simulate", hash_token(token))
             db = (db_url or "sqlite://").split(":")[0]
             where = {"mode": "embedded", "bus": bus_url.split(":")[0], "db": db}
             return await simulate_against(options, node.url, operator_token=token, target=where)

@@ -119,7 +119,7 @@ async def test_our_client_calls_an_original_style_service(amqp_url: str) -> None
 async def test_gateway_on_amqp_serves_operations(amqp_cloud: CloudNode) -> None:
     import httpx
 
-    token = amqp_cloud.ensure_operator_token()
+    token = await asyncio.to_thread(amqp_cloud.ensure_operator_token)
     async with httpx.AsyncClient(base_url=amqp_cloud.url, timeout=10) as http:
         response = await http.post(
             "/rpc_exec_list_tasks", json={}, headers={"Authorization": f"Bearer {token}"}
@@ -136,7 +136,7 @@ async def test_concurrent_uploads_of_one_task_record_every_file(amqp_cloud: Clou
 
     import httpx
 
-    token = amqp_cloud.ensure_operator_token()
+    token = await asyncio.to_thread(amqp_cloud.ensure_operator_token)
     headers = {"Authorization": f"Bearer {token}"}
     task = {"task_id": "up", "host": "127.0.0.1", "port": 8080, "username": "",
             "password": "", "files_paths": [], "selection_criteria": ""}  # fmt: skip
@@ -173,7 +173,7 @@ async def test_services_in_separate_nodes_with_replicas(tmp_path: Path, amqp_url
     for node in nodes:
         await node.start()
     gateway = nodes[-1]
-    token = gateway.ensure_operator_token()
+    token = await asyncio.to_thread(gateway.ensure_operator_token)
     task_ids = [f"sep{uuid.uuid4().hex[:6]}{i}" for i in range(6)]
     try:
         async with httpx.AsyncClient(
@@ -214,7 +214,7 @@ async def test_a_device_change_reaches_every_task_manager_replica(
     ]
     for node in nodes:
         await node.start()
-    token = nodes[-1].ensure_operator_token()
+    token = await asyncio.to_thread(nodes[-1].ensure_operator_token)
     task_id = f"chg{uuid.uuid4().hex[:6]}"
     user_id = f"chg-dev-{uuid.uuid4().hex[:6]}"
     server = b"import time\ntime.sleep(600)\n"

@@ -53,29 +53,29 @@ async def test_unknown_device_or_task_is_404(registry: DeviceRegistry) -> None:
     assert unknown_device[0] == 404 and "ghost" in unknown_device[1]
     assert downloaded_unknown_task[0] == 404 and "nope" in downloaded_unknown_task[1]
     assert downloaded_unknown_device[0] == 404 and "ghost" in downloaded_unknown_device[1]
-    assert registry.store.list_task_devices("t1") == []
+    assert registry.store.sync.list_task_devices("t1") == []
 
 
 async def test_reports_record_status_metrics_and_last_seen(registry: DeviceRegistry) -> None:
-    before = registry.store.get_device("d1").last_seen
+    before = registry.store.sync.get_device("d1").last_seen
 
     assert await report(registry, status="downloaded") == (200, None)  # accepted, not kept
     assert await report(registry, round=1, metrics={"acc": 0.5}) == (200, None)
     assert await report(registry, status="finished") == (200, None)
 
-    states = registry.store.list_task_devices("t1")
+    states = registry.store.sync.list_task_devices("t1")
     assert [(s.user_id, s.status.value) for s in states] == [("d1", "finished")]
-    assert [(m.round, m.source, m.metrics) for m in registry.store.list_metrics("t1")] == [
+    assert [(m.round, m.source, m.metrics) for m in registry.store.sync.list_metrics("t1")] == [
         (1, "d1", {"acc": 0.5})
     ]
-    assert registry.store.get_device("d1").last_seen > before
+    assert registry.store.sync.get_device("d1").last_seen > before
 
 
 async def test_a_task_report_is_one_transaction(registry: DeviceRegistry) -> None:
     """A status report writes the status and, once per TOUCH_SECONDS, last_seen. Only
     the first report of a device on a task reads the task and the device (its scope:
     agata.cloud.services.report_scope); the next ones are trusted for SCOPE_CACHE_SECONDS."""
-    store = registry.store
+    store = registry.store.sync
     assert isinstance(store, SqlStore)
     transactions: list[int] = []
     event.listen(store.engine, "begin", lambda _conn: transactions.append(1))

@@ -5,6 +5,7 @@ made for the test (``tests/tls_certs.py``), called with httpx and the agent's
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -41,7 +42,7 @@ async def start_node(tmp_path: Path, **flags: Any) -> CloudNode:
 @pytest.fixture
 async def tls_node(tmp_path: Path, certs: Certificates) -> AsyncIterator[tuple[CloudNode, str]]:
     node = await start_node(tmp_path, ssl_certfile=certs.cert, ssl_keyfile=certs.key)
-    token = node.ensure_operator_token()
+    token = await asyncio.to_thread(node.ensure_operator_token)
     assert token
     try:
         yield node, token

@@ -126,16 +126,86 @@ async def test_a_locked_database_gives_a_clear_503_and_reads_go_on(tmp_path: Pat
     assert rows_after_failure == {"tasks": 0, "task_tags": 0, "task_files": 0}
     assert consistent_while_locked and consistent_after
     assert task_after["running"] is False
-    # Reads are served while the lock is held (a read queued behind a waiting write
-    # waits with it: the store is synchronous on the service's event loop).
+    # Reads are served while the lock is held, also while a write waits for it (the
+    # write waits in a worker thread of its own, not on the event loop).
     assert read_while_waiting.status_code == 200
-    assert read_wait < create_seconds
+    assert read_wait < 1
     assert listed.status_code == 200 and [t["ID"] for t in listed.json()] == ["t1"]
     assert got.status_code == 200 and list_seconds < 1 and get_seconds < 1
     # After the release, writes work again.
     assert created_after.status_code == 200, created_after.text
     assert uploaded_after.status_code == 200, uploaded_after.text
     assert "Traceback" not in log
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+async def test_healthz_polls_and_reads_answer_while_another_process_holds_the_write_lock(
+    tmp_path: Path,
+) -> None:
+    # Prepare: a cloud with a task and a device; another process's connection will hold
+    # SQLite's write lock for 3 s (under the busy timeout of 5 s)
+    async with cloud_process(tmp_path / "cloud") as cloud:
+        db = cloud.data_dir / "agata.db"
+        await add_task(cloud, "t1", SERVER_PY)
+        await cloud.ok("rpc_exec_update_user_info", {"user_id": "d1", "data_qnt": 10})
+        holder = sqlite3.connect(db, isolation_level=None, timeout=0)
+        holder.execute("BEGIN IMMEDIATE")
+        held = time.monotonic()
+        health: list[float] = []
+        polls: list[float] = []
+        reads: list[float] = []
+        try:
+            # Execute: a write that must wait for the lock, and meanwhile /healthz every
+            # 20 ms, a device's poll and a read every 200 ms
+            write = asyncio.create_task(
+                timed(cloud.op("rpc_exec_update_user_info", {"user_id": "d1", "data_qnt": 11}))
+            )
+            await asyncio.sleep(0.2)  # the write is waiting for the lock now
+            while time.monotonic() - held < 3.0:
+                answer, seconds = await timed(cloud.http.get("/healthz"))
+                assert answer.status_code == 200
+                health.append(seconds)
+                if len(health) % 10 == 1:
+                    poll, poll_seconds = await timed(
+                        cloud.op("rpc_exec_client_requesting_task", {"user_id": "d1"})
+                    )
+                    read, read_seconds = await timed(
+                        cloud.op("rpc_exec_get_task_by_id", {"task_id": "t1"})
+                    )
+                    assert poll.status_code == 200 and read.status_code == 200, (poll, read)
+                    polls.append(poll_seconds)
+                    reads.append(read_seconds)
+                await asyncio.sleep(0.02)
+            write_done_while_held = write.done()
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        written, write_seconds = await write
+        device = await cloud.ok("rpc_exec_get_user_info", {"user_id": "d1"})
+
+    p99 = percentile(health, 0.99)
+    print(
+        f"\nSQLite write lock held 3 s by another process: /healthz p50 "
+        f"{percentile(health, 0.5) * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms, max "
+        f"{max(health) * 1000:.1f} ms ({len(health)} requests; target p99 <= 50 ms); device "
+        f"poll max {max(polls) * 1000:.0f} ms, read max {max(reads) * 1000:.0f} ms "
+        f"({len(polls)} each); the write waited {write_seconds:.2f} s and answered "
+        f"{written.status_code}"
+    )
+    # The event loop never waited for the lock: before, every request stalled until the
+    # waiting write got it (~3 s). Bounds are loose for a loaded machine; the figure
+    # printed above is what docs/benchmarks.md records.
+    assert max(health) < 1.0, sorted(health)[-5:]
+    assert max(polls) < 1.0 and max(reads) < 1.0, (polls, reads)
+    # The write waited for the lock (it cannot finish while it is held) and then took.
+    assert not write_done_while_held
+    assert written.status_code == 200, written.text
+    assert 2.5 < write_seconds < 5.5
+    assert device["data_qnt"] == 11
 
 
 @contextlib.contextmanager

@@ -30,6 +30,7 @@ share nothing but the read path). Needs POSIX ``*at`` system calls (``dir_fd``).
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import functools
 import hashlib
@@ -44,8 +45,8 @@ import threading
 import time
 import zipfile
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, BinaryIO, Final, Protocol
@@ -321,22 +322,32 @@ class BundleStore:
                 raise invalid(f"the content of {name!r} must be bytes or a binary file")
         return self._commit(task_id, incoming)
 
-    def extract_archive(self, task_id: str, zip_bytes: bytes) -> list[BundleFile]:
+    def extract_archive(self, task_id: str, zip_bytes: bytes | BinaryIO) -> list[BundleFile]:
         """Add or replace files from a zip of plain files (no folders, no links).
 
-        Every member is checked before anything is written; sizes are enforced on the
-        uncompressed bytes while reading. Returns the written files in archive order.
+        ``zip_bytes`` is the archive, or a seekable binary file holding it (read from
+        its start, never whole into memory). Every member is checked before anything is
+        written; sizes are enforced on the uncompressed bytes while reading. Returns the
+        written files in archive order.
         """
         validate_task_id(task_id)
-        if not isinstance(zip_bytes, bytes | bytearray | memoryview):
-            raise invalid("the archive must be bytes")
+        source: IO[bytes]
+        if isinstance(zip_bytes, bytes | bytearray | memoryview):
+            source, size = io.BytesIO(zip_bytes), len(zip_bytes)
+        elif callable(getattr(zip_bytes, "seek", None)) and callable(
+            getattr(zip_bytes, "read", None)
+        ):
+            source, size = zip_bytes, zip_bytes.seek(0, os.SEEK_END)
+            zip_bytes.seek(0)
+        else:
+            raise invalid("the archive must be bytes or a seekable binary file")
         # Compressed data is never much larger than what it holds: headers only.
-        if len(zip_bytes) > self.max_bundle_bytes + self.max_files * 1024 + 65536:
+        if size > self.max_bundle_bytes + self.max_files * 1024 + 65536:
             raise too_large(
                 f"the archive is larger than the limit of {self.max_bundle_bytes} bytes"
             )
         try:
-            archive = zipfile.ZipFile(io.BytesIO(zip_bytes))
+            archive = zipfile.ZipFile(source)
         except (zipfile.BadZipFile, zipfile.LargeZipFile, *_BAD_STREAM_ERRORS, OSError):
             raise invalid("the upload is not a valid zip archive") from None
         with archive:
@@ -515,6 +526,20 @@ class BundleStore:
             journal.finish()
         finally:
             journal.release()
+
+    @asynccontextmanager
+    async def undo_on_error_async(self, task_id: str) -> AsyncIterator[None]:
+        """:meth:`undo_on_error` for ``async def`` code: the journal is made, put back
+        and dropped in a worker thread, so the event loop never waits on the disk."""
+        undo = self.undo_on_error(task_id)
+        await asyncio.to_thread(undo.__enter__)
+        try:
+            yield
+        except BaseException as exc:
+            if not await asyncio.to_thread(undo.__exit__, type(exc), exc, exc.__traceback__):
+                raise
+        else:
+            await asyncio.to_thread(undo.__exit__, None, None, None)
 
     def _put_back(self, journal: UndoJournal) -> None:
         """Undo a failed write; if that fails too, the journal stays for :meth:`recover`."""

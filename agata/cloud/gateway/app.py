@@ -52,7 +52,7 @@ from agata.cloud.gateway.limits import BodyLimit, RateLimit
 from agata.cloud.gateway.metrics import GatewayMetrics
 from agata.cloud.gateway.openapi import DOWNLOAD, LEGACY_DEVICE, PUBLIC, STREAM, install
 from agata.cloud.gateway.streams import StreamHub
-from agata.cloud.gateway.uploads import UPLOAD_BODY, uploaded_files
+from agata.cloud.gateway.uploads import UPLOAD_BODY, uploaded_files, write_uploaded_files
 from agata.cloud.gateway.wheelhouse import Wheelhouse, wheelhouse_router
 from agata.errors import AgataError, ErrorCode
 from agata.protocol import operations as ops
@@ -362,22 +362,16 @@ def create_gateway(bus: Bus, config: GatewayConfig) -> FastAPI:
                 ErrorCode.TOO_LARGE,
                 f"upload of {total} bytes exceeds the limit of {config.max_upload_bytes}",
             )
-        plain = [(f.filename or "", f.file) for f in files if f.filename != "bundle.zip"]
         lock = upload_locks.get(task_id)
         if lock is None:
             lock = upload_locks[task_id] = asyncio.Lock()
         # Files and recorded listing must agree: the write is undone if recording fails,
         # and uploads of one task take turns (an undo must not remove another's files).
-        async with lock:
-            with config.bundles.undo_on_error(task_id):
-                for upload in files:
-                    if upload.filename == "bundle.zip":
-                        config.bundles.extract_archive(task_id, await upload.read())
-                if plain:
-                    config.bundles.write_files(task_id, plain)
-                listing = config.bundles.list_files(task_id)
-                payload = [{"name": f.name, "size": f.size, "sha256": f.sha256} for f in listing]
-                await rpc.call(ops.SET_TASK_FILES, {"task_id": task_id, "files": payload})
+        # The disk work (unpacking, fsync per file, hashing) runs in worker threads.
+        async with lock, config.bundles.undo_on_error_async(task_id):
+            listing = await asyncio.to_thread(write_uploaded_files, config.bundles, task_id, files)
+            payload = [{"name": f.name, "size": f.size, "sha256": f.sha256} for f in listing]
+            await rpc.call(ops.SET_TASK_FILES, {"task_id": task_id, "files": payload})
         return payload
 
     @app.get(
@@ -427,7 +421,7 @@ def create_gateway(bus: Bus, config: GatewayConfig) -> FastAPI:
         """One bundle file, for operators, matching devices, or legacy Basic auth;
         streamed from disk (429 while this downloader runs ``max_downloads``)."""
         try:
-            handle = config.bundles.open_file(task_id, name)
+            handle = await asyncio.to_thread(config.bundles.open_file, task_id, name)
         except AgataError as exc:  # a name that cannot be in a bundle is not in this one
             if exc.code is not ErrorCode.INVALID_ARGUMENT:
                 raise

@@ -7,7 +7,8 @@ errors -- but not when the client leaves half way, nor on python-multipart's err
 until the garbage collector found them (20 unfinished 50 MiB uploads held 980 MiB of
 the temp folder). :func:`uploaded_files` turns the client leaving into such an error
 and closes the spooled files on any other, and closes the files of a complete upload
-when the route is done with them.
+when the route is done with them. :func:`write_uploaded_files` puts them in a bundle; it
+blocks on the disk, so routes run it in a worker thread.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from starlette.datastructures import FormData, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
+from agata.cloud.bundles.bundle_store import BundleFile, BundleStore
 from agata.errors import AgataError, ErrorCode
 
 #: File parts one upload may have.
@@ -101,3 +103,18 @@ async def uploaded_files(request: Request, field: str = "files") -> AsyncIterato
         yield files
     finally:
         await form.close()
+
+
+def write_uploaded_files(
+    bundles: BundleStore, task_id: str, files: list[UploadFile]
+) -> list[BundleFile]:
+    """Unpack the ``bundle.zip`` parts into the task's bundle, then write the other parts
+    under their names; returns the bundle's listing afterwards. Blocking (the disk, an
+    fsync per file, hashing): call it in a worker thread."""
+    for upload in files:
+        if upload.filename == "bundle.zip":
+            bundles.extract_archive(task_id, upload.file)  # read from its spool file
+    plain = [(f.filename or "", f.file) for f in files if f.filename != "bundle.zip"]
+    if plain:
+        bundles.write_files(task_id, plain)
+    return bundles.list_files(task_id)

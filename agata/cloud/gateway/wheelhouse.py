@@ -137,7 +137,7 @@ def wheelhouse_router(
     async def wheelhouse_file(name: str, principal: Principal = Depends(who)) -> Response:
         """One wheel, streamed from disk (429 while this downloader runs
         ``max_downloads``)."""
-        handle = wheelhouse.open(name)
+        handle = await anyio.to_thread.run_sync(wheelhouse.open, name)
         release = slots.take(f"{principal.kind}:{principal.name}")
         if release is None:
             handle.close()

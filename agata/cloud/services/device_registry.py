@@ -22,6 +22,7 @@ from agata.cloud.services.report_scope import ReportScope
 from agata.cloud.services.views import device_view
 from agata.errors import AgataError, ErrorCode
 from agata.protocol import operations as ops
+from agata.store.async_store import AsyncStore, as_async
 from agata.store.store import DeviceTaskStatus, Store
 
 logger = logging.getLogger(__name__)
@@ -38,17 +39,17 @@ class DeviceRegistry(Service):
     def __init__(
         self,
         bus: Bus,
-        store: Store,
+        store: Store | AsyncStore,
         *,
         hide_internal_errors: bool = False,
         register_events: bool = True,
     ) -> None:
         super().__init__(bus, "device-registry", hide_internal_errors=hide_internal_errors)
-        self.store = store
+        self.store = as_async(store)
         self._last_touch: dict[str, float] = {}
         self.notifier = Notifier(bus)
         self.event = EventPublisher(bus, "device-registry", enabled=register_events)
-        self.scope = ReportScope(store)
+        self.scope = ReportScope(self.store)
         self._subscription: Consumer | None = None
         for name, handler in [
             (ops.UPDATE_USER_INFO, self.update_user_info),
@@ -103,7 +104,7 @@ class DeviceRegistry(Service):
 
     async def update_user_info(self, req: ops.UpdateUserInfo) -> None:
         """Insert the device if new, else update the given fields (sensors as a set)."""
-        device = self.store.upsert_device(
+        device = await self.store.upsert_device(
             req.user_id,
             data_qnt=req.data_qnt,
             avg_acc_contrib=req.avg_acc_contrib,
@@ -116,14 +117,13 @@ class DeviceRegistry(Service):
         await self.notifier.notify("device", user_id=device.user_id)
 
     async def get_user_info(self, req: ops.UserRef) -> dict[str, Any]:
-        device = self.store.get_device(req.user_id)
-        return device_view(device, self.store.list_device_tasks(req.user_id))
+        device = await self.store.get_device(req.user_id)
+        return device_view(device, await self.store.list_device_tasks(req.user_id))
 
     async def list_devices(self, req: ops.Empty) -> list[dict[str, Any]]:
-        return [
-            device_view(d, self.store.list_device_tasks(d.user_id))
-            for d in self.store.list_devices()
-        ]
+        devices = await self.store.list_devices()
+        states = await self.store.device_task_states()
+        return [device_view(d, states.get(d.user_id, [])) for d in devices]
 
     async def query_devices(self, req: ops.QueryDevices) -> dict[str, Any]:
         """One page of devices and the total matching ``q``
@@ -131,7 +131,7 @@ class DeviceRegistry(Service):
         query = parse_device_filter(
             req.q, sort=req.sort, descending=req.order == "desc", limit=req.limit, offset=req.offset
         )
-        page = self.store.query_devices(query)
+        page = await self.store.query_devices(query)
         return {
             "items": [device_view(d, page.tasks.get(d.user_id, [])) for d in page.items],
             "total": page.total,
@@ -140,7 +140,7 @@ class DeviceRegistry(Service):
     async def delete_device(self, req: ops.UserRef) -> dict[str, str]:
         """Decommission: the device, its credential and task states go; its events and
         the metrics it reported (a run's history) stay. It may enroll again as new."""
-        self.store.delete_device(req.user_id)
+        await self.store.delete_device(req.user_id)
         self.scope.forget_device(req.user_id)
         self._last_touch.pop(req.user_id, None)
         self.event(ops.DELETE_DEVICE, "Device decommissioned", user_id=req.user_id)
@@ -156,13 +156,13 @@ class DeviceRegistry(Service):
                 "created_at": x.created_at,
                 "revoked": x.revoked,
             }
-            for x in self.store.list_operator_tokens()
+            for x in await self.store.list_operator_tokens()
         ]
 
     async def revoke_operator_token(self, req: ops.TokenRef) -> dict[str, str]:
         """End an operator token: the gateway refuses it from its next request on and
         ends the live streams opened with it (the "operator_token" notification)."""
-        self.store.revoke_operator_token(req.token_id)
+        await self.store.revoke_operator_token(req.token_id)
         self.event(ops.REVOKE_OPERATOR_TOKEN, "Operator token revoked")
         await self.notifier.notify("operator_token", token_id=req.token_id, revoked=True)
         return {"token_id": req.token_id}
@@ -178,11 +178,11 @@ class DeviceRegistry(Service):
                 "uses_left": x.uses_left,
                 "revoked": x.revoked,
             }
-            for x in self.store.list_enrollment_tokens()
+            for x in await self.store.list_enrollment_tokens()
         ]
 
     async def revoke_enrollment_token(self, req: ops.TokenRef) -> dict[str, str]:
-        self.store.revoke_enrollment_token(req.token_id)
+        await self.store.revoke_enrollment_token(req.token_id)
         self.event(ops.REVOKE_ENROLLMENT_TOKEN, "Enrollment token revoked")
         return {"token_id": req.token_id}
 
@@ -194,12 +194,14 @@ class DeviceRegistry(Service):
         other is 404 ``task '<id>' not found``, as for a task that does not exist. An
         unknown device is 404 too. Nothing is written before every check passed (the
         request model bounds the round and refuses non-finite metrics)."""
-        self.scope.check(req.user_id, req.task_id, req.status)
+        await self.scope.check(req.user_id, req.task_id, req.status)
         if req.status in RECORDED_STATUSES:
-            self.store.set_device_task_status(req.user_id, req.task_id, req.status, req.reason)
-        self._touch(req.user_id)
+            await self.store.set_device_task_status(
+                req.user_id, req.task_id, req.status, req.reason
+            )
+        await self._touch(req.user_id)
         if req.round is not None and req.metrics:
-            self.store.add_metric(req.task_id, req.round, req.user_id, req.metrics)
+            await self.store.add_metric(req.task_id, req.round, req.user_id, req.metrics)
             await self.notifier.notify(
                 "metric",
                 task_id=req.task_id,
@@ -222,24 +224,24 @@ class DeviceRegistry(Service):
             reason=req.reason,
         )
 
-    def _touch(self, user_id: str) -> None:
+    async def _touch(self, user_id: str) -> None:
         """Record that the device was seen, at most every ``TOUCH_SECONDS`` (a device
         reports several times a second while it plays a task); 404 when unknown."""
         now = time.monotonic()
         if now - self._last_touch.get(user_id, -TOUCH_SECONDS) >= TOUCH_SECONDS:
-            self.store.touch_device(user_id)
+            await self.store.touch_device(user_id)
             self._last_touch[user_id] = now
 
     async def clear_quarantine(self, req: ops.ClearQuarantine) -> dict[str, int]:
-        self.store.get_device(req.user_id)
-        cleared = self.store.clear_quarantine(req.user_id, req.task_id)
+        await self.store.get_device(req.user_id)
+        cleared = await self.store.clear_quarantine(req.user_id, req.task_id)
         await self.notifier.notify("quarantine_cleared", user_id=req.user_id, task_id=req.task_id)
         return {"cleared": cleared}
 
     async def create_enrollment(self, req: ops.CreateEnrollmentToken) -> dict[str, Any]:
         token = new_token(ENROLLMENT_PREFIX)
         expires = datetime.now(UTC) + timedelta(seconds=req.ttl_seconds)
-        record = self.store.add_enrollment_token(
+        record = await self.store.add_enrollment_token(
             "enrollment", hash_token(token), uses=req.uses, expires_at=expires
         )
         return {"enrollment_token": token, "uses": req.uses, "expires_at": record.expires_at}
@@ -252,12 +254,12 @@ class DeviceRegistry(Service):
         the old credential first (a reinstalled device). The token is checked (and
         spent) first, so a caller without one learns nothing about which ids exist.
         """
-        if self.store.consume_enrollment_token(hash_token(req.enrollment_token)) is None:
+        if await self.store.consume_enrollment_token(hash_token(req.enrollment_token)) is None:
             raise AgataError(
                 ErrorCode.UNAUTHENTICATED, "enrollment token unknown, expired or used up"
             )
         try:
-            enrolled = self.store.get_device(req.user_id).credential_hash is not None
+            enrolled = (await self.store.get_device(req.user_id)).credential_hash is not None
         except AgataError as exc:
             if exc.code is not ErrorCode.NOT_FOUND:
                 raise
@@ -269,10 +271,10 @@ class DeviceRegistry(Service):
                 "credential (rpc_exec_revoke_device) before it can enroll again",
             )
         credential = new_token(DEVICE_PREFIX)
-        self.store.upsert_device(req.user_id)
+        await self.store.upsert_device(req.user_id)
         # The check above answers most callers; this one decides between two enrollments
         # of a new id arriving at once on different replicas.
-        if not self.store.claim_device_credential(req.user_id, hash_token(credential)):
+        if not await self.store.claim_device_credential(req.user_id, hash_token(credential)):
             raise AgataError(
                 ErrorCode.CONFLICT,
                 f"device {req.user_id} was enrolled by another request just now",
@@ -283,20 +285,20 @@ class DeviceRegistry(Service):
     async def revoke_device(self, req: ops.UserRef) -> dict[str, Any]:
         """End a device's credential (a lost or stolen device); its record stays, and it
         may enroll again with a new enrollment token."""
-        device = self.store.get_device(req.user_id)
+        device = await self.store.get_device(req.user_id)
         had = device.credential_hash is not None
         if had:
-            self.store.set_device_credential(req.user_id, None)
+            await self.store.set_device_credential(req.user_id, None)
         self.event(ops.REVOKE_DEVICE, "Device credential revoked", user_id=req.user_id)
         await self.notifier.notify("device", user_id=req.user_id, revoked=True)
         return {"user_id": req.user_id, "revoked": had}
 
     async def resolve_credential(self, req: ops.ResolveCredential) -> dict[str, Any]:
         """Who holds the token with this hash: an operator, a device, or nobody (401)."""
-        operator = self.store.find_operator_token_by_hash(req.token_sha256)
+        operator = await self.store.find_operator_token_by_hash(req.token_sha256)
         if operator is not None:
             return {"kind": "operator", "name": operator.name, "token_id": operator.token_id}
-        user_id = self.store.find_device_by_credential_hash(req.token_sha256)
+        user_id = await self.store.find_device_by_credential_hash(req.token_sha256)
         if user_id is not None:
             return {"kind": "device", "user_id": user_id}
         raise AgataError(ErrorCode.UNAUTHENTICATED, "unknown or revoked token")

@@ -20,6 +20,7 @@ from agata.bus.bus import EVENTS_QUEUE, Bus, Consumer, Delivery
 from agata.bus.envelope import encode
 from agata.cloud.services.notifier import Notifier
 from agata.errors import AgataError, ErrorCode
+from agata.store.async_store import AsyncStore, as_async
 from agata.store.store import Store
 
 logger = logging.getLogger(__name__)
@@ -143,9 +144,9 @@ class EventPublisher:
 class EventRecorder:
     """Consumes the ``events`` queue into the store."""
 
-    def __init__(self, bus: Bus, store: Store, notifier: Notifier) -> None:
+    def __init__(self, bus: Bus, store: Store | AsyncStore, notifier: Notifier) -> None:
         self.bus = bus
-        self.store = store
+        self.store = as_async(store)
         self.notifier = notifier
         self._consumer: Consumer | None = None
 
@@ -163,7 +164,7 @@ class EventRecorder:
             if not isinstance(raw, dict):
                 raise ValueError("not a JSON object")
             known = {"time", "service", "function", "event", "task_id", "user_id"}
-            event = self.store.add_event(
+            event = await self.store.add_event(
                 time=float(raw.get("time") or time.time()),
                 service=str(raw.get("service", ""))[:200],
                 function=str(raw.get("function", ""))[:200],

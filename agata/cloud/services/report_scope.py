@@ -36,7 +36,8 @@ from typing import Any, Final
 from agata.cloud.criteria.criteria_language import CriteriaCache
 from agata.cloud.services.views import device_attributes
 from agata.errors import AgataError, ErrorCode
-from agata.store.store import DeviceTaskStatus, Store
+from agata.store.async_store import AsyncStore
+from agata.store.store import DeviceTaskStatus
 
 #: Seconds a running task's criteria and a device's attributes are reused (notifications
 #: end it at once; this bounds it when one is lost, as the task manager's caches do).
@@ -71,14 +72,14 @@ def out_of_scope(task_id: str) -> AgataError:
 class ReportScope:
     """Decides whether a device's report on a task is in scope (module docstring)."""
 
-    def __init__(self, store: Store, criteria: CriteriaCache | None = None) -> None:
+    def __init__(self, store: AsyncStore, criteria: CriteriaCache | None = None) -> None:
         self.store = store
         self.criteria = criteria or CriteriaCache()
         # Both only ever shorten a "yes": a "no" is always decided on fresh records.
         self._running: dict[str, tuple[float, str]] = {}  # task -> (until, criteria)
         self._devices: dict[str, tuple[float, dict[str, Any]]] = {}  # -> (until, attributes)
 
-    def check(self, user_id: str, task_id: str, status: str) -> None:
+    async def check(self, user_id: str, task_id: str, status: str) -> None:
         """Return if the report is in scope; raise NOT_FOUND (:func:`out_of_scope`, or
         "device … not found" for an unknown device) otherwise."""
         now = time.monotonic()
@@ -89,13 +90,13 @@ class ReportScope:
                 return
         # Not known to be in scope: decide on what the store holds now.
         try:
-            record = self.store.get_task(task_id)
+            record = await self.store.get_task(task_id)
         except AgataError as exc:
             if exc.code is ErrorCode.NOT_FOUND:
                 self._running.pop(task_id, None)
                 raise out_of_scope(task_id) from None
             raise
-        attributes = device_attributes(self.store.get_device(user_id))  # 404 names it
+        attributes = device_attributes(await self.store.get_device(user_id))  # 404 names it
         if len(self._devices) >= SCOPE_CACHE_SIZE:
             self._devices.clear()
         self._devices[user_id] = (now + SCOPE_CACHE_SECONDS, attributes)
@@ -106,7 +107,7 @@ class ReportScope:
         else:
             self._running.pop(task_id, None)
         if status in ENDING_STATUSES:
-            for state in self.store.list_device_tasks(user_id):
+            for state in await self.store.list_device_tasks(user_id):
                 if state.task_id == task_id and state.status.value in TAKING_PART:
                     return
         raise out_of_scope(task_id)

@@ -31,6 +31,7 @@ from agata.runtime.messages import Error, Info, Model, OutputLine, Print, TaskMe
 from agata.runtime.process import kill_process_group
 from agata.runtime.sandbox import TaskSandbox
 from agata.runtime.supervisor import ProcessState, TaskOutcome, TaskProcess
+from agata.store.async_store import AsyncStore, as_async
 from agata.store.store import NewLogLine, Store, TaskState
 
 logger = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ class ServerTasks:
 
     def __init__(
         self,
-        store: Store,
+        store: Store | AsyncStore,
         notifier: Notifier,
         bundles_root: Path,
         work_root: Path,
@@ -72,7 +73,7 @@ class ServerTasks:
         on_ended: Callable[[str], None] | None = None,
         sandbox: TaskSandbox | None = None,
     ) -> None:
-        self.store = store
+        self.store = as_async(store)
         self.sandbox = sandbox
         self.notifier = notifier
         self.bundles_root = bundles_root
@@ -82,10 +83,12 @@ class ServerTasks:
         self._processes: dict[str, TaskProcess] = {}
         self._watchers: set[asyncio.Task[None]] = set()
         self._log_buffers: dict[str, list[NewLogLine]] = {}
+        self._log_writes = asyncio.Lock()  # batches reach the store in the order taken
+        self._log_flushes: set[asyncio.Task[None]] = set()
         self._claims: set[str] = set()  # owned here; end not recorded yet
         self.on_ended = on_ended  # told each task id whose end was recorded
         self.ends = EndRecorder(
-            store, self._settled, self._lost, reconcile_seconds=reconcile_seconds
+            self.store, self._settled, self._lost, reconcile_seconds=reconcile_seconds
         )
 
     def is_local(self, task_id: str) -> bool:
@@ -163,6 +166,8 @@ class ServerTasks:
         await asyncio.gather(*(p.stop(self.grace) for p in self._processes.values()))
         if self._watchers:
             await asyncio.gather(*self._watchers, return_exceptions=True)
+        if self._log_flushes:
+            await asyncio.gather(*self._log_flushes, return_exceptions=True)
         await self.ends.stop()
         if self.sandbox is not None:
             self.sandbox.close()
@@ -175,7 +180,7 @@ class ServerTasks:
         refuses it), so a store that cannot take writes does not stop the cloud starting.
         """
         fixed = []
-        for task in self.store.list_tasks(running=True):
+        for task in await self.store.list_tasks(running=True):
             if task.task_id in self._processes:
                 continue
             self._end_leftover(task.task_id)
@@ -236,7 +241,9 @@ class ServerTasks:
     async def _on_message(self, task_id: str, message: TaskMessage) -> None:
         if isinstance(message, Model):
             try:
-                metric = self.store.add_metric(task_id, message.round, "server", message.metrics)
+                metric = await self.store.add_metric(
+                    task_id, message.round, "server", message.metrics
+                )
             except AgataError as exc:  # a full disk or a deleted task: say so, go on
                 logger.error(
                     "task %s: server metrics of round %d not recorded: %s",
@@ -271,20 +278,29 @@ class ServerTasks:
         buffer = self._log_buffers.setdefault(task_id, [])
         buffer.append(NewLogLine("server", stream, text, now))
         if len(buffer) >= LOG_BATCH_LINES:
-            self._flush_logs(task_id)
+            await self._flush_logs(task_id)
         elif len(buffer) == 1:
-            asyncio.get_running_loop().call_later(LOG_BATCH_SECONDS, self._flush_logs, task_id)
+            asyncio.get_running_loop().call_later(LOG_BATCH_SECONDS, self._flush_logs_soon, task_id)
         await self.notifier.notify(
             "log", task_id=task_id, source="server", stream=stream, text=text, time=now
         )
 
-    def _flush_logs(self, task_id: str) -> None:
+    def _flush_logs_soon(self, task_id: str) -> None:
+        flush = asyncio.ensure_future(self._flush_logs(task_id))
+        self._log_flushes.add(flush)
+        flush.add_done_callback(self._log_flushes.discard)
+
+    async def _flush_logs(self, task_id: str) -> None:
         """Write the buffered log lines of ``task_id`` in one transaction."""
-        lines = self._log_buffers.pop(task_id, None)
-        if not lines:
-            return
+        async with self._log_writes:
+            lines = self._log_buffers.pop(task_id, None)
+            if not lines:
+                return
+            await self._write_logs(task_id, lines)
+
+    async def _write_logs(self, task_id: str, lines: list[NewLogLine]) -> None:
         try:
-            self.store.add_log_lines(task_id, lines)
+            await self.store.add_log_lines(task_id, lines)
         except AgataError as exc:
             if exc.code is not ErrorCode.NOT_FOUND:  # a deleted task's lines go with it
                 logger.error(
@@ -306,7 +322,7 @@ class ServerTasks:
         }.get(outcome.state, TaskState.STOPPED)
         end = TaskEnd(task_id, state, outcome.reason, process.pgid)
         try:
-            self._flush_logs(task_id)
+            await self._flush_logs(task_id)
             with contextlib.suppress(OSError):
                 (self.work_root / f"task_{task_id}" / PID_FILE).unlink(missing_ok=True)
         finally:

@@ -4,8 +4,9 @@ When a server side ends (Finished, an error, a crash, a stop) its task must stop
 "running" in the store: while it is, devices are offered the task and ``start`` answers
 409. A store that refuses the write for a while (a full disk, a locked or unreachable
 database) must not make that permanent, so an end is kept here and written again with
-backoff until the store takes it. The store calls run in a worker thread: a database
-waiting on its lock does not stop the cloud's event loop meanwhile.
+backoff until the store takes it. The store is awaited (:class:`AsyncStore`, whose calls
+run in worker threads): a database waiting on its lock does not stop the cloud's event
+loop meanwhile.
 
 The same loop is the running cloud's reconcile: every ``reconcile_seconds`` it asks its
 owner for tasks it claimed whose process is gone (``lost``) and records their end too.
@@ -27,6 +28,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 from agata.errors import AgataError, ErrorCode
+from agata.store.async_store import AsyncStore, as_async
 from agata.store.store import Store, TaskState
 
 logger = logging.getLogger(__name__)
@@ -58,13 +60,13 @@ class EndRecorder:
 
     def __init__(
         self,
-        store: Store,
+        store: Store | AsyncStore,
         on_settled: Settled,
         lost: Callable[[], Iterable[TaskEnd]],
         *,
         reconcile_seconds: float = RECONCILE_SECONDS,
     ) -> None:
-        self.store = store
+        self.store = as_async(store)
         self.on_settled = on_settled
         self.lost = lost
         self.reconcile_seconds = reconcile_seconds
@@ -140,7 +142,7 @@ class EndRecorder:
         async with self._busy:
             for task_id, end in list(self._pending.items()):
                 try:
-                    written = await asyncio.to_thread(self._write, end)
+                    written = await self._write(end)
                 except AgataError as exc:
                     self._refused(end, exc.message)
                     continue
@@ -159,15 +161,15 @@ class EndRecorder:
                 await self.on_settled(end, written)
             return not self._pending
 
-    def _write(self, end: TaskEnd) -> bool:
-        """Runs in a worker thread. False: nothing to write (see module docstring)."""
+    async def _write(self, end: TaskEnd) -> bool:
+        """False: nothing to write (see module docstring)."""
         try:
-            task = self.store.get_task(end.task_id)
+            task = await self.store.get_task(end.task_id)
             if not task.running:
                 return False
             if end.pgid is not None and task.server_pid not in (None, end.pgid):
                 return False  # a newer run, not this one
-            self.store.set_task_state(
+            await self.store.set_task_state(
                 end.task_id,
                 running=False,
                 state=end.state,

@@ -40,7 +40,8 @@ from agata.cloud.services.views import (
 from agata.errors import AgataError, ErrorCode, conflict, invalid
 from agata.protocol import operations as ops
 from agata.runtime.sandbox import TaskSandbox
-from agata.store.store import BundleFile, NewTask, Store, Task, TaskKind, TaskState
+from agata.store.async_store import AsyncStore, as_async
+from agata.store.store import BundleFile, NewTask, Store, Task, TaskKind, TaskProgress, TaskState
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ class TaskManager(Service):
     def __init__(
         self,
         bus: Bus,
-        store: Store,
+        store: Store | AsyncStore,
         bundles_root: Path,
         work_root: Path,
         *,
@@ -79,7 +80,7 @@ class TaskManager(Service):
         sandbox: TaskSandbox | None = None,
     ) -> None:
         super().__init__(bus, "task-manager", hide_internal_errors=hide_internal_errors)
-        self.store = store
+        self.store = as_async(store)
         self.bundles_root = bundles_root
         # The gateway's store when both run in one process: digests it took are reused.
         self.bundles = bundles if bundles is not None else BundleStore(bundles_root)
@@ -87,7 +88,7 @@ class TaskManager(Service):
         self.notifier = Notifier(bus)
         self.event = EventPublisher(bus, "task-manager", enabled=register_events)
         self.server_tasks = ServerTasks(
-            store,
+            self.store,
             self.notifier,
             bundles_root,
             work_root,
@@ -145,7 +146,7 @@ class TaskManager(Service):
         await super().stop()
         if self._touch_flusher is not None:
             self._touch_flusher.cancel()
-        self._flush_touches()
+        await self._flush_touches()
         if self._subscription is not None:
             await self._subscription.cancel()
         await self.server_tasks.stop_all()
@@ -172,13 +173,13 @@ class TaskManager(Service):
             await self.server_tasks.stop(task_id)
         return None
 
-    def _device_attributes(self, user_id: str) -> dict[str, Any]:
+    async def _device_attributes(self, user_id: str) -> dict[str, Any]:
         now = time.monotonic()
         cached = self._device_cache.get(user_id)
         if cached is not None and cached[0] > now:
             return cached[1]
         try:
-            device = self.store.get_device(user_id)
+            device = await self.store.get_device(user_id)
         except AgataError as exc:
             if exc.code is ErrorCode.NOT_FOUND:
                 raise AgataError(
@@ -194,15 +195,15 @@ class TaskManager(Service):
 
     async def _flush_touches_soon(self) -> None:
         await asyncio.sleep(TOUCH_BATCH_SECONDS)
-        self._flush_touches()
+        await self._flush_touches()
 
-    def _flush_touches(self) -> None:
+    async def _flush_touches(self) -> None:
         """Write the pending ``last_seen`` of polling devices in one transaction."""
         ids, self._touch_pending = self._touch_pending, set()
         if not ids:
             return
         try:
-            self.store.touch_devices(ids)
+            await self.store.touch_devices(ids)
         except Exception as exc:  # advisory: these devices' next polls try again
             for user_id in ids:
                 self._last_touch.pop(user_id, None)
@@ -212,12 +213,12 @@ class TaskManager(Service):
         self._running_cache = None
         self.offers.tasks_changed()
 
-    def _running_tasks(self) -> list[Task]:
+    async def _running_tasks(self) -> list[Task]:
         """Running tasks to offer: not those whose end is known here but not recorded."""
         now = time.monotonic()
         cached = self._running_cache
         if cached is None or now - cached[0] > RUNNING_CACHE_SECONDS:
-            fresh = self.store.list_running_tasks()
+            fresh = await self.store.list_running_tasks()
             if cached is None or fresh != cached[1]:  # a change no notification told of
                 self.offers.tasks_changed()
             cached = self._running_cache = (now, fresh)
@@ -227,22 +228,10 @@ class TaskManager(Service):
             self.offers.tasks_changed()
         return [t for t in cached[1] if t.task_id not in hidden]
 
-    def _view(self, task: Task) -> dict[str, Any]:
-        metrics = self.store.list_metrics(task.task_id)
-        server = [m for m in metrics if m.source == "server"] or metrics
-        last = server[-1] if server else None
-        acc = None
-        if last is not None:
-            acc = last.metrics.get("acc", last.metrics.get("accuracy"))
-        running = [
-            s.user_id for s in self.store.list_task_devices(task.task_id) if s.status == "running"
-        ]
-        return task_view(
-            task,
-            last_round=last.round if last else None,
-            last_acc=acc,
-            devices_running=running,
-        )
+    async def _views(self, tasks: list[Task]) -> list[dict[str, Any]]:
+        """The records of ``tasks`` with their progress: two queries for all of them."""
+        progress = await self.store.task_progress([t.task_id for t in tasks])
+        return [_task_record(t, progress.get(t.task_id)) for t in tasks]
 
     # -- operations -------------------------------------------------------------------
 
@@ -250,7 +239,7 @@ class TaskManager(Service):
         """Register a task; it stays stopped until started."""
         criteria = req.selection_criteria or ""
         compile_criteria(criteria)  # 400 with the reason
-        self.store.create_task(
+        await self.store.create_task(
             NewTask(
                 task_id=req.task_id,
                 host=req.host,
@@ -272,7 +261,7 @@ class TaskManager(Service):
         """Change only the given fields; never the running state, metrics, logs or events."""
         if req.selection_criteria is not None:
             compile_criteria(req.selection_criteria)
-        task = self.store.update_task(
+        task = await self.store.update_task(
             req.task_id,
             host=req.host,
             port=req.port,
@@ -295,31 +284,32 @@ class TaskManager(Service):
         )
 
     async def get_task(self, req: ops.TaskRef) -> dict[str, Any]:
-        return self._view(self.store.get_task(req.task_id))
+        task = await self.store.get_task(req.task_id)
+        return (await self._views([task]))[0]
 
     async def list_tasks(self, req: ops.ListTasks) -> list[dict[str, Any]]:
-        return [self._view(t) for t in self.store.list_tasks(req.running)]
+        return await self._views(await self.store.list_tasks(req.running))
 
     async def query_tasks(self, req: ops.QueryTasks) -> dict[str, Any]:
         """One page of tasks and the total matching ``q`` (:func:`task_filter`)."""
         matches = task_filter(req.q)
-        tasks = [x for x in self.store.list_tasks() if matches(x)]
+        tasks = [x for x in await self.store.list_tasks() if matches(x)]
         tasks.sort(key=lambda x: (str(getattr(x, req.sort)), x.task_id))
         if req.order == "desc":
             tasks.reverse()
         page = tasks[req.offset : req.offset + req.limit]
-        return {"items": [self._view(x) for x in page], "total": len(tasks)}
+        return {"items": await self._views(page), "total": len(tasks)}
 
     async def delete_task(self, req: ops.TaskRef) -> None:
-        self.store.delete_task(req.task_id)  # 409 while running
-        self.bundles.delete(req.task_id)
+        await self.store.delete_task(req.task_id)  # 409 while running
+        await asyncio.to_thread(self.bundles.delete, req.task_id)
         self._changed()
         self.event(ops.DELETE_TASK, "Task deleted", task_id=req.task_id)
         await self.notifier.notify("task", task_id=req.task_id, deleted=True, running=False)
 
     async def set_task_files(self, req: ops.SetTaskFiles) -> None:
         """Record the bundle listing after an upload (the gateway wrote the files)."""
-        task = self.store.set_task_files(
+        task = await self.store.set_task_files(
             req.task_id, [BundleFile(f.name, f.size, f.sha256) for f in req.files]
         )
         self._changed()
@@ -334,7 +324,7 @@ class TaskManager(Service):
     async def start_task(self, req: ops.StartTask) -> None:
         """Start the server side, with ``arguments`` or the stored server_arguments."""
         self.event(ops.START_TASK, "Initialization", task_id=req.task_id)
-        task = self.store.get_task(req.task_id)
+        task = await self.store.get_task(req.task_id)
         if task.running:
             end = self.server_tasks.ending(task.task_id)
             if end is not None:
@@ -356,7 +346,7 @@ class TaskManager(Service):
         # would make each of them fail and quarantine the task. Hashing runs in a thread.
         await asyncio.to_thread(self.bundles.check_listing, task.task_id, task.files)
         arguments = req.arguments if req.arguments is not None else list(task.server_arguments)
-        self.store.set_task_state(
+        await self.store.set_task_state(
             task.task_id, running=True, state=TaskState.RUNNING, expected_running=False
         )
         try:
@@ -379,7 +369,7 @@ class TaskManager(Service):
             "task", task_id=task.task_id, running=True, state="running", version=task.version
         )
         try:  # not if it ended or was stopped meanwhile (that end stays recorded)
-            self.store.set_task_state(
+            await self.store.set_task_state(
                 task.task_id,
                 running=True,
                 state=TaskState.RUNNING,
@@ -393,10 +383,10 @@ class TaskManager(Service):
         self.event(ops.START_TASK, "Task started on cloud", task_id=task.task_id)
 
     async def stop_task(self, req: ops.TaskRef) -> None:
-        task = self.store.get_task(req.task_id)
+        task = await self.store.get_task(req.task_id)
         if not task.running:
             raise conflict(f"task {task.task_id} is not running")
-        self.store.set_task_state(
+        await self.store.set_task_state(
             task.task_id, running=False, state=TaskState.STOPPED, reason="stopped by the operator"
         )
         self._changed()
@@ -412,14 +402,14 @@ class TaskManager(Service):
     ) -> RawJson | list[dict[str, Any]]:
         """The running tasks whose selection criteria this device meets (their offers,
         encoded: kept between polls while neither the tasks nor the device change)."""
-        attributes = self._device_attributes(req.user_id)
+        attributes = await self._device_attributes(req.user_id)
         now = time.monotonic()
         if now - self._last_touch.get(req.user_id, -TOUCH_SECONDS) >= TOUCH_SECONDS:
             self._last_touch[req.user_id] = now
             self._touch_pending.add(req.user_id)
             if self._touch_flusher is None or self._touch_flusher.done():
                 self._touch_flusher = asyncio.create_task(self._flush_touches_soon())
-        running = self._running_tasks()  # first: a re-read may end the cached offers
+        running = await self._running_tasks()  # first: a re-read may end the cached offers
         matched = self.offers.matches(req.user_id, attributes)
         if matched is None:
             matched = tuple(
@@ -460,22 +450,22 @@ class TaskManager(Service):
         return offers
 
     async def get_task_metrics(self, req: ops.TaskRef) -> list[dict[str, Any]]:
-        self.store.get_task(req.task_id)
+        await self.store.get_task(req.task_id)
         return [
             {"round": m.round, "source": m.source, "metrics": dict(m.metrics), "time": m.time}
-            for m in self.store.list_metrics(req.task_id)
+            for m in await self.store.list_metrics(req.task_id)
         ]
 
     async def get_task_logs(self, req: ops.TaskLogsQuery) -> list[dict[str, Any]]:
-        self.store.get_task(req.task_id)
+        await self.store.get_task(req.task_id)
         return [
             {"seq": x.seq, "source": x.source, "stream": x.stream, "text": x.text, "time": x.time}
-            for x in self.store.tail_logs(req.task_id, req.limit)
+            for x in await self.store.tail_logs(req.task_id, req.limit)
         ]
 
     async def get_task_events(self, req: ops.TaskEventsQuery) -> list[dict[str, Any]]:
         """The newest ``limit`` events (of a task, after ``since``), oldest first."""
-        events = self.store.list_events(req.task_id, since=req.since, limit=10_000)
+        events = await self.store.list_events(req.task_id, since=req.since, limit=10_000)
         return [
             {
                 "time": e.time,
@@ -490,13 +480,13 @@ class TaskManager(Service):
         ]
 
     async def get_task_devices(self, req: ops.TaskRef) -> dict[str, Any]:
-        task = self.store.get_task(req.task_id)
+        task = await self.store.get_task(req.task_id)
         matching = [
             d.user_id
-            for d in self.store.list_devices()
+            for d in await self.store.list_devices()
             if self.criteria.matches(task.selection_criteria, device_attributes(d))
         ]
-        states = [device_task_view(s) for s in self.store.list_task_devices(req.task_id)]
+        states = [device_task_view(s) for s in await self.store.list_task_devices(req.task_id)]
         return {"matching": matching, "states": states}
 
     async def validate_criteria(self, req: ops.ValidateCriteria) -> dict[str, Any]:
@@ -515,7 +505,7 @@ class TaskManager(Service):
                 "matching_online": 0,
                 "devices": 0,
             }
-        fleet = self.store.list_devices()
+        fleet = await self.store.list_devices()
         devices = [device_attributes(d) for d in fleet]
         known = set(DEVICE_FIELDS).union(*(d.keys() for d in devices))
         matched = [d for d, names in zip(fleet, devices, strict=True) if criteria.matches(names)]
@@ -532,8 +522,8 @@ class TaskManager(Service):
         }
 
     async def get_overview(self, req: ops.Empty) -> dict[str, Any]:
-        devices = self.store.list_devices()
-        tasks = self.store.list_tasks()
+        devices = await self.store.list_devices()
+        tasks = await self.store.list_tasks()
         failures = [
             {"task_id": t.task_id, "reason": t.state_reason, "time": t.updated_at}
             for t in tasks
@@ -554,8 +544,21 @@ class TaskManager(Service):
         """Legacy devices download with the task's username and the password their offer
         carried, or the task's own password (gateway only; see
         :mod:`agata.cloud.credentials.download_passwords`)."""
-        task = self.store.get_task(req.task_id)
+        task = await self.store.get_task(req.task_id)
         return {"ok": await self.download_passwords.check(task, req.username, req.password)}
+
+
+def _task_record(task: Task, progress: TaskProgress | None) -> dict[str, Any]:
+    last = progress.last_metric if progress is not None else None
+    acc = None
+    if last is not None:
+        acc = last.metrics.get("acc", last.metrics.get("accuracy"))
+    return task_view(
+        task,
+        last_round=last.round if last else None,
+        last_acc=acc,
+        devices_running=list(progress.devices_running) if progress is not None else [],
+    )
 
 
 def task_filter(q: str) -> Callable[[Task], bool]:
