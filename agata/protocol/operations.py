@@ -229,6 +229,11 @@ class TaskLimits(Request):
     wall_seconds: float | None = Field(default=None, ge=0.1, le=366 * 86400)
 
 
+#: What a task's bundle is: ``script`` (server.py/client.py, the original's contract) or
+#: ``flower-app`` (a Flower App project on Flower's Deployment Runtime).
+TaskKindName = Literal["script", "flower-app"]
+
+
 class CreateTask(Request):
     task_id: TaskId
     host: Host
@@ -243,6 +248,7 @@ class CreateTask(Request):
     limits: TaskLimits | None = None
     min_devices: int = Field(0, ge=0, le=1_000_000)
     start_deadline_s: float | None = Field(default=None, gt=0, le=MAX_START_DEADLINE_S)
+    kind: TaskKindName = "script"
 
 
 class UpdateTask(Request):
@@ -259,6 +265,7 @@ class UpdateTask(Request):
     min_devices: int | None = Field(default=None, ge=0, le=1_000_000)
     #: ``0`` clears it (no deadline: a run waits for its devices as long as it takes).
     start_deadline_s: float | None = Field(default=None, ge=0, le=MAX_START_DEADLINE_S)
+    kind: TaskKindName | None = None
 
 
 class TaskRef(Request):

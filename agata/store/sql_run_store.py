@@ -3,7 +3,7 @@
 A mixin of :class:`agata.store.sql_store.SqlStore`: it uses that class's transactions
 (``_tx``) and keeps the same conventions. Also here: the helpers the store's other
 methods use to attach metrics, log lines, events and device reports to a run, and the
-schema 4 -> 5 migration (existing data gets its runs).
+schema 5 -> 6 migration (existing data gets its runs).
 """
 
 from __future__ import annotations
@@ -431,7 +431,7 @@ class SqlRunStore(RunStore):
 
 
 def add_runs(conn: Connection) -> None:
-    """Schema 4 -> 5: tasks remember their current run and scheduling; metrics, log
+    """Schema 5 -> 6: tasks remember their current run and scheduling; metrics, log
     lines and events carry a run; the runs tables (``create_all`` made them). A task
     that has metrics (or is running) gets run 1, holding all of its metrics, log lines,
     events and device states."""

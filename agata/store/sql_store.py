@@ -81,6 +81,7 @@ from agata.store.store import (
     OperatorToken,
     Store,
     Task,
+    TaskKind,
     TaskState,
 )
 
@@ -214,7 +215,8 @@ class SqlStore(SqlRunStore, Store):
             1: _add_task_limits,
             2: _hash_task_passwords,
             3: _add_device_queries,
-            4: add_runs,
+            4: _add_task_kind,
+            5: add_runs,
         }
         for version in range(stored, t.SCHEMA_VERSION):
             step = steps.get(version)
@@ -280,6 +282,7 @@ class SqlStore(SqlRunStore, Store):
             run=r.run,
             min_devices=r.min_devices,
             start_deadline_s=r.start_deadline_s,
+            kind=TaskKind(r.kind),
         )
 
     def _one_task(self, conn: Connection, task_id: str) -> Task:
@@ -323,6 +326,7 @@ class SqlStore(SqlRunStore, Store):
             "limits": _limits(task.limits),
             "min_devices": v.integer("min_devices", task.min_devices, 0, v.INT32_MAX),
             "start_deadline_s": _deadline(task.start_deadline_s),
+            "kind": _kind(task.kind),
         }
         tags, files = v.unique("tag", task.tags), v.files(task.files)
         now = _now()
@@ -373,6 +377,7 @@ class SqlStore(SqlRunStore, Store):
         limits: Mapping[str, Any] | None = None,
         min_devices: int | None = None,
         start_deadline_s: float | None = None,
+        kind: TaskKind | str | None = None,
     ) -> Task:
         changes: dict[str, Any] = {}
         if min_devices is not None:
@@ -381,6 +386,8 @@ class SqlStore(SqlRunStore, Store):
             changes["start_deadline_s"] = _deadline(start_deadline_s or None)
         if limits is not None:
             changes["limits"] = _limits(limits)
+        if kind is not None:
+            changes["kind"] = _kind(kind)
         if host is not None:
             changes["host"] = v.ident("host", host)
         if port is not None:
@@ -1068,6 +1075,15 @@ def _deadline(value: float | None) -> float | None:
     return number
 
 
+def _kind(kind: TaskKind | str) -> str:
+    """A task kind as stored: one of :class:`TaskKind`'s values."""
+    try:
+        return TaskKind(kind).value
+    except ValueError:
+        names = ", ".join(k.value for k in TaskKind)
+        raise invalid(f"unknown task kind {kind!r} (one of: {names})") from None
+
+
 def _add_task_limits(conn: Connection) -> None:
     """Schema 1 -> 2: tasks get their limits (NULL: none)."""
     conn.execute(sql_text("ALTER TABLE tasks ADD COLUMN limits JSON"))
@@ -1120,3 +1136,12 @@ def _add_device_queries(conn: Connection) -> None:
         rows = indexed_attributes(row.user_id, row.extra or {})
         if rows:
             conn.execute(insert(t.device_attributes), rows)
+
+
+def _add_task_kind(conn: Connection) -> None:
+    """Schema 4 -> 5: tasks get their kind; every task before it is a script task.
+    (A table that ``create_all`` made at this version already has the column.)"""
+    if "kind" not in {c["name"] for c in inspect(conn).get_columns("tasks")}:
+        conn.execute(
+            sql_text("ALTER TABLE tasks ADD COLUMN kind VARCHAR(16) NOT NULL DEFAULT 'script'")
+        )

@@ -70,6 +70,18 @@ class TaskState(StrEnum):
     FAILED = "failed"
 
 
+class TaskKind(StrEnum):
+    """What a task's bundle is and how its sides are run.
+
+    ``SCRIPT``: a ``server.py`` and a ``client.py`` on Flower's ``start_server`` /
+    ``start_client`` (the original's contract). ``FLOWER_APP``: a Flower App project run on
+    Flower's Deployment Runtime (``docs/flower-apps.md``).
+    """
+
+    SCRIPT = "script"
+    FLOWER_APP = "flower-app"
+
+
 class DeviceTaskStatus(StrEnum):
     """What a device is doing with a task; ``QUARANTINED`` keeps it from running it again."""
 
@@ -107,6 +119,7 @@ class NewTask:
     limits: Mapping[str, Any] = field(default_factory=dict)
     min_devices: int = 0
     start_deadline_s: float | None = None
+    kind: TaskKind = TaskKind.SCRIPT
 
 
 @dataclass(frozen=True)
@@ -143,6 +156,7 @@ class Task:
     run: int | None = None
     min_devices: int = 0
     start_deadline_s: float | None = None
+    kind: TaskKind = TaskKind.SCRIPT
 
 
 @dataclass(frozen=True)
@@ -294,6 +308,7 @@ class Store(RunStore):
         limits: Mapping[str, Any] | None = None,
         min_devices: int | None = None,
         start_deadline_s: float | None = None,
+        kind: TaskKind | str | None = None,
     ) -> Task:
         """Change the given fields (``None`` = leave as is) and bump ``updated_at``.
         ``limits`` replaces the task's limits as a whole (``{}``: none). ``password`` is

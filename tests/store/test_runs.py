@@ -1,5 +1,5 @@
 """Runs in the store, on every backend: numbering, claims, what belongs to a run, the
-queue, artifacts, costs that do not grow with the runs, and the schema 4 -> 5 migration."""
+queue, artifacts, costs that do not grow with the runs, and the schema 5 -> 6 migration."""
 
 from __future__ import annotations
 
@@ -277,9 +277,9 @@ def test_list_and_get_read_the_same_rows_with_many_runs(store: Store) -> None:
     assert not any("metrics" in s.split("FROM", 1)[-1].split()[0] for s in seen if "FROM" in s)
 
 
-def test_a_version_4_database_gets_run_1_for_tasks_with_metrics(tmp_path: Path) -> None:
-    # Prepare: a database as schema 4 left it: no runs, no run columns
-    db = tmp_path / "v4.db"
+def test_a_version_5_database_gets_run_1_for_tasks_with_metrics(tmp_path: Path) -> None:
+    # Prepare: a database as schema 5 left it: no runs, no run columns
+    db = tmp_path / "v5.db"
     store = create_store(f"sqlite:///{db}")
     _task(store, "old")
     _task(store, "fresh")
@@ -304,7 +304,7 @@ def test_a_version_4_database_gets_run_1_for_tasks_with_metrics(tmp_path: Path) 
         ("events", "run"),
     ):
         raw.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
-    raw.execute("UPDATE schema_version SET version = 4")
+    raw.execute("UPDATE schema_version SET version = 5")
     raw.commit()
     raw.close()
 
