@@ -73,11 +73,12 @@ class ArtifactRecord(_Record):
 
 
 class RunDeviceRecord(_Record):
-    """How one device took part in a run: when it joined (first reported for it), its
-    last status and reason, and the last round it reported metrics for."""
+    """How one device took part in a run: when it joined (first reported ``running``
+    for it; null: not yet, e.g. still downloading), its last status and reason, and the
+    last round it reported metrics for."""
 
     user_id: str
-    joined_at: str = Field(description="ISO-8601 UTC")
+    joined_at: str | None = Field(description="ISO-8601 UTC")
     status: str = Field(description="downloading/running/finished/failed/quarantined/stopped")
     reason: str = ""
     last_round: int | None = None
