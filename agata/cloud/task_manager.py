@@ -518,10 +518,11 @@ class TaskManager(Service):
         )
         self._soon(self.scheduler.dequeue())
 
-    async def list_runs(self, req: ops.TaskRef) -> list[dict[str, Any]]:
-        """The task's runs, newest first (the last :data:`RUNS_LISTED`)."""
+    async def list_runs(self, req: ops.ListRuns) -> list[dict[str, Any]]:
+        """The task's runs, newest first, a page of ``limit`` below ``before``."""
         self.store.get_task(req.task_id)  # 404 for an unknown task
-        return [run_view(run) for run in self.store.list_runs(req.task_id, limit=RUNS_LISTED)]
+        runs = self.store.list_runs(req.task_id, limit=req.limit, before=req.before)
+        return [run_view(run) for run in runs]
 
     async def get_run(self, req: ops.RunRef) -> dict[str, Any]:
         """One run with each device's part in it."""
@@ -713,10 +714,6 @@ class TaskManager(Service):
         :mod:`agata.cloud.download_passwords`)."""
         task = self.store.get_task(req.task_id)
         return {"ok": await self.download_passwords.check(task, req.username, req.password)}
-
-
-#: Most runs ``rpc_exec_list_runs`` returns (the newest).
-RUNS_LISTED = 100
 
 
 def _acc(metrics: Any) -> float | None:

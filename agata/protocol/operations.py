@@ -337,6 +337,15 @@ class SetTaskFiles(Request):
         return files
 
 
+class ListRuns(Request):
+    """A task's runs, newest first: at most ``limit``, numbered below ``before`` when
+    given (the next page: ``before`` = the last run number of this one)."""
+
+    task_id: TaskId
+    limit: int = Field(50, ge=1, le=1000)
+    before: RunNumber | None = None
+
+
 class RunRef(Request):
     """One run of a task; unknown task or run: 404."""
 
@@ -515,7 +524,7 @@ OPERATION_MODELS: dict[str, type[Request]] = {
     VALIDATE_CRITERIA: ValidateCriteria,
     GET_OVERVIEW: Empty,
     CHECK_DOWNLOAD_PASSWORD: CheckDownloadPassword,
-    LIST_RUNS: TaskRef,
+    LIST_RUNS: ListRuns,
     GET_RUN: RunRef,
     UPDATE_USER_INFO: UpdateUserInfo,
     GET_USER_INFO: UserRef,

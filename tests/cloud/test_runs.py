@@ -72,9 +72,7 @@ async def test_a_restart_is_a_new_run_with_its_own_record(tmp_path: Path) -> Non
         first = await _ended(cloud, "t1")
 
         # Execute: started again with 2 rounds
-        await _result(
-            cloud, "rpc_exec_start_server_task", {"task_id": "t1", "arguments": ["2"]}
-        )
+        await _result(cloud, "rpc_exec_start_server_task", {"task_id": "t1", "arguments": ["2"]})
         second = await _ended(cloud, "t1")
         runs = await _result(cloud, "rpc_exec_list_runs", {"task_id": "t1"})
         one = await _result(cloud, "rpc_exec_get_run", {"task_id": "t1", "run": 1})
