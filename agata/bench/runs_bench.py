@@ -29,8 +29,8 @@ from typing import Any
 import httpx
 from sqlalchemy import insert, update
 
-from agata.bench.report import Report, percentile
-from agata.store import sql_schema as t
+from agata.bench.report import BenchReport, percentile
+from agata.store import sql_schema as schema
 from agata.store.store import BundleFile, NewTask, Store
 
 #: Issue 11: list_runs and get_run p50 <= this times rpc_exec_get_task_by_id's.
@@ -106,20 +106,20 @@ def insert_history(store: Store, runs: int, metrics: int, *, seed: int = 11) -> 
                     }
                 )
         with engine.begin() as conn:
-            conn.execute(insert(t.runs), run_rows)
-            conn.execute(insert(t.run_devices), device_rows)
-            conn.execute(insert(t.metrics), metric_rows)
+            conn.execute(insert(schema.runs), run_rows)
+            conn.execute(insert(schema.run_devices), device_rows)
+            conn.execute(insert(schema.metrics), metric_rows)
     with engine.begin() as conn:
         conn.execute(
-            update(t.tasks)
-            .where(t.tasks.c.task_id == TASK_ID)
+            update(schema.tasks)
+            .where(schema.tasks.c.task_id == TASK_ID)
             .values(run=runs, state="finished", state_reason="Finished")
         )
 
 
 async def _measure(runs: int, metrics: int, samples: int, db_url: str) -> dict[str, list[float]]:
-    from agata.cloud.auth import OPERATOR_PREFIX, hash_token, new_token
-    from agata.cloud.cloud import CloudNode
+    from agata.cloud.cloud_node import CloudNode
+    from agata.cloud.credentials.tokens import OPERATOR_PREFIX, hash_token, new_token
     from agata.settings import load_settings
 
     out: dict[str, list[float]] = {}
@@ -187,11 +187,11 @@ async def _measure(runs: int, metrics: int, samples: int, db_url: str) -> dict[s
 
 def run_runs_bench(
     runs: int = 1000, metrics: int = 100_000, samples: int = 50, db_url: str = ""
-) -> Report:
+) -> BenchReport:
     """Measure and report (see the module docstring)."""
     samples_by_key = asyncio.run(_measure(runs, metrics, samples, db_url))
     backend = db_url.split("@")[-1] if db_url else "sqlite (temporary file)"
-    report = Report(f"runs of a task with {runs:,} runs and {metrics:,} metric rows")
+    report = BenchReport(f"runs of a task with {runs:,} runs and {metrics:,} metric rows")
     report.context = {
         "store": backend,
         "runs": runs,

@@ -19,8 +19,8 @@ from sqlalchemy import Connection, Row, func, insert, inspect, select, update
 from sqlalchemy import text as sql_text
 
 from agata.errors import conflict, invalid, not_found
-from agata.store import sql_schema as t
-from agata.store import validation as v
+from agata.store import sql_schema as schema
+from agata.store import validation
 from agata.store.run_store import Artifact, Run, RunDevice, RunState, RunStore
 
 logger = logging.getLogger(__name__)
@@ -57,22 +57,24 @@ def _run_state(state: RunState | str) -> RunState:
 
 def run_number(name: str, value: int) -> int:
     """A run number as the store keeps it: a positive ``INTEGER``."""
-    return v.integer(name, value, 1, v.INT32_MAX)
+    return validation.integer(name, value, 1, validation.INT32_MAX)
 
 
 def current_run(conn: Connection, task_id: str) -> tuple[bool, int | None]:
     """Whether the task exists, and its current run (``None``: never started)."""
-    row = conn.execute(select(t.tasks.c.run).where(t.tasks.c.task_id == task_id)).first()
+    row = conn.execute(select(schema.tasks.c.run).where(schema.tasks.c.task_id == task_id)).first()
     return (False, None) if row is None else (True, row.run)
 
 
 def require_run(conn: Connection, task_id: str, run: int) -> None:
     """``NOT_FOUND`` unless the task has this run."""
     found = conn.execute(
-        select(t.runs.c.run).where(t.runs.c.task_id == task_id, t.runs.c.run == run)
+        select(schema.runs.c.run).where(schema.runs.c.task_id == task_id, schema.runs.c.run == run)
     ).first()
     if found is None:
-        if not conn.execute(select(t.tasks.c.task_id).where(t.tasks.c.task_id == task_id)).first():
+        if not conn.execute(
+            select(schema.tasks.c.task_id).where(schema.tasks.c.task_id == task_id)
+        ).first():
             raise not_found(f"task {task_id!r} not found")
         raise not_found(f"run {run} of task {task_id!r} not found")
 
@@ -82,12 +84,15 @@ def end_current_run(conn: Connection, task_id: str, task_state: str, reason: str
     state = RUN_ENDS.get(task_state)
     if state is None:
         return
-    r = t.runs.c
+    r = schema.runs.c
     conn.execute(
-        update(t.runs)
+        update(schema.runs)
         .where(
             r.task_id == task_id,
-            r.run == select(t.tasks.c.run).where(t.tasks.c.task_id == task_id).scalar_subquery(),
+            r.run
+            == select(schema.tasks.c.run)
+            .where(schema.tasks.c.task_id == task_id)
+            .scalar_subquery(),
             r.state.in_(ACTIVE),
         )
         .values(state=state, reason=reason, ended_at=_now())
@@ -99,15 +104,15 @@ def record_metric_in_run(
 ) -> None:
     """Make these the run's last metrics (a device's only while none came from the server)
     and a device's round its part's last round."""
-    r = t.runs.c
-    query = update(t.runs).where(r.task_id == task_id, r.run == run)
+    r = schema.runs.c
+    query = update(schema.runs).where(r.task_id == task_id, r.run == run)
     if source != "server":  # a server's metrics are the run's; a device's until then
         query = query.where(r.last_source.is_(None) | (r.last_source != "server"))
     conn.execute(query.values(last_round=round, last_metrics=metrics, last_source=source))
     if source != "server":
-        d = t.run_devices.c
+        d = schema.run_devices.c
         conn.execute(
-            update(t.run_devices)
+            update(schema.run_devices)
             .where(d.task_id == task_id, d.run == run, d.user_id == source)
             .values(last_round=round)
         )
@@ -117,7 +122,7 @@ def record_participation(
     conn: Connection, task_id: str, run: int, user_id: str, status: str, reason: str
 ) -> None:
     """A device's report for a run: its part's status; a first ``running`` joins it."""
-    d = t.run_devices.c
+    d = schema.run_devices.c
     now = _now()
     joined = status == "running"
     existing = conn.execute(
@@ -127,7 +132,7 @@ def record_participation(
     ).first()
     if existing is None:
         conn.execute(
-            insert(t.run_devices).values(
+            insert(schema.run_devices).values(
                 task_id=task_id,
                 run=run,
                 user_id=user_id,
@@ -145,15 +150,15 @@ def record_participation(
         if newly:
             values["joined_at"] = now
         conn.execute(
-            update(t.run_devices)
+            update(schema.run_devices)
             .where(d.task_id == task_id, d.run == run, d.user_id == user_id)
             .values(**values)
         )
     if newly:
         conn.execute(
-            update(t.runs)
-            .where(t.runs.c.task_id == task_id, t.runs.c.run == run)
-            .values(devices_joined=t.runs.c.devices_joined + 1)
+            update(schema.runs)
+            .where(schema.runs.c.task_id == task_id, schema.runs.c.run == run)
+            .values(devices_joined=schema.runs.c.devices_joined + 1)
         )
 
 
@@ -210,10 +215,10 @@ class SqlRunStore(RunStore):
         parsed = _run_state(state)
         if not parsed.active:
             raise invalid(f"a run starts queued, waiting or running, not {parsed.value}")
-        server = list(v.strings("server_arguments", server_arguments))
-        client = list(v.strings("client_arguments", client_arguments))
-        reason = v.text("reason", reason)
-        tk = t.tasks.c
+        server = list(validation.strings("server_arguments", server_arguments))
+        client = list(validation.strings("client_arguments", client_arguments))
+        reason = validation.text("reason", reason)
+        tk = schema.tasks.c
         with self._tx(
             "create_run", write=True, conflict=f"task {task_id!r} was started at the same time"
         ) as conn:
@@ -227,21 +232,21 @@ class SqlRunStore(RunStore):
             if task.running or task.state == "queued":
                 raise conflict(f"task {task_id!r} is already {task.state}")
             last = conn.execute(
-                select(func.max(t.runs.c.run)).where(t.runs.c.task_id == task_id)
+                select(func.max(schema.runs.c.run)).where(schema.runs.c.task_id == task_id)
             ).scalar()
             number = int(last or 0) + 1
             files = [
                 [f.name, f.size, f.sha256]
                 for f in conn.execute(
-                    select(t.task_files)
-                    .where(t.task_files.c.task_id == task_id)
-                    .order_by(t.task_files.c.name)
+                    select(schema.task_files)
+                    .where(schema.task_files.c.task_id == task_id)
+                    .order_by(schema.task_files.c.name)
                 )
             ]
             now = _now()
             queued = parsed is RunState.QUEUED
             conn.execute(
-                insert(t.runs).values(
+                insert(schema.runs).values(
                     task_id=task_id,
                     run=number,
                     state=parsed.value,
@@ -262,7 +267,7 @@ class SqlRunStore(RunStore):
                 )
             )
             conn.execute(
-                update(t.tasks)
+                update(schema.tasks)
                 .where(tk.task_id == task_id)
                 .values(
                     run=number,
@@ -280,7 +285,7 @@ class SqlRunStore(RunStore):
         if parsed not in (RunState.WAITING, RunState.RUNNING):
             raise invalid(f"a queued run starts waiting or running, not {parsed.value}")
         run = run_number("run", run)
-        tk, r = t.tasks.c, t.runs.c
+        tk, r = schema.tasks.c, schema.runs.c
         with self._tx("start_queued_run", write=True) as conn:
             task = conn.execute(
                 select(tk.run, tk.state).where(tk.task_id == task_id).with_for_update()
@@ -290,14 +295,14 @@ class SqlRunStore(RunStore):
             require_run(conn, task_id, run)
             now = _now()
             started = conn.execute(
-                update(t.runs)
+                update(schema.runs)
                 .where(r.task_id == task_id, r.run == run, r.state == RunState.QUEUED.value)
                 .values(state=parsed.value, started_at=now, reason="")
             ).rowcount
             if not started or task.run != run or task.state != "queued":
                 raise conflict(f"run {run} of task {task_id!r} is not queued")
             conn.execute(
-                update(t.tasks)
+                update(schema.tasks)
                 .where(tk.task_id == task_id)
                 .values(
                     running=True, state="running", state_reason="", server_pid=None, updated_at=now
@@ -307,10 +312,10 @@ class SqlRunStore(RunStore):
 
     def set_run_waiting_done(self, task_id: str, run: int) -> Run:
         run = run_number("run", run)
-        r = t.runs.c
+        r = schema.runs.c
         with self._tx("set_run_waiting_done", write=True) as conn:
             done = conn.execute(
-                update(t.runs)
+                update(schema.runs)
                 .where(r.task_id == task_id, r.run == run, r.state == RunState.WAITING.value)
                 .values(state=RunState.RUNNING.value, reason="")
             ).rowcount
@@ -321,14 +326,14 @@ class SqlRunStore(RunStore):
 
     def _one_run(self, conn: Connection, task_id: str, run: int) -> Run:
         row = conn.execute(
-            select(t.runs).where(t.runs.c.task_id == task_id, t.runs.c.run == run)
+            select(schema.runs).where(schema.runs.c.task_id == task_id, schema.runs.c.run == run)
         ).first()
         if row is None:
             require_run(conn, task_id, run)  # raises with the right words
             raise not_found(f"run {run} of task {task_id!r} not found")
-        a = t.run_artifacts.c
+        a = schema.run_artifacts.c
         artifacts = conn.execute(
-            select(t.run_artifacts).where(a.task_id == task_id, a.run == run).order_by(a.name)
+            select(schema.run_artifacts).where(a.task_id == task_id, a.run == run).order_by(a.name)
         )
         return _run(row, (_artifact(x) for x in artifacts))
 
@@ -338,9 +343,9 @@ class SqlRunStore(RunStore):
             return self._one_run(conn, task_id, run)
 
     def list_runs(self, task_id: str, *, limit: int = 50, before: int | None = None) -> list[Run]:
-        limit = min(v.integer("limit", limit, 1), MAX_RUNS_PAGE)
-        r = t.runs.c
-        query = select(t.runs).where(r.task_id == task_id)
+        limit = min(validation.integer("limit", limit, 1), MAX_RUNS_PAGE)
+        r = schema.runs.c
+        query = select(schema.runs).where(r.task_id == task_id)
         if before is not None:
             query = query.where(r.run < run_number("before", before))
         query = query.order_by(r.run.desc()).limit(limit)
@@ -348,10 +353,10 @@ class SqlRunStore(RunStore):
             rows = conn.execute(query).all()
             if not rows:
                 return []
-            a = t.run_artifacts.c
+            a = schema.run_artifacts.c
             artifacts: dict[int, list[Artifact]] = defaultdict(list)
             for x in conn.execute(
-                select(t.run_artifacts)
+                select(schema.run_artifacts)
                 .where(a.task_id == task_id, a.run <= rows[0].run, a.run >= rows[-1].run)
                 .order_by(a.run, a.name)
             ):
@@ -359,29 +364,31 @@ class SqlRunStore(RunStore):
             return [_run(row, artifacts[row.run]) for row in rows]
 
     def list_queued_runs(self) -> list[Run]:
-        r = t.runs.c
+        r = schema.runs.c
         with self._tx("list_queued_runs") as conn:
             rows = conn.execute(
-                select(t.runs)
+                select(schema.runs)
                 .where(r.state == RunState.QUEUED.value)
                 .order_by(r.created_at, r.task_id)
             ).all()
             return [_run(row) for row in rows]
 
     def count_started_runs(self) -> int:
-        r = t.runs.c
+        r = schema.runs.c
         started = (RunState.WAITING.value, RunState.RUNNING.value)
         with self._tx("count_started_runs") as conn:
             count = conn.execute(
-                select(func.count()).select_from(t.runs).where(r.state.in_(started))
+                select(func.count()).select_from(schema.runs).where(r.state.in_(started))
             ).scalar()
             return int(count or 0)
 
     def list_run_devices(self, task_id: str, run: int) -> list[RunDevice]:
-        d = t.run_devices.c
+        d = schema.run_devices.c
         with self._tx("list_run_devices") as conn:
             rows = conn.execute(
-                select(t.run_devices).where(d.task_id == task_id, d.run == run).order_by(d.user_id)
+                select(schema.run_devices)
+                .where(d.task_id == task_id, d.run == run)
+                .order_by(d.user_id)
             )
             return [
                 RunDevice(
@@ -402,27 +409,29 @@ class SqlRunStore(RunStore):
         values: dict[str, Any] = {
             "task_id": task_id,
             "run": run,
-            "name": v.text("artifact name", name, v.MAX_ID),
-            "size": v.integer("size", size, 0),
-            "sha256": v.ident("sha256", sha256),
+            "name": validation.text("artifact name", name, validation.MAX_ID),
+            "size": validation.integer("size", size, 0),
+            "sha256": validation.ident("sha256", sha256),
             "saved_at": _now(),
         }
-        a = t.run_artifacts.c
+        a = schema.run_artifacts.c
         with self._tx("add_artifact", write=True) as conn:
             require_run(conn, task_id, run)
             where = (a.task_id == task_id, a.run == run, a.name == values["name"])
             if conn.execute(select(a.name).where(*where)).first() is None:
-                conn.execute(insert(t.run_artifacts).values(**values))
+                conn.execute(insert(schema.run_artifacts).values(**values))
             else:
-                conn.execute(update(t.run_artifacts).where(*where).values(**values))
-            return _artifact(conn.execute(select(t.run_artifacts).where(*where)).one())
+                conn.execute(update(schema.run_artifacts).where(*where).values(**values))
+            return _artifact(conn.execute(select(schema.run_artifacts).where(*where)).one())
 
     def get_artifact(self, task_id: str, run: int, name: str) -> Artifact:
         run = run_number("run", run)
-        a = t.run_artifacts.c
+        a = schema.run_artifacts.c
         with self._tx("get_artifact") as conn:
             row = conn.execute(
-                select(t.run_artifacts).where(a.task_id == task_id, a.run == run, a.name == name)
+                select(schema.run_artifacts).where(
+                    a.task_id == task_id, a.run == run, a.name == name
+                )
             ).first()
             if row is None:
                 require_run(conn, task_id, run)
@@ -451,12 +460,14 @@ def add_runs(conn: Connection) -> None:
         for name, kind in added:
             if name not in have:
                 conn.execute(sql_text(f"ALTER TABLE {table} ADD COLUMN {name} {kind}"))
-    for indexed in (t.metrics, t.log_lines, t.events, t.runs):
+    for indexed in (schema.metrics, schema.log_lines, schema.events, schema.runs):
         for index in indexed.indexes:
             index.create(conn, checkfirst=True)
-    with_metrics = set(conn.execute(select(t.metrics.c.task_id).distinct()).scalars())
-    running = set(conn.execute(select(t.tasks.c.task_id).where(t.tasks.c.running)).scalars())
-    have_runs = set(conn.execute(select(t.runs.c.task_id).distinct()).scalars())
+    with_metrics = set(conn.execute(select(schema.metrics.c.task_id).distinct()).scalars())
+    running = set(
+        conn.execute(select(schema.tasks.c.task_id).where(schema.tasks.c.running)).scalars()
+    )
+    have_runs = set(conn.execute(select(schema.runs.c.task_id).distinct()).scalars())
     migrated = sorted((with_metrics | running) - have_runs)
     for task_id in migrated:
         _first_run(conn, task_id)
@@ -465,8 +476,8 @@ def add_runs(conn: Connection) -> None:
 
 
 def _first_run(conn: Connection, task_id: str) -> None:
-    task = conn.execute(select(t.tasks).where(t.tasks.c.task_id == task_id)).one()
-    m = t.metrics.c
+    task = conn.execute(select(schema.tasks).where(schema.tasks.c.task_id == task_id)).one()
+    m = schema.metrics.c
     times = conn.execute(
         select(func.min(m.time), func.max(m.time)).where(m.task_id == task_id)
     ).one()
@@ -479,9 +490,9 @@ def _first_run(conn: Connection, task_id: str) -> None:
     files = [
         [f.name, f.size, f.sha256]
         for f in conn.execute(
-            select(t.task_files)
-            .where(t.task_files.c.task_id == task_id)
-            .order_by(t.task_files.c.name)
+            select(schema.task_files)
+            .where(schema.task_files.c.task_id == task_id)
+            .order_by(schema.task_files.c.name)
         )
     ]
 
@@ -491,7 +502,7 @@ def _first_run(conn: Connection, task_id: str) -> None:
     started = stamp(times[0], task.created_at)
     state = "running" if task.running else RUN_ENDS.get(task.state, RunState.STOPPED.value)
     conn.execute(
-        insert(t.runs).values(
+        insert(schema.runs).values(
             task_id=task_id,
             run=1,
             state=state,
@@ -511,17 +522,17 @@ def _first_run(conn: Connection, task_id: str) -> None:
             devices_joined=0,
         )
     )
-    conn.execute(update(t.tasks).where(t.tasks.c.task_id == task_id).values(run=1))
-    for table in (t.metrics, t.log_lines, t.events):
+    conn.execute(update(schema.tasks).where(schema.tasks.c.task_id == task_id).values(run=1))
+    for table in (schema.metrics, schema.log_lines, schema.events):
         conn.execute(update(table).where(table.c.task_id == task_id).values(run=1))
     joined = 0
     for state_row in conn.execute(
-        select(t.device_tasks).where(t.device_tasks.c.task_id == task_id)
+        select(schema.device_tasks).where(schema.device_tasks.c.task_id == task_id)
     ).all():
         ran = state_row.status != "downloading"
         joined += ran
         conn.execute(
-            insert(t.run_devices).values(
+            insert(schema.run_devices).values(
                 task_id=task_id,
                 run=1,
                 user_id=state_row.user_id,
@@ -534,7 +545,7 @@ def _first_run(conn: Connection, task_id: str) -> None:
         )
     if joined:
         conn.execute(
-            update(t.runs)
-            .where(t.runs.c.task_id == task_id, t.runs.c.run == 1)
+            update(schema.runs)
+            .where(schema.runs.c.task_id == task_id, schema.runs.c.run == 1)
             .values(devices_joined=joined)
         )

@@ -18,7 +18,7 @@ from fastapi import Path as PathParam
 from fastapi.responses import Response
 
 from agata.bus.rpc import RpcClient
-from agata.cloud.artifacts import ArtifactStore
+from agata.cloud.bundles.artifact_store import ArtifactStore
 from agata.cloud.gateway.auth import Principal
 from agata.cloud.gateway.downloads import DownloadSlots, FileStream, too_many_downloads
 from agata.errors import AgataError, ErrorCode

@@ -3,7 +3,7 @@
 Each running task is a :class:`~agata.runtime.TaskProcess`. Its messages become
 metrics, log lines and events in the store and notifications for the gateways; when
 it ends (Finished, error, crash, stop) the task is marked not running with the reason,
-by an :class:`~agata.cloud.task_ends.EndRecorder` that retries until the store takes it.
+by an :class:`~agata.cloud.services.task_ends.EndRecorder` that retries until the store takes it.
 
 Ownership: a replica *claims* a task when it wins the task's start (the store's
 ``expected_running`` check) or, when it starts, takes over the tasks a previous run of the
@@ -22,9 +22,9 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from agata.cloud.artifacts import ArtifactStore
-from agata.cloud.notifier import Notifier
-from agata.cloud.task_ends import RECONCILE_SECONDS, EndRecorder, TaskEnd
+from agata.cloud.bundles.artifact_store import ArtifactStore
+from agata.cloud.services.notifier import Notifier
+from agata.cloud.services.task_ends import RECONCILE_SECONDS, EndRecorder, TaskEnd
 from agata.errors import AgataError, ErrorCode
 from agata.files import write_private_file
 from agata.runtime.limits import Limits
@@ -32,17 +32,16 @@ from agata.runtime.messages import (
     Artifact,
     Error,
     Info,
-    LogLine,
     Model,
+    OutputLine,
     Print,
     TaskMessage,
     Trigger,
 )
 from agata.runtime.process import kill_process_group
 from agata.runtime.sandbox import TaskSandbox
-from agata.runtime.supervisor import TaskOutcome, TaskProcess, TaskState
-from agata.store.store import NewLogLine, Store
-from agata.store.store import TaskState as StoredState
+from agata.runtime.supervisor import ProcessState, TaskOutcome, TaskProcess
+from agata.store.store import NewLogLine, Store, TaskState
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +113,7 @@ class ServerTasks:
         self.ends.start()
 
     async def record_end(
-        self, task_id: str, state: StoredState, reason: str, *, run: int | None = None
+        self, task_id: str, state: TaskState, reason: str, *, run: int | None = None
     ) -> None:
         """Record that a claimed task (its run ``run``) ended (retried until the store
         takes it)."""
@@ -205,7 +204,7 @@ class ServerTasks:
             self._end_leftover(task.task_id)
             await self.record_end(
                 task.task_id,
-                StoredState.STOPPED,
+                TaskState.STOPPED,
                 "the cloud restarted while the task ran; its server side was ended",
             )
             fixed.append(task.task_id)
@@ -216,7 +215,7 @@ class ServerTasks:
         return [
             TaskEnd(
                 task_id,
-                StoredState.STOPPED,
+                TaskState.STOPPED,
                 "its server side is gone: no process on the cloud that started it",
             )
             for task_id in sorted(self._claims)
@@ -280,7 +279,7 @@ class ServerTasks:
                 time=metric.time,
                 run=run,
             )
-        elif isinstance(message, Print | LogLine):
+        elif isinstance(message, Print | OutputLine):
             text = message.message if isinstance(message, Print) else message.text
             stream = "print" if isinstance(message, Print) else str(message.stream)
             await self._log(task_id, stream, text)
@@ -351,9 +350,9 @@ class ServerTasks:
     async def _watch(self, task_id: str, process: TaskProcess) -> None:
         outcome = await process.wait()
         state = {
-            TaskState.FINISHED: StoredState.FINISHED,
-            TaskState.FAILED: StoredState.FAILED,
-        }.get(outcome.state, StoredState.STOPPED)
+            ProcessState.FINISHED: TaskState.FINISHED,
+            ProcessState.FAILED: TaskState.FAILED,
+        }.get(outcome.state, TaskState.STOPPED)
         run = self._runs.get(task_id, (None, None))[0]
         end = TaskEnd(task_id, state, outcome.reason, process.pgid, run)
         try:
