@@ -289,7 +289,7 @@ FilterText = Annotated[str, StringConstraints(max_length=2000), NoNul()]
 
 class QueryTasks(Request):
     """One page of tasks: ``q`` (blank-separated terms, all must hold) is a part of the
-    id, a state (``running stopped finished failed``) or ``tag:NAME``; sorted by
+    id, a state (``running queued stopped finished failed``) or ``tag:NAME``; sorted by
     ``sort`` (``task_id created_at updated_at state``) in ``order``. Answers
     ``{"items": [task, ...], "total": N}``."""
 
