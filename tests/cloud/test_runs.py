@@ -271,3 +271,21 @@ async def test_runs_are_listed_in_pages_newest_first(tmp_path: Path) -> None:
     assert too_many.status_code == 400
     started = [e for e in events if "Task started on cloud" in e["event"]]
     assert [e["run"] for e in started] == [3]
+
+
+async def test_a_queued_run_whose_bundle_changed_fails_with_the_reason(tmp_path: Path) -> None:
+    async with running_cloud(tmp_path, max_running_tasks=1) as cloud:
+        for name in ("a", "b"):
+            await create_bundle_task(cloud, name, server_arguments=["1", "--hold"])
+        await _result(cloud, "rpc_exec_start_server_task", {"task_id": "a"})
+        await _result(cloud, "rpc_exec_start_server_task", {"task_id": "b"})
+        files = [("files", ("client.py", b"print('changed')\n"))]
+        response = await cloud.http.post("/api/tasks/b/files", files=files, headers=cloud.auth)
+        assert response.status_code == 200, response.text
+
+        await _result(cloud, "rpc_exec_stop_server_task", {"task_id": "a"})
+        ended = await _ended(cloud, "b")
+        run = await _result(cloud, "rpc_exec_get_run", {"task_id": "b", "run": 1})
+
+    assert ended["state"] == "failed" and run["state"] == "failed"
+    assert "the bundle was replaced while the run was queued" in run["reason"]

@@ -427,8 +427,14 @@ class TaskManager(Service):
         await self._launch(task, run, raise_errors=True)
 
     async def _launch(self, task: Task, run: Run, *, raise_errors: bool = False) -> None:
-        """Spawn the server side of a claimed run (started now or out of the queue)."""
+        """Spawn the server side of a claimed run (started now or out of the queue: a
+        run whose bundle was replaced or damaged while it waited fails with the reason,
+        so its record never names files it did not run with)."""
         try:
+            if run.files != tuple((f.name, f.size, f.sha256) for f in task.files):
+                raise invalid("the bundle was replaced while the run was queued; start it again")
+            if not raise_errors:
+                await asyncio.to_thread(self.bundles.check_listing, task.task_id, task.files)
             pgid = await self.server_tasks.start(
                 task.task_id, list(run.server_arguments), limits=task.limits, run=run.run
             )
