@@ -209,6 +209,11 @@ document.getElementById("signout").addEventListener("click", () => {
   signOut("You signed out.", { remember: false });
 });
 
+// A "Cannot reach the gateway" message is stale once the gateway answers again.
+window.addEventListener("agata:reachable", () => {
+  for (const box of main.querySelectorAll("[data-unreachable]")) box.remove();
+});
+
 // navigate() to the hash just set draws the page at once; the hashchange that follows
 // must not draw it a second time (that would drop the notice shown with it).
 window.addEventListener("hashchange", () => location.hash !== renderedHash && render());

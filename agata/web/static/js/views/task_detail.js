@@ -1,11 +1,11 @@
 // One task: state and actions (start, stop, edit, delete, upload), a live chart of
 // accuracy and loss per round, the server log tail, the event timeline and its devices.
 
-import { call, describe, getBlob, uploadFiles } from "../api.js";
+import { call, getBlob, uploadFiles } from "../api.js";
 import { chartSvg, legend, seriesOf } from "../chart.js";
 import {
-  ago, alertBox, badge, chips, debounce, deviceHref, formatNumber, formatPercent, formatTime,
-  h, loading, replace, table,
+  ago, alertBox, badge, chips, debounce, deviceHref, errorBox, formatNumber, formatPercent,
+  formatTime, h, loading, replace, table,
 } from "../dom.js";
 import { logFeed, timelineFeed } from "../feeds.js";
 import { dropZone, filesTable, progress } from "../upload.js";
@@ -86,7 +86,7 @@ export async function render(ctx) {
       try {
         await fn();
       } catch (error) {
-        replace(actionMsg, alertBox(describe(error)));
+        replace(actionMsg, errorBox(error));
       } finally {
         button.disabled = false;
         button.removeAttribute("aria-busy");
@@ -137,7 +137,7 @@ export async function render(ctx) {
         ctx.navigate("#/tasks");
       } catch (error) {
         deleting = false;
-        replace(actionMsg, alertBox(describe(error)));
+        replace(actionMsg, errorBox(error));
       }
     });
     replace(actionMsg, box);
@@ -173,7 +173,7 @@ export async function render(ctx) {
         replace(actionMsg, notice(alertBox(`Task ${id} started. Matching devices pick it up by themselves.`, "ok"), "started"));
         await reloadTask();
       } catch (error) {
-        replace(actionMsg, alertBox(describe(error)));
+        replace(actionMsg, errorBox(error));
         button.disabled = false;
         button.removeAttribute("aria-busy");
       }
@@ -327,7 +327,7 @@ export async function render(ctx) {
       showStart();
       replace(zone.status, alertBox(`Uploaded ${files.length} file(s); the bundle now has ${listing.length}.`, "ok"));
     } catch (error) {
-      replace(zone.status, alertBox(`Upload failed. ${describe(error)}`));
+      replace(zone.status, errorBox(error, "Upload failed. "));
     }
   }
 
@@ -342,7 +342,7 @@ export async function render(ctx) {
       a.remove();
       setTimeout(() => URL.revokeObjectURL(url), 10000);
     } catch (error) {
-      replace(actionMsg, alertBox(describe(error)));
+      replace(actionMsg, errorBox(error));
     }
   }
 
@@ -363,7 +363,7 @@ export async function render(ctx) {
         ctx.navigate("#/tasks");
         return;
       }
-      replace(actionMsg, notice(alertBox(describe(error)), "load"));
+      replace(actionMsg, notice(errorBox(error), "load"));
     }
   }
 
@@ -390,7 +390,7 @@ export async function render(ctx) {
       log.set(state.logs);
       timeline.set(state.events);
     } catch (error) {
-      replace(actionMsg, notice(alertBox(describe(error)), "load"));
+      replace(actionMsg, notice(errorBox(error), "load"));
       return;
     }
     await reloadTask();

@@ -1,8 +1,9 @@
 // Tasks: every registered task with its state, devices, last round and accuracy.
 
-import { call, describe } from "../api.js";
+import { call } from "../api.js";
 import {
-  ago, alertBox, chips, debounce, deviceHref, formatPercent, h, loading, replace, stateCell, table, taskHref,
+  ago, alertBox, chips, debounce, deviceHref, errorBox, formatPercent, h, loading, replace,
+  stateCell, table, taskHref,
 } from "../dom.js";
 
 const STATES = ["all", "running", "stopped", "finished", "failed"];
@@ -76,7 +77,7 @@ export async function render(ctx) {
       replace(error);
       show();
     } catch (err) {
-      replace(error, alertBox(describe(err)));
+      replace(error, errorBox(err));
       if (!tasks) replace(list);
     }
   }
