@@ -43,7 +43,9 @@ def list_devices(
     query: Annotated[
         str,
         typer.Option(
-            "--query", "-q", help="filter terms (online, quarantined, location=lab, ...) or criteria"
+            "--query",
+            "-q",
+            help="filter terms (online, quarantined, location=lab, ...) or criteria",
         ),
     ] = "",
     sort: Annotated[str, typer.Option(help="user_id, data_qnt, last_seen, ...")] = "user_id",
@@ -124,7 +126,7 @@ def show_device(
         print_table(
             ["task", "status", "reason", "updated"],
             [
-                [t.get("task_id"), t.get("status"), t.get("reason") or "-", when(t.get("updated_at"))]
+                [t.get("task_id"), t.get("status"), t.get("reason"), when(t.get("updated_at"))]
                 for t in tasks
             ],
         )

@@ -104,9 +104,15 @@ def print_pairs(pairs: Sequence[tuple[str, Any]]) -> None:
     _console().print(table)
 
 
-def _parse(stamp: str | None) -> datetime | None:
-    if not stamp:
+def _parse(stamp: str | float | None) -> datetime | None:
+    """An ISO-8601 string or seconds since the epoch (log lines, metrics) as a time."""
+    if stamp is None or stamp == "":
         return None
+    if isinstance(stamp, int | float):
+        try:
+            return datetime.fromtimestamp(float(stamp), UTC)
+        except (OverflowError, OSError, ValueError):
+            return None
     try:
         parsed = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
     except ValueError:
@@ -114,11 +120,11 @@ def _parse(stamp: str | None) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-def when(stamp: str | None) -> str:
-    """An ISO-8601 time as ``YYYY-MM-DD HH:MM:SS UTC`` (``-`` for none)."""
+def when(stamp: str | float | None) -> str:
+    """A time (ISO-8601 or epoch seconds) as ``YYYY-MM-DD HH:MM:SS UTC`` (``-``: none)."""
     parsed = _parse(stamp)
     if parsed is None:
-        return stamp or "-"
+        return "-" if stamp is None or stamp == "" else str(stamp)
     return parsed.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 

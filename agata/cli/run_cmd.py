@@ -145,11 +145,11 @@ def show_run(
     _print_artifacts(record.get("artifacts") or [])
 
 
-def _print_artifacts(artifacts: list[dict[str, Any]]) -> None:
+def _print_artifacts(files: list[dict[str, Any]]) -> None:
     typer.echo("")
     print_table(
         ["artifact", "size", "sha256", "saved"],
-        [[a.get("name"), a.get("size"), a.get("sha256"), when(a.get("saved_at"))] for a in artifacts],
+        [[a.get("name"), a.get("size"), a.get("sha256"), when(a.get("saved_at"))] for a in files],
         empty="no artifacts",
     )
 
@@ -160,7 +160,8 @@ def _print_line(line: dict[str, Any], json_out: bool) -> None:
 
         typer.echo(json.dumps(line, sort_keys=True, ensure_ascii=False))
         return
-    typer.echo(f"{when(line.get('time'))} {line.get('source')}/{line.get('stream')}: {line.get('text')}")
+    where = f"{line.get('source')}/{line.get('stream')}"
+    typer.echo(f"{when(line.get('time'))} {where}: {line.get('text')}")
 
 
 def _current_run(cloud: CloudClient, task_id: str) -> int:
@@ -253,7 +254,7 @@ def run_artifacts(
 def _download(cloud: CloudClient, task_id: str, run: int, name: str, folder: Path) -> Path:
     """One artifact into ``folder/name`` through a temporary name (nothing half-written)."""
     if Path(name).name != name or name in ("", ".", ".."):
-        raise OperationFailed(f"the cloud listed an artifact name that is not a file name: {name!r}")
+        raise OperationFailed(f"the cloud listed an artifact that is not a file name: {name!r}")
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / name
     partial = folder / f".{name}.part-{os.getpid()}"

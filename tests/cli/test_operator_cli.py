@@ -127,7 +127,8 @@ def test_a_task_from_create_to_delete(
     assert started.exit_code == 0, started.output
     assert "task cli-t1" in started.stdout
     wait_for(lambda: task_state(cloud, "cli-t1") in ("finished", "failed"), "the task to end")
-    assert task_state(cloud, "cli-t1") == "finished", cloud.op("rpc_exec_get_task_by_id", {"task_id": "cli-t1"})
+    record = cloud.op("rpc_exec_get_task_by_id", {"task_id": "cli-t1"})
+    assert record["state"] == "finished", record
 
     table = agata("task", "list")
     assert table.exit_code == 0, table.output
