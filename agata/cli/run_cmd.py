@@ -61,6 +61,10 @@ def _outcome(run: dict[str, Any]) -> str:
 @run_app.command("list")
 def list_runs(
     task_id: TaskIdArg,
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="runs to show")] = 50,
+    before: Annotated[
+        int | None, typer.Option(min=1, help="only runs numbered below this (the next page)")
+    ] = None,
     cloud_url: CloudUrlOption = DEFAULT_URL,
     token: TokenOption = None,
     data_dir: DataDirOption = DEFAULT_DATA_DIR,
@@ -69,7 +73,10 @@ def list_runs(
 ) -> None:
     """A task's runs, newest first: started, duration, arguments, outcome, accuracy."""
     with connected(CloudOptions(cloud_url, token, data_dir, cafile, json_out)) as cloud:
-        runs = cloud.call("rpc_exec_list_runs", {"task_id": task_id})
+        body: dict[str, Any] = {"task_id": task_id, "limit": limit}
+        if before is not None:
+            body["before"] = before
+        runs = cloud.call("rpc_exec_list_runs", body)
     if json_out:
         print_json(runs)
         return

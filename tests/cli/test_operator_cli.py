@@ -276,3 +276,85 @@ def test_devices_list_show_clear_quarantine_and_revoke(
     unknown = agata("device", "show", "nobody-here")
     assert unknown.exit_code == 1 and "not found" in unknown.stderr
     assert agata("task", "stop", "cli-q").exit_code == 0
+
+
+RUN_SERVER_PY = """
+import sys, time
+from pathlib import Path
+from agata.runtime import TaskReporter
+r = TaskReporter()
+rounds = int(sys.argv[2])
+print("training for", rounds, "rounds", flush=True)
+for n in range(1, rounds + 1):
+    time.sleep(0.3)
+    r.send_metrics(n, acc=0.5 + n / 10, loss=1.0 / n)
+    print("round", n, "done", flush=True)
+model = Path(sys.argv[1]) / "model.txt"
+model.write_text("weights of " + str(rounds) + " rounds")
+r.save_artifact(model)
+r.finished()
+"""
+
+
+def run_task(cloud: CloudProcess, tmp_path: Path, task_id: str) -> None:
+    folder = tmp_path / "run-bundle"
+    write_bundle(folder)
+    (folder / "server.py").write_text(RUN_SERVER_PY)
+    runner = CliRunner()
+    files = [str(folder / "server.py"), str(folder / "client.py")]
+    where = ["--cloud-url", cloud.url, "--data-dir", str(cloud.data_dir)]
+    created = runner.invoke(app, ["task", "create", task_id, "--server-args", "2", *files, *where])
+    assert created.exit_code == 0, created.output
+
+
+def test_runs_list_show_logs_and_artifacts(
+    agata: Callable[..., Any], cloud: CloudProcess, tmp_path: Path
+) -> None:
+    run_task(cloud, tmp_path, "cli-runs")
+    assert agata("run", "list", "cli-runs").stdout.strip() == "(task cli-runs has not run yet)"
+
+    # run 1 with the stored arguments (2 rounds), followed to its end
+    assert agata("task", "start", "cli-runs").exit_code == 0
+    followed = agata("run", "logs", "cli-runs", "--follow")
+    assert followed.exit_code == 0, followed.output
+    assert "training for 2 rounds" in followed.stdout and "round 2 done" in followed.stdout
+    assert "run 1 finished" in followed.stderr
+    # run 2 with arguments of its own
+    assert agata("task", "start", "cli-runs", "--args", "3").exit_code == 0
+    wait_for(lambda: task_state(cloud, "cli-runs") == "finished", "run 2 to finish")
+
+    table = agata("run", "list", "cli-runs")
+    assert table.exit_code == 0, table.output
+    rows = [line for line in table.stdout.splitlines() if re.match(r"\s*[12]\s", line)]
+    assert [row.split()[0] for row in rows] == ["2", "1"]  # newest first
+    assert "finished" in rows[0] and "0.8" in rows[0] and " 3 " in rows[0]
+    assert "0.7" in rows[1]
+
+    runs = json.loads(agata("run", "list", "cli-runs", "--json").stdout)
+    assert [r["server_arguments"][-1] for r in runs] == ["3", "2"]
+
+    shown = agata("run", "show", "cli-runs", "1")
+    assert shown.exit_code == 0, shown.output
+    assert "finished" in shown.stdout and "model.txt" in shown.stdout
+
+    # the logs of an ended run: what there is, exit 0 at once, also with --follow
+    old = agata("run", "logs", "cli-runs", "1", "--follow", "--json")
+    assert old.exit_code == 0, old.output
+    texts = [json.loads(line)["text"] for line in old.stdout.splitlines()]
+    assert "training for 2 rounds" in texts and "training for 3 rounds" not in texts
+
+    listed = agata("run", "artifacts", "cli-runs", "2")
+    assert listed.exit_code == 0 and "model.txt" in listed.stdout
+    out = tmp_path / "downloads"
+    got = agata("run", "artifacts", "cli-runs", "2", "--get", "model.txt", "-o", str(out))
+    assert got.exit_code == 0, got.output
+    assert (out / "model.txt").read_text() == "weights of 3 rounds"
+    assert [p.name for p in out.iterdir()] == ["model.txt"]  # no partial file left
+
+    unknown = agata("run", "artifacts", "cli-runs", "2", "--get", "nope.bin", "-o", str(out))
+    assert unknown.exit_code == 1 and "no artifact nope.bin" in unknown.stderr
+    missing_run = agata("run", "show", "cli-runs", "7")
+    assert missing_run.exit_code == 1
+    assert "run 7 of task 'cli-runs' not found" in missing_run.stderr
+    never = agata("run", "logs", "no-such-task")
+    assert never.exit_code == 1 and "no-such-task" in never.stderr
