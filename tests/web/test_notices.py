@@ -61,7 +61,7 @@ async def test_cannot_reach_the_gateway_clears_after_reconnecting(
         await page.click("#download-bundle")
         unreachable = page.locator(".action-msg", has_text="Cannot reach the AGATA gateway")
         await expect(unreachable).to_be_visible()
-        await snap(page, screenshots_dir, "20-gateway-unreachable")
+        await snap(page, screenshots_dir, "33-gateway-unreachable")
         second = CloudNode(settings)  # type: ignore[arg-type]
         await second.start()
 
