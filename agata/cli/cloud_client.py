@@ -211,6 +211,6 @@ DataDirOption = Annotated[
 ]
 CaFileOption = Annotated[
     Path | None,
-    typer.Option("--cafile", help="CA certificate (PEM) to check an https:// cloud with"),
+    typer.Option("--ca-file", help="CA certificate (PEM) to check an https:// cloud with"),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="print JSON for scripts")]

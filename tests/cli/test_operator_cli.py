@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from typing import Any
 import httpx
 import pytest
 from cloud_harness import CLIENT_PY, SERVER_PY
+from tls_certs import make_certificates
 from typer.testing import CliRunner
 
 from agata.cli.main import app
@@ -39,15 +41,14 @@ class CloudProcess:
         return response.json() if response.content else None
 
 
-@pytest.fixture(scope="module")
-def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CloudProcess]:
-    """One ``agata cloud run --port 0`` for the module; its URL and token file."""
-    root = tmp_path_factory.mktemp("cli-cloud")
+@contextmanager
+def cloud_process(root: Path, *flags: str) -> Iterator[CloudProcess]:
+    """``agata cloud run --port 0 FLAGS`` in ``root``; its URL and token file."""
     data_dir = root / "cloud"
     log = (root / "cloud.log").open("wb")
     argv = [sys.executable, "-m", "agata", "cloud", "run", "--data-dir", str(data_dir)]
     process = subprocess.Popen(
-        [*argv, "--host", "127.0.0.1", "--port", "0"],
+        [*argv, "--host", "127.0.0.1", "--port", "0", *flags],
         stdout=subprocess.PIPE,
         stderr=log,
         env=ENV,
@@ -73,6 +74,13 @@ def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CloudProcess]:
             process.kill()
             process.wait(5)
         log.close()
+
+
+@pytest.fixture(scope="module")
+def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CloudProcess]:
+    """One cloud for the module's tests."""
+    with cloud_process(tmp_path_factory.mktemp("cli-cloud")) as running:
+        yield running
 
 
 def wait_for(condition: Callable[[], object], what: str, timeout: float = 30) -> None:
@@ -358,3 +366,20 @@ def test_runs_list_show_logs_and_artifacts(
     assert "run 7 of task 'cli-runs' not found" in missing_run.stderr
     never = agata("run", "logs", "no-such-task")
     assert never.exit_code == 1 and "no-such-task" in never.stderr
+
+
+def test_an_https_cloud_is_checked_against_the_ca_file(tmp_path: Path) -> None:
+    certs = make_certificates(tmp_path / "tls")
+    flags = ("--ssl-certfile", str(certs.cert), "--ssl-keyfile", str(certs.key))
+    with cloud_process(tmp_path, *flags) as tls_cloud:
+        assert tls_cloud.url.startswith("https://")
+        where = ["--cloud-url", tls_cloud.url, "--data-dir", str(tls_cloud.data_dir)]
+
+        trusted = CliRunner().invoke(app, ["task", "list", *where, "--ca-file", str(certs.ca)])
+        assert trusted.exit_code == 0, trusted.output
+        assert "(no tasks)" in trusted.stdout
+
+        untrusted = CliRunner().invoke(app, ["task", "list", *where])
+        assert untrusted.exit_code == 1
+        assert "cannot reach the cloud" in untrusted.stderr
+        assert "CERTIFICATE_VERIFY_FAILED" in untrusted.stderr
