@@ -155,6 +155,10 @@ async def test_stop_asks_first_and_repeated_device_events_are_grouped(
     await expect(grouped).to_contain_text("\u00d73")
     await page.reload()
     await expect(grouped).to_have_attribute("data-count", "3")
+    # a live report after the reload joins the loaded entry
+    await report(cloud, "pi-1", "held", "running", round=4, metrics={"acc": 0.9})
+    await expect(grouped).to_have_attribute("data-count", "4")
+    await expect(grouped).to_have_count(1)
     await snap(page, screenshots_dir, "32-task-grouped-events")
 
     # Execute: Stop asks first; Cancel keeps the run

@@ -60,7 +60,8 @@ export function logFeed() {
 export function timelineFeed() {
   const element = h("ol", { class: "timeline", id: "timeline", tabindex: "0", "aria-label": "Event timeline" });
   let groups = []; // oldest first: {key, first, last, count, element}
-  const keyOf = (e) => JSON.stringify([e.event, e.service, e.user_id || "", e.run ?? null]);
+  // Not by run: a feed shows one run's events, and live ones do not name their run.
+  const keyOf = (e) => JSON.stringify([e.event, e.service, e.user_id || ""]);
   const item = (group) => {
     const e = group.last;
     const when = group.count > 1
