@@ -64,7 +64,10 @@ async def test_run_history_overlay_metrics_csv_and_a_runs_page(
     assert upload.status_code == 200, upload.text
     await run_to_end(cloud, "digits", ["2"])
     await run_to_end(cloud, "digits", ["4"])
-    await sign_in(page, cloud, "tasks/digits")
+    await sign_in(page, cloud, "tasks")
+    # the task list names the current run and links to it
+    await expect(page.locator('tr[data-task="digits"] [data-run-link="2"]')).to_have_text("run 2")
+    await page.click('tr[data-task="digits"] a.id-link')
 
     # Assert: the run history, newest first, with arguments, outcome and final accuracy
     rows = page.locator("#task-runs tr[data-run]")

@@ -5,8 +5,9 @@ import {
   ago, alertBox, chips, debounce, deviceHref, errorBox, formatPercent, h, loading, replace,
   stateCell, table, taskHref,
 } from "../dom.js";
+import { runHref } from "../runs.js";
 
-const STATES = ["all", "running", "stopped", "finished", "failed"];
+const STATES = ["all", "queued", "running", "stopped", "finished", "failed"];
 
 export async function render(ctx) {
   ctx.title("Tasks");
@@ -49,6 +50,7 @@ export async function render(ctx) {
           { label: "Task", className: "primary", render: (t) => h("a", { class: "id-link", href: taskHref(t.task_id) }, t.task_id) },
           { label: "Tags", render: (t) => chips(t.tags, "tag") },
           { label: "State", render: (t) => stateCell(t.state, t.state === "running" ? "" : t.state_reason) },
+          { label: "Run", className: "num", render: (t) => (t.run ? h("a", { href: runHref(t.task_id, t.run), "data-run-link": String(t.run) }, `run ${t.run}`) : h("span", { class: "muted" }, "—")) },
           {
             label: "Devices running",
             render: (t) =>
