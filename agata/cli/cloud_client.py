@@ -146,6 +146,8 @@ class CloudClient:
             for path in paths:
                 handles.append(("files", (path.name, path.open("rb"))))
             response = self._send("POST", f"/api/tasks/{task_id}/files", files=handles)
+        except OSError as exc:
+            raise OperationFailed(f"cannot read {exc.filename}: {exc.strerror}") from None
         finally:
             for _, (_, handle) in handles:
                 handle.close()
