@@ -253,3 +253,21 @@ async def test_artifacts_are_kept_by_the_rules_and_downloaded(tmp_path: Path) ->
     assert any("/etc/hostname" in x and "not inside" in x for x in artifact_lines)
     assert any("missing.bin" in x and "no such file" in x for x in artifact_lines)
     assert kept == ["model.bin", "run_1", "task_t1"]  # nothing half-written
+
+
+async def test_runs_are_listed_in_pages_newest_first(tmp_path: Path) -> None:
+    async with running_cloud(tmp_path) as cloud:
+        await create_bundle_task(cloud, server_arguments=["1"])
+        for _ in range(3):
+            await _result(cloud, "rpc_exec_start_server_task", {"task_id": "t1"})
+            await _ended(cloud, "t1")
+
+        first = await _result(cloud, "rpc_exec_list_runs", {"task_id": "t1", "limit": 2})
+        rest = await _result(cloud, "rpc_exec_list_runs", {"task_id": "t1", "before": 2})
+        too_many = await cloud.op("rpc_exec_list_runs", {"task_id": "t1", "limit": 1001})
+        events = await _result(cloud, "rpc_exec_get_task_events", {"task_id": "t1", "run": 3})
+
+    assert [r["run"] for r in first] == [3, 2] and [r["run"] for r in rest] == [1]
+    assert too_many.status_code == 400
+    started = [e for e in events if "Task started on cloud" in e["event"]]
+    assert [e["run"] for e in started] == [3]

@@ -25,6 +25,7 @@ import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from stat import S_ISREG
 from typing import BinaryIO
 
 from agata.errors import AgataError, ErrorCode, invalid, not_found
@@ -67,26 +68,29 @@ class ArtifactStore:
             raise invalid(f"artifact {requested!r} is not inside the task's work folder")
         flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0)  # a FIFO: no wait
         try:
-            handle = os.fdopen(os.open(source, flags), "rb")
+            fd = os.open(source, flags)
         except FileNotFoundError:
             raise invalid(f"artifact {requested!r}: no such file") from None
         except OSError as exc:
             raise invalid(f"artifact {requested!r} cannot be read: {exc.strerror}") from None
-        with handle:
-            self._check_opened(handle, requested, base)
+        try:
+            self._check_opened(fd, requested, base)
+        except BaseException:
+            os.close(fd)
+            raise
+        with os.fdopen(fd, "rb") as handle:
             return self._copy(handle, task_id, run, name)
 
-    def _check_opened(self, handle: BinaryIO, requested: str, base: Path) -> None:
+    def _check_opened(self, fd: int, requested: str, base: Path) -> None:
         """The file opened is a regular file inside ``base`` (a link swapped in after
         the check above is caught here, by where the open file really is)."""
-        fd = handle.fileno()
         proc = Path(f"/proc/self/fd/{fd}")
         if proc.exists():
             real = Path(os.readlink(proc))
             if not real.is_relative_to(base):
                 raise invalid(f"artifact {requested!r} is not inside the task's work folder")
         stat = os.fstat(fd)
-        if not (stat.st_mode & 0o170000 == 0o100000):
+        if not S_ISREG(stat.st_mode):
             raise invalid(f"artifact {requested!r} is not a regular file")
         if stat.st_size > self.max_bytes:
             raise invalid(

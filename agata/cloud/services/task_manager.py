@@ -414,7 +414,12 @@ class TaskManager(Service):
             reason=reason,
         )
         if run.state is RunState.QUEUED:
-            self.event(ops.START_TASK, f"Run {run.run} queued: {reason}", task_id=task.task_id)
+            self.event(
+                ops.START_TASK,
+                f"Run {run.run} queued: {reason}",
+                task_id=task.task_id,
+                run=run.run,
+            )
             await self.notifier.notify(
                 "task", task_id=task.task_id, running=False, state="queued", run=run.run
             )
@@ -465,7 +470,12 @@ class TaskManager(Service):
                 raise
             logger.info("task %s ended before its server's pgid was recorded", task.task_id)
         self.scheduler.watch(run)
-        self.event(ops.START_TASK, f"Task started on cloud (run {run.run})", task_id=task.task_id)
+        self.event(
+            ops.START_TASK,
+            f"Task started on cloud (run {run.run})",
+            task_id=task.task_id,
+            run=run.run,
+        )
 
     async def _fail_waiting(self, task_id: str, run: int, reason: str) -> None:
         """A waiting run's deadline passed: the run fails, its server side ends."""
@@ -482,14 +492,14 @@ class TaskManager(Service):
             raise
         logger.warning("task %s run %d failed: %s", task_id, run, reason)
         await self._end_server(task_id)
-        self.event("run_failed", f"Run {run} failed: {reason}", task_id=task_id)
+        self.event("run_failed", f"Run {run} failed: {reason}", task_id=task_id, run=run)
         await self.notifier.notify(
             "task", task_id=task_id, running=False, state="failed", reason=reason, run=run
         )
         self._soon(self.scheduler.dequeue())
 
     async def _devices_joined(self, task_id: str, run: int) -> None:
-        self.event("run_running", f"Run {run}: its devices joined", task_id=task_id)
+        self.event("run_running", f"Run {run}: its devices joined", task_id=task_id, run=run)
         await self.notifier.notify(
             "task", task_id=task_id, running=True, state="running", run=run, run_state="running"
         )
