@@ -418,6 +418,8 @@ export async function render(ctx) {
   ctx.on("log", (line) => line.task_id === id && (line.run == null || line.run === state.task.run) && log.append(line));
   ctx.on("event", (e) => {
     if (e.task_id !== id) return;
+    // The timeline is the current run's; another run's event comes with its reload.
+    if (e.run != null && e.run !== state.task.run) return;
     timeline.add(e);
   });
   ctx.on("task", (t) => {
