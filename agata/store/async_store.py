@@ -134,6 +134,18 @@ class AsyncStore:
     add_log_lines = _write(Store.add_log_lines)
     tail_logs = _read(Store.tail_logs)
 
+    # -- runs ----------------------------------------------------------------------------
+    create_run = _write(Store.create_run)
+    start_queued_run = _write(Store.start_queued_run)
+    set_run_waiting_done = _write(Store.set_run_waiting_done)
+    get_run = _read(Store.get_run)
+    list_runs = _read(Store.list_runs)
+    list_queued_runs = _read(Store.list_queued_runs)
+    count_started_runs = _read(Store.count_started_runs)
+    list_run_devices = _read(Store.list_run_devices)
+    add_artifact = _write(Store.add_artifact)
+    get_artifact = _read(Store.get_artifact)
+
     # -- tokens --------------------------------------------------------------------------
     add_operator_token = _write(Store.add_operator_token)
     find_operator_token_by_hash = _read(Store.find_operator_token_by_hash)

@@ -197,11 +197,13 @@ class DeviceRegistry(Service):
         await self.scope.check(req.user_id, req.task_id, req.status)
         if req.status in RECORDED_STATUSES:
             await self.store.set_device_task_status(
-                req.user_id, req.task_id, req.status, req.reason
+                req.user_id, req.task_id, req.status, req.reason, run=req.run
             )
         await self._touch(req.user_id)
         if req.round is not None and req.metrics:
-            await self.store.add_metric(req.task_id, req.round, req.user_id, req.metrics)
+            await self.store.add_metric(
+                req.task_id, req.round, req.user_id, req.metrics, run=req.run
+            )
             await self.notifier.notify(
                 "metric",
                 task_id=req.task_id,
