@@ -152,10 +152,9 @@ class SetTaskFiles(Request):
             try:
                 check_listed_name(item.name)
             except AgataError as exc:
+                # The reason names the file: "file name '../x' contains '/'".
                 raise PydanticCustomError(
-                    "file_name",
-                    "file {name}: {reason}",
-                    {"name": repr(item.name), "reason": exc.message},
+                    "file_name", "{reason}", {"reason": exc.message}
                 ) from None
             if item.name in seen:
                 raise PydanticCustomError(
