@@ -594,18 +594,16 @@ class TestStoreConformance:
         (line,) = store.tail_logs("t1")
         assert line.text == "nul\ufffd ünï 😀" and line.time == 1.5 and line.stream == "stdout"
 
-    def test_task_progress_takes_the_newest_server_metric_and_running_devices(
-        self, store: Store
-    ) -> None:
+    def test_task_progress_gives_the_current_run_and_running_devices(self, store: Store) -> None:
         for task_id in ("t1", "t2", "t3"):
             store.create_task(new_task(task_id))
         for user_id in ("d2", "d1", "d3"):
             store.upsert_device(user_id)
-        store.add_metric("t1", 3, "d1", {"acc": 0.9})  # a device's newer round: not the server's
+        for task_id in ("t1", "t2"):
+            store.create_run(task_id, state="running", server_arguments=[], client_arguments=[])
         store.add_metric("t1", 2, "server", {"acc": 0.7})
-        store.add_metric("t1", 1, "server", {"acc": 0.5})
-        store.add_metric("t2", 1, "d1", {"acc": 0.2})
-        store.add_metric("t2", 4, "d2", {"accuracy": 0.4})
+        store.set_task_state("t2", running=False, state="finished")  # ends run 1
+        store.create_run("t2", state="running", server_arguments=[], client_arguments=[])
         store.set_device_task_status("d2", "t1", "running")
         store.set_device_task_status("d1", "t1", "running")
         store.set_device_task_status("d3", "t1", "failed")
@@ -615,18 +613,14 @@ class TestStoreConformance:
             progress = store.task_progress(["t1", "t2", "t3", "nope"])
 
         t1, t2, t3 = progress["t1"], progress["t2"], progress["t3"]
-        assert t1.last_metric is not None and t1.last_metric.source == "server"
-        assert (t1.last_metric.round, dict(t1.last_metric.metrics)) == (2, {"acc": 0.7})
+        assert t1.run == store.get_run("t1", 1)
         assert t1.devices_running == ("d1", "d2")
-        assert t2.last_metric is not None and (t2.last_metric.round, t2.last_metric.source) == (
-            4,
-            "d2",
-        )
+        assert t2.run == store.get_run("t2", 2)  # the current run, not the first
         assert t2.devices_running == ("d3",)
-        assert t3.last_metric is None and t3.devices_running == ()
-        assert progress["nope"].last_metric is None
+        assert t3.run is None and t3.devices_running == ()
+        assert progress["nope"].run is None
         assert store.task_progress([]) == {}
-        assert len(selects) <= 2
+        assert len(selects) <= 3
 
     def test_device_task_states_of_many_devices_in_one_query(self, store: Store) -> None:
         store.create_task(new_task("t1"))
