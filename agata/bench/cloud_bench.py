@@ -72,8 +72,8 @@ class _Timer:
 
 
 async def _measure(bus_url: str, samples: int) -> dict[str, list[float]]:
-    from agata.cloud.auth import OPERATOR_PREFIX, hash_token, new_token
-    from agata.cloud.cloud import CloudNode
+    from agata.cloud.cloud_node import CloudNode
+    from agata.cloud.credentials.tokens import OPERATOR_PREFIX, hash_token, new_token
     from agata.settings import load_settings
 
     timer = _Timer()

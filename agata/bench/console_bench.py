@@ -128,8 +128,8 @@ async def _first_load_during_enrollment(node: Any, http: httpx.AsyncClient, n: i
 
 
 async def _measure(devices: int, samples: int, enrolling: int) -> dict[str, Any]:
-    from agata.cloud.auth import OPERATOR_PREFIX, hash_token, new_token
-    from agata.cloud.cloud import CloudNode
+    from agata.cloud.cloud_node import CloudNode
+    from agata.cloud.credentials.tokens import OPERATOR_PREFIX, hash_token, new_token
     from agata.settings import load_settings
 
     with tempfile.TemporaryDirectory(prefix="agata-bench-") as tmp:

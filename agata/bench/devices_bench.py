@@ -80,7 +80,7 @@ def _criteria(i: int) -> str:
 async def _setup(
     node: Any, http: httpx.AsyncClient, devices: int, tasks: int
 ) -> list[tuple[str, str]]:
-    from agata.cloud.auth import DEVICE_PREFIX, hash_token, new_token
+    from agata.cloud.credentials.tokens import DEVICE_PREFIX, hash_token, new_token
 
     rng = random.Random(7)
     credentials = []
@@ -248,8 +248,8 @@ async def _httpx_load(
 async def _measure(
     bus_url: str, devices: int, tasks: int, seconds: int, connections: int
 ) -> dict[str, Any]:
-    from agata.cloud.auth import OPERATOR_PREFIX, hash_token, new_token
-    from agata.cloud.cloud import CloudNode
+    from agata.cloud.cloud_node import CloudNode
+    from agata.cloud.credentials.tokens import OPERATOR_PREFIX, hash_token, new_token
     from agata.settings import load_settings
 
     with tempfile.TemporaryDirectory(prefix="agata-bench-") as tmp:

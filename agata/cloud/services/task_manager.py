@@ -19,16 +19,16 @@ from typing import Any
 from agata.bus.bus import Bus, Consumer, Delivery
 from agata.bus.envelope import RawJson, encode
 from agata.bus.service import Service
-from agata.cloud.bundles import BundleStore
-from agata.cloud.criteria import DEVICE_FIELDS, CriteriaCache, compile_criteria
-from agata.cloud.criteria_check import type_mismatches
-from agata.cloud.download_passwords import DownloadPasswords
-from agata.cloud.events import EventPublisher
-from agata.cloud.notifier import Notifier
-from agata.cloud.offer_cache import OfferCache
-from agata.cloud.ratelog import RateLimitedWarning
-from agata.cloud.server_tasks import ServerTasks, expand_arguments
-from agata.cloud.views import (
+from agata.cloud.bundles.bundle_store import BundleStore
+from agata.cloud.credentials.download_passwords import DownloadPasswords
+from agata.cloud.criteria.criteria_check import type_mismatches
+from agata.cloud.criteria.criteria_language import DEVICE_FIELDS, CriteriaCache, compile_criteria
+from agata.cloud.services.events import EventPublisher
+from agata.cloud.services.notifier import Notifier
+from agata.cloud.services.offer_cache import OfferCache
+from agata.cloud.services.ratelog import RateLimitedWarning
+from agata.cloud.services.server_tasks import ServerTasks, expand_arguments
+from agata.cloud.services.views import (
     ONLINE_SECONDS,
     device_attributes,
     device_task_view,
@@ -40,7 +40,7 @@ from agata.cloud.views import (
 from agata.errors import AgataError, ErrorCode, conflict, invalid
 from agata.protocol import operations as ops
 from agata.runtime.sandbox import TaskSandbox
-from agata.store.store import BundleFile, NewTask, Store, Task, TaskState
+from agata.store.store import BundleFile, NewTask, Store, Task, TaskKind, TaskState
 
 logger = logging.getLogger(__name__)
 
@@ -262,6 +262,7 @@ class TaskManager(Service):
                 client_arguments=req.client_arguments or [],
                 tags=req.tags or [],
                 limits=req.limits.model_dump(exclude_none=True) if req.limits else {},
+                kind=TaskKind(req.kind),
             )
         )
         self.event(ops.CREATE_TASK, "Task registered", task_id=req.task_id)
@@ -282,6 +283,7 @@ class TaskManager(Service):
             client_arguments=req.client_arguments,
             tags=req.tags,
             limits=req.limits.model_dump(exclude_none=True) if req.limits else None,
+            kind=req.kind,
         )
         self._changed()
         await self.notifier.notify(
@@ -551,7 +553,7 @@ class TaskManager(Service):
     async def check_password(self, req: ops.CheckDownloadPassword) -> dict[str, bool]:
         """Legacy devices download with the task's username and the password their offer
         carried, or the task's own password (gateway only; see
-        :mod:`agata.cloud.download_passwords`)."""
+        :mod:`agata.cloud.credentials.download_passwords`)."""
         task = self.store.get_task(req.task_id)
         return {"ok": await self.download_passwords.check(task, req.username, req.password)}
 

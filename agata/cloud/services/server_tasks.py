@@ -3,7 +3,7 @@
 Each running task is a :class:`~agata.runtime.TaskProcess`. Its messages become
 metrics, log lines and events in the store and notifications for the gateways; when
 it ends (Finished, error, crash, stop) the task is marked not running with the reason,
-by an :class:`~agata.cloud.task_ends.EndRecorder` that retries until the store takes it.
+by an :class:`~agata.cloud.services.task_ends.EndRecorder` that retries until the store takes it.
 
 Ownership: a replica *claims* a task when it wins the task's start (the store's
 ``expected_running`` check) or, when it starts, takes over the tasks a previous run of the
@@ -22,8 +22,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from agata.cloud.notifier import Notifier
-from agata.cloud.task_ends import RECONCILE_SECONDS, EndRecorder, TaskEnd
+from agata.cloud.services.notifier import Notifier
+from agata.cloud.services.task_ends import RECONCILE_SECONDS, EndRecorder, TaskEnd
 from agata.errors import AgataError, ErrorCode
 from agata.files import write_private_file
 from agata.runtime.limits import Limits

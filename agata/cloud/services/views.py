@@ -7,7 +7,7 @@ import time
 from datetime import datetime
 from typing import Any
 
-from agata.cloud.download_passwords import device_password
+from agata.cloud.credentials.download_passwords import device_password
 from agata.protocol.arguments import expand_client_arguments, placeholder_values
 from agata.store.store import Device, DeviceTaskState, Task
 
@@ -41,6 +41,7 @@ def task_view(
         "server_argv": list(task.server_arguments),
         "client_argv": list(task.client_arguments),
         "limits": dict(task.limits),
+        "kind": task.kind.value,
         "tags": list(task.tags),
         "files_paths": [f.name for f in task.files],
         "files": files,
@@ -66,6 +67,7 @@ def offer_view(task: Task) -> dict[str, Any]:
         "version": task.version,
         "download_url": f"/download/{task.task_id}/",
         "limits": dict(task.limits),
+        "kind": task.kind.value,
     }
     return offer
 
@@ -83,7 +85,7 @@ def legacy_offer_view(task: Task, attributes: dict[str, Any]) -> dict[str, Any]:
     argument holding a space cannot reach such a device intact. ``client_argv`` stays
     unexpanded: our agent, when it runs anonymously, expands it itself. The offer
     carries the task's download username and a password made for this device
-    (:func:`agata.cloud.download_passwords.device_password`), never the task's own,
+    (:func:`agata.cloud.credentials.download_passwords.device_password`), never the task's own,
     which the store does not keep. Raises
     AgataError (INVALID_ARGUMENT) when a placeholder has no value for this device.
     """
