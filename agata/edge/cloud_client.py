@@ -112,6 +112,7 @@ class TaskOffer(BaseModel):
     username: str | None = None
     password: str | None = None
     limits: dict[str, float] = Field(default_factory=dict)  # checked when the run starts
+    kind: Annotated[str, StringConstraints(pattern=r"^(script|flower-app)$")] = "script"
 
     @field_validator("version", mode="before")
     @classmethod

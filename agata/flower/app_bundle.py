@@ -26,7 +26,7 @@ import re
 import tomllib
 import zipfile
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +67,7 @@ class RunOptions:
     join_seconds: float = 300.0
     lost_nodes: int = 0
     lost_seconds: float = 30.0
-    poll_seconds: float = 2.0
+    poll_seconds: float = 5.0
 
     _KEYS = {
         "min-nodes": "min_nodes",
@@ -80,7 +80,7 @@ class RunOptions:
     @classmethod
     def from_table(cls, table: Mapping[str, Any], where: str) -> RunOptions:
         """Options from a TOML-like table; an unknown key or a bad value is a 400."""
-        options = cls()
+        values: dict[str, float] = {}
         for key, value in table.items():
             attribute = cls._KEYS.get(key)
             if attribute is None:
@@ -90,8 +90,15 @@ class RunOptions:
                 raise invalid(f"{where}: {key} must be a number >= 0, got {value!r}")
             if attribute in ("min_nodes", "lost_nodes") and value != int(value):
                 raise invalid(f"{where}: {key} must be a whole number, got {value!r}")
-            number = int(value) if attribute in ("min_nodes", "lost_nodes") else float(value)
-            options = replace(options, **{attribute: number})
+            values[attribute] = float(value)
+        default = cls()
+        options = cls(
+            min_nodes=int(values.get("min_nodes", default.min_nodes)),
+            join_seconds=values.get("join_seconds", default.join_seconds),
+            lost_nodes=int(values.get("lost_nodes", default.lost_nodes)),
+            lost_seconds=values.get("lost_seconds", default.lost_seconds),
+            poll_seconds=values.get("poll_seconds", default.poll_seconds),
+        )
         if options.poll_seconds <= 0:
             raise invalid(f"{where}: poll-seconds must be > 0")
         return options

@@ -63,7 +63,9 @@ _EXCEPTION = re.compile(r"^\s*([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt)
 _LEVEL = re.compile(r"^\s*(INFO|DEBUG)\s*:")
 
 
-def split_arguments(arguments: Sequence[str], defaults: RunOptions) -> tuple[RunOptions, dict[str, str]]:
+def split_arguments(
+    arguments: Sequence[str], defaults: RunOptions
+) -> tuple[RunOptions, dict[str, str]]:
     """The run's options and run config from the task's server arguments: every item is
     ``key=value``; ``agata.<key>=N`` sets an option of ``[tool.agata]``, the rest is
     Flower's run config (values in TOML syntax, e.g. ``num-server-rounds=3``)."""
@@ -86,9 +88,7 @@ def split_arguments(arguments: Sequence[str], defaults: RunOptions) -> tuple[Run
             config[key] = value.strip()
     if not overrides:
         return defaults, config
-    table = {
-        name: getattr(defaults, attribute) for name, attribute in RunOptions._KEYS.items()
-    }
+    table = {name: getattr(defaults, attribute) for name, attribute in RunOptions._KEYS.items()}
     table.update(overrides)
     return RunOptions.from_table(table, "server arguments"), config
 
@@ -143,6 +143,10 @@ class FlowerAppRun:
         self.run_id: str | None = None
         self.names: dict[str, str] = {}  # device id by Flower node id
         self._superlink: TaskProcess | None = None
+        self._app_dir = bundle
+        self._run_config: dict[str, str] = {}
+        self._listening = asyncio.Event()  # the SuperLink's port answers
+        self._submitted = asyncio.Event()  # Flower took the run (run_id is set)
         self._alive = asyncio.Event()
         self._tail: deque[str] = deque(maxlen=200)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -178,22 +182,24 @@ class FlowerAppRun:
     # -- what the owner does ------------------------------------------------------
 
     async def start(self) -> None:
-        """Start the SuperLink and submit the app; returns once Flower took the run.
+        """Check the app, the port and TLS, and spawn the SuperLink; returns once it is
+        spawned (devices may be told of the run at once: a SuperNode waits for its
+        SuperLink). Its port opening and the submission follow in the background; a
+        failure there ends the run FAILED with the reason.
 
-        Raises AgataError with the reason (the run has then ended FAILED, and nothing
-        of it is left running): INVALID_ARGUMENT for a bad app, server argument or a
-        non-loopback host without TLS; CONFLICT when the port is taken; INTERNAL or
-        UNAVAILABLE when the SuperLink did not start or refused the app.
+        Raises AgataError with the reason (nothing of the run is then left running):
+        INVALID_ARGUMENT for a bad app or server argument, or a non-loopback host
+        without TLS; CONFLICT when the port is taken; NOT_FOUND / INTERNAL when the
+        SuperLink cannot be spawned.
         """
         try:
             self.folder.make()
-            app_dir, self.app = app_folder(self.bundle, self.folder.root)
-            self.options, run_config = split_arguments(self.arguments, self.app.options)
+            self._app_dir, self.app = app_folder(self.bundle, self.folder.root)
+            self.options, self._run_config = split_arguments(self.arguments, self.app.options)
             arguments = superlink_arguments(self.folder, self.host, self.port, self.tls)
             check_port_free(self.host, self.port)
             self.cli.write_config()
-            await self._start_superlink(arguments)
-            self.run_id = await self.cli.submit(app_dir, run_config)
+            await self._spawn_superlink(arguments)
         except BaseException as exc:
             if isinstance(exc, AgataError):
                 reason = exc.message
@@ -204,6 +210,22 @@ class FlowerAppRun:
             await self._shutdown()
             self._settle(TaskState.FAILED, reason)
             raise
+        self._spawn(self._launch())
+        self._spawn(self._watch_superlink())
+
+    async def _launch(self) -> None:
+        """Wait for the SuperLink's port, submit the app, follow the run."""
+        try:
+            if not await wait_listening(self.host, self.port, LISTEN_SECONDS, self._alive):
+                raise AgataError(
+                    ErrorCode.INTERNAL,
+                    f"the SuperLink did not open port {self.port}: {self._superlink_reason()}",
+                )
+            self._listening.set()
+            self.run_id = await self.cli.submit(self._app_dir, self._run_config)
+        except AgataError as exc:
+            self._end(TaskState.FAILED, f"the app was not submitted: {exc.message}")
+            return
         logger.info(
             "task %s: Flower run %s submitted to its SuperLink on %s:%d",
             self.task_id,
@@ -211,9 +233,9 @@ class FlowerAppRun:
             self.host,
             self.port,
         )
+        self._submitted.set()
         self._spawn(self._follow_log())
         self._spawn(self._watch_run())
-        self._spawn(self._watch_superlink())
 
     async def wait(self) -> TaskOutcome:
         await self._done.wait()
@@ -235,11 +257,14 @@ class FlowerAppRun:
     async def register_node(self, device_id: str, public_key: str) -> str | None:
         """Register a selected device's SuperNode key on this run's SuperLink; returns
         Flower's node id (None when the run has no SuperNode authentication)."""
+        key = check_public_key(public_key)
         if not self.node_auth:
             return None
-        if self._outcome is not None or self.run_id is None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(LISTEN_SECONDS):
+                await self._listening.wait()
+        if self._outcome is not None or self._ender is not None or not self._listening.is_set():
             raise AgataError(ErrorCode.CONFLICT, f"task {self.task_id}: its run is not running")
-        key = check_public_key(public_key)
         path = self.folder.keys / f"{device_id}-{len(self.names)}.pub"
         path.write_text(key + "\n")
         node_id = await self.cli.register_node(path, device_id)
@@ -248,7 +273,7 @@ class FlowerAppRun:
 
     # -- start ----------------------------------------------------------------------
 
-    async def _start_superlink(self, arguments: list[str]) -> None:
+    async def _spawn_superlink(self, arguments: list[str]) -> None:
         program = flower_bin("flower-superlink")
         if not Path(program).is_absolute():
             raise AgataError(
@@ -270,18 +295,6 @@ class FlowerAppRun:
         )
         await self._superlink.start()
         self._alive.set()
-        superlink = self._superlink
-
-        async def exited() -> None:
-            await superlink.wait()
-            self._alive.clear()
-
-        self._spawn(exited())
-        if not await wait_listening(self.host, self.port, LISTEN_SECONDS, self._alive):
-            raise AgataError(
-                ErrorCode.INTERNAL,
-                f"the SuperLink did not open port {self.port}: {self._superlink_reason()}",
-            )
 
     async def _superlink_line(self, message: TaskMessage) -> None:
         """The SuperLink's own output: its warnings and errors go to the run's log."""
@@ -371,7 +384,10 @@ class FlowerAppRun:
     async def _watch_superlink(self) -> None:
         assert self._superlink is not None
         outcome = await self._superlink.wait()
-        self._end(TaskState.FAILED, f"the SuperLink ended: {outcome.reason}")
+        self._alive.clear()
+        self._end(
+            TaskState.FAILED, f"the SuperLink ended: {outcome.reason}: {self._superlink_reason()}"
+        )
 
     def _superlink_reason(self) -> str:
         lines = [line.strip() for line in self._tail if line.strip()]
@@ -384,7 +400,9 @@ class FlowerAppRun:
         if self._ender is not None or self._outcome is not None:
             return
         if state is not TaskState.FINISHED:
-            logger.info("task %s: Flower run %s ends %s: %s", self.task_id, self.run_id, state, reason)
+            logger.info(
+                "task %s: Flower run %s ends %s: %s", self.task_id, self.run_id, state, reason
+            )
         self._ender = asyncio.create_task(self._finish(state, reason))
 
     async def _finish(self, state: TaskState, reason: str) -> None:
@@ -414,7 +432,11 @@ class FlowerAppRun:
 
     def _settle(self, state: TaskState, reason: str) -> None:
         if self._outcome is None:
-            code = self._superlink.outcome.exit_code if self._superlink and self._superlink.outcome else None
+            code = (
+                self._superlink.outcome.exit_code
+                if self._superlink and self._superlink.outcome
+                else None
+            )
             self._outcome = TaskOutcome(state, reason, code)
             self._done.set()
 

@@ -138,7 +138,9 @@ class FlwrCli:
         for run in reply.get("runs") or []:
             if str(run.get("run-id")) == run_id:
                 details = str(run.get("status-details") or "")
-                return RunStatus(run_id, str(run.get("status")), "" if details == "N/A" else details)
+                return RunStatus(
+                    run_id, str(run.get("status")), "" if details == "N/A" else details
+                )
         raise AgataError(ErrorCode.NOT_FOUND, f"the SuperLink does not know run {run_id}")
 
     async def stop(self, run_id: str) -> None:

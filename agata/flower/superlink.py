@@ -33,7 +33,14 @@ from pathlib import Path
 
 from agata.errors import AgataError, ErrorCode, invalid
 
-__all__ = ["FlowerTls", "RunFolder", "check_port_free", "is_loopback", "superlink_arguments"]
+__all__ = [
+    "FlowerTls",
+    "RunFolder",
+    "check_port_free",
+    "is_loopback",
+    "superlink_arguments",
+    "tls_from_files",
+]
 
 
 @dataclass(frozen=True)
@@ -69,6 +76,18 @@ class RunFolder:
             folder.mkdir(parents=True, exist_ok=True, mode=0o700)
 
 
+def tls_from_files(
+    certfile: Path | None, keyfile: Path | None, ca_file: Path | None
+) -> FlowerTls | None:
+    """The SuperLinks' TLS from the gateway's settings (``ssl_certfile``,
+    ``ssl_keyfile``, and ``ca_file``, the CA of the certificate); None without a
+    certificate. A missing key is read from the certificate file, a missing CA is the
+    certificate itself (self-signed)."""
+    if certfile is None:
+        return None
+    return FlowerTls(certfile, keyfile or certfile, ca_file or certfile)
+
+
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -83,7 +102,9 @@ def client_host(host: str) -> str:
     return "127.0.0.1" if host in ("", "0.0.0.0") else "[::1]" if host == "::" else host
 
 
-def superlink_arguments(folder: RunFolder, host: str, port: int, tls: FlowerTls | None) -> list[str]:
+def superlink_arguments(
+    folder: RunFolder, host: str, port: int, tls: FlowerTls | None
+) -> list[str]:
     """The arguments of ``flower-superlink`` for a run; refuses ``--insecure`` off loopback."""
     if tls is None and not is_loopback(host):
         raise invalid(

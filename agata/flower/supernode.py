@@ -20,15 +20,32 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import logging
 import re
 import socket
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from agata.errors import AgataError, ErrorCode, invalid
+from agata.flower.flwr_cli import flower_bin, flower_environment
 
-__all__ = ["check_flower", "free_port", "node_config", "supernode_arguments"]
+__all__ = [
+    "SuperNodeLaunch",
+    "check_flower",
+    "free_port",
+    "node_config",
+    "prepare_supernode",
+    "supernode_arguments",
+]
+
+logger = logging.getLogger(__name__)
+
+Register = Callable[[str], Awaitable[Any]]
+"""Sends the node's public key to the cloud (``rpc_exec_register_flower_node``) and
+returns its reply: ``{"node_auth": bool, "node_id": ..., "flower_version": str}``."""
 
 _KEY = re.compile(r"^[A-Za-z0-9_.-]+$")
 
@@ -43,7 +60,8 @@ def installed_flower() -> str | None:
 
 def check_flower(wanted: str, installed: str | None = None) -> str:
     """The installed flwr version if it serves a SuperLink of version ``wanted``
-    (same major.minor); else FAILED_PRECONDITION-like INVALID_ARGUMENT saying which."""
+    (same major.minor); else NOT_FOUND (none installed) or INVALID_ARGUMENT (another
+    version), saying which."""
     have = installed if installed is not None else installed_flower()
     if have is None:
         raise AgataError(
@@ -99,15 +117,70 @@ def supernode_arguments(
     config: str,
     *,
     port: int,
-    root_certificates: Path | None,
-    private_key: Path | None,
+    tls: bool,
+    root_certificates: Path | None = None,
+    private_key: Path | None = None,
 ) -> list[str]:
-    """The arguments of ``flower-supernode`` for one run."""
+    """The arguments of ``flower-supernode`` for one run (``tls`` False: ``--insecure``;
+    ``root_certificates`` None with TLS: the system's CAs)."""
     arguments = ["--superlink", superlink, "--node-config", config, "--port", str(port)]
-    if root_certificates is None:
+    if not tls:
         arguments.append("--insecure")
-    else:
+    elif root_certificates is not None:
         arguments += ["--root-certificates", str(root_certificates)]
     if private_key is not None:
         arguments += ["--auth-supernode-private-key", str(private_key)]
     return arguments
+
+
+@dataclass(frozen=True)
+class SuperNodeLaunch:
+    """What the agent runs: ``python <program> <arguments>`` with ``env`` added."""
+
+    program: str
+    arguments: list[str]
+    env: Mapping[str, str]
+
+
+async def prepare_supernode(
+    work: Path,
+    client_arguments: Sequence[str],
+    *,
+    device_id: str,
+    superlink: str,
+    ca_file: Path | None,
+    register: Register,
+) -> SuperNodeLaunch:
+    """Everything before a device's SuperNode starts for a run (the module docstring).
+
+    Raises AgataError with the reason (the agent then fails the task on this device):
+    flwr missing or of another version, a bad client argument, a refused registration.
+    """
+    check_flower("")  # missing: say so before anything is made
+    program = flower_bin("flower-supernode")
+    if not Path(program).is_absolute():
+        raise AgataError(
+            ErrorCode.NOT_FOUND,
+            "flower-supernode is not installed beside the agent (pip install 'agata[flower]')",
+        )
+    config = node_config(client_arguments, device_id)
+    from agata.flower.node_keys import make_node_key
+
+    private_key, public_key = make_node_key(work)
+    reply = await register(public_key)
+    if not isinstance(reply, dict):
+        raise AgataError(ErrorCode.INTERNAL, f"the cloud's reply to the key was {reply!r}")
+    check_flower(str(reply.get("flower_version") or ""))
+    node_auth = bool(reply.get("node_auth"))
+    if not node_auth:
+        private_key.unlink(missing_ok=True)
+    arguments = supernode_arguments(
+        superlink,
+        config,
+        port=free_port(),
+        tls=node_auth,
+        root_certificates=ca_file,
+        private_key=private_key if node_auth else None,
+    )
+    env = {**flower_environment(work / "flwr-home"), "HOME": str(work)}
+    return SuperNodeLaunch(program, arguments, env)

@@ -1,6 +1,8 @@
 """The server side of tasks on this cloud replica: start, supervise, record, stop.
 
-Each running task is a :class:`~agata.runtime.TaskProcess`. Its messages become
+Each running task is a :class:`~agata.runtime.TaskProcess` (a script task's
+``server.py``) or a :class:`~agata.flower.app_run.FlowerAppRun` (a flower-app task's
+SuperLink and Flower run; the task's kind picks). Their messages become
 metrics, log lines and events in the store and notifications for the gateways; when
 it ends (Finished, error, crash, stop) the task is marked not running with the reason,
 by an :class:`~agata.cloud.services.task_ends.EndRecorder` that retries until the store takes it.
@@ -26,6 +28,8 @@ from agata.cloud.services.notifier import Notifier
 from agata.cloud.services.task_ends import RECONCILE_SECONDS, EndRecorder, TaskEnd
 from agata.errors import AgataError, ErrorCode
 from agata.files import write_private_file
+from agata.flower.app_run import FlowerAppRun
+from agata.flower.superlink import FlowerTls
 from agata.runtime.limits import Limits
 from agata.runtime.messages import Error, Info, LogLine, Model, Print, TaskMessage, Trigger
 from agata.runtime.process import kill_process_group
@@ -37,6 +41,8 @@ from agata.store.store import TaskState as StoredState
 logger = logging.getLogger(__name__)
 
 EventSink = Callable[..., object]
+#: What runs a task's server side: both end in a TaskOutcome and record pgid and token.
+ServerSide = TaskProcess | FlowerAppRun
 
 #: Environment variable naming the task's work folder (for the task and its triggers).
 WORK_PATH_ENV = "AGATA_WORK_PATH"
@@ -72,15 +78,17 @@ class ServerTasks:
         reconcile_seconds: float = RECONCILE_SECONDS,
         on_ended: Callable[[str], None] | None = None,
         sandbox: TaskSandbox | None = None,
+        flower_tls: FlowerTls | None = None,
     ) -> None:
         self.store = store
+        self.flower_tls = flower_tls  # the cloud's certificate for flower-app SuperLinks
         self.sandbox = sandbox
         self.notifier = notifier
         self.bundles_root = bundles_root
         self.work_root = work_root
         self.grace = grace
         self.record_event = record_event
-        self._processes: dict[str, TaskProcess] = {}
+        self._processes: dict[str, ServerSide] = {}
         self._watchers: set[asyncio.Task[None]] = set()
         self._log_buffers: dict[str, list[NewLogLine]] = {}
         self._claims: set[str] = set()  # owned here; end not recorded yet
@@ -106,15 +114,42 @@ class ServerTasks:
         await self.ends.record(TaskEnd(task_id, state, reason))
 
     async def start(
-        self, task_id: str, arguments: Sequence[str], *, limits: Mapping[str, Any] | None = None
+        self,
+        task_id: str,
+        arguments: Sequence[str],
+        *,
+        limits: Mapping[str, Any] | None = None,
+        flower_app: tuple[str, int] | None = None,
     ) -> int | None:
         """Spawn ``server.py`` of the task's bundle within the task's ``limits`` (over
-        the configured defaults); returns the process group id."""
+        the configured defaults) — or, with ``flower_app`` (the task's host and port),
+        the run's SuperLink and submit the app; returns the process group id."""
         bundle = self.bundles_root / f"task_{task_id}"
         record_dir = self.work_root / f"task_{task_id}"
         record_dir.mkdir(parents=True, exist_ok=True)
         work = record_dir
         options: dict[str, object] = {}
+        process: ServerSide
+        if flower_app is not None:
+            host, port = flower_app
+            process = FlowerAppRun(
+                task_id,
+                bundle,
+                record_dir / "flower",
+                host,
+                port,
+                arguments,
+                on_message=lambda message: self._on_message(task_id, message),
+                tls=self.flower_tls,
+                launcher=self.sandbox.launcher if self.sandbox is not None else None,
+                limits=(
+                    self.sandbox.limits_for(Limits.from_mapping(limits))
+                    if self.sandbox is not None
+                    else None
+                ),
+                grace=self.grace,
+            )
+            return await self._started(task_id, process, record_dir)
         if self.sandbox is not None:
             bundle, work = self.sandbox.place("server", task_id, bundle, record_dir)
             run_limits = self.sandbox.limits_for(Limits.from_mapping(limits))
@@ -133,7 +168,10 @@ class ServerTasks:
             env={WORK_PATH_ENV: str(work)},
             **options,
         )
-        await process.start()  # raises NOT_FOUND / INTERNAL with the reason
+        return await self._started(task_id, process, record_dir)
+
+    async def _started(self, task_id: str, process: ServerSide, record_dir: Path) -> int | None:
+        await process.start()  # raises NOT_FOUND / INTERNAL / INVALID_ARGUMENT with the reason
         self._processes[task_id] = process
         self._claims.add(task_id)
         if process.pgid is not None:
@@ -153,6 +191,11 @@ class ServerTasks:
         self._watchers.add(watcher)
         watcher.add_done_callback(self._watchers.discard)
         return process.pgid
+
+    def flower_run(self, task_id: str) -> FlowerAppRun | None:
+        """The flower-app run of ``task_id`` on this replica, if one runs here."""
+        process = self._processes.get(task_id)
+        return process if isinstance(process, FlowerAppRun) else None
 
     async def stop(self, task_id: str) -> TaskOutcome | None:
         process = self._processes.get(task_id)
@@ -299,7 +342,7 @@ class ServerTasks:
         if self.record_event is not None:
             self.record_event(function, event, task_id=task_id)
 
-    async def _watch(self, task_id: str, process: TaskProcess) -> None:
+    async def _watch(self, task_id: str, process: ServerSide) -> None:
         outcome = await process.wait()
         state = {
             TaskState.FINISHED: StoredState.FINISHED,

@@ -38,6 +38,9 @@ from agata.cloud.services.views import (
     task_view,
 )
 from agata.errors import AgataError, ErrorCode, conflict, invalid
+from agata.flower.app_bundle import check_app
+from agata.flower.superlink import FlowerTls
+from agata.flower.supernode import installed_flower
 from agata.protocol import operations as ops
 from agata.runtime.sandbox import TaskSandbox
 from agata.store.store import BundleFile, NewTask, Store, Task, TaskKind, TaskState
@@ -77,6 +80,7 @@ class TaskManager(Service):
         register_events: bool = True,
         bundles: BundleStore | None = None,
         sandbox: TaskSandbox | None = None,
+        flower_tls: FlowerTls | None = None,
     ) -> None:
         super().__init__(bus, "task-manager", hide_internal_errors=hide_internal_errors)
         self.store = store
@@ -95,6 +99,7 @@ class TaskManager(Service):
             record_event=self.event,
             on_ended=lambda _task_id: self._changed(),
             sandbox=sandbox,
+            flower_tls=flower_tls,
         )
         self.criteria = CriteriaCache()
         self._running_cache: tuple[float, list[Task]] | None = None
@@ -125,6 +130,7 @@ class TaskManager(Service):
             (ops.VALIDATE_CRITERIA, self.validate_criteria),
             (ops.GET_OVERVIEW, self.get_overview),
             (ops.CHECK_DOWNLOAD_PASSWORD, self.check_password),
+            (ops.REGISTER_FLOWER_NODE, self.register_flower_node),
         ]:
             self.add_operation(name, ops.OPERATION_MODELS[name], handler)  # type: ignore[arg-type]
 
@@ -345,12 +351,19 @@ class TaskManager(Service):
                 )
             raise conflict(f"task {task.task_id} is already running")
         names = {f.name for f in task.files}
-        missing = [n for n in ("server.py", "client.py") if n not in names]
-        if missing:
-            raise invalid(
-                f"task {task.task_id} has no {' and no '.join(missing)} in its bundle; "
-                "upload the bundle files first"
-            )
+        if task.kind is TaskKind.FLOWER_APP:
+            folder = self.bundles_root / f"task_{task.task_id}"
+            try:  # pyproject.toml with [tool.flwr.app] and both components, or one FAB
+                await asyncio.to_thread(check_app, names, lambda n: (folder / n).read_bytes())
+            except AgataError as exc:
+                raise invalid(f"task {task.task_id}: {exc.message}") from None
+        else:
+            missing = [n for n in ("server.py", "client.py") if n not in names]
+            if missing:
+                raise invalid(
+                    f"task {task.task_id} has no {' and no '.join(missing)} in its bundle; "
+                    "upload the bundle files first"
+                )
         # Devices verify every file against this listing: a bundle that does not match
         # (a crash between a write and its listing, a file changed behind the listing)
         # would make each of them fail and quarantine the task. Hashing runs in a thread.
@@ -364,6 +377,7 @@ class TaskManager(Service):
                 task.task_id,
                 expand_arguments(arguments, task.host, task.port),
                 limits=task.limits,
+                flower_app=(task.host, task.port) if task.kind is TaskKind.FLOWER_APP else None,
             )
         except AgataError as exc:
             # Recorded like any end: retried if the store refuses it now.
@@ -406,6 +420,34 @@ class TaskManager(Service):
             await self.notifier.notify("stop_task", task_id=task.task_id)
         self.event(ops.STOP_TASK, "Task stopped on cloud", task_id=task.task_id)
         await self.notifier.notify("task", task_id=task.task_id, running=False, state="stopped")
+
+    async def register_flower_node(self, req: ops.RegisterFlowerNode) -> dict[str, Any]:
+        """Let a selected device's SuperNode into a flower-app run: the task must be a
+        running flower-app whose criteria this device meets (else 409 / 403)."""
+        task = self.store.get_task(req.task_id)
+        if task.kind is not TaskKind.FLOWER_APP or not task.running:
+            raise conflict(f"task {task.task_id} is not a running flower-app task")
+        attributes = self._device_attributes(req.user_id)
+        if not self.criteria.matches(task.selection_criteria, attributes):
+            raise AgataError(
+                ErrorCode.FORBIDDEN,
+                f"device {req.user_id} does not meet the selection criteria of task {task.task_id}",
+            )
+        run = self.server_tasks.flower_run(task.task_id)
+        if run is None:
+            raise AgataError(
+                ErrorCode.UNAVAILABLE,
+                f"task {task.task_id}: its Flower run is not on this cloud replica",
+            )
+        node_id = await run.register_node(req.user_id, req.public_key)
+        self.event(
+            ops.REGISTER_FLOWER_NODE,
+            f"SuperNode key of {req.user_id} registered" if node_id else "no node auth",
+            task_id=task.task_id,
+        )
+        # The flwr the SuperLink runs: a device's must have the same major.minor.
+        version = installed_flower() or ""
+        return {"node_auth": run.node_auth, "node_id": node_id, "flower_version": version}
 
     async def client_requesting_task(
         self, req: ops.ClientRequestingTask

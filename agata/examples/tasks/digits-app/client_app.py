@@ -6,10 +6,9 @@ builds them from the task's client arguments, e.g. ``partition-id={partition_id}
 
 from __future__ import annotations
 
+from digits_task import evaluate, load_data, train
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
-
-from digits_task import evaluate, load_data, train
 
 app = ClientApp()
 

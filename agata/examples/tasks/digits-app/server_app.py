@@ -7,12 +7,12 @@ log, which AGATA follows and records as the run's metrics per round).
 
 from __future__ import annotations
 
+from digits_task import evaluate, init_params, load_data
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
 from agata.flower import report_round
-from digits_task import evaluate, init_params, load_data
 
 app = ServerApp()
 
