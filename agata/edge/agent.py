@@ -485,6 +485,7 @@ class Agent:
             superlink=f"{offer.host}:{offer.port}",
             ca_file=self.settings.ca_file,
             register=register,
+            owner=self._task_owner(),
         )
         return TaskProcess(
             work,
@@ -498,6 +499,10 @@ class Agent:
             name=f"task {offer.task_id} supernode",
             limits=limits,
         )
+
+    def _task_owner(self) -> tuple[int, int] | None:
+        user = self.sandbox.containment.task_user if self.sandbox is not None else None
+        return (user.uid, user.gid) if user is not None else None
 
     # -- what the client sides say ----------------------------------------------------
 

@@ -105,6 +105,7 @@ class FlowerAppRun:
         on_message: awaited with every line of the ServerApp's log, as messages.
         tls: the cloud's certificate; None runs insecure (loopback only).
         launcher, limits, grace: for the SuperLink's process, as for a task process.
+        owner: (uid, gid) of the task user the SuperLink runs as, if one.
     """
 
     def __init__(
@@ -122,6 +123,7 @@ class FlowerAppRun:
         limits: Limits | None = None,
         grace: float = 5.0,
         env: Mapping[str, str] | None = None,
+        owner: tuple[int, int] | None = None,
     ) -> None:
         self.task_id = task_id
         self.bundle = bundle
@@ -135,6 +137,7 @@ class FlowerAppRun:
         self._launcher = launcher
         self._limits = limits
         self._env = dict(env or {})
+        self._owner = owner
         self.cli = FlwrCli(
             self.folder.home, f"{client_host(host)}:{port}", tls.ca_file if tls else None
         )
@@ -193,12 +196,12 @@ class FlowerAppRun:
         SuperLink cannot be spawned.
         """
         try:
-            self.folder.make()
+            self.folder.make(self._owner)
             self._app_dir, self.app = app_folder(self.bundle, self.folder.root)
             self.options, self._run_config = split_arguments(self.arguments, self.app.options)
             arguments = superlink_arguments(self.folder, self.host, self.port, self.tls)
             check_port_free(self.host, self.port)
-            self.cli.write_config()
+            self.cli.write_config(self._owner)
             await self._spawn_superlink(arguments)
         except BaseException as exc:
             if isinstance(exc, AgataError):

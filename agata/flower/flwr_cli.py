@@ -105,8 +105,9 @@ class FlwrCli:
         self.root_certificates = root_certificates
         self.program = flower_bin("flwr")
 
-    def write_config(self) -> None:
-        """Write the run's ``config.toml`` (one connection, the default)."""
+    def write_config(self, owner: tuple[int, int] | None = None) -> None:
+        """Write the run's ``config.toml`` (one connection, the default; ``owner``'s
+        when given)."""
         self.home.mkdir(parents=True, exist_ok=True, mode=0o700)
         security = (
             "insecure = true"
@@ -118,6 +119,8 @@ class FlwrCli:
             f'[superlink]\ndefault = "{CONNECTION}"\n\n'
             f"[superlink.{CONNECTION}]\naddress = {json.dumps(self.address)}\n{security}\n",
         )
+        if owner is not None:
+            os.chown(self.home / "config.toml", *owner)
 
     @property
     def env(self) -> dict[str, str]:

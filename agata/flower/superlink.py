@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import ipaddress
+import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,9 +72,15 @@ class RunFolder:
     def keys(self) -> Path:
         return self.root / "keys"
 
-    def make(self) -> None:
+    def make(self, owner: tuple[int, int] | None = None) -> None:
+        """Make the folders (0700); with ``owner`` (uid, gid: the task user the SuperLink
+        runs as) the run's folder and its Flower home are that user's. The keys stay
+        AGATA's."""
         for folder in (self.root, self.home, self.keys):
             folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if owner is not None:
+            for folder in (self.root, self.home):
+                os.chown(folder, *owner)
 
 
 def tls_from_files(

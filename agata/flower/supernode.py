@@ -21,6 +21,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import logging
+import os
 import re
 import socket
 import tomllib
@@ -58,11 +59,11 @@ def installed_flower() -> str | None:
         return None
 
 
-def check_flower(wanted: str, installed: str | None = None) -> str:
-    """The installed flwr version if it serves a SuperLink of version ``wanted``
+def check_flower(wanted: str, have: str | None) -> str:
+    """``have`` (the flwr installed here, :func:`installed_flower`) if it serves a
+    SuperLink of version ``wanted``
     (same major.minor); else NOT_FOUND (none installed) or INVALID_ARGUMENT (another
     version), saying which."""
-    have = installed if installed is not None else installed_flower()
     if have is None:
         raise AgataError(
             ErrorCode.NOT_FOUND,
@@ -150,13 +151,15 @@ async def prepare_supernode(
     superlink: str,
     ca_file: Path | None,
     register: Register,
+    owner: tuple[int, int] | None = None,
 ) -> SuperNodeLaunch:
     """Everything before a device's SuperNode starts for a run (the module docstring).
 
     Raises AgataError with the reason (the agent then fails the task on this device):
     flwr missing or of another version, a bad client argument, a refused registration.
+    ``owner``: (uid, gid) of the task user the SuperNode runs as, if one.
     """
-    check_flower("")  # missing: say so before anything is made
+    have = check_flower("", installed_flower())  # missing: say so before anything is made
     program = flower_bin("flower-supernode")
     if not Path(program).is_absolute():
         raise AgataError(
@@ -170,10 +173,12 @@ async def prepare_supernode(
     reply = await register(public_key)
     if not isinstance(reply, dict):
         raise AgataError(ErrorCode.INTERNAL, f"the cloud's reply to the key was {reply!r}")
-    check_flower(str(reply.get("flower_version") or ""))
+    check_flower(str(reply.get("flower_version") or ""), have)
     node_auth = bool(reply.get("node_auth"))
     if not node_auth:
         private_key.unlink(missing_ok=True)
+    elif owner is not None:  # the SuperNode runs as the task user: its key is that user's
+        os.chown(private_key, *owner)
     arguments = supernode_arguments(
         superlink,
         config,

@@ -132,10 +132,15 @@ class ServerTasks:
         process: ServerSide
         if flower_app is not None:
             host, port = flower_app
+            owner = None
+            if self.sandbox is not None:
+                bundle, work = self.sandbox.place("server", task_id, bundle, record_dir)
+                user = self.sandbox.containment.task_user
+                owner = (user.uid, user.gid) if user is not None else None
             process = FlowerAppRun(
                 task_id,
                 bundle,
-                record_dir / "flower",
+                work / "flower",
                 host,
                 port,
                 arguments,
@@ -148,6 +153,7 @@ class ServerTasks:
                     else None
                 ),
                 grace=self.grace,
+                owner=owner,
             )
             return await self._started(task_id, process, record_dir)
         if self.sandbox is not None:
