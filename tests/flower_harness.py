@@ -9,7 +9,6 @@ docs/flower-apps.md, "Task user").
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
 import time
 from collections.abc import AsyncIterator, Callable
@@ -150,5 +149,3 @@ def flower_processes(marker: str) -> list[int]:
         if state != "Z" and marker in command and ("flower-" in command or "flwr" in command):
             found.append(int(entry.name))
     return found
-
-

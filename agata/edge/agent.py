@@ -442,6 +442,8 @@ class Agent:
             await run.process.start()
         except AgataError as exc:
             self._event("start task on device", "end", task_id=task_id, error=exc.message)
+            if offer.kind == FLOWER_APP and is_transient(exc):
+                raise  # the cloud did not take the node key now: try again later
             self._fail(offer, f"client side could not start: {exc.message}")
             return False
         # No await from here on: a message of the new process cannot arrive before

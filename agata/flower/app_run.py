@@ -145,6 +145,7 @@ class FlowerAppRun:
         self.options = RunOptions()
         self.run_id: str | None = None
         self.names: dict[str, str] = {}  # device id by Flower node id
+        self._registrations: dict[str, asyncio.Future[str]] = {}  # by public key
         self._superlink: TaskProcess | None = None
         self._app_dir = bundle
         self._run_config: dict[str, str] = {}
@@ -259,16 +260,33 @@ class FlowerAppRun:
 
     async def register_node(self, device_id: str, public_key: str) -> str | None:
         """Register a selected device's SuperNode key on this run's SuperLink; returns
-        Flower's node id (None when the run has no SuperNode authentication)."""
+        Flower's node id (None when the run has no SuperNode authentication).
+
+        Idempotent per key: a device that asks again (its first call timed out while
+        ``flwr supernode register`` ran) waits for the same registration."""
         key = check_public_key(public_key)
         if not self.node_auth:
             return None
+        pending = self._registrations.get(key)
+        if pending is None:
+            pending = asyncio.ensure_future(self._register(device_id, key))
+            self._registrations[key] = pending
+            pending.add_done_callback(
+                lambda done: (
+                    self._registrations.pop(key, None)
+                    if done.cancelled() or done.exception() is not None
+                    else None
+                )
+            )
+        return await asyncio.shield(pending)
+
+    async def _register(self, device_id: str, key: str) -> str:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(LISTEN_SECONDS):
                 await self._listening.wait()
         if self._outcome is not None or self._ender is not None or not self._listening.is_set():
             raise AgataError(ErrorCode.CONFLICT, f"task {self.task_id}: its run is not running")
-        path = self.folder.keys / f"{device_id}-{len(self.names)}.pub"
+        path = self.folder.keys / f"{device_id}-{len(self._registrations)}.pub"
         path.write_text(key + "\n")
         node_id = await self.cli.register_node(path, device_id)
         self.names[node_id] = device_id

@@ -65,7 +65,7 @@ async def test_the_digits_app_runs_on_two_devices_and_records_its_rounds(tmp_pat
 
 
 async def test_a_serverapp_that_raises_fails_the_run_with_the_exception(tmp_path: Path) -> None:
-    broken = b'''
+    broken = b"""
 from flwr.serverapp import Grid, ServerApp
 from flwr.app import Context
 
@@ -75,12 +75,10 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     raise ValueError("the learning rate is negative")
-'''
+"""
     async with running_cloud(tmp_path, **FLOWER_CLOUD) as cloud:
         port = free_port()
-        await create_app_task(
-            cloud, "broken", app_files(**{"server_app.py": broken}), port=port
-        )
+        await create_app_task(cloud, "broken", app_files(**{"server_app.py": broken}), port=port)
         started = await cloud.op("rpc_exec_start_server_task", {"task_id": "broken"})
         assert started.status_code == 200, started.text
 
