@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from cloud_harness import running_cloud
 from flower_harness import (
     FLOWER_CLOUD,
@@ -22,6 +23,7 @@ from flower_harness import (
 )
 
 
+@pytest.mark.timeout(400)  # a real Flower run: ~90 s here, more on a busy machine
 async def test_the_digits_app_runs_on_two_devices_and_records_its_rounds(tmp_path: Path) -> None:
     async with running_cloud(tmp_path, **FLOWER_CLOUD) as cloud:
         port = free_port()

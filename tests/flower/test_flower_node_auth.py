@@ -9,6 +9,7 @@ import ssl
 from pathlib import Path
 
 import httpx
+import pytest
 from cloud_harness import Cloud, cloud_settings
 from flower_harness import (
     FLOWER_CLOUD,
@@ -29,6 +30,7 @@ from agata.flower.node_keys import make_node_key
 from agata.flower.supernode import supernode_arguments
 
 
+@pytest.mark.timeout(400)  # a real Flower run: ~90 s here, more on a busy machine
 async def test_an_unregistered_node_cannot_join_and_a_matching_device_can(
     tmp_path: Path,
 ) -> None:
