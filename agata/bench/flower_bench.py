@@ -295,16 +295,18 @@ async def _measure(rounds: int, runs: int, samples: int) -> Report:
             report.context[f"managed run {index + 1}"] = reason
         dispatch = await _dispatch(root / "dispatch", samples)
         shutil.rmtree(root, ignore_errors=True)
-    report.add("by hand: flwr run --stream (median)", round(statistics.median(hand), 2), "s")
-    report.ratio(
-        "managed: start -> finished (median)",
-        round(statistics.median(managed), 2),
-        round(statistics.median(hand), 2),
-        "s",
-        limit_name="by hand",
-        at_most=RUN_RATIO,
-        note=f"{runs} run(s) each, alternating; same run",
-    )
+    if runs:
+        hand_s = round(statistics.median(hand), 2)
+        report.add("by hand: flwr run --stream (median)", hand_s, "s")
+        report.ratio(
+            "managed: start -> finished (median)",
+            round(statistics.median(managed), 2),
+            hand_s,
+            "s",
+            limit_name="by hand",
+            at_most=RUN_RATIO,
+            note=f"{runs} run(s) each, alternating; same run",
+        )
     script = statistics.median(dispatch["script"])
     report.add("dispatch of a script task: start -> client spawned (p50)", round(script, 1), "ms")
     report.excess(

@@ -103,7 +103,9 @@ def bench_containment(
 @bench_app.command("flower")
 def bench_flower(
     rounds: Annotated[int, typer.Option(min=1, help="rounds of the example app")] = 3,
-    runs: Annotated[int, typer.Option(min=1, help="runs of each, alternating")] = 1,
+    runs: Annotated[
+        int, typer.Option(min=0, help="runs of each, alternating (0: dispatch only)")
+    ] = 1,
     samples: Annotated[int, typer.Option(min=1, help="dispatch samples of each kind")] = 5,
     json_out: Annotated[Path | None, typer.Option("--json", help="write figures here")] = None,
 ) -> None:

@@ -488,6 +488,7 @@ class Agent:
             ca_file=self.settings.ca_file,
             register=register,
             owner=self._task_owner(),
+            offered=offer.flower,
         )
         return TaskProcess(
             work,

@@ -113,6 +113,7 @@ class TaskOffer(BaseModel):
     password: str | None = None
     limits: dict[str, float] = Field(default_factory=dict)  # checked when the run starts
     kind: Annotated[str, StringConstraints(pattern=r"^(script|flower-app)$")] = "script"
+    flower: dict[str, str | bool] | None = None  # a flower-app's node_auth and version
 
     @field_validator("version", mode="before")
     @classmethod

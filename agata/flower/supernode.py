@@ -18,6 +18,7 @@ the task (the run ended), which is a stop and not a failure.
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import json
 import logging
@@ -51,8 +52,10 @@ returns its reply: ``{"node_auth": bool, "node_id": ..., "flower_version": str}`
 _KEY = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
+@functools.cache
 def installed_flower() -> str | None:
-    """The version of ``flwr`` installed beside the agent, or None."""
+    """The version of ``flwr`` installed beside the agent, or None (read once: the
+    package metadata scan costs milliseconds on every dispatch otherwise)."""
     try:
         return importlib.metadata.version("flwr")
     except importlib.metadata.PackageNotFoundError:
@@ -152,12 +155,15 @@ async def prepare_supernode(
     ca_file: Path | None,
     register: Register,
     owner: tuple[int, int] | None = None,
+    offered: Mapping[str, Any] | None = None,
 ) -> SuperNodeLaunch:
     """Everything before a device's SuperNode starts for a run (the module docstring).
 
     Raises AgataError with the reason (the agent then fails the task on this device):
     flwr missing or of another version, a bad client argument, a refused registration.
     ``owner``: (uid, gid) of the task user the SuperNode runs as, if one.
+    ``offered``: the offer's ``flower`` part (``node_auth``, ``version``); when it says
+    there is no node authentication, no key is made or sent (a faster dispatch).
     """
     have = check_flower("", installed_flower())  # missing: say so before anything is made
     program = flower_bin("flower-supernode")
@@ -167,18 +173,24 @@ async def prepare_supernode(
             "flower-supernode is not installed beside the agent (pip install 'agata[flower]')",
         )
     config = node_config(client_arguments, device_id)
-    from agata.flower.node_keys import make_node_key
+    private_key: Path | None = None
+    if offered is not None and not offered.get("node_auth"):
+        # The offer says the run has no node authentication: no key to register.
+        check_flower(str(offered.get("version") or ""), have)
+        node_auth = False
+    else:
+        from agata.flower.node_keys import make_node_key
 
-    private_key, public_key = make_node_key(work)
-    reply = await register(public_key)
-    if not isinstance(reply, dict):
-        raise AgataError(ErrorCode.INTERNAL, f"the cloud's reply to the key was {reply!r}")
-    check_flower(str(reply.get("flower_version") or ""), have)
-    node_auth = bool(reply.get("node_auth"))
-    if not node_auth:
-        private_key.unlink(missing_ok=True)
-    elif owner is not None:  # the SuperNode runs as the task user: its key is that user's
-        os.chown(private_key, *owner)
+        private_key, public_key = make_node_key(work)
+        reply = await register(public_key)
+        if not isinstance(reply, dict):
+            raise AgataError(ErrorCode.INTERNAL, f"the cloud's reply to the key was {reply!r}")
+        check_flower(str(reply.get("flower_version") or ""), have)
+        node_auth = bool(reply.get("node_auth"))
+        if not node_auth:
+            private_key.unlink(missing_ok=True)
+        elif owner is not None:  # the SuperNode runs as the task user: the key is its
+            os.chown(private_key, *owner)
     arguments = supernode_arguments(
         superlink,
         config,

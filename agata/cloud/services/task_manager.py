@@ -477,10 +477,21 @@ class TaskManager(Service):
         reply = self.offers.reply(False, matched)
         if reply is None:
             by_id = {task.task_id: task for task in running}
-            offers = [offer_view(by_id[task_id]) for task_id in matched]
+            offers = [self._offer(by_id[task_id]) for task_id in matched]
             reply = RawJson(encode(offers))
             self.offers.remember_reply(False, matched, reply)
         return reply
+
+    def _offer(self, task: Task) -> dict[str, Any]:
+        """A device's offer; a flower-app's says whether its run authenticates nodes and
+        which flwr it runs (the device then skips the key when there is none)."""
+        offer = offer_view(task)
+        if task.kind is TaskKind.FLOWER_APP:
+            offer["flower"] = {
+                "node_auth": self.server_tasks.flower_tls is not None,
+                "version": installed_flower() or "",
+            }
+        return offer
 
     def _legacy_offers(self, tasks: list[Task], attributes: dict[str, Any]) -> list[dict[str, Any]]:
         """Offers for a device of the original system: client arguments expanded for it.
