@@ -40,7 +40,7 @@ from typing import Any
 import httpx
 
 from agata.bench.bare import bare_fastapi
-from agata.bench.report import Report, percentile
+from agata.bench.report import BenchReport, percentile
 
 SERVER_PY = """
 import signal, sys, time
@@ -293,11 +293,11 @@ def run_devices_bench(
     seconds: int = 10,
     connections: int = 4,
     amqp_url: str | None = None,
-) -> Report:
+) -> BenchReport:
     bus_url = amqp_url or "memory://"
     kind = bus_url.split("://")[0]
     data = asyncio.run(_measure(bus_url, devices, tasks, seconds, connections))
-    report = Report(f"task requests: {devices} devices, {tasks} running tasks, {kind}://")
+    report = BenchReport(f"task requests: {devices} devices, {tasks} running tasks, {kind}://")
     report.context = {
         "devices": devices, "tasks": tasks, "seconds": seconds, "connections": connections,
         "generator": data["generator"], "requests": data.get("requests"),

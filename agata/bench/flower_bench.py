@@ -36,7 +36,7 @@ from typing import Any
 
 import httpx
 
-from agata.bench.report import Report
+from agata.bench.report import BenchReport
 from agata.flower.flwr_cli import flower_bin, flower_environment
 from agata.flower.supernode import node_config, supernode_arguments
 
@@ -281,8 +281,8 @@ async def _dispatch(folder: Path, samples: int) -> dict[str, list[float]]:
     return results
 
 
-async def _measure(rounds: int, runs: int, samples: int) -> Report:
-    report = Report("flower: a Flower App run managed by AGATA and by hand")
+async def _measure(rounds: int, runs: int, samples: int) -> BenchReport:
+    report = BenchReport("flower: a Flower App run managed by AGATA and by hand")
     report.context["app"] = f"{EXAMPLE.name}, 2 SuperNodes, {rounds} rounds"
     hand: list[float] = []
     managed: list[float] = []
@@ -322,5 +322,5 @@ async def _measure(rounds: int, runs: int, samples: int) -> Report:
     return report
 
 
-def run_flower_bench(rounds: int = 3, runs: int = 1, samples: int = 5) -> Report:
+def run_flower_bench(rounds: int = 3, runs: int = 1, samples: int = 5) -> BenchReport:
     return asyncio.run(_measure(rounds, runs, samples))

@@ -49,7 +49,7 @@ from agata.edge.hooks import HookRunner, event_of_report
 from agata.edge.local_state import LocalState, QuarantineEntry, RunningRecord
 from agata.edge.policy import choose_tasks
 from agata.edge.push import PushListener, pushed_offers
-from agata.edge.reports import Report, ReportSender
+from agata.edge.reports import DeviceReport, ReportSender
 from agata.edge.task_runs import TaskRun, recover_leftovers
 from agata.edge.wheelhouse import WheelhouseMirror
 from agata.errors import AgataError, ErrorCode
@@ -57,7 +57,7 @@ from agata.files import make_private_dir
 from agata.flower.supernode import prepare_supernode
 from agata.protocol.operations import REGISTER_FLOWER_NODE
 from agata.runtime.limits import Limits
-from agata.runtime.messages import Error, Info, LogLine, Model, Print, TaskMessage
+from agata.runtime.messages import Error, Info, Model, OutputLine, Print, TaskMessage
 from agata.runtime.process import ProcessLauncher
 from agata.runtime.sandbox import TaskSandbox, default_task_dir
 from agata.runtime.supervisor import TaskProcess
@@ -395,7 +395,7 @@ class Agent:
         except AgataError as exc:
             self._fail(offer, exc.message)
             return False
-        self._report(Report(task_id, "downloading"))
+        self._report(DeviceReport(task_id, "downloading"))
         self._event("download task", "start", task_id=task_id)
         try:
             bundle = await self.cache.ensure(offer)
@@ -461,7 +461,7 @@ class Agent:
             self._switch = None
             self._event("switch task", "end", task_id=task_id, from_task=failed)
         logger.info("task %s v%s: client side started (pid %d)", task_id, offer.version, pid)
-        self._report(Report(task_id, "running"))
+        self._report(DeviceReport(task_id, "running"))
         run.watcher = self._spawn(self._watch(run), f"watch {task_id}")
         if not any(other.offer.task_id == task_id for other in self._ending):
             self.cache.prune(task_id, keep={offer.version})
@@ -514,7 +514,9 @@ class Agent:
         if isinstance(message, Model):
             run.round = message.round
             run.metrics = dict(message.metrics)
-            self._report(Report(task_id, "running", round=message.round, metrics=message.metrics))
+            self._report(
+                DeviceReport(task_id, "running", round=message.round, metrics=message.metrics)
+            )
         elif isinstance(message, Error):
             self._task_failed(run, message.exception)
         elif isinstance(message, Info):
@@ -524,7 +526,7 @@ class Agent:
                 logger.info("task %s: %s", task_id, message.info)
         elif isinstance(message, Print):
             logger.info("task %s: %s", task_id, message.message)
-        elif isinstance(message, LogLine):
+        elif isinstance(message, OutputLine):
             logger.debug("task %s (%s): %s", task_id, message.stream, message.text)
 
     async def _watch(self, run: TaskRun) -> None:
@@ -545,7 +547,7 @@ class Agent:
         task_id = run.offer.task_id
         logger.warning("task %s failed: %s", task_id, reason)
         self._event("task failed", "end", task_id=task_id, reason=reason)
-        self._report(Report(task_id, "failed", reason=reason))
+        self._report(DeviceReport(task_id, "failed", reason=reason))
         # On the kernel's side at once, fsynced after the next task's spawn (_failover).
         self._fail(run.offer, reason, sync_later=not self._stopping.is_set())
         if not self._stopping.is_set():
@@ -564,7 +566,7 @@ class Agent:
         self.state.count("finished")
         self.state.mark_finished(task_id, run.offer.version)
         self._event("task finished", "end", task_id=task_id)
-        self._report(Report(task_id, "finished", round=run.round, metrics=run.metrics))
+        self._report(DeviceReport(task_id, "finished", round=run.round, metrics=run.metrics))
         self._wake.set()
 
     def _fail(self, offer: TaskOffer, reason: str, *, sync_later: bool = False) -> None:
@@ -576,7 +578,7 @@ class Agent:
             offer.task_id, offer.version, reason, seconds, sync_later=sync_later
         )
         logger.warning("task %s: in quarantine for %.0f s: %s", offer.task_id, seconds, reason)
-        self._report(Report(offer.task_id, "quarantined", reason=reason))
+        self._report(DeviceReport(offer.task_id, "quarantined", reason=reason))
 
     async def _failover(self) -> None:
         try:
@@ -613,7 +615,7 @@ class Agent:
         task_id = run.offer.task_id
         logger.info("task %s: stopping its client side: %s", task_id, reason)
         self.state.count("stopped")
-        self._report(Report(task_id, "stopped", reason=reason))
+        self._report(DeviceReport(task_id, "stopped", reason=reason))
         self._spawn(run.process.stop(self._grace), f"stop {task_id}")
 
     # -- push -------------------------------------------------------------------------
@@ -672,7 +674,7 @@ class Agent:
         task.add_done_callback(self._background.discard)
         return task
 
-    def _report(self, report: Report) -> None:
+    def _report(self, report: DeviceReport) -> None:
         """Queue ``report`` for the cloud and the device's hook (neither blocks)."""
         if self._reports is not None:
             self._reports.put(report)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from agata.edge.cloud_client import TaskOffer
 from agata.edge.local_state import LocalState
 from agata.errors import AgataError
-from agata.runtime.messages import LogLine, Stream
+from agata.runtime.messages import OutputLine, Stream
 from agata.runtime.process import kill_process_group
 from agata.runtime.sandbox import TaskSandbox
 from agata.runtime.supervisor import TaskProcess
@@ -42,7 +42,7 @@ class TaskRun:
         tail = [
             line.text.strip()
             for line in self.process.tail(50)
-            if isinstance(line, LogLine) and line.stream is Stream.STDERR and line.text.strip()
+            if isinstance(line, OutputLine) and line.stream is Stream.STDERR and line.text.strip()
         ]
         if not tail:
             return reason

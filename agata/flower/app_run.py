@@ -46,9 +46,9 @@ from agata.flower.superlink import (
     wait_listening,
 )
 from agata.runtime.limits import Limits
-from agata.runtime.messages import LogLine, Stream, TaskMessage, parse_line
+from agata.runtime.messages import OutputLine, Stream, TaskMessage, parse_line
 from agata.runtime.process import ProcessLauncher
-from agata.runtime.supervisor import MessageCallback, TaskOutcome, TaskProcess, TaskState
+from agata.runtime.supervisor import MessageCallback, ProcessState, TaskOutcome, TaskProcess
 
 __all__ = ["FlowerAppRun", "split_arguments"]
 
@@ -212,7 +212,7 @@ class FlowerAppRun:
             else:
                 reason = f"{type(exc).__name__}: {exc}"
             await self._shutdown()
-            self._settle(TaskState.FAILED, reason)
+            self._settle(ProcessState.FAILED, reason)
             raise
         self._spawn(self._launch())
         self._spawn(self._watch_superlink())
@@ -228,7 +228,7 @@ class FlowerAppRun:
             self._listening.set()
             self.run_id = await self.cli.submit(self._app_dir, self._run_config)
         except AgataError as exc:
-            self._end(TaskState.FAILED, f"the app was not submitted: {exc.message}")
+            self._end(ProcessState.FAILED, f"the app was not submitted: {exc.message}")
             return
         logger.info(
             "task %s: Flower run %s submitted to its SuperLink on %s:%d",
@@ -247,14 +247,14 @@ class FlowerAppRun:
         return self._outcome
 
     def request_stop(self) -> None:
-        self._end(TaskState.STOPPED, "stopped by its owner")
+        self._end(ProcessState.STOPPED, "stopped by its owner")
 
     async def stop(self, grace: float | None = None) -> TaskOutcome:
         """Stop the Flower run, then end the SuperLink; returns the outcome."""
         if grace is not None:
             self.grace = grace
         if self._superlink is None and self._outcome is None:
-            self._settle(TaskState.STOPPED, "stopped before it started")
+            self._settle(ProcessState.STOPPED, "stopped before it started")
         self.request_stop()
         return await self.wait()
 
@@ -319,10 +319,10 @@ class FlowerAppRun:
 
     async def _superlink_line(self, message: TaskMessage) -> None:
         """The SuperLink's own output: its warnings and errors go to the run's log."""
-        if isinstance(message, LogLine) and message.text.strip():
+        if isinstance(message, OutputLine) and message.text.strip():
             self._tail.append(message.text)
             if not _LEVEL.match(message.text):
-                await self._deliver(LogLine(message.stream, f"superlink: {message.text}"))
+                await self._deliver(OutputLine(message.stream, f"superlink: {message.text}"))
 
     # -- following ----------------------------------------------------------------------
 
@@ -373,7 +373,7 @@ class FlowerAppRun:
                 continue
             reason = watch.check(nodes, loop.time())
             if reason is not None:
-                self._end(TaskState.FAILED, reason)
+                self._end(ProcessState.FAILED, reason)
                 return
 
     async def _status(self) -> RunStatus | None:
@@ -387,12 +387,12 @@ class FlowerAppRun:
     def _end_by_status(self, status: RunStatus) -> None:
         outcome = status.status.removeprefix("finished:")
         if outcome == "completed":
-            self._end(TaskState.FINISHED, f"the Flower run {status.run_id} completed")
+            self._end(ProcessState.FINISHED, f"the Flower run {status.run_id} completed")
         elif outcome == "stopped":
-            self._end(TaskState.STOPPED, f"the Flower run {status.run_id} was stopped")
+            self._end(ProcessState.STOPPED, f"the Flower run {status.run_id} was stopped")
         else:
             why = self._exception() or status.details or "no reason given"
-            self._end(TaskState.FAILED, f"the Flower run {status.run_id} failed: {why}")
+            self._end(ProcessState.FAILED, f"the Flower run {status.run_id} failed: {why}")
 
     def _exception(self) -> str:
         """The last exception line of the log (a ServerApp's traceback ends with it)."""
@@ -407,7 +407,8 @@ class FlowerAppRun:
         outcome = await self._superlink.wait()
         self._alive.clear()
         self._end(
-            TaskState.FAILED, f"the SuperLink ended: {outcome.reason}: {self._superlink_reason()}"
+            ProcessState.FAILED,
+            f"the SuperLink ended: {outcome.reason}: {self._superlink_reason()}",
         )
 
     def _superlink_reason(self) -> str:
@@ -416,19 +417,23 @@ class FlowerAppRun:
 
     # -- the end --------------------------------------------------------------------
 
-    def _end(self, state: TaskState, reason: str) -> None:
+    def _end(self, state: ProcessState, reason: str) -> None:
         """The run ends as ``state`` (once: the first cause wins)."""
         if self._ender is not None or self._outcome is not None:
             return
-        if state is not TaskState.FINISHED:
+        if state is not ProcessState.FINISHED:
             logger.info(
                 "task %s: Flower run %s ends %s: %s", self.task_id, self.run_id, state, reason
             )
         self._ender = asyncio.create_task(self._finish(state, reason))
 
-    async def _finish(self, state: TaskState, reason: str) -> None:
+    async def _finish(self, state: ProcessState, reason: str) -> None:
         try:
-            if state is not TaskState.FINISHED and self.run_id is not None and self._alive.is_set():
+            if (
+                state is not ProcessState.FINISHED
+                and self.run_id is not None
+                and self._alive.is_set()
+            ):
                 status = await self._status()
                 if status is None or not status.finished:
                     with contextlib.suppress(AgataError):
@@ -451,7 +456,7 @@ class FlowerAppRun:
             if task is not current:
                 task.cancel()
 
-    def _settle(self, state: TaskState, reason: str) -> None:
+    def _settle(self, state: ProcessState, reason: str) -> None:
         if self._outcome is None:
             code = (
                 self._superlink.outcome.exit_code

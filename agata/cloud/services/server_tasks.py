@@ -31,12 +31,11 @@ from agata.files import write_private_file
 from agata.flower.app_run import FlowerAppRun
 from agata.flower.superlink import FlowerTls
 from agata.runtime.limits import Limits
-from agata.runtime.messages import Error, Info, LogLine, Model, Print, TaskMessage, Trigger
+from agata.runtime.messages import Error, Info, Model, OutputLine, Print, TaskMessage, Trigger
 from agata.runtime.process import kill_process_group
 from agata.runtime.sandbox import TaskSandbox
-from agata.runtime.supervisor import TaskOutcome, TaskProcess, TaskState
-from agata.store.store import NewLogLine, Store
-from agata.store.store import TaskState as StoredState
+from agata.runtime.supervisor import ProcessState, TaskOutcome, TaskProcess
+from agata.store.store import NewLogLine, Store, TaskState
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +107,7 @@ class ServerTasks:
         """Keep recording refused ends and ending claimed tasks whose process is gone."""
         self.ends.start()
 
-    async def record_end(self, task_id: str, state: StoredState, reason: str) -> None:
+    async def record_end(self, task_id: str, state: TaskState, reason: str) -> None:
         """Record that a claimed task ended (retried until the store takes it)."""
         self._claims.add(task_id)
         await self.ends.record(TaskEnd(task_id, state, reason))
@@ -231,7 +230,7 @@ class ServerTasks:
             self._end_leftover(task.task_id)
             await self.record_end(
                 task.task_id,
-                StoredState.STOPPED,
+                TaskState.STOPPED,
                 "the cloud restarted while the task ran; its server side was ended",
             )
             fixed.append(task.task_id)
@@ -242,7 +241,7 @@ class ServerTasks:
         return [
             TaskEnd(
                 task_id,
-                StoredState.STOPPED,
+                TaskState.STOPPED,
                 "its server side is gone: no process on the cloud that started it",
             )
             for task_id in sorted(self._claims)
@@ -303,7 +302,7 @@ class ServerTasks:
                 metrics=dict(metric.metrics),
                 time=metric.time,
             )
-        elif isinstance(message, Print | LogLine):
+        elif isinstance(message, Print | OutputLine):
             text = message.message if isinstance(message, Print) else message.text
             stream = "print" if isinstance(message, Print) else str(message.stream)
             await self._log(task_id, stream, text)
@@ -351,9 +350,9 @@ class ServerTasks:
     async def _watch(self, task_id: str, process: ServerSide) -> None:
         outcome = await process.wait()
         state = {
-            TaskState.FINISHED: StoredState.FINISHED,
-            TaskState.FAILED: StoredState.FAILED,
-        }.get(outcome.state, StoredState.STOPPED)
+            ProcessState.FINISHED: TaskState.FINISHED,
+            ProcessState.FAILED: TaskState.FAILED,
+        }.get(outcome.state, TaskState.STOPPED)
         end = TaskEnd(task_id, state, outcome.reason, process.pgid)
         try:
             self._flush_logs(task_id)
