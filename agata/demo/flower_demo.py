@@ -61,7 +61,7 @@ async def run_exp1_app(options: ExperimentOptions, progress: Progress | None = N
             )
             say(f"task {task_id} registered (kind flower-app), app uploaded")
             await lab.start_task(task_id)
-            say(f"task {task_id} started: SuperLink up, app submitted ({options.rounds} rounds)")
+            say(f"task {task_id} started: SuperLink spawned ({options.rounds} rounds)")
             await lab.start_agent(user_id)
             say(f"edge agent up as {user_id}")
             assert lab.data_dir is not None
