@@ -23,6 +23,7 @@ from fastapi import FastAPI
 
 from agata.bus import Bus, create_bus
 from agata.bus.service import Service
+from agata.cloud.bundles.artifact_store import ArtifactStore
 from agata.cloud.bundles.bundle_store import BundleStore
 from agata.cloud.credentials.tokens import OPERATOR_PREFIX, hash_token, new_token
 from agata.cloud.gateway import GatewayConfig, create_gateway
@@ -70,6 +71,9 @@ class CloudNode:
         self._own_store = store is None
         self._store = store
         self.bundles = BundleStore(self.data_dir / "tasks")
+        self.artifacts = ArtifactStore(
+            self.data_dir / "artifacts", max_bytes=settings.artifact_max_mb * 1024 * 1024
+        )
         self._running: list[Service] = []
         self._recorder: EventRecorder | None = None
         self.app: FastAPI | None = None
@@ -141,6 +145,8 @@ class CloudNode:
                 register_events=s.register_events,
                 sandbox=sandbox,
                 flower_tls=tls_from_files(s.ssl_certfile, s.ssl_keyfile, s.ca_file),
+                artifacts=self.artifacts,
+                max_running_tasks=s.max_running_tasks,
             )
             manager.max_in_flight = s.service_max_in_flight
             await manager.start()
@@ -172,6 +178,7 @@ class CloudNode:
                     max_in_flight=s.max_in_flight,
                     admission_wait=s.admission_wait,
                     wheelhouse=s.wheelhouse,
+                    artifacts=self.artifacts,
                 ),
             )
             if first_token:
