@@ -43,7 +43,7 @@ from typing import Any
 from agata.edge.arguments import expand_client_arguments, placeholder_values
 from agata.edge.backoff import Backoff, StateLog
 from agata.edge.bundle_cache import BundleCache
-from agata.edge.cloud_client import CloudClient, TaskOffer, is_transient
+from agata.edge.cloud_client import CloudClient, is_transient
 from agata.edge.device_info import DeviceInfo, DeviceSource
 from agata.edge.hooks import HookRunner, event_of_report
 from agata.edge.local_state import LocalState, QuarantineEntry, RunningRecord
@@ -55,6 +55,7 @@ from agata.edge.wheelhouse import WheelhouseMirror
 from agata.errors import AgataError, ErrorCode
 from agata.files import make_private_dir
 from agata.flower.supernode import prepare_supernode
+from agata.protocol.offers import TaskOffer
 from agata.protocol.operations import REGISTER_FLOWER_NODE
 from agata.runtime.limits import Limits
 from agata.runtime.messages import Error, Info, Model, OutputLine, Print, TaskMessage
@@ -488,7 +489,7 @@ class Agent:
             ca_file=self.settings.ca_file,
             register=register,
             owner=self._task_owner(),
-            offered=offer.flower,
+            offered=offer.flower.model_dump() if offer.flower is not None else None,
         )
         return TaskProcess(
             work,
