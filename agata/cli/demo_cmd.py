@@ -37,8 +37,20 @@ def demo(
         Path | None, typer.Option("--task-dir", help="another bundle instead of digits")
     ] = None,
     timeout: Annotated[float, typer.Option(min=5, help="give up after this many seconds")] = 120,
+    task: Annotated[
+        str,
+        typer.Option(
+            "--task",
+            help="digits (script task) or digits-app (the Flower App on Flower's "
+            "Deployment Runtime; give it --timeout 300)",
+        ),
+    ] = "digits",
 ) -> None:
     """Experiment 1 on this machine: cloud, task, edge agent, two Flower clients."""
+    if task not in ("digits", "digits-app"):
+        raise typer.BadParameter(
+            f"unknown task {task!r}: digits or digits-app", param_hint="--task"
+        )
     from agata.cli.main import setup_logging
 
     _require_demo_extras("agata demo", own_task=task_dir is not None)
@@ -52,6 +64,7 @@ def demo(
         as_json=as_json,
         timeout=timeout,
         task_dir=task_dir,
+        task=task,
     )
     raise typer.Exit(code)
 

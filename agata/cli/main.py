@@ -106,6 +106,26 @@ def bench_containment(
         report.save(json_out)
 
 
+@bench_app.command("flower")
+def bench_flower(
+    rounds: Annotated[int, typer.Option(min=1, help="rounds of the example app")] = 3,
+    runs: Annotated[
+        int, typer.Option(min=0, help="runs of each, alternating (0: dispatch only)")
+    ] = 1,
+    samples: Annotated[int, typer.Option(min=1, help="dispatch samples of each kind")] = 5,
+    json_out: Annotated[Path | None, typer.Option("--json", help="write figures here")] = None,
+) -> None:
+    """A Flower App run managed by AGATA against the same run by hand, and dispatch."""
+    from agata.bench.flower_bench import run_flower_bench
+    from agata.bench.report import render
+
+    setup_logging("WARNING")
+    report = run_flower_bench(rounds, runs, samples)
+    render([report])
+    if json_out:
+        report.save(json_out)
+
+
 @bench_app.command("environments")
 def bench_environments(
     rounds: Annotated[int, typer.Option(min=3)] = 20,

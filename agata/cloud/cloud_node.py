@@ -34,6 +34,7 @@ from agata.cloud.services.notifier import Notifier
 from agata.cloud.services.task_manager import TaskManager
 from agata.errors import AgataError, ErrorCode
 from agata.files import make_private_dir, make_private_file, write_private_file
+from agata.flower.superlink import tls_from_files
 from agata.runtime.limits import Limits
 from agata.runtime.sandbox import TaskSandbox, default_task_dir
 from agata.settings import Settings
@@ -143,6 +144,7 @@ class CloudNode:
                 grace=s.server_grace_seconds,
                 register_events=s.register_events,
                 sandbox=sandbox,
+                flower_tls=tls_from_files(s.ssl_certfile, s.ssl_keyfile, s.ca_file),
                 artifacts=self.artifacts,
                 max_running_tasks=s.max_running_tasks,
             )

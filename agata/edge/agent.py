@@ -37,6 +37,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from agata.edge.arguments import expand_client_arguments, placeholder_values
@@ -53,7 +54,9 @@ from agata.edge.task_runs import TaskRun, recover_leftovers
 from agata.edge.wheelhouse import WheelhouseMirror
 from agata.errors import AgataError, ErrorCode
 from agata.files import make_private_dir
+from agata.flower.supernode import prepare_supernode
 from agata.protocol.offers import TaskOffer
+from agata.protocol.operations import REGISTER_FLOWER_NODE
 from agata.runtime.limits import Limits
 from agata.runtime.messages import Error, Info, Model, OutputLine, Print, TaskMessage
 from agata.runtime.process import ProcessLauncher
@@ -70,6 +73,8 @@ EventCallback = Callable[..., None]
 ``task_id`` for task steps."""
 
 SERVICE = "edge agent"
+#: The offer's kind of a Flower App task (its client side is a SuperNode).
+FLOWER_APP = "flower-app"
 
 
 @dataclass(frozen=True, slots=True)
@@ -411,29 +416,35 @@ class Agent:
         try:
             limits, python = None, None
             if self.sandbox is not None:
-                python = await self.sandbox.python_for(
-                    bundle, lambda text: logger.info("task %s: %s", task_id, text)
-                )
+                if offer.kind != FLOWER_APP:  # a SuperNode runs on the agent's flwr
+                    python = await self.sandbox.python_for(
+                        bundle, lambda text: logger.info("task %s: %s", task_id, text)
+                    )
                 bundle, work = self.sandbox.place("client", task_id, bundle, work)
                 task_limits = Limits.from_mapping(offer.limits, ignore_unknown=True)
                 limits = self.sandbox.limits_for(task_limits)
             else:
                 work.mkdir(parents=True, exist_ok=True)
-            run.process = TaskProcess.for_side(
-                bundle,
-                "client",
-                work,
-                argv,
-                on_message=lambda message: self._on_message(run, message),
-                launcher=self._launcher,
-                grace=self._grace,
-                name=f"task {task_id} client",
-                limits=limits,
-                python=python,
-            )
+            if offer.kind == FLOWER_APP:
+                run.process = await self._supernode(run, work, argv, limits)
+            else:
+                run.process = TaskProcess.for_side(
+                    bundle,
+                    "client",
+                    work,
+                    argv,
+                    on_message=lambda message: self._on_message(run, message),
+                    launcher=self._launcher,
+                    grace=self._grace,
+                    name=f"task {task_id} client",
+                    limits=limits,
+                    python=python,
+                )
             await run.process.start()
         except AgataError as exc:
             self._event("start task on device", "end", task_id=task_id, error=exc.message)
+            if offer.kind == FLOWER_APP and is_transient(exc):
+                raise  # the cloud did not take the node key now: try again later
             self._fail(offer, f"client side could not start: {exc.message}")
             return False
         # No await from here on: a message of the new process cannot arrive before
@@ -456,6 +467,46 @@ class Agent:
         if not any(other.offer.task_id == task_id for other in self._ending):
             self.cache.prune(task_id, keep={offer.version})
         return True
+
+    async def _supernode(
+        self, run: TaskRun, work: Path, argv: list[str], limits: Limits | None
+    ) -> TaskProcess:
+        """The client side of a flower-app task: ``flower-supernode`` for the run, with a
+        node key the cloud registered (:func:`~agata.flower.supernode.prepare_supernode`).
+        It never reports "Finished": it is stopped when the cloud stops offering the task."""
+        offer = run.offer
+        user_id = self._current_device().user_id
+
+        async def register(public_key: str) -> Any:
+            body = {"user_id": user_id, "task_id": offer.task_id, "public_key": public_key}
+            return await self.client.call(REGISTER_FLOWER_NODE, body)
+
+        launch = await prepare_supernode(
+            work,
+            argv,
+            device_id=user_id,
+            superlink=f"{offer.host}:{offer.port}",
+            ca_file=self.settings.ca_file,
+            register=register,
+            owner=self._task_owner(),
+            offered=offer.flower.model_dump() if offer.flower is not None else None,
+        )
+        return TaskProcess(
+            work,
+            "supernode.py",  # names the process only
+            launch.arguments,
+            program=launch.program,
+            env=launch.env,
+            on_message=lambda message: self._on_message(run, message),
+            launcher=self._launcher,
+            grace=self._grace,
+            name=f"task {offer.task_id} supernode",
+            limits=limits,
+        )
+
+    def _task_owner(self) -> tuple[int, int] | None:
+        user = self.sandbox.containment.task_user if self.sandbox is not None else None
+        return (user.uid, user.gid) if user is not None else None
 
     # -- what the client sides say ----------------------------------------------------
 

@@ -248,6 +248,7 @@ LIST_OPERATOR_TOKENS = "rpc_exec_list_operator_tokens"
 REVOKE_OPERATOR_TOKEN = "rpc_exec_revoke_operator_token"
 LIST_ENROLLMENT_TOKENS = "rpc_exec_list_enrollment_tokens"
 REVOKE_ENROLLMENT_TOKEN = "rpc_exec_revoke_enrollment_token"
+REGISTER_FLOWER_NODE = "rpc_exec_register_flower_node"
 
 
 class ClientRequestingTask(Request):
@@ -296,6 +297,17 @@ class QueryDevices(Request):
     ] = "user_id"
     order: Literal["asc", "desc"] = "asc"
     q: FilterText = ""
+
+
+class RegisterFlowerNode(Request):
+    """A selected device asks to join a flower-app run: the cloud registers its
+    SuperNode's public key (OpenSSH text) on the run's SuperLink. Replies
+    ``{"node_auth": bool, "node_id": str | null, "flower_version": str}``; 403 when the
+    device does not match the task, 409 when the task is not a running flower-app."""
+
+    user_id: OwnDeviceId
+    task_id: TaskId
+    public_key: Annotated[str, StringConstraints(min_length=1, max_length=2048), NoNul()]
 
 
 class ReportDeviceTask(Request):
@@ -380,4 +392,5 @@ OPERATION_MODELS: dict[str, type[Request]] = {
     REVOKE_OPERATOR_TOKEN: TokenRef,
     LIST_ENROLLMENT_TOKENS: Empty,
     REVOKE_ENROLLMENT_TOKEN: TokenRef,
+    REGISTER_FLOWER_NODE: RegisterFlowerNode,
 }

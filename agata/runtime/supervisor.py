@@ -156,6 +156,10 @@ class TaskProcess:
         trigger_timeout: a trigger script running longer is stopped.
         max_triggers: trigger scripts allowed to run at once (0: triggers refused).
         name: for logs; ``<bundle dir name>/<script>`` by default.
+        program: a Python program outside the bundle to run instead of ``script`` (an
+            installed console script such as ``flower-supernode``; an absolute path).
+            ``script`` then only names the process; ``bundle_dir`` stays the working
+            directory.
     """
 
     def __init__(
@@ -177,7 +181,13 @@ class TaskProcess:
         max_triggers: int = 4,
         name: str | None = None,
         limits: Limits | None = None,
+        program: str | Path | None = None,
     ) -> None:
+        if program is not None and not Path(program).is_absolute():
+            raise AgataError(
+                ErrorCode.INVALID_ARGUMENT, f"program must be an absolute path, got {program!r}"
+            )
+        self._program = Path(program) if program is not None else None
         if Path(script).name != script or not script.endswith(".py"):
             raise AgataError(
                 ErrorCode.INVALID_ARGUMENT, f"script must be a .py file name, got {script!r}"
@@ -288,12 +298,15 @@ class TaskProcess:
         if self._spawning or self._handle is not None or self._state is not ProcessState.STARTING:
             raise AgataError(ErrorCode.CONFLICT, f"{self.name} was already started")
         self._spawning = True
-        script = self.bundle_dir / self.script
+        script = self._program or self.bundle_dir / self.script
         if not script.is_file():
-            message = f"no {self.script} in {self.bundle_dir}"
+            if self._program is not None:
+                message = f"{script} is not installed"
+            else:
+                message = f"no {self.script} in {self.bundle_dir}"
             self._transition(_Event.SPAWN_FAILED, message)
             raise AgataError(ErrorCode.NOT_FOUND, message)
-        argv = [self._python, self.script, *self.arguments]
+        argv = [self._python, str(self._program or self.script), *self.arguments]
         env = task_environment(self._env)
         launch_limits = None if self.limits.empty else self.limits
         try:

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from agata.errors import AgataError, ErrorCode
 from agata.runtime.messages import Info, Model, OutputLine, Print, Stream, TaskMessage, Trigger
 from agata.runtime.supervisor import ProcessState, TaskOutcome, TaskProcess
 
@@ -387,3 +388,39 @@ async def test_a_grandchild_escaping_the_group_does_not_hang_supervision(
         assert outcome == TaskOutcome(ProcessState.FINISHED, "reported Finished", 0)
     finally:
         os.kill(escaped, signal.SIGKILL)
+
+
+async def test_a_program_outside_the_bundle_runs_in_the_bundle_folder(tmp_path: Path) -> None:
+    """``program``: an installed script (Flower's ``flower-supernode``) instead of a
+    bundle's ``.py``; the bundle folder stays the working directory."""
+    program = tmp_path / "bin" / "installed-tool"
+    program.parent.mkdir()
+    program.write_text("import os, sys\nprint(os.getcwd(), *sys.argv[1:], flush=True)\n")
+    work = tmp_path / "work"
+    work.mkdir()
+    seen: list[str] = []
+
+    async def on_message(message: object) -> None:
+        seen.append(getattr(message, "text", ""))
+
+    process = TaskProcess(
+        work, "tool.py", ["--flag"], program=program, on_message=on_message,
+        require_finished=False,
+    )  # fmt: skip
+    await process.start()
+    outcome = await process.wait()
+
+    assert outcome.state is ProcessState.FINISHED
+    assert seen == [f"{work} --flag"]
+
+
+async def test_a_missing_or_relative_program_is_refused_with_the_reason(tmp_path: Path) -> None:
+    with pytest.raises(AgataError) as relative:
+        TaskProcess(tmp_path, "tool.py", program="bin/tool")
+    process = TaskProcess(tmp_path, "tool.py", program=tmp_path / "absent")
+    with pytest.raises(AgataError) as missing:
+        await process.start()
+
+    assert "absolute path" in relative.value.message
+    assert missing.value.code is ErrorCode.NOT_FOUND
+    assert "is not installed" in missing.value.message

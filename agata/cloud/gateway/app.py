@@ -75,7 +75,12 @@ logger = logging.getLogger(__name__)
 
 #: Operations a device may call for its own user_id.
 DEVICE_OPERATIONS = frozenset(
-    {ops.UPDATE_USER_INFO, ops.CLIENT_REQUESTING_TASK, ops.REPORT_DEVICE_TASK}
+    {
+        ops.UPDATE_USER_INFO,
+        ops.CLIENT_REQUESTING_TASK,
+        ops.REPORT_DEVICE_TASK,
+        ops.REGISTER_FLOWER_NODE,
+    }
 )
 #: Operations never reachable over HTTP (the gateway's own plumbing).
 INTERNAL_OPERATIONS = frozenset({ops.RESOLVE_CREDENTIAL, ops.CHECK_DOWNLOAD_PASSWORD})
@@ -590,6 +595,11 @@ def _operation_route(
     async def call_operation(body: ops.Request, principal: Principal = Depends(who)) -> Response:
         if operation in DEVICE_OPERATIONS:
             _check_device_access(principal, str(getattr(body, "user_id", "")), legacy)
+        if operation == ops.REGISTER_FLOWER_NODE and principal.kind == "anonymous":
+            # A SuperNode key lets a node into a run: only a device with its credential.
+            raise AgataError(
+                ErrorCode.UNAUTHENTICATED, "joining a flower-app run needs a device credential"
+            )
         payload = body.model_dump(mode="json", exclude_unset=True)
         if operation == ops.CLIENT_REQUESTING_TASK:
             # Only the gateway knows whether the call came without a credential.

@@ -40,6 +40,9 @@ from agata.cloud.services.views import (
     task_view,
 )
 from agata.errors import AgataError, ErrorCode, conflict, invalid
+from agata.flower.app_bundle import check_app
+from agata.flower.superlink import FlowerTls
+from agata.flower.supernode import installed_flower
 from agata.protocol import operations as ops
 from agata.protocol.notifications import (
     DeviceChanged,
@@ -86,6 +89,7 @@ class TaskManager(Service):
         register_events: bool = True,
         bundles: BundleStore | None = None,
         sandbox: TaskSandbox | None = None,
+        flower_tls: FlowerTls | None = None,
         artifacts: ArtifactStore | None = None,
         max_running_tasks: int | None = None,
     ) -> None:
@@ -107,6 +111,7 @@ class TaskManager(Service):
             record_event=self.event,
             on_ended=self._run_ended,
             sandbox=sandbox,
+            flower_tls=flower_tls,
             artifacts=self.artifacts,
         )
         self.scheduler = RunScheduler(
@@ -146,6 +151,7 @@ class TaskManager(Service):
             (ops.VALIDATE_CRITERIA, self.validate_criteria),
             (ops.GET_OVERVIEW, self.get_overview),
             (ops.CHECK_DOWNLOAD_PASSWORD, self.check_password),
+            (ops.REGISTER_FLOWER_NODE, self.register_flower_node),
             (ops.LIST_RUNS, self.list_runs),
             (ops.GET_RUN, self.get_run),
         ]:
@@ -394,12 +400,19 @@ class TaskManager(Service):
                 "running run ends"
             )
         names = {f.name for f in task.files}
-        missing = [n for n in ("server.py", "client.py") if n not in names]
-        if missing:
-            raise invalid(
-                f"task {task.task_id} has no {' and no '.join(missing)} in its bundle; "
-                "upload the bundle files first"
-            )
+        if task.kind is TaskKind.FLOWER_APP:
+            folder = self.bundles_root / f"task_{task.task_id}"
+            try:  # pyproject.toml with [tool.flwr.app] and both components, or one FAB
+                await asyncio.to_thread(check_app, names, lambda n: (folder / n).read_bytes())
+            except AgataError as exc:
+                raise invalid(f"task {task.task_id}: {exc.message}") from None
+        else:
+            missing = [n for n in ("server.py", "client.py") if n not in names]
+            if missing:
+                raise invalid(
+                    f"task {task.task_id} has no {' and no '.join(missing)} in its bundle; "
+                    "upload the bundle files first"
+                )
         # Devices verify every file against this listing: a bundle that does not match
         # (a crash between a write and its listing, a file changed behind the listing)
         # would make each of them fail and quarantine the task. Hashing runs in a thread.
@@ -436,7 +449,11 @@ class TaskManager(Service):
             if not raise_errors:
                 await asyncio.to_thread(self.bundles.check_listing, task.task_id, task.files)
             pgid = await self.server_tasks.start(
-                task.task_id, list(run.server_arguments), limits=task.limits, run=run.run
+                task.task_id,
+                list(run.server_arguments),
+                limits=task.limits,
+                run=run.run,
+                flower_app=(task.host, task.port) if task.kind is TaskKind.FLOWER_APP else None,
             )
         except AgataError as exc:
             # Recorded like any end: retried if the store refuses it now.
@@ -556,6 +573,34 @@ class TaskManager(Service):
         self.store.get_run(task_id, run)
         return run
 
+    async def register_flower_node(self, req: ops.RegisterFlowerNode) -> dict[str, Any]:
+        """Let a selected device's SuperNode into a flower-app run: the task must be a
+        running flower-app whose criteria this device meets (else 409 / 403)."""
+        task = self.store.get_task(req.task_id)
+        if task.kind is not TaskKind.FLOWER_APP or not task.running:
+            raise conflict(f"task {task.task_id} is not a running flower-app task")
+        attributes = self._device_attributes(req.user_id)
+        if not self.criteria.matches(task.selection_criteria, attributes):
+            raise AgataError(
+                ErrorCode.FORBIDDEN,
+                f"device {req.user_id} does not meet the selection criteria of task {task.task_id}",
+            )
+        run = self.server_tasks.flower_run(task.task_id)
+        if run is None:
+            raise AgataError(
+                ErrorCode.UNAVAILABLE,
+                f"task {task.task_id}: its Flower run is not on this cloud replica",
+            )
+        node_id = await run.register_node(req.user_id, req.public_key)
+        self.event(
+            ops.REGISTER_FLOWER_NODE,
+            f"SuperNode key of {req.user_id} registered" if node_id else "no node auth",
+            task_id=task.task_id,
+        )
+        # The flwr the SuperLink runs: a device's must have the same major.minor.
+        version = installed_flower() or ""
+        return {"node_auth": run.node_auth, "node_id": node_id, "flower_version": version}
+
     async def client_requesting_task(
         self, req: ops.ClientRequestingTask
     ) -> RawJson | list[dict[str, Any]]:
@@ -584,10 +629,21 @@ class TaskManager(Service):
         reply = self.offers.reply(False, matched)
         if reply is None:
             by_id = {task.task_id: task for task in running}
-            offers = [offer_view(by_id[task_id]) for task_id in matched]
+            offers = [self._offer(by_id[task_id]) for task_id in matched]
             reply = RawJson(encode(offers))
             self.offers.remember_reply(False, matched, reply)
         return reply
+
+    def _offer(self, task: Task) -> dict[str, Any]:
+        """A device's offer; a flower-app's says whether its run authenticates nodes and
+        which flwr it runs (the device then skips the key when there is none)."""
+        offer = offer_view(task)
+        if task.kind is TaskKind.FLOWER_APP:
+            offer["flower"] = {
+                "node_auth": self.server_tasks.flower_tls is not None,
+                "version": installed_flower() or "",
+            }
+        return offer
 
     def _legacy_offers(self, tasks: list[Task], attributes: dict[str, Any]) -> list[dict[str, Any]]:
         """Offers for a device of the original system: client arguments expanded for it.
