@@ -40,7 +40,7 @@ from agata.cloud.views import (
 from agata.errors import AgataError, ErrorCode, conflict, invalid
 from agata.protocol import operations as ops
 from agata.runtime.sandbox import TaskSandbox
-from agata.store.store import BundleFile, NewTask, Store, Task, TaskState
+from agata.store.store import BundleFile, NewTask, Store, Task, TaskKind, TaskState
 
 logger = logging.getLogger(__name__)
 
@@ -262,6 +262,7 @@ class TaskManager(Service):
                 client_arguments=req.client_arguments or [],
                 tags=req.tags or [],
                 limits=req.limits.model_dump(exclude_none=True) if req.limits else {},
+                kind=TaskKind(req.kind),
             )
         )
         self.event(ops.CREATE_TASK, "Task registered", task_id=req.task_id)
@@ -282,6 +283,7 @@ class TaskManager(Service):
             client_arguments=req.client_arguments,
             tags=req.tags,
             limits=req.limits.model_dump(exclude_none=True) if req.limits else None,
+            kind=req.kind,
         )
         self._changed()
         await self.notifier.notify(

@@ -41,6 +41,7 @@ def task_view(
         "server_argv": list(task.server_arguments),
         "client_argv": list(task.client_arguments),
         "limits": dict(task.limits),
+        "kind": task.kind.value,
         "tags": list(task.tags),
         "files_paths": [f.name for f in task.files],
         "files": files,
@@ -66,6 +67,7 @@ def offer_view(task: Task) -> dict[str, Any]:
         "version": task.version,
         "download_url": f"/download/{task.task_id}/",
         "limits": dict(task.limits),
+        "kind": task.kind.value,
     }
     return offer
 

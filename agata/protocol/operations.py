@@ -222,6 +222,11 @@ class TaskLimits(Request):
     wall_seconds: float | None = Field(default=None, ge=0.1, le=366 * 86400)
 
 
+#: What a task's bundle is: ``script`` (server.py/client.py, the original's contract) or
+#: ``flower-app`` (a Flower App project on Flower's Deployment Runtime).
+TaskKindName = Literal["script", "flower-app"]
+
+
 class CreateTask(Request):
     task_id: TaskId
     host: Host
@@ -234,6 +239,7 @@ class CreateTask(Request):
     client_arguments: Arguments | None = None
     tags: Tags | None = None
     limits: TaskLimits | None = None
+    kind: TaskKindName = "script"
 
 
 class UpdateTask(Request):
@@ -247,6 +253,7 @@ class UpdateTask(Request):
     password: ShortText | None = None
     tags: Tags | None = None
     limits: TaskLimits | None = None
+    kind: TaskKindName | None = None
 
 
 class TaskRef(Request):

@@ -30,7 +30,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
 
-SCHEMA_VERSION = 4  # 2: tasks.limits; 3: tasks.password holds a hash; 4: device queries
+SCHEMA_VERSION = 5  # 2: tasks.limits; 3: password hash; 4: device queries; 5: tasks.kind
 
 _ID = 255
 
@@ -96,6 +96,7 @@ tasks = Table(
     Column("created_at", UtcDateTime, nullable=False),
     Column("updated_at", UtcDateTime, nullable=False),
     Column("limits", JSON, nullable=True),  # since version 2; NULL: no limits
+    Column("kind", String(16), nullable=False, server_default="script"),  # since version 5
     Index("ix_tasks_running", "running"),
 )
 

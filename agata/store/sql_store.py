@@ -71,6 +71,7 @@ from agata.store.store import (
     OperatorToken,
     Store,
     Task,
+    TaskKind,
     TaskState,
 )
 
@@ -204,6 +205,7 @@ class SqlStore(Store):
             1: _add_task_limits,
             2: _hash_task_passwords,
             3: _add_device_queries,
+            4: _add_task_kind,
         }
         for version in range(stored, t.SCHEMA_VERSION):
             step = steps.get(version)
@@ -266,6 +268,7 @@ class SqlStore(Store):
             files=tuple(files),
             version=r.version,
             limits=dict(r.limits or {}),
+            kind=TaskKind(r.kind),
         )
 
     def _one_task(self, conn: Connection, task_id: str) -> Task:
@@ -307,6 +310,7 @@ class SqlStore(Store):
             "server_arguments": list(v.strings("server_arguments", task.server_arguments)),
             "client_arguments": list(v.strings("client_arguments", task.client_arguments)),
             "limits": _limits(task.limits),
+            "kind": _kind(task.kind),
         }
         tags, files = v.unique("tag", task.tags), v.files(task.files)
         now = _now()
@@ -355,10 +359,13 @@ class SqlStore(Store):
         client_arguments: Sequence[str] | None = None,
         tags: Sequence[str] | None = None,
         limits: Mapping[str, Any] | None = None,
+        kind: TaskKind | str | None = None,
     ) -> Task:
         changes: dict[str, Any] = {}
         if limits is not None:
             changes["limits"] = _limits(limits)
+        if kind is not None:
+            changes["kind"] = _kind(kind)
         if host is not None:
             changes["host"] = v.ident("host", host)
         if port is not None:
@@ -950,6 +957,15 @@ def _limits(limits: Mapping[str, Any]) -> dict[str, Any] | None:
     return checked or None
 
 
+def _kind(kind: TaskKind | str) -> str:
+    """A task kind as stored: one of :class:`TaskKind`'s values."""
+    try:
+        return TaskKind(kind).value
+    except ValueError:
+        names = ", ".join(k.value for k in TaskKind)
+        raise invalid(f"unknown task kind {kind!r} (one of: {names})") from None
+
+
 def _add_task_limits(conn: Connection) -> None:
     """Schema 1 -> 2: tasks get their limits (NULL: none)."""
     conn.execute(sql_text("ALTER TABLE tasks ADD COLUMN limits JSON"))
@@ -1002,3 +1018,12 @@ def _add_device_queries(conn: Connection) -> None:
         rows = indexed_attributes(row.user_id, row.extra or {})
         if rows:
             conn.execute(insert(t.device_attributes), rows)
+
+
+def _add_task_kind(conn: Connection) -> None:
+    """Schema 4 -> 5: tasks get their kind; every task before it is a script task.
+    (A table that ``create_all`` made at this version already has the column.)"""
+    if "kind" not in {c["name"] for c in inspect(conn).get_columns("tasks")}:
+        conn.execute(
+            sql_text("ALTER TABLE tasks ADD COLUMN kind VARCHAR(16) NOT NULL DEFAULT 'script'")
+        )

@@ -66,6 +66,18 @@ class TaskState(StrEnum):
     FAILED = "failed"
 
 
+class TaskKind(StrEnum):
+    """What a task's bundle is and how its sides are run.
+
+    ``SCRIPT``: a ``server.py`` and a ``client.py`` on Flower's ``start_server`` /
+    ``start_client`` (the original's contract). ``FLOWER_APP``: a Flower App project run on
+    Flower's Deployment Runtime (``docs/flower-apps.md``).
+    """
+
+    SCRIPT = "script"
+    FLOWER_APP = "flower-app"
+
+
 class DeviceTaskStatus(StrEnum):
     """What a device is doing with a task; ``QUARANTINED`` keeps it from running it again."""
 
@@ -101,6 +113,7 @@ class NewTask:
     tags: Sequence[str] = ()
     files: Sequence[BundleFile] = ()
     limits: Mapping[str, Any] = field(default_factory=dict)
+    kind: TaskKind = TaskKind.SCRIPT
 
 
 @dataclass(frozen=True)
@@ -133,6 +146,7 @@ class Task:
     files: tuple[BundleFile, ...] = ()
     version: int = 1
     limits: Mapping[str, Any] = field(default_factory=dict)  # agata.runtime.limits names
+    kind: TaskKind = TaskKind.SCRIPT
 
 
 @dataclass(frozen=True)
@@ -278,6 +292,7 @@ class Store(abc.ABC):
         client_arguments: Sequence[str] | None = None,
         tags: Sequence[str] | None = None,
         limits: Mapping[str, Any] | None = None,
+        kind: TaskKind | str | None = None,
     ) -> Task:
         """Change the given fields (``None`` = leave as is) and bump ``updated_at``.
         ``limits`` replaces the task's limits as a whole (``{}``: none). ``password`` is

@@ -122,6 +122,7 @@ def test_a_version_2_database_gains_revocations_and_indexes(tmp_path: Path) -> N
     for index in ("ix_devices_last_seen", "ix_device_sensors_sensor", "ix_device_tasks_status"):
         raw.execute(f"DROP INDEX {index}")
     raw.execute("ALTER TABLE devices DROP COLUMN revoked_at")
+    raw.execute("ALTER TABLE tasks DROP COLUMN kind")  # since version 5
     raw.execute("UPDATE schema_version SET version = 2")
     raw.commit()
     raw.close()

@@ -15,6 +15,7 @@ from agata.store import NewLogLine, NewTask, create_store
 from agata.store import sql_schema as schema
 from agata.store.passwords import verify_password
 from agata.store.sql_store import SqlStore
+from agata.store.store import TaskKind
 
 
 def _task(task_id: str = "t1") -> NewTask:
@@ -143,6 +144,7 @@ def test_a_version_1_database_gains_task_limits_and_keeps_its_rows(db_path: Path
     store.close()
     raw = sqlite3.connect(db_path)
     raw.execute("ALTER TABLE tasks DROP COLUMN limits")
+    raw.execute("ALTER TABLE tasks DROP COLUMN kind")  # since version 5
     raw.execute("UPDATE tasks SET password = 'secret-pw'")  # version 1 kept it in clear
     raw.execute("UPDATE schema_version SET version = 1")
     raw.commit()
@@ -160,6 +162,40 @@ def test_a_version_1_database_gains_task_limits_and_keeps_its_rows(db_path: Path
     assert raw.execute("SELECT version FROM schema_version").fetchone() == (schema.SCHEMA_VERSION,)
     assert raw.execute("SELECT password FROM tasks").fetchone()[0].startswith("scrypt$")
     raw.close()
+
+
+def test_a_version_4_database_gains_task_kinds_and_its_tasks_are_scripts(db_path: Path) -> None:
+    # Prepare: a database as version 4 left it (no tasks.kind), with a task in it
+    store = create_store(f"sqlite:///{db_path}")
+    store.create_task(_task())
+    store.close()
+    raw = sqlite3.connect(db_path)
+    raw.execute("ALTER TABLE tasks DROP COLUMN kind")
+    raw.execute("UPDATE schema_version SET version = 4")
+    raw.commit()
+    raw.close()
+
+    # Execute
+    store = create_store(f"sqlite:///{db_path}")
+
+    # Assert: the old task is a script task; a kind can be set and is kept
+    assert store.get_task("t1").kind is TaskKind.SCRIPT
+    assert store.update_task("t1", kind="flower-app").kind is TaskKind.FLOWER_APP
+    store.close()
+    assert create_store(f"sqlite:///{db_path}").get_task("t1").kind is TaskKind.FLOWER_APP
+
+
+def test_an_unknown_task_kind_is_refused_with_the_known_ones(db_path: Path) -> None:
+    store = create_store(f"sqlite:///{db_path}")
+    store.create_task(_task())
+
+    with pytest.raises(AgataError) as exc:
+        store.update_task("t1", kind="docker")
+
+    assert exc.value.code is ErrorCode.INVALID_ARGUMENT
+    assert "docker" in exc.value.message and "flower-app" in exc.value.message
+    assert store.get_task("t1").kind is TaskKind.SCRIPT
+    store.close()
 
 
 def test_task_limits_are_checked_by_the_store(db_path: Path) -> None:
