@@ -22,7 +22,7 @@ from agata.cloud.report_scope import ReportScope
 from agata.cloud.views import device_view
 from agata.errors import AgataError, ErrorCode
 from agata.protocol import operations as ops
-from agata.store.store import DeviceTaskStatus, Store
+from agata.store.store import DeviceTaskStatus, NewLogLine, Store
 
 logger = logging.getLogger(__name__)
 
@@ -192,11 +192,22 @@ class DeviceRegistry(Service):
         a task it is offered in the current run, or the end of its part in one); any
         other is 404 ``task '<id>' not found``, as for a task that does not exist. An
         unknown device is 404 too. Nothing is written before every check passed (the
-        request model bounds the round and refuses non-finite metrics)."""
+        request model bounds the round, the output lines, and refuses non-finite
+        metrics). A ``quarantined`` report's ``quarantined_until`` is kept with its
+        status; a ``failed`` report's ``log_lines`` become the task's log lines with the
+        device as their source (:meth:`_record_output`)."""
         self.scope.check(req.user_id, req.task_id, req.status)
         if req.status in RECORDED_STATUSES:
-            self.store.set_device_task_status(req.user_id, req.task_id, req.status, req.reason)
+            self.store.set_device_task_status(
+                req.user_id,
+                req.task_id,
+                req.status,
+                req.reason,
+                quarantined_until=req.quarantined_until,
+            )
         self._touch(req.user_id)
+        if req.log_lines and req.status == DeviceTaskStatus.FAILED.value:
+            await self._record_output(req.user_id, req.task_id, req.log_lines)
         if req.round is not None and req.metrics:
             self.store.add_metric(req.task_id, req.round, req.user_id, req.metrics)
             await self.notifier.notify(
@@ -220,6 +231,20 @@ class DeviceRegistry(Service):
             status=req.status,
             reason=req.reason,
         )
+
+    async def _record_output(
+        self, user_id: str, task_id: str, lines: list[ops.ReportedLine]
+    ) -> None:
+        """Store a failed client side's last output lines as log lines of the task, with
+        the device as their source (the one place a device's lines are written)."""
+        now = time.time()
+        self.store.add_log_lines(
+            task_id, [NewLogLine(user_id, line.stream, line.text, now) for line in lines]
+        )
+        for line in lines:
+            await self.notifier.notify(
+                "log", task_id=task_id, source=user_id, stream=line.stream, text=line.text, time=now
+            )
 
     def _touch(self, user_id: str) -> None:
         """Record that the device was seen, at most every ``TOUCH_SECONDS`` (a device

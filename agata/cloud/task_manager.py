@@ -318,10 +318,13 @@ class TaskManager(Service):
         await self.notifier.notify("task", task_id=req.task_id, deleted=True, running=False)
 
     async def set_task_files(self, req: ops.SetTaskFiles) -> None:
-        """Record the bundle listing after an upload (the gateway wrote the files)."""
+        """Record the bundle listing after an upload (the gateway wrote the files). A new
+        bundle version is a new task version: the devices' quarantines of the task end
+        (each device drops its own when it is offered the new version)."""
         task = self.store.set_task_files(
             req.task_id, [BundleFile(f.name, f.size, f.sha256) for f in req.files]
         )
+        self.store.clear_quarantine(None, task.task_id)
         self._changed()
         await self.notifier.notify(
             "task",

@@ -153,4 +153,5 @@ def device_task_view(state: DeviceTaskState) -> dict[str, Any]:
         "status": str(state.status),
         "reason": state.reason,
         "updated_at": state.updated_at,
+        "quarantined_until": state.quarantined_until,
     }

@@ -29,6 +29,7 @@ from collections.abc import Iterable, Sequence
 from typing import Final
 
 from agata.edge.cloud_client import TaskOffer
+from agata.protocol.operations import MAX_REPORTED_LINE_CHARS, MAX_REPORTED_LINES
 from agata.runtime.messages import LogLine, Print
 
 __all__ = [
@@ -44,9 +45,9 @@ __all__ = [
 #: The reason a client side that went down with its run is reported with.
 ENDED_WITH_THE_RUN: Final = "ended with the run"
 #: A failed client side's output sent with its report: at most this many last lines,
-MAX_OUTPUT_LINES: Final = 200
+MAX_OUTPUT_LINES: Final = MAX_REPORTED_LINES
 #: each cut to this many characters,
-MAX_OUTPUT_LINE: Final = 1000
+MAX_OUTPUT_LINE: Final = MAX_REPORTED_LINE_CHARS
 #: and this many bytes (UTF-8 text) in all; a flood keeps its last lines.
 MAX_OUTPUT_BYTES: Final = 64 * 1024
 

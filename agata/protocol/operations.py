@@ -158,6 +158,9 @@ MetricName = Annotated[str, StringConstraints(min_length=1, max_length=255), NoN
 AttributeName = Annotated[str, StringConstraints(max_length=255), NoNul(key=True)]
 #: A metric's value: a finite number (the store keeps no NaN or infinity).
 MetricValue = Annotated[float, Field(allow_inf_nan=False)]
+#: A device's report carries at most this many output lines of this many characters.
+MAX_REPORTED_LINES = 200
+MAX_REPORTED_LINE_CHARS = 1000
 #: The value of an extra device attribute; NUL is refused before the union is tried,
 #: so the error names the attribute and not each member of the union.
 AttributeValue = Annotated[
@@ -417,8 +420,20 @@ class QueryDevices(Request):
     q: FilterText = ""
 
 
+class ReportedLine(Request):
+    """A line of a device's client side output, sent with a ``failed`` report."""
+
+    stream: Annotated[str, StringConstraints(pattern=r"^(stdout|stderr|supervisor|print)$")]
+    text: Annotated[str, StringConstraints(max_length=MAX_REPORTED_LINE_CHARS), NoNul()]
+
+
 class ReportDeviceTask(Request):
-    """A device tells the cloud what happened to one of its tasks."""
+    """A device tells the cloud what happened to one of its tasks.
+
+    ``log_lines`` (the last lines of a failed client side's output, at most
+    :data:`MAX_REPORTED_LINES`) and ``quarantined_until`` (epoch seconds: when a
+    ``quarantined`` status ends) are optional: devices of the original system send
+    neither."""
 
     user_id: OwnDeviceId
     task_id: TaskId
@@ -431,6 +446,8 @@ class ReportDeviceTask(Request):
     reason: Annotated[str, StringConstraints(max_length=2000), NoNul()] = ""
     round: int | None = Field(default=None, ge=0, le=INT32_MAX)
     metrics: dict[MetricName, MetricValue] | None = Field(default=None, max_length=32)
+    log_lines: list[ReportedLine] | None = Field(default=None, max_length=MAX_REPORTED_LINES)
+    quarantined_until: float | None = Field(default=None, ge=0, le=1e11, allow_inf_nan=False)
 
 
 class ClearQuarantine(Request):

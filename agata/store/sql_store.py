@@ -206,6 +206,7 @@ class SqlStore(Store):
             2: _hash_task_passwords,
             3: _add_device_queries,
             4: _add_task_kind,
+            5: _add_quarantine_expiry,
         }
         for version in range(stored, t.SCHEMA_VERSION):
             step = steps.get(version)
@@ -631,18 +632,29 @@ class SqlStore(Store):
             status=DeviceTaskStatus(r.status),
             reason=r.reason,
             updated_at=iso(r.updated_at),
+            quarantined_until=iso(r.quarantined_until) if r.quarantined_until else None,
         )
 
     def set_device_task_status(
-        self, user_id: str, task_id: str, status: DeviceTaskStatus | str, reason: str = ""
+        self,
+        user_id: str,
+        task_id: str,
+        status: DeviceTaskStatus | str,
+        reason: str = "",
+        *,
+        quarantined_until: float | None = None,
     ) -> DeviceTaskState:
         parsed = v.device_status(status)
+        until = None
+        if parsed is DeviceTaskStatus.QUARANTINED and quarantined_until is not None:
+            until = datetime.fromtimestamp(v.number("quarantined_until", quarantined_until), UTC)
         values = {
             "user_id": user_id,
             "task_id": task_id,
             "status": parsed.value,
             "reason": v.text("reason", reason),
             "updated_at": _now(),
+            "quarantined_until": until,
         }
         with self._tx("set_device_task_status", write=True, conflict=_GONE) as conn:
             if not _exists(conn, t.devices.c.user_id, user_id):
@@ -669,9 +681,11 @@ class SqlStore(Store):
             rows = conn.execute(select(dt).where(dt.c.task_id == task_id).order_by(dt.c.user_id))
             return [self._device_task(r) for r in rows]
 
-    def clear_quarantine(self, user_id: str, task_id: str | None = None) -> int:
+    def clear_quarantine(self, user_id: str | None, task_id: str | None = None) -> int:
         dt = t.device_tasks
-        where = [dt.c.user_id == user_id, dt.c.status == DeviceTaskStatus.QUARANTINED.value]
+        where = [dt.c.status == DeviceTaskStatus.QUARANTINED.value]
+        if user_id is not None:
+            where.append(dt.c.user_id == user_id)
         if task_id is not None:
             where.append(dt.c.task_id == task_id)
         with self._tx("clear_quarantine", write=True) as conn:
@@ -1027,3 +1041,12 @@ def _add_task_kind(conn: Connection) -> None:
         conn.execute(
             sql_text("ALTER TABLE tasks ADD COLUMN kind VARCHAR(16) NOT NULL DEFAULT 'script'")
         )
+
+
+def _add_quarantine_expiry(conn: Connection) -> None:
+    """Schema 5 -> 6: a device's quarantine of a task gets its expiry (unknown for the
+    quarantines recorded before). (A table ``create_all`` made at this version already
+    has the column.)"""
+    if "quarantined_until" not in {c["name"] for c in inspect(conn).get_columns("device_tasks")}:
+        kind = t.device_tasks.c.quarantined_until.type.compile(dialect=conn.dialect)
+        conn.execute(sql_text(f"ALTER TABLE device_tasks ADD COLUMN quarantined_until {kind}"))

@@ -167,13 +167,15 @@ class Device:
 
 @dataclass(frozen=True)
 class DeviceTaskState:
-    """The last status a device reported for a task."""
+    """The last status a device reported for a task; ``quarantined_until`` (ISO time)
+    is when a ``QUARANTINED`` status ends, as the device said (None: not said)."""
 
     user_id: str
     task_id: str
     status: DeviceTaskStatus
     reason: str
     updated_at: str
+    quarantined_until: str | None = None
 
 
 @dataclass(frozen=True)
@@ -397,9 +399,17 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def set_device_task_status(
-        self, user_id: str, task_id: str, status: DeviceTaskStatus | str, reason: str = ""
+        self,
+        user_id: str,
+        task_id: str,
+        status: DeviceTaskStatus | str,
+        reason: str = "",
+        *,
+        quarantined_until: float | None = None,
     ) -> DeviceTaskState:
-        """Record a device's status for a task; ``NOT_FOUND`` if either id is unknown."""
+        """Record a device's status for a task; ``NOT_FOUND`` if either id is unknown.
+        ``quarantined_until`` (epoch seconds) is kept with a ``QUARANTINED`` status only;
+        any other status clears it."""
 
     @abc.abstractmethod
     def list_device_tasks(self, user_id: str) -> list[DeviceTaskState]:
@@ -410,8 +420,9 @@ class Store(abc.ABC):
         """The device states of one task, by user id."""
 
     @abc.abstractmethod
-    def clear_quarantine(self, user_id: str, task_id: str | None = None) -> int:
-        """Forget the quarantine of a device (for one task or all); returns how many."""
+    def clear_quarantine(self, user_id: str | None, task_id: str | None = None) -> int:
+        """Forget the quarantine of a device (``None``: of every device) for one task or
+        all; returns how many."""
 
     # -- events, metrics, logs -----------------------------------------------------------
 

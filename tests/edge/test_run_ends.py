@@ -1,0 +1,212 @@
+"""A run's end is never a device's failure; a failure while the run goes on still is.
+
+Two real agents against a real cloud whose server side is a real TCP server: each
+client side connects to it and dies with ``ConnectionError`` when it goes away, as a
+Flower client does when its server vanishes (``UNAVAILABLE``).
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from cloud_harness import Cloud
+
+from agata.edge.run_ends import MAX_OUTPUT_BYTES, MAX_OUTPUT_LINE, bounded_output
+from agata.runtime.messages import LogLine, Stream
+from edge.conftest import (
+    Device,
+    device_states,
+    enroll,
+    eventually,
+    running_agent,
+    start_task,
+    stop_task,
+)
+
+# Listens on the task's port and holds every connection until it is stopped; then, like
+# Flower's server in its graceful exit, it drops its clients first and exits a little
+# later, so the clients always notice before the cloud has seen the server side end.
+SERVER_PY = """
+import os, signal, socket, sys, time
+from agata.runtime import TaskReporter
+TaskReporter()
+server = socket.create_server(("127.0.0.1", int(sys.argv[2])))
+held = []
+def drop_clients(signum, frame):
+    for conn in held:
+        conn.close()
+    time.sleep(0.5)
+    os._exit(0)
+signal.signal(signal.SIGTERM, drop_clients)
+while True:
+    held.append(server.accept()[0])
+"""
+
+# Connects to the server, reports a round, and dies when the server goes away.
+CLIENT_PY = """
+import socket, sys, time
+from agata.runtime import TaskReporter
+r = TaskReporter()
+for _ in range(200):
+    try:
+        conn = socket.create_connection(("127.0.0.1", int(sys.argv[2])))
+        break
+    except OSError:
+        time.sleep(0.05)
+else:
+    raise ConnectionError("server never came up")
+r.send_metrics(1, acc=0.5)
+while conn.recv(1024):
+    pass
+print("the server closed the connection", file=sys.stderr)
+raise ConnectionError("StatusCode.UNAVAILABLE: the server went away")
+"""
+
+# Fails on its own while its server runs: an import that cannot work, after some output.
+FAILING_CLIENT_PY = """
+import sys
+for i in range(300):
+    print("noise line", i, file=sys.stderr)
+import no_such_module_x
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def create_port_task(cloud: Cloud, task_id: str, client: str = CLIENT_PY) -> None:
+    body: dict[str, Any] = {
+        "task_id": task_id,
+        "host": "127.0.0.1",
+        "port": free_port(),
+        "username": f"user-{task_id}",
+        "password": f"pass-{task_id}",
+        "files_paths": [],
+        "server_arguments": ["{port}"],
+        "client_arguments": ["{port}"],
+    }
+    response = await cloud.op("rpc_exec_create_task", body)
+    assert response.status_code == 200, response.text
+    files = [
+        ("files", ("server.py", SERVER_PY.encode())),
+        ("files", ("client.py", client.encode())),
+    ]
+    response = await cloud.http.post(f"/api/tasks/{task_id}/files", files=files, headers=cloud.auth)
+    assert response.status_code == 200, response.text
+
+
+def pids(agent: Any) -> list[int | None]:
+    return [task.pid for task in agent.running_tasks()]
+
+
+def rounds_seen(agent: Any) -> bool:
+    return [task.round for task in agent.running_tasks()] == [1]
+
+
+async def test_stop_then_start_on_two_agents_runs_the_new_run_at_once(
+    cloud: Cloud, device: Device, tmp_path: Path
+) -> None:
+    # Prepare: two agents run the task's client sides, connected to its server side
+    second = Device(cloud, tmp_path / "device2", b"", user_id="dev2")  # type: ignore[arg-type]
+    second.credential = await enroll(cloud, "dev2", second.data_dir)
+    await create_port_task(cloud, "t1")
+    await start_task(cloud, "t1")
+    async with (
+        running_agent(device.agent()) as one,
+        running_agent(second.agent()) as two,
+    ):
+        for agent in (one, two):
+            await eventually(lambda a=agent: rounds_seen(a), what="client side connected")
+        first_pids = pids(one) + pids(two)
+
+        # Execute: the operator stops the task (its server side goes; the clients see it
+        # vanish), then starts it again
+        await stop_task(cloud, "t1")
+        for agent in (one, two):
+            await eventually(lambda a=agent: not a.running_tasks(), what="client side ended")
+        began = time.monotonic()
+        await start_task(cloud, "t1")
+        for agent in (one, two):
+            await eventually(
+                lambda a=agent: len(pids(a)) == 1 and pids(a)[0] not in first_pids,
+                timeout=5,
+                what="the new run's client side",
+            )
+        took = time.monotonic() - began
+
+        # Assert: both run the new run within a second; nothing is in quarantine; the
+        # cloud heard "ended with the run", not a failure
+        assert took < 1.0, f"the new run reached both devices after {took:.3f} s"
+        assert one.quarantine() == [] and two.quarantine() == []
+        assert one.state.stats["failed"] == 0 and two.state.stats["failed"] == 0
+        for user in ("dev1", "dev2"):
+            events = await cloud.op("rpc_exec_get_task_events", {"task_id": "t1"})
+            texts = [e["event"] for e in events.json()]
+            assert any(
+                t.startswith(f"device {user} stopped task t1: ended with the run") for t in texts
+            ), texts
+            assert not any(f"device {user} quarantined" in t for t in texts), texts
+
+
+async def test_a_client_that_fails_while_its_run_goes_on_is_quarantined(
+    cloud: Cloud, device: Device
+) -> None:
+    # Prepare: a running task whose client side cannot import a module
+    await create_port_task(cloud, "t1", FAILING_CLIENT_PY)
+    await start_task(cloud, "t1")
+
+    # Execute
+    async with running_agent(device.agent()) as agent:
+        await eventually(
+            lambda: _status_is(cloud, "t1", "quarantined"), timeout=10, what="quarantined"
+        )
+
+        # Assert: the quarantine, its reason (the exception) and its expiry
+        [entry] = agent.quarantine()
+        reason = "exited with code 1: ModuleNotFoundError: No module named 'no_such_module_x'"
+        assert entry.reason == reason
+        assert agent.state.stats["failed"] == 1
+        states = await device_states(cloud, "t1")
+        assert states["dev1"] == ("quarantined", reason)
+        record = await cloud.op("rpc_exec_get_user_info", {"user_id": "dev1"})
+        [task] = [t for t in record.json()["tasks"] if t["task_id"] == "t1"]
+        until = datetime.fromisoformat(task["quarantined_until"]).timestamp()
+        assert abs(until - entry.until) < 1.0
+
+        # Assert: the client side's last lines are the device's log lines of the task
+        logs = await cloud.op("rpc_exec_get_task_logs", {"task_id": "t1", "limit": 1000})
+        mine = [line for line in logs.json() if line["source"] == "dev1"]
+        assert len(mine) == 200  # the last 200 of its 304 lines
+        assert mine[-1]["text"] == "ModuleNotFoundError: No module named 'no_such_module_x'"
+        assert [line["text"] for line in mine[:2]] == ["noise line 104", "noise line 105"]
+        assert {line["stream"] for line in mine} == {"stderr"}
+
+
+def test_a_flood_of_output_is_cut_to_its_last_lines_within_the_bytes_bound() -> None:
+    # Prepare: 500 lines of 5,000 characters, the last one short
+    lines = [LogLine(Stream.STDERR, f"{i:04d}" + "x" * 5000) for i in range(499)]
+    lines.append(LogLine(Stream.STDERR, "Boom: the end"))
+
+    # Execute
+    sent = bounded_output(lines)
+
+    # Assert: the note, then the newest lines, each cut, all within the bound
+    size = sum(len(item["text"].encode()) for item in sent)
+    assert size <= MAX_OUTPUT_BYTES
+    assert sent[0]["stream"] == "supervisor"
+    assert sent[0]["text"] == f"[{500 - (len(sent) - 1)} earlier line(s) left out]"
+    assert sent[-1] == {"stream": "stderr", "text": "Boom: the end"}
+    assert sent[-2]["text"].startswith("0498") and len(sent[-2]["text"]) == MAX_OUTPUT_LINE
+    assert len(sent) > 50
+
+
+async def _status_is(cloud: Cloud, task_id: str, status: str) -> bool:
+    states = await device_states(cloud, task_id)
+    return states.get("dev1", ("", ""))[0] == status
