@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 
-from agata.cloud.cloud import CloudNode
+from agata.cloud.cloud_node import CloudNode
 from agata.settings import load_settings
 
 SERVER_PY = """

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from agata.bench.report import Report, render
+from agata.bench.report import BenchReport, render
 
 
 def machine() -> dict[str, Any]:
@@ -42,7 +42,7 @@ def machine() -> dict[str, Any]:
     }
 
 
-def _timed(name: str, part: Callable[[], list[Report]]) -> list[Report]:
+def _timed(name: str, part: Callable[[], list[BenchReport]]) -> list[BenchReport]:
     load_before = os.getloadavg()[0]
     started = time.monotonic()
     reports = part()
@@ -59,7 +59,7 @@ def run_all(
     amqp_url: str | None = None,
     json_out: Path | None = None,
     quick: bool = False,
-) -> list[Report]:
+) -> list[BenchReport]:
     from agata.bench.bus_bench import run_bus_bench
     from agata.bench.cloud_bench import run_cloud_bench
     from agata.bench.console_bench import run_console_bench
@@ -71,7 +71,7 @@ def run_all(
     seconds = 3 if quick else 10
     edge_samples = 4 if quick else 10
     idle = 3.0 if quick else 10.0
-    reports: list[Report] = []
+    reports: list[BenchReport] = []
     reports += _timed("bus", lambda: [run_bus_bench(amqp_url, calls, 16)])
     reports += _timed("cloud", lambda: run_cloud_bench(amqp_url, samples))
     reports += _timed("devices", lambda: [run_devices_bench(devices, 20, seconds, 4)])

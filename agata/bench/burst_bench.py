@@ -37,7 +37,7 @@ from typing import Any
 
 import httpx
 
-from agata.bench.report import Report
+from agata.bench.report import BenchReport
 from agata.simulate.cloud_process import CloudProcess
 from agata.simulate.fleet import create_enrollment_token, set_up_tasks, tear_down_tasks
 from agata.simulate.simulator import Fleet, SimulationOptions, device_config, fleet_summary
@@ -109,10 +109,12 @@ async def run_onboard_bench(
     max_in_flight: int | None = None,
     admission_wait: float | None = None,
     progress: Callable[[str], Any] | None = None,
-) -> Report:
+) -> BenchReport:
     """N devices arriving at R/s: the onboarding rate the cloud sustains."""
     kind, store = bus_url.split(":")[0], (db_url or "sqlite://").split(":")[0]
-    report = Report(f"onboarding burst: {devices} devices arriving at {rate:g}/s ({kind}, {store})")
+    report = BenchReport(
+        f"onboarding burst: {devices} devices arriving at {rate:g}/s ({kind}, {store})"
+    )
     options = SimulationOptions(devices=devices, poll_interval=poll_interval, tasks=tasks)
     arrival = devices / rate
     with tempfile.TemporaryDirectory(prefix="agata-bench-burst-") as folder:
@@ -192,10 +194,10 @@ async def run_restart_bench(
     max_in_flight: int | None = None,
     admission_wait: float | None = None,
     progress: Callable[[str], Any] | None = None,
-) -> Report:
+) -> BenchReport:
     """N devices on board, the cloud restarted: the time until all are back on board."""
     kind, store = bus_url.split(":")[0], (db_url or "sqlite://").split(":")[0]
-    report = Report(f"cloud restart under {devices} connected devices ({kind}, {store})")
+    report = BenchReport(f"cloud restart under {devices} connected devices ({kind}, {store})")
     options = SimulationOptions(devices=devices, poll_interval=poll_interval, tasks=tasks)
     arrival = devices / setup_rate
     env = {"AGATA_RECONCILE": "restart", **_settings_env(max_in_flight, admission_wait)}

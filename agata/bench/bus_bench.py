@@ -25,7 +25,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from agata.bench.bare import aio_pika_round_trips, asyncio_round_trips, round_trips
-from agata.bench.report import Report
+from agata.bench.report import BenchReport
 from agata.bus import RpcClient, Service, create_bus
 
 MEMORY_TARGET = 0.3
@@ -95,7 +95,7 @@ async def _with_limit(
 
 
 def _add(
-    report: Report,
+    report: BenchReport,
     kind: str,
     limit_name: str,
     target: float,
@@ -122,9 +122,9 @@ def _add(
     )  # fmt: skip
 
 
-def run_bus_bench(amqp_url: str | None, calls: int = 20_000, in_flight: int = 16) -> Report:
+def run_bus_bench(amqp_url: str | None, calls: int = 20_000, in_flight: int = 16) -> BenchReport:
     """Measure memory:// and, when a URL is given, amqp://, each beside its bare limit."""
-    report = Report("bus: request/reply round trips")
+    report = BenchReport("bus: request/reply round trips")
     report.context = {"calls": calls, "in_flight": in_flight}
     try:
         import uvloop

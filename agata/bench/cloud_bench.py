@@ -32,7 +32,7 @@ from typing import Any
 import httpx
 
 from agata.bench.bare import bare_fastapi
-from agata.bench.report import Report, percentile
+from agata.bench.report import BenchReport, percentile
 
 SERVER_PY = """
 import signal, sys, time
@@ -72,8 +72,8 @@ class _Timer:
 
 
 async def _measure(bus_url: str, samples: int) -> dict[str, list[float]]:
-    from agata.cloud.auth import OPERATOR_PREFIX, hash_token, new_token
-    from agata.cloud.cloud import CloudNode
+    from agata.cloud.cloud_node import CloudNode
+    from agata.cloud.credentials.tokens import OPERATOR_PREFIX, hash_token, new_token
     from agata.settings import load_settings
 
     timer = _Timer()
@@ -193,8 +193,8 @@ STEPS = [
 ]
 
 
-def _report(kind: str, url: str, samples: dict[str, list[float]]) -> Report:
-    report = Report(f"cloud steps through the HTTP gateway, {kind}://")
+def _report(kind: str, url: str, samples: dict[str, list[float]]) -> BenchReport:
+    report = BenchReport(f"cloud steps through the HTTP gateway, {kind}://")
     report.context = {"bus": url.split("@")[-1], "samples": {k: len(v) for k, v in samples.items()}}
     bare = percentile(samples["bare"], 50) * 1000
     for key, name in STEPS:
@@ -215,7 +215,7 @@ def _report(kind: str, url: str, samples: dict[str, list[float]]) -> Report:
     return report
 
 
-def run_cloud_bench(amqp_url: str | None, samples: int = 200) -> list[Report]:
+def run_cloud_bench(amqp_url: str | None, samples: int = 200) -> list[BenchReport]:
     """Measure on memory:// and, when a URL is given, on amqp://."""
     reports = [_report("memory", "memory://", asyncio.run(_measure("memory://", samples)))]
     if amqp_url:

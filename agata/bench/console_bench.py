@@ -26,8 +26,8 @@ from typing import Any
 import httpx
 from sqlalchemy import insert
 
-from agata.bench.report import Report, percentile
-from agata.store import sql_schema as t
+from agata.bench.report import BenchReport, percentile
+from agata.store import sql_schema as schema
 from agata.store.sql_store import indexed_attributes
 from agata.store.store import Store
 
@@ -76,10 +76,10 @@ def insert_fleet(store: Store, devices: int, *, seed: int = 7, prefix: str = "si
             attributes += indexed_attributes(user_id, extra)
             sensors += [{"user_id": user_id, "sensor": s} for s in SENSORS if rng.random() < 0.4]
         with engine.begin() as conn:
-            conn.execute(insert(t.devices), rows)
-            conn.execute(insert(t.device_attributes), attributes)
+            conn.execute(insert(schema.devices), rows)
+            conn.execute(insert(schema.device_attributes), attributes)
             if sensors:
-                conn.execute(insert(t.device_sensors), sensors)
+                conn.execute(insert(schema.device_sensors), sensors)
 
 
 async def _timed(http: httpx.AsyncClient, path: str, body: Any, n: int) -> list[float]:
@@ -128,8 +128,8 @@ async def _first_load_during_enrollment(node: Any, http: httpx.AsyncClient, n: i
 
 
 async def _measure(devices: int, samples: int, enrolling: int) -> dict[str, Any]:
-    from agata.cloud.auth import OPERATOR_PREFIX, hash_token, new_token
-    from agata.cloud.cloud import CloudNode
+    from agata.cloud.cloud_node import CloudNode
+    from agata.cloud.credentials.tokens import OPERATOR_PREFIX, hash_token, new_token
     from agata.settings import load_settings
 
     with tempfile.TemporaryDirectory(prefix="agata-bench-") as tmp:
@@ -165,10 +165,12 @@ async def _measure(devices: int, samples: int, enrolling: int) -> dict[str, Any]
     return result
 
 
-def run_console_bench(devices: int = 10_000, samples: int = 50, enrolling: int = 1000) -> Report:
+def run_console_bench(
+    devices: int = 10_000, samples: int = 50, enrolling: int = 1000
+) -> BenchReport:
     """Pages of devices beside rpc_exec_get_user_info, and the first load in a burst."""
     measured = asyncio.run(_measure(devices, samples, enrolling))
-    report = Report(f"operator console, {devices} devices")
+    report = BenchReport(f"operator console, {devices} devices")
     limit = percentile(measured["limit"], 50) * 1000
     report.context = {"devices": devices, "samples": samples, "enrolling": enrolling}
     report.context["insert_seconds"] = round(measured["insert_seconds"], 2)

@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from agata.bench.report import Report
+from agata.bench.report import BenchReport
 from agata.runtime.containment import detect_containment
 from agata.runtime.limits import Limits
 from agata.runtime.messages import TaskMessage
@@ -57,8 +57,8 @@ def _prepare(bundle: Path) -> None:
     bundle.chmod(0o755)  # the task user must reach the script
 
 
-async def _measure(rounds: int) -> Report:
-    report = Report("containment: spawn with and without")
+async def _measure(rounds: int) -> BenchReport:
+    report = BenchReport("containment: spawn with and without")
     with tempfile.TemporaryDirectory() as folder:
         bundle = Path(folder)
         _prepare(bundle)
@@ -100,5 +100,5 @@ async def _measure(rounds: int) -> Report:
     return report
 
 
-def run_containment_bench(rounds: int = 30) -> Report:
+def run_containment_bench(rounds: int = 30) -> BenchReport:
     return asyncio.run(_measure(rounds))

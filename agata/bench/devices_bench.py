@@ -40,7 +40,7 @@ from typing import Any
 import httpx
 
 from agata.bench.bare import bare_fastapi
-from agata.bench.report import Report, percentile
+from agata.bench.report import BenchReport, percentile
 
 SERVER_PY = """
 import signal, sys, time
@@ -80,7 +80,7 @@ def _criteria(i: int) -> str:
 async def _setup(
     node: Any, http: httpx.AsyncClient, devices: int, tasks: int
 ) -> list[tuple[str, str]]:
-    from agata.cloud.auth import DEVICE_PREFIX, hash_token, new_token
+    from agata.cloud.credentials.tokens import DEVICE_PREFIX, hash_token, new_token
 
     rng = random.Random(7)
     credentials = []
@@ -248,8 +248,8 @@ async def _httpx_load(
 async def _measure(
     bus_url: str, devices: int, tasks: int, seconds: int, connections: int
 ) -> dict[str, Any]:
-    from agata.cloud.auth import OPERATOR_PREFIX, hash_token, new_token
-    from agata.cloud.cloud import CloudNode
+    from agata.cloud.cloud_node import CloudNode
+    from agata.cloud.credentials.tokens import OPERATOR_PREFIX, hash_token, new_token
     from agata.settings import load_settings
 
     with tempfile.TemporaryDirectory(prefix="agata-bench-") as tmp:
@@ -293,11 +293,11 @@ def run_devices_bench(
     seconds: int = 10,
     connections: int = 4,
     amqp_url: str | None = None,
-) -> Report:
+) -> BenchReport:
     bus_url = amqp_url or "memory://"
     kind = bus_url.split("://")[0]
     data = asyncio.run(_measure(bus_url, devices, tasks, seconds, connections))
-    report = Report(f"task requests: {devices} devices, {tasks} running tasks, {kind}://")
+    report = BenchReport(f"task requests: {devices} devices, {tasks} running tasks, {kind}://")
     report.context = {
         "devices": devices, "tasks": tasks, "seconds": seconds, "connections": connections,
         "generator": data["generator"], "requests": data.get("requests"),

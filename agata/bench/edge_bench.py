@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agata.bench.bare import interpreter_start_ms
-from agata.bench.report import Report, percentile
+from agata.bench.report import BenchReport, percentile
 from agata.demo.timings import AGENT, first, where
 
 if TYPE_CHECKING:
@@ -366,7 +366,7 @@ async def _bare_spawns(samples: int) -> list[float]:
     return values
 
 
-def run_edge_bench(samples: int = 10, idle_seconds: float = 10.0) -> Report:
+def run_edge_bench(samples: int = 10, idle_seconds: float = 10.0) -> BenchReport:
     """Measure the agent; the interpreter start is measured before and after (its limit)."""
     starts = interpreter_start_ms(STARTS)
     runtime_starts = interpreter_start_ms(STARTS, "import agata.runtime")
@@ -374,7 +374,7 @@ def run_edge_bench(samples: int = 10, idle_seconds: float = 10.0) -> Report:
     starts += interpreter_start_ms(STARTS)
     runtime_starts += interpreter_start_ms(STARTS, "import agata.runtime")
     start = statistics.median(starts)
-    report = Report("edge agent (a real `agata edge run` process)")
+    report = BenchReport("edge agent (a real `agata edge run` process)")
     report.context = {
         "samples": samples, "idle_seconds": idle_seconds, "raw": data,
         "interpreter_start_ms": starts, "interpreter_start_with_runtime_ms": runtime_starts,

@@ -20,7 +20,7 @@ import time
 import zipfile
 from pathlib import Path
 
-from agata.bench.report import Report
+from agata.bench.report import BenchReport
 from agata.runtime.environments import EnvironmentCache
 from agata.runtime.messages import TaskMessage
 from agata.runtime.supervisor import TaskProcess
@@ -86,8 +86,8 @@ async def _dispatches(
 
 def run_environments_bench(
     rounds: int = 20, wheelhouse: Path | None = None, requirements: str = ""
-) -> Report:
-    report = Report("task environments: first build, later dispatch")
+) -> BenchReport:
+    report = BenchReport("task environments: first build, later dispatch")
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
         if wheelhouse is None:

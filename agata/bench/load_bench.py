@@ -40,7 +40,7 @@ from typing import Any
 
 import httpx
 
-from agata.bench.report import Report
+from agata.bench.report import BenchReport
 from agata.simulate.cloud_process import CloudProcess, CloudProcesses
 from agata.simulate.fleet import create_enrollment_token, set_up_tasks, tear_down_tasks
 from agata.simulate.histogram import LatencyHistogram
@@ -165,13 +165,13 @@ async def run_load_bench(
     setup_rate: float = SETUP_RATE,
     split: bool = False,
     progress: Callable[[str], Any] | None = None,
-) -> Report:
+) -> BenchReport:
     """Grow the fleet through ``sizes`` until a step fails; the report holds every step."""
     sizes = sorted(set(sizes))
     kind = bus_url.split(":")[0]
     store = (db_url or "sqlite://").split(":")[0]
     where = "one process per service" if split else "cloud in its own process"
-    report = Report(
+    report = BenchReport(
         f"simulated fleet: largest N polling every {poll_interval:g} s with steady "
         f"p99 <= {p99_limit_ms:g} ms ({kind}, {store}; {where})"
     )

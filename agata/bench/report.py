@@ -4,12 +4,12 @@ Machines differ by several times, so a figure's verdict is on its relation to a 
 measured in the same run with the same settings (a bare FastAPI endpoint, a bare asyncio
 or aio-pika request/reply loop, the interpreter start):
 
-- :meth:`Report.ratio`: ``value / limit`` against a target ratio (``at_least=0.5`` for a
+- :meth:`BenchReport.ratio`: ``value / limit`` against a target ratio (``at_least=0.5`` for a
   throughput that must reach half of the bare one);
-- :meth:`Report.excess`: ``value - limit`` against a target excess (``at_most=20`` for a
+- :meth:`BenchReport.excess`: ``value - limit`` against a target excess (``at_most=20`` for a
   latency that may exceed the interpreter start by 20 ms).
 
-:meth:`Report.add` records a figure alone; its ``at_least``/``at_most`` verdicts are for
+:meth:`BenchReport.add` records a figure alone; its ``at_least``/``at_most`` verdicts are for
 quantities that do not scale with the machine (an error count, MB of memory, per cent of
 a core).
 """
@@ -41,7 +41,7 @@ class Figure:
 
 
 @dataclass
-class Report:
+class BenchReport:
     title: str
     figures: list[Figure] = field(default_factory=list)
     context: dict[str, Any] = field(default_factory=dict)
@@ -147,7 +147,7 @@ def _compared(figure: Figure) -> str:
     return f"{figure.compared:+,.1f} {figure.unit}"
 
 
-def render(reports: list[Report]) -> None:
+def render(reports: list[BenchReport]) -> None:
     """Print reports as rich tables: value, same-run limit, ratio (or excess), target."""
     from rich.console import Console
     from rich.table import Table

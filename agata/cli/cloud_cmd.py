@@ -105,7 +105,7 @@ def run_cloud(
 ) -> None:
     """Start the cloud services and the HTTP gateway in this process."""
     from agata.cli.main import setup_logging
-    from agata.cloud.cloud import SERVICES, CloudNode
+    from agata.cloud.cloud_node import SERVICES, CloudNode
 
     settings = cloud_settings(
         config,
@@ -168,7 +168,7 @@ def create_token(
     db: Annotated[str | None, typer.Option("--db")] = None,
 ) -> None:
     """Create an operator token (printed once; only its hash is stored)."""
-    from agata.cloud.auth import OPERATOR_PREFIX, hash_token, new_token
+    from agata.cloud.credentials.tokens import OPERATOR_PREFIX, hash_token, new_token
     from agata.store.store_factory import create_store
 
     settings = cloud_settings(config, data_dir=data_dir, db_url=db)

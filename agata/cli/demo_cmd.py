@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 if TYPE_CHECKING:
-    from agata.bench.report import Report
+    from agata.bench.report import BenchReport
 
 ExperimentName = Annotated[str, typer.Argument(help="exp1 or exp2", metavar="exp1|exp2")]
 
@@ -244,7 +244,7 @@ def _bench_logging() -> None:
     setup_logging("ERROR")
 
 
-def _save(reports: list[Report], path: Path) -> None:
+def _save(reports: list[BenchReport], path: Path) -> None:
     import json
 
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -22,8 +22,8 @@ from typing import Any
 
 import httpx
 
-from agata.cloud.auth import OPERATOR_PREFIX, hash_token, new_token
-from agata.cloud.cloud import CloudNode
+from agata.cloud.cloud_node import CloudNode
+from agata.cloud.credentials.tokens import OPERATOR_PREFIX, hash_token, new_token
 from agata.demo.timings import AGENT, OPERATOR, SECOND_CLIENT
 from agata.edge.agent import Agent
 from agata.edge.credential import enroll_device

@@ -52,7 +52,7 @@ from agata.edge.hooks import HookRunner, event_of_report
 from agata.edge.local_state import LocalState, QuarantineEntry, RunningRecord
 from agata.edge.policy import choose_tasks
 from agata.edge.push import PushListener, pushed_offers
-from agata.edge.reports import Report, ReportSender
+from agata.edge.reports import DeviceReport, ReportSender
 from agata.edge.run_ends import (
     ENDED_WITH_THE_RUN,
     MAX_OUTPUT_LINES,
@@ -65,7 +65,7 @@ from agata.edge.wheelhouse import WheelhouseMirror
 from agata.errors import AgataError, ErrorCode
 from agata.files import make_private_dir
 from agata.runtime.limits import Limits
-from agata.runtime.messages import Error, Info, LogLine, Model, Print, TaskMessage
+from agata.runtime.messages import Error, Info, Model, OutputLine, Print, TaskMessage
 from agata.runtime.process import ProcessLauncher
 from agata.runtime.sandbox import TaskSandbox, default_task_dir
 from agata.runtime.supervisor import TaskProcess
@@ -420,7 +420,7 @@ class Agent:
         except AgataError as exc:
             self._fail(offer, exc.message)
             return False
-        self._report(Report(task_id, "downloading"))
+        self._report(DeviceReport(task_id, "downloading"))
         self._event("download task", "start", task_id=task_id)
         try:
             bundle = await self.cache.ensure(offer)
@@ -480,7 +480,7 @@ class Agent:
             self._switch = None
             self._event("switch task", "end", task_id=task_id, from_task=failed)
         logger.info("task %s v%s: client side started (pid %d)", task_id, offer.version, pid)
-        self._report(Report(task_id, "running"))
+        self._report(DeviceReport(task_id, "running"))
         run.watcher = self._spawn(self._watch(run), f"watch {task_id}")
         if not any(other.offer.task_id == task_id for other in self._ending):
             self.cache.prune(task_id, keep={offer.version})
@@ -493,7 +493,9 @@ class Agent:
         if isinstance(message, Model):
             run.round = message.round
             run.metrics = dict(message.metrics)
-            self._report(Report(task_id, "running", round=message.round, metrics=message.metrics))
+            self._report(
+                DeviceReport(task_id, "running", round=message.round, metrics=message.metrics)
+            )
         elif isinstance(message, Error):
             self._task_failed(run, message.exception)
         elif isinstance(message, Info):
@@ -503,7 +505,7 @@ class Agent:
                 logger.info("task %s: %s", task_id, message.info)
         elif isinstance(message, Print):
             logger.info("task %s: %s", task_id, message.message)
-        elif isinstance(message, LogLine):
+        elif isinstance(message, OutputLine):
             logger.debug("task %s (%s): %s", task_id, message.stream, message.text)
 
     async def _watch(self, run: TaskRun) -> None:
@@ -596,14 +598,16 @@ class Agent:
         self.state.count("failed")
         self._event("task failed", "end", task_id=task_id, reason=reason)
         output = tuple(bounded_output(run.process.tail(MAX_OUTPUT_LINES)))
-        self._report(Report(task_id, "failed", reason=reason, log_lines=output))
+        self._report(DeviceReport(task_id, "failed", reason=reason, log_lines=output))
         entry = self.state.quarantined(task_id, run.offer.version)
         if entry is None:  # lifted meanwhile (the operator, a new version)
             return
         logger.warning(
             "task %s: in quarantine for %.0f s: %s", task_id, entry.until - entry.since, reason
         )
-        self._report(Report(task_id, "quarantined", reason=reason, quarantined_until=entry.until))
+        self._report(
+            DeviceReport(task_id, "quarantined", reason=reason, quarantined_until=entry.until)
+        )
 
     def _ended_with_run(self, run: TaskRun, reason: str, failed_at: float) -> None:
         """The client side went down with its run: not a failure, no quarantine."""
@@ -614,7 +618,7 @@ class Agent:
             self.state.clear_quarantine(task_id)
         logger.info("task %s: client side %s (%s)", task_id, ENDED_WITH_THE_RUN, reason)
         self.state.count("stopped")
-        self._report(Report(task_id, "stopped", reason=f"{ENDED_WITH_THE_RUN} ({reason})"))
+        self._report(DeviceReport(task_id, "stopped", reason=f"{ENDED_WITH_THE_RUN} ({reason})"))
         self._wake.set()  # a new run of it may be offered already
 
     def _task_finished(self, run: TaskRun) -> None:
@@ -625,7 +629,7 @@ class Agent:
         self.state.count("finished")
         self.state.mark_finished(task_id, run.offer.version)
         self._event("task finished", "end", task_id=task_id)
-        self._report(Report(task_id, "finished", round=run.round, metrics=run.metrics))
+        self._report(DeviceReport(task_id, "finished", round=run.round, metrics=run.metrics))
         self._wake.set()
 
     def _fail(self, offer: TaskOffer, reason: str, *, sync_later: bool = False) -> None:
@@ -638,7 +642,7 @@ class Agent:
         )
         logger.warning("task %s: in quarantine for %.0f s: %s", offer.task_id, seconds, reason)
         self._report(
-            Report(offer.task_id, "quarantined", reason=reason, quarantined_until=entry.until)
+            DeviceReport(offer.task_id, "quarantined", reason=reason, quarantined_until=entry.until)
         )
 
     async def _failover(self) -> None:
@@ -676,7 +680,7 @@ class Agent:
         task_id = run.offer.task_id
         logger.info("task %s: stopping its client side: %s", task_id, reason)
         self.state.count("stopped")
-        self._report(Report(task_id, "stopped", reason=reason))
+        self._report(DeviceReport(task_id, "stopped", reason=reason))
         self._spawn(run.process.stop(self._grace), f"stop {task_id}")
 
     # -- push -------------------------------------------------------------------------
@@ -742,7 +746,7 @@ class Agent:
             return self._reports.user_id
         return self._current_device().user_id
 
-    def _report(self, report: Report) -> None:
+    def _report(self, report: DeviceReport) -> None:
         """Queue ``report`` for the cloud and the device's hook (neither blocks)."""
         if self._reports is not None:
             self._reports.put(report)

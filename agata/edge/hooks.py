@@ -51,7 +51,7 @@ import time
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from agata.edge.reports import Report
+from agata.edge.reports import DeviceReport
 from agata.errors import AgataError, ErrorCode
 
 __all__ = ["HookEvent", "HookRunner", "HookState", "event_of_report", "parse_hook_command"]
@@ -96,7 +96,7 @@ class HookEvent:
         }
 
 
-def event_of_report(report: Report) -> HookEvent | None:
+def event_of_report(report: DeviceReport) -> HookEvent | None:
     """The hook's view of a report the agent sends the cloud (None: not a task state)."""
     if report.status == "running" and report.round is not None:
         state = HookState.ROUND

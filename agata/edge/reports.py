@@ -18,13 +18,13 @@ from agata.edge.backoff import Backoff
 from agata.edge.cloud_client import CloudClient, is_transient
 from agata.errors import AgataError
 
-__all__ = ["Report", "ReportSender"]
+__all__ = ["DeviceReport", "ReportSender"]
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
-class Report:
+class DeviceReport:
     task_id: str
     status: str
     reason: str = ""
@@ -49,12 +49,12 @@ class ReportSender:
     ) -> None:
         self.client = client
         self.user_id = user_id
-        self._queue: asyncio.Queue[Report] = asyncio.Queue(maxsize=limit)
+        self._queue: asyncio.Queue[DeviceReport] = asyncio.Queue(maxsize=limit)
         self._backoff = backoff or Backoff(0.5, 30.0)
         self._dropping = False
         self.sent = 0
 
-    def put(self, report: Report) -> None:
+    def put(self, report: DeviceReport) -> None:
         """Queue a report; never blocks (drops the oldest when full)."""
         if self._queue.full():
             with contextlib.suppress(asyncio.QueueEmpty):
@@ -82,7 +82,7 @@ class ReportSender:
                     if not await self._deliver(self._queue.get_nowait(), retry=False):
                         return
 
-    async def _deliver(self, report: Report, *, retry: bool = True) -> bool:
+    async def _deliver(self, report: DeviceReport, *, retry: bool = True) -> bool:
         """Send one report; False when the cloud was unreachable and ``retry`` is off."""
         while True:
             try:

@@ -30,7 +30,7 @@ from typing import Final
 
 from agata.edge.cloud_client import TaskOffer
 from agata.protocol.operations import MAX_REPORTED_LINE_CHARS, MAX_REPORTED_LINES
-from agata.runtime.messages import LogLine, Print
+from agata.runtime.messages import OutputLine, Print
 
 __all__ = [
     "ENDED_WITH_THE_RUN",
@@ -107,15 +107,15 @@ def offers_show_end(run_offer: TaskOffer, offers: Sequence[TaskOffer]) -> bool:
     return True
 
 
-def bounded_output(lines: Iterable[LogLine | Print]) -> list[dict[str, str]]:
+def bounded_output(lines: Iterable[OutputLine | Print]) -> list[dict[str, str]]:
     """The last lines of a client side's output as sent with a report
     (``{"stream", "text"}``), within :data:`MAX_OUTPUT_LINES` lines of at most
     :data:`MAX_OUTPUT_LINE` characters and :data:`MAX_OUTPUT_BYTES` bytes: a flood is
     cut from its start, and the first line then says how many lines were left out."""
     items = [
         {
-            "stream": str(line.stream) if isinstance(line, LogLine) else "print",
-            "text": (line.text if isinstance(line, LogLine) else line.message)[:MAX_OUTPUT_LINE],
+            "stream": str(line.stream) if isinstance(line, OutputLine) else "print",
+            "text": (line.text if isinstance(line, OutputLine) else line.message)[:MAX_OUTPUT_LINE],
         }
         for line in lines
     ]

@@ -16,8 +16,8 @@ if TYPE_CHECKING:
     from agata.runtime.messages import (
         Error,
         Info,
-        LogLine,
         Model,
+        OutputLine,
         Print,
         Stream,
         TaskMessage,
@@ -31,12 +31,12 @@ if TYPE_CHECKING:
         kill_process_group,
         task_environment,
     )
-    from agata.runtime.supervisor import MessageCallback, TaskOutcome, TaskProcess, TaskState
+    from agata.runtime.supervisor import MessageCallback, ProcessState, TaskOutcome, TaskProcess
 
 _LAZY: dict[str, str] = {
     "Error": "agata.runtime.messages",
     "Info": "agata.runtime.messages",
-    "LogLine": "agata.runtime.messages",
+    "OutputLine": "agata.runtime.messages",
     "Model": "agata.runtime.messages",
     "Print": "agata.runtime.messages",
     "Stream": "agata.runtime.messages",
@@ -51,14 +51,14 @@ _LAZY: dict[str, str] = {
     "MessageCallback": "agata.runtime.supervisor",
     "TaskOutcome": "agata.runtime.supervisor",
     "TaskProcess": "agata.runtime.supervisor",
-    "TaskState": "agata.runtime.supervisor",
+    "ProcessState": "agata.runtime.supervisor",
 }
 
 __all__ = [  # noqa: RUF022 - the reporter first, then the lazy names by module
     "TaskReporter",
     "Error",
     "Info",
-    "LogLine",
+    "OutputLine",
     "Model",
     "Print",
     "Stream",
@@ -73,7 +73,7 @@ __all__ = [  # noqa: RUF022 - the reporter first, then the lazy names by module
     "MessageCallback",
     "TaskOutcome",
     "TaskProcess",
-    "TaskState",
+    "ProcessState",
 ]
 
 

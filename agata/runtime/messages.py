@@ -15,7 +15,7 @@ trigger    ``trigger_name``, ``trigger_arguments``  :class:`Trigger`
 
 Anything else — plain text, JSON that is not an object, an unknown ``type``, a known type
 with missing or unusable fields (a model without a round, round ``"abc"``), an over-long
-line — is a :class:`LogLine`. Parsing never raises. Lines read from stderr are always
+line — is a :class:`OutputLine`. Parsing never raises. Lines read from stderr are always
 log lines.
 
 Standard library only: cheap to import.
@@ -36,8 +36,8 @@ __all__ = [
     "TRUNCATED_MARKER",
     "Error",
     "Info",
-    "LogLine",
     "Model",
+    "OutputLine",
     "Print",
     "Stream",
     "TaskMessage",
@@ -119,7 +119,7 @@ class Trigger:
 
 
 @dataclass(frozen=True, slots=True)
-class LogLine:
+class OutputLine:
     """A line that is not a protocol message (or anything read from stderr)."""
 
     kind: ClassVar[str] = "log"
@@ -127,7 +127,7 @@ class LogLine:
     text: str
 
 
-TaskMessage = Info | Model | Print | Error | Trigger | LogLine
+TaskMessage = Info | Model | Print | Error | Trigger | OutputLine
 
 
 def parse_line(
@@ -135,7 +135,7 @@ def parse_line(
 ) -> TaskMessage:
     """Turn one line of a task's output into a message. Never raises.
 
-    Only stdout carries the protocol: a line from any other stream is a :class:`LogLine`.
+    Only stdout carries the protocol: a line from any other stream is a :class:`OutputLine`.
     A trailing newline is removed; a line longer than :data:`MAX_LINE_CHARS` (or one the
     caller already cut, ``truncated=True``) is cut, marked and kept as a log line.
     """
@@ -143,15 +143,15 @@ def parse_line(
     text = line.decode("utf-8", errors="replace") if isinstance(line, bytes) else line
     text = text.rstrip("\r\n")
     if truncated or len(text) > MAX_LINE_CHARS:
-        return LogLine(stream, _clean(text[:MAX_LINE_CHARS]) + TRUNCATED_MARKER)
+        return OutputLine(stream, _clean(text[:MAX_LINE_CHARS]) + TRUNCATED_MARKER)
     if stream is not Stream.STDOUT or not text.lstrip().startswith("{"):
-        return LogLine(stream, _clean(text))
+        return OutputLine(stream, _clean(text))
     try:
         record = json.loads(text)
     except (ValueError, RecursionError):
-        return LogLine(stream, _clean(text))
+        return OutputLine(stream, _clean(text))
     message = _message(record) if isinstance(record, dict) else None
-    return message if message is not None else LogLine(stream, _clean(text))
+    return message if message is not None else OutputLine(stream, _clean(text))
 
 
 def _clean(text: str) -> str:

@@ -55,7 +55,7 @@ from agata.runtime.messages import (
     MAX_LINE_CHARS,
     Error,
     Info,
-    LogLine,
+    OutputLine,
     Print,
     Stream,
     TaskMessage,
@@ -71,7 +71,7 @@ from agata.runtime.process import (
 )
 from agata.runtime.triggers import TriggerRunner
 
-__all__ = ["MessageCallback", "TaskOutcome", "TaskProcess", "TaskState"]
+__all__ = ["MessageCallback", "ProcessState", "TaskOutcome", "TaskProcess"]
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ _CHUNK = 64 * 1024
 _QUEUE_SIZE = 64
 
 
-class TaskState(enum.StrEnum):
+class ProcessState(enum.StrEnum):
     STARTING = "starting"
     RUNNING = "running"
     STOPPING = "stopping"
@@ -92,7 +92,7 @@ class TaskState(enum.StrEnum):
 
     @property
     def is_terminal(self) -> bool:
-        return self in (TaskState.FINISHED, TaskState.FAILED, TaskState.STOPPED)
+        return self in (ProcessState.FINISHED, ProcessState.FAILED, ProcessState.STOPPED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,13 +103,13 @@ class TaskOutcome:
     None when the process never started.
     """
 
-    state: TaskState
+    state: ProcessState
     reason: str
     exit_code: int | None
 
     @property
     def ok(self) -> bool:
-        return self.state is TaskState.FINISHED
+        return self.state is ProcessState.FINISHED
 
 
 class _Event(enum.Enum):
@@ -137,11 +137,11 @@ _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 LAST_LINE_CHARS = 500
 
 
-def exit_reason(code: int, tail: Sequence[LogLine | Print]) -> str:
+def exit_reason(code: int, tail: Sequence[OutputLine | Print]) -> str:
     """Why a process that exited with ``code`` without "Finished" failed: the exit, and
     the last non-blank line it wrote to stderr (of ``tail``), which says why better."""
     for line in reversed(tail):
-        if isinstance(line, LogLine) and line.stream is Stream.STDERR:
+        if isinstance(line, OutputLine) and line.stream is Stream.STDERR:
             text = _ANSI.sub("", line.text).strip()
             if text:
                 exit_text = f"exited with code {code}" if code >= 0 else _exit_reason(code)
@@ -217,10 +217,10 @@ class TaskProcess:
         self._finish_grace = finish_grace
         self._drain_timeout = drain_timeout
 
-        self._state = TaskState.STARTING
+        self._state = ProcessState.STARTING
         self._spawning = False
         self._stop_requested = False
-        self._ending: TaskState | None = None  # the terminal state STOPPING leads to
+        self._ending: ProcessState | None = None  # the terminal state STOPPING leads to
         self._reason = ""
         self._outcome: TaskOutcome | None = None
         self._handle: ProcessHandle | None = None
@@ -230,8 +230,8 @@ class TaskProcess:
 
         self._queue: asyncio.Queue[TaskMessage | None] = asyncio.Queue(_QUEUE_SIZE)
         self._accepting = True  # the queue still takes messages
-        self._notes: list[LogLine] = []  # runtime notes raised while dispatching
-        self._tail: deque[LogLine | Print] = deque(maxlen=max(tail_lines, 0))
+        self._notes: list[OutputLine] = []  # runtime notes raised while dispatching
+        self._tail: deque[OutputLine | Print] = deque(maxlen=max(tail_lines, 0))
         self._bytes_read = 0
         self._reads_waiting = 0
         self._readers: list[asyncio.Task[None]] = []
@@ -269,7 +269,7 @@ class TaskProcess:
     # -- what the owner sees ------------------------------------------------------------
 
     @property
-    def state(self) -> TaskState:
+    def state(self) -> ProcessState:
         return self._state
 
     @property
@@ -292,7 +292,7 @@ class TaskProcess:
         restarted owner gives :meth:`~agata.runtime.containment.Containment.reap`."""
         return self._handle.run_id if self._handle else ""
 
-    def tail(self, n: int | None = None) -> list[LogLine | Print]:
+    def tail(self, n: int | None = None) -> list[OutputLine | Print]:
         """The last ``n`` (default: all kept) log lines and print messages, oldest first."""
         lines = list(self._tail)
         return lines if n is None else lines[max(len(lines) - n, 0) :]
@@ -306,7 +306,7 @@ class TaskProcess:
         it cannot be started, CONFLICT when already started — and the state is then
         FAILED (except for CONFLICT).
         """
-        if self._spawning or self._handle is not None or self._state is not TaskState.STARTING:
+        if self._spawning or self._handle is not None or self._state is not ProcessState.STARTING:
             raise AgataError(ErrorCode.CONFLICT, f"{self.name} was already started")
         self._spawning = True
         script = self.bundle_dir / self.script
@@ -378,53 +378,53 @@ class TaskProcess:
     def _transition(self, event: _Event, detail: str = "") -> None:
         """The one place where the state changes."""
         state = self._state
-        if state is TaskState.STARTING:
+        if state is ProcessState.STARTING:
             if event is _Event.SPAWNED:
                 # STARTING -> RUNNING
-                self._set_state(TaskState.RUNNING, event)
+                self._set_state(ProcessState.RUNNING, event)
                 self._start_wall_timer()
                 if self._stop_requested:
                     self._transition(_Event.STOP)
             elif event is _Event.SPAWN_FAILED:
                 # STARTING -> FAILED: the process never ran
-                self._end(TaskState.FAILED, detail, event)
+                self._end(ProcessState.FAILED, detail, event)
             elif event is _Event.STOP and self._spawning:
                 # STARTING -> STARTING: stop as soon as the process exists
                 self._stop_requested = True
             elif event is _Event.STOP:
                 # STARTING -> STOPPED: stopped before start() was called
-                self._end(TaskState.STOPPED, "stopped before it started", event)
+                self._end(ProcessState.STOPPED, "stopped before it started", event)
             else:  # FINISHED, ERROR, EXITED cannot precede SPAWNED
                 raise AgataError(ErrorCode.INTERNAL, f"{event.value} while {state}")
-        elif state is TaskState.RUNNING:
+        elif state is ProcessState.RUNNING:
             if event is _Event.FINISHED:
                 # RUNNING -> STOPPING: let it exit by itself, then end it; ends FINISHED
-                self._begin_stopping(TaskState.FINISHED, "reported Finished", event)
+                self._begin_stopping(ProcessState.FINISHED, "reported Finished", event)
             elif event in (_Event.ERROR, _Event.LIMIT):
                 # RUNNING -> STOPPING: end it now; ends FAILED
-                self._begin_stopping(TaskState.FAILED, detail, event)
+                self._begin_stopping(ProcessState.FAILED, detail, event)
             elif event is _Event.STOP:
                 # RUNNING -> STOPPING: the owner ends it; ends STOPPED
-                self._begin_stopping(TaskState.STOPPED, "stopped by owner", event)
+                self._begin_stopping(ProcessState.STOPPED, "stopped by owner", event)
             elif event is _Event.EXITED:
                 # RUNNING -> FINISHED | FAILED: exited by itself without "Finished"
                 code = self._exit_code if self._exit_code is not None else -1
                 if self._limit is not None:
-                    self._end(TaskState.FAILED, f"ended by its {self._limit}", event)
+                    self._end(ProcessState.FAILED, f"ended by its {self._limit}", event)
                 elif code == 0 and not self._require_finished:
-                    self._end(TaskState.FINISHED, "exited with code 0", event)
+                    self._end(ProcessState.FINISHED, "exited with code 0", event)
                 else:
-                    self._end(TaskState.FAILED, exit_reason(code, self._tail), event)
+                    self._end(ProcessState.FAILED, exit_reason(code, self._tail), event)
             else:
                 raise AgataError(ErrorCode.INTERNAL, f"{event.value} while {state}")
-        elif state is TaskState.STOPPING:
+        elif state is ProcessState.STOPPING:
             if event is _Event.STOP and self._terminator_patient:
                 # STOPPING -> STOPPING: the owner will not wait for a voluntary exit
                 self._terminate(patience=0.0)
             elif event is _Event.EXITED:
                 # STOPPING -> FINISHED | FAILED | STOPPED: the cause decided which
                 assert self._ending is not None
-                if self._limit is not None and self._ending is TaskState.FAILED:
+                if self._limit is not None and self._ending is ProcessState.FAILED:
                     self._reason = f"ended by its {self._limit} ({self._reason})"
                 self._end(self._ending, self._reason, event)
             else:
@@ -434,22 +434,22 @@ class TaskProcess:
             # FINISHED | FAILED | STOPPED: terminal, nothing changes
             logger.debug("%s: %s ignored, already %s", self.name, event.value, state)
 
-    def _set_state(self, state: TaskState, event: _Event) -> None:
+    def _set_state(self, state: ProcessState, event: _Event) -> None:
         logger.info("%s: %s -> %s (%s)", self.name, self._state, state, event.value)
         self._state = state
 
-    def _begin_stopping(self, ending: TaskState, reason: str, event: _Event) -> None:
+    def _begin_stopping(self, ending: ProcessState, reason: str, event: _Event) -> None:
         self._ending = ending
         self._reason = reason
-        self._set_state(TaskState.STOPPING, event)
-        self._terminate(patience=self._finish_grace if ending is TaskState.FINISHED else 0.0)
+        self._set_state(ProcessState.STOPPING, event)
+        self._terminate(patience=self._finish_grace if ending is ProcessState.FINISHED else 0.0)
 
-    def _end(self, state: TaskState, reason: str, event: _Event) -> None:
+    def _end(self, state: ProcessState, reason: str, event: _Event) -> None:
         if self._wall_timer is not None:
             self._wall_timer.cancel()
         self._set_state(state, event)
         self._outcome = TaskOutcome(state, reason, self._exit_code)
-        if state is not TaskState.FINISHED:
+        if state is not ProcessState.FINISHED:
             logger.info("%s: %s", self.name, reason)
         self._done.set()
 
@@ -582,14 +582,14 @@ class TaskProcess:
                 await self._deliver(self._notes.pop(0))
 
     def _apply(self, message: TaskMessage) -> None:
-        if isinstance(message, LogLine | Print):
+        if isinstance(message, OutputLine | Print):
             self._tail.append(message)
         elif isinstance(message, Info) and message.is_finished:
             self._transition(_Event.FINISHED)
         elif isinstance(message, Error):
             self._transition(_Event.ERROR, message.exception)
         elif isinstance(message, Trigger):
-            if self._state is TaskState.RUNNING:
+            if self._state is ProcessState.RUNNING:
                 problem = self._triggers.start(message)
             else:
                 problem = f"the task is {self._state}"
@@ -605,9 +605,9 @@ class TaskProcess:
         except Exception:
             logger.exception("%s: the message callback failed on %r", self.name, message)
 
-    def _note(self, text: str) -> LogLine:
+    def _note(self, text: str) -> OutputLine:
         logger.warning("%s: %s", self.name, text)
-        note = LogLine(Stream.SUPERVISOR, text)
+        note = OutputLine(Stream.SUPERVISOR, text)
         self._tail.append(note)
         return note
 
@@ -634,7 +634,7 @@ class TaskProcess:
 
     def _trigger_output(self, script: str) -> MessageCallback:
         async def log_output(message: TaskMessage) -> None:
-            if isinstance(message, LogLine):
+            if isinstance(message, OutputLine):
                 logger.info("%s: %s: %s", self.name, script, message.text)
             elif isinstance(message, Print):
                 logger.info("%s: %s: %s", self.name, script, message.message)

@@ -21,7 +21,7 @@ from typing import Any
 
 import httpx
 
-from agata.cloud.criteria import compile_criteria
+from agata.cloud.criteria.criteria_language import compile_criteria
 from agata.errors import AgataError, ErrorCode
 from agata.protocol.operations import (
     CREATE_ENROLLMENT_TOKEN,

@@ -467,7 +467,7 @@ async def simulate_embedded(
 ) -> SimulationResult:
     """Start a cloud in this process (``data_dir`` in a temporary folder), simulate
     against it, stop it."""
-    from agata.cloud.cloud import CloudNode
+    from agata.cloud.cloud_node import CloudNode
     from agata.settings import load_settings
 
     with tempfile.TemporaryDirectory(prefix="agata-simulate-") as folder:
@@ -484,7 +484,7 @@ async def simulate_embedded(
         try:
             token = node.ensure_operator_token()
             if token is None:  # an existing database (--db) already has operators
-                from agata.cloud.auth import OPERATOR_PREFIX, hash_token, new_token
+                from agata.cloud.credentials.tokens import OPERATOR_PREFIX, hash_token, new_token
 
                 token = new_token(OPERATOR_PREFIX)
                 node.store.add_operator_token("agata simulate", hash_token(token))

@@ -6,7 +6,7 @@ self-describing form: the parameters can grow later and old rows still verify. A
 password is kept empty (there is nothing to hide, and "no password" stays visible).
 
 :func:`verify_password` costs a full scrypt (tens of milliseconds, 16 MiB); callers on a
-hot path verify once and cache the outcome (see :mod:`agata.cloud.download_passwords`).
+hot path verify once and cache the outcome (see :mod:`agata.cloud.credentials.download_passwords`).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Paged device queries: what a backend pushes into its database, and the page it returns.
 
 A :class:`DeviceQuery` is built by the device registry from an operator's filter text
-(:mod:`agata.cloud.device_query`); the store knows nothing of that text. Every field is a
+(:mod:`agata.cloud.criteria.device_query`); the store knows nothing of that text. Every field is a
 condition the backend evaluates with its indexes; all of them must hold (AND). What no
 index can answer (an arbitrary selection-criteria expression, an ordering of
 ``extra`` strings) comes as ``predicate``, which the backend applies to the candidate rows in sort
@@ -85,7 +85,7 @@ class DeviceQuery:
     #: without such a value; the other operators need one.
     attributes: tuple[tuple[str, str, str | float], ...] = ()
     #: Evaluated in Python on what the conditions above let through: it gets a device's
-    #: selection-criteria names (:func:`agata.cloud.views.device_attributes`' shape).
+    #: selection-criteria names (:func:`agata.cloud.services.views.device_attributes`' shape).
     predicate: Callable[[Mapping[str, Any]], bool] | None = field(default=None, compare=False)
     #: The names ``predicate`` reads (None: any): the backend may leave the others out
     #: of the mappings it builds.

@@ -21,7 +21,7 @@ from sqlalchemy import Connection, and_, func, or_, select, true
 from sqlalchemy.sql.elements import ColumnElement
 
 from agata.errors import invalid
-from agata.store import sql_schema as t
+from agata.store import sql_schema as schema
 from agata.store.queries import COMPARISONS, DEVICE_SORT_KEYS, DevicePage, DeviceQuery
 from agata.store.store import Device, DeviceTaskState
 
@@ -37,9 +37,9 @@ def _like_escaped(word: str) -> str:
 
 def where_clause(query: DeviceQuery) -> ColumnElement[bool]:
     """Every condition of ``query`` (not its predicate) as one SQL expression."""
-    d = t.devices.c
+    d = schema.devices.c
     parts: list[ColumnElement[bool]] = []
-    ds = t.device_sensors.c
+    ds = schema.device_sensors.c
     for word in query.words:
         has_sensor = d.user_id.in_(select(ds.user_id).where(ds.sensor == word))
         parts.append(or_(d.user_id.like(f"%{_like_escaped(word)}%", escape="\\"), has_sensor))
@@ -52,7 +52,7 @@ def where_clause(query: DeviceQuery) -> ColumnElement[bool]:
     if query.enrolled is not None:
         held = d.credential_hash.is_not(None)
         parts.append(held if query.enrolled else d.credential_hash.is_(None))
-    dt = t.device_tasks.c
+    dt = schema.device_tasks.c
     # ``user_id IN (SELECT …)``, not a correlated EXISTS: the planners read the small
     # table's index once instead of probing it for every device.
     for status in query.task_statuses:
@@ -66,7 +66,7 @@ def where_clause(query: DeviceQuery) -> ColumnElement[bool]:
             raise invalid(f"q: {name}{op}{value}: not a number comparison the store knows")
         column = d[name]
         parts.append(and_(column.is_not(None), COMPARISONS[op](column, value)))
-    a = t.device_attributes.c
+    a = schema.device_attributes.c
     for name, op, wanted in query.attributes:
         column = a.num_value if isinstance(wanted, float) else a.text_value
         if op not in COMPARISONS or (column is a.text_value and op not in ("=", "!=")):
@@ -80,7 +80,7 @@ def where_clause(query: DeviceQuery) -> ColumnElement[bool]:
 def _order(query: DeviceQuery) -> list[Any]:
     if query.sort not in DEVICE_SORT_KEYS:
         raise invalid(f"sort: unknown key {query.sort!r}; one of {', '.join(DEVICE_SORT_KEYS)}")
-    d = t.devices.c
+    d = schema.devices.c
     column, user_id = d[query.sort], d.user_id
     if query.sort == "user_id":
         return [user_id.desc() if query.descending else user_id.asc()]
@@ -97,9 +97,9 @@ def query_devices(
     """Run ``query`` in ``conn``; ``make`` builds a record from a row and its sensors,
     ``make_task`` a task state from its row."""
     where, order = where_clause(query), _order(query)
-    d = t.devices.c
+    d = schema.devices.c
     if query.predicate is None:
-        total = conn.execute(select(func.count()).select_from(t.devices).where(where)).scalar()
+        total = conn.execute(select(func.count()).select_from(schema.devices).where(where)).scalar()
         ids = list(
             conn.execute(
                 select(d.user_id)
@@ -126,7 +126,7 @@ def query_devices(
         )
     sensors: dict[str, list[str]] = defaultdict(list)
     if with_sensors:  # one query for every candidate
-        ds = t.device_sensors
+        ds = schema.device_sensors
         candidates = select(d.user_id).where(where)
         for s in conn.execute(select(ds).where(ds.c.user_id.in_(candidates)).order_by(ds.c.sensor)):
             sensors[s.user_id].append(s.sensor)
@@ -146,7 +146,7 @@ def query_devices(
 
 def _sensors(conn: Connection, ids: list[str]) -> dict[str, list[str]]:
     sensors: dict[str, list[str]] = defaultdict(list)
-    ds = t.device_sensors
+    ds = schema.device_sensors
     for s in conn.execute(select(ds).where(ds.c.user_id.in_(ids)).order_by(ds.c.sensor)):
         sensors[s.user_id].append(s.sensor)
     return sensors
@@ -164,10 +164,11 @@ def _page(
     if not ids:
         return DevicePage([], total)
     rows = {
-        r.user_id: r for r in conn.execute(select(t.devices).where(t.devices.c.user_id.in_(ids)))
+        r.user_id: r
+        for r in conn.execute(select(schema.devices).where(schema.devices.c.user_id.in_(ids)))
     }
     sensors = _sensors(conn, ids)
-    dt = t.device_tasks
+    dt = schema.device_tasks
     tasks: dict[str, list[DeviceTaskState]] = defaultdict(list)
     for r in conn.execute(select(dt).where(dt.c.user_id.in_(ids)).order_by(dt.c.task_id)):
         tasks[r.user_id].append(make_task(r))

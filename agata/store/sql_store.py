@@ -51,9 +51,8 @@ from sqlalchemy.pool import StaticPool
 from sqlalchemy.sql.elements import ColumnElement
 
 from agata.errors import AgataError, ErrorCode, conflict, invalid, not_found
-from agata.store import sql_device_query
-from agata.store import sql_schema as t
-from agata.store import validation as v
+from agata.store import sql_device_query, validation
+from agata.store import sql_schema as schema
 from agata.store.passwords import hash_password
 from agata.store.queries import INDEXED_NAME_MAX, INDEXED_TEXT_MAX, DevicePage, DeviceQuery
 from agata.store.sql_errors import translate
@@ -128,7 +127,7 @@ class SqlStore(Store):
         self, engine: Engine, *, log_cap: int = DEFAULT_LOG_CAP, busy_timeout: float = 5.0
     ) -> None:
         self._engine = engine
-        self._log_cap = v.integer("log_cap", log_cap, 1)
+        self._log_cap = validation.integer("log_cap", log_cap, 1)
         self._busy_timeout = busy_timeout
         self._pg = engine.dialect.name == "postgresql"
         # One shared connection (SQLite in memory) must not interleave two transactions.
@@ -177,22 +176,22 @@ class SqlStore(Store):
         with self._tx("initialize", write=True) as conn:
             if self._pg:
                 conn.execute(sql_text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_INIT_LOCK})
-            t.metadata.create_all(conn)
-            stored = conn.execute(select(t.schema_version.c.version)).scalar()
+            schema.metadata.create_all(conn)
+            stored = conn.execute(select(schema.schema_version.c.version)).scalar()
             if stored is None:
                 conn.execute(
-                    insert(t.schema_version).values(
-                        id=1, version=t.SCHEMA_VERSION, updated_at=_now()
+                    insert(schema.schema_version).values(
+                        id=1, version=schema.SCHEMA_VERSION, updated_at=_now()
                     )
                 )
-                logger.info("store schema created at version %s", t.SCHEMA_VERSION)
-            elif stored > t.SCHEMA_VERSION:
+                logger.info("store schema created at version %s", schema.SCHEMA_VERSION)
+            elif stored > schema.SCHEMA_VERSION:
                 raise AgataError(
                     ErrorCode.INTERNAL,
                     f"the database schema is version {stored}, newer than this AGATA "
-                    f"understands ({t.SCHEMA_VERSION}): upgrade AGATA",
+                    f"understands ({schema.SCHEMA_VERSION}): upgrade AGATA",
                 )
-            elif stored < t.SCHEMA_VERSION:
+            elif stored < schema.SCHEMA_VERSION:
                 self._migrate(conn, stored)
 
     def _migrate(self, conn: Connection, stored: int) -> None:
@@ -208,14 +207,16 @@ class SqlStore(Store):
             4: _add_task_kind,
             5: _add_quarantine_expiry,
         }
-        for version in range(stored, t.SCHEMA_VERSION):
+        for version in range(stored, schema.SCHEMA_VERSION):
             step = steps.get(version)
             if step is None:
                 raise AgataError(
                     ErrorCode.INTERNAL, f"no migration from store schema version {version}"
                 )
             step(conn)
-        conn.execute(update(t.schema_version).values(version=t.SCHEMA_VERSION, updated_at=_now()))
+        conn.execute(
+            update(schema.schema_version).values(version=schema.SCHEMA_VERSION, updated_at=_now())
+        )
 
     def close(self) -> None:
         if not self._closed:
@@ -227,23 +228,25 @@ class SqlStore(Store):
     def _load_tasks(self, conn: Connection, where: ColumnElement[bool]) -> list[Task]:
         """Tasks matching ``where`` with tags and files: always three queries."""
         rows = conn.execute(
-            select(t.tasks).where(where).order_by(t.tasks.c.created_at, t.tasks.c.task_id)
+            select(schema.tasks)
+            .where(where)
+            .order_by(schema.tasks.c.created_at, schema.tasks.c.task_id)
         ).all()
         if not rows:
             return []
-        ids = select(t.tasks.c.task_id).where(where).scalar_subquery()
+        ids = select(schema.tasks.c.task_id).where(where).scalar_subquery()
         tags: dict[str, list[str]] = defaultdict(list)
         for tag in conn.execute(
-            select(t.task_tags.c.task_id, t.task_tags.c.tag)
-            .where(t.task_tags.c.task_id.in_(ids))
-            .order_by(t.task_tags.c.task_id, t.task_tags.c.position)
+            select(schema.task_tags.c.task_id, schema.task_tags.c.tag)
+            .where(schema.task_tags.c.task_id.in_(ids))
+            .order_by(schema.task_tags.c.task_id, schema.task_tags.c.position)
         ):
             tags[tag.task_id].append(tag.tag)
         files: dict[str, list[BundleFile]] = defaultdict(list)
         for f in conn.execute(
-            select(t.task_files)
-            .where(t.task_files.c.task_id.in_(ids))
-            .order_by(t.task_files.c.task_id, t.task_files.c.name)
+            select(schema.task_files)
+            .where(schema.task_files.c.task_id.in_(ids))
+            .order_by(schema.task_files.c.task_id, schema.task_files.c.name)
         ):
             files[f.task_id].append(BundleFile(name=f.name, size=f.size, sha256=f.sha256))
         return [self._task(r, tags[r.task_id], files[r.task_id]) for r in rows]
@@ -273,26 +276,26 @@ class SqlStore(Store):
         )
 
     def _one_task(self, conn: Connection, task_id: str) -> Task:
-        found = self._load_tasks(conn, t.tasks.c.task_id == task_id)
+        found = self._load_tasks(conn, schema.tasks.c.task_id == task_id)
         if not found:
             raise not_found(f"task {task_id!r} not found")
         return found[0]
 
     @staticmethod
     def _replace_tags(conn: Connection, task_id: str, tags: Sequence[str]) -> None:
-        conn.execute(delete(t.task_tags).where(t.task_tags.c.task_id == task_id))
+        conn.execute(delete(schema.task_tags).where(schema.task_tags.c.task_id == task_id))
         if tags:
             conn.execute(
-                insert(t.task_tags),
+                insert(schema.task_tags),
                 [{"task_id": task_id, "tag": tag, "position": i} for i, tag in enumerate(tags)],
             )
 
     @staticmethod
     def _replace_files(conn: Connection, task_id: str, files: Sequence[BundleFile]) -> None:
-        conn.execute(delete(t.task_files).where(t.task_files.c.task_id == task_id))
+        conn.execute(delete(schema.task_files).where(schema.task_files.c.task_id == task_id))
         if files:
             conn.execute(
-                insert(t.task_files),
+                insert(schema.task_files),
                 [
                     {"task_id": task_id, "name": f.name, "size": f.size, "sha256": f.sha256}
                     for f in files
@@ -300,26 +303,26 @@ class SqlStore(Store):
             )
 
     def create_task(self, task: NewTask) -> Task:
-        task_id = v.ident("task_id", task.task_id)
+        task_id = validation.ident("task_id", task.task_id)
         row = {
             "task_id": task_id,
-            "host": v.ident("host", task.host),
-            "port": v.integer("port", task.port, 1, 65535),
-            "username": v.text("username", task.username, v.MAX_ID),
-            "password": hash_password(v.text("password", task.password)),
-            "selection_criteria": v.text("selection_criteria", task.selection_criteria),
-            "server_arguments": list(v.strings("server_arguments", task.server_arguments)),
-            "client_arguments": list(v.strings("client_arguments", task.client_arguments)),
+            "host": validation.ident("host", task.host),
+            "port": validation.integer("port", task.port, 1, 65535),
+            "username": validation.text("username", task.username, validation.MAX_ID),
+            "password": hash_password(validation.text("password", task.password)),
+            "selection_criteria": validation.text("selection_criteria", task.selection_criteria),
+            "server_arguments": list(validation.strings("server_arguments", task.server_arguments)),
+            "client_arguments": list(validation.strings("client_arguments", task.client_arguments)),
             "limits": _limits(task.limits),
             "kind": _kind(task.kind),
         }
-        tags, files = v.unique("tag", task.tags), v.files(task.files)
+        tags, files = validation.unique("tag", task.tags), validation.files(task.files)
         now = _now()
         with self._tx(
             "create_task", write=True, conflict=f"task {task_id!r} already exists"
         ) as conn:
             conn.execute(
-                insert(t.tasks).values(
+                insert(schema.tasks).values(
                     **row,
                     running=False,
                     state=TaskState.STOPPED.value,
@@ -340,7 +343,7 @@ class SqlStore(Store):
             return self._one_task(conn, task_id)
 
     def list_tasks(self, running: bool | None = None) -> list[Task]:
-        where = true() if running is None else t.tasks.c.running == running
+        where = true() if running is None else schema.tasks.c.running == running
         with self._tx("list_tasks") as conn:
             return self._load_tasks(conn, where)
 
@@ -368,27 +371,33 @@ class SqlStore(Store):
         if kind is not None:
             changes["kind"] = _kind(kind)
         if host is not None:
-            changes["host"] = v.ident("host", host)
+            changes["host"] = validation.ident("host", host)
         if port is not None:
-            changes["port"] = v.integer("port", port, 1, 65535)
+            changes["port"] = validation.integer("port", port, 1, 65535)
         if username is not None:
-            changes["username"] = v.text("username", username, v.MAX_ID)
+            changes["username"] = validation.text("username", username, validation.MAX_ID)
         if password is not None:
-            changes["password"] = hash_password(v.text("password", password))
+            changes["password"] = hash_password(validation.text("password", password))
         if selection_criteria is not None:
-            changes["selection_criteria"] = v.text("selection_criteria", selection_criteria)
+            changes["selection_criteria"] = validation.text(
+                "selection_criteria", selection_criteria
+            )
         if server_arguments is not None:
-            changes["server_arguments"] = list(v.strings("server_arguments", server_arguments))
+            changes["server_arguments"] = list(
+                validation.strings("server_arguments", server_arguments)
+            )
         if client_arguments is not None:
-            changes["client_arguments"] = list(v.strings("client_arguments", client_arguments))
-        new_tags = None if tags is None else v.unique("tag", tags)
+            changes["client_arguments"] = list(
+                validation.strings("client_arguments", client_arguments)
+            )
+        new_tags = None if tags is None else validation.unique("tag", tags)
         with self._tx("update_task", write=True) as conn:
             if changes or new_tags is not None:
                 found = conn.execute(
-                    update(t.tasks)
-                    .where(t.tasks.c.task_id == task_id)
+                    update(schema.tasks)
+                    .where(schema.tasks.c.task_id == task_id)
                     .values(**changes, updated_at=_now())
-                    .returning(t.tasks.c.task_id)
+                    .returning(schema.tasks.c.task_id)
                 ).first()
                 if found is None:
                     raise not_found(f"task {task_id!r} not found")
@@ -406,16 +415,16 @@ class SqlStore(Store):
         server_pid: int | None = None,
         expected_running: bool | None = None,
     ) -> Task:
-        parsed = v.task_state(running, state)
-        reason = v.text("reason", reason)
+        parsed = validation.task_state(running, state)
+        reason = validation.text("reason", reason)
         if server_pid is not None:
-            v.integer("server_pid", server_pid, 0)
-        where = [t.tasks.c.task_id == task_id]
+            validation.integer("server_pid", server_pid, 0)
+        where = [schema.tasks.c.task_id == task_id]
         if expected_running is not None:
-            where.append(t.tasks.c.running == bool(expected_running))
+            where.append(schema.tasks.c.running == bool(expected_running))
         with self._tx("set_task_state", write=True) as conn:
             found = conn.execute(
-                update(t.tasks)
+                update(schema.tasks)
                 .where(*where)
                 .values(
                     running=running,
@@ -424,11 +433,11 @@ class SqlStore(Store):
                     server_pid=server_pid,
                     updated_at=_now(),
                 )
-                .returning(t.tasks.c.task_id)
+                .returning(schema.tasks.c.task_id)
             ).first()
             if found is None:
                 exists = conn.execute(
-                    select(t.tasks.c.running).where(t.tasks.c.task_id == task_id)
+                    select(schema.tasks.c.running).where(schema.tasks.c.task_id == task_id)
                 ).first()
                 if exists is None:
                     raise not_found(f"task {task_id!r} not found")
@@ -437,13 +446,13 @@ class SqlStore(Store):
             return self._one_task(conn, task_id)
 
     def set_task_files(self, task_id: str, files: Sequence[BundleFile]) -> Task:
-        checked = v.files(files)
+        checked = validation.files(files)
         with self._tx("set_task_files", write=True) as conn:
             found = conn.execute(
-                update(t.tasks)
-                .where(t.tasks.c.task_id == task_id)
-                .values(version=t.tasks.c.version + 1, updated_at=_now())
-                .returning(t.tasks.c.task_id)
+                update(schema.tasks)
+                .where(schema.tasks.c.task_id == task_id)
+                .values(version=schema.tasks.c.version + 1, updated_at=_now())
+                .returning(schema.tasks.c.task_id)
             ).first()
             if found is None:
                 raise not_found(f"task {task_id!r} not found")
@@ -453,15 +462,23 @@ class SqlStore(Store):
     def delete_task(self, task_id: str) -> None:
         with self._tx("delete_task", write=True) as conn:
             running = conn.execute(
-                select(t.tasks.c.running).where(t.tasks.c.task_id == task_id).with_for_update()
+                select(schema.tasks.c.running)
+                .where(schema.tasks.c.task_id == task_id)
+                .with_for_update()
             ).scalar()
             if running is None:
                 raise not_found(f"task {task_id!r} not found")
             if running:
                 raise conflict(f"task {task_id!r} is running: stop it before deleting it")
-            for table in (t.task_tags, t.task_files, t.metrics, t.log_lines, t.device_tasks):
+            for table in (
+                schema.task_tags,
+                schema.task_files,
+                schema.metrics,
+                schema.log_lines,
+                schema.device_tasks,
+            ):
                 conn.execute(delete(table).where(table.c.task_id == task_id))
-            conn.execute(delete(t.tasks).where(t.tasks.c.task_id == task_id))
+            conn.execute(delete(schema.tasks).where(schema.tasks.c.task_id == task_id))
         logger.info("task %s deleted", task_id)
 
     # -- devices -------------------------------------------------------------------------
@@ -482,11 +499,13 @@ class SqlStore(Store):
         )
 
     def _one_device(self, conn: Connection, user_id: str) -> Device:
-        row = conn.execute(select(t.devices).where(t.devices.c.user_id == user_id)).first()
+        row = conn.execute(
+            select(schema.devices).where(schema.devices.c.user_id == user_id)
+        ).first()
         if row is None:
             raise not_found(f"device {user_id!r} not found")
         sensors = conn.execute(
-            select(t.device_sensors.c.sensor).where(t.device_sensors.c.user_id == user_id)
+            select(schema.device_sensors.c.sensor).where(schema.device_sensors.c.user_id == user_id)
         ).scalars()
         return self._device(row, sensors)
 
@@ -500,9 +519,9 @@ class SqlStore(Store):
         sensors: Iterable[str] | None = None,
         extra: Mapping[str, Any] | None = None,
     ) -> Device:
-        user_id = v.ident("user_id", user_id)
+        user_id = validation.ident("user_id", user_id)
         changes: dict[str, Any] = {
-            name: v.number(name, value)
+            name: validation.number(name, value)
             for name, value in (
                 ("data_qnt", data_qnt),
                 ("avg_acc_contrib", avg_acc_contrib),
@@ -511,33 +530,35 @@ class SqlStore(Store):
             if value is not None
         }
         if extra is not None:
-            changes["extra"] = v.json_object("extra", extra)
+            changes["extra"] = validation.json_object("extra", extra)
         indexed = [] if extra is None else indexed_attributes(user_id, changes["extra"])
-        new_sensors = None if sensors is None else sorted(set(v.unique("sensor", sensors)))
+        new_sensors = None if sensors is None else sorted(set(validation.unique("sensor", sensors)))
         now = _now()
         with self._tx("upsert_device", write=True) as conn:
             conn.execute(
                 self._insert_ignore(
-                    t.devices,
+                    schema.devices,
                     ["user_id"],
                     {"user_id": user_id, "extra": {}, "last_seen": now, "created_at": now},
                 )
             )
             conn.execute(
-                update(t.devices)
-                .where(t.devices.c.user_id == user_id)
+                update(schema.devices)
+                .where(schema.devices.c.user_id == user_id)
                 .values(**changes, last_seen=now)
             )
             if extra is not None:
-                attributes = t.device_attributes
+                attributes = schema.device_attributes
                 conn.execute(delete(attributes).where(attributes.c.user_id == user_id))
                 if indexed:
                     conn.execute(insert(attributes), indexed)
             if new_sensors is not None:
-                conn.execute(delete(t.device_sensors).where(t.device_sensors.c.user_id == user_id))
+                conn.execute(
+                    delete(schema.device_sensors).where(schema.device_sensors.c.user_id == user_id)
+                )
                 if new_sensors:
                     conn.execute(
-                        insert(t.device_sensors),
+                        insert(schema.device_sensors),
                         [{"user_id": user_id, "sensor": s} for s in new_sensors],
                     )
             return self._one_device(conn, user_id)
@@ -548,9 +569,9 @@ class SqlStore(Store):
 
     def list_devices(self) -> list[Device]:
         with self._tx("list_devices") as conn:
-            rows = conn.execute(select(t.devices).order_by(t.devices.c.user_id)).all()
+            rows = conn.execute(select(schema.devices).order_by(schema.devices.c.user_id)).all()
             sensors: dict[str, list[str]] = defaultdict(list)
-            for s in conn.execute(select(t.device_sensors)):
+            for s in conn.execute(select(schema.device_sensors)):
                 sensors[s.user_id].append(s.sensor)
             return [self._device(r, sensors[r.user_id]) for r in rows]
 
@@ -561,17 +582,17 @@ class SqlStore(Store):
     def delete_device(self, user_id: str) -> None:
         with self._tx("delete_device", write=True) as conn:
             # Its sensors and task states go by the foreign keys' cascades.
-            gone = conn.execute(delete(t.devices).where(t.devices.c.user_id == user_id))
+            gone = conn.execute(delete(schema.devices).where(schema.devices.c.user_id == user_id))
             if not gone.rowcount:
                 raise not_found(f"device {user_id!r} not found")
 
     def _update_device(self, operation: str, user_id: str, values: dict[str, Any]) -> None:
         with self._tx(operation, write=True) as conn:
             found = conn.execute(
-                update(t.devices)
-                .where(t.devices.c.user_id == user_id)
+                update(schema.devices)
+                .where(schema.devices.c.user_id == user_id)
                 .values(**values)
-                .returning(t.devices.c.user_id)
+                .returning(schema.devices.c.user_id)
             ).first()
             if found is None:
                 raise not_found(f"device {user_id!r} not found")
@@ -579,7 +600,9 @@ class SqlStore(Store):
     def find_device_by_credential_hash(self, credential_hash: str) -> str | None:
         with self._tx("find_device_by_credential_hash") as conn:
             found = conn.execute(
-                select(t.devices.c.user_id).where(t.devices.c.credential_hash == credential_hash)
+                select(schema.devices.c.user_id).where(
+                    schema.devices.c.credential_hash == credential_hash
+                )
             ).first()
             return None if found is None else str(found.user_id)
 
@@ -593,14 +616,16 @@ class SqlStore(Store):
             for start in range(0, len(ids), 500):  # well under any bound-parameter limit
                 chunk = ids[start : start + 500]
                 result = conn.execute(
-                    update(t.devices).where(t.devices.c.user_id.in_(chunk)).values(last_seen=now)
+                    update(schema.devices)
+                    .where(schema.devices.c.user_id.in_(chunk))
+                    .values(last_seen=now)
                 )
                 updated += result.rowcount or 0
         return updated
 
     def set_device_credential(self, user_id: str, credential_hash: str | None) -> None:
         if credential_hash is not None:
-            v.ident("credential_hash", credential_hash)
+            validation.ident("credential_hash", credential_hash)
         revoked_at = _now() if credential_hash is None else None
         self._update_device(
             "set_device_credential",
@@ -609,11 +634,11 @@ class SqlStore(Store):
         )
 
     def claim_device_credential(self, user_id: str, credential_hash: str) -> bool:
-        v.ident("credential_hash", credential_hash)
-        devices = t.devices.c
+        validation.ident("credential_hash", credential_hash)
+        devices = schema.devices.c
         with self._tx("claim_device_credential", write=True) as conn:
             claimed = conn.execute(
-                update(t.devices)
+                update(schema.devices)
                 .where(devices.user_id == user_id, devices.credential_hash.is_(None))
                 .values(credential_hash=credential_hash, revoked_at=None)
                 .returning(devices.user_id)
@@ -644,45 +669,47 @@ class SqlStore(Store):
         *,
         quarantined_until: float | None = None,
     ) -> DeviceTaskState:
-        parsed = v.device_status(status)
+        parsed = validation.device_status(status)
         until = None
         if parsed is DeviceTaskStatus.QUARANTINED and quarantined_until is not None:
-            until = datetime.fromtimestamp(v.number("quarantined_until", quarantined_until), UTC)
+            seconds = validation.number("quarantined_until", quarantined_until)
+            until = datetime.fromtimestamp(seconds, UTC)
         values = {
             "user_id": user_id,
             "task_id": task_id,
             "status": parsed.value,
-            "reason": v.text("reason", reason),
+            "reason": validation.text("reason", reason),
             "updated_at": _now(),
             "quarantined_until": until,
         }
         with self._tx("set_device_task_status", write=True, conflict=_GONE) as conn:
-            if not _exists(conn, t.devices.c.user_id, user_id):
+            if not _exists(conn, schema.devices.c.user_id, user_id):
                 raise not_found(f"device {user_id!r} not found")
-            if not _exists(conn, t.tasks.c.task_id, task_id):
+            if not _exists(conn, schema.tasks.c.task_id, task_id):
                 raise not_found(f"task {task_id!r} not found")
-            conn.execute(self._upsert(t.device_tasks, ["user_id", "task_id"], values))
+            conn.execute(self._upsert(schema.device_tasks, ["user_id", "task_id"], values))
             row = conn.execute(
-                select(t.device_tasks).where(
-                    t.device_tasks.c.user_id == user_id, t.device_tasks.c.task_id == task_id
+                select(schema.device_tasks).where(
+                    schema.device_tasks.c.user_id == user_id,
+                    schema.device_tasks.c.task_id == task_id,
                 )
             ).one()
             return self._device_task(row)
 
     def list_device_tasks(self, user_id: str) -> list[DeviceTaskState]:
-        dt = t.device_tasks
+        dt = schema.device_tasks
         with self._tx("list_device_tasks") as conn:
             rows = conn.execute(select(dt).where(dt.c.user_id == user_id).order_by(dt.c.task_id))
             return [self._device_task(r) for r in rows]
 
     def list_task_devices(self, task_id: str) -> list[DeviceTaskState]:
-        dt = t.device_tasks
+        dt = schema.device_tasks
         with self._tx("list_task_devices") as conn:
             rows = conn.execute(select(dt).where(dt.c.task_id == task_id).order_by(dt.c.user_id))
             return [self._device_task(r) for r in rows]
 
     def clear_quarantine(self, user_id: str | None, task_id: str | None = None) -> int:
-        dt = t.device_tasks
+        dt = schema.device_tasks
         where = [dt.c.status == DeviceTaskStatus.QUARANTINED.value]
         if user_id is not None:
             where.append(dt.c.user_id == user_id)
@@ -705,28 +732,30 @@ class SqlStore(Store):
         data: Mapping[str, Any] | None = None,
     ) -> Event:
         values: dict[str, Any] = {
-            "time": _time.time() if time is None else v.number("time", time),
-            "service": v.text("service", service, v.MAX_ID),
-            "function": v.text("function", function, v.MAX_ID),
-            "event": v.text("event", event, v.MAX_ID),
-            "task_id": None if task_id is None else v.ident("task_id", task_id),
-            "user_id": None if user_id is None else v.ident("user_id", user_id),
-            "data": v.json_object("data", data),
+            "time": _time.time() if time is None else validation.number("time", time),
+            "service": validation.text("service", service, validation.MAX_ID),
+            "function": validation.text("function", function, validation.MAX_ID),
+            "event": validation.text("event", event, validation.MAX_ID),
+            "task_id": None if task_id is None else validation.ident("task_id", task_id),
+            "user_id": None if user_id is None else validation.ident("user_id", user_id),
+            "data": validation.json_object("data", data),
         }
         with self._tx("add_event", write=True) as conn:
-            new_id = conn.execute(insert(t.events).values(**values).returning(t.events.c.id))
+            new_id = conn.execute(
+                insert(schema.events).values(**values).returning(schema.events.c.id)
+            )
             return Event(id=new_id.scalar_one(), **values)
 
     def list_events(
         self, task_id: str | None = None, since: float | None = None, limit: int = 1000
     ) -> list[Event]:
-        limit = min(v.integer("limit", limit, 1), MAX_LIST)
-        e = t.events
+        limit = min(validation.integer("limit", limit, 1), MAX_LIST)
+        e = schema.events
         query = select(e).order_by(e.c.time, e.c.id).limit(limit)
         if task_id is not None:
             query = query.where(e.c.task_id == task_id)
         if since is not None:
-            query = query.where(e.c.time >= v.number("since", since))
+            query = query.where(e.c.time >= validation.number("since", since))
         with self._tx("list_events") as conn:
             return [
                 Event(
@@ -752,19 +781,21 @@ class SqlStore(Store):
     ) -> Metric:
         values: dict[str, Any] = {
             "task_id": task_id,
-            "round": v.integer("round", round, 0, v.INT32_MAX),
-            "source": v.ident("source", source),
-            "metrics": v.metrics(metrics),
-            "time": _time.time() if time is None else v.number("time", time),
+            "round": validation.integer("round", round, 0, validation.INT32_MAX),
+            "source": validation.ident("source", source),
+            "metrics": validation.metrics(metrics),
+            "time": _time.time() if time is None else validation.number("time", time),
         }
         with self._tx("add_metric", write=True, conflict=_GONE) as conn:
-            if not _exists(conn, t.tasks.c.task_id, task_id):
+            if not _exists(conn, schema.tasks.c.task_id, task_id):
                 raise not_found(f"task {task_id!r} not found")
-            new_id = conn.execute(insert(t.metrics).values(**values).returning(t.metrics.c.id))
+            new_id = conn.execute(
+                insert(schema.metrics).values(**values).returning(schema.metrics.c.id)
+            )
             return Metric(id=new_id.scalar_one(), **values)
 
     def list_metrics(self, task_id: str) -> list[Metric]:
-        m = t.metrics
+        m = schema.metrics
         query = select(m).where(m.c.task_id == task_id).order_by(m.c.round, m.c.id)
         with self._tx("list_metrics") as conn:
             return [
@@ -783,21 +814,21 @@ class SqlStore(Store):
         now = _time.time()
         rows = [
             {
-                "source": v.text("log source", line.source, v.MAX_ID),
-                "stream": v.text("log stream", line.stream, v.MAX_ID),
+                "source": validation.text("log source", line.source, validation.MAX_ID),
+                "stream": validation.text("log stream", line.stream, validation.MAX_ID),
                 "text": _log_text(line.text),
-                "time": now if line.time is None else v.number("log time", line.time),
+                "time": now if line.time is None else validation.number("log time", line.time),
             }
             for line in lines
         ]
         cap = self._log_cap
-        lg = t.log_lines
+        lg = schema.log_lines
         with self._tx("add_log_lines", write=True) as conn:
             last = conn.execute(
-                update(t.tasks)
-                .where(t.tasks.c.task_id == task_id)
-                .values(log_seq=t.tasks.c.log_seq + len(rows))
-                .returning(t.tasks.c.log_seq)
+                update(schema.tasks)
+                .where(schema.tasks.c.task_id == task_id)
+                .values(log_seq=schema.tasks.c.log_seq + len(rows))
+                .returning(schema.tasks.c.log_seq)
             ).scalar()
             if last is None:
                 raise not_found(f"task {task_id!r} not found")
@@ -813,11 +844,13 @@ class SqlStore(Store):
             return int(last)
 
     def tail_logs(self, task_id: str, n: int = 100, after_seq: int = 0) -> list[LogLine]:
-        n = v.integer("n", n, 0)
-        lg = t.log_lines
+        n = validation.integer("n", n, 0)
+        lg = schema.log_lines
         query = (
             select(lg)
-            .where(lg.c.task_id == task_id, lg.c.seq > v.integer("after_seq", after_seq, 0))
+            .where(
+                lg.c.task_id == task_id, lg.c.seq > validation.integer("after_seq", after_seq, 0)
+            )
             .order_by(lg.c.seq.desc())
             .limit(min(n, self._log_cap))
         )
@@ -862,20 +895,20 @@ class SqlStore(Store):
     def add_operator_token(self, name: str, token_hash: str) -> OperatorToken:
         values: dict[str, Any] = {
             "token_id": uuid.uuid4().hex,
-            "name": v.text("name", name, v.MAX_ID),
-            "token_hash": v.ident("token_hash", token_hash),
+            "name": validation.text("name", name, validation.MAX_ID),
+            "token_hash": validation.ident("token_hash", token_hash),
             "created_at": _now(),
             "revoked": False,
         }
         with self._tx(
             "add_operator_token", write=True, conflict="an operator token with this hash exists"
         ) as conn:
-            conn.execute(insert(t.operator_tokens).values(**values))
+            conn.execute(insert(schema.operator_tokens).values(**values))
         logger.info("operator token %s (%s) added", values["token_id"], values["name"])
         return OperatorToken(**{**values, "created_at": iso(values["created_at"])})
 
     def find_operator_token_by_hash(self, token_hash: str) -> OperatorToken | None:
-        ot = t.operator_tokens
+        ot = schema.operator_tokens
         with self._tx("find_operator_token_by_hash") as conn:
             row = conn.execute(
                 select(ot).where(ot.c.token_hash == token_hash, ot.c.revoked == false())
@@ -883,7 +916,7 @@ class SqlStore(Store):
         return None if row is None else self._operator_token(row)
 
     def list_operator_tokens(self) -> list[OperatorToken]:
-        ot = t.operator_tokens
+        ot = schema.operator_tokens
         with self._tx("list_operator_tokens") as conn:
             rows = conn.execute(select(ot).order_by(ot.c.created_at, ot.c.token_id))
             return [self._operator_token(r) for r in rows]
@@ -901,34 +934,34 @@ class SqlStore(Store):
         logger.info("token %s revoked", token_id)
 
     def revoke_operator_token(self, token_id: str) -> None:
-        self._revoke("revoke_operator_token", t.operator_tokens, token_id)
+        self._revoke("revoke_operator_token", schema.operator_tokens, token_id)
 
     def add_enrollment_token(
         self, name: str, token_hash: str, *, uses: int = 1, expires_at: datetime | None = None
     ) -> EnrollmentToken:
         values: dict[str, Any] = {
             "token_id": uuid.uuid4().hex,
-            "name": v.text("name", name, v.MAX_ID),
-            "token_hash": v.ident("token_hash", token_hash),
+            "name": validation.text("name", name, validation.MAX_ID),
+            "token_hash": validation.ident("token_hash", token_hash),
             "created_at": _now(),
-            "expires_at": v.aware("expires_at", expires_at),
-            "uses_left": v.integer("uses", uses, 1, v.INT32_MAX),
+            "expires_at": validation.aware("expires_at", expires_at),
+            "uses_left": validation.integer("uses", uses, 1, validation.INT32_MAX),
             "revoked": False,
         }
         with self._tx(
             "add_enrollment_token", write=True, conflict="an enrollment token with this hash exists"
         ) as conn:
-            conn.execute(insert(t.enrollment_tokens).values(**values))
+            conn.execute(insert(schema.enrollment_tokens).values(**values))
             row = conn.execute(
-                select(t.enrollment_tokens).where(
-                    t.enrollment_tokens.c.token_id == values["token_id"]
+                select(schema.enrollment_tokens).where(
+                    schema.enrollment_tokens.c.token_id == values["token_id"]
                 )
             ).one()
         logger.info("enrollment token %s (%s) added", values["token_id"], values["name"])
         return self._enrollment_token(row)
 
     def consume_enrollment_token(self, token_hash: str) -> EnrollmentToken | None:
-        et = t.enrollment_tokens
+        et = schema.enrollment_tokens
         with self._tx("consume_enrollment_token", write=True) as conn:
             row = conn.execute(
                 update(et)
@@ -944,13 +977,13 @@ class SqlStore(Store):
         return None if row is None else self._enrollment_token(row)
 
     def list_enrollment_tokens(self) -> list[EnrollmentToken]:
-        et = t.enrollment_tokens
+        et = schema.enrollment_tokens
         with self._tx("list_enrollment_tokens") as conn:
             rows = conn.execute(select(et).order_by(et.c.created_at, et.c.token_id))
             return [self._enrollment_token(r) for r in rows]
 
     def revoke_enrollment_token(self, token_id: str) -> None:
-        self._revoke("revoke_enrollment_token", t.enrollment_tokens, token_id)
+        self._revoke("revoke_enrollment_token", schema.enrollment_tokens, token_id)
 
 
 _LIMIT_NAMES = frozenset({"memory_mb", "cpu_cores", "open_files", "pids", "wall_seconds"})
@@ -988,12 +1021,12 @@ def _add_task_limits(conn: Connection) -> None:
 def _hash_task_passwords(conn: Connection) -> None:
     """Schema 2 -> 3: task passwords kept in clear until version 2 are hashed."""
     rows = conn.execute(
-        select(t.tasks.c.task_id, t.tasks.c.password).where(t.tasks.c.password != "")
+        select(schema.tasks.c.task_id, schema.tasks.c.password).where(schema.tasks.c.password != "")
     ).all()
     for row in rows:
         conn.execute(
-            update(t.tasks)
-            .where(t.tasks.c.task_id == row.task_id)
+            update(schema.tasks)
+            .where(schema.tasks.c.task_id == row.task_id)
             .values(password=hash_password(row.password))
         )
     if rows:
@@ -1024,14 +1057,14 @@ def _add_device_queries(conn: Connection) -> None:
     every device's ``extra``, which ``create_all`` created empty); the query indexes."""
     if "revoked_at" not in {c["name"] for c in inspect(conn).get_columns("devices")}:
         conn.execute(sql_text("ALTER TABLE devices ADD COLUMN revoked_at TIMESTAMP WITH TIME ZONE"))
-    for table in (t.devices, t.device_sensors, t.device_tasks):
+    for table in (schema.devices, schema.device_sensors, schema.device_tasks):
         for index in table.indexes:
             index.create(conn, checkfirst=True)
-    conn.execute(delete(t.device_attributes))
-    for row in conn.execute(select(t.devices.c.user_id, t.devices.c.extra)).all():
+    conn.execute(delete(schema.device_attributes))
+    for row in conn.execute(select(schema.devices.c.user_id, schema.devices.c.extra)).all():
         rows = indexed_attributes(row.user_id, row.extra or {})
         if rows:
-            conn.execute(insert(t.device_attributes), rows)
+            conn.execute(insert(schema.device_attributes), rows)
 
 
 def _add_task_kind(conn: Connection) -> None:
@@ -1048,5 +1081,5 @@ def _add_quarantine_expiry(conn: Connection) -> None:
     quarantines recorded before). (A table ``create_all`` made at this version already
     has the column.)"""
     if "quarantined_until" not in {c["name"] for c in inspect(conn).get_columns("device_tasks")}:
-        kind = t.device_tasks.c.quarantined_until.type.compile(dialect=conn.dialect)
+        kind = schema.device_tasks.c.quarantined_until.type.compile(dialect=conn.dialect)
         conn.execute(sql_text(f"ALTER TABLE device_tasks ADD COLUMN quarantined_until {kind}"))

@@ -123,9 +123,9 @@ class Task:
     ``password_hash`` is the legacy download credential as
     :func:`agata.store.passwords.hash_password` stores it (``""``: no password); the
     clear password is never kept. It is secret all the same: it keys the per-device
-    download passwords (:mod:`agata.cloud.download_passwords`). ``server_pid`` is the process
-    group of the running server side. ``version`` starts at 1 and grows by one each time
-    the bundle files are replaced.
+    download passwords (:mod:`agata.cloud.credentials.download_passwords`). ``server_pid``
+    is the process group of the running server side. ``version`` starts at 1 and grows by
+    one each time the bundle files are replaced.
     """
 
     task_id: str

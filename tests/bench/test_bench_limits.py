@@ -5,11 +5,11 @@ from __future__ import annotations
 import httpx
 
 from agata.bench.bare import asyncio_round_trips, bare_fastapi, interpreter_start_ms
-from agata.bench.report import Report, render
+from agata.bench.report import BenchReport, render
 
 
 def test_verdicts_are_on_the_ratio_or_the_excess_over_the_limit() -> None:
-    report = Report("t")
+    report = BenchReport("t")
 
     fast = report.ratio("fast", 600.0, 1000.0, "req/s", limit_name="bare", at_least=0.5)
     slow = report.ratio("slow", 400.0, 1000.0, "req/s", limit_name="bare", at_least=0.5)

@@ -15,7 +15,7 @@ import pytest
 from cloud_harness import Cloud, running_cloud
 
 from agata.cloud.gateway.admission import Admissions
-from agata.cloud.task_manager import TaskManager
+from agata.cloud.services.task_manager import TaskManager
 from agata.edge.backoff import Backoff
 from agata.edge.cloud_client import CloudClient
 from agata.edge.device_info import DeviceInfo

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from cloud_harness import SERVER_PY, Cloud, create_bundle_task
 
-from agata.cloud.bundle_journal import UndoJournal
-from agata.cloud.bundles import BundleStore
+from agata.cloud.bundles.bundle_journal import UndoJournal
+from agata.cloud.bundles.bundle_store import BundleStore
 from agata.errors import AgataError, ErrorCode
 from agata.store.store import BundleFile
 

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agata.cloud.bundles import (
+from agata.cloud.bundles.bundle_store import (
     BundleFile,
     BundleStore,
     validate_file_name,

@@ -13,7 +13,7 @@ import aio_pika
 import pytest
 
 from agata.bus import RpcClient, create_bus
-from agata.cloud.cloud import CloudNode
+from agata.cloud.cloud_node import CloudNode
 from agata.settings import load_settings
 
 

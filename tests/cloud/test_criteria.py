@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agata.cloud.criteria import (
+from agata.cloud.criteria.criteria_language import (
     MAX_LENGTH,
     Criteria,
     CriteriaCache,

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from agata.cloud.criteria import compile_criteria
-from agata.cloud.criteria_sql import indexed_terms
-from agata.cloud.device_query import parse_device_filter
-from agata.cloud.views import device_attributes
+from agata.cloud.criteria.criteria_language import compile_criteria
+from agata.cloud.criteria.criteria_sql import indexed_terms
+from agata.cloud.criteria.device_query import parse_device_filter
+from agata.cloud.services.views import device_attributes
 from agata.store import Store, create_store
 
 EXPRESSIONS = [

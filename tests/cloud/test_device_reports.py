@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import event
 
 from agata.bus import create_bus
-from agata.cloud.device_registry import DeviceRegistry
+from agata.cloud.services.device_registry import DeviceRegistry
 from agata.protocol import operations as ops
 from agata.store.sql_store import SqlStore
 from agata.store.store import NewTask
@@ -74,7 +74,7 @@ async def test_reports_record_status_metrics_and_last_seen(registry: DeviceRegis
 async def test_a_task_report_is_one_transaction(registry: DeviceRegistry) -> None:
     """A status report writes the status and, once per TOUCH_SECONDS, last_seen. Only
     the first report of a device on a task reads the task and the device (its scope:
-    agata.cloud.report_scope); the next ones are trusted for SCOPE_CACHE_SECONDS."""
+    agata.cloud.services.report_scope); the next ones are trusted for SCOPE_CACHE_SECONDS."""
     store = registry.store
     assert isinstance(store, SqlStore)
     transactions: list[int] = []

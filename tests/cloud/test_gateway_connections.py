@@ -10,7 +10,7 @@ from pathlib import Path
 
 from cloud_harness import cloud_settings
 
-from agata.cloud.cloud import CloudNode
+from agata.cloud.cloud_node import CloudNode
 
 
 @contextlib.asynccontextmanager

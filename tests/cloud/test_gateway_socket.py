@@ -6,7 +6,7 @@ import asyncio
 import socket
 from pathlib import Path
 
-from agata.cloud.cloud import CloudNode
+from agata.cloud.cloud_node import CloudNode
 from agata.settings import load_settings
 
 

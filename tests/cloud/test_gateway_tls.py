@@ -15,7 +15,7 @@ import pytest
 from cloud_harness import cloud_settings
 from tls_certs import Certificates, make_certificates
 
-from agata.cloud.cloud import CloudNode
+from agata.cloud.cloud_node import CloudNode
 from agata.edge.cloud_client import CloudClient
 from agata.edge.credential import enroll_device
 from agata.errors import AgataError, ErrorCode

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from cloud_harness import CLIENT_PY, Cloud, create_bundle_task, running_cloud
 
-from agata.cloud.task_manager import TaskManager
-from agata.cloud.views import offer_view
+from agata.cloud.services.task_manager import TaskManager
+from agata.cloud.services.views import offer_view
 
 # A server side that ends (Finished) once the file named by its argument exists.
 SERVER_UNTIL_FILE = """
@@ -176,7 +176,7 @@ async def test_a_change_no_notification_told_of_is_seen_after_the_reread(
 ) -> None:
     """A lost notification (a broker outage): the periodic re-read of the running tasks
     finds them changed and ends the cached offers."""
-    import agata.cloud.task_manager as task_manager
+    import agata.cloud.services.task_manager as task_manager
 
     monkeypatch.setattr(task_manager, "RUNNING_CACHE_SECONDS", 0.05)
     await held_task(cloud, "t1")

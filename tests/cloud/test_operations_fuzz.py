@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 
 from agata.bus import create_bus
 from agata.bus.service import Service
-from agata.cloud.device_registry import DeviceRegistry
-from agata.cloud.task_manager import TaskManager
+from agata.cloud.services.device_registry import DeviceRegistry
+from agata.cloud.services.task_manager import TaskManager
 from agata.store.store_factory import create_store
 
 # Operations that start processes are exercised elsewhere with real bundles.

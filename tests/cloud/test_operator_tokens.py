@@ -7,7 +7,7 @@ import asyncio
 
 from cloud_harness import Cloud
 
-from agata.cloud.auth import OPERATOR_PREFIX, hash_token, new_token
+from agata.cloud.credentials.tokens import OPERATOR_PREFIX, hash_token, new_token
 
 
 async def test_a_revoked_operator_loses_its_stream_and_its_access_at_once(cloud: Cloud) -> None:

@@ -13,7 +13,7 @@ from cloud_harness import Cloud, create_bundle_task
 from edge.conftest import pid_alive
 
 from agata.bus.bus import Delivery
-from agata.cloud.notifier import Notifier
+from agata.cloud.services.notifier import Notifier
 from agata.protocol.operations import NOTIFICATIONS_TOPIC
 from agata.store.store import TaskState
 

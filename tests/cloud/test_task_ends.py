@@ -9,7 +9,7 @@ import sqlite3
 import time
 from pathlib import Path
 
-from agata.cloud.task_ends import EndRecorder, TaskEnd
+from agata.cloud.services.task_ends import EndRecorder, TaskEnd
 from agata.store.store import NewTask, Store, TaskState
 from agata.store.store_factory import create_store
 

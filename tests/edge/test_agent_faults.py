@@ -13,7 +13,7 @@ from pathlib import Path
 from cloud_harness import Cloud, cloud_settings, running_cloud
 from helpers import free_port
 
-from agata.cloud.cloud import CloudNode
+from agata.cloud.cloud_node import CloudNode
 from agata.edge.agent import Agent
 from agata.edge.device_info import DeviceInfo
 from edge.conftest import (

@@ -16,7 +16,7 @@ from typing import Any
 from cloud_harness import Cloud
 
 from agata.edge.run_ends import MAX_OUTPUT_BYTES, MAX_OUTPUT_LINE, bounded_output
-from agata.runtime.messages import LogLine, Stream
+from agata.runtime.messages import OutputLine, Stream
 from edge.conftest import (
     Device,
     device_states,
@@ -191,8 +191,8 @@ async def test_a_client_that_fails_while_its_run_goes_on_is_quarantined(
 
 def test_a_flood_of_output_is_cut_to_its_last_lines_within_the_bytes_bound() -> None:
     # Prepare: 500 lines of 5,000 characters, the last one short
-    lines = [LogLine(Stream.STDERR, f"{i:04d}" + "x" * 5000) for i in range(499)]
-    lines.append(LogLine(Stream.STDERR, "Boom: the end"))
+    lines = [OutputLine(Stream.STDERR, f"{i:04d}" + "x" * 5000) for i in range(499)]
+    lines.append(OutputLine(Stream.STDERR, "Boom: the end"))
 
     # Execute
     sent = bounded_output(lines)

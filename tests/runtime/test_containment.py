@@ -21,7 +21,7 @@ import pytest
 from agata.runtime.containment import Containment, ContainmentKind, detect_containment
 from agata.runtime.limits import Limits
 from agata.runtime.process import AsyncioProcessLauncher
-from agata.runtime.supervisor import TaskProcess, TaskState
+from agata.runtime.supervisor import ProcessState, TaskProcess
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="process groups, /proc")
 
@@ -113,7 +113,7 @@ async def test_setsid_and_double_fork_end_on_stop(tmp_path: Path, containment: C
 
     outcome = await asyncio.wait_for(task.stop(), 10)
 
-    assert outcome.state is TaskState.STOPPED
+    assert outcome.state is ProcessState.STOPPED
     assert [pid for pid in before if alive(pid)] == []
 
 
@@ -223,7 +223,7 @@ async def test_a_fork_bomb_ends_with_the_pids_limit_named(
         Limits(pids=20),
     )
 
-    assert outcome.state is TaskState.FAILED
+    assert outcome.state is ProcessState.FAILED
     assert "process limit of 20" in outcome.reason
 
 
@@ -243,7 +243,7 @@ async def test_memory_past_the_limit_ends_with_the_limit_named(
         Limits(memory_mb=64),
     )
 
-    assert outcome.state is TaskState.FAILED
+    assert outcome.state is ProcessState.FAILED
     assert "memory limit of 64 MiB" in outcome.reason
 
 
@@ -252,7 +252,7 @@ async def test_the_wall_time_limit_ends_the_run(tmp_path: Path, containment: Con
         tmp_path, containment, "import time\ntime.sleep(60)\n", Limits(wall_seconds=0.5)
     )
 
-    assert outcome.state is TaskState.FAILED
+    assert outcome.state is ProcessState.FAILED
     assert outcome.reason == "wall time limit of 0.5 s exceeded"
 
 

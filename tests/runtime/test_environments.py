@@ -16,7 +16,7 @@ import pytest
 
 from agata.errors import AgataError, ErrorCode
 from agata.runtime.environments import EnvironmentCache, normalize_requirements
-from agata.runtime.supervisor import TaskProcess, TaskState
+from agata.runtime.supervisor import ProcessState, TaskProcess
 
 
 def make_wheel(
@@ -134,7 +134,7 @@ async def test_a_task_runs_in_its_environment(tmp_path: Path, wheelhouse: Path) 
     await task.start()
     outcome = await task.wait()
 
-    assert outcome.state is TaskState.FINISHED, task.tail()
+    assert outcome.state is ProcessState.FINISHED, task.tail()
 
 
 def test_an_unsatisfiable_requirement_fails_with_the_installers_reason(

@@ -1,4 +1,4 @@
-"""parse_line: protocol lines become typed messages; anything else is a LogLine."""
+"""parse_line: protocol lines become typed messages; anything else is a OutputLine."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from agata.runtime.messages import (
     TRUNCATED_MARKER,
     Error,
     Info,
-    LogLine,
     Model,
+    OutputLine,
     Print,
     Stream,
     Trigger,
@@ -84,12 +84,12 @@ def test_protocol_lines(line: str, expected: object) -> None:
 def test_anything_else_is_a_log_line(line: str) -> None:
     message = parse_line(line)
 
-    assert isinstance(message, LogLine)
+    assert isinstance(message, OutputLine)
     assert message.stream is Stream.STDOUT
 
 
 def test_stderr_never_carries_the_protocol() -> None:
-    assert parse_line('{"type":"info","info":"Finished"}', "stderr") == LogLine(
+    assert parse_line('{"type":"info","info":"Finished"}', "stderr") == OutputLine(
         Stream.STDERR, '{"type":"info","info":"Finished"}'
     )
 
@@ -99,7 +99,7 @@ def test_long_lines_are_cut_and_marked() -> None:
 
     message = parse_line(record)
 
-    assert isinstance(message, LogLine)
+    assert isinstance(message, OutputLine)
     assert message.text.endswith(TRUNCATED_MARKER)
     assert len(message.text) == MAX_LINE_CHARS + len(TRUNCATED_MARKER)
 
@@ -107,7 +107,7 @@ def test_long_lines_are_cut_and_marked() -> None:
 def test_bytes_ansi_and_bad_utf8() -> None:
     message = parse_line(b"\x1b[92mINFO \x1b[0m: round 1 \xff\r\n", Stream.STDERR)
 
-    assert message == LogLine(Stream.STDERR, "INFO : round 1 \ufffd")
+    assert message == OutputLine(Stream.STDERR, "INFO : round 1 \ufffd")
 
 
 def test_model_acc_property() -> None:

@@ -19,7 +19,7 @@ from agata.runtime.process import (
     kill_process_group,
     task_environment,
 )
-from agata.runtime.supervisor import TaskProcess, TaskState
+from agata.runtime.supervisor import ProcessState, TaskProcess
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="process groups, /proc")
 
@@ -48,7 +48,7 @@ async def test_an_interpreter_that_cannot_start_fails_the_task(tmp_path: Path) -
         await task.start()
 
     assert raised.value.code is ErrorCode.INTERNAL
-    assert task.state is TaskState.FAILED
+    assert task.state is ProcessState.FAILED
 
 
 async def test_kill_process_group_checks_the_token(tmp_path: Path) -> None:
@@ -63,7 +63,7 @@ async def test_kill_process_group_checks_the_token(tmp_path: Path) -> None:
     assert members is not None and len(members) == 2
 
     assert kill_process_group(task.pgid, token="not-ours") is False
-    assert task.state is TaskState.RUNNING
+    assert task.state is ProcessState.RUNNING
 
     assert kill_process_group(task.pgid, token=task.token) is True
     outcome = await asyncio.wait_for(task.wait(), timeout=5)

@@ -18,7 +18,7 @@ import pytest
 from agata.runtime.containment import Containment, ContainmentKind, detect_containment
 from agata.runtime.limits import Limits
 from agata.runtime.process import AsyncioProcessLauncher, task_environment
-from agata.runtime.supervisor import TaskProcess, TaskState
+from agata.runtime.supervisor import ProcessState, TaskProcess
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="cgroups, /proc")
 
@@ -104,7 +104,7 @@ async def test_the_parked_spare_becomes_the_task_with_exactly_its_start(
         own = Path("/sys/fs/cgroup", controller, seen["cgroups"][controller].lstrip("/"))
         assert own.parent == pids_base and own.name.startswith("run-")
         assert seen["pids_max"] == "64"
-        assert task.state is TaskState.FINISHED
+        assert task.state is ProcessState.FINISHED
     finally:
         launcher.close()
     assert not list(pids_base.glob("run-*"))  # the task's and the next spare's are gone
@@ -134,7 +134,7 @@ async def test_a_start_the_line_cannot_carry_or_a_dead_spare_starts_the_ordinary
         task, seen = await run_probe(tmp_path, launcher)
 
         # Assert: started the ordinary way, contained all the same
-        assert seen["pid"] != parked and task.state is TaskState.FINISHED
+        assert seen["pid"] != parked and task.state is ProcessState.FINISHED
         assert seen["pids_max"] == "64"
     finally:
         launcher.close()

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from agata.errors import AgataError, ErrorCode
-from agata.runtime.messages import Info, LogLine, Model, Print, Stream, TaskMessage, Trigger
-from agata.runtime.supervisor import TaskOutcome, TaskProcess, TaskState
+from agata.runtime.messages import Info, Model, OutputLine, Print, Stream, TaskMessage, Trigger
+from agata.runtime.supervisor import ProcessState, TaskOutcome, TaskProcess
 
 from .fakes import FakeHandle, FakeLauncher
 
@@ -65,7 +65,7 @@ async def started(
 async def test_starting_to_running_spawns_the_side(bundle: Path) -> None:
     task, handle, _ = await started(bundle)
 
-    assert task.state is TaskState.RUNNING
+    assert task.state is ProcessState.RUNNING
     assert handle.argv == [sys.executable, "client.py", "/work/t1", "--rounds", "2"]
     assert handle.cwd == bundle
     assert handle.env["FLWR_TELEMETRY_ENABLED"] == "0"
@@ -82,8 +82,10 @@ async def test_starting_to_failed_when_the_script_is_missing(tmp_path: Path) -> 
         await task.start()
 
     assert raised.value.code is ErrorCode.NOT_FOUND
-    assert task.state is TaskState.FAILED
-    assert await task.wait() == TaskOutcome(TaskState.FAILED, f"no server.py in {tmp_path}", None)
+    assert task.state is ProcessState.FAILED
+    assert await task.wait() == TaskOutcome(
+        ProcessState.FAILED, f"no server.py in {tmp_path}", None
+    )
 
 
 async def test_starting_to_failed_when_spawn_fails(bundle: Path) -> None:
@@ -96,7 +98,7 @@ async def test_starting_to_failed_when_spawn_fails(bundle: Path) -> None:
 
     assert raised.value.code is ErrorCode.INTERNAL
     outcome = await task.wait()
-    assert (outcome.state, outcome.exit_code) == (TaskState.FAILED, None)
+    assert (outcome.state, outcome.exit_code) == (ProcessState.FAILED, None)
     assert "no such interpreter" in outcome.reason
 
 
@@ -105,7 +107,7 @@ async def test_starting_to_stopped_when_stopped_before_start(bundle: Path) -> No
 
     outcome = await task.stop()
 
-    assert outcome == TaskOutcome(TaskState.STOPPED, "stopped before it started", None)
+    assert outcome == TaskOutcome(ProcessState.STOPPED, "stopped before it started", None)
     with pytest.raises(AgataError) as raised:
         await task.start()
     assert raised.value.code is ErrorCode.CONFLICT
@@ -123,7 +125,7 @@ async def test_stop_while_spawning_stops_right_after_spawn(bundle: Path) -> None
     await starting
     outcome = await task.wait()
 
-    assert outcome.state is TaskState.STOPPED
+    assert outcome.state is ProcessState.STOPPED
     assert launcher.handles[0].signals == [signal.SIGTERM]
 
 
@@ -154,11 +156,11 @@ async def test_running_to_stopping_to_finished_on_finished(bundle: Path) -> None
     handle.send(type="info", info="Started")
     handle.send(type="model", round=1, acc=0.5)
     handle.send(type="info", info="Finished")
-    await until(lambda: task.state is TaskState.STOPPING)
+    await until(lambda: task.state is ProcessState.STOPPING)
     handle.exit(0)  # exits by itself within finish_grace
     outcome = await task.wait()
 
-    assert outcome == TaskOutcome(TaskState.FINISHED, "reported Finished", 0)
+    assert outcome == TaskOutcome(ProcessState.FINISHED, "reported Finished", 0)
     assert collector.messages == [Info("Started"), Model(1, {"acc": 0.5}), Info("Finished")]
     assert handle.signals == []  # never needed SIGTERM
     assert handle.signals_after_exit == [signal.SIGKILL]  # the rest of the group
@@ -170,7 +172,7 @@ async def test_finished_but_lingering_gets_sigterm_after_finish_grace(bundle: Pa
     handle.send(type="info", info="Finished")
     outcome = await task.wait()
 
-    assert outcome == TaskOutcome(TaskState.FINISHED, "reported Finished", -signal.SIGTERM)
+    assert outcome == TaskOutcome(ProcessState.FINISHED, "reported Finished", -signal.SIGTERM)
     assert handle.signals == [signal.SIGTERM]
 
 
@@ -180,7 +182,7 @@ async def test_running_to_stopping_to_failed_on_error(bundle: Path) -> None:
     handle.send(type="error", exception="ValueError: no data")
     outcome = await task.wait()
 
-    assert outcome == TaskOutcome(TaskState.FAILED, "ValueError: no data", -signal.SIGTERM)
+    assert outcome == TaskOutcome(ProcessState.FAILED, "ValueError: no data", -signal.SIGTERM)
     assert handle.signals == [signal.SIGTERM]
     assert collector.messages[-1].kind == "error"
 
@@ -193,7 +195,7 @@ async def test_running_to_failed_on_exit_without_finished(bundle: Path) -> None:
     outcome = await task.wait()
 
     assert outcome == TaskOutcome(
-        TaskState.FAILED, "exited with code 3 without reporting Finished", 3
+        ProcessState.FAILED, "exited with code 3 without reporting Finished", 3
     )
     assert handle.signals_after_exit == [signal.SIGKILL]
 
@@ -204,7 +206,7 @@ async def test_running_to_failed_when_killed_by_a_signal(bundle: Path) -> None:
     handle.exit(-signal.SIGKILL)
     outcome = await task.wait()
 
-    assert outcome == TaskOutcome(TaskState.FAILED, "killed by signal SIGKILL", -9)
+    assert outcome == TaskOutcome(ProcessState.FAILED, "killed by signal SIGKILL", -9)
 
 
 async def test_running_to_finished_for_a_script_exiting_zero(bundle: Path) -> None:
@@ -212,7 +214,7 @@ async def test_running_to_finished_for_a_script_exiting_zero(bundle: Path) -> No
 
     handle.exit(0)
 
-    assert await task.wait() == TaskOutcome(TaskState.FINISHED, "exited with code 0", 0)
+    assert await task.wait() == TaskOutcome(ProcessState.FINISHED, "exited with code 0", 0)
 
 
 async def test_running_to_stopping_to_stopped_on_stop(bundle: Path) -> None:
@@ -220,7 +222,7 @@ async def test_running_to_stopping_to_stopped_on_stop(bundle: Path) -> None:
 
     outcome = await task.stop()
 
-    assert outcome == TaskOutcome(TaskState.STOPPED, "stopped by owner", -signal.SIGTERM)
+    assert outcome == TaskOutcome(ProcessState.STOPPED, "stopped by owner", -signal.SIGTERM)
     assert handle.signals == [signal.SIGTERM]
 
 
@@ -230,7 +232,7 @@ async def test_stop_escalates_to_sigkill_after_grace(bundle: Path) -> None:
 
     outcome = await task.stop(grace=0.05)
 
-    assert outcome == TaskOutcome(TaskState.STOPPED, "stopped by owner", -signal.SIGKILL)
+    assert outcome == TaskOutcome(ProcessState.STOPPED, "stopped by owner", -signal.SIGKILL)
     assert handle.signals == [signal.SIGTERM, signal.SIGKILL]
 
 
@@ -242,21 +244,21 @@ async def test_stopping_first_cause_wins(bundle: Path) -> None:
 
     handle.send(type="info", info="Finished")
     handle.send(type="error", exception="late error")
-    await until(lambda: task.state is TaskState.STOPPING)
+    await until(lambda: task.state is ProcessState.STOPPING)
     handle.exit(1)
     outcome = await task.wait()
 
-    assert outcome == TaskOutcome(TaskState.FINISHED, "reported Finished", 1)
+    assert outcome == TaskOutcome(ProcessState.FINISHED, "reported Finished", 1)
 
 
 async def test_stop_while_waiting_for_a_voluntary_exit_escalates(bundle: Path) -> None:
     task, handle, _ = await started(bundle, finish_grace=30.0)
     handle.send(type="info", info="Finished")
-    await until(lambda: task.state is TaskState.STOPPING)
+    await until(lambda: task.state is ProcessState.STOPPING)
 
     outcome = await asyncio.wait_for(task.stop(), timeout=2)
 
-    assert outcome.state is TaskState.FINISHED  # stopping does not undo "Finished"
+    assert outcome.state is ProcessState.FINISHED  # stopping does not undo "Finished"
     assert handle.signals == [signal.SIGTERM]
 
 
@@ -268,7 +270,7 @@ async def test_error_while_stopping_by_owner_stays_stopped(bundle: Path) -> None
     await asyncio.sleep(0.01)
     handle.exit(1)
 
-    assert (await task.wait()).state is TaskState.STOPPED
+    assert (await task.wait()).state is ProcessState.STOPPED
 
 
 # -- terminal -------------------------------------------------------------------------
@@ -282,7 +284,7 @@ async def test_terminal_states_ignore_everything(bundle: Path) -> None:
     second = await task.stop()
 
     assert second == first
-    assert task.state is TaskState.FAILED
+    assert task.state is ProcessState.FAILED
 
 
 # -- output handling ------------------------------------------------------------------
@@ -300,13 +302,13 @@ async def test_messages_arrive_in_order_and_stderr_is_log(bundle: Path) -> None:
 
     stdout = [m for m in collector.messages if getattr(m, "stream", None) != Stream.STDERR]
     assert stdout == [
-        LogLine(Stream.STDOUT, "plain 1"),
+        OutputLine(Stream.STDOUT, "plain 1"),
         Print("hi"),
-        LogLine(Stream.STDOUT, "no newline at the end"),
+        OutputLine(Stream.STDOUT, "no newline at the end"),
     ]
-    assert LogLine(Stream.STDERR, "traceback 1") in collector.messages
+    assert OutputLine(Stream.STDERR, "traceback 1") in collector.messages
     assert len(task.tail()) == 3  # the ring buffer keeps the last 3
-    assert LogLine(Stream.STDOUT, "no newline at the end") in task.tail()
+    assert OutputLine(Stream.STDOUT, "no newline at the end") in task.tail()
 
 
 async def test_a_failing_callback_does_not_disturb_supervision(bundle: Path) -> None:
@@ -326,7 +328,7 @@ async def test_a_failing_callback_does_not_disturb_supervision(bundle: Path) -> 
     fake.send(type="info", info="Finished")
     fake.exit(0)
 
-    assert (await task.wait()).state is TaskState.FINISHED
+    assert (await task.wait()).state is ProcessState.FINISHED
     assert len(seen) == 2
 
 
@@ -348,7 +350,7 @@ async def test_stop_from_the_callback_is_refused_request_stop_works(bundle: Path
 
     outcome = await asyncio.wait_for(task.wait(), timeout=2)
 
-    assert outcome.state is TaskState.STOPPED
+    assert outcome.state is ProcessState.STOPPED
     assert errors and errors[0].code is ErrorCode.CONFLICT
 
 
@@ -359,7 +361,7 @@ async def test_output_held_open_after_exit_is_abandoned(bundle: Path) -> None:
     handle.exit(3)
     outcome = await asyncio.wait_for(task.wait(), timeout=2)
 
-    assert outcome.state is TaskState.FAILED
+    assert outcome.state is ProcessState.FAILED
 
 
 async def test_long_lines_are_cut_in_constant_memory(bundle: Path) -> None:
@@ -370,9 +372,9 @@ async def test_long_lines_are_cut_in_constant_memory(bundle: Path) -> None:
     await task.wait()
 
     long, short = collector.messages
-    assert isinstance(long, LogLine) and long.text.startswith("y" * 100)
+    assert isinstance(long, OutputLine) and long.text.startswith("y" * 100)
     assert len(long.text) < 17 * 1024
-    assert short == LogLine(Stream.STDOUT, "short")
+    assert short == OutputLine(Stream.STDOUT, "short")
 
 
 # -- triggers -------------------------------------------------------------------------
@@ -406,7 +408,7 @@ async def test_invalid_triggers_become_notes(bundle: Path, name: str, problem: s
     handle.exit(0)
     await task.wait()
 
-    assert collector.messages[1] == LogLine(
+    assert collector.messages[1] == OutputLine(
         Stream.SUPERVISOR, f"trigger {name!r} refused: {problem}"
     )
     assert len(task._launcher.handles) == 1  # type: ignore[attr-defined]
@@ -426,7 +428,7 @@ async def test_failed_trigger_is_reported_and_stop_ends_triggers(bundle: Path) -
     await task.stop()
 
     assert (
-        LogLine(
+        OutputLine(
             Stream.SUPERVISOR,
             "trigger on_round failed: exited with code 2 without reporting Finished",
         )

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from agata.runtime.messages import Info, LogLine, Model, Print, Stream, TaskMessage, Trigger
-from agata.runtime.supervisor import TaskOutcome, TaskProcess, TaskState
+from agata.runtime.messages import Info, Model, OutputLine, Print, Stream, TaskMessage, Trigger
+from agata.runtime.supervisor import ProcessState, TaskOutcome, TaskProcess
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="process groups, /proc")
 
@@ -96,7 +96,7 @@ async def test_started_model_finished(tmp_path: Path) -> None:
     await task.start()
     outcome = await task.wait()
 
-    assert outcome == TaskOutcome(TaskState.FINISHED, "reported Finished", 0)
+    assert outcome == TaskOutcome(ProcessState.FINISHED, "reported Finished", 0)
     assert collector.messages == [
         Info("Started"),
         Model(1, {"acc": 0.5}),
@@ -118,7 +118,7 @@ async def test_error_message_fails_and_stops_the_task(tmp_path: Path) -> None:
     await task.start()
     outcome = await asyncio.wait_for(task.wait(), timeout=10)
 
-    assert outcome == TaskOutcome(TaskState.FAILED, "ValueError: no data", -signal.SIGTERM)
+    assert outcome == TaskOutcome(ProcessState.FAILED, "ValueError: no data", -signal.SIGTERM)
 
 
 async def test_exit_code_without_finished(tmp_path: Path) -> None:
@@ -129,7 +129,7 @@ async def test_exit_code_without_finished(tmp_path: Path) -> None:
     outcome = await task.wait()
 
     assert outcome == TaskOutcome(
-        TaskState.FAILED, "exited with code 3 without reporting Finished", 3
+        ProcessState.FAILED, "exited with code 3 without reporting Finished", 3
     )
 
 
@@ -151,7 +151,7 @@ async def test_an_exit_without_finished_names_its_last_stderr_line(tmp_path: Pat
 
     # Assert: the exit and the exception, without colours or blank lines
     assert outcomes[0] == TaskOutcome(
-        TaskState.FAILED,
+        ProcessState.FAILED,
         "exited with code 1: ModuleNotFoundError: No module named 'no_such_module_x'",
         1,
     )
@@ -166,7 +166,7 @@ async def test_a_python_exception_leaves_its_traceback_in_the_tail(tmp_path: Pat
     outcome = await task.wait()
 
     assert outcome.exit_code == 1
-    assert task.tail()[-1] == LogLine(Stream.STDERR, "RuntimeError: dataset missing")
+    assert task.tail()[-1] == OutputLine(Stream.STDERR, "RuntimeError: dataset missing")
 
 
 async def test_killed_from_outside(tmp_path: Path) -> None:
@@ -180,7 +180,7 @@ async def test_killed_from_outside(tmp_path: Path) -> None:
     os.kill(task.pid, signal.SIGKILL)
     outcome = await asyncio.wait_for(task.wait(), timeout=10)
 
-    assert outcome == TaskOutcome(TaskState.FAILED, "killed by signal SIGKILL", -9)
+    assert outcome == TaskOutcome(ProcessState.FAILED, "killed by signal SIGKILL", -9)
 
 
 async def test_stderr_only_output_does_not_deadlock(tmp_path: Path) -> None:
@@ -200,9 +200,9 @@ async def test_stderr_only_output_does_not_deadlock(tmp_path: Path) -> None:
     await task.start()
     outcome = await asyncio.wait_for(task.wait(), timeout=20)
 
-    assert outcome.state is TaskState.FINISHED
+    assert outcome.state is ProcessState.FINISHED
     assert collector.count == 50_001
-    assert task.tail() == [LogLine(Stream.STDERR, "e" * 99)] * 10
+    assert task.tail() == [OutputLine(Stream.STDERR, "e" * 99)] * 10
 
 
 async def test_stdout_flood_keeps_memory_bounded(tmp_path: Path) -> None:
@@ -230,7 +230,7 @@ async def test_stdout_flood_keeps_memory_bounded(tmp_path: Path) -> None:
     assert collector.count == 200_001
     tail = task.tail()
     assert len(tail) == 50
-    assert isinstance(tail[-1], LogLine) and len(tail[-1].text) < 17 * 1024
+    assert isinstance(tail[-1], OutputLine) and len(tail[-1].text) < 17 * 1024
     grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024
     assert grown_mib < 15
 
@@ -252,7 +252,7 @@ async def test_sigterm_ignored_escalates_to_sigkill(tmp_path: Path) -> None:
 
     outcome = await task.stop(grace=0.3)
 
-    assert outcome == TaskOutcome(TaskState.STOPPED, "stopped by owner", -signal.SIGKILL)
+    assert outcome == TaskOutcome(ProcessState.STOPPED, "stopped by owner", -signal.SIGKILL)
     assert 0.3 <= time.monotonic() - started < 5
 
 
@@ -277,7 +277,7 @@ async def test_grandchild_is_gone_after_stop(tmp_path: Path) -> None:
 
     outcome = await task.stop()
 
-    assert outcome.state is TaskState.STOPPED
+    assert outcome.state is ProcessState.STOPPED
     assert await gone(grandchild)
 
 
@@ -292,7 +292,7 @@ async def test_grandchild_is_gone_after_normal_exit(tmp_path: Path) -> None:
 
     outcome = await asyncio.wait_for(task.wait(), timeout=10)
 
-    assert outcome == TaskOutcome(TaskState.FINISHED, "reported Finished", 0)
+    assert outcome == TaskOutcome(ProcessState.FINISHED, "reported Finished", 0)
     assert await gone(grandchild)
 
 
@@ -314,12 +314,12 @@ async def test_invalid_json_lines_and_original_string_numbers(tmp_path: Path) ->
     await task.start()
     outcome = await task.wait()
 
-    assert outcome.state is TaskState.FINISHED
+    assert outcome.state is ProcessState.FINISHED
     assert collector.messages == [
-        LogLine(Stream.STDOUT, "{not json"),
-        LogLine(Stream.STDOUT, '{"type": "model"}'),
-        LogLine(Stream.STDOUT, '{"type": "model", "round": "abc", "acc": "0.1"}'),
-        LogLine(Stream.STDOUT, '{"type": "surprise"}'),
+        OutputLine(Stream.STDOUT, "{not json"),
+        OutputLine(Stream.STDOUT, '{"type": "model"}'),
+        OutputLine(Stream.STDOUT, '{"type": "model", "round": "abc", "acc": "0.1"}'),
+        OutputLine(Stream.STDOUT, '{"type": "surprise"}'),
         Model(1, {"acc": 0.5}),
         Info("Finished"),
     ]
@@ -348,7 +348,7 @@ async def test_trigger_runs_its_script(tmp_path: Path) -> None:
     assert (tmp_path / "triggered.txt").read_text() == "['--round', '1']"
     assert Trigger("on_round", ("--round", "1")) in collector.messages
     assert (
-        LogLine(Stream.SUPERVISOR, "trigger '../escape' refused: not a plain name")
+        OutputLine(Stream.SUPERVISOR, "trigger '../escape' refused: not a plain name")
         in collector.messages
     )
 
@@ -409,6 +409,6 @@ async def test_a_grandchild_escaping_the_group_does_not_hang_supervision(
     try:
         outcome = await asyncio.wait_for(task.wait(), timeout=5)
 
-        assert outcome == TaskOutcome(TaskState.FINISHED, "reported Finished", 0)
+        assert outcome == TaskOutcome(ProcessState.FINISHED, "reported Finished", 0)
     finally:
         os.kill(escaped, signal.SIGKILL)

@@ -15,7 +15,7 @@ from typing import Any
 from cloud_harness import Cloud, create_bundle_task, running_cloud
 
 from agata.bus import create_bus
-from agata.cloud.bundles import BundleStore
+from agata.cloud.bundles.bundle_store import BundleStore
 from agata.cloud.gateway import GatewayConfig, create_gateway
 
 #: The task password of every seeded task: it must never reach a device unless legacy.

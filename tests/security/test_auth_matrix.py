@@ -25,7 +25,7 @@ import httpx
 import pytest
 from cloud_harness import CLIENT_PY, Cloud, create_bundle_task, running_cloud
 
-from agata.cloud.auth import OPERATOR_PREFIX, hash_token, new_token
+from agata.cloud.credentials.tokens import OPERATOR_PREFIX, hash_token, new_token
 
 from .harness import (
     TASK_PASSWORD,

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from cloud_harness import SERVER_PY, Cloud, running_cloud
 
-from agata.cloud.ratelog import RateLimitedWarning
+from agata.cloud.services.ratelog import RateLimitedWarning
 from agata.edge.arguments import expand_client_arguments, placeholder_values
 from agata.edge.cloud_client import TaskOffer
 from agata.edge.device_info import DeviceInfo
@@ -170,7 +170,7 @@ async def test_enrolled_devices_get_the_arguments_unexpanded_and_no_password(
 async def test_a_task_the_device_cannot_fill_in_is_not_offered_and_logged_once(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="agata.cloud.task_manager")
+    caplog.set_level(logging.WARNING, logger="agata.cloud.services.task_manager")
     async with running_cloud(tmp_path, legacy_devices=True) as cloud:
         await create_running_task(cloud, "t1", DOCUMENTED + " --index {client_index}")
         await cloud.op("rpc_exec_update_user_info", {"user_id": "old-1"}, token=None)
@@ -181,7 +181,9 @@ async def test_a_task_the_device_cannot_fill_in_is_not_offered_and_logged_once(
 
     assert [p.status_code for p in polls] == [200, 200, 200]
     assert [p.json() for p in polls] == [[], [], []]
-    warnings = [r.getMessage() for r in caplog.records if r.name == "agata.cloud.task_manager"]
+    warnings = [
+        r.getMessage() for r in caplog.records if r.name == "agata.cloud.services.task_manager"
+    ]
     assert len(warnings) == 1, warnings
     assert "t1" in warnings[0] and "old-1" in warnings[0] and "{client_index}" in warnings[0]
 

@@ -11,7 +11,7 @@ from cloud_harness import Cloud, create_bundle_task
 from playwright.async_api import Page, expect
 
 from agata.bench.console_bench import insert_fleet
-from agata.cloud.notifier import Notifier
+from agata.cloud.services.notifier import Notifier
 from agata.store import NewTask
 
 from .test_ui import TASK_STARTS, register_device, sign_in, snap

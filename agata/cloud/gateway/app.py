@@ -25,7 +25,7 @@ from agata import __version__
 from agata.bus.bus import Bus
 from agata.bus.rpc import RpcClient
 from agata.bus.service import describe_errors
-from agata.cloud.bundles import BundleStore
+from agata.cloud.bundles.bundle_store import BundleStore
 from agata.cloud.gateway.admission import (
     DEFAULT_MAX_IN_FLIGHT,
     DEFAULT_MAX_WAIT,

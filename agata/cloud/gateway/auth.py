@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from fastapi import Request
 
 from agata.bus.rpc import RpcClient
-from agata.cloud.auth import hash_token
-from agata.cloud.ratelog import RateLimitedWarning
+from agata.cloud.credentials.tokens import hash_token
+from agata.cloud.services.ratelog import RateLimitedWarning
 from agata.errors import AgataError, ErrorCode
 from agata.protocol import operations as ops
 

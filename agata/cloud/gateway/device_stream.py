@@ -5,7 +5,7 @@ the task is offered to it now (running and matching it) or was offered to it at 
 last look (so it hears that a task it runs stopped, changed or no longer matches).
 Any other task's notification is dropped: a device's stream carries neither the ids
 nor the states of tasks it does not match, the same rule as its reports
-(:mod:`agata.cloud.report_scope`).
+(:mod:`agata.cloud.services.report_scope`).
 
 "Offered" is the task manager's own answer to ``rpc_exec_client_requesting_task``,
 asked once when the stream opens and once per task notification the stream takes, in

@@ -50,7 +50,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, BinaryIO, Final, Protocol
 
-from agata.cloud.bundle_journal import UndoJournal, abandoned, is_journal, journal_error
+from agata.cloud.bundles.bundle_journal import UndoJournal, abandoned, is_journal, journal_error
 from agata.errors import AgataError, ErrorCode, invalid, not_found
 from agata.fault_points import pause_point
 from agata.protocol.bundle_names import MAX_NAME_BYTES
@@ -495,7 +495,7 @@ class BundleStore:
         gateway records it in the store): files on disk must never disagree with the
         recorded listing, or devices would download files whose SHA-256 is not the one
         they were given. The previous files are kept in an undo journal
-        (:mod:`agata.cloud.bundle_journal`, hard links, no copy) while the block runs. If
+        (:mod:`agata.cloud.bundles.bundle_journal`, hard links, no copy) while the block runs. If
         the block raises they are put back; if the process dies inside the block,
         :meth:`recover` (run when the cloud starts) keeps the new files when the store
         holds their listing and puts the old ones back when it does not.

@@ -33,8 +33,8 @@ from __future__ import annotations
 import time
 from typing import Any, Final
 
-from agata.cloud.criteria import CriteriaCache
-from agata.cloud.views import device_attributes
+from agata.cloud.criteria.criteria_language import CriteriaCache
+from agata.cloud.services.views import device_attributes
 from agata.errors import AgataError, ErrorCode
 from agata.store.store import DeviceTaskStatus, Store
 

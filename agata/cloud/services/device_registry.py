@@ -14,12 +14,12 @@ from typing import Any
 
 from agata.bus.bus import Bus, Consumer, Delivery
 from agata.bus.service import Service
-from agata.cloud.auth import DEVICE_PREFIX, ENROLLMENT_PREFIX, hash_token, new_token
-from agata.cloud.device_query import parse_device_filter
-from agata.cloud.events import EventPublisher
-from agata.cloud.notifier import Notifier
-from agata.cloud.report_scope import ReportScope
-from agata.cloud.views import device_view
+from agata.cloud.credentials.tokens import DEVICE_PREFIX, ENROLLMENT_PREFIX, hash_token, new_token
+from agata.cloud.criteria.device_query import parse_device_filter
+from agata.cloud.services.events import EventPublisher
+from agata.cloud.services.notifier import Notifier
+from agata.cloud.services.report_scope import ReportScope
+from agata.cloud.services.views import device_view
 from agata.errors import AgataError, ErrorCode
 from agata.protocol import operations as ops
 from agata.store.store import DeviceTaskStatus, NewLogLine, Store
@@ -126,7 +126,8 @@ class DeviceRegistry(Service):
         ]
 
     async def query_devices(self, req: ops.QueryDevices) -> dict[str, Any]:
-        """One page of devices and the total matching ``q`` (:mod:`agata.cloud.device_query`)."""
+        """One page of devices and the total matching ``q``
+        (:mod:`agata.cloud.criteria.device_query`)."""
         query = parse_device_filter(
             req.q, sort=req.sort, descending=req.order == "desc", limit=req.limit, offset=req.offset
         )
@@ -188,7 +189,7 @@ class DeviceRegistry(Service):
     async def report_device_task(self, req: ops.ReportDeviceTask) -> None:
         """A device reports what happened to one of its tasks (and its metrics).
 
-        Only a report in the device's scope is recorded (:mod:`agata.cloud.report_scope`:
+        Only a report in the device's scope is recorded (:mod:`agata.cloud.services.report_scope`:
         a task it is offered in the current run, or the end of its part in one); any
         other is 404 ``task '<id>' not found``, as for a task that does not exist. An
         unknown device is 404 too. Nothing is written before every check passed (the

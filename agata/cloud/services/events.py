@@ -18,7 +18,7 @@ from typing import Any
 
 from agata.bus.bus import EVENTS_QUEUE, Bus, Consumer, Delivery
 from agata.bus.envelope import encode
-from agata.cloud.notifier import Notifier
+from agata.cloud.services.notifier import Notifier
 from agata.errors import AgataError, ErrorCode
 from agata.store.store import Store
 from agata.store.validation import MAX_ID

@@ -23,14 +23,14 @@ from fastapi import FastAPI
 
 from agata.bus import Bus, create_bus
 from agata.bus.service import Service
-from agata.cloud.auth import OPERATOR_PREFIX, hash_token, new_token
-from agata.cloud.bundles import BundleStore
-from agata.cloud.device_registry import DeviceRegistry
-from agata.cloud.events import EventRecorder
+from agata.cloud.bundles.bundle_store import BundleStore
+from agata.cloud.credentials.tokens import OPERATOR_PREFIX, hash_token, new_token
 from agata.cloud.gateway import GatewayConfig, create_gateway
 from agata.cloud.gateway.limits import guarded_http_protocol, make_room_for_connections
-from agata.cloud.notifier import Notifier
-from agata.cloud.task_manager import TaskManager
+from agata.cloud.services.device_registry import DeviceRegistry
+from agata.cloud.services.events import EventRecorder
+from agata.cloud.services.notifier import Notifier
+from agata.cloud.services.task_manager import TaskManager
 from agata.errors import AgataError, ErrorCode
 from agata.files import make_private_dir, make_private_file, write_private_file
 from agata.runtime.limits import Limits

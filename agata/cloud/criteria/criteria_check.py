@@ -4,8 +4,8 @@ comparisons whose types cannot match.
 A comparison of a name with a literal is a type mismatch when the literal is a string
 and the name holds numbers (``data_qnt > "abc"``), or the other way round — for the
 number fields always, for an ``extra`` attribute when every device that has it holds the
-other type. Such a comparison is false on every device (:mod:`agata.cloud.criteria`),
-which is almost never what the operator meant.
+other type. Such a comparison is false on every device
+(:mod:`agata.cloud.criteria.criteria_language`), which is almost never what the operator meant.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import itertools
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from agata.cloud.views import NUMBER_FIELDS
+from agata.cloud.services.views import NUMBER_FIELDS
 
 __all__ = ["type_mismatches"]
 

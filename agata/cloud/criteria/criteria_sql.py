@@ -1,7 +1,7 @@
 """The parts of a selection-criteria expression the store's indexes can answer.
 
 A criteria expression used as a device filter is evaluated in Python on every candidate
-(:mod:`agata.cloud.device_query`). Its top-level ``and`` terms of these shapes are also
+(:mod:`agata.cloud.criteria.device_query`). Its top-level ``and`` terms of these shapes are also
 handed to the store as indexed conditions, so the scan covers only what they let through:
 
 - ``NUMBER_FIELD <op> number`` (``== != < <= > >=``, either side),
@@ -18,7 +18,7 @@ from __future__ import annotations
 import ast
 from dataclasses import dataclass, field
 
-from agata.cloud.views import NUMBER_FIELDS
+from agata.cloud.services.views import NUMBER_FIELDS
 from agata.store.queries import INDEXED_NAME_MAX, INDEXED_TEXT_MAX
 
 __all__ = ["IndexedTerms", "indexed_terms"]

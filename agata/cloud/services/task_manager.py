@@ -19,16 +19,16 @@ from typing import Any
 from agata.bus.bus import Bus, Consumer, Delivery
 from agata.bus.envelope import RawJson, encode
 from agata.bus.service import Service
-from agata.cloud.bundles import BundleStore
-from agata.cloud.criteria import DEVICE_FIELDS, CriteriaCache, compile_criteria
-from agata.cloud.criteria_check import type_mismatches
-from agata.cloud.download_passwords import DownloadPasswords
-from agata.cloud.events import EventPublisher
-from agata.cloud.notifier import Notifier
-from agata.cloud.offer_cache import OfferCache
-from agata.cloud.ratelog import RateLimitedWarning
-from agata.cloud.server_tasks import ServerTasks, expand_arguments
-from agata.cloud.views import (
+from agata.cloud.bundles.bundle_store import BundleStore
+from agata.cloud.credentials.download_passwords import DownloadPasswords
+from agata.cloud.criteria.criteria_check import type_mismatches
+from agata.cloud.criteria.criteria_language import DEVICE_FIELDS, CriteriaCache, compile_criteria
+from agata.cloud.services.events import EventPublisher
+from agata.cloud.services.notifier import Notifier
+from agata.cloud.services.offer_cache import OfferCache
+from agata.cloud.services.ratelog import RateLimitedWarning
+from agata.cloud.services.server_tasks import ServerTasks, expand_arguments
+from agata.cloud.services.views import (
     ONLINE_SECONDS,
     device_attributes,
     device_task_view,
@@ -556,7 +556,7 @@ class TaskManager(Service):
     async def check_password(self, req: ops.CheckDownloadPassword) -> dict[str, bool]:
         """Legacy devices download with the task's username and the password their offer
         carried, or the task's own password (gateway only; see
-        :mod:`agata.cloud.download_passwords`)."""
+        :mod:`agata.cloud.credentials.download_passwords`)."""
         task = self.store.get_task(req.task_id)
         return {"ok": await self.download_passwords.check(task, req.username, req.password)}
 

@@ -3,7 +3,7 @@
 Each running task is a :class:`~agata.runtime.TaskProcess`. Its messages become
 metrics, log lines and events in the store and notifications for the gateways; when
 it ends (Finished, error, crash, stop) the task is marked not running with the reason,
-by an :class:`~agata.cloud.task_ends.EndRecorder` that retries until the store takes it.
+by an :class:`~agata.cloud.services.task_ends.EndRecorder` that retries until the store takes it.
 
 Ownership: a replica *claims* a task when it wins the task's start (the store's
 ``expected_running`` check) or, when it starts, takes over the tasks a previous run of the
@@ -22,17 +22,16 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from agata.cloud.notifier import Notifier
-from agata.cloud.task_ends import RECONCILE_SECONDS, EndRecorder, TaskEnd
+from agata.cloud.services.notifier import Notifier
+from agata.cloud.services.task_ends import RECONCILE_SECONDS, EndRecorder, TaskEnd
 from agata.errors import AgataError, ErrorCode
 from agata.files import write_private_file
 from agata.runtime.limits import Limits
-from agata.runtime.messages import Error, Info, LogLine, Model, Print, TaskMessage, Trigger
+from agata.runtime.messages import Error, Info, Model, OutputLine, Print, TaskMessage, Trigger
 from agata.runtime.process import kill_process_group
 from agata.runtime.sandbox import TaskSandbox
-from agata.runtime.supervisor import TaskOutcome, TaskProcess, TaskState
-from agata.store.store import NewLogLine, Store
-from agata.store.store import TaskState as StoredState
+from agata.runtime.supervisor import ProcessState, TaskOutcome, TaskProcess
+from agata.store.store import NewLogLine, Store, TaskState
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +99,7 @@ class ServerTasks:
         """Keep recording refused ends and ending claimed tasks whose process is gone."""
         self.ends.start()
 
-    async def record_end(self, task_id: str, state: StoredState, reason: str) -> None:
+    async def record_end(self, task_id: str, state: TaskState, reason: str) -> None:
         """Record that a claimed task ended (retried until the store takes it)."""
         self._claims.add(task_id)
         await self.ends.record(TaskEnd(task_id, state, reason))
@@ -182,7 +181,7 @@ class ServerTasks:
             self._end_leftover(task.task_id)
             await self.record_end(
                 task.task_id,
-                StoredState.STOPPED,
+                TaskState.STOPPED,
                 "the cloud restarted while the task ran; its server side was ended",
             )
             fixed.append(task.task_id)
@@ -193,7 +192,7 @@ class ServerTasks:
         return [
             TaskEnd(
                 task_id,
-                StoredState.STOPPED,
+                TaskState.STOPPED,
                 "its server side is gone: no process on the cloud that started it",
             )
             for task_id in sorted(self._claims)
@@ -254,7 +253,7 @@ class ServerTasks:
                 metrics=dict(metric.metrics),
                 time=metric.time,
             )
-        elif isinstance(message, Print | LogLine):
+        elif isinstance(message, Print | OutputLine):
             text = message.message if isinstance(message, Print) else message.text
             stream = "print" if isinstance(message, Print) else str(message.stream)
             await self._log(task_id, stream, text)
@@ -302,9 +301,9 @@ class ServerTasks:
     async def _watch(self, task_id: str, process: TaskProcess) -> None:
         outcome = await process.wait()
         state = {
-            TaskState.FINISHED: StoredState.FINISHED,
-            TaskState.FAILED: StoredState.FAILED,
-        }.get(outcome.state, StoredState.STOPPED)
+            ProcessState.FINISHED: TaskState.FINISHED,
+            ProcessState.FAILED: TaskState.FAILED,
+        }.get(outcome.state, TaskState.STOPPED)
         end = TaskEnd(task_id, state, outcome.reason, process.pgid)
         try:
             self._flush_logs(task_id)

@@ -1,10 +1,10 @@
 """The operator's filter text (``q`` of ``rpc_exec_query_devices``) as a store query.
 
 ``q`` is either a list of terms separated by blanks, all of which must hold, or — when it
-is not — one selection-criteria expression (:mod:`agata.cloud.criteria`), which answers
-"which devices would this task get?". Terms:
+is not — one selection-criteria expression (:mod:`agata.cloud.criteria.criteria_language`),
+which answers "which devices would this task get?". Terms:
 
-- ``online`` / ``offline`` (polled within :data:`~agata.cloud.views.ONLINE_SECONDS`),
+- ``online`` / ``offline`` (polled within :data:`~agata.cloud.services.views.ONLINE_SECONDS`),
   ``quarantined`` / ``running`` (for some task), ``revoked``, ``enrolled``;
 - ``sensor:NAME``, ``task:ID`` (reported on that task), ``id:TEXT`` (in the id);
 - ``NAME<op>VALUE`` with ``= != < <= > >=``: a number field (``data_qnt>50``) or an
@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from agata.cloud.criteria import compile_criteria
-from agata.cloud.criteria_sql import indexed_terms
-from agata.cloud.views import NUMBER_FIELDS, ONLINE_SECONDS
+from agata.cloud.criteria.criteria_language import compile_criteria
+from agata.cloud.criteria.criteria_sql import indexed_terms
+from agata.cloud.services.views import NUMBER_FIELDS, ONLINE_SECONDS
 from agata.errors import AgataError, invalid
 from agata.store.queries import COMPARISONS, INDEXED_NAME_MAX, INDEXED_TEXT_MAX, DeviceQuery
 from agata.store.store import DeviceTaskStatus

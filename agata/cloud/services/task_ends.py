@@ -27,8 +27,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 from agata.errors import AgataError, ErrorCode
-from agata.store.store import Store
-from agata.store.store import TaskState as StoredState
+from agata.store.store import Store, TaskState
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +44,7 @@ class TaskEnd:
     """How a run's server side ended; ``pgid`` is its process group (None: unknown)."""
 
     task_id: str
-    state: StoredState
+    state: TaskState
     reason: str
     pgid: int | None = None
 

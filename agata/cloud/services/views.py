@@ -7,7 +7,7 @@ import time
 from datetime import datetime
 from typing import Any
 
-from agata.cloud.download_passwords import device_password
+from agata.cloud.credentials.download_passwords import device_password
 from agata.protocol.arguments import expand_client_arguments, placeholder_values
 from agata.store.store import Device, DeviceTaskState, Task
 
@@ -85,7 +85,7 @@ def legacy_offer_view(task: Task, attributes: dict[str, Any]) -> dict[str, Any]:
     argument holding a space cannot reach such a device intact. ``client_argv`` stays
     unexpanded: our agent, when it runs anonymously, expands it itself. The offer
     carries the task's download username and a password made for this device
-    (:func:`agata.cloud.download_passwords.device_password`), never the task's own,
+    (:func:`agata.cloud.credentials.download_passwords.device_password`), never the task's own,
     which the store does not keep. Raises
     AgataError (INVALID_ARGUMENT) when a placeholder has no value for this device.
     """
