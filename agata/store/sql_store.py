@@ -708,6 +708,18 @@ class SqlStore(Store):
             rows = conn.execute(select(dt).where(dt.c.task_id == task_id).order_by(dt.c.user_id))
             return [self._device_task(r) for r in rows]
 
+    def list_device_failures(self, limit: int = 10) -> list[DeviceTaskState]:
+        dt = schema.device_tasks
+        failing = (DeviceTaskStatus.FAILED.value, DeviceTaskStatus.QUARANTINED.value)
+        with self._tx("list_device_failures") as conn:
+            rows = conn.execute(
+                select(dt)
+                .where(dt.c.status.in_(failing))
+                .order_by(dt.c.updated_at.desc(), dt.c.user_id, dt.c.task_id)
+                .limit(max(limit, 0))
+            )
+            return [self._device_task(r) for r in rows]
+
     def clear_quarantine(self, user_id: str | None, task_id: str | None = None) -> int:
         dt = schema.device_tasks
         where = [dt.c.status == DeviceTaskStatus.QUARANTINED.value]

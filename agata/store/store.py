@@ -420,6 +420,11 @@ class Store(abc.ABC):
         """The device states of one task, by user id."""
 
     @abc.abstractmethod
+    def list_device_failures(self, limit: int = 10) -> list[DeviceTaskState]:
+        """The ``limit`` newest device states that are ``FAILED`` or ``QUARANTINED``
+        (of any device and task), newest first."""
+
+    @abc.abstractmethod
     def clear_quarantine(self, user_id: str | None, task_id: str | None = None) -> int:
         """Forget the quarantine of a device (``None``: of every device) for one task or
         all; returns how many."""

@@ -13,6 +13,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,8 @@ TOUCH_SECONDS = 10.0
 #: ...and the writes of this long go in together, one transaction for the whole fleet
 #: (at the default 10 s poll interval every poll would otherwise be a commit).
 TOUCH_BATCH_SECONDS = 1.0
+#: The overview's recent failures: failed tasks and devices' failures and quarantines.
+RECENT_FAILURES = 10
 
 
 class TaskManager(Service):
@@ -537,11 +540,29 @@ class TaskManager(Service):
     async def get_overview(self, req: ops.Empty) -> dict[str, Any]:
         devices = self.store.list_devices()
         tasks = self.store.list_tasks()
-        failures = [
-            {"task_id": t.task_id, "reason": t.state_reason, "time": t.updated_at}
+        failures: list[dict[str, Any]] = [
+            {
+                "task_id": t.task_id,
+                "user_id": None,
+                "status": "failed",
+                "reason": t.state_reason,
+                "time": t.updated_at,
+                "quarantined_until": None,
+            }
             for t in tasks
             if t.state == TaskState.FAILED
+        ] + [
+            {
+                "task_id": s.task_id,
+                "user_id": s.user_id,
+                "status": str(s.status),
+                "reason": s.reason,
+                "time": s.updated_at,
+                "quarantined_until": s.quarantined_until,
+            }
+            for s in self.store.list_device_failures(RECENT_FAILURES)
         ]
+        failures.sort(key=lambda f: datetime.fromisoformat(f["time"]))
         online = sum(1 for d in devices if seconds_since(d.last_seen) <= ONLINE_SECONDS)
         return {
             "devices_total": len(devices),
@@ -549,7 +570,7 @@ class TaskManager(Service):
             "devices_offline": len(devices) - online,
             "tasks_total": len(tasks),
             "tasks_running": sum(1 for t in tasks if t.running),
-            "recent_failures": failures[-10:],
+            "recent_failures": failures[-RECENT_FAILURES:],
             "containment": sandbox.describe() if (sandbox := self.server_tasks.sandbox) else "",
         }
 

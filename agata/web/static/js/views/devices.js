@@ -2,7 +2,7 @@
 
 import { call, describe } from "../api.js";
 import {
-  ago, alertBox, badge, chips, debounce, deviceHref, deviceState, empty, formatNumber, formatTime, h, loading, replace, table, taskHref,
+  ago, alertBox, badge, chips, debounce, deviceHref, deviceState, empty, endsAt, formatNumber, formatTime, h, loading, replace, table, taskHref,
 } from "../dom.js";
 
 export const ACTIVE = new Set(["running", "downloading", "downloaded"]);
@@ -47,7 +47,7 @@ export function quarantineList(device, onCleared, onError) {
         }
       });
       return h("li", { "data-quarantine": t.task_id },
-        h("div", { class: "row" }, h("a", { href: taskHref(t.task_id) }, t.task_id), badge("quarantined"), button),
+        h("div", { class: "row" }, h("a", { href: taskHref(t.task_id) }, t.task_id), badge("quarantined"), endsAt(t.quarantined_until), button),
         t.reason ? h("span", { class: "reason" }, t.reason) : null);
     }),
   );

@@ -2,7 +2,7 @@
 
 import { call, describe } from "../api.js";
 import {
-  ago, alertBox, badge, chips, debounce, deviceHref, deviceState, formatPercent, h, loading, replace, table, taskHref,
+  ago, alertBox, badge, chips, debounce, deviceHref, deviceState, endsAt, formatPercent, h, loading, replace, table, taskHref,
 } from "../dom.js";
 
 function stat(value, label, cls = "", id = "") {
@@ -74,6 +74,12 @@ export async function render(ctx) {
         table(
           [
             { label: "Task", className: "primary", render: (f) => h("a", { class: "id-link", href: taskHref(f.task_id) }, f.task_id) },
+            {
+              label: "Where",
+              render: (f) => f.user_id
+                ? h("span", { class: "row" }, h("a", { href: deviceHref(f.user_id), "data-failure-device": f.user_id }, f.user_id), badge(f.status), endsAt(f.quarantined_until))
+                : h("span", { class: "muted" }, "cloud"),
+            },
             { label: "Reason", render: (f) => h("span", { class: "break" }, f.reason || "—") },
             { label: "When", render: (f) => ago(f.time) },
           ],
