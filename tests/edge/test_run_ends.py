@@ -13,6 +13,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
 from cloud_harness import Cloud
 
 from agata.edge.run_ends import MAX_OUTPUT_BYTES, MAX_OUTPUT_LINE, bounded_output
@@ -29,21 +30,34 @@ from edge.conftest import (
 
 # Listens on the task's port and holds every connection until it is stopped; then, like
 # Flower's server in its graceful exit, it drops its clients first and exits a little
-# later, so the clients always notice before the cloud has seen the server side end.
+# later. A connection that sends "fail" makes it fail by itself (a server side failing
+# on the cloud): clients dropped first, then an exception, exit code 1.
 SERVER_PY = """
-import os, signal, socket, sys, time
+import os, signal, socket, sys, threading, time
 from agata.runtime import TaskReporter
 TaskReporter()
 server = socket.create_server(("127.0.0.1", int(sys.argv[2])))
 held = []
-def drop_clients(signum, frame):
+def drop_clients():
     for conn in held:
+        conn.shutdown(socket.SHUT_RDWR)
         conn.close()
     time.sleep(0.5)
+def on_sigterm(signum, frame):
+    drop_clients()
     os._exit(0)
-signal.signal(signal.SIGTERM, drop_clients)
+def listen(conn):
+    if conn.recv(16).startswith(b"fail"):
+        held.remove(conn)
+        drop_clients()
+        sys.stderr.write("RuntimeError: aggregation failed\\n")
+        sys.stderr.flush()
+        os._exit(1)
+signal.signal(signal.SIGTERM, on_sigterm)
 while True:
-    held.append(server.accept()[0])
+    conn = server.accept()[0]
+    held.append(conn)
+    threading.Thread(target=listen, args=(conn,), daemon=True).start()
 """
 
 # Connects to the server, reports a round, and dies when the server goes away.
@@ -110,11 +124,12 @@ def rounds_seen(agent: Any) -> bool:
     return [task.round for task in agent.running_tasks()] == [1]
 
 
-async def test_stop_then_start_on_two_agents_runs_the_new_run_at_once(
-    cloud: Cloud, device: Device, tmp_path: Path
+@pytest.mark.parametrize("end", ["operator stop", "server side fails on the cloud"])
+async def test_a_run_ends_then_starts_again_on_two_agents_at_once(
+    cloud: Cloud, device: Device, tmp_path: Path, end: str
 ) -> None:
     # Prepare: two agents run the task's client sides, connected to its server side
-    second = Device(cloud, tmp_path / "device2", b"", user_id="dev2")  # type: ignore[arg-type]
+    second = Device(cloud, tmp_path / "device2", "", user_id="dev2")
     second.credential = await enroll(cloud, "dev2", second.data_dir)
     await create_port_task(cloud, "t1")
     await start_task(cloud, "t1")
@@ -126,9 +141,15 @@ async def test_stop_then_start_on_two_agents_runs_the_new_run_at_once(
             await eventually(lambda a=agent: rounds_seen(a), what="client side connected")
         first_pids = pids(one) + pids(two)
 
-        # Execute: the operator stops the task (its server side goes; the clients see it
-        # vanish), then starts it again
-        await stop_task(cloud, "t1")
+        # Execute: the run ends (its server side goes; a failing one drops its clients
+        # before the cloud sees it end), then the operator starts the task again
+        if end == "operator stop":
+            await stop_task(cloud, "t1")
+        else:
+            record = await cloud.op("rpc_exec_get_task_by_id", {"task_id": "t1"})
+            with socket.create_connection(("127.0.0.1", record.json()["port"])) as conn:
+                conn.sendall(b"fail")
+                await eventually(lambda: _task_state(cloud, "t1", "failed"), what="failed")
         for agent in (one, two):
             await eventually(lambda a=agent: not a.running_tasks(), what="client side ended")
         began = time.monotonic()
@@ -142,17 +163,27 @@ async def test_stop_then_start_on_two_agents_runs_the_new_run_at_once(
         took = time.monotonic() - began
 
         # Assert: both run the new run within a second; nothing is in quarantine; the
-        # cloud heard "ended with the run", not a failure
+        # cloud heard of no failure of a device
         assert took < 1.0, f"the new run reached both devices after {took:.3f} s"
         assert one.quarantine() == [] and two.quarantine() == []
         assert one.state.stats["failed"] == 0 and two.state.stats["failed"] == 0
+        events = await cloud.op("rpc_exec_get_task_events", {"task_id": "t1"})
+        texts = [e["event"] for e in events.json() if e["event"].startswith("device")]
         for user in ("dev1", "dev2"):
-            events = await cloud.op("rpc_exec_get_task_events", {"task_id": "t1"})
-            texts = [e["event"] for e in events.json()]
-            assert any(
-                t.startswith(f"device {user} stopped task t1: ended with the run") for t in texts
-            ), texts
+            assert any(t.startswith(f"device {user} stopped task t1") for t in texts), texts
+            assert not any(f"device {user} failed" in t for t in texts), texts
             assert not any(f"device {user} quarantined" in t for t in texts), texts
+        if end != "operator stop":  # the clients saw their server go first
+            for user in ("dev1", "dev2"):
+                assert any(
+                    t.startswith(f"device {user} stopped task t1: ended with the run (exited")
+                    for t in texts
+                ), texts
+
+
+async def _task_state(cloud: Cloud, task_id: str, state: str) -> bool:
+    response = await cloud.op("rpc_exec_get_task_by_id", {"task_id": task_id})
+    return bool(response.json().get("state") == state)
 
 
 async def test_a_client_that_fails_while_its_run_goes_on_is_quarantined(

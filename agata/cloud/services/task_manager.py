@@ -399,6 +399,10 @@ class TaskManager(Service):
         self.event(ops.START_TASK, "Task started on cloud", task_id=task.task_id)
 
     async def stop_task(self, req: ops.TaskRef) -> None:
+        """Stop a running task: recorded stopped first, then the devices are told, then
+        its server side is ended. So a device hears of the stop before (or as) its
+        client side sees the server go, and a device that asks is told the run ended:
+        the run's end is never a device's failure (docs/edge.md, "Runs end")."""
         task = self.store.get_task(req.task_id)
         if not task.running:
             raise conflict(f"task {task.task_id} is not running")
@@ -406,12 +410,12 @@ class TaskManager(Service):
             task.task_id, running=False, state=TaskState.STOPPED, reason="stopped by the operator"
         )
         self._changed()
+        await self.notifier.notify("task", task_id=task.task_id, running=False, state="stopped")
         if self.server_tasks.is_local(task.task_id):
             await self.server_tasks.stop(task.task_id)
         else:
             await self.notifier.notify("stop_task", task_id=task.task_id)
         self.event(ops.STOP_TASK, "Task stopped on cloud", task_id=task.task_id)
-        await self.notifier.notify("task", task_id=task.task_id, running=False, state="stopped")
 
     async def client_requesting_task(
         self, req: ops.ClientRequestingTask
