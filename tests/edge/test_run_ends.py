@@ -7,6 +7,7 @@ Flower client does when its server vanishes (``UNAVAILABLE``).
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import time
 from datetime import datetime
@@ -16,7 +17,14 @@ from typing import Any
 import pytest
 from cloud_harness import Cloud
 
-from agata.edge.run_ends import MAX_OUTPUT_BYTES, MAX_OUTPUT_LINE, bounded_output
+from agata.edge.cloud_client import TaskOffer
+from agata.edge.run_ends import (
+    MAX_OUTPUT_BYTES,
+    MAX_OUTPUT_LINE,
+    RunEnds,
+    bounded_output,
+    offers_show_end,
+)
 from agata.runtime.messages import OutputLine, Stream
 from edge.conftest import (
     Device,
@@ -241,3 +249,35 @@ def test_a_flood_of_output_is_cut_to_its_last_lines_within_the_bytes_bound() -> 
 async def _status_is(cloud: Cloud, task_id: str, status: str) -> bool:
     states = await device_states(cloud, task_id)
     return states.get("dev1", ("", ""))[0] == status
+
+
+def test_offers_show_a_runs_end_when_the_task_is_gone_or_another_run() -> None:
+    # Prepare: the offer a client side started with
+    started = TaskOffer.model_validate({"ID": "t1", "version": 2, "client_argv": ["a"]})
+
+    def offer(**fields: Any) -> TaskOffer:
+        return TaskOffer.model_validate({"ID": "t1", "version": 2, "client_argv": ["a"], **fields})
+
+    # Execute / Assert
+    assert not offers_show_end(started, [offer()])  # the same run goes on
+    assert offers_show_end(started, [])  # stopped, finished or failed on the cloud
+    assert offers_show_end(started, [TaskOffer.model_validate({"ID": "t2"})])
+    assert offers_show_end(started, [offer(version=3)])  # a new bundle version
+    assert offers_show_end(started, [offer(client_argv=["b"])])
+    numbered = offer(run=4)
+    assert offers_show_end(numbered, [offer(run=5)])  # a cloud that numbers runs
+    assert not offers_show_end(numbered, [offer(run=4)])
+
+
+async def test_run_ends_are_remembered_per_task_and_wake_their_waiters() -> None:
+    ends = RunEnds()
+    waiter = asyncio.create_task(ends.wait(5.0))
+    await asyncio.sleep(0)
+    before = time.time()
+
+    ends.record_absent([TaskOffer.model_validate({"ID": "t2"})], ["t1", "t2"])
+
+    await asyncio.wait_for(waiter, 1.0)  # woken at once, not after 5 s
+    assert ends.ended_since("t1", before)
+    assert not ends.ended_since("t2", before)  # still offered
+    assert not ends.ended_since("t1", time.time() + 1)  # an end before a later start
