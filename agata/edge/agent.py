@@ -538,7 +538,7 @@ class Agent:
             sync_later=not stopping,
         )
         if stopping:  # the agent is going: no verdict to wait for
-            self._failure_verdict(run, reason)
+            self._failure_verdict(run, reason, failed_at)
             return
         logger.info("task %s: client side failed (%s); judging it against its run", task_id, reason)
         self._judged[task_id] = run
@@ -559,13 +559,13 @@ class Agent:
             ended = await self._run_ended(run, failed_at)
         except asyncio.CancelledError:
             self._judged.pop(task_id, None)
-            self._failure_verdict(run, reason)
+            self._failure_verdict(run, reason, failed_at)
             raise
         self._judged.pop(task_id, None)
         if ended:
             self._ended_with_run(run, reason, failed_at)
         else:
-            self._failure_verdict(run, reason)
+            self._failure_verdict(run, reason, failed_at)
 
     async def _run_ended(self, run: TaskRun, failed_at: float) -> bool:
         """True once the agent knows ``run``'s run is over; False when the cloud still
@@ -590,13 +590,13 @@ class Agent:
                     return self.run_ends.ended_since(task_id, run.started_at)
             await self.run_ends.wait(deadline - time.time())
 
-    def _failure_verdict(self, run: TaskRun, reason: str) -> None:
+    def _failure_verdict(self, run: TaskRun, reason: str, failed_at: float) -> None:
         """The client side failed while its run went on: report it, with its last output
-        lines, and its quarantine."""
+        lines, and its quarantine (the ``task failed`` event carries ``failed_at``)."""
         task_id = run.offer.task_id
         logger.warning("task %s failed: %s", task_id, reason)
         self.state.count("failed")
-        self._event("task failed", "end", task_id=task_id, reason=reason)
+        self._event("task failed", "end", at=failed_at, task_id=task_id, reason=reason)
         output = tuple(bounded_output(run.process.tail(MAX_OUTPUT_LINES)))
         self._report(DeviceReport(task_id, "failed", reason=reason, log_lines=output))
         entry = self.state.quarantined(task_id, run.offer.version)
@@ -753,11 +753,14 @@ class Agent:
         if self.hooks is not None and (event := event_of_report(report)) is not None:
             self.hooks.notify(event)
 
-    def _event(self, function: str, event: str, **fields: Any) -> None:
+    def _event(self, function: str, event: str, at: float | None = None, **fields: Any) -> None:
+        """Send a timing event; ``at``: when it happened, if not now (a failure is
+        told once judged, with the time it was seen)."""
         if self._on_event is None:
             return
         user_id = self._reported.user_id if self._reported else None
+        when = time.time() if at is None else at
         try:
-            self._on_event(function, event, time=time.time(), user_id=user_id, **fields)
+            self._on_event(function, event, time=when, user_id=user_id, **fields)
         except Exception:
             logger.exception("the event callback failed on %s %s", function, event)
