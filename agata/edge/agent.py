@@ -541,21 +541,25 @@ class Agent:
             self._failure_verdict(run, reason, failed_at)
             return
         logger.info("task %s: client side failed (%s); judging it against its run", task_id, reason)
-        self._judged[task_id] = run
-        self._spawn(self._judge(run, reason, failed_at), f"judge {task_id}")
         # Failover: switch at once, from the offers already known.
         self._switch = (task_id, failed_at)
         self._event("switch task", "start", task_id=task_id)
         failover = self._spawn(self._failover(), f"failover from {task_id}")
         self._failovers.add(failover)
         failover.add_done_callback(self._failovers.discard)
+        self._judged[task_id] = run
+        self._spawn(self._judge(run, reason, failed_at, failover), f"judge {task_id}")
 
-    async def _judge(self, run: TaskRun, reason: str, failed_at: float) -> None:
+    async def _judge(
+        self, run: TaskRun, reason: str, failed_at: float, failover: asyncio.Task[None]
+    ) -> None:
         """Decide whether ``run``'s failure was its run ending (module docstring of
         :mod:`agata.edge.run_ends`) and say so; a cancelled judge (the agent stops)
-        counts it a failure."""
+        counts it a failure. The cloud is asked once the failover spawned the next
+        task (or the grace is over), so the question never slows the failover down."""
         task_id = run.offer.task_id
         try:
+            await asyncio.wait({failover}, timeout=self.settings.run_end_grace)
             ended = await self._run_ended(run, failed_at)
         except asyncio.CancelledError:
             self._judged.pop(task_id, None)
