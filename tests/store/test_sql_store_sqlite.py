@@ -185,8 +185,8 @@ def test_a_version_4_database_gains_task_kinds_and_its_tasks_are_scripts(db_path
     assert create_store(f"sqlite:///{db_path}").get_task("t1").kind is TaskKind.FLOWER_APP
 
 
-def test_a_version_5_database_gains_quarantine_expiries(db_path: Path) -> None:
-    # Prepare: a database as version 5 left it (no device_tasks.quarantined_until)
+def test_a_version_6_database_gains_quarantine_expiries(db_path: Path) -> None:
+    # Prepare: a database as version 6 left it (no device_tasks.quarantined_until)
     store = create_store(f"sqlite:///{db_path}")
     store.create_task(_task())
     store.upsert_device("d1")
@@ -194,7 +194,7 @@ def test_a_version_5_database_gains_quarantine_expiries(db_path: Path) -> None:
     store.close()
     raw = sqlite3.connect(db_path)
     raw.execute("ALTER TABLE device_tasks DROP COLUMN quarantined_until")
-    raw.execute("UPDATE schema_version SET version = 5")
+    raw.execute("UPDATE schema_version SET version = 6")
     raw.commit()
     raw.close()
 

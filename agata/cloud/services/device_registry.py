@@ -204,13 +204,14 @@ class DeviceRegistry(Service):
                 req.task_id,
                 req.status,
                 req.reason,
+                run=req.run,
                 quarantined_until=req.quarantined_until,
             )
         self._touch(req.user_id)
         if req.log_lines and req.status == DeviceTaskStatus.FAILED.value:
-            await self._record_output(req.user_id, req.task_id, req.log_lines)
+            await self._record_output(req.user_id, req.task_id, req.log_lines, req.run)
         if req.round is not None and req.metrics:
-            self.store.add_metric(req.task_id, req.round, req.user_id, req.metrics)
+            self.store.add_metric(req.task_id, req.round, req.user_id, req.metrics, run=req.run)
             await self.notifier.notify(
                 "metric",
                 task_id=req.task_id,
@@ -234,13 +235,14 @@ class DeviceRegistry(Service):
         )
 
     async def _record_output(
-        self, user_id: str, task_id: str, lines: list[ops.ReportedLine]
+        self, user_id: str, task_id: str, lines: list[ops.ReportedLine], run: int | None
     ) -> None:
-        """Store a failed client side's last output lines as log lines of the task, with
-        the device as their source (the one place a device's lines are written)."""
+        """Store a failed client side's last output lines as log lines of the task's run
+        ``run`` (None: the current run), with the device as their source (the one place
+        a device's lines are written)."""
         now = time.time()
         self.store.add_log_lines(
-            task_id, [NewLogLine(user_id, line.stream, line.text, now) for line in lines]
+            task_id, [NewLogLine(user_id, line.stream, line.text, now) for line in lines], run=run
         )
         for line in lines:
             await self.notifier.notify(

@@ -1,8 +1,9 @@
 // Home: the fleet at a glance (devices online/offline, tasks running, recent failures).
 
-import { call, describe } from "../api.js";
+import { call } from "../api.js";
 import {
-  ago, alertBox, badge, chips, debounce, deviceHref, deviceState, endsAt, formatPercent, h, loading, replace, table, taskHref,
+  ago, alertBox, badge, chips, debounce, deviceHref, deviceState, endsAt, errorBox, formatPercent,
+  h, loading, replace, table, taskHref,
 } from "../dom.js";
 
 function stat(value, label, cls = "", id = "") {
@@ -103,7 +104,7 @@ export async function render(ctx) {
         fleet.total ? h("p", { class: "small", style: { padding: "0 18px 14px" } }, h("a", { href: "#/devices", id: "see-all-devices" }, `See all ${fleet.total.toLocaleString("en")} devices →`)) : null,
       );
     } catch (err) {
-      replace(error, alertBox(describe(err)));
+      replace(error, errorBox(err));
     }
   }
 
