@@ -175,8 +175,12 @@ async def test_a_run_ends_then_starts_again_on_two_agents_at_once(
         assert took < 1.0, f"the new run reached both devices after {took:.3f} s"
         assert one.quarantine() == [] and two.quarantine() == []
         assert one.state.stats["failed"] == 0 and two.state.stats["failed"] == 0
-        events = await cloud.op("rpc_exec_get_task_events", {"task_id": "t1"})
-        texts = [e["event"] for e in events.json() if e["event"].startswith("device")]
+        texts = []
+        for run in (1, 2):  # the first run's end, and anything reported since
+            body = {"task_id": "t1", "run": run}
+            events = await cloud.op("rpc_exec_get_task_events", body)
+            assert events.status_code == 200, events.text
+            texts += [e["event"] for e in events.json() if e["event"].startswith("device")]
         for user in ("dev1", "dev2"):
             assert any(t.startswith(f"device {user} stopped task t1") for t in texts), texts
             assert not any(f"device {user} failed" in t for t in texts), texts
