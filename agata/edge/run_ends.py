@@ -28,7 +28,7 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Final
 
-from agata.edge.cloud_client import TaskOffer
+from agata.protocol.offers import TaskOffer
 from agata.protocol.operations import MAX_REPORTED_LINE_CHARS, MAX_REPORTED_LINES
 from agata.runtime.messages import OutputLine, Print
 

@@ -17,7 +17,6 @@ from typing import Any
 import pytest
 from cloud_harness import Cloud
 
-from agata.edge.cloud_client import TaskOffer
 from agata.edge.run_ends import (
     MAX_OUTPUT_BYTES,
     MAX_OUTPUT_LINE,
@@ -25,6 +24,7 @@ from agata.edge.run_ends import (
     bounded_output,
     offers_show_end,
 )
+from agata.protocol.offers import TaskOffer
 from agata.runtime.messages import OutputLine, Stream
 from edge.conftest import (
     Device,
