@@ -151,6 +151,9 @@ class Settings(BaseModel):
     policy: Literal["one", "all"] = "one"
     max_tasks: int = Field(4, ge=1)
     quarantine_seconds: float = Field(3600.0, ge=0)
+    run_end_grace: float = Field(
+        2.0, ge=0, le=60, description="seconds a failed client side waits for news of its run's end"
+    )
     download_attempts: int = Field(3, ge=1)
     ca_file: Path | None = Field(
         None, description="PEM CA certificate(s) trusted for the cloud's HTTPS, and no others"

@@ -188,7 +188,12 @@ class CloudClient:
         reason: str = "",
         round: int | None = None,
         metrics: dict[str, float] | None = None,
+        log_lines: list[dict[str, str]] | None = None,
+        quarantined_until: float | None = None,
     ) -> None:
+        """Send ``rpc_exec_report_device_task``; ``log_lines`` (a failed client side's
+        last output lines) and ``quarantined_until`` (epoch seconds) are optional fields
+        a cloud of the original system never sees, as they are only sent when set."""
         body: dict[str, Any] = {"user_id": user_id, "task_id": task_id, "status": status}
         if reason:
             body["reason"] = reason[:2000]
@@ -196,6 +201,10 @@ class CloudClient:
             body["round"] = round
         if metrics:
             body["metrics"] = dict(list(metrics.items())[:32])
+        if log_lines:
+            body["log_lines"] = log_lines
+        if quarantined_until is not None:
+            body["quarantined_until"] = quarantined_until
         await self.call(REPORT_DEVICE_TASK, body)
 
     async def enroll(self, user_id: str, enrollment_token: str) -> str:

@@ -310,8 +310,25 @@ class RegisterFlowerNode(Request):
     public_key: Annotated[str, StringConstraints(min_length=1, max_length=2048), NoNul()]
 
 
+#: A device's report carries at most this many output lines of this many characters.
+MAX_REPORTED_LINES = 200
+MAX_REPORTED_LINE_CHARS = 1000
+
+
+class ReportedLine(Request):
+    """A line of a device's client side output, sent with a ``failed`` report."""
+
+    stream: Annotated[str, StringConstraints(pattern=r"^(stdout|stderr|supervisor|print)$")]
+    text: Annotated[str, StringConstraints(max_length=MAX_REPORTED_LINE_CHARS), NoNul()]
+
+
 class ReportDeviceTask(Request):
-    """A device tells the cloud what happened to one of its tasks."""
+    """A device tells the cloud what happened to one of its tasks.
+
+    ``log_lines`` (the last lines of a failed client side's output, at most
+    :data:`MAX_REPORTED_LINES`) and ``quarantined_until`` (epoch seconds: when a
+    ``quarantined`` status ends) are optional: devices of the original system send
+    neither."""
 
     user_id: OwnDeviceId
     task_id: TaskId
@@ -327,6 +344,8 @@ class ReportDeviceTask(Request):
     #: The run the report is about (the offer's ``run``); absent: the task's current run.
     #: A report about an older run than the current one is recorded in that run only.
     run: RunNumber | None = None
+    log_lines: list[ReportedLine] | None = Field(default=None, max_length=MAX_REPORTED_LINES)
+    quarantined_until: float | None = Field(default=None, ge=0, le=1e11, allow_inf_nan=False)
 
 
 class ClearQuarantine(Request):

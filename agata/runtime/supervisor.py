@@ -19,8 +19,11 @@ States (one :meth:`TaskProcess._transition` method changes them)::
 - ``error``: STOPPING at once (SIGTERM, SIGKILL after ``grace``). Ends FAILED with the
   exception text as reason.
 - The process exits without having reported "Finished": FAILED, reason ``exited with
-  code N without reporting Finished`` or ``killed by signal SIGKILL`` (a trigger script,
-  ``require_finished=False``, ends FINISHED on exit code 0).
+  code N: <the last line it wrote to stderr>`` (usually the exception, e.g. ``exited with
+  code 1: ModuleNotFoundError: No module named 'x'``), ``exited with code N without
+  reporting Finished`` when it wrote nothing to stderr, or ``killed by signal SIGKILL``
+  (``: <line>`` too); a trigger script, ``require_finished=False``, ends FINISHED on exit
+  code 0.
 - :meth:`TaskProcess.stop` by the owner: STOPPING, and the distinct terminal state
   STOPPED — the owner's decision is neither the task's success nor its failure.
 - A limit (:class:`~agata.runtime.limits.Limits`): past ``wall_seconds`` the process is
@@ -126,6 +129,24 @@ def _exit_reason(code: int) -> str:
         except ValueError:
             return f"killed by signal {-code}"
     return f"exited with code {code} without reporting Finished"
+
+
+#: ANSI escape sequences (Flower colours its stderr even when it is not a terminal).
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+#: The last stderr line appended to an exit's reason is cut to this many characters.
+LAST_LINE_CHARS = 500
+
+
+def exit_reason(code: int, tail: Sequence[OutputLine | Print]) -> str:
+    """Why a process that exited with ``code`` without "Finished" failed: the exit, and
+    the last non-blank line it wrote to stderr (of ``tail``), which says why better."""
+    for line in reversed(tail):
+        if isinstance(line, OutputLine) and line.stream is Stream.STDERR:
+            text = _ANSI.sub("", line.text).strip()
+            if text:
+                exit_text = f"exited with code {code}" if code >= 0 else _exit_reason(code)
+                return f"{exit_text}: {text[:LAST_LINE_CHARS]}"
+    return _exit_reason(code)
 
 
 class TaskProcess:
@@ -406,7 +427,7 @@ class TaskProcess:
                 elif code == 0 and not self._require_finished:
                     self._end(ProcessState.FINISHED, "exited with code 0", event)
                 else:
-                    self._end(ProcessState.FAILED, _exit_reason(code), event)
+                    self._end(ProcessState.FAILED, exit_reason(code, self._tail), event)
             else:
                 raise AgataError(ErrorCode.INTERNAL, f"{event.value} while {state}")
         elif state is ProcessState.STOPPING:

@@ -134,6 +134,31 @@ async def test_exit_code_without_finished(tmp_path: Path) -> None:
     )
 
 
+async def test_an_exit_without_finished_names_its_last_stderr_line(tmp_path: Path) -> None:
+    # Prepare: a side whose import fails; another that colours its last stderr line
+    write_task(tmp_path, "import no_such_module_x\n")
+    coloured = tmp_path / "coloured"
+    coloured.mkdir()
+    write_task(
+        coloured, "sys.stderr.write('\\x1b[31mERROR\\x1b[0m: server gone\\n\\n')\nsys.exit(2)\n"
+    )
+
+    # Execute
+    outcomes = []
+    for bundle in (tmp_path, coloured):
+        task = task_for(bundle, Collector())
+        await task.start()
+        outcomes.append(await asyncio.wait_for(task.wait(), timeout=10))
+
+    # Assert: the exit and the exception, without colours or blank lines
+    assert outcomes[0] == TaskOutcome(
+        ProcessState.FAILED,
+        "exited with code 1: ModuleNotFoundError: No module named 'no_such_module_x'",
+        1,
+    )
+    assert outcomes[1].reason == "exited with code 2: ERROR: server gone"
+
+
 async def test_a_python_exception_leaves_its_traceback_in_the_tail(tmp_path: Path) -> None:
     write_task(tmp_path, "raise RuntimeError('dataset missing')\n")
     task = task_for(tmp_path, Collector())

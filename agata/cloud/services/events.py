@@ -22,6 +22,7 @@ from agata.cloud.services.notifier import Notifier
 from agata.errors import AgataError, ErrorCode
 from agata.protocol.notifications import EventRecorded
 from agata.store.store import Store
+from agata.store.validation import MAX_ID
 
 logger = logging.getLogger(__name__)
 
@@ -171,7 +172,7 @@ class EventRecorder:
                 time=float(raw.get("time") or time.time()),
                 service=str(raw.get("service", ""))[:200],
                 function=str(raw.get("function", ""))[:200],
-                event=str(raw.get("event", ""))[:2000],
+                event=_cut(str(raw.get("event", "")), MAX_ID),
                 task_id=_optional_str(raw.get("task_id")),
                 user_id=_optional_str(raw.get("user_id")),
                 data={k: v for k, v in raw.items() if k not in known},
@@ -192,6 +193,12 @@ class EventRecorder:
             )
         )
         return None
+
+
+def _cut(text: str, limit: int) -> str:
+    """``text`` within the store's ``limit`` (an event naming a long reason, such as a
+    traceback's last line, is kept with its end cut, not refused)."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _optional_str(value: Any) -> str | None:

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +74,8 @@ TOUCH_SECONDS = 10.0
 #: ...and the writes of this long go in together, one transaction for the whole fleet
 #: (at the default 10 s poll interval every poll would otherwise be a commit).
 TOUCH_BATCH_SECONDS = 1.0
+#: The overview's recent failures: failed tasks and devices' failures and quarantines.
+RECENT_FAILURES = 10
 
 
 class TaskManager(Service):
@@ -367,8 +370,11 @@ class TaskManager(Service):
         await self.notifier.notify(TaskChanged(task_id=req.task_id, deleted=True, running=False))
 
     async def set_task_files(self, req: ops.SetTaskFiles) -> None:
-        """Record the bundle listing after an upload (the gateway wrote the files)."""
+        """Record the bundle listing after an upload (the gateway wrote the files). A new
+        bundle version is a new task version: the devices' quarantines of the task end
+        (each device drops its own when it is offered the new version)."""
         task = self.store.set_task_files(req.task_id, req.files)
+        self.store.clear_quarantine(None, task.task_id)
         self._changed()
         await self.notifier.notify(
             TaskChanged(
@@ -539,19 +545,24 @@ class TaskManager(Service):
             await self.notifier.notify(TaskStopRequested(task_id=task_id))
 
     async def stop_task(self, req: ops.TaskRef) -> None:
-        """End the current run (queued, waiting or running) as stopped."""
+        """End the current run (queued, waiting or running) as stopped: recorded
+        stopped first, then the devices are told, then its server side is ended. So a
+        device hears of the stop before (or as) its client side sees the server go, and
+        a device that asks is told the run ended: the run's end is never a device's
+        failure (docs/edge.md, "Runs end")."""
         task = self.store.get_task(req.task_id)
         if not task.running and task.state is not TaskState.QUEUED:
             raise conflict(f"task {task.task_id} is not running")
         self.store.set_task_state(
             task.task_id, running=False, state=TaskState.STOPPED, reason="stopped by the operator"
         )
-        if task.running:
-            await self._end_server(task.task_id)
-        self.event(ops.STOP_TASK, "Task stopped on cloud", task_id=task.task_id)
+        self._changed()
         await self.notifier.notify(
             TaskChanged(task_id=task.task_id, running=False, state="stopped", run=task.run)
         )
+        if task.running:
+            await self._end_server(task.task_id)
+        self.event(ops.STOP_TASK, "Task stopped on cloud", task_id=task.task_id)
         self._soon(self.scheduler.dequeue())
 
     async def list_runs(self, req: ops.ListRuns) -> list[dict[str, Any]]:
@@ -767,11 +778,29 @@ class TaskManager(Service):
     async def get_overview(self, req: ops.Empty) -> dict[str, Any]:
         devices = self.store.list_devices()
         tasks = self.store.list_tasks()
-        failures = [
-            {"task_id": t.task_id, "reason": t.state_reason, "time": t.updated_at}
+        failures: list[dict[str, Any]] = [
+            {
+                "task_id": t.task_id,
+                "user_id": None,
+                "status": "failed",
+                "reason": t.state_reason,
+                "time": t.updated_at,
+                "quarantined_until": None,
+            }
             for t in tasks
             if t.state == TaskState.FAILED
+        ] + [
+            {
+                "task_id": s.task_id,
+                "user_id": s.user_id,
+                "status": str(s.status),
+                "reason": s.reason,
+                "time": s.updated_at,
+                "quarantined_until": s.quarantined_until,
+            }
+            for s in self.store.list_device_failures(RECENT_FAILURES)
         ]
+        failures.sort(key=lambda f: datetime.fromisoformat(f["time"]))
         online = sum(1 for d in devices if seconds_since(d.last_seen) <= ONLINE_SECONDS)
         return {
             "devices_total": len(devices),
@@ -779,7 +808,7 @@ class TaskManager(Service):
             "devices_offline": len(devices) - online,
             "tasks_total": len(tasks),
             "tasks_running": sum(1 for t in tasks if t.running),
-            "recent_failures": failures[-10:],
+            "recent_failures": failures[-RECENT_FAILURES:],
             "containment": sandbox.describe() if (sandbox := self.server_tasks.sandbox) else "",
         }
 
