@@ -40,9 +40,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agata.edge.arguments import expand_client_arguments, placeholder_values
-from agata.edge.backoff import Backoff, StateLog
 from agata.edge.bundle_cache import BundleCache
-from agata.edge.cloud_client import CloudClient, TaskOffer, is_transient
+from agata.edge.cloud_client import CloudClient, TaskOffer
 from agata.edge.device_info import DeviceInfo, DeviceSource
 from agata.edge.hooks import HookRunner, event_of_report
 from agata.edge.local_state import LocalState, QuarantineEntry, RunningRecord
@@ -53,12 +52,13 @@ from agata.edge.task_runs import TaskRun, recover_leftovers
 from agata.edge.wheelhouse import WheelhouseMirror
 from agata.errors import AgataError, ErrorCode
 from agata.files import make_private_dir
+from agata.retry import Backoff, StateLog, is_transient
 from agata.runtime.limits import Limits
 from agata.runtime.messages import Error, Info, Model, OutputLine, Print, TaskMessage
 from agata.runtime.process import ProcessLauncher
 from agata.runtime.sandbox import TaskSandbox, default_task_dir
 from agata.runtime.supervisor import TaskProcess
-from agata.settings import Settings
+from agata.settings import EdgeSettings
 
 __all__ = ["Agent", "EventCallback", "RunningTask"]
 
@@ -67,8 +67,6 @@ logger = logging.getLogger(__name__)
 EventCallback = Callable[..., None]
 """``on_event(function, event, **fields)``; fields hold ``time`` and ``user_id``, and
 ``task_id`` for task steps."""
-
-SERVICE = "edge agent"
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +100,7 @@ class Agent:
 
     def __init__(
         self,
-        settings: Settings,
+        settings: EdgeSettings,
         device: DeviceInfo | DeviceSource,
         *,
         credential: str | None = None,
