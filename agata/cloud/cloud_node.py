@@ -35,7 +35,7 @@ from agata.errors import AgataError, ErrorCode
 from agata.files import make_private_dir, make_private_file, write_private_file
 from agata.runtime.limits import Limits
 from agata.runtime.sandbox import TaskSandbox, default_task_dir
-from agata.settings import Settings
+from agata.settings import CloudSettings
 from agata.store.store import BundleFile, Store
 from agata.store.store_factory import create_store
 from agata.tls import server_context
@@ -50,7 +50,7 @@ class CloudNode:
 
     def __init__(
         self,
-        settings: Settings,
+        settings: CloudSettings,
         *,
         services: Iterable[str] = SERVICES,
         bus: Bus | None = None,
@@ -131,9 +131,10 @@ class CloudNode:
             manager = TaskManager(
                 self.bus,
                 self.store,
-                self.bundles.root,
+                self.bundles,
                 self.data_dir / "work",
-                bundles=self.bundles,
+                poll_interval=s.request_interval,
+                reconcile=s.reconcile,
                 legacy_devices=s.legacy_devices,
                 hide_internal_errors=s.hide_internal_errors,
                 grace=s.server_grace_seconds,
@@ -151,6 +152,7 @@ class CloudNode:
                 self.store,
                 hide_internal_errors=s.hide_internal_errors,
                 register_events=s.register_events,
+                poll_interval=s.request_interval,
             )
             registry.max_in_flight = s.service_max_in_flight
             await registry.start()
@@ -170,6 +172,7 @@ class CloudNode:
                     max_in_flight=s.max_in_flight,
                     admission_wait=s.admission_wait,
                     wheelhouse=s.wheelhouse,
+                    poll_interval=s.request_interval,
                 ),
             )
             if first_token:

@@ -56,6 +56,8 @@ from agata.cloud.gateway.uploads import UPLOAD_BODY, uploaded_files
 from agata.cloud.gateway.wheelhouse import Wheelhouse, wheelhouse_router
 from agata.errors import AgataError, ErrorCode
 from agata.protocol import operations as ops
+from agata.settings.shared_settings import DEFAULT_REQUEST_INTERVAL
+from agata.web import STATIC_ROOT
 
 logger = logging.getLogger(__name__)
 
@@ -98,9 +100,6 @@ def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {status: ERROR_RESPONSES[status] for status in (*statuses, 429, 503)}
 
 
-WEB_ROOT = Path(__file__).resolve().parent.parent.parent / "web" / "static"
-
-
 @dataclass
 class GatewayConfig:
     bundles: BundleStore
@@ -114,6 +113,7 @@ class GatewayConfig:
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT  # requests served at once (admission.py)
     admission_wait: float = DEFAULT_MAX_WAIT  # seconds a request may wait for a place
     wheelhouse: Path | None = None  # a folder of wheels served to devices; None: none
+    poll_interval: float = DEFAULT_REQUEST_INTERVAL  # the fleet's request_interval (caches)
 
 
 def error_response(exc: AgataError) -> JSONResponse:
@@ -125,7 +125,7 @@ def create_gateway(bus: Bus, config: GatewayConfig) -> FastAPI:
     """Build the gateway on a connected bus. Starting/stopping its stream hub is tied
     to the app's lifespan."""
     rpc = RpcClient(bus, timeout=config.rpc_timeout, service="gateway")
-    auth = Authenticator(rpc)
+    auth = Authenticator(rpc, poll_interval=config.poll_interval)
     refusals = LegacyRefusals()
     hub = StreamHub(bus)
     grants = DownloadGrants()
@@ -269,8 +269,8 @@ def create_gateway(bus: Bus, config: GatewayConfig) -> FastAPI:
     async def read_root() -> RedirectResponse:
         return RedirectResponse("/ui/")
 
-    if WEB_ROOT.is_dir():
-        app.mount("/ui", StaticFiles(directory=WEB_ROOT, html=True), name="ui")
+    if STATIC_ROOT.is_dir():
+        app.mount("/ui", StaticFiles(directory=STATIC_ROOT, html=True), name="ui")
 
     # -- devices ---------------------------------------------------------------------
 

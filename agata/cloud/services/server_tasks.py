@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from agata.cloud.bundles.bundle_store import BundleStore
 from agata.cloud.services.notifier import Notifier
 from agata.cloud.services.task_ends import RECONCILE_SECONDS, EndRecorder, TaskEnd
 from agata.errors import AgataError, ErrorCode
@@ -63,7 +64,7 @@ class ServerTasks:
         self,
         store: Store,
         notifier: Notifier,
-        bundles_root: Path,
+        bundles: BundleStore,
         work_root: Path,
         *,
         grace: float = 5.0,
@@ -75,7 +76,7 @@ class ServerTasks:
         self.store = store
         self.sandbox = sandbox
         self.notifier = notifier
-        self.bundles_root = bundles_root
+        self.bundles = bundles
         self.work_root = work_root
         self.grace = grace
         self.record_event = record_event
@@ -109,7 +110,7 @@ class ServerTasks:
     ) -> int | None:
         """Spawn ``server.py`` of the task's bundle within the task's ``limits`` (over
         the configured defaults); returns the process group id."""
-        bundle = self.bundles_root / f"task_{task_id}"
+        bundle = self.bundles.task_dir(task_id)  # refuses an id that is not a plain name
         record_dir = self.work_root / f"task_{task_id}"
         record_dir.mkdir(parents=True, exist_ok=True)
         work = record_dir
