@@ -15,12 +15,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agata.cloud.bundles.bundle_store import (
-    BundleFile,
-    BundleStore,
-    validate_file_name,
-    validate_task_id,
-)
+from agata.cloud.bundles.bundle_digests import BundleFile
+from agata.cloud.bundles.bundle_rules import validate_file_name, validate_task_id
+from agata.cloud.bundles.bundle_store import BundleStore
 from agata.errors import AgataError, ErrorCode
 
 KIB = 1024
