@@ -39,12 +39,10 @@ from agata.protocol.bundle_names import check_file_name as validate_file_name
 __all__ = [
     "BAD_STREAM_ERRORS",
     "CHUNK",
-    "CLIENT_ENTRYPOINT",
     "CREATE_FLAGS",
     "DIR_FLAGS",
     "MAX_NAME_BYTES",
     "READ_FLAGS",
-    "SERVER_ENTRYPOINT",
     "BundleLimits",
     "check_archive_member",
     "disk_full_is_unavailable",
@@ -55,9 +53,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-SERVER_ENTRYPOINT: Final = "server.py"
-CLIENT_ENTRYPOINT: Final = "client.py"
 
 #: Bytes read or written at a time.
 CHUNK: Final = 1 << 20

@@ -52,11 +52,9 @@ from agata.cloud.bundles.bundle_journal import UndoJournal, abandoned, is_journa
 from agata.cloud.bundles.bundle_rules import (
     BAD_STREAM_ERRORS,
     CHUNK,
-    CLIENT_ENTRYPOINT,
     CREATE_FLAGS,
     DIR_FLAGS,
     READ_FLAGS,
-    SERVER_ENTRYPOINT,
     BundleLimits,
     check_archive_member,
     disk_full_is_unavailable,
@@ -185,21 +183,6 @@ class BundleStore:
             os.close(fd)
             raise invalid(f"{name!r} of task {task_id} is not a regular file")
         return open(fd, "rb")  # the caller owns (and closes) the file
-
-    def has_entrypoints(self, task_id: str) -> tuple[bool, bool]:
-        """Whether the bundle holds ``server.py`` and ``client.py`` (as regular files)."""
-        with self._open_dir(task_id) as dir_fd:
-            if dir_fd is None:
-                return (False, False)
-            found = []
-            for name in (SERVER_ENTRYPOINT, CLIENT_ENTRYPOINT):
-                try:
-                    info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-                except FileNotFoundError:
-                    found.append(False)
-                else:
-                    found.append(stat.S_ISREG(info.st_mode))
-            return (found[0], found[1])
 
     def archive(self, task_id: str) -> bytes:
         """The whole bundle as a zip (flat, deflated); an empty zip if there is none."""
