@@ -30,9 +30,12 @@ from agata.cli.bench_cmd import bench_app
 from agata.cli.cloud_cmd import cloud_app, token_app
 from agata.cli.demo_cmd import demo, experiment
 from agata.cli.deploy_cmd import deploy_app
+from agata.cli.device_cmd import register as register_device_ops
 from agata.cli.edge_cmd import device_app, edge_app
 from agata.cli.extras import install_hint, missing_extra
+from agata.cli.run_cmd import run_app
 from agata.cli.simulate_cmd import simulate
+from agata.cli.task_cmd import task_app
 from agata.errors import AgataError
 
 __all__ = ["COMMANDS", "GROUPS", "app", "main"]
@@ -43,12 +46,18 @@ def version() -> None:
     typer.echo(__version__)
 
 
+# ``agata device``: enrollment (run on a device, edge_cmd) and the operator's device
+# commands (device_cmd) share one group.
+register_device_ops(device_app)
+
 #: ``agata <group> …``: the command groups, by name.
 GROUPS: dict[str, typer.Typer] = {
     "cloud": cloud_app,
     "token": token_app,
     "edge": edge_app,
     "device": device_app,
+    "task": task_app,
+    "run": run_app,
     "deploy": deploy_app,
     "bench": bench_app,
 }

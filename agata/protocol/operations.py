@@ -209,6 +209,13 @@ GET_TASK_DEVICES = "rpc_exec_get_task_devices"
 VALIDATE_CRITERIA = "rpc_exec_validate_criteria"
 GET_OVERVIEW = "rpc_exec_get_overview"
 CHECK_DOWNLOAD_PASSWORD = "rpc_exec_check_download_password"
+LIST_RUNS = "rpc_exec_list_runs"
+GET_RUN = "rpc_exec_get_run"
+
+#: A run's number: a positive integer (the store keeps ``INTEGER``).
+RunNumber = Annotated[int, Field(ge=1, le=INT32_MAX)]
+#: Longest a run may wait for its ``min_devices`` (a year).
+MAX_START_DEADLINE_S = 366 * 86400.0
 
 
 class TaskLimits(Request):
@@ -239,6 +246,8 @@ class CreateTask(Request):
     client_arguments: Arguments | None = None
     tags: Tags | None = None
     limits: TaskLimits | None = None
+    min_devices: int = Field(0, ge=0, le=1_000_000)
+    start_deadline_s: float | None = Field(default=None, gt=0, le=MAX_START_DEADLINE_S)
     kind: TaskKindName = "script"
 
 
@@ -253,6 +262,9 @@ class UpdateTask(Request):
     password: ShortText | None = None
     tags: Tags | None = None
     limits: TaskLimits | None = None
+    min_devices: int | None = Field(default=None, ge=0, le=1_000_000)
+    #: ``0`` clears it (no deadline: a run waits for its devices as long as it takes).
+    start_deadline_s: float | None = Field(default=None, ge=0, le=MAX_START_DEADLINE_S)
     kind: TaskKindName | None = None
 
 
@@ -277,7 +289,7 @@ FilterText = Annotated[str, StringConstraints(max_length=2000), NoNul()]
 
 class QueryTasks(Request):
     """One page of tasks: ``q`` (blank-separated terms, all must hold) is a part of the
-    id, a state (``running stopped finished failed``) or ``tag:NAME``; sorted by
+    id, a state (``running queued stopped finished failed``) or ``tag:NAME``; sorted by
     ``sort`` (``task_id created_at updated_at state``) in ``order``. Answers
     ``{"items": [task, ...], "total": N}``."""
 
@@ -325,15 +337,45 @@ class SetTaskFiles(Request):
         return files
 
 
+class ListRuns(Request):
+    """A task's runs, newest first: at most ``limit``, numbered below ``before`` when
+    given (the next page: ``before`` = the last run number of this one)."""
+
+    task_id: TaskId
+    limit: int = Field(50, ge=1, le=1000)
+    before: RunNumber | None = None
+
+
+class RunRef(Request):
+    """One run of a task; unknown task or run: 404."""
+
+    task_id: TaskId
+    run: RunNumber
+
+
+class TaskMetricsQuery(Request):
+    """A run's metrics (``run`` absent: the current or last run)."""
+
+    task_id: TaskId
+    run: RunNumber | None = None
+
+
 class TaskLogsQuery(Request):
+    """The last ``limit`` log lines of a run (``run`` absent: the current or last run)."""
+
     task_id: TaskId
     limit: int = Field(200, ge=1, le=5000)
+    run: RunNumber | None = None
 
 
 class TaskEventsQuery(Request):
+    """Events, of a task when ``task_id`` is given: of its run ``run`` (absent: the
+    current or last run, with the task's events that belong to no run)."""
+
     task_id: TaskId | None = None
     since: float | None = None
     limit: int = Field(500, ge=1, le=5000)
+    run: RunNumber | None = None
 
 
 class ValidateCriteria(Request):
@@ -431,6 +473,9 @@ class ReportDeviceTask(Request):
     reason: Annotated[str, StringConstraints(max_length=2000), NoNul()] = ""
     round: int | None = Field(default=None, ge=0, le=INT32_MAX)
     metrics: dict[MetricName, MetricValue] | None = Field(default=None, max_length=32)
+    #: The run the report is about (the offer's ``run``); absent: the task's current run.
+    #: A report about an older run than the current one is recorded in that run only.
+    run: RunNumber | None = None
 
 
 class ClearQuarantine(Request):
@@ -472,13 +517,15 @@ OPERATION_MODELS: dict[str, type[Request]] = {
     STOP_TASK: TaskRef,
     SET_TASK_FILES: SetTaskFiles,
     CLIENT_REQUESTING_TASK: ClientRequestingTask,
-    GET_TASK_METRICS: TaskRef,
+    GET_TASK_METRICS: TaskMetricsQuery,
     GET_TASK_LOGS: TaskLogsQuery,
     GET_TASK_EVENTS: TaskEventsQuery,
     GET_TASK_DEVICES: TaskRef,
     VALIDATE_CRITERIA: ValidateCriteria,
     GET_OVERVIEW: Empty,
     CHECK_DOWNLOAD_PASSWORD: CheckDownloadPassword,
+    LIST_RUNS: ListRuns,
+    GET_RUN: RunRef,
     UPDATE_USER_INFO: UpdateUserInfo,
     GET_USER_INFO: UserRef,
     LIST_DEVICES: Empty,

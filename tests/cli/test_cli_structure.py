@@ -58,7 +58,7 @@ def test_every_benchmark_is_a_command_of_bench_cmd() -> None:
     assert GROUPS["bench"] is bench_app
     assert names >= {
         "bus", "containment", "environments", "all", "cloud", "devices", "edge",
-        "console", "load",
+        "console", "load", "runs",
     }  # fmt: skip
     for path in CLI.glob("*_cmd.py"):
         if path.name != "bench_cmd.py":

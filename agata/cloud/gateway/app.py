@@ -25,6 +25,7 @@ from agata import __version__
 from agata.bus.bus import Bus
 from agata.bus.rpc import RpcClient
 from agata.bus.service import describe_errors
+from agata.cloud.bundles.artifact_store import ArtifactStore
 from agata.cloud.bundles.bundle_store import BundleStore
 from agata.cloud.gateway.admission import (
     DEFAULT_MAX_IN_FLIGHT,
@@ -51,6 +52,7 @@ from agata.cloud.gateway.grants import DownloadGrants
 from agata.cloud.gateway.limits import BodyLimit, RateLimit
 from agata.cloud.gateway.metrics import GatewayMetrics
 from agata.cloud.gateway.openapi import DOWNLOAD, LEGACY_DEVICE, PUBLIC, STREAM, install
+from agata.cloud.gateway.run_artifacts import artifacts_router
 from agata.cloud.gateway.streams import StreamHub
 from agata.cloud.gateway.uploads import UPLOAD_BODY, uploaded_files
 from agata.cloud.gateway.wheelhouse import Wheelhouse, wheelhouse_router
@@ -114,6 +116,7 @@ class GatewayConfig:
     admission_wait: float = DEFAULT_MAX_WAIT  # seconds a request may wait for a place
     wheelhouse: Path | None = None  # a folder of wheels served to devices; None: none
     poll_interval: float = DEFAULT_REQUEST_INTERVAL  # the fleet's request_interval (caches)
+    artifacts: ArtifactStore | None = None  # None: beside the bundles' folder
 
 
 def error_response(exc: AgataError) -> JSONResponse:
@@ -413,6 +416,10 @@ def create_gateway(bus: Bus, config: GatewayConfig) -> FastAPI:
 
     app.include_router(
         wheelhouse_router(Wheelhouse(config.wheelhouse), fleet_member, slots, errors(401, 404, 503))
+    )
+    artifacts = config.artifacts or ArtifactStore(config.bundles.root.parent / "artifacts")
+    app.include_router(
+        artifacts_router(artifacts, rpc, operator, slots, errors(400, 401, 403, 404, 429))
     )
 
     @app.get(

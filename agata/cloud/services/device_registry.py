@@ -200,10 +200,12 @@ class DeviceRegistry(Service):
         request model bounds the round and refuses non-finite metrics)."""
         self.scope.check(req.user_id, req.task_id, req.status)
         if req.status in RECORDED_STATUSES:
-            self.store.set_device_task_status(req.user_id, req.task_id, req.status, req.reason)
+            self.store.set_device_task_status(
+                req.user_id, req.task_id, req.status, req.reason, run=req.run
+            )
         self._touch(req.user_id)
         if req.round is not None and req.metrics:
-            self.store.add_metric(req.task_id, req.round, req.user_id, req.metrics)
+            self.store.add_metric(req.task_id, req.round, req.user_id, req.metrics, run=req.run)
             await self.notifier.notify(
                 "metric",
                 task_id=req.task_id,

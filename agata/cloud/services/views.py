@@ -9,6 +9,8 @@ from typing import Any
 
 from agata.cloud.credentials.download_passwords import device_password
 from agata.protocol.arguments import expand_client_arguments, placeholder_values
+from agata.protocol.runs import ArtifactRecord, BundleFileRecord, RunDeviceRecord, RunRecord
+from agata.store.run_store import Run, RunDevice
 from agata.store.store import Device, DeviceTaskState, Task
 
 #: A device that polled within this many seconds counts as online.
@@ -21,6 +23,7 @@ def task_view(
     last_round: int | None = None,
     last_acc: float | None = None,
     devices_running: list[str] | None = None,
+    run_state: str | None = None,
 ) -> dict[str, Any]:
     files = [{"name": f.name, "size": f.size, "sha256": f.sha256} for f in task.files]
     server_args = shlex.join(task.server_arguments)
@@ -49,7 +52,53 @@ def task_view(
         "last_round": last_round,
         "last_acc": last_acc,
         "devices_running": devices_running or [],
+        "run": task.run,
+        "run_state": run_state,
+        "min_devices": task.min_devices,
+        "start_deadline_s": task.start_deadline_s,
     }
+
+
+def run_view(run: Run, devices: list[RunDevice] | None = None) -> dict[str, Any]:
+    """The run record of :mod:`agata.protocol.runs` (``devices`` only for one run)."""
+    acc = run.last_metrics.get("acc", run.last_metrics.get("accuracy"))
+    record = RunRecord(
+        task_id=run.task_id,
+        run=run.run,
+        state=run.state,
+        reason=run.reason,
+        server_arguments=list(run.server_arguments),
+        client_arguments=list(run.client_arguments),
+        bundle_version=run.bundle_version,
+        files=[BundleFileRecord(name=n, size=s, sha256=h) for n, s, h in run.files],
+        min_devices=run.min_devices,
+        start_deadline_s=run.start_deadline_s,
+        created_at=run.created_at,
+        started_at=run.started_at,
+        ended_at=run.ended_at,
+        last_round=run.last_round,
+        last_metrics=dict(run.last_metrics),
+        last_acc=acc,
+        devices_joined=run.devices_joined,
+        artifacts=[
+            ArtifactRecord(name=a.name, size=a.size, sha256=a.sha256, saved_at=a.saved_at)
+            for a in run.artifacts
+        ],
+        devices=None
+        if devices is None
+        else [
+            RunDeviceRecord(
+                user_id=d.user_id,
+                joined_at=d.joined_at,
+                status=d.status,
+                reason=d.reason,
+                last_round=d.last_round,
+                updated_at=d.updated_at,
+            )
+            for d in devices
+        ],
+    )
+    return record.model_dump(mode="json")
 
 
 def offer_view(task: Task) -> dict[str, Any]:
@@ -66,6 +115,7 @@ def offer_view(task: Task) -> dict[str, Any]:
         "files": [{"name": f.name, "size": f.size, "sha256": f.sha256} for f in task.files],
         "version": task.version,
         "download_url": f"/download/{task.task_id}/",
+        "run": task.run,
         "limits": dict(task.limits),
         "kind": task.kind.value,
     }

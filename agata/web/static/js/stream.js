@@ -2,7 +2,7 @@
 // (task, metric, log, event, device, quarantine_cleared) and to ``resync``, sent after
 // a reconnect so they reload what they may have missed.
 
-import { call, streamUrl } from "./api.js";
+import { call, markReachable, streamUrl } from "./api.js";
 
 export const KINDS = ["task", "metric", "log", "event", "device", "quarantine_cleared"];
 
@@ -39,6 +39,7 @@ export class Stream {
       });
     }
     source.onopen = () => {
+      markReachable();
       this.retryDelay = 1000;
       this.setStatus("live");
       if (this.opened) this.emit("resync", {});
