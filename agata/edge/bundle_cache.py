@@ -29,9 +29,11 @@ import shutil
 from pathlib import Path
 from urllib.parse import quote
 
-from agata.edge.cloud_client import BundleFile, CloudClient, TaskOffer
+from agata.edge.cloud_client import CloudClient
 from agata.errors import AgataError, ErrorCode
+from agata.protocol.bundle_files import BundleFile
 from agata.protocol.bundle_names import AGENT_MANIFEST, check_listed_name
+from agata.protocol.offers import TaskOffer
 from agata.retry import Backoff, is_transient
 
 __all__ = ["MANIFEST", "BundleCache", "check_file_name"]

@@ -17,9 +17,10 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from agata.protocol.bundle_files import BundleFile
+
 __all__ = [
     "ArtifactRecord",
-    "BundleFileRecord",
     "RunDeviceRecord",
     "RunRecord",
     "RunState",
@@ -52,14 +53,6 @@ class RunState(StrEnum):
 
 class _Record(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class BundleFileRecord(_Record):
-    """One file of the bundle a run started with."""
-
-    name: str
-    size: int
-    sha256: str
 
 
 class ArtifactRecord(_Record):
@@ -96,7 +89,7 @@ class RunRecord(_Record):
     server_arguments: list[str] = Field(description="as the server side got them (expanded)")
     client_arguments: list[str] = Field(description="as offered to devices")
     bundle_version: int
-    files: list[BundleFileRecord]
+    files: list[BundleFile]
     min_devices: int = 0
     start_deadline_s: float | None = None
     created_at: str = Field(description="when the start was asked for (ISO-8601 UTC)")

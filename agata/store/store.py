@@ -33,6 +33,7 @@ from enum import StrEnum
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from agata.protocol.bundle_files import BundleFile
 from agata.store.run_store import RunStore
 
 if TYPE_CHECKING:
@@ -91,15 +92,6 @@ class DeviceTaskStatus(StrEnum):
     FAILED = "failed"
     QUARANTINED = "quarantined"
     STOPPED = "stopped"  # the device stopped it (the task was stopped or no longer matches)
-
-
-@dataclass(frozen=True)
-class BundleFile:
-    """One file of a task bundle; ``name`` is its path inside the bundle."""
-
-    name: str
-    size: int
-    sha256: str
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""What a bundle lists: each file's name, size and SHA-256, and the cache of digests.
+"""What a bundle lists (:class:`agata.protocol.bundle_files.BundleFile`: each file's name,
+size and SHA-256) and the cache of digests.
 
 A file is hashed once after each change: :class:`DigestCache` keeps a digest while the
 file's inode, size, mtime and ctime are unchanged (any write behind the store's back
@@ -13,24 +14,15 @@ import os
 import stat
 import threading
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Protocol
 
 from agata.cloud.bundles.bundle_rules import CHUNK, READ_FLAGS
+from agata.protocol.bundle_files import BundleFile
 
-__all__ = ["BundleFile", "DigestCache", "Listed", "as_set"]
+__all__ = ["BundleFile", "DigestCache", "Listed", "as_set"]  # BundleFile: the protocol's
 
 #: (inode, size, mtime ns, ctime ns) of a file as stat'ed.
 Identity = tuple[int, int, int, int]
-
-
-@dataclass(frozen=True, slots=True)
-class BundleFile:
-    """One file of a bundle: its name, size in bytes and SHA-256 (hex)."""
-
-    name: str
-    size: int
-    sha256: str
 
 
 class Listed(Protocol):

@@ -35,6 +35,7 @@ from typing import Final
 from agata.errors import AgataError, ErrorCode, invalid
 from agata.protocol.bundle_names import MAX_NAME_BYTES
 from agata.protocol.bundle_names import check_file_name as validate_file_name
+from agata.protocol.fields import TASK_ID_PATTERN
 
 __all__ = [
     "BAD_STREAM_ERRORS",
@@ -69,7 +70,7 @@ BAD_STREAM_ERRORS: Final = (
     RuntimeError,
 )
 
-_TASK_ID: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_TASK_ID: Final = re.compile(TASK_ID_PATTERN)
 
 
 def too_large(message: str) -> AgataError:
@@ -77,7 +78,8 @@ def too_large(message: str) -> AgataError:
 
 
 def validate_task_id(task_id: str) -> str:
-    """Return ``task_id`` if it matches ``[A-Za-z0-9_-]{1,64}``; else INVALID_ARGUMENT."""
+    """Return ``task_id`` if it matches :data:`~agata.protocol.fields.TASK_ID_PATTERN`;
+    else INVALID_ARGUMENT."""
     if not isinstance(task_id, str) or not _TASK_ID.fullmatch(task_id):
         shown = ascii(task_id[:80]) if isinstance(task_id, str) else type(task_id).__name__
         raise invalid(f"task id {shown} is not valid: use 1 to 64 letters, digits, '_' or '-'")

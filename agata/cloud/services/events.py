@@ -20,6 +20,7 @@ from agata.bus.bus import EVENTS_QUEUE, Bus, Consumer, Delivery
 from agata.bus.envelope import encode
 from agata.cloud.services.notifier import Notifier
 from agata.errors import AgataError, ErrorCode
+from agata.protocol.notifications import EventRecorded
 from agata.retry import Backoff, is_transient
 from agata.store.store import Store
 
@@ -179,13 +180,15 @@ class EventRecorder:
             logger.warning("event refused (%s): %.200r", exc, delivery.body)
             return None
         await self.notifier.notify(
-            "event",
-            time=event.time,
-            service=event.service,
-            function=event.function,
-            event=event.event,
-            task_id=event.task_id,
-            user_id=event.user_id,
+            EventRecorded(
+                time=event.time,
+                service=event.service,
+                function=event.function,
+                event=event.event,
+                task_id=event.task_id,
+                user_id=event.user_id,
+                run=event.run,
+            )
         )
         return None
 

@@ -28,6 +28,7 @@ from agata.cloud.services.notifier import Notifier
 from agata.cloud.services.task_ends import RECONCILE_SECONDS, EndRecorder, TaskEnd
 from agata.errors import AgataError, ErrorCode
 from agata.files import write_private_file
+from agata.protocol.notifications import ArtifactSaved, LogAppended, MetricRecorded, TaskChanged
 from agata.runtime.limits import Limits
 from agata.runtime.messages import (
     Artifact,
@@ -233,7 +234,7 @@ class ServerTasks:
         logger.info("task %s server side ended: %s (%s)", task_id, state, end.reason)
         self._event("task_ended", f"task {task_id} {state}: {end.reason}", task_id)
         await self.notifier.notify(
-            "task", task_id=task_id, running=False, state=str(state), reason=end.reason
+            TaskChanged(task_id=task_id, running=False, state=str(state), reason=end.reason)
         )
 
     def _end_leftover(self, task_id: str) -> None:
@@ -272,13 +273,14 @@ class ServerTasks:
                 )
                 return
             await self.notifier.notify(
-                "metric",
-                task_id=task_id,
-                round=message.round,
-                source="server",
-                metrics=dict(metric.metrics),
-                time=metric.time,
-                run=run,
+                MetricRecorded(
+                    task_id=task_id,
+                    round=message.round,
+                    source="server",
+                    metrics=dict(metric.metrics),
+                    time=metric.time,
+                    run=run,
+                )
             )
         elif isinstance(message, Print | OutputLine):
             text = message.message if isinstance(message, Print) else message.text
@@ -311,7 +313,7 @@ class ServerTasks:
             return
         await self._log(task_id, "artifact", f"artifact {saved.name} kept ({saved.size} bytes)")
         await self.notifier.notify(
-            "artifact", task_id=task_id, run=run, name=saved.name, size=saved.size
+            ArtifactSaved(task_id=task_id, run=run, name=saved.name, size=saved.size)
         )
 
     async def _log(self, task_id: str, stream: str, text: str) -> None:
@@ -324,7 +326,9 @@ class ServerTasks:
         elif len(buffer) == 1:
             asyncio.get_running_loop().call_later(LOG_BATCH_SECONDS, self._flush_logs, task_id)
         await self.notifier.notify(
-            "log", task_id=task_id, source="server", stream=stream, text=text, time=now, run=run
+            LogAppended(
+                task_id=task_id, source="server", stream=stream, text=text, time=now, run=run
+            )
         )
 
     def _flush_logs(self, task_id: str) -> None:

@@ -9,7 +9,6 @@ a failure of later device requests.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -42,10 +41,16 @@ from agata.cloud.services.views import (
 )
 from agata.errors import AgataError, ErrorCode, conflict, invalid
 from agata.protocol import operations as ops
+from agata.protocol.notifications import (
+    DeviceChanged,
+    TaskChanged,
+    TaskStopRequested,
+    parse_notification,
+)
 from agata.runtime.sandbox import TaskSandbox
 from agata.settings.shared_settings import DEFAULT_REQUEST_INTERVAL
 from agata.store.run_store import Run, RunState
-from agata.store.store import BundleFile, NewTask, Store, Task, TaskKind, TaskState
+from agata.store.store import NewTask, Store, Task, TaskKind, TaskState
 
 logger = logging.getLogger(__name__)
 
@@ -200,24 +205,19 @@ class TaskManager(Service):
         await self.event.close()
 
     async def _on_notification(self, delivery: Delivery) -> None:
-        """A device's record changed: forget its attributes and offers. A task changed
-        (on any replica, or its server side ended): forget the running tasks and every
-        offer. Another replica stopped a task whose server side runs here: end it."""
-        body = delivery.body
-        if b'"device"' in body:
-            message = _json_object(body)
-            if message.get("kind") == "device" and isinstance(message.get("user_id"), str):
-                self._device_cache.pop(message["user_id"], None)
-                self.offers.device_changed(message["user_id"])
-            return None
-        if b'"task"' in body and _json_object(body).get("kind") == "task":
+        """A device's record changed: forget its attributes and offers (a device's
+        report on a task changes neither). A task changed (on any replica, or its server
+        side ended): forget the running tasks and every offer. Another replica stopped a
+        task whose server side runs here: end it."""
+        notification = parse_notification(delivery.body)
+        if isinstance(notification, DeviceChanged):
+            self._device_cache.pop(notification.user_id, None)
+            self.offers.device_changed(notification.user_id)
+        elif isinstance(notification, TaskChanged):
             self._changed()  # any replica's change, or a server side's end: seen at once
-            return None
-        if b'"stop_task"' not in body:
-            return None
-        task_id = _json_object(body).get("task_id", "")
-        if isinstance(task_id, str) and self.server_tasks.is_local(task_id):
-            await self.server_tasks.stop(task_id)
+        elif isinstance(notification, TaskStopRequested):
+            if self.server_tasks.is_local(notification.task_id):
+                await self.server_tasks.stop(notification.task_id)
         return None
 
     def _device_attributes(self, user_id: str) -> dict[str, Any]:
@@ -331,7 +331,7 @@ class TaskManager(Service):
             )
         )
         self.event(ops.CREATE_TASK, "Task registered", task_id=req.task_id)
-        await self.notifier.notify("task", task_id=req.task_id, running=False, state="stopped")
+        await self.notifier.notify(TaskChanged(task_id=req.task_id, running=False, state="stopped"))
 
     async def update_task(self, req: ops.UpdateTask) -> None:
         """Change only the given fields; never the running state, metrics, logs or events."""
@@ -354,11 +354,12 @@ class TaskManager(Service):
         )
         self._changed()
         await self.notifier.notify(
-            "task",
-            task_id=task.task_id,
-            running=task.running,
-            state=str(task.state),
-            version=task.version,
+            TaskChanged(
+                task_id=task.task_id,
+                running=task.running,
+                state=str(task.state),
+                version=task.version,
+            )
         )
 
     async def get_task(self, req: ops.TaskRef) -> dict[str, Any]:
@@ -383,20 +384,19 @@ class TaskManager(Service):
         await asyncio.to_thread(self.artifacts.delete_task, req.task_id)
         self._changed()
         self.event(ops.DELETE_TASK, "Task deleted", task_id=req.task_id)
-        await self.notifier.notify("task", task_id=req.task_id, deleted=True, running=False)
+        await self.notifier.notify(TaskChanged(task_id=req.task_id, deleted=True, running=False))
 
     async def set_task_files(self, req: ops.SetTaskFiles) -> None:
         """Record the bundle listing after an upload (the gateway wrote the files)."""
-        task = self.store.set_task_files(
-            req.task_id, [BundleFile(f.name, f.size, f.sha256) for f in req.files]
-        )
+        task = self.store.set_task_files(req.task_id, req.files)
         self._changed()
         await self.notifier.notify(
-            "task",
-            task_id=task.task_id,
-            running=task.running,
-            state=str(task.state),
-            version=task.version,
+            TaskChanged(
+                task_id=task.task_id,
+                running=task.running,
+                state=str(task.state),
+                version=task.version,
+            )
         )
 
     async def start_task(self, req: ops.StartTask) -> None:
@@ -447,7 +447,7 @@ class TaskManager(Service):
                 run=run.run,
             )
             await self.notifier.notify(
-                "task", task_id=task.task_id, running=False, state="queued", run=run.run
+                TaskChanged(task_id=task.task_id, running=False, state="queued", run=run.run)
             )
             return
         await self._launch(task, run, raise_errors=True)
@@ -481,13 +481,14 @@ class TaskManager(Service):
         # include it. The server's pgid and the event are written after the notice.
         self._changed()
         await self.notifier.notify(
-            "task",
-            task_id=task.task_id,
-            running=True,
-            state="running",
-            version=task.version,
-            run=run.run,
-            run_state=str(run.state),
+            TaskChanged(
+                task_id=task.task_id,
+                running=True,
+                state="running",
+                version=task.version,
+                run=run.run,
+                run_state=str(run.state),
+            )
         )
         try:  # not if it ended or was stopped meanwhile (that end stays recorded)
             self.store.set_task_state(
@@ -526,14 +527,16 @@ class TaskManager(Service):
         await self._end_server(task_id)
         self.event("run_failed", f"Run {run} failed: {reason}", task_id=task_id, run=run)
         await self.notifier.notify(
-            "task", task_id=task_id, running=False, state="failed", reason=reason, run=run
+            TaskChanged(task_id=task_id, running=False, state="failed", reason=reason, run=run)
         )
         self._soon(self.scheduler.dequeue())
 
     async def _devices_joined(self, task_id: str, run: int) -> None:
         self.event("run_running", f"Run {run}: its devices joined", task_id=task_id, run=run)
         await self.notifier.notify(
-            "task", task_id=task_id, running=True, state="running", run=run, run_state="running"
+            TaskChanged(
+                task_id=task_id, running=True, state="running", run=run, run_state="running"
+            )
         )
 
     async def _end_server(self, task_id: str) -> None:
@@ -542,7 +545,7 @@ class TaskManager(Service):
         if self.server_tasks.is_local(task_id):
             await self.server_tasks.stop(task_id)
         else:
-            await self.notifier.notify("stop_task", task_id=task_id)
+            await self.notifier.notify(TaskStopRequested(task_id=task_id))
 
     async def stop_task(self, req: ops.TaskRef) -> None:
         """End the current run (queued, waiting or running) as stopped."""
@@ -556,7 +559,7 @@ class TaskManager(Service):
             await self._end_server(task.task_id)
         self.event(ops.STOP_TASK, "Task stopped on cloud", task_id=task.task_id)
         await self.notifier.notify(
-            "task", task_id=task.task_id, running=False, state="stopped", run=task.run
+            TaskChanged(task_id=task.task_id, running=False, state="stopped", run=task.run)
         )
         self._soon(self.scheduler.dequeue())
 
@@ -793,11 +796,3 @@ def task_filter(q: str) -> Callable[[Task], bool]:
         )
 
     return matches
-
-
-def _json_object(body: bytes) -> dict[str, Any]:
-    try:
-        value = json.loads(body)
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}

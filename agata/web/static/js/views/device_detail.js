@@ -143,6 +143,7 @@ export async function render(ctx) {
   const reload = debounce(load, 300);
   ctx.onCleanup(reload.cancel);
   ctx.on("device", (d) => d.user_id === id && reload());
+  ctx.on("device_task", (d) => d.user_id === id && reload());
   ctx.on("quarantine_cleared", (d) => d.user_id === id && reload());
   ctx.on("task", reload);
   ctx.on("resync", reload);

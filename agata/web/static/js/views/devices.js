@@ -352,6 +352,7 @@ export async function render(ctx) {
   ctx.onCleanup(reload.cancel);
   ctx.onCleanup(refilter.cancel);
   ctx.on("device", reload);
+  ctx.on("device_task", reload);
   ctx.on("quarantine_cleared", reload);
   ctx.on("resync", reload);
   ctx.every(20000, load);

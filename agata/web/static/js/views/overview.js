@@ -105,6 +105,7 @@ export async function render(ctx) {
   const reload = debounce(load, 400);
   ctx.on("task", reload);
   ctx.on("device", reload);
+  ctx.on("device_task", reload);
   ctx.on("resync", reload);
   ctx.every(20000, load); // "online" ages without any event
   ctx.onCleanup(reload.cancel);

@@ -432,7 +432,8 @@ export async function render(ctx) {
     }
     allSoon(); // a state change: also catch metrics and lines sent before we listened
   });
-  ctx.on("device", (d) => (!d.task_id || d.task_id === id) && taskSoon());
+  ctx.on("device", () => taskSoon());
+  ctx.on("device_task", (d) => d.task_id === id && taskSoon());
   ctx.on("quarantine_cleared", () => taskSoon());
   ctx.on("resync", allSoon);
   ctx.every(30000, showStats); // "last change" ages

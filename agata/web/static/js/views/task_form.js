@@ -3,9 +3,9 @@
 
 import { ApiError, call, describe, uploadFiles } from "../api.js";
 import { alertBox, debounce, errorBox, h, loading, replace, taskHref } from "../dom.js";
+import { TASK_ID } from "../protocol.js"; // written by the gateway from agata.protocol
 import { dropZone, pendingTable, progress } from "../upload.js";
 
-const TASK_ID = /^[A-Za-z0-9_-]{1,64}$/;
 const FIELDS = ["task_id", "tags", "host", "port", "username", "password", "selection_criteria", "server_arguments", "client_arguments"];
 
 function field({ name, label, required = false, hint, wide = false, input }) {
