@@ -37,7 +37,7 @@ from agata.files import make_private_dir, make_private_file, write_private_file
 from agata.flower.superlink import tls_from_files
 from agata.runtime.limits import Limits
 from agata.runtime.sandbox import TaskSandbox, default_task_dir
-from agata.settings import Settings
+from agata.settings import CloudSettings
 from agata.store.store import BundleFile, Store
 from agata.store.store_factory import create_store
 from agata.tls import server_context
@@ -52,7 +52,7 @@ class CloudNode:
 
     def __init__(
         self,
-        settings: Settings,
+        settings: CloudSettings,
         *,
         services: Iterable[str] = SERVICES,
         bus: Bus | None = None,
@@ -136,15 +136,16 @@ class CloudNode:
             manager = TaskManager(
                 self.bus,
                 self.store,
-                self.bundles.root,
+                self.bundles,
                 self.data_dir / "work",
-                bundles=self.bundles,
+                poll_interval=s.request_interval,
+                reconcile=s.reconcile,
                 legacy_devices=s.legacy_devices,
                 hide_internal_errors=s.hide_internal_errors,
                 grace=s.server_grace_seconds,
                 register_events=s.register_events,
                 sandbox=sandbox,
-                flower_tls=tls_from_files(s.ssl_certfile, s.ssl_keyfile, s.ca_file),
+                flower_tls=tls_from_files(s.ssl_certfile, s.ssl_keyfile, s.ssl_ca_file),
                 artifacts=self.artifacts,
                 max_running_tasks=s.max_running_tasks,
             )
@@ -159,6 +160,7 @@ class CloudNode:
                 self.store,
                 hide_internal_errors=s.hide_internal_errors,
                 register_events=s.register_events,
+                poll_interval=s.request_interval,
             )
             registry.max_in_flight = s.service_max_in_flight
             await registry.start()
@@ -178,6 +180,7 @@ class CloudNode:
                     max_in_flight=s.max_in_flight,
                     admission_wait=s.admission_wait,
                     wheelhouse=s.wheelhouse,
+                    poll_interval=s.request_interval,
                     artifacts=self.artifacts,
                 ),
             )

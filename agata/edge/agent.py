@@ -45,9 +45,8 @@ from pathlib import Path
 from typing import Any
 
 from agata.edge.arguments import expand_client_arguments, placeholder_values
-from agata.edge.backoff import Backoff, StateLog
 from agata.edge.bundle_cache import BundleCache
-from agata.edge.cloud_client import CloudClient, is_transient
+from agata.edge.cloud_client import CloudClient
 from agata.edge.device_info import DeviceInfo, DeviceSource
 from agata.edge.hooks import HookRunner, event_of_report
 from agata.edge.local_state import LocalState, QuarantineEntry, RunningRecord
@@ -68,12 +67,13 @@ from agata.files import make_private_dir
 from agata.flower.supernode import prepare_supernode
 from agata.protocol.offers import TaskOffer
 from agata.protocol.operations import REGISTER_FLOWER_NODE
+from agata.retry import Backoff, StateLog, is_transient
 from agata.runtime.limits import Limits
 from agata.runtime.messages import Error, Info, Model, OutputLine, Print, TaskMessage
 from agata.runtime.process import ProcessLauncher
 from agata.runtime.sandbox import TaskSandbox, default_task_dir
 from agata.runtime.supervisor import TaskProcess
-from agata.settings import Settings
+from agata.settings import EdgeSettings
 
 __all__ = ["Agent", "EventCallback", "RunningTask"]
 
@@ -83,7 +83,6 @@ EventCallback = Callable[..., None]
 """``on_event(function, event, **fields)``; fields hold ``time`` and ``user_id``, and
 ``task_id`` for task steps."""
 
-SERVICE = "edge agent"
 #: The offer's kind of a Flower App task (its client side is a SuperNode).
 FLOWER_APP = "flower-app"
 
@@ -119,7 +118,7 @@ class Agent:
 
     def __init__(
         self,
-        settings: Settings,
+        settings: EdgeSettings,
         device: DeviceInfo | DeviceSource,
         *,
         credential: str | None = None,

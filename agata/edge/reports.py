@@ -14,9 +14,9 @@ import contextlib
 import logging
 from dataclasses import dataclass, field
 
-from agata.edge.backoff import Backoff
-from agata.edge.cloud_client import CloudClient, is_transient
+from agata.edge.cloud_client import CloudClient
 from agata.errors import AgataError
+from agata.retry import Backoff, is_transient
 
 __all__ = ["DeviceReport", "ReportSender"]
 

@@ -87,7 +87,7 @@ def tls_from_files(
     certfile: Path | None, keyfile: Path | None, ca_file: Path | None
 ) -> FlowerTls | None:
     """The SuperLinks' TLS from the gateway's settings (``ssl_certfile``,
-    ``ssl_keyfile``, and ``ca_file``, the CA of the certificate); None without a
+    ``ssl_keyfile``, and ``ssl_ca_file``, the CA of the certificate); None without a
     certificate. A missing key is read from the certificate file, a missing CA is the
     certificate itself (self-signed)."""
     if certfile is None:

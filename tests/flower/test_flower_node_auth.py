@@ -40,7 +40,7 @@ async def test_an_unregistered_node_cannot_join_and_a_matching_device_can(
             tmp_path,
             ssl_certfile=certs.cert,
             ssl_keyfile=certs.key,
-            ca_file=certs.ca,
+            ssl_ca_file=certs.ca,
             **FLOWER_CLOUD,
         )
     )

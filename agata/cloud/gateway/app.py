@@ -70,6 +70,8 @@ from agata.protocol.notifications import (
     TaskStopRequested,
 )
 from agata.protocol.replies import OPERATION_REPLIES, Health
+from agata.settings.shared_settings import DEFAULT_REQUEST_INTERVAL
+from agata.web import STATIC_ROOT
 
 logger = logging.getLogger(__name__)
 
@@ -127,9 +129,6 @@ def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {status: ERROR_RESPONSES[status] for status in (*statuses, 429, 503)}
 
 
-WEB_ROOT = Path(__file__).resolve().parent.parent.parent / "web" / "static"
-
-
 @dataclass
 class GatewayConfig:
     bundles: BundleStore
@@ -143,6 +142,7 @@ class GatewayConfig:
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT  # requests served at once (admission.py)
     admission_wait: float = DEFAULT_MAX_WAIT  # seconds a request may wait for a place
     wheelhouse: Path | None = None  # a folder of wheels served to devices; None: none
+    poll_interval: float = DEFAULT_REQUEST_INTERVAL  # the fleet's request_interval (caches)
     artifacts: ArtifactStore | None = None  # None: beside the bundles' folder
 
 
@@ -155,7 +155,7 @@ def create_gateway(bus: Bus, config: GatewayConfig) -> FastAPI:
     """Build the gateway on a connected bus. Starting/stopping its stream hub is tied
     to the app's lifespan."""
     rpc = RpcClient(bus, timeout=config.rpc_timeout, service="gateway")
-    auth = Authenticator(rpc)
+    auth = Authenticator(rpc, poll_interval=config.poll_interval)
     refusals = LegacyRefusals()
     hub = StreamHub(bus)
     grants = DownloadGrants()
@@ -306,8 +306,8 @@ def create_gateway(bus: Bus, config: GatewayConfig) -> FastAPI:
         return RedirectResponse("/ui/")
 
     app.include_router(web_protocol_router())  # before the mount, which would take it
-    if WEB_ROOT.is_dir():
-        app.mount("/ui", StaticFiles(directory=WEB_ROOT, html=True), name="ui")
+    if STATIC_ROOT.is_dir():
+        app.mount("/ui", StaticFiles(directory=STATIC_ROOT, html=True), name="ui")
 
     # -- devices ---------------------------------------------------------------------
 

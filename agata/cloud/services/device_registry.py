@@ -31,6 +31,7 @@ from agata.protocol.notifications import (
     TaskChanged,
     parse_notification,
 )
+from agata.settings.shared_settings import DEFAULT_REQUEST_INTERVAL
 from agata.store.store import DeviceTaskStatus, NewLogLine, Store
 
 logger = logging.getLogger(__name__)
@@ -51,13 +52,16 @@ class DeviceRegistry(Service):
         *,
         hide_internal_errors: bool = False,
         register_events: bool = True,
+        poll_interval: float = DEFAULT_REQUEST_INTERVAL,
     ) -> None:
+        """``poll_interval``: the fleet's ``request_interval``; the report scope's records
+        are reused for one of them."""
         super().__init__(bus, "device-registry", hide_internal_errors=hide_internal_errors)
         self.store = store
         self._last_touch: dict[str, float] = {}
         self.notifier = Notifier(bus)
         self.event = EventPublisher(bus, "device-registry", enabled=register_events)
-        self.scope = ReportScope(store)
+        self.scope = ReportScope(store, cache_seconds=poll_interval)
         self._subscription: Consumer | None = None
         for name, handler in [
             (ops.UPDATE_USER_INFO, self.update_user_info),

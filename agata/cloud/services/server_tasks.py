@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from agata.cloud.bundles.artifact_store import ArtifactStore
+from agata.cloud.bundles.bundle_store import BundleStore
 from agata.cloud.services.notifier import Notifier
 from agata.cloud.services.task_ends import RECONCILE_SECONDS, EndRecorder, TaskEnd
 from agata.errors import AgataError, ErrorCode
@@ -80,7 +81,7 @@ class ServerTasks:
         self,
         store: Store,
         notifier: Notifier,
-        bundles_root: Path,
+        bundles: BundleStore,
         work_root: Path,
         *,
         grace: float = 5.0,
@@ -96,7 +97,7 @@ class ServerTasks:
         self.artifacts = artifacts
         self.sandbox = sandbox
         self.notifier = notifier
-        self.bundles_root = bundles_root
+        self.bundles = bundles
         self.work_root = work_root
         self.grace = grace
         self.record_event = record_event
@@ -142,7 +143,7 @@ class ServerTasks:
         the configured defaults) for its run ``run`` (what it reports is recorded in that
         run) — or, with ``flower_app`` (the task's host and port), the run's SuperLink,
         which then submits the app; returns the process group id."""
-        bundle = self.bundles_root / f"task_{task_id}"
+        bundle = self.bundles.task_dir(task_id)  # refuses an id that is not a plain name
         record_dir = self.work_root / f"task_{task_id}"
         record_dir.mkdir(parents=True, exist_ok=True)
         work = record_dir

@@ -52,6 +52,7 @@ from agata.protocol.notifications import (
     parse_notification,
 )
 from agata.runtime.sandbox import TaskSandbox
+from agata.settings.shared_settings import DEFAULT_REQUEST_INTERVAL
 from agata.store.run_store import Run, RunState
 from agata.store.store import NewTask, Store, Task, TaskKind, TaskState
 
@@ -61,18 +62,20 @@ logger = logging.getLogger(__name__)
 #: changes end it at once through the "task" notification; the time bounds it if a
 #: notification is lost (a broker outage).
 RUNNING_CACHE_SECONDS = 1.0
-#: Seconds a device's attributes are reused for its task requests. A change of the
-#: record (rpc_exec_update_user_info) ends it at once through the registry's "device"
-#: notification; the time bounds it if a notification is lost (a broker outage). It
-#: spans several of a device's polls (10 s apart by default): shorter, a real fleet
-#: would never find its entries.
-DEVICE_CACHE_SECONDS = 30.0
+#: A device's attributes are reused for its task requests for this many of its poll
+#: intervals (``request_interval``). A change of the record (rpc_exec_update_user_info)
+#: ends it at once through the registry's "device" notification; the time bounds it if a
+#: notification is lost (a broker outage). It spans several polls: shorter than one, a
+#: real fleet would never find its entries.
+DEVICE_CACHE_POLLS = 3
 #: Devices whose attributes are kept at most (all are dropped past this).
 DEVICE_CACHE_SIZE = 100_000
+#: What a starting task manager may do with tasks left marked running.
+RECONCILE_CHOICES = ("stop", "restart")
 #: A device's polls write its ``last_seen`` at most this often...
 TOUCH_SECONDS = 10.0
 #: ...and the writes of this long go in together, one transaction for the whole fleet
-#: (at the default 10 s poll interval every poll would otherwise be a commit).
+#: (every poll would otherwise be a commit).
 TOUCH_BATCH_SECONDS = 1.0
 #: The overview's recent failures: failed tasks and devices' failures and quarantines.
 RECENT_FAILURES = 10
@@ -83,24 +86,33 @@ class TaskManager(Service):
         self,
         bus: Bus,
         store: Store,
-        bundles_root: Path,
+        bundles: BundleStore,
         work_root: Path,
         *,
         legacy_devices: bool = False,
         hide_internal_errors: bool = False,
         grace: float = 5.0,
         register_events: bool = True,
-        bundles: BundleStore | None = None,
         sandbox: TaskSandbox | None = None,
         flower_tls: FlowerTls | None = None,
+        poll_interval: float = DEFAULT_REQUEST_INTERVAL,
+        reconcile: str = "stop",
         artifacts: ArtifactStore | None = None,
         max_running_tasks: int | None = None,
     ) -> None:
+        """``bundles`` is the process's one bundle store (the gateway's too, when both
+        run here: a delete then waits for an upload of the same task, and digests are
+        hashed once). ``poll_interval`` is the fleet's ``request_interval`` (it sizes the
+        device cache); ``reconcile`` says what :meth:`start` does with tasks a dead
+        cloud left marked running: ``stop`` marks them stopped, ``restart`` starts
+        their server side again."""
         super().__init__(bus, "task-manager", hide_internal_errors=hide_internal_errors)
+        if reconcile not in RECONCILE_CHOICES:
+            raise invalid(f"reconcile must be one of {', '.join(RECONCILE_CHOICES)}")
         self.store = store
-        self.bundles_root = bundles_root
-        # The gateway's store when both run in one process: digests it took are reused.
-        self.bundles = bundles if bundles is not None else BundleStore(bundles_root)
+        self.bundles = bundles
+        self.device_cache_seconds = DEVICE_CACHE_POLLS * poll_interval
+        self.reconcile = reconcile
         self.legacy_devices = legacy_devices
         self.notifier = Notifier(bus)
         self.event = EventPublisher(bus, "task-manager", enabled=register_events)
@@ -108,7 +120,7 @@ class TaskManager(Service):
         self.server_tasks = ServerTasks(
             store,
             self.notifier,
-            bundles_root,
+            bundles,
             work_root,
             grace=grace,
             record_event=self.event,
@@ -166,6 +178,8 @@ class TaskManager(Service):
         fixed = await self.server_tasks.reconcile()
         for task_id in fixed:
             logger.warning("task %s was left marked running; marked stopped", task_id)
+        if self.reconcile == "restart":
+            await self._restart_leftovers(fixed)
         self.server_tasks.start_reconciling()
         self._subscription = await self.bus.subscribe(
             ops.NOTIFICATIONS_TOPIC, self._on_notification
@@ -173,6 +187,18 @@ class TaskManager(Service):
         await super().start()
         self.event("start", "Service initialization")
         self._soon(self.scheduler.dequeue())  # runs queued before a restart
+
+    async def _restart_leftovers(self, task_ids: list[str]) -> None:
+        """``reconcile = restart``: start again the tasks a dead cloud left running (a
+        new run, with the stored server arguments). One that cannot start (its end is
+        not in the store yet, its bundle does not match) is logged and stays stopped."""
+        for task_id in task_ids:
+            try:
+                await self.start_task(ops.StartTask(task_id=task_id))
+            except AgataError as exc:
+                logger.error("task %s not restarted: %s", task_id, exc.message)
+            else:
+                logger.warning("task %s was left marked running; started again", task_id)
 
     async def stop(self) -> None:
         await super().stop()
@@ -220,7 +246,7 @@ class TaskManager(Service):
         attributes = device_attributes(device)
         if len(self._device_cache) >= DEVICE_CACHE_SIZE:
             self._device_cache.clear()
-        self._device_cache[user_id] = (now + DEVICE_CACHE_SECONDS, attributes)
+        self._device_cache[user_id] = (now + self.device_cache_seconds, attributes)
         return attributes
 
     async def _flush_touches_soon(self) -> None:
@@ -407,7 +433,7 @@ class TaskManager(Service):
             )
         names = {f.name for f in task.files}
         if task.kind is TaskKind.FLOWER_APP:
-            folder = self.bundles_root / f"task_{task.task_id}"
+            folder = self.bundles.task_dir(task.task_id)
             try:  # pyproject.toml with [tool.flwr.app] and both components, or one FAB
                 await asyncio.to_thread(check_app, names, lambda n: (folder / n).read_bytes())
             except AgataError as exc:
