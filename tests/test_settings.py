@@ -3,8 +3,11 @@ from typing import Any
 
 import pytest
 
+from agata.bus.bus_factory import BUS_ALIASES
 from agata.errors import AgataError
-from agata.settings import load_settings
+from agata.settings import CloudSettings, EdgeSettings, Settings, SharedSettings, load_settings
+from agata.store.store_factory import SCHEMES
+from agata.store.store_schemes import DB_SCHEMES
 
 ORIGINAL_INI = """
 [client.broker]
@@ -164,3 +167,75 @@ def test_admission_settings_come_from_flags_and_environment() -> None:
     assert settings.max_in_flight == 8 and settings.admission_wait == 2.0
     with pytest.raises(AgataError, match="max_in_flight"):
         load_settings(environ={"AGATA_MAX_IN_FLIGHT": "0"})
+
+
+# -- settings by side ------------------------------------------------------------------
+
+
+def test_each_side_has_its_own_settings_and_shares_only_the_shared() -> None:
+    cloud, edge = set(CloudSettings.model_fields), set(EdgeSettings.model_fields)
+
+    assert cloud & edge == set(SharedSettings.model_fields)
+    assert {"db_url", "gateway_port", "reconcile"} <= cloud - edge
+    assert {"cloud_url", "policy", "ca_file"} <= edge - cloud
+    assert set(Settings.model_fields) == cloud | edge
+
+
+def test_one_file_serves_both_sides(tmp_path: Path) -> None:
+    config = tmp_path / "agata.toml"
+    config.write_text(
+        'request_interval = 5\n[cloud]\ngateway_port = 9100\n[edge]\npolicy = "all"\n'
+    )
+
+    cloud = load_settings(config, environ={}, side=CloudSettings)
+    edge = load_settings(config, environ={}, side=EdgeSettings)
+
+    assert type(cloud) is CloudSettings and cloud.gateway_port == 9100
+    assert type(edge) is EdgeSettings and edge.policy == "all"
+    assert cloud.request_interval == edge.request_interval == 5
+    assert not hasattr(edge, "db_url") and not hasattr(cloud, "cloud_url")
+
+
+def test_a_flag_of_the_other_side_or_of_no_side_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(AgataError, match=r"unknown setting 'policy' \(from command line"):
+        load_settings(flags={"policy": "all"}, environ={}, side=CloudSettings)
+    config = tmp_path / "agata.toml"
+    config.write_text("polcy = 'all'\n")
+    with pytest.raises(AgataError, match="unknown setting 'polcy'"):
+        load_settings(config, environ={}, side=EdgeSettings)
+
+
+def test_every_validation_rule_holds_on_each_side(tmp_path: Path) -> None:
+    """Rules of one side survive the combined Settings (same-named validators of two
+    sides would hide each other)."""
+    missing = tmp_path / "absent.pem"
+    for side, key in ((EdgeSettings, "ca_file"), (CloudSettings, "ssl_certfile")):
+        for model in (side, Settings):
+            with pytest.raises(AgataError, match=f"{key} .* is not a file"):
+                load_settings(flags={key: missing}, environ={}, side=model)
+
+
+# -- URL schemes: one table each, shared with the factories -----------------------------
+
+
+@pytest.mark.parametrize("scheme", sorted(DB_SCHEMES))
+def test_every_database_scheme_of_the_factory_is_a_valid_setting(scheme: str) -> None:
+    settings = load_settings(flags={"db_url": f"{scheme}://u@h/db"}, environ={})
+
+    assert settings.db_url.startswith(f"{scheme}://")
+    assert set(SCHEMES) == set(DB_SCHEMES)
+
+
+def test_postgres_scheme_is_accepted_like_the_factory_does() -> None:
+    """The factory has always opened postgres://; the settings refused it."""
+    settings = load_settings(flags={"db_url": "postgres://agata@127.0.0.1/db"}, environ={})
+
+    assert settings.database_url == "postgres://agata@127.0.0.1/db"
+    with pytest.raises(AgataError, match="must start with one of sqlite://"):
+        load_settings(flags={"db_url": "mysql://u@h/db"}, environ={})
+
+
+@pytest.mark.parametrize("scheme", sorted(BUS_ALIASES))
+def test_every_bus_scheme_of_the_factory_is_a_valid_setting(scheme: str) -> None:
+    assert load_settings(flags={"bus_url": f"{scheme}://h/"}, environ={}).bus_url
+    assert load_settings(flags={"edge_bus_url": f"{scheme}://h/"}, environ={}).edge_bus_url

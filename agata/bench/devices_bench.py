@@ -154,8 +154,8 @@ async def _wrk_beside_bare(
     cloud: list[dict[str, Any]] = []
     bare: list[dict[str, Any]] = []
     async with bare_fastapi(REQUEST_PATH, reply) as bare_url:
-        # Warm both: a fleet polling every 10 s finds its credentials (60 s) and its
-        # attributes (30 s) cached, so every device asks once before the rounds.
+        # Warm both: a polling fleet finds its credentials (six polls) and its
+        # attributes (three polls) cached, so every device asks once before the rounds.
         await _wrk(bare_url, credentials, WARMUP_SECONDS, connections)
         await _each_device_once(url, credentials, connections)
         for target, into in ((bare_url, bare), (url, cloud), (url, cloud), (bare_url, bare)):

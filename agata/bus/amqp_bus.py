@@ -35,7 +35,7 @@ import contextlib
 import logging
 import time
 import uuid
-from typing import Any
+from typing import Any, Final
 
 import aio_pika
 from aio_pika.abc import (
@@ -47,9 +47,13 @@ from aio_pika.abc import (
 
 from agata.bus.bus import DEFAULT_MAX_MESSAGE_BYTES, Bus, Consumer, Delivery, Handler
 from agata.errors import AgataError, ErrorCode
+from agata.retry import Backoff, StateLog
 
 logger = logging.getLogger(__name__)
 
+#: Delays between attempts of the first connection (later ones: aio-pika's robust
+#: connection, every ``reconnect_interval``).
+CONNECT_BACKOFF: Final = Backoff(0.2, 5.0)
 #: Errors after which a new connection attempt makes sense.
 RECOVERABLE_ERRORS: tuple[type[BaseException], ...] = (
     ConnectionError,
@@ -121,10 +125,10 @@ class AmqpBus(Bus):
         async with self._lock:
             if self._connection is not None:
                 return
-            delay = 0.2
+            backoff = CONNECT_BACKOFF.fresh()
             loop = asyncio.get_running_loop()
             deadline = None if self.connect_timeout is None else loop.time() + self.connect_timeout
-            logged = False
+            broker = StateLog(logger, "broker")
             while True:
                 try:
                     connection = await aio_pika.connect_robust(
@@ -132,13 +136,13 @@ class AmqpBus(Bus):
                     )
                     break
                 except RECOVERABLE_ERRORS as exc:
+                    delay = backoff.next()
                     if deadline is not None and loop.time() + delay > deadline:
                         raise _unavailable(f"cannot connect to the broker: {exc}") from None
-                    if not logged:
-                        logger.warning("broker not reachable (%s); retrying with backoff", exc)
-                        logged = True
+                    broker.set(
+                        "not reachable, retrying with backoff", str(exc), level=logging.WARNING
+                    )
                     await asyncio.sleep(delay)
-                    delay = min(delay * 2, 5.0)
             self._connection = connection
             connection.close_callbacks.add(self._on_connection_lost)
             connection.reconnect_callbacks.add(self._on_reconnected)

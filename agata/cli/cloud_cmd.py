@@ -4,26 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from agata.cli.options import TaskDirOption, TaskUserOption
-from agata.settings import Settings, load_settings
+from agata.cli.logs import setup_logging
+from agata.cli.options import ConfigOption, TaskDirOption, TaskUserOption
+from agata.cli.runner import on_stop_signals
+from agata.settings import CloudSettings, load_settings
 
 cloud_app = typer.Typer(help="Run the cloud side (task manager, device registry, gateway).")
 token_app = typer.Typer(help="Operator tokens.")
 
-ConfigOption = Annotated[
-    Path | None, typer.Option("--config", "-c", help="agata.toml or the original config.ini")
-]
 DataDirOption = Annotated[Path | None, typer.Option("--data-dir", help="databases and bundles")]
 
 
-def cloud_settings(config: Path | None, **flags: object) -> Settings:
-    return load_settings(config, flags)
+def cloud_settings(config: Path | None, **flags: object) -> CloudSettings:
+    return load_settings(config, flags, side=CloudSettings)
 
 
 @cloud_app.command("run")
@@ -44,6 +42,20 @@ def run_cloud(
         bool | None,
         typer.Option("--legacy-devices", help="let devices of the original system in"),
     ] = None,
+    request_interval: Annotated[
+        float | None,
+        typer.Option(
+            "--request-interval",
+            help="the fleet's seconds between polls (sizes the caches of devices)",
+        ),
+    ] = None,
+    reconcile: Annotated[
+        str | None,
+        typer.Option(
+            "--reconcile",
+            help="tasks left running by a dead cloud: stop (default) or restart them",
+        ),
+    ] = None,
     ssl_certfile: Annotated[
         Path | None,
         typer.Option("--ssl-certfile", help="PEM certificate (chain): serve HTTPS"),
@@ -51,6 +63,12 @@ def run_cloud(
     ssl_keyfile: Annotated[
         Path | None,
         typer.Option("--ssl-keyfile", help="unencrypted PEM private key of --ssl-certfile"),
+    ] = None,
+    ssl_ca_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--ssl-ca-file", help="PEM CA that signed --ssl-certfile (Flower App runs' TLS)"
+        ),
     ] = None,
     rate_limit: Annotated[
         float | None,
@@ -114,7 +132,6 @@ def run_cloud(
     ] = None,
 ) -> None:
     """Start the cloud services and the HTTP gateway in this process."""
-    from agata.cli.main import setup_logging
     from agata.cloud.cloud_node import SERVICES, CloudNode
 
     settings = cloud_settings(
@@ -127,8 +144,11 @@ def run_cloud(
         gateway_host=host,
         gateway_port=port,
         legacy_devices=legacy_devices,
+        request_interval=request_interval,
+        reconcile=reconcile,
         ssl_certfile=ssl_certfile,
         ssl_keyfile=ssl_keyfile,
+        ssl_ca_file=ssl_ca_file,
         rate_limit=rate_limit,
         rate_burst=rate_burst,
         max_connections=max_connections,
@@ -150,9 +170,7 @@ def run_cloud(
     async def main() -> None:
         node = CloudNode(settings, services=services)
         stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+        on_stop_signals(stop.set)
         await node.start(first_token="gateway" in services)
         token = node.first_token
         if node.port is not None:

@@ -1,19 +1,14 @@
-"""``agata demo``, ``agata experiment exp1|exp2`` and ``agata bench [cloud|devices|edge]``.
-
-``register(app, bench_app)`` adds the commands to the main application
-(:mod:`agata.cli.main` calls it). ``agata bench`` alone runs every benchmark.
-"""
+"""``agata demo`` and ``agata experiment exp1|exp2`` (the benchmarks are in bench_cmd)."""
 
 from __future__ import annotations
 
 import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
-if TYPE_CHECKING:
-    from agata.bench.report import BenchReport
+from agata.cli.logs import setup_logging
 
 ExperimentName = Annotated[str, typer.Argument(help="exp1 or exp2", metavar="exp1|exp2")]
 
@@ -37,9 +32,20 @@ def demo(
         Path | None, typer.Option("--task-dir", help="another bundle instead of digits")
     ] = None,
     timeout: Annotated[float, typer.Option(min=5, help="give up after this many seconds")] = 120,
+    task: Annotated[
+        str,
+        typer.Option(
+            "--task",
+            help="digits (script task) or digits-app (the Flower App on Flower's "
+            "Deployment Runtime; give it --timeout 300)",
+        ),
+    ] = "digits",
 ) -> None:
     """Experiment 1 on this machine: cloud, task, edge agent, two Flower clients."""
-    from agata.cli.main import setup_logging
+    if task not in ("digits", "digits-app"):
+        raise typer.BadParameter(
+            f"unknown task {task!r}: digits or digits-app", param_hint="--task"
+        )
 
     _require_demo_extras("agata demo", own_task=task_dir is not None)
     from agata.demo.demo import run_demo
@@ -52,6 +58,7 @@ def demo(
         as_json=as_json,
         timeout=timeout,
         task_dir=task_dir,
+        task=task,
     )
     raise typer.Exit(code)
 
@@ -75,7 +82,6 @@ def experiment(
     from rich.console import Console
     from rich.table import Table
 
-    from agata.cli.main import setup_logging
     from agata.demo.experiment import ExperimentOptions, RunResult
     from agata.demo.processes import marked_environment
     from agata.demo.series import EXPERIMENTS, run_series, steps_of
@@ -140,145 +146,3 @@ def _require_demo_extras(command: str, *, own_task: bool) -> None:
     if problem is not None:
         typer.secho(f"error: {problem}", err=True, fg="red")
         raise typer.Exit(2)
-
-
-def bench_all(
-    ctx: typer.Context,
-    devices: Annotated[int, typer.Option(min=1, help="simulated devices")] = 1000,
-    amqp_url: Annotated[
-        str | None, typer.Option(help="also measure on this RabbitMQ (amqp://...)")
-    ] = None,
-    json_out: Annotated[
-        Path | None,
-        typer.Option("--json", help="write all figures here [default: agata-bench-<time>.json]"),
-    ] = None,
-    quick: Annotated[bool, typer.Option(help="fewer samples (a smoke run)")] = False,
-) -> None:
-    """Everything, side by side with the targets: bus, steps, devices, edge."""
-    if ctx.invoked_subcommand is not None:
-        return
-    from agata.bench.all_bench import run_all
-
-    _bench_logging()
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    path = json_out or Path(f"agata-bench-{stamp}.json")
-    run_all(devices=devices, amqp_url=amqp_url, json_out=path, quick=quick)
-    typer.echo(f"figures written to {path}")
-
-
-def bench_cloud(
-    amqp_url: Annotated[
-        str | None, typer.Option(help="also measure on this RabbitMQ (amqp://...)")
-    ] = None,
-    samples: Annotated[int, typer.Option(min=5)] = 200,
-    json_out: Annotated[Path | None, typer.Option("--json", help="write figures here")] = None,
-) -> None:
-    """Steps 1-5 of experiment 1 through the HTTP gateway: p50/p95 per operation."""
-    from agata.bench.cloud_bench import run_cloud_bench
-    from agata.bench.report import render
-
-    _bench_logging()
-    reports = run_cloud_bench(amqp_url, samples)
-    render(reports)
-    if json_out:
-        _save(reports, json_out)
-
-
-def bench_devices(
-    devices: Annotated[int, typer.Option(min=1, help="simulated devices")] = 1000,
-    tasks: Annotated[int, typer.Option(min=1, help="running tasks with criteria")] = 20,
-    seconds: Annotated[int, typer.Option(min=1, help="load duration")] = 10,
-    connections: Annotated[int, typer.Option(min=1, help="wrk connections (issue 3: 4)")] = 4,
-    amqp_url: Annotated[str | None, typer.Option(help="run the cloud on this RabbitMQ")] = None,
-    json_out: Annotated[Path | None, typer.Option("--json", help="write figures here")] = None,
-) -> None:
-    """Task-request throughput: N devices asking for work while tasks run (wrk)."""
-    from agata.bench.devices_bench import run_devices_bench
-    from agata.bench.report import render
-
-    _bench_logging()
-    report = run_devices_bench(devices, tasks, seconds, connections, amqp_url)
-    render([report])
-    if json_out:
-        _save([report], json_out)
-
-
-def bench_console(
-    devices: Annotated[int, typer.Option(min=1, help="devices in the store")] = 10_000,
-    samples: Annotated[int, typer.Option(min=5, help="calls per figure")] = 50,
-    enrolling: Annotated[
-        int, typer.Option(min=0, help="devices enrolling during the first load (0: skip)")
-    ] = 1000,
-    json_out: Annotated[Path | None, typer.Option("--json", help="write figures here")] = None,
-) -> None:
-    """The console's queries at fleet size: pages of devices beside get_user_info."""
-    from agata.bench.console_bench import run_console_bench
-    from agata.bench.report import render
-
-    _bench_logging()
-    report = run_console_bench(devices, samples, enrolling)
-    render([report])
-    if json_out:
-        _save([report], json_out)
-
-
-def bench_runs(
-    runs: Annotated[int, typer.Option(min=1, help="runs of the task")] = 1000,
-    metrics: Annotated[int, typer.Option(min=1, help="metric rows over its runs")] = 100_000,
-    samples: Annotated[int, typer.Option(min=5, help="calls per figure and round")] = 50,
-    db: Annotated[str, typer.Option("--db", help="postgresql://... (default: SQLite)")] = "",
-    json_out: Annotated[Path | None, typer.Option("--json", help="write figures here")] = None,
-) -> None:
-    """Runs of a task with a long history: list_runs and get_run beside get_task_by_id."""
-    from agata.bench.report import render
-    from agata.bench.runs_bench import run_runs_bench
-
-    _bench_logging()
-    report = run_runs_bench(runs, metrics, samples, db)
-    render([report])
-    if json_out:
-        _save([report], json_out)
-
-
-def bench_edge(
-    samples: Annotated[int, typer.Option(min=2, help="dispatches and failovers")] = 10,
-    idle_seconds: Annotated[float, typer.Option(min=1)] = 10.0,
-    json_out: Annotated[Path | None, typer.Option("--json", help="write figures here")] = None,
-) -> None:
-    """A real agent process: dispatch latency, failover, idle CPU and RSS; step 6."""
-    from agata.bench.edge_bench import run_edge_bench
-    from agata.bench.report import render
-
-    _bench_logging()
-    report = run_edge_bench(samples, idle_seconds)
-    render([report])
-    if json_out:
-        _save([report], json_out)
-
-
-def _bench_logging() -> None:
-    from agata.cli.main import setup_logging
-
-    setup_logging("ERROR")
-
-
-def _save(reports: list[BenchReport], path: Path) -> None:
-    import json
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps([r.to_json() for r in reports], indent=2))
-
-
-def register(app: typer.Typer, bench_app: typer.Typer) -> None:
-    """Add ``demo``, ``experiment`` and the bench subcommands to the CLI."""
-    app.command("demo")(demo)
-    app.command("experiment")(experiment)
-    if bench_app.registered_callback is None:
-        # `agata bench` alone runs everything.
-        bench_app.callback(invoke_without_command=True)(bench_all)
-    bench_app.command("all")(bench_all)
-    bench_app.command("cloud")(bench_cloud)
-    bench_app.command("devices")(bench_devices)
-    bench_app.command("edge")(bench_edge)
-    bench_app.command("console")(bench_console)
-    bench_app.command("runs")(bench_runs)

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from agata.cli.options import TaskDirOption, TaskUserOption
+from agata.cli.logs import setup_logging
+from agata.cli.options import ConfigOption, TaskDirOption, TaskUserOption
+from agata.cli.runner import on_stop_signals
 from agata.errors import AgataError, ErrorCode
-from agata.settings import Settings, load_settings
+from agata.settings import EdgeSettings, load_settings
 
 # No pretty exceptions: they print local variables, and those hold credentials.
 edge_app = typer.Typer(
@@ -25,9 +26,6 @@ device_app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-ConfigOption = Annotated[
-    Path | None, typer.Option("--config", "-c", help="agata.toml or the original config.ini")
-]
 DataDirOption = Annotated[
     Path | None, typer.Option("--data-dir", help="where the agent keeps its state")
 ]
@@ -40,26 +38,8 @@ CaFileOption = Annotated[
 ]
 
 
-def _settings(config: Path | None, **flags: Any) -> Settings:
-    return load_settings(config, flags)
-
-
-def _setup_logging(level: str) -> None:
-    from agata.cli.main import setup_logging  # imported late: main imports this module
-
-    setup_logging(level)
-
-
-def _run_until_signal(main: Any, stop: Any) -> None:
-    """Run ``main()`` with SIGINT/SIGTERM calling ``stop()``."""
-
-    async def runner() -> None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop)
-        await main()
-
-    asyncio.run(runner())
+def _settings(config: Path | None, **flags: Any) -> EdgeSettings:
+    return load_settings(config, flags, side=EdgeSettings)
 
 
 @edge_app.command("run")
@@ -141,7 +121,7 @@ def run_edge(
         task_user=task_user,
         task_dir=task_dir,
     )
-    _setup_logging(settings.log_level)
+    setup_logging(settings.log_level)
     overrides: dict[str, Any] = {
         "user_id": user_id,
         "data_qnt": data_qnt,
@@ -175,9 +155,7 @@ def run_edge(
                 fg="yellow",
             )
         agent = Agent(settings, source, credential=credential, push=push)
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, agent.shutdown)
+        on_stop_signals(agent.shutdown)
         typer.echo(
             f"edge agent of {device.user_id} -> {settings.cloud_url} "
             f"(policy {settings.policy}, state in {agent.edge_dir})"
@@ -226,7 +204,7 @@ def run_gateway(
         edge_bus_url=bus,
         log_level=log_level,
     )
-    _setup_logging(settings.log_level)
+    setup_logging(settings.log_level)
     if not settings.edge_bus_url:
         raise AgataError(
             ErrorCode.INVALID_ARGUMENT,
@@ -234,9 +212,10 @@ def run_gateway(
             "(or [client.broker] in config.ini)",
         )
     credential = load_credential(settings.data_dir)
-    stop = asyncio.Event()
 
     async def main() -> None:
+        stop = asyncio.Event()
+        on_stop_signals(stop.set)
         edge_bus = create_bus(settings.edge_bus_url)
         await edge_bus.connect()
         try:
@@ -251,7 +230,7 @@ def run_gateway(
         finally:
             await edge_bus.close()
 
-    _run_until_signal(main, stop.set)
+    asyncio.run(main())
 
 
 @device_app.command("enroll")

@@ -7,6 +7,10 @@ from typing import Annotated
 
 import typer
 
+#: ``--config``/``-c``: the settings file of a command that reads settings.
+ConfigOption = Annotated[
+    Path | None, typer.Option("--config", "-c", help="agata.toml or the original config.ini")
+]
 #: ``--task-user``: whom task processes run as (the cloud's server sides, the agent's
 #: client sides).
 TaskUserOption = Annotated[

@@ -1,30 +1,16 @@
-"""``agata simulate`` (a simulated fleet) and ``agata bench load`` (the largest fleet).
-
-``register(app, bench_app)`` adds both to the main application (agata/cli/main.py).
-"""
+"""``agata simulate``: a simulated fleet against a cloud (``agata bench load`` is in
+bench_cmd)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
-from collections.abc import Coroutine
-from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated
 
 import typer
 
-T = TypeVar("T")
-
-
-def _run(coroutine: Coroutine[Any, Any, T]) -> T:
-    """Run on uvloop when it is installed (less CPU per request for the simulator)."""
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvicorn[standard] brings it
-        return asyncio.run(coroutine)
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(coroutine)
+from agata.cli.logs import setup_logging
+from agata.cli.runner import run_fast
 
 
 def simulate(
@@ -80,7 +66,6 @@ def simulate(
 
     Prints requests, errors, p50/p95/p99 per operation (docs/simulate.md). Exit 1: a failure.
     """
-    from agata.cli.main import setup_logging
     from agata.simulate.simulator import (
         SimulationOptions,
         simulate_against,
@@ -118,10 +103,10 @@ def simulate(
         timeout=timeout,
     )
     if embedded:
-        result = _run(simulate_embedded(options, bus_url=bus, db_url=db))
+        result = run_fast(simulate_embedded(options, bus_url=bus, db_url=db))
     else:
         assert cloud_url is not None
-        result = _run(
+        result = run_fast(
             simulate_against(
                 options,
                 cloud_url,
@@ -137,109 +122,3 @@ def simulate(
 
         render_summary(result)
     raise typer.Exit(0 if result.ok else 1)
-
-
-def bench_load(
-    steps: Annotated[
-        str, typer.Option(help="fleet sizes to try, in order (stops at the first failure)")
-    ] = "500,1000,2000,3000,4000,6000,8000",
-    seconds: Annotated[
-        float, typer.Option(min=5, help="steady window measured at each step")
-    ] = 20.0,
-    poll_interval: Annotated[float, typer.Option("--poll-interval", min=0.1)] = 10.0,
-    p99_ms: Annotated[float, typer.Option("--p99-ms", help="latency bound")] = 100.0,
-    tasks: Annotated[int, typer.Option(min=1, max=50)] = 4,
-    bus: Annotated[str, typer.Option("--bus", help="memory:// or amqp://...")] = "memory://",
-    db: Annotated[
-        str | None,
-        typer.Option("--db", help="postgresql://... (default: SQLite in a temporary folder)"),
-    ] = None,
-    setup_rate: Annotated[
-        float, typer.Option("--setup-rate", min=1, help="new devices per second in a ramp")
-    ] = 10.0,
-    split: Annotated[
-        bool, typer.Option("--split", help="amqp://: one cloud process per service")
-    ] = False,
-    json_out: Annotated[Path | None, typer.Option("--json", help="write figures here")] = None,
-    mode: Annotated[
-        str,
-        typer.Option(
-            "--mode",
-            help="steps: largest fleet; onboard: --devices arriving at --rate/s; "
-            "restart: --devices on board, then the cloud restarted",
-        ),
-    ] = "steps",
-    devices: Annotated[int, typer.Option("--devices", min=1, help="onboard/restart")] = 2000,
-    rate: Annotated[
-        float, typer.Option("--rate", min=0.1, help="onboard: new devices per second")
-    ] = 20.0,
-    max_in_flight: Annotated[
-        int | None, typer.Option("--max-in-flight", help="the cloud's (default: its own)")
-    ] = None,
-    admission_wait: Annotated[
-        float | None, typer.Option("--admission-wait", help="the cloud's (default: its own)")
-    ] = None,
-) -> None:
-    """The largest fleet the cloud serves at the poll interval with p99 under the bound
-    (``--mode steps``), or how it takes a burst of devices (``onboard``, ``restart``)."""
-    from agata.bench.load_bench import run_load_bench
-    from agata.bench.report import render
-    from agata.cli.main import setup_logging
-
-    setup_logging("ERROR")
-    if mode in ("onboard", "restart"):
-        from agata.bench.burst_bench import run_onboard_bench, run_restart_bench
-
-        common: dict[str, object] = {
-            "tasks": tasks,
-            "poll_interval": poll_interval,
-            "bus_url": bus,
-            "db_url": db,
-            "max_in_flight": max_in_flight,
-            "admission_wait": admission_wait,
-            "progress": typer.echo,
-        }
-        if mode == "onboard":
-            burst = _run(run_onboard_bench(devices, rate, **common))  # type: ignore[arg-type]
-        else:
-            burst = _run(
-                run_restart_bench(devices, setup_rate=setup_rate, **common)  # type: ignore[arg-type]
-            )
-        render([burst])
-        if json_out:
-            burst.save(json_out)
-        return
-    if mode != "steps":
-        raise typer.BadParameter(f"--mode: steps, onboard or restart, not {mode!r}")
-    try:
-        sizes = [int(s) for s in steps.split(",") if s.strip()]
-    except ValueError:
-        sizes = []
-    if not sizes or min(sizes) < 1:
-        raise typer.BadParameter(f"--steps: comma-separated device counts, not {steps!r}")
-    if split and not bus.startswith("amqp"):
-        raise typer.BadParameter("--split needs an amqp:// --bus")
-    report = _run(
-        run_load_bench(
-            sizes,
-            seconds=seconds,
-            poll_interval=poll_interval,
-            p99_limit_ms=p99_ms,
-            tasks=tasks,
-            bus_url=bus,
-            db_url=db,
-            setup_rate=setup_rate,
-            split=split,
-            progress=typer.echo,
-        )
-    )
-    render([report])
-    if json_out:
-        report.save(json_out)
-
-
-def register(app: typer.Typer, bench_app: typer.Typer | None = None) -> None:
-    """Add ``simulate`` (and ``bench load`` when ``bench_app`` is given) to the CLI."""
-    app.command("simulate")(simulate)
-    if bench_app is not None:
-        bench_app.command("load")(bench_load)

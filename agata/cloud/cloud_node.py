@@ -34,9 +34,10 @@ from agata.cloud.services.notifier import Notifier
 from agata.cloud.services.task_manager import TaskManager
 from agata.errors import AgataError, ErrorCode
 from agata.files import make_private_dir, make_private_file, write_private_file
+from agata.flower.superlink import tls_from_files
 from agata.runtime.limits import Limits
 from agata.runtime.sandbox import TaskSandbox, default_task_dir
-from agata.settings import Settings
+from agata.settings import CloudSettings
 from agata.store.async_store import AsyncStore
 from agata.store.store import BundleFile, Store
 from agata.store.store_factory import create_store
@@ -52,7 +53,7 @@ class CloudNode:
 
     def __init__(
         self,
-        settings: Settings,
+        settings: CloudSettings,
         *,
         services: Iterable[str] = SERVICES,
         bus: Bus | None = None,
@@ -146,14 +147,16 @@ class CloudNode:
             manager = TaskManager(
                 self.bus,
                 self.async_store,
-                self.bundles.root,
+                self.bundles,
                 self.data_dir / "work",
-                bundles=self.bundles,
+                poll_interval=s.request_interval,
+                reconcile=s.reconcile,
                 legacy_devices=s.legacy_devices,
                 hide_internal_errors=s.hide_internal_errors,
                 grace=s.server_grace_seconds,
                 register_events=s.register_events,
                 sandbox=sandbox,
+                flower_tls=tls_from_files(s.ssl_certfile, s.ssl_keyfile, s.ssl_ca_file),
                 artifacts=self.artifacts,
                 max_running_tasks=s.max_running_tasks,
             )
@@ -168,6 +171,7 @@ class CloudNode:
                 self.async_store,
                 hide_internal_errors=s.hide_internal_errors,
                 register_events=s.register_events,
+                poll_interval=s.request_interval,
             )
             registry.max_in_flight = s.service_max_in_flight
             await registry.start()
@@ -187,6 +191,7 @@ class CloudNode:
                     max_in_flight=s.max_in_flight,
                     admission_wait=s.admission_wait,
                     wheelhouse=s.wheelhouse,
+                    poll_interval=s.request_interval,
                     artifacts=self.artifacts,
                 ),
             )

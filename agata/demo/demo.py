@@ -81,8 +81,11 @@ def run_demo(
     as_json: bool = False,
     timeout: float = 120.0,
     task_dir: Path | None = None,
+    task: str = "digits",
 ) -> int:
-    """Run the demo; returns the process exit code (0 when the task finished)."""
+    """Run the demo; returns the process exit code (0 when the task finished).
+    ``task``: ``digits`` (the script task) or ``digits-app`` (the Flower App,
+    :mod:`agata.demo.flower_demo`)."""
     console = Console(stderr=as_json, highlight=False)
     options = ExperimentOptions(
         rounds=rounds, data_dir=data_dir, timeout=timeout, task_dir=task_dir
@@ -117,6 +120,10 @@ def run_demo(
 
     async def main() -> RunResult:
         cancel_on_signals()
+        if task == "digits-app":
+            from agata.demo.flower_demo import run_exp1_app
+
+            return await run_exp1_app(options, progress)
         return await run_exp1(options, progress, after=keep if keep_running else None)
 
     with marked_environment():

@@ -7,7 +7,7 @@
 - Its state lives in ``/var/lib/<state_dir>`` (``StateDirectory=``: systemd creates it,
   owned by that user) and is passed as ``AGATA_DATA_DIR``; settings come from an optional
   environment file ``/etc/agata/<role>.env`` (``AGATA_*`` variables, see
-  agata/settings.py) and, when given, a config file (``--config``).
+  agata/settings/) and, when given, a config file (``--config``).
 - ``Restart=on-failure``: a crash is restarted after ``RestartSec``; a clean stop is not.
 - ``LimitNOFILE=``: the cloud's gateway holds one connection per agent (push); the
   default leaves room for ``max_connections`` (10,000) plus files.

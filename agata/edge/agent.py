@@ -10,8 +10,12 @@ One asyncio loop, one process::
   that carries the cloud's offers for this device stands for the next poll's answer
   (unless the device's attributes changed since); the periodic poll stays.
 - Failover: when a client side reports an error or exits without "Finished", the task
-  goes into quarantine (with the reason) and the next compatible task is started at
-  once from the offers already known, before the cloud is asked again.
+  is blocked on this device at once (written as a quarantine) and the next compatible
+  task is started at once from the offers already known, before the cloud is asked
+  again. The failure is then judged against the task's run (:mod:`agata.edge.run_ends`):
+  a client side that went down with its run (stopped, finished or failed on the cloud)
+  ended "with the run" and its block is lifted; only a failure while the run goes on is
+  reported ``failed`` and stays in quarantine.
 - "Finished": the agent asks the cloud for work at once; the same task version is not
   run again while the cloud keeps offering it.
 - A running task that the cloud no longer offers (stopped, criteria changed) is
@@ -37,29 +41,39 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from agata.edge.arguments import expand_client_arguments, placeholder_values
-from agata.edge.backoff import Backoff, StateLog
 from agata.edge.bundle_cache import BundleCache
-from agata.edge.cloud_client import CloudClient, is_transient
+from agata.edge.cloud_client import CloudClient
 from agata.edge.device_info import DeviceInfo, DeviceSource
 from agata.edge.hooks import HookRunner, event_of_report
 from agata.edge.local_state import LocalState, QuarantineEntry, RunningRecord
 from agata.edge.policy import choose_tasks
 from agata.edge.push import PushListener, pushed_offers
 from agata.edge.reports import DeviceReport, ReportSender
+from agata.edge.run_ends import (
+    ENDED_WITH_THE_RUN,
+    MAX_OUTPUT_LINES,
+    RunEnds,
+    bounded_output,
+    offers_show_end,
+)
 from agata.edge.task_runs import TaskRun, recover_leftovers
 from agata.edge.wheelhouse import WheelhouseMirror
 from agata.errors import AgataError, ErrorCode
 from agata.files import make_private_dir
+from agata.flower.supernode import prepare_supernode
 from agata.protocol.offers import TaskOffer
+from agata.protocol.operations import REGISTER_FLOWER_NODE
+from agata.retry import Backoff, StateLog, is_transient
 from agata.runtime.limits import Limits
 from agata.runtime.messages import Error, Info, Model, OutputLine, Print, TaskMessage
 from agata.runtime.process import ProcessLauncher
 from agata.runtime.sandbox import TaskSandbox, default_task_dir
 from agata.runtime.supervisor import TaskProcess
-from agata.settings import Settings
+from agata.settings import EdgeSettings
 
 __all__ = ["Agent", "EventCallback", "RunningTask"]
 
@@ -69,7 +83,8 @@ EventCallback = Callable[..., None]
 """``on_event(function, event, **fields)``; fields hold ``time`` and ``user_id``, and
 ``task_id`` for task steps."""
 
-SERVICE = "edge agent"
+#: The offer's kind of a Flower App task (its client side is a SuperNode).
+FLOWER_APP = "flower-app"
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +118,7 @@ class Agent:
 
     def __init__(
         self,
-        settings: Settings,
+        settings: EdgeSettings,
         device: DeviceInfo | DeviceSource,
         *,
         credential: str | None = None,
@@ -168,6 +183,8 @@ class Agent:
         self._reports: ReportSender | None = None
         self.push: PushListener | None = None
         self._pushed: list[TaskOffer] | None = None  # offers of the last push event
+        self.run_ends = RunEnds()  # what the agent learned of runs ending (run_ends.py)
+        self._judged: dict[str, TaskRun] = {}  # failed client sides awaiting their verdict
         self.polls = 0
         self.pushed_answers = 0  # cycles that took a push event's offers (no poll)
 
@@ -308,7 +325,7 @@ class Agent:
             offers = pushed
             self.pushed_answers += 1
             self._event("request task", "end", tasks=[o.task_id for o in offers], pushed=True)
-            self._offers = offers
+            self._take_offers(offers)
             await self._reconcile()
             return
         try:
@@ -322,8 +339,14 @@ class Agent:
             offers = await self.client.requesting_task(device.user_id)
         self.polls += 1
         self._event("request task", "end", tasks=[offer.task_id for offer in offers])
-        self._offers = offers
+        self._take_offers(offers)
         await self._reconcile()
+
+    def _take_offers(self, offers: list[TaskOffer]) -> None:
+        """The cloud's answer now: a task it leaves out that runs here, or whose failure
+        is being judged, has no run any more (:mod:`agata.edge.run_ends`)."""
+        self._offers = offers
+        self.run_ends.record_absent(offers, [*self._runs, *self._judged])
 
     def _current_device(self) -> DeviceInfo:
         """The device's attributes, with ``containment`` (the sandbox's kind) added to
@@ -342,6 +365,17 @@ class Agent:
         async with self._lock:
             offered = {offer.task_id: offer for offer in self._offers}
             self.state.forget_finished(set(self.state.finished) - set(offered))
+            for task_id, entry in list(self.state.quarantine.items()):
+                offer = offered.get(task_id)
+                if offer is not None and offer.version != entry.version:
+                    # A new bundle version is a new task version: its quarantine ends.
+                    self.state.clear_quarantine(task_id)
+                    logger.info(
+                        "task %s: quarantine of v%s ended: v%s is offered",
+                        task_id,
+                        entry.version,
+                        offer.version,
+                    )
             for task_id, run in list(self._runs.items()):
                 offer = offered.get(task_id)
                 if offer is None:
@@ -411,29 +445,35 @@ class Agent:
         try:
             limits, python = None, None
             if self.sandbox is not None:
-                python = await self.sandbox.python_for(
-                    bundle, lambda text: logger.info("task %s: %s", task_id, text)
-                )
+                if offer.kind != FLOWER_APP:  # a SuperNode runs on the agent's flwr
+                    python = await self.sandbox.python_for(
+                        bundle, lambda text: logger.info("task %s: %s", task_id, text)
+                    )
                 bundle, work = self.sandbox.place("client", task_id, bundle, work)
                 task_limits = Limits.from_mapping(offer.limits, ignore_unknown=True)
                 limits = self.sandbox.limits_for(task_limits)
             else:
                 work.mkdir(parents=True, exist_ok=True)
-            run.process = TaskProcess.for_side(
-                bundle,
-                "client",
-                work,
-                argv,
-                on_message=lambda message: self._on_message(run, message),
-                launcher=self._launcher,
-                grace=self._grace,
-                name=f"task {task_id} client",
-                limits=limits,
-                python=python,
-            )
+            if offer.kind == FLOWER_APP:
+                run.process = await self._supernode(run, work, argv, limits)
+            else:
+                run.process = TaskProcess.for_side(
+                    bundle,
+                    "client",
+                    work,
+                    argv,
+                    on_message=lambda message: self._on_message(run, message),
+                    launcher=self._launcher,
+                    grace=self._grace,
+                    name=f"task {task_id} client",
+                    limits=limits,
+                    python=python,
+                )
             await run.process.start()
         except AgataError as exc:
             self._event("start task on device", "end", task_id=task_id, error=exc.message)
+            if offer.kind == FLOWER_APP and is_transient(exc):
+                raise  # the cloud did not take the node key now: try again later
             self._fail(offer, f"client side could not start: {exc.message}")
             return False
         # No await from here on: a message of the new process cannot arrive before
@@ -456,6 +496,46 @@ class Agent:
         if not any(other.offer.task_id == task_id for other in self._ending):
             self.cache.prune(task_id, keep={offer.version})
         return True
+
+    async def _supernode(
+        self, run: TaskRun, work: Path, argv: list[str], limits: Limits | None
+    ) -> TaskProcess:
+        """The client side of a flower-app task: ``flower-supernode`` for the run, with a
+        node key the cloud registered (:func:`~agata.flower.supernode.prepare_supernode`).
+        It never reports "Finished": it is stopped when the cloud stops offering the task."""
+        offer = run.offer
+        user_id = self._current_device().user_id
+
+        async def register(public_key: str) -> Any:
+            body = {"user_id": user_id, "task_id": offer.task_id, "public_key": public_key}
+            return await self.client.call(REGISTER_FLOWER_NODE, body)
+
+        launch = await prepare_supernode(
+            work,
+            argv,
+            device_id=user_id,
+            superlink=f"{offer.host}:{offer.port}",
+            ca_file=self.settings.ca_file,
+            register=register,
+            owner=self._task_owner(),
+            offered=offer.flower.model_dump() if offer.flower is not None else None,
+        )
+        return TaskProcess(
+            work,
+            "supernode.py",  # names the process only
+            launch.arguments,
+            program=launch.program,
+            env=launch.env,
+            on_message=lambda message: self._on_message(run, message),
+            launcher=self._launcher,
+            grace=self._grace,
+            name=f"task {offer.task_id} supernode",
+            limits=limits,
+        )
+
+    def _task_owner(self) -> tuple[int, int] | None:
+        user = self.sandbox.containment.task_user if self.sandbox is not None else None
+        return (user.uid, user.gid) if user is not None else None
 
     # -- what the client sides say ----------------------------------------------------
 
@@ -489,24 +569,112 @@ class Agent:
         if outcome.ok:
             self._task_finished(run)
         else:
-            self._task_failed(run, run.failure_reason(outcome.reason))
+            self._task_failed(run, outcome.reason)
 
     def _task_failed(self, run: TaskRun, reason: str) -> None:
+        """A client side failed: block its task version now (written as a quarantine,
+        fsynced after the next task's spawn: :meth:`_failover`), fail over at once, and
+        judge the failure against the task's run before anyone is told (:meth:`_judge`)."""
         if not self._end_run(run):
             return
         task_id = run.offer.task_id
+        failed_at = time.time()
+        stopping = self._stopping.is_set()
+        self.state.add_quarantine(
+            task_id,
+            run.offer.version,
+            reason,
+            self.settings.quarantine_seconds,
+            failed_at,
+            sync_later=not stopping,
+        )
+        if stopping:  # the agent is going: no verdict to wait for
+            self._failure_verdict(run, reason, failed_at)
+            return
+        logger.info("task %s: client side failed (%s); judging it against its run", task_id, reason)
+        # Failover: switch at once, from the offers already known.
+        self._switch = (task_id, failed_at)
+        self._event("switch task", "start", task_id=task_id)
+        failover = self._spawn(self._failover(), f"failover from {task_id}")
+        self._failovers.add(failover)
+        failover.add_done_callback(self._failovers.discard)
+        self._judged[task_id] = run
+        self._spawn(self._judge(run, reason, failed_at, failover), f"judge {task_id}")
+
+    async def _judge(
+        self, run: TaskRun, reason: str, failed_at: float, failover: asyncio.Task[None]
+    ) -> None:
+        """Decide whether ``run``'s failure was its run ending (module docstring of
+        :mod:`agata.edge.run_ends`) and say so; a cancelled judge (the agent stops)
+        counts it a failure. The cloud is asked once the failover spawned the next
+        task (or the grace is over), so the question never slows the failover down."""
+        task_id = run.offer.task_id
+        try:
+            await asyncio.wait({failover}, timeout=self.settings.run_end_grace)
+            ended = await self._run_ended(run, failed_at)
+        except asyncio.CancelledError:
+            self._judged.pop(task_id, None)
+            self._failure_verdict(run, reason, failed_at)
+            raise
+        self._judged.pop(task_id, None)
+        if ended:
+            self._ended_with_run(run, reason, failed_at)
+        else:
+            self._failure_verdict(run, reason, failed_at)
+
+    async def _run_ended(self, run: TaskRun, failed_at: float) -> bool:
+        """True once the agent knows ``run``'s run is over; False when the cloud still
+        offers it as it was at the end of the grace period (or cannot be asked then)."""
+        task_id = run.offer.task_id
+        deadline = failed_at + self.settings.run_end_grace
+        asked = False
+        while True:
+            if self.run_ends.ended_since(task_id, run.started_at):
+                return True
+            last = time.time() >= deadline
+            if not asked or last:
+                asked = True
+                try:
+                    offers = await self.client.requesting_task(self._user_id())
+                except AgataError as exc:
+                    logger.info("task %s: cannot ask the cloud about its run: %s", task_id, exc)
+                else:
+                    if offers_show_end(run.offer, offers):
+                        return True
+                if last:
+                    return self.run_ends.ended_since(task_id, run.started_at)
+            await self.run_ends.wait(deadline - time.time())
+
+    def _failure_verdict(self, run: TaskRun, reason: str, failed_at: float) -> None:
+        """The client side failed while its run went on: report it, with its last output
+        lines, and its quarantine (the ``task failed`` event carries ``failed_at``)."""
+        task_id = run.offer.task_id
         logger.warning("task %s failed: %s", task_id, reason)
-        self._event("task failed", "end", task_id=task_id, reason=reason)
-        self._report(DeviceReport(task_id, "failed", reason=reason))
-        # On the kernel's side at once, fsynced after the next task's spawn (_failover).
-        self._fail(run.offer, reason, sync_later=not self._stopping.is_set())
-        if not self._stopping.is_set():
-            # Failover: switch at once, from the offers already known.
-            self._switch = (task_id, time.time())
-            self._event("switch task", "start", task_id=task_id)
-            failover = self._spawn(self._failover(), f"failover from {task_id}")
-            self._failovers.add(failover)
-            failover.add_done_callback(self._failovers.discard)
+        self.state.count("failed")
+        self._event("task failed", "end", at=failed_at, task_id=task_id, reason=reason)
+        output = tuple(bounded_output(run.process.tail(MAX_OUTPUT_LINES)))
+        self._report(DeviceReport(task_id, "failed", reason=reason, log_lines=output))
+        entry = self.state.quarantined(task_id, run.offer.version)
+        if entry is None:  # lifted meanwhile (the operator, a new version)
+            return
+        logger.warning(
+            "task %s: in quarantine for %.0f s: %s", task_id, entry.until - entry.since, reason
+        )
+        self._report(
+            DeviceReport(task_id, "quarantined", reason=reason, quarantined_until=entry.until)
+        )
+
+    def _ended_with_run(self, run: TaskRun, reason: str, failed_at: float) -> None:
+        """The client side went down with its run: not a failure, no quarantine."""
+        task_id = run.offer.task_id
+        entry = self.state.quarantine.get(task_id)
+        if entry is not None and entry.version == run.offer.version and entry.since == failed_at:
+            self.state.stats["quarantined"] -= 1
+            self.state.clear_quarantine(task_id)
+        logger.info("task %s: client side %s (%s)", task_id, ENDED_WITH_THE_RUN, reason)
+        self.state.count("stopped")
+        self._report(DeviceReport(task_id, "stopped", reason=f"{ENDED_WITH_THE_RUN} ({reason})"))
+        self._wake.set()  # a new run of it may be offered already
 
     def _task_finished(self, run: TaskRun) -> None:
         if not self._end_run(run):
@@ -524,11 +692,13 @@ class Agent:
         :meth:`LocalState.add_quarantine`)."""
         self.state.count("failed")
         seconds = self.settings.quarantine_seconds
-        self.state.add_quarantine(
+        entry = self.state.add_quarantine(
             offer.task_id, offer.version, reason, seconds, sync_later=sync_later
         )
         logger.warning("task %s: in quarantine for %.0f s: %s", offer.task_id, seconds, reason)
-        self._report(DeviceReport(offer.task_id, "quarantined", reason=reason))
+        self._report(
+            DeviceReport(offer.task_id, "quarantined", reason=reason, quarantined_until=entry.until)
+        )
 
     async def _failover(self) -> None:
         try:
@@ -578,6 +748,8 @@ class Agent:
             if name == "task" and data.get("running") and isinstance(task_id, str):
                 # Started again: a version finished here may run again.
                 self.state.forget_finished({task_id})
+            if name == "task" and data.get("running") is False and isinstance(task_id, str):
+                self.run_ends.record(task_id)  # stopped, finished or failed on the cloud
             if name == "quarantine_cleared":
                 # The operator lifted it on the cloud (one task, or all when no task_id).
                 cleared = self.state.clear_quarantine(task_id if isinstance(task_id, str) else None)
@@ -624,6 +796,11 @@ class Agent:
         task.add_done_callback(self._background.discard)
         return task
 
+    def _user_id(self) -> str:
+        if self._reports is not None:
+            return self._reports.user_id
+        return self._current_device().user_id
+
     def _report(self, report: DeviceReport) -> None:
         """Queue ``report`` for the cloud and the device's hook (neither blocks)."""
         if self._reports is not None:
@@ -631,11 +808,14 @@ class Agent:
         if self.hooks is not None and (event := event_of_report(report)) is not None:
             self.hooks.notify(event)
 
-    def _event(self, function: str, event: str, **fields: Any) -> None:
+    def _event(self, function: str, event: str, at: float | None = None, **fields: Any) -> None:
+        """Send a timing event; ``at``: when it happened, if not now (a failure is
+        told once judged, with the time it was seen)."""
         if self._on_event is None:
             return
         user_id = self._reported.user_id if self._reported else None
+        when = time.time() if at is None else at
         try:
-            self._on_event(function, event, time=time.time(), user_id=user_id, **fields)
+            self._on_event(function, event, time=when, user_id=user_id, **fields)
         except Exception:
             logger.exception("the event callback failed on %s %s", function, event)

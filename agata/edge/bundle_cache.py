@@ -12,7 +12,7 @@ folder that exists is always whole.
   plain names, no folders, no ``..``, no hidden files): a listing with any other name
   is refused before anything is fetched.
 - A failed or tampered download is retried ``attempts`` times. The final error is
-  raised: :func:`~agata.edge.cloud_client.is_transient` tells the agent whether to try
+  raised: :func:`~agata.retry.is_transient` tells the agent whether to try
   again later (the cloud is down) or to quarantine the task (a missing or tampered file,
   a bad listing).
 """
@@ -29,12 +29,12 @@ import shutil
 from pathlib import Path
 from urllib.parse import quote
 
-from agata.edge.backoff import Backoff
-from agata.edge.cloud_client import CloudClient, is_transient
+from agata.edge.cloud_client import CloudClient
 from agata.errors import AgataError, ErrorCode
 from agata.protocol.bundle_files import BundleFile
 from agata.protocol.bundle_names import AGENT_MANIFEST, check_listed_name
 from agata.protocol.offers import TaskOffer
+from agata.retry import Backoff, is_transient
 
 __all__ = ["MANIFEST", "BundleCache", "check_file_name"]
 
@@ -157,7 +157,7 @@ class BundleCache:
     # -- downloading ------------------------------------------------------------------
 
     async def _download_with_retries(self, offer: TaskOffer) -> Path:
-        backoff = Backoff(self._backoff.initial, self._backoff.maximum)
+        backoff = self._backoff.fresh()
         last: AgataError | None = None
         for attempt in range(1, self.attempts + 1):
             try:

@@ -13,7 +13,7 @@ errors and 5xx are retried a few times with backoff and jitter; whether the clou
 reachable is logged once per change, not once per attempt. A busy cloud answers 503
 (or 429) with ``Retry-After``: the error then carries it
 (:attr:`~agata.errors.AgataError.retry_after`) and every retry waits at least that long,
-plus jitter (:meth:`~agata.edge.backoff.Backoff.after`).
+plus jitter (:meth:`~agata.retry.Backoff.after`).
 """
 
 from __future__ import annotations
@@ -31,12 +31,12 @@ from typing import Any
 import httpx
 from pydantic import ValidationError
 
-from agata.edge.backoff import Backoff, StateLog
 from agata.edge.device_info import DeviceInfo
 from agata.errors import AgataError, ErrorCode
 from agata.protocol.bundle_files import BundleFile
 from agata.protocol.offers import TaskOffer
 from agata.protocol.operations import CLIENT_REQUESTING_TASK, REPORT_DEVICE_TASK, UPDATE_USER_INFO
+from agata.retry import Backoff, StateLog, is_transient
 from agata.tls import client_context
 
 # BundleFile and TaskOffer are the protocol's (agata.protocol), named here for the agent.
@@ -44,7 +44,6 @@ __all__ = [
     "BundleFile",
     "CloudClient",
     "TaskOffer",
-    "is_transient",
     "retry_after",
 ]
 
@@ -52,18 +51,6 @@ logger = logging.getLogger(__name__)
 
 ENROLL_PATH = "/api/devices/enroll"
 _CHUNK = 64 * 1024
-
-_TRANSIENT = {
-    ErrorCode.UNAVAILABLE,
-    ErrorCode.TIMEOUT,
-    ErrorCode.RATE_LIMITED,
-    ErrorCode.INTERNAL,
-}
-
-
-def is_transient(error: AgataError) -> bool:
-    """Whether trying again later may succeed (the cloud is down, busy or broken)."""
-    return error.code in _TRANSIENT or error.status_code >= 500
 
 
 #: Longest Retry-After honoured, seconds (a wilder value is capped to it).
@@ -188,7 +175,12 @@ class CloudClient:
         reason: str = "",
         round: int | None = None,
         metrics: dict[str, float] | None = None,
+        log_lines: list[dict[str, str]] | None = None,
+        quarantined_until: float | None = None,
     ) -> None:
+        """Send ``rpc_exec_report_device_task``; ``log_lines`` (a failed client side's
+        last output lines) and ``quarantined_until`` (epoch seconds) are optional fields
+        a cloud of the original system never sees, as they are only sent when set."""
         body: dict[str, Any] = {"user_id": user_id, "task_id": task_id, "status": status}
         if reason:
             body["reason"] = reason[:2000]
@@ -196,6 +188,10 @@ class CloudClient:
             body["round"] = round
         if metrics:
             body["metrics"] = dict(list(metrics.items())[:32])
+        if log_lines:
+            body["log_lines"] = log_lines
+        if quarantined_until is not None:
+            body["quarantined_until"] = quarantined_until
         await self.call(REPORT_DEVICE_TASK, body)
 
     async def enroll(self, user_id: str, enrollment_token: str) -> str:
@@ -267,15 +263,12 @@ class CloudClient:
 
     async def _post(self, path: str, body: dict[str, Any], what: str, *, retry: bool) -> Any:
         attempts = self.attempts if retry else 1
-        backoff = Backoff(self._backoff.initial, self._backoff.maximum)
+        backoff = self._backoff.fresh()
         for attempt in range(1, attempts + 1):
             try:
                 return await self._post_once(path, body, what)
             except AgataError as exc:
-                if attempt == attempts or not (
-                    exc.code in (ErrorCode.UNAVAILABLE, ErrorCode.TIMEOUT, ErrorCode.RATE_LIMITED)
-                    or exc.status_code >= 500
-                ):
+                if attempt == attempts or not is_transient(exc):
                     raise
                 delay = backoff.after(exc.retry_after)
                 logger.debug("%s failed (%s); retry %d in %.2f s", what, exc, attempt, delay)

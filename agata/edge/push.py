@@ -27,10 +27,10 @@ from urllib.parse import quote
 
 from pydantic import ValidationError
 
-from agata.edge.backoff import Backoff, StateLog
 from agata.edge.cloud_client import CloudClient
 from agata.errors import AgataError, ErrorCode
 from agata.protocol.offers import TaskOffer
+from agata.retry import Backoff, StateLog
 
 __all__ = ["PushListener", "parse_sse", "pushed_offers"]
 

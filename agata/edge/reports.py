@@ -14,9 +14,9 @@ import contextlib
 import logging
 from dataclasses import dataclass, field
 
-from agata.edge.backoff import Backoff
-from agata.edge.cloud_client import CloudClient, is_transient
+from agata.edge.cloud_client import CloudClient
 from agata.errors import AgataError
+from agata.retry import Backoff, is_transient
 
 __all__ = ["DeviceReport", "ReportSender"]
 
@@ -30,6 +30,10 @@ class DeviceReport:
     reason: str = ""
     round: int | None = None
     metrics: dict[str, float] = field(default_factory=dict)
+    #: A failed client side's last output lines (:func:`agata.edge.run_ends.bounded_output`).
+    log_lines: tuple[dict[str, str], ...] = ()
+    #: When a ``quarantined`` report's quarantine ends (epoch seconds).
+    quarantined_until: float | None = None
 
 
 class ReportSender:
@@ -89,6 +93,8 @@ class ReportSender:
                     reason=report.reason,
                     round=report.round,
                     metrics=report.metrics or None,
+                    log_lines=list(report.log_lines) or None,
+                    quarantined_until=report.quarantined_until,
                 )
             except AgataError as exc:
                 if is_transient(exc):

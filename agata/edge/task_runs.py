@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from agata.edge.local_state import LocalState
 from agata.errors import AgataError
 from agata.protocol.offers import TaskOffer
-from agata.runtime.messages import OutputLine, Stream
 from agata.runtime.process import kill_process_group
 from agata.runtime.sandbox import TaskSandbox
 from agata.runtime.supervisor import TaskProcess
@@ -35,18 +34,6 @@ class TaskRun:
     ended: bool = False
     round: int | None = None
     metrics: dict[str, float] = field(default_factory=dict)
-
-    def failure_reason(self, reason: str, lines: int = 3) -> str:
-        """``reason`` plus the last lines the process wrote to stderr (a traceback's end
-        says why better than an exit code)."""
-        tail = [
-            line.text.strip()
-            for line in self.process.tail(50)
-            if isinstance(line, OutputLine) and line.stream is Stream.STDERR and line.text.strip()
-        ]
-        if not tail:
-            return reason
-        return f"{reason}: {' | '.join(tail[-lines:])}"[:2000]
 
 
 def recover_leftovers(state: LocalState, sandbox: TaskSandbox | None = None) -> int:

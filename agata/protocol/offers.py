@@ -27,7 +27,7 @@ from pydantic import (
 from agata.protocol.bundle_files import BundleFile
 from agata.protocol.fields import TaskId, TaskKindName
 
-__all__ = ["OfferVersion", "TaskOffer"]
+__all__ = ["FlowerOffer", "OfferVersion", "TaskOffer"]
 
 VERSION_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$"
 
@@ -60,6 +60,17 @@ def _arguments_text(value: Any) -> Any:
     return value
 
 
+class FlowerOffer(BaseModel):
+    """What a device needs to know of a flower-app run before its SuperNode starts:
+    whether the run authenticates nodes (then it registers a key first) and the flwr
+    version the run's SuperLink runs (the device's must share its major.minor)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    node_auth: bool = False
+    version: str = ""
+
+
 class TaskOffer(BaseModel):
     """A task this device may run (an item of ``rpc_exec_client_requesting_task``).
 
@@ -87,6 +98,7 @@ class TaskOffer(BaseModel):
     run: int | None = None  # the task's current run
     limits: dict[str, int | float] = Field(default_factory=dict)  # checked when run
     kind: TaskKindName = "script"
+    flower: FlowerOffer | None = None  # a flower-app's (agata/flower/supernode.py)
     username: str | None = None
     password: str | None = None
 

@@ -248,6 +248,7 @@ LIST_OPERATOR_TOKENS = "rpc_exec_list_operator_tokens"
 REVOKE_OPERATOR_TOKEN = "rpc_exec_revoke_operator_token"
 LIST_ENROLLMENT_TOKENS = "rpc_exec_list_enrollment_tokens"
 REVOKE_ENROLLMENT_TOKEN = "rpc_exec_revoke_enrollment_token"
+REGISTER_FLOWER_NODE = "rpc_exec_register_flower_node"
 
 
 class ClientRequestingTask(Request):
@@ -298,8 +299,36 @@ class QueryDevices(Request):
     q: FilterText = ""
 
 
+class RegisterFlowerNode(Request):
+    """A selected device asks to join a flower-app run: the cloud registers its
+    SuperNode's public key (OpenSSH text) on the run's SuperLink. Replies
+    ``{"node_auth": bool, "node_id": str | null, "flower_version": str}``; 403 when the
+    device does not match the task, 409 when the task is not a running flower-app."""
+
+    user_id: OwnDeviceId
+    task_id: TaskId
+    public_key: Annotated[str, StringConstraints(min_length=1, max_length=2048), NoNul()]
+
+
+#: A device's report carries at most this many output lines of this many characters.
+MAX_REPORTED_LINES = 200
+MAX_REPORTED_LINE_CHARS = 1000
+
+
+class ReportedLine(Request):
+    """A line of a device's client side output, sent with a ``failed`` report."""
+
+    stream: Annotated[str, StringConstraints(pattern=r"^(stdout|stderr|supervisor|print)$")]
+    text: Annotated[str, StringConstraints(max_length=MAX_REPORTED_LINE_CHARS), NoNul()]
+
+
 class ReportDeviceTask(Request):
-    """A device tells the cloud what happened to one of its tasks."""
+    """A device tells the cloud what happened to one of its tasks.
+
+    ``log_lines`` (the last lines of a failed client side's output, at most
+    :data:`MAX_REPORTED_LINES`) and ``quarantined_until`` (epoch seconds: when a
+    ``quarantined`` status ends) are optional: devices of the original system send
+    neither."""
 
     user_id: OwnDeviceId
     task_id: TaskId
@@ -315,6 +344,8 @@ class ReportDeviceTask(Request):
     #: The run the report is about (the offer's ``run``); absent: the task's current run.
     #: A report about an older run than the current one is recorded in that run only.
     run: RunNumber | None = None
+    log_lines: list[ReportedLine] | None = Field(default=None, max_length=MAX_REPORTED_LINES)
+    quarantined_until: float | None = Field(default=None, ge=0, le=1e11, allow_inf_nan=False)
 
 
 class ClearQuarantine(Request):
@@ -380,4 +411,5 @@ OPERATION_MODELS: dict[str, type[Request]] = {
     REVOKE_OPERATOR_TOKEN: TokenRef,
     LIST_ENROLLMENT_TOKENS: Empty,
     REVOKE_ENROLLMENT_TOKEN: TokenRef,
+    REGISTER_FLOWER_NODE: RegisterFlowerNode,
 }

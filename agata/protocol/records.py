@@ -88,6 +88,9 @@ class DeviceTaskPublic(Record):
     status: DeviceTaskStatusName
     reason: str
     updated_at: str = Field(description="ISO 8601 time of the report")
+    quarantined_until: str | None = Field(
+        None, description="ISO 8601 time a quarantine ends, as the device said (null: unknown)"
+    )
 
 
 class DevicePublic(Record):

@@ -25,6 +25,7 @@ __all__ = [
     "EnrollmentTokenCreated",
     "EnrollmentTokenPublic",
     "EventPublic",
+    "FlowerNodeRegistered",
     "Health",
     "LogLinePublic",
     "MetricPublic",
@@ -186,6 +187,14 @@ class EnrollmentTokenPublic(Record):
     revoked: bool
 
 
+class FlowerNodeRegistered(Record):
+    """A SuperNode key taken for a flower-app run (``rpc_exec_register_flower_node``)."""
+
+    node_auth: bool = Field(description="whether the run lets only registered keys in")
+    node_id: str | None = Field(description="Flower's node id for the key (None: no auth)")
+    flower_version: str = Field(description="the flwr the run's SuperLink runs")
+
+
 class Health(Record):
     status: Literal["ok"]
     version: str
@@ -227,4 +236,5 @@ OPERATION_REPLIES: dict[str, Any] = {
     ops.REVOKE_ENROLLMENT_TOKEN: TokenRevoked,
     ops.LIST_RUNS: list[RunRecord],
     ops.GET_RUN: RunRecord,
+    ops.REGISTER_FLOWER_NODE: FlowerNodeRegistered,
 }

@@ -94,13 +94,6 @@ class TaskSandbox:
     def limits_for(self, task: Limits | None) -> Limits:
         return self.limits.merged(task or Limits())
 
-    def work_for(self, side: str, task_id: str, work: Path) -> Path:
-        """The work folder :meth:`place` gives a side whose default work folder is
-        ``work``."""
-        if self.containment.task_user is None:
-            return work
-        return self.task_dir / side / f"task_{task_id}" / "work"
-
     def place(self, side: str, task_id: str, bundle: Path, work: Path) -> tuple[Path, Path]:
         """The bundle folder and work folder a side runs with: with a task user, a copy
         of ``bundle`` and a work folder it owns under the task dir; else ``bundle`` and

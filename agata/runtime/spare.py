@@ -1,9 +1,9 @@
 """A spare start: a shell parked in a fresh run cgroup, ready to become the next task.
 
 Joining a cgroup is the slow part of a contained start on cgroup v1: the child's
-``echo $$ > cgroup.procs`` and its first exec there cost 15-25 ms on the machines this
-was measured on (docs/benchmarks.md, "Dispatch and failover"), as much as the
-interpreter start itself. A launcher made with ``spare=True`` pays it ahead of time:
+``echo $$ > cgroup.procs`` and its first exec there cost as much as the interpreter
+start itself (docs/benchmarks.md, "Dispatch and failover: where the time goes", has the
+figures). A launcher made with ``spare=True`` pays it ahead of time:
 it keeps one ``/bin/sh`` that has already joined the cgroups of a new run and waits on
 its stdin. A start hands that shell one line::
 

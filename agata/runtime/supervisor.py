@@ -19,8 +19,11 @@ States (one :meth:`TaskProcess._transition` method changes them)::
 - ``error``: STOPPING at once (SIGTERM, SIGKILL after ``grace``). Ends FAILED with the
   exception text as reason.
 - The process exits without having reported "Finished": FAILED, reason ``exited with
-  code N without reporting Finished`` or ``killed by signal SIGKILL`` (a trigger script,
-  ``require_finished=False``, ends FINISHED on exit code 0).
+  code N: <the last line it wrote to stderr>`` (usually the exception, e.g. ``exited with
+  code 1: ModuleNotFoundError: No module named 'x'``), ``exited with code N without
+  reporting Finished`` when it wrote nothing to stderr, or ``killed by signal SIGKILL``
+  (``: <line>`` too); a trigger script, ``require_finished=False``, ends FINISHED on exit
+  code 0.
 - :meth:`TaskProcess.stop` by the owner: STOPPING, and the distinct terminal state
   STOPPED — the owner's decision is neither the task's success nor its failure.
 - A limit (:class:`~agata.runtime.limits.Limits`): past ``wall_seconds`` the process is
@@ -128,6 +131,24 @@ def _exit_reason(code: int) -> str:
     return f"exited with code {code} without reporting Finished"
 
 
+#: ANSI escape sequences (Flower colours its stderr even when it is not a terminal).
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+#: The last stderr line appended to an exit's reason is cut to this many characters.
+LAST_LINE_CHARS = 500
+
+
+def exit_reason(code: int, tail: Sequence[OutputLine | Print]) -> str:
+    """Why a process that exited with ``code`` without "Finished" failed: the exit, and
+    the last non-blank line it wrote to stderr (of ``tail``), which says why better."""
+    for line in reversed(tail):
+        if isinstance(line, OutputLine) and line.stream is Stream.STDERR:
+            text = _ANSI.sub("", line.text).strip()
+            if text:
+                exit_text = f"exited with code {code}" if code >= 0 else _exit_reason(code)
+                return f"{exit_text}: {text[:LAST_LINE_CHARS]}"
+    return _exit_reason(code)
+
+
 class TaskProcess:
     """One supervised task process: ``python <script> [arguments...]`` in ``bundle_dir``.
 
@@ -156,6 +177,10 @@ class TaskProcess:
         trigger_timeout: a trigger script running longer is stopped.
         max_triggers: trigger scripts allowed to run at once (0: triggers refused).
         name: for logs; ``<bundle dir name>/<script>`` by default.
+        program: a Python program outside the bundle to run instead of ``script`` (an
+            installed console script such as ``flower-supernode``; an absolute path).
+            ``script`` then only names the process; ``bundle_dir`` stays the working
+            directory.
     """
 
     def __init__(
@@ -177,7 +202,13 @@ class TaskProcess:
         max_triggers: int = 4,
         name: str | None = None,
         limits: Limits | None = None,
+        program: str | Path | None = None,
     ) -> None:
+        if program is not None and not Path(program).is_absolute():
+            raise AgataError(
+                ErrorCode.INVALID_ARGUMENT, f"program must be an absolute path, got {program!r}"
+            )
+        self._program = Path(program) if program is not None else None
         if Path(script).name != script or not script.endswith(".py"):
             raise AgataError(
                 ErrorCode.INVALID_ARGUMENT, f"script must be a .py file name, got {script!r}"
@@ -288,12 +319,15 @@ class TaskProcess:
         if self._spawning or self._handle is not None or self._state is not ProcessState.STARTING:
             raise AgataError(ErrorCode.CONFLICT, f"{self.name} was already started")
         self._spawning = True
-        script = self.bundle_dir / self.script
+        script = self._program or self.bundle_dir / self.script
         if not script.is_file():
-            message = f"no {self.script} in {self.bundle_dir}"
+            if self._program is not None:
+                message = f"{script} is not installed"
+            else:
+                message = f"no {self.script} in {self.bundle_dir}"
             self._transition(_Event.SPAWN_FAILED, message)
             raise AgataError(ErrorCode.NOT_FOUND, message)
-        argv = [self._python, self.script, *self.arguments]
+        argv = [self._python, str(self._program or self.script), *self.arguments]
         env = task_environment(self._env)
         launch_limits = None if self.limits.empty else self.limits
         try:
@@ -393,7 +427,7 @@ class TaskProcess:
                 elif code == 0 and not self._require_finished:
                     self._end(ProcessState.FINISHED, "exited with code 0", event)
                 else:
-                    self._end(ProcessState.FAILED, _exit_reason(code), event)
+                    self._end(ProcessState.FAILED, exit_reason(code, self._tail), event)
             else:
                 raise AgataError(ErrorCode.INTERNAL, f"{event.value} while {state}")
         elif state is ProcessState.STOPPING:

@@ -24,7 +24,7 @@ good (another 4xx) or still failing at its last attempt is an *error*: that repo
 lost. Nothing is retried without being counted.
 
 A busy cloud's refusal (503 or 429 with ``Retry-After``) is not a failure: like the
-agent, the device waits as asked, plus jitter (:meth:`~agata.edge.backoff.Backoff.after`),
+agent, the device waits as asked, plus jitter (:meth:`~agata.retry.Backoff.after`),
 and sends the same request again until it is accepted (at most
 :data:`BUSY_PATIENCE` seconds, then it is a failure ``http_503``/``http_429``). Such
 refusals are counted in :attr:`DeviceApi.shed`, per operation; the request's latency
@@ -46,14 +46,15 @@ from urllib.parse import quote
 import httpx
 from pydantic import ValidationError
 
-from agata.edge.backoff import Backoff
 from agata.edge.cloud_client import ENROLL_PATH, retry_after
+from agata.errors import AgataError
 from agata.protocol.offers import TaskOffer
 from agata.protocol.operations import (
     CLIENT_REQUESTING_TASK,
     REPORT_DEVICE_TASK,
     UPDATE_USER_INFO,
 )
+from agata.retry import Backoff, is_transient
 from agata.simulate.stats import FleetStats
 
 __all__ = [
@@ -83,10 +84,10 @@ REPORT_BACKOFF = (0.5, 30.0)
 
 def sent_again_by_agent(kind: str) -> bool:
     """Whether the agent's report sender tries again after a failure of ``kind``
-    (``agata.edge.cloud_client.is_transient``: unreachable, timed out, 5xx, 429, garbage)."""
+    (``agata.retry.is_transient``: unreachable, timed out, 5xx, 429, garbage)."""
     if kind.startswith("http_"):
         status = int(kind[5:]) if kind[5:].isdigit() else 0
-        return status >= 500 or status == 429
+        return status >= 100 and is_transient(AgataError(status, kind))
     return kind not in ("bundle_mismatch", "no_enrollment_token")
 
 

@@ -5,6 +5,8 @@ PostgreSQL) and ``store_factory.create_store(url)`` picks and opens one. See
 ``docs/store.md``.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from agata.store.store import (
     BundleFile,
     Device,
@@ -21,7 +23,6 @@ from agata.store.store import (
     Task,
     TaskState,
 )
-from agata.store.store_factory import create_store
 
 __all__ = [
     "BundleFile",
@@ -40,3 +41,18 @@ __all__ = [
     "TaskState",
     "create_store",
 ]
+
+
+if TYPE_CHECKING:
+    from agata.store.store_factory import create_store
+
+
+def __getattr__(name: str) -> Any:
+    """``create_store`` is imported on first use: it needs SQLAlchemy (the ``cloud``
+    extra), while the contract above and ``store_schemes`` (read by the settings of
+    every side) must import without it."""
+    if name == "create_store":
+        from agata.store.store_factory import create_store
+
+        return create_store
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -124,6 +124,7 @@ class AsyncStore:
     list_device_tasks = _read(Store.list_device_tasks)
     list_task_devices = _read(Store.list_task_devices)
     device_task_states = _read(Store.device_task_states)
+    list_device_failures = _read(Store.list_device_failures)
     clear_quarantine = _write(Store.clear_quarantine)
 
     # -- events, metrics, logs -----------------------------------------------------------

@@ -31,8 +31,8 @@ from sqlalchemy import (
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
 
-SCHEMA_VERSION = 6  # 2: tasks.limits; 3: password hash; 4: device queries; 5: tasks.kind;
-# 6: runs
+SCHEMA_VERSION = 7  # 2: tasks.limits; 3: password hash; 4: device queries; 5: tasks.kind;
+# 6: runs; 7: device_tasks.quarantined_until
 
 _ID = 255
 
@@ -227,6 +227,7 @@ device_tasks = Table(
     Column("status", String(16), nullable=False),
     Column("reason", Text, nullable=False),
     Column("updated_at", UtcDateTime, nullable=False),
+    Column("quarantined_until", UtcDateTime, nullable=True),  # since version 6
     Index("ix_device_tasks_task", "task_id"),
     Index("ix_device_tasks_status", "status", "user_id"),  # since version 3
 )

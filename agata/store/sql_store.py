@@ -222,6 +222,7 @@ class SqlStore(SqlRunStore, Store):
             3: _add_device_queries,
             4: _add_task_kind,
             5: add_runs,
+            6: _add_quarantine_expiry,
         }
         for version in range(stored, schema.SCHEMA_VERSION):
             step = steps.get(version)
@@ -695,6 +696,7 @@ class SqlStore(SqlRunStore, Store):
             status=DeviceTaskStatus(r.status),
             reason=r.reason,
             updated_at=iso(r.updated_at),
+            quarantined_until=iso(r.quarantined_until) if r.quarantined_until else None,
         )
 
     def set_device_task_status(
@@ -705,16 +707,22 @@ class SqlStore(SqlRunStore, Store):
         reason: str = "",
         *,
         run: int | None = None,
+        quarantined_until: float | None = None,
     ) -> DeviceTaskState:
         parsed = validation.device_status(status)
         reason = validation.text("reason", reason)
         now = _now()
+        until = None
+        if parsed is DeviceTaskStatus.QUARANTINED and quarantined_until is not None:
+            seconds = validation.number("quarantined_until", quarantined_until)
+            until = datetime.fromtimestamp(seconds, UTC)
         values: dict[str, Any] = {
             "user_id": user_id,
             "task_id": task_id,
             "status": parsed.value,
             "reason": reason,
             "updated_at": now,
+            "quarantined_until": until,
         }
         if run is not None:
             run = run_number("run", run)
@@ -770,9 +778,23 @@ class SqlStore(SqlRunStore, Store):
                 states[r.user_id].append(self._device_task(r))
         return dict(states)
 
-    def clear_quarantine(self, user_id: str, task_id: str | None = None) -> int:
+    def list_device_failures(self, limit: int = 10) -> list[DeviceTaskState]:
         dt = schema.device_tasks
-        where = [dt.c.user_id == user_id, dt.c.status == DeviceTaskStatus.QUARANTINED.value]
+        failing = (DeviceTaskStatus.FAILED.value, DeviceTaskStatus.QUARANTINED.value)
+        with self._tx("list_device_failures") as conn:
+            rows = conn.execute(
+                select(dt)
+                .where(dt.c.status.in_(failing))
+                .order_by(dt.c.updated_at.desc(), dt.c.user_id, dt.c.task_id)
+                .limit(max(limit, 0))
+            )
+            return [self._device_task(r) for r in rows]
+
+    def clear_quarantine(self, user_id: str | None, task_id: str | None = None) -> int:
+        dt = schema.device_tasks
+        where = [dt.c.status == DeviceTaskStatus.QUARANTINED.value]
+        if user_id is not None:
+            where.append(dt.c.user_id == user_id)
         if task_id is not None:
             where.append(dt.c.task_id == task_id)
         with self._tx("clear_quarantine", write=True) as conn:
@@ -1230,3 +1252,12 @@ def _add_task_kind(conn: Connection) -> None:
         conn.execute(
             sql_text("ALTER TABLE tasks ADD COLUMN kind VARCHAR(16) NOT NULL DEFAULT 'script'")
         )
+
+
+def _add_quarantine_expiry(conn: Connection) -> None:
+    """Schema 6 -> 7: a device's quarantine of a task gets its expiry (unknown for the
+    quarantines recorded before). (A table ``create_all`` made at this version already
+    has the column.)"""
+    if "quarantined_until" not in {c["name"] for c in inspect(conn).get_columns("device_tasks")}:
+        kind = schema.device_tasks.c.quarantined_until.type.compile(dialect=conn.dialect)
+        conn.execute(sql_text(f"ALTER TABLE device_tasks ADD COLUMN quarantined_until {kind}"))

@@ -170,13 +170,15 @@ class Device:
 
 @dataclass(frozen=True)
 class DeviceTaskState:
-    """The last status a device reported for a task."""
+    """The last status a device reported for a task; ``quarantined_until`` (ISO time)
+    is when a ``QUARANTINED`` status ends, as the device said (None: not said)."""
 
     user_id: str
     task_id: str
     status: DeviceTaskStatus
     reason: str
     updated_at: str
+    quarantined_until: str | None = None
 
 
 @dataclass(frozen=True)
@@ -435,12 +437,15 @@ class Store(RunStore):
         reason: str = "",
         *,
         run: int | None = None,
+        quarantined_until: float | None = None,
     ) -> DeviceTaskState:
         """Record a device's status for a task and its part in the run ``run`` (``None``:
         the task's current run; a task that never ran: no part recorded); a first
         ``running`` for a run is its joining (``RunDevice.joined_at``). A ``run`` that is
         older than the current one records its part only: the device's status for the
-        task is the current run's. ``NOT_FOUND`` if either id (or the run) is unknown."""
+        task is the current run's. ``NOT_FOUND`` if either id (or the run) is unknown.
+        ``quarantined_until`` (epoch seconds) is kept with a ``QUARANTINED`` status only;
+        any other status clears it."""
 
     @abc.abstractmethod
     def list_device_tasks(self, user_id: str) -> list[DeviceTaskState]:
@@ -459,8 +464,14 @@ class Store(RunStore):
         per device."""
 
     @abc.abstractmethod
-    def clear_quarantine(self, user_id: str, task_id: str | None = None) -> int:
-        """Forget the quarantine of a device (for one task or all); returns how many."""
+    def list_device_failures(self, limit: int = 10) -> list[DeviceTaskState]:
+        """The ``limit`` newest device states that are ``FAILED`` or ``QUARANTINED``
+        (of any device and task), newest first."""
+
+    @abc.abstractmethod
+    def clear_quarantine(self, user_id: str | None, task_id: str | None = None) -> int:
+        """Forget the quarantine of a device (``None``: of every device) for one task or
+        all; returns how many."""
 
     # -- events, metrics, logs -----------------------------------------------------------
 

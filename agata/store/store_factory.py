@@ -32,6 +32,7 @@ from agata.errors import invalid
 from agata.store.async_store import DEFAULT_READ_WORKERS, DEFAULT_WRITE_WORKERS
 from agata.store.sql_store import DEFAULT_LOG_CAP, WRITE_OPTION, SqlStore
 from agata.store.store import Store
+from agata.store.store_schemes import DB_SCHEMES
 
 __all__ = ["DEFAULT_BUSY_TIMEOUT", "SCHEMES", "create_store"]
 
@@ -110,14 +111,14 @@ def _postgresql_engine(url: URL, busy_timeout: float, echo: bool) -> Engine:
     )
 
 
-SCHEMES: dict[str, Callable[[URL, float, bool], Engine]] = {
+_BUILDERS: dict[str, Callable[[URL, float, bool], Engine]] = {
     "sqlite": _sqlite_engine,
-    "sqlite+pysqlite": _sqlite_engine,
     "postgresql": _postgresql_engine,
-    "postgres": _postgresql_engine,
-    "postgresql+psycopg": _postgresql_engine,
 }
-"""URL scheme → engine builder."""
+SCHEMES: dict[str, Callable[[URL, float, bool], Engine]] = {
+    scheme: _BUILDERS[backend] for scheme, backend in DB_SCHEMES.items()
+}
+"""URL scheme → engine builder (the schemes are :data:`~agata.store.store_schemes.DB_SCHEMES`)."""
 
 
 def create_store(

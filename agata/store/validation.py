@@ -92,10 +92,6 @@ def number(name: str, value: object) -> float:
     return result
 
 
-def optional_number(name: str, value: object) -> float | None:
-    return None if value is None else number(name, value)
-
-
 def json_object(name: str, value: Mapping[str, Any] | None) -> dict[str, Any]:
     """A JSON-serializable dict (string keys, no NaN); ``None`` becomes ``{}``."""
     if value is None:

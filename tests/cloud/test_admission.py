@@ -16,10 +16,10 @@ from cloud_harness import Cloud, running_cloud
 
 from agata.cloud.gateway.admission import Admissions
 from agata.cloud.services.task_manager import TaskManager
-from agata.edge.backoff import Backoff
 from agata.edge.cloud_client import CloudClient
 from agata.edge.device_info import DeviceInfo
 from agata.protocol import operations as ops
+from agata.retry import Backoff
 from agata.simulate.device import DeviceApi, DeviceConfig, SimulatedDevice, device_attributes
 from agata.simulate.stats import FleetStats
 

@@ -15,12 +15,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agata.cloud.bundles.bundle_store import (
-    BundleFile,
-    BundleStore,
-    validate_file_name,
-    validate_task_id,
-)
+from agata.cloud.bundles.bundle_digests import BundleFile
+from agata.cloud.bundles.bundle_rules import validate_file_name, validate_task_id
+from agata.cloud.bundles.bundle_store import BundleStore
 from agata.errors import AgataError, ErrorCode
 
 KIB = 1024
@@ -195,7 +192,6 @@ def test_write_then_list_gives_sizes_and_sha256(store: BundleStore) -> None:
     assert written == expected
     assert store.list_files("t1") == sorted(expected, key=lambda f: f.name)
     assert (store.task_dir("t1") / "server.py").read_bytes() == server
-    assert store.has_entrypoints("t1") == (True, True)
     assert not any((store.root / ".staging").iterdir())
 
 
@@ -210,7 +206,6 @@ def test_listing_recomputes_the_digest_when_a_file_changes(store: BundleStore) -
 
 def test_a_task_without_bundle_is_empty(store: BundleStore) -> None:
     assert store.list_files("none") == []
-    assert store.has_entrypoints("none") == (False, False)
     assert zipfile.ZipFile(io.BytesIO(store.archive("none"))).namelist() == []
     assert store.delete("none") is False
     with raises(ErrorCode.NOT_FOUND):
@@ -329,7 +324,6 @@ def test_a_symlink_in_the_bundle_is_not_followed(store: BundleStore, tmp_path: P
     assert link.is_symlink()
     assert not (store.task_dir("t1") / "other.py").exists()
     assert [f.name for f in store.list_files("t1")] == ["client.py"]
-    assert store.has_entrypoints("t1") == (False, True)
     assert zipfile.ZipFile(io.BytesIO(store.archive("t1"))).namelist() == ["client.py"]
 
 

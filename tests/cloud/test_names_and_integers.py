@@ -15,7 +15,7 @@ from cloud_harness import Cloud, create_bundle_task, running_cloud
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agata.cloud.bundles.bundle_store import validate_file_name as cloud_check
+from agata.cloud.bundles.bundle_rules import validate_file_name as cloud_check
 from agata.edge.bundle_cache import check_file_name as agent_check
 from agata.errors import AgataError
 

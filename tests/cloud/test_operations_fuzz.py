@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from agata.bus import create_bus
 from agata.bus.service import Service
+from agata.cloud.bundles.bundle_store import BundleStore
 from agata.cloud.services.device_registry import DeviceRegistry
 from agata.cloud.services.task_manager import TaskManager
 from agata.store.store_factory import create_store
@@ -53,7 +54,7 @@ class Harness:
         self.store = create_store(f"sqlite:///{self.folder / 'fuzz.db'}")
         self.bus = create_bus("memory://")
         self.manager = TaskManager(
-            self.bus, self.store, self.folder / "tasks", self.folder / "work"
+            self.bus, self.store, BundleStore(self.folder / "tasks"), self.folder / "work"
         )
         self.registry = DeviceRegistry(self.bus, self.store)
 

@@ -11,11 +11,13 @@ from typing import Any
 
 import jsonschema_rs
 from cloud_harness import Cloud, create_bundle_task, running_cloud
+from flower_harness import app_files, free_port
 from pydantic import TypeAdapter
 
 from agata.bus.rpc import RpcClient
 from agata.cloud.credentials.tokens import OPERATOR_PREFIX, hash_token, new_token
 from agata.cloud.gateway.app import INTERNAL_OPERATIONS
+from agata.flower.node_keys import make_node_key
 from agata.protocol import operations as ops
 from agata.protocol.replies import OPERATION_REPLIES
 
@@ -55,7 +57,7 @@ async def call(cloud: Cloud, replies: dict[str, Any], name: str, body: dict[str,
     return replies[name]
 
 
-async def all_replies(cloud: Cloud) -> dict[str, Any]:
+async def all_replies(cloud: Cloud, tmp_path: Path) -> dict[str, Any]:
     """A real reply of every operation callable over HTTP, in an order that gives each
     something to say."""
     replies: dict[str, Any] = {}
@@ -78,6 +80,17 @@ async def all_replies(cloud: Cloud) -> dict[str, Any]:
     await run(ops.UPDATE_USER_INFO, {"user_id": "pi-1", "extra": {"room": "lab", "n": 2}})
     offers = await run(ops.CLIENT_REQUESTING_TASK, {"user_id": "pi-1"})
     assert [o["ID"] for o in offers] == ["t1"]
+    # A flower-app run (its SuperLink spawned, stopped at once) takes a device's node key.
+    app = {"task_id": "app", "kind": "flower-app", "host": "127.0.0.1", "port": free_port()}
+    assert (await op(ops.CREATE_TASK, app)).status_code == 200
+    files = [("files", (n, d)) for n, d in app_files().items()]
+    uploaded = await cloud.http.post("/api/tasks/app/files", files=files, headers=cloud.auth)
+    assert uploaded.status_code == 200, uploaded.text
+    await run(ops.START_TASK, {"task_id": "app"})
+    _, public_key = make_node_key(tmp_path)
+    key = {"user_id": "pi-1", "task_id": "app", "public_key": public_key}
+    assert (await run(ops.REGISTER_FLOWER_NODE, key))["node_auth"] is False
+    await run(ops.STOP_TASK, {"task_id": "app"})
     report = {"user_id": "pi-1", "task_id": "t1", "status": "running"}
     await run(ops.REPORT_DEVICE_TASK, {**report, "round": 1, "metrics": {"acc": 0.5}})
     for _ in range(500):  # the server side's own metrics of round 1
@@ -122,7 +135,7 @@ async def all_replies(cloud: Cloud) -> dict[str, Any]:
 async def test_every_reply_is_described_and_real_replies_hold_to_it(tmp_path: Path) -> None:
     async with running_cloud(tmp_path) as cloud:
         document = (await cloud.http.get("/openapi.json")).json()
-        replies = await all_replies(cloud)
+        replies = await all_replies(cloud, tmp_path)
         health = (await cloud.http.get("/healthz")).json()
         files = (await cloud.http.get("/api/tasks/t1/files", headers=cloud.auth)).json()
         internal = {

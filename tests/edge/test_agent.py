@@ -132,8 +132,11 @@ async def test_failover_quarantines_the_failing_task_and_switches_at_once(
         # Execute: the agent starts E, which fails
         await eventually(lambda: running_ids(agent) == ["b-good"], what="switched to C")
 
-        # Assert
-        [failed] = device.events.find("task failed", "end", task_id="a-error")
+        # Assert: the failure is told once judged against the run (which goes on)
+        [failed] = await eventually(
+            lambda: device.events.find("task failed", "end", task_id="a-error"),
+            what="E judged a failure",
+        )
         assert "broken on purpose" in failed["reason"]
         [switch_start] = device.events.find("switch task", "start", task_id="a-error")
         [switch_end] = device.events.find("switch task", "end", task_id="b-good")

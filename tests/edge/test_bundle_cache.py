@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from helpers import free_port
 
-from agata.edge.backoff import Backoff
 from agata.edge.bundle_cache import MANIFEST, BundleCache
-from agata.edge.cloud_client import CloudClient, TaskOffer, is_transient
+from agata.edge.cloud_client import CloudClient, TaskOffer
 from agata.errors import AgataError, ErrorCode
+from agata.retry import Backoff, is_transient
 from edge.fileserver import FileServer, file_server
 
 CLIENT = b"print('client')\n"

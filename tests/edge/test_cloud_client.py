@@ -11,11 +11,11 @@ import httpx
 import pytest
 from helpers import free_port
 
-from agata.edge.backoff import Backoff
 from agata.edge.cloud_client import CloudClient
 from agata.edge.device_info import DeviceInfo
 from agata.edge.push import parse_sse
 from agata.errors import AgataError, ErrorCode
+from agata.retry import Backoff
 from edge.fileserver import FileServer, file_server
 
 REQUEST = "/rpc_exec_client_requesting_task"

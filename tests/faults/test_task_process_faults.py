@@ -149,7 +149,7 @@ async def test_a_server_side_that_exits_at_once_fails_with_the_reason(tmp_path: 
         logs = await cloud.ok("rpc_exec_get_task_logs", {"task_id": "quick"})
 
     assert task["state"] == "failed"
-    assert "exited with code 3 without reporting Finished" in task["state_reason"]
+    assert task["state_reason"] == "exited with code 3: cannot even start"
     assert again.status_code == 200  # not left marked running
     assert any("cannot even start" in line["text"] for line in logs)
 

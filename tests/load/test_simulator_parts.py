@@ -18,7 +18,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from agata.cli.simulate_cmd import register
+from agata.cli.bench_cmd import bench_app
+from agata.cli.simulate_cmd import simulate
 from agata.errors import AgataError
 from agata.simulate.device import DeviceApi, DeviceConfig, SimulatedDevice, fleet_attributes
 from agata.simulate.fleet import FleetTask, expected_tasks, task_criteria
@@ -133,9 +134,8 @@ async def test_pool_drops_expired_connections() -> None:
 
 def _app() -> typer.Typer:
     app = typer.Typer()
-    bench = typer.Typer()
-    app.add_typer(bench, name="bench")
-    register(app, bench)
+    app.add_typer(bench_app, name="bench")
+    app.command("simulate")(simulate)
     return app
 
 

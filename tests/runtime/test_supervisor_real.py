@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from agata.errors import AgataError, ErrorCode
 from agata.runtime.messages import Info, Model, OutputLine, Print, Stream, TaskMessage, Trigger
 from agata.runtime.supervisor import ProcessState, TaskOutcome, TaskProcess
 
@@ -131,6 +132,31 @@ async def test_exit_code_without_finished(tmp_path: Path) -> None:
     assert outcome == TaskOutcome(
         ProcessState.FAILED, "exited with code 3 without reporting Finished", 3
     )
+
+
+async def test_an_exit_without_finished_names_its_last_stderr_line(tmp_path: Path) -> None:
+    # Prepare: a side whose import fails; another that colours its last stderr line
+    write_task(tmp_path, "import no_such_module_x\n")
+    coloured = tmp_path / "coloured"
+    coloured.mkdir()
+    write_task(
+        coloured, "sys.stderr.write('\\x1b[31mERROR\\x1b[0m: server gone\\n\\n')\nsys.exit(2)\n"
+    )
+
+    # Execute
+    outcomes = []
+    for bundle in (tmp_path, coloured):
+        task = task_for(bundle, Collector())
+        await task.start()
+        outcomes.append(await asyncio.wait_for(task.wait(), timeout=10))
+
+    # Assert: the exit and the exception, without colours or blank lines
+    assert outcomes[0] == TaskOutcome(
+        ProcessState.FAILED,
+        "exited with code 1: ModuleNotFoundError: No module named 'no_such_module_x'",
+        1,
+    )
+    assert outcomes[1].reason == "exited with code 2: ERROR: server gone"
 
 
 async def test_a_python_exception_leaves_its_traceback_in_the_tail(tmp_path: Path) -> None:
@@ -387,3 +413,39 @@ async def test_a_grandchild_escaping_the_group_does_not_hang_supervision(
         assert outcome == TaskOutcome(ProcessState.FINISHED, "reported Finished", 0)
     finally:
         os.kill(escaped, signal.SIGKILL)
+
+
+async def test_a_program_outside_the_bundle_runs_in_the_bundle_folder(tmp_path: Path) -> None:
+    """``program``: an installed script (Flower's ``flower-supernode``) instead of a
+    bundle's ``.py``; the bundle folder stays the working directory."""
+    program = tmp_path / "bin" / "installed-tool"
+    program.parent.mkdir()
+    program.write_text("import os, sys\nprint(os.getcwd(), *sys.argv[1:], flush=True)\n")
+    work = tmp_path / "work"
+    work.mkdir()
+    seen: list[str] = []
+
+    async def on_message(message: object) -> None:
+        seen.append(getattr(message, "text", ""))
+
+    process = TaskProcess(
+        work, "tool.py", ["--flag"], program=program, on_message=on_message,
+        require_finished=False,
+    )  # fmt: skip
+    await process.start()
+    outcome = await process.wait()
+
+    assert outcome.state is ProcessState.FINISHED
+    assert seen == [f"{work} --flag"]
+
+
+async def test_a_missing_or_relative_program_is_refused_with_the_reason(tmp_path: Path) -> None:
+    with pytest.raises(AgataError) as relative:
+        TaskProcess(tmp_path, "tool.py", program="bin/tool")
+    process = TaskProcess(tmp_path, "tool.py", program=tmp_path / "absent")
+    with pytest.raises(AgataError) as missing:
+        await process.start()
+
+    assert "absolute path" in relative.value.message
+    assert missing.value.code is ErrorCode.NOT_FOUND
+    assert "is not installed" in missing.value.message

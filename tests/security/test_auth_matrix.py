@@ -96,6 +96,8 @@ BODIES: dict[str, dict[str, Any]] = {
     "rpc_exec_revoke_operator_token": {"token_id": "absent"},  # 404 once allowed
     "rpc_exec_list_enrollment_tokens": {},
     "rpc_exec_revoke_enrollment_token": {"token_id": "absent"},  # 404 once allowed
+    "rpc_exec_list_runs": {"task_id": "t-match"},
+    "rpc_exec_get_run": {"task_id": "t-match", "run": 1},  # 404 once allowed (never ran)
 }
 WRONG_TOKENS = {
     "unknown operator-like": new_token(OPERATOR_PREFIX),
@@ -128,6 +130,7 @@ def call(
     """Call one route with a valid request (a stream: only its status is read)."""
     url = path.replace("{task_id}", task_id).replace("{user_id}", user)
     url = url.replace("{name}", WHEEL if path.startswith("/wheelhouse/") else "client.py")
+    url = url.replace("{run}", "1")
     kwargs: dict[str, Any] = {"headers": headers, "params": params}
     if path == "/api/tasks/{task_id}/files" and method == "POST":
         url = url.replace(task_id, "t-idle")

@@ -51,6 +51,8 @@ SEMANTIC_REFUSALS = re.compile(
     r"|q: .*"
     # a task started before its bundle was uploaded (a state, arguably 409)
     r"|task \S+ has no server\.py and no client\.py in its bundle; .*"
+    # events of a run without the task it is a run of (a rule across two fields)
+    r"|run: give the task_id of the run too"
     # a listed file name outside the bundle name rule (Unicode categories, NFKC
     # lookalikes, hidden names: agata/protocol/bundle_names.py; checked on the listing
     # since BundleFile is the one shape of a listed file, so the reason is under "files")

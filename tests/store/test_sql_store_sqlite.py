@@ -185,6 +185,30 @@ def test_a_version_4_database_gains_task_kinds_and_its_tasks_are_scripts(db_path
     assert create_store(f"sqlite:///{db_path}").get_task("t1").kind is TaskKind.FLOWER_APP
 
 
+def test_a_version_6_database_gains_quarantine_expiries(db_path: Path) -> None:
+    # Prepare: a database as version 6 left it (no device_tasks.quarantined_until)
+    store = create_store(f"sqlite:///{db_path}")
+    store.create_task(_task())
+    store.upsert_device("d1")
+    store.set_device_task_status("d1", "t1", "quarantined", "old")
+    store.close()
+    raw = sqlite3.connect(db_path)
+    raw.execute("ALTER TABLE device_tasks DROP COLUMN quarantined_until")
+    raw.execute("UPDATE schema_version SET version = 6")
+    raw.commit()
+    raw.close()
+
+    # Execute
+    store = create_store(f"sqlite:///{db_path}")
+
+    # Assert: the old quarantine is kept (expiry unknown); a new one keeps its expiry
+    [old] = store.list_device_tasks("d1")
+    assert (old.reason, old.quarantined_until) == ("old", None)
+    new = store.set_device_task_status("d1", "t1", "quarantined", quarantined_until=2e9)
+    assert new.quarantined_until is not None
+    store.close()
+
+
 def test_an_unknown_task_kind_is_refused_with_the_known_ones(db_path: Path) -> None:
     store = create_store(f"sqlite:///{db_path}")
     store.create_task(_task())

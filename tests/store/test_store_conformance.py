@@ -485,6 +485,34 @@ class TestStoreConformance:
         assert store.list_device_tasks("d1") == []
         assert len(store.list_device_tasks("d2")) == 1
 
+    def test_a_quarantine_keeps_its_expiry_and_a_task_clears_all_of_its_own(
+        self, store: Store
+    ) -> None:
+        store.create_task(new_task("t1"))
+        store.create_task(new_task("t2"))
+        for user_id in ("d1", "d2"):
+            store.upsert_device(user_id)
+        until = 1_900_000_000.5
+
+        kept = store.set_device_task_status(
+            "d1", "t1", "quarantined", "broken", quarantined_until=until
+        )
+        store.set_device_task_status("d2", "t1", "quarantined", "broken", quarantined_until=until)
+        store.set_device_task_status("d2", "t2", "quarantined")
+        ignored = store.set_device_task_status("d1", "t2", "failed", quarantined_until=until)
+
+        assert kept.quarantined_until is not None
+        assert datetime.fromisoformat(kept.quarantined_until).timestamp() == until
+        assert store.list_device_tasks("d1")[0] == kept
+        assert ignored.quarantined_until is None  # only a quarantine has an expiry
+        assert store.list_device_tasks("d2")[1].quarantined_until is None  # none said
+        assert store.clear_quarantine(None, "t1") == 2
+        assert [(s.user_id, s.task_id) for s in store.list_task_devices("t2")] == [
+            ("d1", "t2"),
+            ("d2", "t2"),
+        ]
+        assert store.list_task_devices("t1") == []
+
     def test_device_task_status_needs_both_ids(self, store: Store) -> None:
         store.create_task(new_task())
         store.upsert_device("d1")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -307,9 +308,26 @@ async def test_devices_page_shows_attributes_and_clears_a_quarantine(
     )
     await register_device(cloud, "jetson-2", data_qnt=900, sensors=["gpu"])
     await report(cloud, "pi-garden", "flaky", "running")
-    await report(cloud, "pi-garden", "flaky", "quarantined", reason="client.py exited 1: boom")
+    until = time.time() + 3600
+    await report(
+        cloud,
+        "pi-garden",
+        "flaky",
+        "quarantined",
+        reason="client.py exited 1: boom",
+        quarantined_until=until,
+    )
     await report(cloud, "pi-garden", "steady", "running")
-    await sign_in(page, cloud, "devices")
+    await sign_in(page, cloud)
+
+    # Assert: the overview's recent failures name the device's quarantine and its end
+    failure = page.locator('[data-failure-device="pi-garden"]')
+    await expect(failure).to_be_visible()
+    await expect(page.locator("#ov-failures ~ *")).to_contain_text("boom")
+    await expect(page.locator("#ov-failures ~ *")).to_contain_text(
+        re.compile(r"ends in (59|60) min")
+    )
+    await page.click('nav a[data-nav="devices"]')
 
     # Assert: attributes, sensors, current task and the quarantine with its reason
     row = page.locator('tr[data-device="pi-garden"]')
@@ -318,6 +336,9 @@ async def test_devices_page_shows_attributes_and_clears_a_quarantine(
     await expect(row).to_contain_text("os=raspbian")
     await expect(row).to_contain_text("online")
     await expect(row.locator('[data-quarantine="flaky"]')).to_contain_text("boom")
+    await expect(row.locator('[data-quarantine="flaky"]')).to_contain_text(
+        re.compile(r"ends in (59|60) min")
+    )
     await expect(row).to_contain_text("steady")
     await expect(page.locator('tr[data-device="jetson-2"]')).to_contain_text("gpu")
     await snap(page, screenshots_dir, "09-devices")

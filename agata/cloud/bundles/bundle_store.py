@@ -1,14 +1,12 @@
 """The bundle store: each task's files on disk, in ``<root>/task_<task_id>/``.
 
 A bundle is a flat folder of regular files (``server.py``, ``client.py``, modules,
-data, trigger scripts). The store is the only code that touches these folders; it
-guarantees:
+data, trigger scripts). The store is the only code that touches these folders; the
+rules its names, sizes and files follow are :mod:`~agata.cloud.bundles.bundle_rules`,
+its listings and digests :mod:`~agata.cloud.bundles.bundle_digests`, the zip it serves
+:mod:`~agata.cloud.bundles.bundle_archive`, the undo of a half-done write
+:mod:`~agata.cloud.bundles.bundle_journal`. It guarantees:
 
-- Names follow the one rule that agents apply too
-  (:func:`agata.protocol.bundle_names.check_file_name`, here ``validate_file_name``):
-  plain, portable, not hidden, no separators, no control or invisible characters, no
-  lookalikes of ``/``, ``\\`` or ``.``; task ids match ``[A-Za-z0-9_-]{1,64}``
-  (:func:`validate_task_id`).
 - Writes are all-or-nothing with respect to validation: every name and size is
   checked before anything reaches the bundle folder. Content is streamed into a
   staging folder inside the root (same file system), hashed (SHA-256) and fsynced,
@@ -18,106 +16,62 @@ guarantees:
   ``O_DIRECTORY | O_NOFOLLOW`` and every file operation is relative to that
   descriptor with ``O_NOFOLLOW``/``lstat`` semantics. A symlink (or any non-regular
   file) where a bundle file should be is refused, not written through.
-- Limits: ``max_file_bytes`` per file, ``max_bundle_bytes`` for the whole bundle
-  after the write, ``max_files`` in the bundle after the write; exceeding any of them
-  raises ``TOO_LARGE`` and writes nothing. Zip uploads are checked on the
-  *uncompressed* bytes as they are read, so a zip bomb is stopped at the limit.
+- Limits (:class:`~agata.cloud.bundles.bundle_rules.BundleLimits`): exceeding any raises
+  ``TOO_LARGE`` and writes nothing. Zip uploads are checked on the *uncompressed* bytes
+  as they are read, so a zip bomb is stopped at the limit.
 
-Writers of one task are serialised within a process by a per-task lock; deployments
-with several cloud replicas should route bundle writes of a task to one of them (or
-share nothing but the read path). Needs POSIX ``*at`` system calls (``dir_fd``).
+Writers, deleters and the archive of one task are serialised within a process by a
+per-task lock, so a process MUST hold one store for its root (the cloud node builds one
+and hands it to the task manager and the gateway). Deployments with several cloud
+replicas should route bundle writes of a task to one of them (or share nothing but the
+read path). Needs POSIX ``*at`` system calls (``dir_fd``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import errno
 import functools
 import hashlib
 import io
 import logging
 import os
-import re
 import shutil
 import stat
 import tempfile
 import threading
 import time
 import zipfile
-import zlib
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, BinaryIO, Final, Protocol
+from typing import IO, BinaryIO, Final
 
+from agata.cloud.bundles.bundle_archive import write_zip
+from agata.cloud.bundles.bundle_digests import BundleFile, DigestCache, Listed, as_set
 from agata.cloud.bundles.bundle_journal import UndoJournal, abandoned, is_journal, journal_error
+from agata.cloud.bundles.bundle_rules import (
+    BAD_STREAM_ERRORS,
+    CHUNK,
+    CREATE_FLAGS,
+    DIR_FLAGS,
+    READ_FLAGS,
+    BundleLimits,
+    check_archive_member,
+    disk_full_is_unavailable,
+    is_bundle_file,
+    validate_file_name,
+    validate_task_id,
+)
 from agata.errors import AgataError, ErrorCode, invalid, not_found
 from agata.fault_points import pause_point
-from agata.protocol.bundle_files import BundleFile
-from agata.protocol.bundle_names import MAX_NAME_BYTES
-from agata.protocol.bundle_names import check_file_name as validate_file_name
-from agata.protocol.fields import TASK_ID_PATTERN
 
-__all__ = [
-    "CLIENT_ENTRYPOINT",
-    "MAX_NAME_BYTES",
-    "SERVER_ENTRYPOINT",
-    "BundleFile",
-    "BundleStore",
-    "too_large",
-    "validate_file_name",
-    "validate_task_id",
-]
+__all__ = ["BundleStore"]
 
 logger = logging.getLogger(__name__)
 
-SERVER_ENTRYPOINT: Final = "server.py"
-CLIENT_ENTRYPOINT: Final = "client.py"
-
-_CHUNK: Final = 1 << 20
-_TASK_ID: Final = re.compile(TASK_ID_PATTERN)
+#: Staging folders older than this are left by a crash (a write takes far less).
 _STALE_STAGING_SECONDS: Final = 3600
-_DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_READ_FLAGS: Final = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-_CREATE_FLAGS: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-# What reading a (zip member) stream may raise when the upload itself is bad.
-_BAD_STREAM_ERRORS: Final = (
-    zipfile.BadZipFile,
-    zlib.error,
-    EOFError,
-    NotImplementedError,
-    ValueError,
-    RuntimeError,
-)
-
-
-def too_large(message: str) -> AgataError:
-    return AgataError(ErrorCode.TOO_LARGE, message)
-
-
-@contextmanager
-def _disk_full_is_unavailable(task_id: str) -> Iterator[None]:
-    """A full disk (or quota) is UNAVAILABLE for the caller, not an internal error."""
-    try:
-        yield
-    except OSError as exc:
-        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
-            raise
-        logger.warning("bundle of task %s not written: %s", task_id, exc.strerror)
-        raise AgataError(
-            ErrorCode.UNAVAILABLE,
-            "the disk of the bundle store is full; free some disk space",
-        ) from None
-
-
-def validate_task_id(task_id: str) -> str:
-    """Return ``task_id`` if it matches :data:`~agata.protocol.fields.TASK_ID_PATTERN`;
-    else INVALID_ARGUMENT."""
-    if not isinstance(task_id, str) or not _TASK_ID.fullmatch(task_id):
-        shown = ascii(task_id[:80]) if isinstance(task_id, str) else type(task_id).__name__
-        raise invalid(f"task id {shown} is not valid: use 1 to 64 letters, digits, '_' or '-'")
-    return task_id
 
 
 @dataclass(slots=True)
@@ -140,17 +94,8 @@ class BundleStore:
         max_bundle_bytes: int = 256 * 1024 * 1024,
         max_files: int = 256,
     ) -> None:
-        for label, value in (
-            ("max_file_bytes", max_file_bytes),
-            ("max_bundle_bytes", max_bundle_bytes),
-            ("max_files", max_files),
-        ):
-            if not isinstance(value, int) or value < 1:
-                raise invalid(f"{label} must be a positive integer")
+        self.limits = BundleLimits(max_file_bytes, max_bundle_bytes, max_files)
         self.root = Path(root).resolve()
-        self.max_file_bytes = max_file_bytes
-        self.max_bundle_bytes = max_bundle_bytes
-        self.max_files = max_files
         self.root.mkdir(parents=True, exist_ok=True)
         self._staging = self.root / ".staging"
         self._staging.mkdir(mode=0o700, exist_ok=True)
@@ -159,8 +104,7 @@ class BundleStore:
         self._clean_stale_staging()
         self._guard = threading.Lock()
         self._locks: dict[str, threading.Lock] = {}
-        # (task_id, name) -> (identity of the file as stat'ed, sha256)
-        self._digests: dict[tuple[str, str], tuple[tuple[int, int, int, int], str]] = {}
+        self._digests = DigestCache()
 
     # --- paths and locks ----------------------------------------------------------
 
@@ -182,7 +126,7 @@ class BundleStore:
             except FileExistsError:
                 pass
         try:
-            fd = os.open(path, _DIR_FLAGS)
+            fd = os.open(path, DIR_FLAGS)
         except FileNotFoundError:
             yield None
             return
@@ -217,9 +161,9 @@ class BundleStore:
                 return []
             files = []
             for name, info in sorted(self._scan(dir_fd).items()):
-                if not self._is_bundle_file(task_id, name, info):
+                if not is_bundle_file(task_id, name, info):
                     continue
-                digest = self._digest(task_id, dir_fd, name, info)
+                digest = self._digests.digest(task_id, dir_fd, name, info)
                 if digest is not None:
                     files.append(BundleFile(name, info.st_size, digest))
             return files
@@ -231,7 +175,7 @@ class BundleStore:
             if dir_fd is None:
                 raise not_found(f"task {task_id} has no bundle")
             try:
-                fd = os.open(name, _READ_FLAGS, dir_fd=dir_fd)
+                fd = os.open(name, READ_FLAGS, dir_fd=dir_fd)
             except FileNotFoundError:
                 raise not_found(f"task {task_id} has no file {name!r}") from None
             except OSError:  # ELOOP: a symlink
@@ -240,21 +184,6 @@ class BundleStore:
             os.close(fd)
             raise invalid(f"{name!r} of task {task_id} is not a regular file")
         return open(fd, "rb")  # the caller owns (and closes) the file
-
-    def has_entrypoints(self, task_id: str) -> tuple[bool, bool]:
-        """Whether the bundle holds ``server.py`` and ``client.py`` (as regular files)."""
-        with self._open_dir(task_id) as dir_fd:
-            if dir_fd is None:
-                return (False, False)
-            found = []
-            for name in (SERVER_ENTRYPOINT, CLIENT_ENTRYPOINT):
-                try:
-                    info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-                except FileNotFoundError:
-                    found.append(False)
-                else:
-                    found.append(stat.S_ISREG(info.st_mode))
-            return (found[0], found[1])
 
     def archive(self, task_id: str) -> bytes:
         """The whole bundle as a zip (flat, deflated); an empty zip if there is none."""
@@ -267,28 +196,10 @@ class BundleStore:
         temporary file), reading each bundle file in pieces: memory stays small whatever
         the bundle's size. Blocking: call it off the event loop."""
         validate_task_id(task_id)
-        with (
-            self._lock(task_id),
-            zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as archive,
-            self._open_dir(task_id) as dir_fd,
-        ):
-            for name, info in sorted(self._scan(dir_fd).items()):
-                if dir_fd is None or not self._is_bundle_file(task_id, name, info):
-                    continue
-                try:
-                    fd = os.open(name, _READ_FLAGS, dir_fd=dir_fd)
-                except OSError:
-                    continue  # vanished or replaced by a link since the scan
-                with open(fd, "rb") as source:
-                    current = os.fstat(fd)
-                    if not stat.S_ISREG(current.st_mode):
-                        continue
-                    member = zipfile.ZipInfo(name, _zip_time(current.st_mtime))
-                    member.compress_type = zipfile.ZIP_DEFLATED
-                    member.external_attr = (stat.S_IFREG | 0o644) << 16
-                    large = current.st_size >= zipfile.ZIP64_LIMIT
-                    with archive.open(member, "w", force_zip64=large) as entry:
-                        shutil.copyfileobj(source, entry, _CHUNK)
+        with self._lock(task_id), self._open_dir(task_id) as dir_fd:
+            entries = sorted(self._scan(dir_fd).items())
+            names = [name for name, info in entries if is_bundle_file(task_id, name, info)]
+            write_zip(target, dir_fd, names)
 
     # --- writing --------------------------------------------------------------------
 
@@ -335,44 +246,19 @@ class BundleStore:
             zip_bytes.seek(0)
         else:
             raise invalid("the archive must be bytes or a seekable binary file")
-        # Compressed data is never much larger than what it holds: headers only.
-        if size > self.max_bundle_bytes + self.max_files * 1024 + 65536:
-            raise too_large(
-                f"the archive is larger than the limit of {self.max_bundle_bytes} bytes"
-            )
+        self.limits.check_archive(size, 0)
         try:
             archive = zipfile.ZipFile(source)
-        except (zipfile.BadZipFile, zipfile.LargeZipFile, *_BAD_STREAM_ERRORS, OSError):
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, *BAD_STREAM_ERRORS, OSError):
             raise invalid("the upload is not a valid zip archive") from None
         with archive:
             members = archive.infolist()
-            if len(members) > self.max_files:
-                raise too_large(
-                    f"the archive holds {len(members)} files; a bundle may hold {self.max_files}"
-                )
-            incoming = [self._member(archive, member) for member in members]
+            self.limits.check_archive(size, len(members))
+            incoming = [_member(archive, member) for member in members]
             return self._commit(task_id, incoming)
 
-    def _member(self, archive: zipfile.ZipFile, member: zipfile.ZipInfo) -> _Incoming:
-        shown = ascii(member.orig_filename[:80])
-        if "\x00" in member.orig_filename:
-            raise invalid(f"archive member {shown} has a NUL byte in its name")
-        if member.is_dir() or member.filename.endswith(("/", "\\")):
-            raise invalid(
-                f"archive member {shown} is a folder; put the files at the top of the archive"
-            )
-        kind = stat.S_IFMT(member.external_attr >> 16)
-        if kind == stat.S_IFLNK:
-            raise invalid(f"archive member {shown} is a symbolic link, which is not allowed")
-        if kind not in (0, stat.S_IFREG):
-            raise invalid(f"archive member {shown} is not a regular file")
-        if member.flag_bits & 0x1:
-            raise invalid(f"archive member {shown} is encrypted, which is not supported")
-        name = validate_file_name(member.filename)
-        return _Incoming(name, member.file_size, lambda: archive.open(member))
-
     def _commit(self, task_id: str, incoming: list[_Incoming]) -> list[BundleFile]:
-        with _disk_full_is_unavailable(task_id):
+        with disk_full_is_unavailable(task_id):
             return self._commit_files(task_id, incoming)
 
     def _commit_files(self, task_id: str, incoming: list[_Incoming]) -> list[BundleFile]:
@@ -385,13 +271,13 @@ class BundleStore:
             raise invalid(f"file {twice!r} is given twice")
         declared = {item.name: item.declared_size or 0 for item in incoming}
         for name, size in declared.items():
-            self._check_file_size(name, size)
+            self.limits.check_file_size(name, size)
         with self._lock(task_id), self._open_dir(task_id) as dir_fd:
-            budget = self._check_bundle(task_id, self._scan(dir_fd), declared)
+            budget = self.limits.check_bundle(task_id, self._scan(dir_fd), declared)
 
         staging = Path(tempfile.mkdtemp(prefix="upload-", dir=self._staging))
         try:
-            staging_fd = os.open(staging, _DIR_FLAGS)
+            staging_fd = os.open(staging, DIR_FLAGS)
             try:
                 staged = {}
                 for item in incoming:
@@ -400,7 +286,7 @@ class BundleStore:
                 sizes = {name: size for name, (size, _) in staged.items()}
                 with self._lock(task_id):
                     with self._open_dir(task_id) as dir_fd:
-                        self._check_bundle(task_id, self._scan(dir_fd), sizes)
+                        self.limits.check_bundle(task_id, self._scan(dir_fd), sizes)
                     with self._open_dir(task_id, create=True) as dir_fd:
                         if dir_fd is None:  # removed between mkdir and open
                             raise AgataError(ErrorCode.CONFLICT, f"task {task_id} was deleted")
@@ -410,62 +296,30 @@ class BundleStore:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
-    def _check_file_size(self, name: str, size: int) -> None:
-        if size > self.max_file_bytes:
-            raise too_large(
-                f"file {name!r} is larger than the limit of {self.max_file_bytes} bytes"
-            )
-
-    def _check_bundle(
-        self, task_id: str, existing: dict[str, os.stat_result], new_sizes: dict[str, int]
-    ) -> int:
-        """Refuse non-regular targets and limits exceeded; return bytes left for new files."""
-        for name in new_sizes:
-            info = existing.get(name)
-            if info is not None and not stat.S_ISREG(info.st_mode):
-                raise invalid(
-                    f"{name!r} of task {task_id} exists and is not a regular file "
-                    "(a link or a folder); refusing to replace it"
-                )
-        kept = {n: i for n, i in existing.items() if n not in new_sizes and stat.S_ISREG(i.st_mode)}
-        count = len(kept) + len(new_sizes)
-        if count > self.max_files:
-            raise too_large(f"the bundle would hold {count} files; the limit is {self.max_files}")
-        budget = self.max_bundle_bytes - sum(info.st_size for info in kept.values())
-        total = sum(new_sizes.values())
-        if total > budget:
-            raise too_large(
-                f"the bundle would be larger than the limit of {self.max_bundle_bytes} bytes"
-            )
-        return budget
-
     def _stage(self, staging_fd: int, item: _Incoming, budget: int) -> tuple[int, str]:
         """Copy one file into the staging folder, enforcing the limits; (size, sha256)."""
         digest = hashlib.sha256()
         size = 0
-        fd = os.open(item.name, _CREATE_FLAGS, 0o644, dir_fd=staging_fd)
+        fd = os.open(item.name, CREATE_FLAGS, 0o644, dir_fd=staging_fd)
         with open(fd, "wb") as target:
             try:
                 source = item.open()
-            except _BAD_STREAM_ERRORS as exc:
+            except BAD_STREAM_ERRORS as exc:
                 raise invalid(f"could not read {item.name!r}: {exc}") from None
             try:
                 while True:
                     try:
-                        chunk = source.read(_CHUNK)
-                    except _BAD_STREAM_ERRORS as exc:
+                        chunk = source.read(CHUNK)
+                    except BAD_STREAM_ERRORS as exc:
                         raise invalid(f"could not read {item.name!r}: {exc}") from None
                     if not chunk:
                         break
                     if not isinstance(chunk, bytes | bytearray):
                         raise invalid(f"the content of {item.name!r} must be binary")
                     size += len(chunk)
-                    self._check_file_size(item.name, size)
+                    self.limits.check_file_size(item.name, size)
                     if size > budget:
-                        limit = self.max_bundle_bytes
-                        raise too_large(
-                            f"the bundle would be larger than the limit of {limit} bytes"
-                        )
+                        raise self.limits.bundle_too_large()
                     digest.update(chunk)
                     target.write(chunk)
             finally:
@@ -485,7 +339,7 @@ class BundleStore:
             # rename(2) replaces the directory entry itself: it never follows a link
             os.replace(name, name, src_dir_fd=staging_fd, dst_dir_fd=dir_fd)
             info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-            self._remember(task_id, name, info, sha256)
+            self._digests.remember(task_id, name, info, sha256)
             written.append(BundleFile(name, size, sha256))
         os.fsync(dir_fd)
         logger.info("bundle of task %s: wrote %d file(s)", task_id, len(written))
@@ -506,7 +360,7 @@ class BundleStore:
         holds their listing and puts the old ones back when it does not.
         """
         validate_task_id(task_id)
-        with _disk_full_is_unavailable(task_id):
+        with disk_full_is_unavailable(task_id):
             with self._lock(task_id), self._open_dir(task_id) as dir_fd:
                 journal = UndoJournal.create(self._staging, task_id, dir_fd)
         try:
@@ -559,7 +413,7 @@ class BundleStore:
         with self._open_dir(journal.task_id, create=bool(journal.before)) as dir_fd:
             if dir_fd is not None:
                 journal.restore(dir_fd)
-        self._forget(journal.task_id)
+        self._digests.forget(journal.task_id)
 
     def recover(self, recorded: Callable[[str], Sequence[Listed] | None]) -> dict[str, str]:
         """Finish or undo the bundle writes that a dead process left half done.
@@ -579,7 +433,7 @@ class BundleStore:
                 with self._lock(task_id):
                     if listing is None:
                         outcome = "dropped"  # the task is gone; nothing to put back
-                    elif _as_set(self.list_files(task_id)) == _as_set(listing):
+                    elif as_set(self.list_files(task_id)) == as_set(listing):
                         outcome = "kept"
                     else:
                         self._restore(journal)
@@ -649,7 +503,7 @@ class BundleStore:
                 info = os.lstat(path)
             except FileNotFoundError:
                 return False
-            self._forget(task_id)
+            self._digests.forget(task_id)
             if not stat.S_ISDIR(info.st_mode):  # a link or a stray file: remove the entry
                 os.unlink(path)
                 return True
@@ -660,48 +514,6 @@ class BundleStore:
         return True
 
     # --- helpers --------------------------------------------------------------------
-
-    def _is_bundle_file(self, task_id: str, name: str, info: os.stat_result) -> bool:
-        if not stat.S_ISREG(info.st_mode):
-            logger.warning("bundle of task %s: ignoring %r, not a regular file", task_id, name)
-            return False
-        try:
-            valid = validate_file_name(name) == name
-        except AgataError:
-            valid = False
-        if not valid:
-            logger.warning("bundle of task %s: ignoring %r, not a valid name", task_id, name)
-        return valid
-
-    def _digest(self, task_id: str, dir_fd: int, name: str, info: os.stat_result) -> str | None:
-        """SHA-256 of a bundle file, from the cache while the file is unchanged."""
-        identity = _identity(info)
-        with self._guard:
-            cached = self._digests.get((task_id, name))
-        if cached is not None and cached[0] == identity:
-            return cached[1]
-        try:
-            fd = os.open(name, _READ_FLAGS, dir_fd=dir_fd)
-        except OSError:
-            return None  # vanished or replaced by a link since the scan
-        with open(fd, "rb") as source:
-            current = os.fstat(fd)
-            if not stat.S_ISREG(current.st_mode):
-                return None
-            digest = hashlib.sha256()
-            while chunk := source.read(_CHUNK):
-                digest.update(chunk)
-        self._remember(task_id, name, current, digest.hexdigest())
-        return digest.hexdigest()
-
-    def _remember(self, task_id: str, name: str, info: os.stat_result, sha256: str) -> None:
-        with self._guard:
-            self._digests[(task_id, name)] = (_identity(info), sha256)
-
-    def _forget(self, task_id: str) -> None:
-        with self._guard:
-            for key in [key for key in self._digests if key[0] == task_id]:
-                del self._digests[key]
 
     def _clean_stale_staging(self) -> None:
         """Remove staging folders left by a crash (old enough not to be in use)."""
@@ -719,36 +531,11 @@ class BundleStore:
                 continue
 
 
-class Listed(Protocol):
-    """A listed bundle file, as any side records it (name, size, SHA-256)."""
-
-    @property
-    def name(self) -> str: ...
-    @property
-    def size(self) -> int: ...
-    @property
-    def sha256(self) -> str: ...
-
-
-def _as_set(files: Iterable[Listed]) -> set[tuple[str, int, str]]:
-    return {(f.name, f.size, f.sha256) for f in files}
+def _member(archive: zipfile.ZipFile, member: zipfile.ZipInfo) -> _Incoming:
+    """A zip member to write, checked (:func:`check_archive_member`) before anything is."""
+    name = check_archive_member(member)
+    return _Incoming(name, member.file_size, lambda: archive.open(member))
 
 
 def _same(stream: BinaryIO) -> IO[bytes]:
     return stream
-
-
-def _identity(info: os.stat_result) -> tuple[int, int, int, int]:
-    return (info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
-
-
-def _zip_time(mtime: float) -> tuple[int, int, int, int, int, int]:
-    moment = time.localtime(max(mtime, 315705600.0))  # 1980-01-03: zip stores no earlier date
-    return (
-        moment.tm_year,
-        moment.tm_mon,
-        moment.tm_mday,
-        moment.tm_hour,
-        moment.tm_min,
-        moment.tm_sec,
-    )

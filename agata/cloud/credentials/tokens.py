@@ -8,7 +8,6 @@ and it lets the gateway find a token by its hash in one indexed lookup.
 from __future__ import annotations
 
 import hashlib
-import hmac
 import secrets
 
 OPERATOR_PREFIX = "agata_op_"
@@ -22,8 +21,3 @@ def new_token(prefix: str) -> str:
 
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
-
-
-def same_secret(given: str, expected: str) -> bool:
-    """Constant-time comparison of two secrets."""
-    return hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8"))

@@ -25,7 +25,7 @@ devices retry, and the cloud spends its time on calls whose callers have given u
   takes to serve the requests ahead, counting those refused before and not yet due
   back (1 to :data:`MAX_RETRY_AFTER` seconds; the rate
   is estimated from how long requests hold a place, see :class:`Admissions`); clients
-  add jitter (``agata.edge.backoff``) so a refused fleet does not come back at once.
+  add jitter (``agata.retry``) so a refused fleet does not come back at once.
 
 Liveness, metrics and the static web pages (:data:`EXEMPT_PREFIXES`) never touch the
 bus and are always admitted, so a busy cloud is not mistaken for a dead one.

@@ -70,12 +70,19 @@ from agata.protocol.notifications import (
     TaskStopRequested,
 )
 from agata.protocol.replies import OPERATION_REPLIES, Health
+from agata.settings.shared_settings import DEFAULT_REQUEST_INTERVAL
+from agata.web import STATIC_ROOT
 
 logger = logging.getLogger(__name__)
 
 #: Operations a device may call for its own user_id.
 DEVICE_OPERATIONS = frozenset(
-    {ops.UPDATE_USER_INFO, ops.CLIENT_REQUESTING_TASK, ops.REPORT_DEVICE_TASK}
+    {
+        ops.UPDATE_USER_INFO,
+        ops.CLIENT_REQUESTING_TASK,
+        ops.REPORT_DEVICE_TASK,
+        ops.REGISTER_FLOWER_NODE,
+    }
 )
 #: Operations never reachable over HTTP (the gateway's own plumbing).
 INTERNAL_OPERATIONS = frozenset({ops.RESOLVE_CREDENTIAL, ops.CHECK_DOWNLOAD_PASSWORD})
@@ -122,9 +129,6 @@ def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {status: ERROR_RESPONSES[status] for status in (*statuses, 429, 503)}
 
 
-WEB_ROOT = Path(__file__).resolve().parent.parent.parent / "web" / "static"
-
-
 @dataclass
 class GatewayConfig:
     bundles: BundleStore
@@ -138,6 +142,7 @@ class GatewayConfig:
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT  # requests served at once (admission.py)
     admission_wait: float = DEFAULT_MAX_WAIT  # seconds a request may wait for a place
     wheelhouse: Path | None = None  # a folder of wheels served to devices; None: none
+    poll_interval: float = DEFAULT_REQUEST_INTERVAL  # the fleet's request_interval (caches)
     artifacts: ArtifactStore | None = None  # None: beside the bundles' folder
 
 
@@ -150,7 +155,7 @@ def create_gateway(bus: Bus, config: GatewayConfig) -> FastAPI:
     """Build the gateway on a connected bus. Starting/stopping its stream hub is tied
     to the app's lifespan."""
     rpc = RpcClient(bus, timeout=config.rpc_timeout, service="gateway")
-    auth = Authenticator(rpc)
+    auth = Authenticator(rpc, poll_interval=config.poll_interval)
     refusals = LegacyRefusals()
     hub = StreamHub(bus)
     grants = DownloadGrants()
@@ -301,8 +306,8 @@ def create_gateway(bus: Bus, config: GatewayConfig) -> FastAPI:
         return RedirectResponse("/ui/")
 
     app.include_router(web_protocol_router())  # before the mount, which would take it
-    if WEB_ROOT.is_dir():
-        app.mount("/ui", StaticFiles(directory=WEB_ROOT, html=True), name="ui")
+    if STATIC_ROOT.is_dir():
+        app.mount("/ui", StaticFiles(directory=STATIC_ROOT, html=True), name="ui")
 
     # -- devices ---------------------------------------------------------------------
 
@@ -584,6 +589,11 @@ def _operation_route(
     async def call_operation(body: ops.Request, principal: Principal = Depends(who)) -> Response:
         if operation in DEVICE_OPERATIONS:
             _check_device_access(principal, str(getattr(body, "user_id", "")), legacy)
+        if operation == ops.REGISTER_FLOWER_NODE and principal.kind == "anonymous":
+            # A SuperNode key lets a node into a run: only a device with its credential.
+            raise AgataError(
+                ErrorCode.UNAUTHENTICATED, "joining a flower-app run needs a device credential"
+            )
         payload = body.model_dump(mode="json", exclude_unset=True)
         if operation == ops.CLIENT_REQUESTING_TASK:
             # Only the gateway knows whether the call came without a credential.

@@ -13,16 +13,18 @@ from agata.cloud.credentials.tokens import hash_token
 from agata.cloud.services.ratelog import RateLimitedWarning
 from agata.errors import AgataError, ErrorCode
 from agata.protocol import operations as ops
+from agata.settings.shared_settings import DEFAULT_REQUEST_INTERVAL
 
 logger = logging.getLogger(__name__)
 
 #: Seconds a resolved operator token is trusted before it is looked up again (a token
 #: revoked with `agata token revoke` stops working after at most this long).
 CACHE_SECONDS = 10.0
-#: The same for a device's credential. Longer than a device's poll interval (10 s by
-#: default), or a fleet would never find its entries; a revocation through the device
-#: registry drops the entry at once on every gateway ("device" notification).
-DEVICE_CACHE_SECONDS = 60.0
+#: A device's credential is trusted this many of its poll intervals
+#: (``request_interval``): longer than one poll, or a fleet would never find its entries;
+#: a revocation through the device registry drops the entry at once on every gateway
+#: ("device" notification).
+DEVICE_CACHE_POLLS = 6
 #: Credentials kept at most; past it the expired ones go, then all if still too many.
 CACHE_SIZE = 100_000
 #: The 401 of a device call without a credential while ``--legacy-devices`` is off.
@@ -49,8 +51,12 @@ ANONYMOUS = Principal("anonymous")
 
 
 class Authenticator:
-    def __init__(self, rpc: RpcClient) -> None:
+    """Resolves callers, keeping what it resolved for a while (see the constants above);
+    ``poll_interval`` is the fleet's ``request_interval``."""
+
+    def __init__(self, rpc: RpcClient, *, poll_interval: float = DEFAULT_REQUEST_INTERVAL) -> None:
         self.rpc = rpc
+        self.device_cache_seconds = DEVICE_CACHE_POLLS * poll_interval
         self._cache: dict[str, tuple[float, Principal]] = {}
 
     async def principal(self, request: Request, *, query_token: bool = False) -> Principal:
@@ -91,7 +97,7 @@ class Authenticator:
             self._cache = {d: entry for d, entry in self._cache.items() if entry[0] > now}
             if len(self._cache) >= CACHE_SIZE:
                 self._cache.clear()
-        ttl = DEVICE_CACHE_SECONDS if principal.kind == "device" else CACHE_SECONDS
+        ttl = self.device_cache_seconds if principal.kind == "device" else CACHE_SECONDS
         self._cache[digest] = (now + ttl, principal)
         return principal
 

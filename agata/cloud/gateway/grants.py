@@ -2,8 +2,9 @@
 the others for a few seconds without the check being made again.
 
 An agent downloads a bundle one file per request. Checking each request in full (the
-device's offers: every running task's criteria against its record) cost ~2.7 ms per
-file; a grant makes the second and later files of a bundle cost only the file read.
+device's offers: every running task's criteria against its record) is a bus call per
+file; a grant makes the second and later files of a bundle cost only the file read
+(docs/benchmarks.md, "Download grants", has the figures).
 Grants of a task end when the cloud notifies that the task changed (stopped, updated,
 deleted), and a device's when its record changed. Notifications travel apart from
 replies, so for a moment (and for up to ``GRANT_SECONDS`` if one is lost) a device

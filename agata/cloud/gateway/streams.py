@@ -63,10 +63,6 @@ class StreamHub:
         if self._subscription is not None:
             await self._subscription.cancel()
 
-    @property
-    def client_count(self) -> int:
-        return len(self._clients)
-
     @staticmethod
     def _end(queue: _Queue) -> None:
         if queue.full():

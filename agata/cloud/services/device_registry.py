@@ -24,14 +24,16 @@ from agata.protocol import operations as ops
 from agata.protocol.notifications import (
     DeviceChanged,
     DeviceTaskReported,
+    LogAppended,
     MetricRecorded,
     OperatorTokenRevoked,
     QuarantineCleared,
     TaskChanged,
     parse_notification,
 )
+from agata.settings.shared_settings import DEFAULT_REQUEST_INTERVAL
 from agata.store.async_store import AsyncStore, as_async
-from agata.store.store import DeviceTaskStatus, Store
+from agata.store.store import DeviceTaskStatus, NewLogLine, Store
 
 logger = logging.getLogger(__name__)
 
@@ -51,13 +53,16 @@ class DeviceRegistry(Service):
         *,
         hide_internal_errors: bool = False,
         register_events: bool = True,
+        poll_interval: float = DEFAULT_REQUEST_INTERVAL,
     ) -> None:
+        """``poll_interval``: the fleet's ``request_interval``; the report scope's records
+        are reused for one of them."""
         super().__init__(bus, "device-registry", hide_internal_errors=hide_internal_errors)
         self.store = as_async(store)
         self._last_touch: dict[str, float] = {}
         self.notifier = Notifier(bus)
         self.event = EventPublisher(bus, "device-registry", enabled=register_events)
-        self.scope = ReportScope(self.store)
+        self.scope = ReportScope(self.store, cache_seconds=poll_interval)
         self._subscription: Consumer | None = None
         for name, handler in [
             (ops.UPDATE_USER_INFO, self.update_user_info),
@@ -191,13 +196,23 @@ class DeviceRegistry(Service):
         a task it is offered in the current run, or the end of its part in one); any
         other is 404 ``task '<id>' not found``, as for a task that does not exist. An
         unknown device is 404 too. Nothing is written before every check passed (the
-        request model bounds the round and refuses non-finite metrics)."""
+        request model bounds the round, the output lines, and refuses non-finite
+        metrics). A ``quarantined`` report's ``quarantined_until`` is kept with its
+        status; a ``failed`` report's ``log_lines`` become the task's log lines with the
+        device as their source (:meth:`_record_output`)."""
         await self.scope.check(req.user_id, req.task_id, req.status)
         if req.status in RECORDED_STATUSES:
             await self.store.set_device_task_status(
-                req.user_id, req.task_id, req.status, req.reason, run=req.run
+                req.user_id,
+                req.task_id,
+                req.status,
+                req.reason,
+                run=req.run,
+                quarantined_until=req.quarantined_until,
             )
         await self._touch(req.user_id)
+        if req.log_lines and req.status == DeviceTaskStatus.FAILED.value:
+            await self._record_output(req.user_id, req.task_id, req.log_lines, req.run)
         if req.round is not None and req.metrics:
             await self.store.add_metric(
                 req.task_id, req.round, req.user_id, req.metrics, run=req.run
@@ -219,6 +234,28 @@ class DeviceRegistry(Service):
                 user_id=req.user_id, task_id=req.task_id, status=req.status, reason=req.reason
             )
         )
+
+    async def _record_output(
+        self, user_id: str, task_id: str, lines: list[ops.ReportedLine], run: int | None
+    ) -> None:
+        """Store a failed client side's last output lines as log lines of the task's run
+        ``run`` (None: the current run), with the device as their source (the one place
+        a device's lines are written)."""
+        now = time.time()
+        await self.store.add_log_lines(
+            task_id, [NewLogLine(user_id, line.stream, line.text, now) for line in lines], run=run
+        )
+        for line in lines:
+            await self.notifier.notify(
+                LogAppended(
+                    task_id=task_id,
+                    source=user_id,
+                    stream=line.stream,
+                    text=line.text,
+                    time=now,
+                    run=run,
+                )
+            )
 
     async def _touch(self, user_id: str) -> None:
         """Record that the device was seen, at most every ``TOUCH_SECONDS`` (a device

@@ -14,25 +14,26 @@ import contextlib
 import json
 import logging
 import time
-from typing import Any
+from typing import Any, Final
 
 from agata.bus.bus import EVENTS_QUEUE, Bus, Consumer, Delivery
 from agata.bus.envelope import encode
 from agata.cloud.services.notifier import Notifier
 from agata.errors import AgataError, ErrorCode
 from agata.protocol.notifications import EventRecorded
+from agata.retry import Backoff, is_transient
 from agata.store.async_store import AsyncStore, as_async
 from agata.store.store import Store
+from agata.store.validation import MAX_ID
 
 logger = logging.getLogger(__name__)
 
 
 #: Events held while the bus is unavailable, at most (the oldest go first past this).
 MAX_HELD_EVENTS = 10_000
-#: Retry delays while holding events: from the first to the last, doubling (a retry
-#: while the bus is down costs nothing: it fails at once without a connection).
-RETRY_FIRST_SECONDS = 0.1
-RETRY_LAST_SECONDS = 1.0
+#: Retry delays while holding events: from 0.1 s, doubling, up to 1 s (a retry while the
+#: bus is down costs nothing: it fails at once without a connection).
+RETRY_BACKOFF: Final = Backoff(0.1, 1.0)
 #: A publish that has not completed by then counts as failed (a publish caught by a
 #: dropped connection may never complete).
 PUBLISH_TIMEOUT_SECONDS = 5.0
@@ -102,7 +103,7 @@ class EventPublisher:
         try:
             await self._send(body)
         except AgataError as exc:
-            if exc.code is ErrorCode.UNAVAILABLE:
+            if is_transient(exc):
                 self._hold(body)
             else:
                 logger.debug("event not published: %s", exc.message)
@@ -123,21 +124,20 @@ class EventPublisher:
             self._flusher = asyncio.get_running_loop().create_task(self._flush())
 
     async def _flush(self) -> None:
-        delay = RETRY_FIRST_SECONDS
+        backoff = RETRY_BACKOFF.fresh()
         try:
             while self._held:
                 try:
                     await self._send(self._held[0])
                 except AgataError as exc:
-                    if exc.code is not ErrorCode.UNAVAILABLE:  # this one can never go
+                    if not is_transient(exc):  # this one can never go
                         logger.debug("event not published: %s", exc.message)
                         self._held.popleft()
                         continue
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, RETRY_LAST_SECONDS)
+                    await asyncio.sleep(backoff.next())
                     continue
                 self._held.popleft()
-                delay = RETRY_FIRST_SECONDS
+                backoff.reset()
         finally:
             self._flusher = None
 
@@ -172,7 +172,7 @@ class EventRecorder:
                 time=float(raw.get("time") or time.time()),
                 service=str(raw.get("service", ""))[:200],
                 function=str(raw.get("function", ""))[:200],
-                event=str(raw.get("event", ""))[:2000],
+                event=_cut(str(raw.get("event", "")), MAX_ID),
                 task_id=_optional_str(raw.get("task_id")),
                 user_id=_optional_str(raw.get("user_id")),
                 data={k: v for k, v in raw.items() if k not in known},
@@ -193,6 +193,12 @@ class EventRecorder:
             )
         )
         return None
+
+
+def _cut(text: str, limit: int) -> str:
+    """``text`` within the store's ``limit`` (an event naming a long reason, such as a
+    traceback's last line, is kept with its end cut, not refused)."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _optional_str(value: Any) -> str | None:

@@ -18,9 +18,9 @@ offered (not even that they exist). The metrics of a report are recorded only wh
 is in scope, under the device's id (which may not be one of the cloud's own source
 names: :data:`agata.protocol.operations.RESERVED_DEVICE_IDS`).
 
-Cost: a running task's criteria and a device's attributes are kept for
-:data:`SCOPE_CACHE_SECONDS` or until a notification says the task or the device
-changed (:meth:`ReportScope.forget_task`, :meth:`ReportScope.forget_device`), so a
+Cost: a running task's criteria and a device's attributes are kept for one poll
+interval (:attr:`ReportScope.cache_seconds`) or until a notification says the task or
+the device changed (:meth:`ReportScope.forget_task`, :meth:`ReportScope.forget_device`), so a
 report in case (a) usually reads nothing: the store is read once per running task and
 once per device in that time. Kept records only ever shorten a "yes": a report they do
 not show in scope is decided on fresh records, so a task just started or a device that
@@ -39,8 +39,9 @@ from agata.errors import AgataError, ErrorCode
 from agata.store.async_store import AsyncStore
 from agata.store.store import DeviceTaskStatus
 
-#: Seconds a running task's criteria and a device's attributes are reused (notifications
-#: end it at once; this bounds it when one is lost, as the task manager's caches do).
+#: Seconds a running task's criteria and a device's attributes are reused unless told
+#: otherwise (notifications end it at once; this bounds it when one is lost, as the task
+#: manager's caches do). The device registry gives one poll interval (``request_interval``).
 SCOPE_CACHE_SECONDS: Final = 10.0
 #: Devices whose attributes are kept at most (all are dropped past this).
 SCOPE_CACHE_SIZE: Final = 100_000
@@ -72,8 +73,15 @@ def out_of_scope(task_id: str) -> AgataError:
 class ReportScope:
     """Decides whether a device's report on a task is in scope (module docstring)."""
 
-    def __init__(self, store: AsyncStore, criteria: CriteriaCache | None = None) -> None:
+    def __init__(
+        self,
+        store: AsyncStore,
+        criteria: CriteriaCache | None = None,
+        *,
+        cache_seconds: float = SCOPE_CACHE_SECONDS,
+    ) -> None:
         self.store = store
+        self.cache_seconds = cache_seconds
         self.criteria = criteria or CriteriaCache()
         # Both only ever shorten a "yes": a "no" is always decided on fresh records.
         self._running: dict[str, tuple[float, str]] = {}  # task -> (until, criteria)
@@ -99,9 +107,9 @@ class ReportScope:
         attributes = device_attributes(await self.store.get_device(user_id))  # 404 names it
         if len(self._devices) >= SCOPE_CACHE_SIZE:
             self._devices.clear()
-        self._devices[user_id] = (now + SCOPE_CACHE_SECONDS, attributes)
+        self._devices[user_id] = (now + self.cache_seconds, attributes)
         if record.running:
-            self._running[task_id] = (now + SCOPE_CACHE_SECONDS, record.selection_criteria)
+            self._running[task_id] = (now + self.cache_seconds, record.selection_criteria)
             if self.criteria.matches(record.selection_criteria, attributes):
                 return
         else:

@@ -1,6 +1,8 @@
 """The server side of tasks on this cloud replica: start, supervise, record, stop.
 
-Each running task is a :class:`~agata.runtime.TaskProcess`. Its messages become
+Each running task is a :class:`~agata.runtime.TaskProcess` (a script task's
+``server.py``) or a :class:`~agata.flower.app_run.FlowerAppRun` (a flower-app task's
+SuperLink and Flower run; the task's kind picks). Their messages become
 metrics, log lines and events in the store and notifications for the gateways; when
 it ends (Finished, error, crash, stop) the task is marked not running with the reason,
 by an :class:`~agata.cloud.services.task_ends.EndRecorder` that retries until the store takes it.
@@ -23,10 +25,13 @@ from pathlib import Path
 from typing import Any
 
 from agata.cloud.bundles.artifact_store import ArtifactStore
+from agata.cloud.bundles.bundle_store import BundleStore
 from agata.cloud.services.notifier import Notifier
 from agata.cloud.services.task_ends import RECONCILE_SECONDS, EndRecorder, TaskEnd
 from agata.errors import AgataError, ErrorCode
 from agata.files import write_private_file
+from agata.flower.app_run import FlowerAppRun
+from agata.flower.superlink import FlowerTls
 from agata.protocol.notifications import ArtifactSaved, LogAppended, MetricRecorded, TaskChanged
 from agata.runtime.limits import Limits
 from agata.runtime.messages import (
@@ -48,6 +53,8 @@ from agata.store.store import NewLogLine, Store, TaskState
 logger = logging.getLogger(__name__)
 
 EventSink = Callable[..., object]
+#: What runs a task's server side: both end in a TaskOutcome and record pgid and token.
+ServerSide = TaskProcess | FlowerAppRun
 
 #: Environment variable naming the task's work folder (for the task and its triggers).
 WORK_PATH_ENV = "AGATA_WORK_PATH"
@@ -75,7 +82,7 @@ class ServerTasks:
         self,
         store: Store | AsyncStore,
         notifier: Notifier,
-        bundles_root: Path,
+        bundles: BundleStore,
         work_root: Path,
         *,
         grace: float = 5.0,
@@ -84,16 +91,18 @@ class ServerTasks:
         on_ended: Callable[[str], None] | None = None,
         sandbox: TaskSandbox | None = None,
         artifacts: ArtifactStore | None = None,
+        flower_tls: FlowerTls | None = None,
     ) -> None:
         self.store = as_async(store)
+        self.flower_tls = flower_tls  # the cloud's certificate for flower-app SuperLinks
         self.artifacts = artifacts
         self.sandbox = sandbox
         self.notifier = notifier
-        self.bundles_root = bundles_root
+        self.bundles = bundles
         self.work_root = work_root
         self.grace = grace
         self.record_event = record_event
-        self._processes: dict[str, TaskProcess] = {}
+        self._processes: dict[str, ServerSide] = {}
         self._runs: dict[str, tuple[int | None, Path]] = {}  # task id -> (run, work folder)
         self._watchers: set[asyncio.Task[None]] = set()
         self._log_buffers: dict[str, list[NewLogLine]] = {}
@@ -131,15 +140,44 @@ class ServerTasks:
         *,
         limits: Mapping[str, Any] | None = None,
         run: int | None = None,
+        flower_app: tuple[str, int] | None = None,
     ) -> int | None:
         """Spawn ``server.py`` of the task's bundle within the task's ``limits`` (over
         the configured defaults) for its run ``run`` (what it reports is recorded in that
-        run); returns the process group id."""
-        bundle = self.bundles_root / f"task_{task_id}"
+        run) — or, with ``flower_app`` (the task's host and port), the run's SuperLink,
+        which then submits the app; returns the process group id."""
+        bundle = self.bundles.task_dir(task_id)  # refuses an id that is not a plain name
         record_dir = self.work_root / f"task_{task_id}"
         record_dir.mkdir(parents=True, exist_ok=True)
         work = record_dir
         options: dict[str, object] = {}
+        process: ServerSide
+        if flower_app is not None:
+            host, port = flower_app
+            owner = None
+            if self.sandbox is not None:
+                bundle, work = self.sandbox.place("server", task_id, bundle, record_dir)
+                user = self.sandbox.containment.task_user
+                owner = (user.uid, user.gid) if user is not None else None
+            process = FlowerAppRun(
+                task_id,
+                bundle,
+                work / "flower",
+                host,
+                port,
+                arguments,
+                on_message=lambda message: self._on_message(task_id, run, message),
+                tls=self.flower_tls,
+                launcher=self.sandbox.launcher if self.sandbox is not None else None,
+                limits=(
+                    self.sandbox.limits_for(Limits.from_mapping(limits))
+                    if self.sandbox is not None
+                    else None
+                ),
+                grace=self.grace,
+                owner=owner,
+            )
+            return await self._started(task_id, process, record_dir, run, work)
         if self.sandbox is not None:
             bundle, work = self.sandbox.place("server", task_id, bundle, record_dir)
             run_limits = self.sandbox.limits_for(Limits.from_mapping(limits))
@@ -158,7 +196,12 @@ class ServerTasks:
             env={WORK_PATH_ENV: str(work)},
             **options,
         )
-        await process.start()  # raises NOT_FOUND / INTERNAL with the reason
+        return await self._started(task_id, process, record_dir, run, work)
+
+    async def _started(
+        self, task_id: str, process: ServerSide, record_dir: Path, run: int | None, work: Path
+    ) -> int | None:
+        await process.start()  # raises NOT_FOUND / INTERNAL / INVALID_ARGUMENT with the reason
         self._processes[task_id] = process
         self._runs[task_id] = (run, work)
         self._claims.add(task_id)
@@ -179,6 +222,11 @@ class ServerTasks:
         self._watchers.add(watcher)
         watcher.add_done_callback(self._watchers.discard)
         return process.pgid
+
+    def flower_run(self, task_id: str) -> FlowerAppRun | None:
+        """The flower-app run of ``task_id`` on this replica, if one runs here."""
+        process = self._processes.get(task_id)
+        return process if isinstance(process, FlowerAppRun) else None
 
     async def stop(self, task_id: str) -> TaskOutcome | None:
         process = self._processes.get(task_id)
@@ -365,7 +413,7 @@ class ServerTasks:
         if self.record_event is not None:
             self.record_event(function, event, task_id=task_id)
 
-    async def _watch(self, task_id: str, process: TaskProcess) -> None:
+    async def _watch(self, task_id: str, process: ServerSide) -> None:
         outcome = await process.wait()
         state = {
             ProcessState.FINISHED: TaskState.FINISHED,

@@ -26,17 +26,18 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from typing import Final
 
 from agata.errors import AgataError, ErrorCode
+from agata.retry import Backoff
 from agata.store.async_store import AsyncStore, as_async
 from agata.store.store import Store, TaskState
 
 logger = logging.getLogger(__name__)
 
-#: The first retry of an end the store refused comes after this long, then each waits
-#: twice as long as the one before, up to END_RETRY_MAX_SECONDS.
-END_RETRY_FIRST_SECONDS = 0.25
-END_RETRY_MAX_SECONDS = 8.0
+#: The first retry of an end the store refused comes after 0.25 s, then each waits twice
+#: as long as the one before, up to 8 s.
+END_RETRY_BACKOFF: Final = Backoff(0.25, 8.0)
 #: How often the running cloud looks for claimed tasks whose process is gone.
 RECONCILE_SECONDS = 5.0
 
@@ -113,7 +114,8 @@ class EndRecorder:
             )
 
     async def _keep_recording(self) -> None:
-        delay = END_RETRY_FIRST_SECONDS
+        backoff = END_RETRY_BACKOFF.fresh()
+        delay = backoff.next()
         while not self._closing:
             await self._sleep(delay if self._pending else self.reconcile_seconds)
             self._wake.clear()
@@ -128,7 +130,9 @@ class EndRecorder:
             except Exception:  # the loop must outlive any one failure
                 logger.exception("recording the ends of tasks failed; trying again")
                 settled = False
-            delay = END_RETRY_FIRST_SECONDS if settled else min(delay * 2, END_RETRY_MAX_SECONDS)
+            if settled:
+                backoff.reset()
+            delay = backoff.next()
 
     async def _sleep(self, seconds: float) -> None:
         """Until ``seconds`` pass or ``_wake`` is set. Not ``asyncio.wait_for``: on

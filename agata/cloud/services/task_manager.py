@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,9 @@ from agata.cloud.services.views import (
     task_view,
 )
 from agata.errors import AgataError, ErrorCode, conflict, invalid
+from agata.flower.app_bundle import check_app
+from agata.flower.superlink import FlowerTls
+from agata.flower.supernode import installed_flower
 from agata.protocol import operations as ops
 from agata.protocol.notifications import (
     DeviceChanged,
@@ -48,9 +52,10 @@ from agata.protocol.notifications import (
     parse_notification,
 )
 from agata.runtime.sandbox import TaskSandbox
+from agata.settings.shared_settings import DEFAULT_REQUEST_INTERVAL
 from agata.store.async_store import AsyncStore, as_async
 from agata.store.run_store import Run, RunState
-from agata.store.store import BundleFile, NewTask, Store, Task, TaskKind, TaskProgress, TaskState
+from agata.store.store import NewTask, Store, Task, TaskKind, TaskProgress, TaskState
 
 logger = logging.getLogger(__name__)
 
@@ -58,19 +63,23 @@ logger = logging.getLogger(__name__)
 #: changes end it at once through the "task" notification; the time bounds it if a
 #: notification is lost (a broker outage).
 RUNNING_CACHE_SECONDS = 1.0
-#: Seconds a device's attributes are reused for its task requests. A change of the
-#: record (rpc_exec_update_user_info) ends it at once through the registry's "device"
-#: notification; the time bounds it if a notification is lost (a broker outage). It
-#: spans several of a device's polls (10 s apart by default): shorter, a real fleet
-#: would never find its entries.
-DEVICE_CACHE_SECONDS = 30.0
+#: A device's attributes are reused for its task requests for this many of its poll
+#: intervals (``request_interval``). A change of the record (rpc_exec_update_user_info)
+#: ends it at once through the registry's "device" notification; the time bounds it if a
+#: notification is lost (a broker outage). It spans several polls: shorter than one, a
+#: real fleet would never find its entries.
+DEVICE_CACHE_POLLS = 3
 #: Devices whose attributes are kept at most (all are dropped past this).
 DEVICE_CACHE_SIZE = 100_000
+#: What a starting task manager may do with tasks left marked running.
+RECONCILE_CHOICES = ("stop", "restart")
 #: A device's polls write its ``last_seen`` at most this often...
 TOUCH_SECONDS = 10.0
 #: ...and the writes of this long go in together, one transaction for the whole fleet
-#: (at the default 10 s poll interval every poll would otherwise be a commit).
+#: (every poll would otherwise be a commit).
 TOUCH_BATCH_SECONDS = 1.0
+#: The overview's recent failures: failed tasks and devices' failures and quarantines.
+RECENT_FAILURES = 10
 
 
 class TaskManager(Service):
@@ -78,23 +87,33 @@ class TaskManager(Service):
         self,
         bus: Bus,
         store: Store | AsyncStore,
-        bundles_root: Path,
+        bundles: BundleStore,
         work_root: Path,
         *,
         legacy_devices: bool = False,
         hide_internal_errors: bool = False,
         grace: float = 5.0,
         register_events: bool = True,
-        bundles: BundleStore | None = None,
         sandbox: TaskSandbox | None = None,
+        flower_tls: FlowerTls | None = None,
+        poll_interval: float = DEFAULT_REQUEST_INTERVAL,
+        reconcile: str = "stop",
         artifacts: ArtifactStore | None = None,
         max_running_tasks: int | None = None,
     ) -> None:
+        """``bundles`` is the process's one bundle store (the gateway's too, when both
+        run here: a delete then waits for an upload of the same task, and digests are
+        hashed once). ``poll_interval`` is the fleet's ``request_interval`` (it sizes the
+        device cache); ``reconcile`` says what :meth:`start` does with tasks a dead
+        cloud left marked running: ``stop`` marks them stopped, ``restart`` starts
+        their server side again."""
         super().__init__(bus, "task-manager", hide_internal_errors=hide_internal_errors)
+        if reconcile not in RECONCILE_CHOICES:
+            raise invalid(f"reconcile must be one of {', '.join(RECONCILE_CHOICES)}")
         self.store = as_async(store)
-        self.bundles_root = bundles_root
-        # The gateway's store when both run in one process: digests it took are reused.
-        self.bundles = bundles if bundles is not None else BundleStore(bundles_root)
+        self.bundles = bundles
+        self.device_cache_seconds = DEVICE_CACHE_POLLS * poll_interval
+        self.reconcile = reconcile
         self.legacy_devices = legacy_devices
         self.notifier = Notifier(bus)
         self.event = EventPublisher(bus, "task-manager", enabled=register_events)
@@ -102,12 +121,13 @@ class TaskManager(Service):
         self.server_tasks = ServerTasks(
             self.store,
             self.notifier,
-            bundles_root,
+            bundles,
             work_root,
             grace=grace,
             record_event=self.event,
             on_ended=self._run_ended,
             sandbox=sandbox,
+            flower_tls=flower_tls,
             artifacts=self.artifacts,
         )
         self.scheduler = RunScheduler(
@@ -147,6 +167,7 @@ class TaskManager(Service):
             (ops.VALIDATE_CRITERIA, self.validate_criteria),
             (ops.GET_OVERVIEW, self.get_overview),
             (ops.CHECK_DOWNLOAD_PASSWORD, self.check_password),
+            (ops.REGISTER_FLOWER_NODE, self.register_flower_node),
             (ops.LIST_RUNS, self.list_runs),
             (ops.GET_RUN, self.get_run),
         ]:
@@ -158,6 +179,8 @@ class TaskManager(Service):
         fixed = await self.server_tasks.reconcile()
         for task_id in fixed:
             logger.warning("task %s was left marked running; marked stopped", task_id)
+        if self.reconcile == "restart":
+            await self._restart_leftovers(fixed)
         self.server_tasks.start_reconciling()
         self._subscription = await self.bus.subscribe(
             ops.NOTIFICATIONS_TOPIC, self._on_notification
@@ -165,6 +188,18 @@ class TaskManager(Service):
         await super().start()
         self.event("start", "Service initialization")
         self._soon(self.scheduler.dequeue())  # runs queued before a restart
+
+    async def _restart_leftovers(self, task_ids: list[str]) -> None:
+        """``reconcile = restart``: start again the tasks a dead cloud left running (a
+        new run, with the stored server arguments). One that cannot start (its end is
+        not in the store yet, its bundle does not match) is logged and stays stopped."""
+        for task_id in task_ids:
+            try:
+                await self.start_task(ops.StartTask(task_id=task_id))
+            except AgataError as exc:
+                logger.error("task %s not restarted: %s", task_id, exc.message)
+            else:
+                logger.warning("task %s was left marked running; started again", task_id)
 
     async def stop(self) -> None:
         await super().stop()
@@ -212,7 +247,7 @@ class TaskManager(Service):
         attributes = device_attributes(device)
         if len(self._device_cache) >= DEVICE_CACHE_SIZE:
             self._device_cache.clear()
-        self._device_cache[user_id] = (now + DEVICE_CACHE_SECONDS, attributes)
+        self._device_cache[user_id] = (now + self.device_cache_seconds, attributes)
         return attributes
 
     async def _flush_touches_soon(self) -> None:
@@ -355,10 +390,11 @@ class TaskManager(Service):
         await self.notifier.notify(TaskChanged(task_id=req.task_id, deleted=True, running=False))
 
     async def set_task_files(self, req: ops.SetTaskFiles) -> None:
-        """Record the bundle listing after an upload (the gateway wrote the files)."""
-        task = await self.store.set_task_files(
-            req.task_id, [BundleFile(f.name, f.size, f.sha256) for f in req.files]
-        )
+        """Record the bundle listing after an upload (the gateway wrote the files). A new
+        bundle version is a new task version: the devices' quarantines of the task end
+        (each device drops its own when it is offered the new version)."""
+        task = await self.store.set_task_files(req.task_id, req.files)
+        await self.store.clear_quarantine(None, task.task_id)
         self._changed()
         await self.notifier.notify(
             TaskChanged(
@@ -390,12 +426,19 @@ class TaskManager(Service):
                 "running run ends"
             )
         names = {f.name for f in task.files}
-        missing = [n for n in ("server.py", "client.py") if n not in names]
-        if missing:
-            raise invalid(
-                f"task {task.task_id} has no {' and no '.join(missing)} in its bundle; "
-                "upload the bundle files first"
-            )
+        if task.kind is TaskKind.FLOWER_APP:
+            folder = self.bundles.task_dir(task.task_id)
+            try:  # pyproject.toml with [tool.flwr.app] and both components, or one FAB
+                await asyncio.to_thread(check_app, names, lambda n: (folder / n).read_bytes())
+            except AgataError as exc:
+                raise invalid(f"task {task.task_id}: {exc.message}") from None
+        else:
+            missing = [n for n in ("server.py", "client.py") if n not in names]
+            if missing:
+                raise invalid(
+                    f"task {task.task_id} has no {' and no '.join(missing)} in its bundle; "
+                    "upload the bundle files first"
+                )
         # Devices verify every file against this listing: a bundle that does not match
         # (a crash between a write and its listing, a file changed behind the listing)
         # would make each of them fail and quarantine the task. Hashing runs in a thread.
@@ -432,7 +475,11 @@ class TaskManager(Service):
             if not raise_errors:
                 await asyncio.to_thread(self.bundles.check_listing, task.task_id, task.files)
             pgid = await self.server_tasks.start(
-                task.task_id, list(run.server_arguments), limits=task.limits, run=run.run
+                task.task_id,
+                list(run.server_arguments),
+                limits=task.limits,
+                run=run.run,
+                flower_app=(task.host, task.port) if task.kind is TaskKind.FLOWER_APP else None,
             )
         except AgataError as exc:
             # Recorded like any end: retried if the store refuses it now.
@@ -518,19 +565,24 @@ class TaskManager(Service):
             await self.notifier.notify(TaskStopRequested(task_id=task_id))
 
     async def stop_task(self, req: ops.TaskRef) -> None:
-        """End the current run (queued, waiting or running) as stopped."""
+        """End the current run (queued, waiting or running) as stopped: recorded
+        stopped first, then the devices are told, then its server side is ended. So a
+        device hears of the stop before (or as) its client side sees the server go, and
+        a device that asks is told the run ended: the run's end is never a device's
+        failure (docs/edge.md, "Runs end")."""
         task = await self.store.get_task(req.task_id)
         if not task.running and task.state is not TaskState.QUEUED:
             raise conflict(f"task {task.task_id} is not running")
         await self.store.set_task_state(
             task.task_id, running=False, state=TaskState.STOPPED, reason="stopped by the operator"
         )
-        if task.running:
-            await self._end_server(task.task_id)
-        self.event(ops.STOP_TASK, "Task stopped on cloud", task_id=task.task_id)
+        self._changed()
         await self.notifier.notify(
             TaskChanged(task_id=task.task_id, running=False, state="stopped", run=task.run)
         )
+        if task.running:
+            await self._end_server(task.task_id)
+        self.event(ops.STOP_TASK, "Task stopped on cloud", task_id=task.task_id)
         self._soon(self.scheduler.dequeue())
 
     async def list_runs(self, req: ops.ListRuns) -> list[dict[str, Any]]:
@@ -551,6 +603,34 @@ class TaskManager(Service):
             return (await self.store.get_task(task_id)).run
         await self.store.get_run(task_id, run)
         return run
+
+    async def register_flower_node(self, req: ops.RegisterFlowerNode) -> dict[str, Any]:
+        """Let a selected device's SuperNode into a flower-app run: the task must be a
+        running flower-app whose criteria this device meets (else 409 / 403)."""
+        task = await self.store.get_task(req.task_id)
+        if task.kind is not TaskKind.FLOWER_APP or not task.running:
+            raise conflict(f"task {task.task_id} is not a running flower-app task")
+        attributes = await self._device_attributes(req.user_id)
+        if not self.criteria.matches(task.selection_criteria, attributes):
+            raise AgataError(
+                ErrorCode.FORBIDDEN,
+                f"device {req.user_id} does not meet the selection criteria of task {task.task_id}",
+            )
+        run = self.server_tasks.flower_run(task.task_id)
+        if run is None:
+            raise AgataError(
+                ErrorCode.UNAVAILABLE,
+                f"task {task.task_id}: its Flower run is not on this cloud replica",
+            )
+        node_id = await run.register_node(req.user_id, req.public_key)
+        self.event(
+            ops.REGISTER_FLOWER_NODE,
+            f"SuperNode key of {req.user_id} registered" if node_id else "no node auth",
+            task_id=task.task_id,
+        )
+        # The flwr the SuperLink runs: a device's must have the same major.minor.
+        version = installed_flower() or ""
+        return {"node_auth": run.node_auth, "node_id": node_id, "flower_version": version}
 
     async def client_requesting_task(
         self, req: ops.ClientRequestingTask
@@ -580,10 +660,21 @@ class TaskManager(Service):
         reply = self.offers.reply(False, matched)
         if reply is None:
             by_id = {task.task_id: task for task in running}
-            offers = [offer_view(by_id[task_id]) for task_id in matched]
+            offers = [self._offer(by_id[task_id]) for task_id in matched]
             reply = RawJson(encode(offers))
             self.offers.remember_reply(False, matched, reply)
         return reply
+
+    def _offer(self, task: Task) -> dict[str, Any]:
+        """A device's offer; a flower-app's says whether its run authenticates nodes and
+        which flwr it runs (the device then skips the key when there is none)."""
+        offer = offer_view(task)
+        if task.kind is TaskKind.FLOWER_APP:
+            offer["flower"] = {
+                "node_auth": self.server_tasks.flower_tls is not None,
+                "version": installed_flower() or "",
+            }
+        return offer
 
     def _legacy_offers(self, tasks: list[Task], attributes: dict[str, Any]) -> list[dict[str, Any]]:
         """Offers for a device of the original system: client arguments expanded for it.
@@ -707,11 +798,29 @@ class TaskManager(Service):
     async def get_overview(self, req: ops.Empty) -> dict[str, Any]:
         devices = await self.store.list_devices()
         tasks = await self.store.list_tasks()
-        failures = [
-            {"task_id": t.task_id, "reason": t.state_reason, "time": t.updated_at}
+        failures: list[dict[str, Any]] = [
+            {
+                "task_id": t.task_id,
+                "user_id": None,
+                "status": "failed",
+                "reason": t.state_reason,
+                "time": t.updated_at,
+                "quarantined_until": None,
+            }
             for t in tasks
             if t.state == TaskState.FAILED
+        ] + [
+            {
+                "task_id": s.task_id,
+                "user_id": s.user_id,
+                "status": str(s.status),
+                "reason": s.reason,
+                "time": s.updated_at,
+                "quarantined_until": s.quarantined_until,
+            }
+            for s in await self.store.list_device_failures(RECENT_FAILURES)
         ]
+        failures.sort(key=lambda f: datetime.fromisoformat(f["time"]))
         online = sum(1 for d in devices if seconds_since(d.last_seen) <= ONLINE_SECONDS)
         return {
             "devices_total": len(devices),
@@ -719,7 +828,7 @@ class TaskManager(Service):
             "devices_offline": len(devices) - online,
             "tasks_total": len(tasks),
             "tasks_running": sum(1 for t in tasks if t.running),
-            "recent_failures": failures[-10:],
+            "recent_failures": failures[-RECENT_FAILURES:],
             "containment": sandbox.describe() if (sandbox := self.server_tasks.sandbox) else "",
         }
 

@@ -216,6 +216,7 @@ def _device_task(state: DeviceTaskState) -> DeviceTaskPublic:
         status=state.status.value,
         reason=state.reason,
         updated_at=state.updated_at,
+        quarantined_until=state.quarantined_until,
     )
 
 

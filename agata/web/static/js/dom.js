@@ -103,6 +103,20 @@ export function ago(value) {
   return h("time", { datetime: d.toISOString(), title: formatTime(value) }, timeAgo(value));
 }
 
+/** When something ends: "ends in 58 min" (or "ended"), the exact time as tooltip; null
+ * when the time is unknown. */
+export function endsAt(value) {
+  const d = toDate(value);
+  if (!d) return null;
+  const seconds = Math.round((d.getTime() - Date.now()) / 1000);
+  let text = "ended";
+  if (seconds >= 86400) text = `ends in ${Math.floor(seconds / 86400)} d`;
+  else if (seconds >= 3600) text = `ends in ${Math.floor(seconds / 3600)} h`;
+  else if (seconds >= 60) text = `ends in ${Math.floor(seconds / 60)} min`;
+  else if (seconds > 0) text = `ends in ${seconds} s`;
+  return h("time", { datetime: d.toISOString(), title: formatTime(value), class: "until" }, text);
+}
+
 export function formatBytes(n) {
   if (n === null || n === undefined) return "—";
   if (n < 1024) return `${n} B`;

@@ -2,7 +2,7 @@
 
 import { call, describe } from "../api.js";
 import {
-  ago, alertBox, badge, chips, debounce, deviceHref, deviceState, empty, errorBox,
+  ago, alertBox, badge, chips, debounce, deviceHref, deviceState, empty, endsAt, errorBox,
   formatNumber, formatTime, h, loading, replace, table, taskHref,
 } from "../dom.js";
 
@@ -48,7 +48,7 @@ export function quarantineList(device, onCleared, onError) {
         }
       });
       return h("li", { "data-quarantine": t.task_id },
-        h("div", { class: "row" }, h("a", { href: taskHref(t.task_id) }, t.task_id), badge("quarantined"), button),
+        h("div", { class: "row" }, h("a", { href: taskHref(t.task_id) }, t.task_id), badge("quarantined"), endsAt(t.quarantined_until), button),
         t.reason ? h("span", { class: "reason" }, t.reason) : null);
     }),
   );

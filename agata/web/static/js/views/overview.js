@@ -2,8 +2,8 @@
 
 import { call } from "../api.js";
 import {
-  ago, alertBox, badge, chips, debounce, deviceHref, deviceState, errorBox, formatPercent, h,
-  loading, replace, table, taskHref,
+  ago, alertBox, badge, chips, debounce, deviceHref, deviceState, endsAt, errorBox, formatPercent,
+  h, loading, replace, table, taskHref,
 } from "../dom.js";
 
 function stat(value, label, cls = "", id = "") {
@@ -75,6 +75,12 @@ export async function render(ctx) {
         table(
           [
             { label: "Task", className: "primary", render: (f) => h("a", { class: "id-link", href: taskHref(f.task_id) }, f.task_id) },
+            {
+              label: "Where",
+              render: (f) => f.user_id
+                ? h("span", { class: "row" }, h("a", { href: deviceHref(f.user_id), "data-failure-device": f.user_id }, f.user_id), badge(f.status), endsAt(f.quarantined_until))
+                : h("span", { class: "muted" }, "cloud"),
+            },
             { label: "Reason", render: (f) => h("span", { class: "break" }, f.reason || "—") },
             { label: "When", render: (f) => ago(f.time) },
           ],
