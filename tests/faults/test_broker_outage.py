@@ -162,7 +162,10 @@ async def test_the_cloud_rides_out_a_broker_outage(
         stopped = await cloud.ok("rpc_exec_get_task_by_id", {"task_id": "live"})
 
         async def events_of_both_stops() -> list[dict[str, Any]] | None:
-            events = await cloud.ok("rpc_exec_get_task_events", {"task_id": "live"})
+            events = []  # the two starts are runs 1 and 2, each with its own events
+            for run in (1, 2):
+                body = {"task_id": "live", "run": run}
+                events += await cloud.ok("rpc_exec_get_task_events", body)
             stops = [e for e in events if e["event"] == "Task stopped on cloud"]
             return events if len(stops) == 2 else None
 
