@@ -1,6 +1,7 @@
-"""``agata simulate`` (a simulated fleet) and ``agata bench load`` (the largest fleet).
+"""``agata simulate`` (a simulated fleet), ``agata bench load`` (the largest fleet) and
+``agata bench scaling`` (the capacity model).
 
-``register(app, bench_app)`` adds both to the main application (agata/cli/main.py).
+``register(app, bench_app)`` adds them to the main application (agata/cli/main.py).
 """
 
 from __future__ import annotations
@@ -238,8 +239,75 @@ def bench_load(
         report.save(json_out)
 
 
+def bench_scaling(
+    bus: Annotated[str, typer.Option("--bus", help="amqp://... (RabbitMQ on this machine)")],
+    db: Annotated[
+        str, typer.Option("--db", help="postgresql://... on this machine (a database is made)")
+    ],
+    rabbitmqctl: Annotated[
+        str,
+        typer.Option(
+            "--rabbitmqctl",
+            help="command line of rabbitmqctl for that broker, e.g. 'rabbitmqctl -n NODE' "
+            "or 'bash scripts/services.sh rabbitmqctl'",
+        ),
+    ],
+    devices: Annotated[int, typer.Option(min=10, help="fleet of the unit run")] = 300,
+    check_devices: Annotated[
+        int, typer.Option("--check-devices", min=10, help="fleet of the 2x2 check run")
+    ] = 600,
+    seconds: Annotated[float, typer.Option(min=5, help="each measured window")] = 30.0,
+    report_rate: Annotated[
+        float, typer.Option("--report-rate", min=1, help="reports/s in the unit run")
+    ] = 20.0,
+    streams: Annotated[int, typer.Option(min=1, help="event streams held open")] = 200,
+    tolerance: Annotated[float, typer.Option(min=0.01, help="model vs measured")] = 0.25,
+    fleet_size: Annotated[int, typer.Option("--fleet-size", min=1)] = 100_000,
+    report_interval: Annotated[
+        float, typer.Option("--report-interval", min=1, help="s between a device's reports")
+    ] = 60.0,
+    utilisation: Annotated[
+        float, typer.Option(min=0.05, max=1.0, help="of a core, per replica, at most")
+    ] = 0.5,
+    json_out: Annotated[Path | None, typer.Option("--json", help="write figures here")] = None,
+) -> None:
+    """Per-component costs of a poll and a report, a capacity model from them, checked
+    against 2 gateways + 2 task managers, and the sizing of --fleet-size devices
+    (docs/scaling.md)."""
+    from agata.bench.report import render
+    from agata.bench.scaling_bench import ScalingOptions, run_scaling_bench
+    from agata.cli.main import setup_logging
+
+    setup_logging("ERROR")
+    if not bus.startswith("amqp") or not db.startswith("postgres"):
+        raise typer.BadParameter("--bus amqp://... and --db postgresql://... are both needed")
+    if check_devices < 2:
+        raise typer.BadParameter("--check-devices: at least one device per gateway")
+    options = ScalingOptions(
+        bus_url=bus,
+        db_url=db,
+        rabbitmqctl=rabbitmqctl,
+        devices=devices,
+        check_devices=check_devices,
+        seconds=seconds,
+        report_rate=report_rate,
+        streams=min(streams, devices),
+        tolerance=tolerance,
+        fleet_size=fleet_size,
+        report_interval=report_interval,
+        utilisation=utilisation,
+    )
+    reports = _run(run_scaling_bench(options, progress=typer.echo))
+    render(reports)
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps([r.to_json() for r in reports], indent=2))
+
+
 def register(app: typer.Typer, bench_app: typer.Typer | None = None) -> None:
-    """Add ``simulate`` (and ``bench load`` when ``bench_app`` is given) to the CLI."""
+    """Add ``simulate`` (and ``bench load``, ``bench scaling`` when ``bench_app`` is
+    given) to the CLI."""
     app.command("simulate")(simulate)
     if bench_app is not None:
         bench_app.command("load")(bench_load)
+        bench_app.command("scaling")(bench_scaling)
