@@ -96,6 +96,8 @@ class Model:
     stream_per_report: float | None = None
     """Gateway CPU seconds per report per device stream open on that gateway (its hub
     looks at every notification for every stream)."""
+    stream_idle: float | None = None
+    """Gateway CPU seconds per second per open device stream (its keep-alive)."""
 
 
 def _idle(window: WindowCounts, quantity: str) -> float:
@@ -216,8 +218,9 @@ def size_fleet(
     for kind in COMPONENTS:
         c = cost(f"cpu:{kind}")
         shared = max(0.0, c.per_poll * polls_per_s + c.per_report * reports_per_s)
-        if kind == "gateway" and streams and model.stream_per_report is not None:
-            shared += max(0.0, model.stream_per_report) * reports_per_s * devices
+        if kind == "gateway" and streams:
+            shared += max(0.0, model.stream_per_report or 0.0) * reports_per_s * devices
+            shared += max(0.0, model.stream_idle or 0.0) * devices
         fixed = max(0.0, c.idle) + max(0.0, c.fanout) * reports_per_s
         least = math.ceil(devices / max_connections) if kind == "gateway" and streams else 1
         if fixed >= utilisation:
