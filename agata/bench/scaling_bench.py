@@ -115,7 +115,7 @@ class ScalingOptions:
     report_rate: float = 20.0
     streams: int = 200
     tasks: int = 2
-    setup_rate: float = 10.0
+    setup_rate: float = 5.0
     tolerance: float = 0.25
     fleet_size: int = 100_000
     report_interval: float = 60.0
@@ -453,7 +453,7 @@ async def _run_phase(
                     fleets.append(fleet)
                 progress(f"{name}: {devices} devices coming on board over {ramp:.0f} s")
                 await asyncio.sleep(ramp)
-                lagging = await _wait_on_board(fleets, ramp + 120)
+                lagging = await _wait_on_board(fleets, ramp + 240)
                 if lagging:
                     errors = [
                         (f.stats.errors_by_kind(), f.stats.retries_by_kind(), f.shed_total)
@@ -462,7 +462,7 @@ async def _run_phase(
                     raise AgataError(
                         ErrorCode.UNAVAILABLE,
                         f"{lagging} of {devices} devices did not come on board in "
-                        f"{2 * ramp + 120:.0f} s (errors, retries, busy refusals: {errors}; logs: "
+                        f"{2 * ramp + 240:.0f} s (errors, retries, busy refusals: {errors}; logs: "
                         f"{cloud.parts[0].log_tail(5)})",
                     )
                 await asyncio.sleep(options.poll_interval)  # the last ones' tasks end

@@ -261,6 +261,10 @@ def bench_scaling(
         float, typer.Option("--report-rate", min=1, help="reports/s in the unit run")
     ] = 20.0,
     streams: Annotated[int, typer.Option(min=1, help="event streams held open")] = 200,
+    setup_rate: Annotated[
+        float,
+        typer.Option("--setup-rate", min=0.5, help="new devices/s while a fleet comes on board"),
+    ] = 5.0,
     tolerance: Annotated[float, typer.Option(min=0.01, help="model vs measured")] = 0.25,
     fleet_size: Annotated[int, typer.Option("--fleet-size", min=1)] = 100_000,
     report_interval: Annotated[
@@ -292,6 +296,7 @@ def bench_scaling(
         seconds=seconds,
         report_rate=report_rate,
         streams=min(streams, devices),
+        setup_rate=setup_rate,
         tolerance=tolerance,
         fleet_size=fleet_size,
         report_interval=report_interval,
