@@ -107,13 +107,13 @@ class ScalingOptions:
     bus_url: str
     db_url: str
     rabbitmqctl: str
-    devices: int = 300
-    check_devices: int = 600
-    seconds: float = 30.0
+    devices: int = 150
+    check_devices: int = 300
+    seconds: float = 20.0
     idle_seconds: float = 15.0
     poll_interval: float = 10.0
-    report_rate: float = 20.0
-    streams: int = 200
+    report_rate: float = 10.0
+    streams: int = 100
     tasks: int = 2
     setup_rate: float = 5.0
     tolerance: float = 0.25

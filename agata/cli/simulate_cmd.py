@@ -252,15 +252,15 @@ def bench_scaling(
             "or 'bash scripts/services.sh rabbitmqctl'",
         ),
     ],
-    devices: Annotated[int, typer.Option(min=10, help="fleet of the unit run")] = 300,
+    devices: Annotated[int, typer.Option(min=10, help="fleet of the unit run")] = 150,
     check_devices: Annotated[
         int, typer.Option("--check-devices", min=10, help="fleet of the 2x2 check run")
-    ] = 600,
-    seconds: Annotated[float, typer.Option(min=5, help="each measured window")] = 30.0,
+    ] = 300,
+    seconds: Annotated[float, typer.Option(min=5, help="each measured window")] = 20.0,
     report_rate: Annotated[
         float, typer.Option("--report-rate", min=1, help="reports/s in the unit run")
-    ] = 20.0,
-    streams: Annotated[int, typer.Option(min=1, help="event streams held open")] = 200,
+    ] = 10.0,
+    streams: Annotated[int, typer.Option(min=1, help="event streams held open")] = 100,
     setup_rate: Annotated[
         float,
         typer.Option("--setup-rate", min=0.5, help="new devices/s while a fleet comes on board"),
