@@ -252,10 +252,10 @@ def bench_scaling(
             "or 'bash scripts/services.sh rabbitmqctl'",
         ),
     ],
-    devices: Annotated[int, typer.Option(min=10, help="fleet of the unit run")] = 150,
+    devices: Annotated[int, typer.Option(min=10, help="fleet of the unit run")] = 100,
     check_devices: Annotated[
         int, typer.Option("--check-devices", min=10, help="fleet of the 2x2 check run")
-    ] = 300,
+    ] = 200,
     seconds: Annotated[float, typer.Option(min=5, help="each measured window")] = 20.0,
     report_rate: Annotated[
         float, typer.Option("--report-rate", min=1, help="reports/s in the unit run")
