@@ -63,6 +63,15 @@ class Settings(BaseModel):
     cors_origins: list[str] = Field(default_factory=list)
     max_upload_bytes: int = Field(50 * 1024 * 1024, gt=0)
     server_grace_seconds: float = Field(5.0, ge=0)
+    max_running_tasks: int | None = Field(
+        None,
+        ge=1,
+        le=100_000,
+        description="runs waiting or running at once; a start past it is queued (none: no cap)",
+    )
+    artifact_max_mb: int = Field(
+        256, ge=1, le=1 << 20, description="largest file a run may save as an artifact (MB)"
+    )
     reconcile: Literal["stop", "restart"] = Field(
         "stop", description="what to do on start with tasks left marked running"
     )

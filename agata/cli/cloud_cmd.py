@@ -102,6 +102,16 @@ def run_cloud(
         float | None,
         typer.Option("--admission-wait", help="seconds a request may wait for a place before 503"),
     ] = None,
+    max_running_tasks: Annotated[
+        int | None,
+        typer.Option(
+            "--max-running-tasks", help="runs at once; a start past it is queued (default: no cap)"
+        ),
+    ] = None,
+    artifact_max_mb: Annotated[
+        int | None,
+        typer.Option("--artifact-max-mb", help="largest artifact a run may save, MB (256)"),
+    ] = None,
 ) -> None:
     """Start the cloud services and the HTTP gateway in this process."""
     from agata.cli.main import setup_logging
@@ -129,6 +139,8 @@ def run_cloud(
         max_in_flight=max_in_flight,
         admission_wait=admission_wait,
         wheelhouse=wheelhouse,
+        max_running_tasks=max_running_tasks,
+        artifact_max_mb=artifact_max_mb,
     )
     setup_logging(settings.log_level)
     services = tuple(service or SERVICES)

@@ -222,6 +222,24 @@ def bench_console(
         _save([report], json_out)
 
 
+def bench_runs(
+    runs: Annotated[int, typer.Option(min=1, help="runs of the task")] = 1000,
+    metrics: Annotated[int, typer.Option(min=1, help="metric rows over its runs")] = 100_000,
+    samples: Annotated[int, typer.Option(min=5, help="calls per figure and round")] = 50,
+    db: Annotated[str, typer.Option("--db", help="postgresql://... (default: SQLite)")] = "",
+    json_out: Annotated[Path | None, typer.Option("--json", help="write figures here")] = None,
+) -> None:
+    """Runs of a task with a long history: list_runs and get_run beside get_task_by_id."""
+    from agata.bench.report import render
+    from agata.bench.runs_bench import run_runs_bench
+
+    _bench_logging()
+    report = run_runs_bench(runs, metrics, samples, db)
+    render([report])
+    if json_out:
+        _save([report], json_out)
+
+
 def bench_edge(
     samples: Annotated[int, typer.Option(min=2, help="dispatches and failovers")] = 10,
     idle_seconds: Annotated[float, typer.Option(min=1)] = 10.0,
@@ -263,3 +281,4 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     bench_app.command("devices")(bench_devices)
     bench_app.command("edge")(bench_edge)
     bench_app.command("console")(bench_console)
+    bench_app.command("runs")(bench_runs)

@@ -20,7 +20,9 @@ edge_app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 device_app = typer.Typer(
-    help="Device identity: enrollment with the cloud.", pretty_exceptions_enable=False
+    help="Devices: enroll this one (on a device); list, show, clear-quarantine, revoke "
+    "(operator, against a cloud).",
+    pretty_exceptions_enable=False,
 )
 
 ConfigOption = Annotated[

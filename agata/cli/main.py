@@ -13,9 +13,12 @@ from agata import __version__
 from agata.cli.cloud_cmd import cloud_app, token_app
 from agata.cli.demo_cmd import register as register_demo
 from agata.cli.deploy_cmd import deploy_app
+from agata.cli.device_cmd import register as register_device_ops
 from agata.cli.edge_cmd import device_app, edge_app
 from agata.cli.extras import install_hint, missing_extra
+from agata.cli.run_cmd import run_app
 from agata.cli.simulate_cmd import register as register_simulate
+from agata.cli.task_cmd import task_app
 from agata.errors import AgataError
 
 app = typer.Typer(
@@ -31,6 +34,9 @@ app.add_typer(cloud_app, name="cloud")
 app.add_typer(token_app, name="token")
 app.add_typer(edge_app, name="edge")
 app.add_typer(device_app, name="device")
+register_device_ops(device_app)
+app.add_typer(task_app, name="task")
+app.add_typer(run_app, name="run")
 app.add_typer(deploy_app, name="deploy")
 register_demo(app, bench_app)
 register_simulate(app, bench_app)

@@ -23,6 +23,7 @@ from fastapi import FastAPI
 
 from agata.bus import Bus, create_bus
 from agata.bus.service import Service
+from agata.cloud.bundles.artifact_store import ArtifactStore
 from agata.cloud.bundles.bundle_store import BundleStore
 from agata.cloud.credentials.tokens import OPERATOR_PREFIX, hash_token, new_token
 from agata.cloud.gateway import GatewayConfig, create_gateway
@@ -69,6 +70,9 @@ class CloudNode:
         self._own_store = store is None
         self._store = store
         self.bundles = BundleStore(self.data_dir / "tasks")
+        self.artifacts = ArtifactStore(
+            self.data_dir / "artifacts", max_bytes=settings.artifact_max_mb * 1024 * 1024
+        )
         self._running: list[Service] = []
         self._recorder: EventRecorder | None = None
         self.app: FastAPI | None = None
@@ -139,6 +143,8 @@ class CloudNode:
                 grace=s.server_grace_seconds,
                 register_events=s.register_events,
                 sandbox=sandbox,
+                artifacts=self.artifacts,
+                max_running_tasks=s.max_running_tasks,
             )
             manager.max_in_flight = s.service_max_in_flight
             await manager.start()
@@ -170,6 +176,7 @@ class CloudNode:
                     max_in_flight=s.max_in_flight,
                     admission_wait=s.admission_wait,
                     wheelhouse=s.wheelhouse,
+                    artifacts=self.artifacts,
                 ),
             )
             if first_token:

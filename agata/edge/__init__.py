@@ -19,9 +19,10 @@ One concern per module:
 """
 
 from agata.edge.agent import Agent, EventCallback, RunningTask
-from agata.edge.cloud_client import CloudClient, TaskOffer
+from agata.edge.cloud_client import CloudClient
 from agata.edge.device_info import DeviceInfo, DeviceSource
 from agata.edge.local_state import QuarantineEntry
+from agata.protocol.offers import TaskOffer
 
 __all__ = [
     "Agent",

@@ -42,7 +42,7 @@ from typing import Any
 from agata.edge.arguments import expand_client_arguments, placeholder_values
 from agata.edge.backoff import Backoff, StateLog
 from agata.edge.bundle_cache import BundleCache
-from agata.edge.cloud_client import CloudClient, TaskOffer, is_transient
+from agata.edge.cloud_client import CloudClient, is_transient
 from agata.edge.device_info import DeviceInfo, DeviceSource
 from agata.edge.hooks import HookRunner, event_of_report
 from agata.edge.local_state import LocalState, QuarantineEntry, RunningRecord
@@ -53,6 +53,7 @@ from agata.edge.task_runs import TaskRun, recover_leftovers
 from agata.edge.wheelhouse import WheelhouseMirror
 from agata.errors import AgataError, ErrorCode
 from agata.files import make_private_dir
+from agata.protocol.offers import TaskOffer
 from agata.runtime.limits import Limits
 from agata.runtime.messages import Error, Info, Model, OutputLine, Print, TaskMessage
 from agata.runtime.process import ProcessLauncher

@@ -9,10 +9,10 @@ failed to start.
 
 from __future__ import annotations
 
-from agata.edge.cloud_client import TaskOffer
 from agata.edge.device_info import DeviceInfo
 from agata.protocol import arguments as shared
 from agata.protocol.arguments import expand_client_arguments
+from agata.protocol.offers import TaskOffer
 
 __all__ = ["expand_client_arguments", "placeholder_values"]
 

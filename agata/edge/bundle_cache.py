@@ -30,9 +30,11 @@ from pathlib import Path
 from urllib.parse import quote
 
 from agata.edge.backoff import Backoff
-from agata.edge.cloud_client import BundleFile, CloudClient, TaskOffer, is_transient
+from agata.edge.cloud_client import CloudClient, is_transient
 from agata.errors import AgataError, ErrorCode
+from agata.protocol.bundle_files import BundleFile
 from agata.protocol.bundle_names import AGENT_MANIFEST, check_listed_name
+from agata.protocol.offers import TaskOffer
 
 __all__ = ["MANIFEST", "BundleCache", "check_file_name"]
 

@@ -23,34 +23,23 @@ import datetime
 import email.utils
 import hashlib
 import logging
-import shlex
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import httpx
-from pydantic import (
-    AliasChoices,
-    BaseModel,
-    ConfigDict,
-    Field,
-    StringConstraints,
-    ValidationError,
-    field_validator,
-)
+from pydantic import ValidationError
 
 from agata.edge.backoff import Backoff, StateLog
 from agata.edge.device_info import DeviceInfo
 from agata.errors import AgataError, ErrorCode
-from agata.protocol.operations import (
-    CLIENT_REQUESTING_TASK,
-    REPORT_DEVICE_TASK,
-    TASK_ID_PATTERN,
-    UPDATE_USER_INFO,
-)
+from agata.protocol.bundle_files import BundleFile
+from agata.protocol.offers import TaskOffer
+from agata.protocol.operations import CLIENT_REQUESTING_TASK, REPORT_DEVICE_TASK, UPDATE_USER_INFO
 from agata.tls import client_context
 
+# BundleFile and TaskOffer are the protocol's (agata.protocol), named here for the agent.
 __all__ = [
     "BundleFile",
     "CloudClient",
@@ -63,7 +52,6 @@ logger = logging.getLogger(__name__)
 
 ENROLL_PATH = "/api/devices/enroll"
 _CHUNK = 64 * 1024
-_VERSION_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$"
 
 _TRANSIENT = {
     ErrorCode.UNAVAILABLE,
@@ -76,68 +64,6 @@ _TRANSIENT = {
 def is_transient(error: AgataError) -> bool:
     """Whether trying again later may succeed (the cloud is down, busy or broken)."""
     return error.code in _TRANSIENT or error.status_code >= 500
-
-
-class BundleFile(BaseModel):
-    """One file of a bundle, as listed by the cloud."""
-
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-    name: Annotated[str, StringConstraints(min_length=1, max_length=255)]
-    size: int = Field(ge=0)
-    sha256: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
-
-
-class TaskOffer(BaseModel):
-    """A task this device may run (an item of ``rpc_exec_client_requesting_task``).
-
-    Fields the agent does not use are ignored; the task id and version become folder
-    names, so they are checked to be plain names.
-    """
-
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-    task_id: Annotated[str, StringConstraints(pattern=TASK_ID_PATTERN)] = Field(
-        validation_alias=AliasChoices("ID", "task_id")
-    )
-    host: str = ""
-    port: int | None = None
-    tags: tuple[str, ...] = ()
-    client_arguments: str = ""
-    client_argv: tuple[str, ...] | None = None
-    files_paths: tuple[str, ...] = ()
-    files: tuple[BundleFile, ...] = ()
-    version: Annotated[str, StringConstraints(pattern=_VERSION_PATTERN)] = "0"
-    download_url: str = ""
-    username: str | None = None
-    password: str | None = None
-    limits: dict[str, float] = Field(default_factory=dict)  # checked when the run starts
-
-    @field_validator("version", mode="before")
-    @classmethod
-    def _version_text(cls, value: Any) -> Any:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return str(value)
-        return value
-
-    @field_validator("client_arguments", mode="before")
-    @classmethod
-    def _arguments_text(cls, value: Any) -> Any:
-        if value is None:
-            return ""
-        if isinstance(value, list):
-            return shlex.join(str(item) for item in value)
-        return value
-
-    @property
-    def argv(self) -> list[str]:
-        """The client side's arguments (after the work path)."""
-        if self.client_argv is not None:
-            return list(self.client_argv)
-        try:
-            return shlex.split(self.client_arguments)
-        except ValueError:
-            return self.client_arguments.split()
 
 
 #: Longest Retry-After honoured, seconds (a wilder value is capped to it).

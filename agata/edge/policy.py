@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Sequence
 from typing import Literal
 
-from agata.edge.cloud_client import TaskOffer
 from agata.errors import AgataError, ErrorCode
+from agata.protocol.offers import TaskOffer
 
 __all__ = ["POLICIES", "Policy", "choose_tasks"]
 

@@ -28,8 +28,9 @@ from urllib.parse import quote
 from pydantic import ValidationError
 
 from agata.edge.backoff import Backoff, StateLog
-from agata.edge.cloud_client import CloudClient, TaskOffer
+from agata.edge.cloud_client import CloudClient
 from agata.errors import AgataError, ErrorCode
+from agata.protocol.offers import TaskOffer
 
 __all__ = ["PushListener", "parse_sse", "pushed_offers"]
 

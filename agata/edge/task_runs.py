@@ -7,9 +7,9 @@ import logging
 import signal
 from dataclasses import dataclass, field
 
-from agata.edge.cloud_client import TaskOffer
 from agata.edge.local_state import LocalState
 from agata.errors import AgataError
+from agata.protocol.offers import TaskOffer
 from agata.runtime.messages import OutputLine, Stream
 from agata.runtime.process import kill_process_group
 from agata.runtime.sandbox import TaskSandbox

@@ -7,181 +7,35 @@ and the HTTP path at the gateway (``POST /<name>``).
 
 from __future__ import annotations
 
-import re
-import shlex
-from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-from pydantic import (
-    AfterValidator,
-    AliasChoices,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    GetCoreSchemaHandler,
-    GetJsonSchemaHandler,
-    StringConstraints,
-    field_validator,
-)
-from pydantic.json_schema import JsonSchemaValue
-from pydantic_core import CoreSchema, PydanticCustomError, core_schema
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic_core import PydanticCustomError
 
 from agata.errors import AgataError
+from agata.protocol.bundle_files import BundleFile
 from agata.protocol.bundle_names import check_listed_name
-
-# -- field types ---------------------------------------------------------------
-
-
-def _no_nul(value: Any) -> Any:
-    """Refuse a string with a NUL character: PostgreSQL cannot store one, SQLite
-    would, and a file name cannot hold one. Anything else passes unchanged."""
-    if isinstance(value, str) and "\x00" in value:
-        raise PydanticCustomError("nul_character", "must not contain NUL characters")
-    return value
-
-
-@dataclass(frozen=True, slots=True)
-class NoNul:
-    """Marks a ``str`` that may not contain NUL, for validation and JSON schema.
-
-    The schema says it as ``pattern`` on a value; on a dict key (``key=True``) as
-    ``not: {pattern: "\\x00"}``, because pydantic turns a key's ``pattern`` into
-    ``patternProperties``, which leaves every other key allowed.
-    """
-
-    key: bool = False
-
-    def __get_pydantic_core_schema__(
-        self, source: Any, handler: GetCoreSchemaHandler
-    ) -> CoreSchema:
-        return core_schema.no_info_after_validator_function(_no_nul, handler(source))
-
-    def __get_pydantic_json_schema__(
-        self, schema: CoreSchema, handler: GetJsonSchemaHandler
-    ) -> JsonSchemaValue:
-        value = handler(schema)
-        if self.key:
-            value["not"] = {"pattern": r"\x00"}
-        else:
-            value["pattern"] = r"^[^\x00]*$"
-        return value
-
-
-#: Bounds of the integers a request may carry, so that one beyond what the store keeps
-#: is refused (400) before anything is written: rounds go to ``INTEGER`` columns; sizes
-#: to ``BIGINT`` ones, bounded here by the largest integer JSON carries exactly
-#: (2**53 - 1: a browser, or a JSON schema tool, reads numbers as doubles).
-INT32_MAX = 2**31 - 1
-JSON_INT_MAX = 2**53 - 1
-
-#: Names the cloud itself uses as the source or actor of what it records (metrics and
-#: log lines of a task's server side are from ``server``; events name the services and
-#: the operator). A device may not take one of them as its id (compared without case),
-#: or what it reports would pass for the cloud's own.
-RESERVED_DEVICE_IDS = frozenset(
-    {
-        "server",
-        "cloud",
-        "operator",
-        "gateway",
-        "task-manager",
-        "device-registry",
-        "anonymous",
-    }
+from agata.protocol.fields import (
+    INT32_MAX,
+    JSON_INT_MAX,
+    Arguments,
+    AttributeName,
+    AttributeValue,
+    Criteria,
+    Host,
+    MetricName,
+    MetricValue,
+    NoNul,
+    OwnDeviceId,
+    SensorName,
+    ShortText,
+    Tags,
+    TaskKindName,
 )
-
-TASK_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
-TaskId = Annotated[str, StringConstraints(pattern=TASK_ID_PATTERN)]
-DeviceId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:@-]{1,128}$")]
-
-
-def _not_reserved(value: str) -> str:
-    if value.lower() in RESERVED_DEVICE_IDS:
-        raise PydanticCustomError(
-            "reserved_device_id",
-            "{user_id} is reserved for the cloud's own records; choose another device id",
-            {"user_id": repr(value)},
-        )
-    return value
-
-
-def _any_case(word: str) -> str:
-    """A regex matching ``word`` in any case (``-`` and ``_`` are literal as they are)."""
-    return "".join(
-        f"[{c.lower()}{c.upper()}]" if c.isalpha() else c if c in "-_" else re.escape(c)
-        for c in word
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class NotReserved:
-    """Marks a device id that may not be one of :data:`RESERVED_DEVICE_IDS` (any case),
-    for validation and JSON schema (``not: {pattern: ...}``)."""
-
-    def __get_pydantic_core_schema__(
-        self, source: Any, handler: GetCoreSchemaHandler
-    ) -> CoreSchema:
-        return core_schema.no_info_after_validator_function(_not_reserved, handler(source))
-
-    def __get_pydantic_json_schema__(
-        self, schema: CoreSchema, handler: GetJsonSchemaHandler
-    ) -> JsonSchemaValue:
-        value = handler(schema)
-        words = "|".join(_any_case(word) for word in sorted(RESERVED_DEVICE_IDS))
-        value["not"] = {"pattern": f"^({words})$"}
-        return value
-
-
-#: The id of a device acting for itself (registering, enrolling, reporting): a
-#: :data:`DeviceId` that is not one of :data:`RESERVED_DEVICE_IDS`.
-OwnDeviceId = Annotated[DeviceId, NotReserved()]
-#: A host name or address (the store keeps 255 characters).
-Host = Annotated[str, StringConstraints(min_length=1, max_length=255), NoNul()]
-ShortText = Annotated[str, StringConstraints(max_length=255), NoNul()]
-Criteria = Annotated[str, StringConstraints(max_length=1000), NoNul()]
-Tag = Annotated[str, StringConstraints(min_length=1, max_length=64), NoNul()]
-
-
-def _drop_empty_tags(value: Any) -> Any:
-    """The original's create page sends ``tags: [""]`` for an empty field: empty (or
-    blank) tags are dropped, not refused. Anything else is validated as given."""
-    if isinstance(value, list):
-        return [tag for tag in value if not (isinstance(tag, str) and not tag.strip())]
-    return value
-
-
-#: A task's tags: at most 64, each 1-64 characters; empty ones are dropped.
-Tags = Annotated[list[Tag], BeforeValidator(_drop_empty_tags), Field(max_length=64)]
-SensorName = Annotated[str, StringConstraints(min_length=1, max_length=64), NoNul()]
-MetricName = Annotated[str, StringConstraints(min_length=1, max_length=255), NoNul(key=True)]
-AttributeName = Annotated[str, StringConstraints(max_length=255), NoNul(key=True)]
-#: A metric's value: a finite number (the store keeps no NaN or infinity).
-MetricValue = Annotated[float, Field(allow_inf_nan=False)]
-#: The value of an extra device attribute; NUL is refused before the union is tried,
-#: so the error names the attribute and not each member of the union.
-AttributeValue = Annotated[
-    Annotated[str, NoNul()] | int | float | bool | None, BeforeValidator(_no_nul)
-]
-
-
-def _split_arguments(value: Any) -> Any:
-    """Arguments may come as a shell-like string (the original) or as a list."""
-    if value is None:
-        return value
-    if isinstance(value, str):
-        try:
-            return shlex.split(value)
-        except ValueError as exc:
-            raise ValueError(f"cannot split arguments: {exc}") from None
-    return value
-
-
-Arguments = Annotated[
-    list[Annotated[str, StringConstraints(max_length=1024), NoNul()]],
-    BeforeValidator(_split_arguments),
-    Field(max_length=64),
-]
+from agata.protocol.fields import TASK_ID_PATTERN as TASK_ID_PATTERN
+from agata.protocol.fields import DeviceId as DeviceId
+from agata.protocol.fields import TaskId as TaskId
+from agata.protocol.notifications import NOTIFICATIONS_TOPIC as NOTIFICATIONS_TOPIC
 
 
 class Request(BaseModel):
@@ -209,6 +63,13 @@ GET_TASK_DEVICES = "rpc_exec_get_task_devices"
 VALIDATE_CRITERIA = "rpc_exec_validate_criteria"
 GET_OVERVIEW = "rpc_exec_get_overview"
 CHECK_DOWNLOAD_PASSWORD = "rpc_exec_check_download_password"
+LIST_RUNS = "rpc_exec_list_runs"
+GET_RUN = "rpc_exec_get_run"
+
+#: A run's number: a positive integer (the store keeps ``INTEGER``).
+RunNumber = Annotated[int, Field(ge=1, le=INT32_MAX)]
+#: Longest a run may wait for its ``min_devices`` (a year).
+MAX_START_DEADLINE_S = 366 * 86400.0
 
 
 class TaskLimits(Request):
@@ -220,11 +81,6 @@ class TaskLimits(Request):
     open_files: int | None = Field(default=None, ge=16, le=1 << 20)
     pids: int | None = Field(default=None, ge=1, le=1 << 22)
     wall_seconds: float | None = Field(default=None, ge=0.1, le=366 * 86400)
-
-
-#: What a task's bundle is: ``script`` (server.py/client.py, the original's contract) or
-#: ``flower-app`` (a Flower App project on Flower's Deployment Runtime).
-TaskKindName = Literal["script", "flower-app"]
 
 
 class CreateTask(Request):
@@ -239,6 +95,8 @@ class CreateTask(Request):
     client_arguments: Arguments | None = None
     tags: Tags | None = None
     limits: TaskLimits | None = None
+    min_devices: int = Field(0, ge=0, le=1_000_000)
+    start_deadline_s: float | None = Field(default=None, gt=0, le=MAX_START_DEADLINE_S)
     kind: TaskKindName = "script"
 
 
@@ -253,6 +111,9 @@ class UpdateTask(Request):
     password: ShortText | None = None
     tags: Tags | None = None
     limits: TaskLimits | None = None
+    min_devices: int | None = Field(default=None, ge=0, le=1_000_000)
+    #: ``0`` clears it (no deadline: a run waits for its devices as long as it takes).
+    start_deadline_s: float | None = Field(default=None, ge=0, le=MAX_START_DEADLINE_S)
     kind: TaskKindName | None = None
 
 
@@ -277,7 +138,7 @@ FilterText = Annotated[str, StringConstraints(max_length=2000), NoNul()]
 
 class QueryTasks(Request):
     """One page of tasks: ``q`` (blank-separated terms, all must hold) is a part of the
-    id, a state (``running stopped finished failed``) or ``tag:NAME``; sorted by
+    id, a state (``running queued stopped finished failed``) or ``tag:NAME``; sorted by
     ``sort`` (``task_id created_at updated_at state``) in ``order``. Answers
     ``{"items": [task, ...], "total": N}``."""
 
@@ -288,35 +149,25 @@ class QueryTasks(Request):
     q: FilterText = ""
 
 
-def _listed_name(value: str) -> str:
-    """The bundle name rule (:mod:`agata.protocol.bundle_names`) as a pydantic check."""
-    try:
-        return check_listed_name(value)
-    except AgataError as exc:
-        raise PydanticCustomError("file_name", "{reason}", {"reason": exc.message}) from None
-
-
-#: A file name of a bundle listing, by the rule cloud and agents share.
-ListedFileName = Annotated[
-    str, StringConstraints(min_length=1, max_length=255), NoNul(), AfterValidator(_listed_name)
-]
-
-
-class BundleFileModel(BaseModel):
-    name: ListedFileName
-    size: int = Field(ge=0, le=JSON_INT_MAX)
-    sha256: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
-
-
 class SetTaskFiles(Request):
+    """Record a task's bundle listing; every name must pass the bundle name rule
+    (:mod:`agata.protocol.bundle_names`) and be listed once."""
+
     task_id: TaskId
-    files: list[BundleFileModel] = Field(max_length=256)
+    files: list[BundleFile] = Field(max_length=256)
 
     @field_validator("files")
     @classmethod
-    def _names_unique(cls, files: list[BundleFileModel]) -> list[BundleFileModel]:
+    def _names_allowed_and_unique(cls, files: list[BundleFile]) -> list[BundleFile]:
         seen: set[str] = set()
         for item in files:
+            try:
+                check_listed_name(item.name)
+            except AgataError as exc:
+                # The reason names the file: "file name '../x' contains '/'".
+                raise PydanticCustomError(
+                    "file_name", "{reason}", {"reason": exc.message}
+                ) from None
             if item.name in seen:
                 raise PydanticCustomError(
                     "duplicate_file", "file {name} is listed twice", {"name": repr(item.name)}
@@ -325,15 +176,45 @@ class SetTaskFiles(Request):
         return files
 
 
+class ListRuns(Request):
+    """A task's runs, newest first: at most ``limit``, numbered below ``before`` when
+    given (the next page: ``before`` = the last run number of this one)."""
+
+    task_id: TaskId
+    limit: int = Field(50, ge=1, le=1000)
+    before: RunNumber | None = None
+
+
+class RunRef(Request):
+    """One run of a task; unknown task or run: 404."""
+
+    task_id: TaskId
+    run: RunNumber
+
+
+class TaskMetricsQuery(Request):
+    """A run's metrics (``run`` absent: the current or last run)."""
+
+    task_id: TaskId
+    run: RunNumber | None = None
+
+
 class TaskLogsQuery(Request):
+    """The last ``limit`` log lines of a run (``run`` absent: the current or last run)."""
+
     task_id: TaskId
     limit: int = Field(200, ge=1, le=5000)
+    run: RunNumber | None = None
 
 
 class TaskEventsQuery(Request):
+    """Events, of a task when ``task_id`` is given: of its run ``run`` (absent: the
+    current or last run, with the task's events that belong to no run)."""
+
     task_id: TaskId | None = None
     since: float | None = None
     limit: int = Field(500, ge=1, le=5000)
+    run: RunNumber | None = None
 
 
 class ValidateCriteria(Request):
@@ -431,6 +312,9 @@ class ReportDeviceTask(Request):
     reason: Annotated[str, StringConstraints(max_length=2000), NoNul()] = ""
     round: int | None = Field(default=None, ge=0, le=INT32_MAX)
     metrics: dict[MetricName, MetricValue] | None = Field(default=None, max_length=32)
+    #: The run the report is about (the offer's ``run``); absent: the task's current run.
+    #: A report about an older run than the current one is recorded in that run only.
+    run: RunNumber | None = None
 
 
 class ClearQuarantine(Request):
@@ -472,13 +356,15 @@ OPERATION_MODELS: dict[str, type[Request]] = {
     STOP_TASK: TaskRef,
     SET_TASK_FILES: SetTaskFiles,
     CLIENT_REQUESTING_TASK: ClientRequestingTask,
-    GET_TASK_METRICS: TaskRef,
+    GET_TASK_METRICS: TaskMetricsQuery,
     GET_TASK_LOGS: TaskLogsQuery,
     GET_TASK_EVENTS: TaskEventsQuery,
     GET_TASK_DEVICES: TaskRef,
     VALIDATE_CRITERIA: ValidateCriteria,
     GET_OVERVIEW: Empty,
     CHECK_DOWNLOAD_PASSWORD: CheckDownloadPassword,
+    LIST_RUNS: ListRuns,
+    GET_RUN: RunRef,
     UPDATE_USER_INFO: UpdateUserInfo,
     GET_USER_INFO: UserRef,
     LIST_DEVICES: Empty,
@@ -495,8 +381,3 @@ OPERATION_MODELS: dict[str, type[Request]] = {
     LIST_ENROLLMENT_TOKENS: Empty,
     REVOKE_ENROLLMENT_TOKEN: TokenRef,
 }
-
-# -- notifications (broadcast to every subscriber; see Bus.subscribe) -----------------
-
-#: Topic on which the cloud announces changes (task started/stopped, metrics, events).
-NOTIFICATIONS_TOPIC = "agata.notifications"

@@ -11,6 +11,8 @@ import re
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from agata.protocol.bundle_files import Sha256Hex
+
 __all__ = ["LISTING_PATH", "WHEEL_NAME", "WheelFile", "WheelhouseListing"]
 
 #: The listing's path; a file is at ``LISTING_PATH + name``.
@@ -24,7 +26,7 @@ class WheelFile(BaseModel):
 
     name: str = Field(pattern=WHEEL_NAME.pattern.join(("^", "$")))
     size: int = Field(ge=0)
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    sha256: Sha256Hex
 
 
 class WheelhouseListing(BaseModel):

@@ -11,7 +11,11 @@ model      ``round``, ``acc``, other metrics    :class:`Model`
 print      ``message``                          :class:`Print`
 error      ``exception``                        :class:`Error`
 trigger    ``trigger_name``, ``trigger_arguments``  :class:`Trigger`
+artifact   ``path``                             :class:`Artifact`
 =========  ===================================  ==========================
+
+``artifact`` is AGATA's addition (the original had the first five): the side saved a file
+of its work folder as an artifact of the run.
 
 Anything else — plain text, JSON that is not an object, an unknown ``type``, a known type
 with missing or unusable fields (a model without a round, round ``"abc"``), an over-long
@@ -34,6 +38,7 @@ from typing import Any, ClassVar
 __all__ = [
     "MAX_LINE_CHARS",
     "TRUNCATED_MARKER",
+    "Artifact",
     "Error",
     "Info",
     "Model",
@@ -119,6 +124,15 @@ class Trigger:
 
 
 @dataclass(frozen=True, slots=True)
+class Artifact:
+    """Keep the file at ``path`` (as sent: relative to the side's work folder, or
+    absolute) as an artifact of the run. Checked by whoever keeps it, not here."""
+
+    kind: ClassVar[str] = "artifact"
+    path: str
+
+
+@dataclass(frozen=True, slots=True)
 class OutputLine:
     """A line that is not a protocol message (or anything read from stderr)."""
 
@@ -127,7 +141,7 @@ class OutputLine:
     text: str
 
 
-TaskMessage = Info | Model | Print | Error | Trigger | OutputLine
+TaskMessage = Info | Model | Print | Error | Trigger | Artifact | OutputLine
 
 
 def parse_line(
@@ -179,6 +193,9 @@ def _message(record: dict[str, Any]) -> TaskMessage | None:
             return None
         arguments = _arguments(record.get("trigger_arguments"))
         return Trigger(name, arguments) if arguments is not None else None
+    if kind == "artifact":
+        path = record.get("path")
+        return Artifact(path) if isinstance(path, str) and path else None
     return None
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import operator
+import os
 import sys
 import threading
 from typing import Any, TextIO
@@ -116,6 +117,14 @@ class TaskReporter:
                 continue
             record[name] = _number(value)
         self._send(record)
+
+    def save_artifact(self, path: str | os.PathLike[str]) -> None:
+        """Ask whoever runs this side to keep the file at ``path`` (in the side's work
+        folder, the first argument it was started with) as an artifact of the run: the
+        cloud copies what a server side saves into the run's store, where the operator
+        downloads it. Write the file completely before calling this; its base name is
+        the artifact's name (bundle file name rules). Devices ignore it."""
+        self._send({"type": "artifact", "path": os.fspath(path)})
 
     def finished(self) -> None:
         """Report that the task ended normally (``info`` ``"Finished"``)."""

@@ -47,7 +47,8 @@ import httpx
 from pydantic import ValidationError
 
 from agata.edge.backoff import Backoff
-from agata.edge.cloud_client import ENROLL_PATH, TaskOffer, retry_after
+from agata.edge.cloud_client import ENROLL_PATH, retry_after
+from agata.protocol.offers import TaskOffer
 from agata.protocol.operations import (
     CLIENT_REQUESTING_TASK,
     REPORT_DEVICE_TASK,

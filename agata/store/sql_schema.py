@@ -20,6 +20,7 @@ from sqlalchemy import (
     DateTime,
     Double,
     ForeignKey,
+    ForeignKeyConstraint,
     Index,
     Integer,
     MetaData,
@@ -30,7 +31,8 @@ from sqlalchemy import (
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
 
-SCHEMA_VERSION = 5  # 2: tasks.limits; 3: password hash; 4: device queries; 5: tasks.kind
+SCHEMA_VERSION = 6  # 2: tasks.limits; 3: password hash; 4: device queries; 5: tasks.kind;
+# 6: runs
 
 _ID = 255
 
@@ -96,8 +98,66 @@ tasks = Table(
     Column("created_at", UtcDateTime, nullable=False),
     Column("updated_at", UtcDateTime, nullable=False),
     Column("limits", JSON, nullable=True),  # since version 2; NULL: no limits
+    # Since version 6: the current (or last) run (NULL: never started) and scheduling.
+    Column("run", Integer, nullable=True),
+    Column("min_devices", Integer, nullable=False, server_default="0"),
+    Column("start_deadline_s", Double, nullable=True),
     Column("kind", String(16), nullable=False, server_default="script"),  # since version 5
     Index("ix_tasks_running", "running"),
+)
+
+# Since version 6: each start of a task. ``files`` is the bundle listing it started
+# with ([[name, size, sha256], ...]); ``last_*`` are kept by add_metric so a list of runs
+# never reads metrics.
+runs = Table(
+    "runs",
+    metadata,
+    Column("task_id", ForeignKey("tasks.task_id", ondelete="CASCADE"), primary_key=True),
+    Column("run", Integer, primary_key=True, autoincrement=False),
+    Column("state", String(16), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("server_arguments", JSON, nullable=False),
+    Column("client_arguments", JSON, nullable=False),
+    Column("bundle_version", Integer, nullable=False),
+    Column("files", JSON, nullable=False),
+    Column("min_devices", Integer, nullable=False),
+    Column("start_deadline_s", Double, nullable=True),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("started_at", UtcDateTime, nullable=True),
+    Column("ended_at", UtcDateTime, nullable=True),
+    Column("last_round", Integer, nullable=True),
+    Column("last_metrics", JSON, nullable=True),
+    Column("last_source", String(_ID), nullable=True),
+    Column("devices_joined", Integer, nullable=False),
+    Index("ix_runs_state_created", "state", "created_at"),
+)
+
+# Since version 6: each device's part in a run.
+run_devices = Table(
+    "run_devices",
+    metadata,
+    Column("task_id", String(_ID), primary_key=True),
+    Column("run", Integer, primary_key=True, autoincrement=False),
+    Column("user_id", String(_ID), primary_key=True),
+    Column("status", String(16), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("joined_at", UtcDateTime, nullable=True),
+    Column("last_round", Integer, nullable=True),
+    Column("updated_at", UtcDateTime, nullable=False),
+    ForeignKeyConstraint(["task_id", "run"], ["runs.task_id", "runs.run"], ondelete="CASCADE"),
+)
+
+# Since version 6: files a run saved (TaskReporter.save_artifact), kept by the cloud.
+run_artifacts = Table(
+    "run_artifacts",
+    metadata,
+    Column("task_id", String(_ID), primary_key=True),
+    Column("run", Integer, primary_key=True, autoincrement=False),
+    Column("name", String(_ID), primary_key=True),
+    Column("size", BigInteger, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("saved_at", UtcDateTime, nullable=False),
+    ForeignKeyConstraint(["task_id", "run"], ["runs.task_id", "runs.run"], ondelete="CASCADE"),
 )
 
 task_tags = Table(
@@ -183,8 +243,10 @@ events = Table(
     Column("task_id", String(_ID), nullable=True),
     Column("user_id", String(_ID), nullable=True),
     Column("data", JSON, nullable=False),
+    Column("run", Integer, nullable=True),  # since version 6
     Index("ix_events_time", "time"),
     Index("ix_events_task_time", "task_id", "time"),
+    Index("ix_events_task_run_time", "task_id", "run", "time"),  # since version 6
 )
 
 metrics = Table(
@@ -196,7 +258,9 @@ metrics = Table(
     Column("source", String(_ID), nullable=False),
     Column("metrics", JSON, nullable=False),
     Column("time", Double, nullable=False),
+    Column("run", Integer, nullable=True),  # since version 6 (NULL: no run)
     Index("ix_metrics_task_round", "task_id", "round"),
+    Index("ix_metrics_task_run_round", "task_id", "run", "round"),  # since version 6
 )
 
 # seq comes from tasks.log_seq, so trimming a task's log is a range delete on the key.
@@ -209,6 +273,8 @@ log_lines = Table(
     Column("stream", String(_ID), nullable=False),
     Column("text", Text, nullable=False),
     Column("time", Double, nullable=False),
+    Column("run", Integer, nullable=True),  # since version 6 (NULL: no run)
+    Index("ix_log_lines_task_run_seq", "task_id", "run", "seq"),  # since version 6
 )
 
 operator_tokens = Table(

@@ -56,6 +56,16 @@ from agata.store import sql_schema as schema
 from agata.store.passwords import hash_password
 from agata.store.queries import INDEXED_NAME_MAX, INDEXED_TEXT_MAX, DevicePage, DeviceQuery
 from agata.store.sql_errors import translate
+from agata.store.sql_run_store import (
+    SqlRunStore,
+    add_runs,
+    current_run,
+    end_current_run,
+    record_metric_in_run,
+    record_participation,
+    require_run,
+    run_number,
+)
 from agata.store.store import (
     BundleFile,
     Device,
@@ -116,7 +126,7 @@ def _exists(conn: Connection, key: Any, value: str) -> bool:
     return conn.execute(select(key).where(key == value)).first() is not None
 
 
-class SqlStore(Store):
+class SqlStore(SqlRunStore, Store):
     """A :class:`Store` on a SQLAlchemy engine (SQLite or PostgreSQL).
 
     Build it with :func:`agata.store.store_factory.create_store`, which configures the
@@ -205,6 +215,7 @@ class SqlStore(Store):
             2: _hash_task_passwords,
             3: _add_device_queries,
             4: _add_task_kind,
+            5: add_runs,
         }
         for version in range(stored, schema.SCHEMA_VERSION):
             step = steps.get(version)
@@ -271,6 +282,9 @@ class SqlStore(Store):
             files=tuple(files),
             version=r.version,
             limits=dict(r.limits or {}),
+            run=r.run,
+            min_devices=r.min_devices,
+            start_deadline_s=r.start_deadline_s,
             kind=TaskKind(r.kind),
         )
 
@@ -313,6 +327,10 @@ class SqlStore(Store):
             "server_arguments": list(validation.strings("server_arguments", task.server_arguments)),
             "client_arguments": list(validation.strings("client_arguments", task.client_arguments)),
             "limits": _limits(task.limits),
+            "min_devices": validation.integer(
+                "min_devices", task.min_devices, 0, validation.INT32_MAX
+            ),
+            "start_deadline_s": _deadline(task.start_deadline_s),
             "kind": _kind(task.kind),
         }
         tags, files = validation.unique("tag", task.tags), validation.files(task.files)
@@ -362,9 +380,17 @@ class SqlStore(Store):
         client_arguments: Sequence[str] | None = None,
         tags: Sequence[str] | None = None,
         limits: Mapping[str, Any] | None = None,
+        min_devices: int | None = None,
+        start_deadline_s: float | None = None,
         kind: TaskKind | str | None = None,
     ) -> Task:
         changes: dict[str, Any] = {}
+        if min_devices is not None:
+            changes["min_devices"] = validation.integer(
+                "min_devices", min_devices, 0, validation.INT32_MAX
+            )
+        if start_deadline_s is not None:
+            changes["start_deadline_s"] = _deadline(start_deadline_s or None)
         if limits is not None:
             changes["limits"] = _limits(limits)
         if kind is not None:
@@ -421,6 +447,8 @@ class SqlStore(Store):
         where = [schema.tasks.c.task_id == task_id]
         if expected_running is not None:
             where.append(schema.tasks.c.running == bool(expected_running))
+            if not expected_running:
+                where.append(schema.tasks.c.state != TaskState.QUEUED.value)
         with self._tx("set_task_state", write=True) as conn:
             found = conn.execute(
                 update(schema.tasks)
@@ -442,6 +470,7 @@ class SqlStore(Store):
                     raise not_found(f"task {task_id!r} not found")
                 now = "running" if exists.running else "not running"
                 raise conflict(f"task {task_id!r} is {now}")
+            end_current_run(conn, task_id, parsed.value, reason)
             return self._one_task(conn, task_id)
 
     def set_task_files(self, task_id: str, files: Sequence[BundleFile]) -> Task:
@@ -460,21 +489,25 @@ class SqlStore(Store):
 
     def delete_task(self, task_id: str) -> None:
         with self._tx("delete_task", write=True) as conn:
-            running = conn.execute(
-                select(schema.tasks.c.running)
+            found = conn.execute(
+                select(schema.tasks.c.running, schema.tasks.c.state)
                 .where(schema.tasks.c.task_id == task_id)
                 .with_for_update()
-            ).scalar()
-            if running is None:
+            ).first()
+            if found is None:
                 raise not_found(f"task {task_id!r} not found")
-            if running:
-                raise conflict(f"task {task_id!r} is running: stop it before deleting it")
+            if found.running or found.state == TaskState.QUEUED.value:
+                now = "running" if found.running else "queued"
+                raise conflict(f"task {task_id!r} is {now}: stop it before deleting it")
             for table in (
                 schema.task_tags,
                 schema.task_files,
                 schema.metrics,
                 schema.log_lines,
                 schema.device_tasks,
+                schema.run_devices,
+                schema.run_artifacts,
+                schema.runs,
             ):
                 conn.execute(delete(table).where(table.c.task_id == task_id))
             conn.execute(delete(schema.tasks).where(schema.tasks.c.task_id == task_id))
@@ -659,21 +692,41 @@ class SqlStore(Store):
         )
 
     def set_device_task_status(
-        self, user_id: str, task_id: str, status: DeviceTaskStatus | str, reason: str = ""
+        self,
+        user_id: str,
+        task_id: str,
+        status: DeviceTaskStatus | str,
+        reason: str = "",
+        *,
+        run: int | None = None,
     ) -> DeviceTaskState:
         parsed = validation.device_status(status)
-        values = {
+        reason = validation.text("reason", reason)
+        now = _now()
+        values: dict[str, Any] = {
             "user_id": user_id,
             "task_id": task_id,
             "status": parsed.value,
-            "reason": validation.text("reason", reason),
-            "updated_at": _now(),
+            "reason": reason,
+            "updated_at": now,
         }
+        if run is not None:
+            run = run_number("run", run)
         with self._tx("set_device_task_status", write=True, conflict=_GONE) as conn:
             if not _exists(conn, schema.devices.c.user_id, user_id):
                 raise not_found(f"device {user_id!r} not found")
-            if not _exists(conn, schema.tasks.c.task_id, task_id):
+            exists, current = current_run(conn, task_id)
+            if not exists:
                 raise not_found(f"task {task_id!r} not found")
+            target = current if run is None else run
+            if run is not None and run != current:
+                require_run(conn, task_id, run)
+            if target is not None:
+                record_participation(conn, task_id, target, user_id, parsed.value, values["reason"])
+            if target != current:  # an older run's end: the task's status is the current's
+                return DeviceTaskState(
+                    user_id, task_id, parsed, values["reason"], iso(values["updated_at"])
+                )
             conn.execute(self._upsert(schema.device_tasks, ["user_id", "task_id"], values))
             row = conn.execute(
                 select(schema.device_tasks).where(
@@ -715,6 +768,7 @@ class SqlStore(Store):
         task_id: str | None = None,
         user_id: str | None = None,
         data: Mapping[str, Any] | None = None,
+        run: int | None = None,
     ) -> Event:
         values: dict[str, Any] = {
             "time": _time.time() if time is None else validation.number("time", time),
@@ -725,20 +779,32 @@ class SqlStore(Store):
             "user_id": None if user_id is None else validation.ident("user_id", user_id),
             "data": validation.json_object("data", data),
         }
+        if run is not None:
+            run = run_number("run", run)
         with self._tx("add_event", write=True) as conn:
+            if run is None and task_id is not None:
+                run = current_run(conn, task_id)[1]
+            values["run"] = run
             new_id = conn.execute(
                 insert(schema.events).values(**values).returning(schema.events.c.id)
             )
             return Event(id=new_id.scalar_one(), **values)
 
     def list_events(
-        self, task_id: str | None = None, since: float | None = None, limit: int = 1000
+        self,
+        task_id: str | None = None,
+        since: float | None = None,
+        limit: int = 1000,
+        *,
+        run: int | None = None,
     ) -> list[Event]:
         limit = min(validation.integer("limit", limit, 1), MAX_LIST)
         e = schema.events
         query = select(e).order_by(e.c.time, e.c.id).limit(limit)
         if task_id is not None:
             query = query.where(e.c.task_id == task_id)
+            if run is not None:
+                query = query.where(or_(e.c.run == run_number("run", run), e.c.run.is_(None)))
         if since is not None:
             query = query.where(e.c.time >= validation.number("since", since))
         with self._tx("list_events") as conn:
@@ -752,6 +818,7 @@ class SqlStore(Store):
                     task_id=r.task_id,
                     user_id=r.user_id,
                     data=dict(r.data),
+                    run=r.run,
                 )
                 for r in conn.execute(query)
             ]
@@ -763,6 +830,8 @@ class SqlStore(Store):
         source: str,
         metrics: Mapping[str, float],
         time: float | None = None,
+        *,
+        run: int | None = None,
     ) -> Metric:
         values: dict[str, Any] = {
             "task_id": task_id,
@@ -771,18 +840,36 @@ class SqlStore(Store):
             "metrics": validation.metrics(metrics),
             "time": _time.time() if time is None else validation.number("time", time),
         }
+        if run is not None:
+            run = run_number("run", run)
         with self._tx("add_metric", write=True, conflict=_GONE) as conn:
-            if not _exists(conn, schema.tasks.c.task_id, task_id):
+            exists, current = current_run(conn, task_id)
+            if not exists:
                 raise not_found(f"task {task_id!r} not found")
+            if run is not None and run != current:
+                require_run(conn, task_id, run)
+            values["run"] = current if run is None else run
             new_id = conn.execute(
                 insert(schema.metrics).values(**values).returning(schema.metrics.c.id)
             )
+            if values["run"] is not None:
+                record_metric_in_run(
+                    conn,
+                    task_id,
+                    values["run"],
+                    values["round"],
+                    values["source"],
+                    values["metrics"],
+                )
             return Metric(id=new_id.scalar_one(), **values)
 
-    def list_metrics(self, task_id: str) -> list[Metric]:
+    def list_metrics(self, task_id: str, *, run: int | None = None) -> list[Metric]:
         m = schema.metrics
-        query = select(m).where(m.c.task_id == task_id).order_by(m.c.round, m.c.id)
         with self._tx("list_metrics") as conn:
+            if run is None:
+                run = current_run(conn, task_id)[1]
+            in_run = m.c.run.is_(None) if run is None else m.c.run == run
+            query = select(m).where(m.c.task_id == task_id, in_run).order_by(m.c.round, m.c.id)
             return [
                 Metric(
                     id=r.id,
@@ -791,11 +878,14 @@ class SqlStore(Store):
                     source=r.source,
                     metrics=dict(r.metrics),
                     time=r.time,
+                    run=r.run,
                 )
                 for r in conn.execute(query)
             ]
 
-    def add_log_lines(self, task_id: str, lines: Sequence[NewLogLine]) -> int:
+    def add_log_lines(
+        self, task_id: str, lines: Sequence[NewLogLine], *, run: int | None = None
+    ) -> int:
         now = _time.time()
         rows = [
             {
@@ -808,19 +898,26 @@ class SqlStore(Store):
         ]
         cap = self._log_cap
         lg = schema.log_lines
+        if run is not None:
+            run = run_number("run", run)
         with self._tx("add_log_lines", write=True) as conn:
-            last = conn.execute(
+            found = conn.execute(
                 update(schema.tasks)
                 .where(schema.tasks.c.task_id == task_id)
                 .values(log_seq=schema.tasks.c.log_seq + len(rows))
-                .returning(schema.tasks.c.log_seq)
-            ).scalar()
-            if last is None:
+                .returning(schema.tasks.c.log_seq, schema.tasks.c.run)
+            ).first()
+            if found is None:
                 raise not_found(f"task {task_id!r} not found")
+            last = found.log_seq
+            if run is None:
+                run = found.run
+            elif run != found.run:
+                require_run(conn, task_id, run)
             if rows:
                 first = last - len(rows) + 1
                 kept = [
-                    {"task_id": task_id, "seq": first + i, **row}
+                    {"task_id": task_id, "seq": first + i, "run": run, **row}
                     for i, row in enumerate(rows)
                     if first + i > last - cap
                 ]
@@ -828,18 +925,22 @@ class SqlStore(Store):
                 conn.execute(delete(lg).where(lg.c.task_id == task_id, lg.c.seq <= last - cap))
             return int(last)
 
-    def tail_logs(self, task_id: str, n: int = 100, after_seq: int = 0) -> list[LogLine]:
+    def tail_logs(
+        self, task_id: str, n: int = 100, after_seq: int = 0, *, run: int | None = None
+    ) -> list[LogLine]:
         n = validation.integer("n", n, 0)
+        after_seq = validation.integer("after_seq", after_seq, 0)
         lg = schema.log_lines
-        query = (
-            select(lg)
-            .where(
-                lg.c.task_id == task_id, lg.c.seq > validation.integer("after_seq", after_seq, 0)
-            )
-            .order_by(lg.c.seq.desc())
-            .limit(min(n, self._log_cap))
-        )
         with self._tx("tail_logs") as conn:
+            if run is None:
+                run = current_run(conn, task_id)[1]
+            in_run = lg.c.run.is_(None) if run is None else lg.c.run == run
+            query = (
+                select(lg)
+                .where(lg.c.task_id == task_id, in_run, lg.c.seq > after_seq)
+                .order_by(lg.c.seq.desc())
+                .limit(min(n, self._log_cap))
+            )
             rows = conn.execute(query).all() if n else []
         return [
             LogLine(
@@ -849,6 +950,7 @@ class SqlStore(Store):
                 stream=r.stream,
                 text=r.text,
                 time=r.time,
+                run=r.run,
             )
             for r in reversed(rows)
         ]
@@ -987,6 +1089,16 @@ def _limits(limits: Mapping[str, Any]) -> dict[str, Any] | None:
             raise invalid(f"limit {name} must be a positive number")
         checked[name] = value
     return checked or None
+
+
+def _deadline(value: float | None) -> float | None:
+    """A run's start deadline in seconds (``None``: none)."""
+    if value is None:
+        return None
+    number = validation.number("start_deadline_s", value)
+    if number <= 0:
+        raise invalid("start_deadline_s must be a positive number of seconds")
+    return number
 
 
 def _kind(kind: TaskKind | str) -> str:

@@ -33,6 +33,9 @@ from enum import StrEnum
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from agata.protocol.bundle_files import BundleFile
+from agata.store.run_store import RunStore
+
 if TYPE_CHECKING:
     from agata.store.queries import DevicePage, DeviceQuery
 
@@ -58,9 +61,11 @@ SECRET: dict[str, Any] = {"secret": True}
 
 
 class TaskState(StrEnum):
-    """Where a task's server side is. ``RUNNING`` iff the task's ``running`` flag is set."""
+    """Where a task's server side is. ``RUNNING`` iff the task's ``running`` flag is set;
+    ``QUEUED``: its current run waits for the cloud's cap of running runs."""
 
     STOPPED = "stopped"
+    QUEUED = "queued"
     RUNNING = "running"
     FINISHED = "finished"
     FAILED = "failed"
@@ -90,15 +95,6 @@ class DeviceTaskStatus(StrEnum):
 
 
 @dataclass(frozen=True)
-class BundleFile:
-    """One file of a task bundle; ``name`` is its path inside the bundle."""
-
-    name: str
-    size: int
-    sha256: str
-
-
-@dataclass(frozen=True)
 class NewTask:
     """What the operator gives to register a task."""
 
@@ -113,6 +109,8 @@ class NewTask:
     tags: Sequence[str] = ()
     files: Sequence[BundleFile] = ()
     limits: Mapping[str, Any] = field(default_factory=dict)
+    min_devices: int = 0
+    start_deadline_s: float | None = None
     kind: TaskKind = TaskKind.SCRIPT
 
 
@@ -125,7 +123,8 @@ class Task:
     clear password is never kept. It is secret all the same: it keys the per-device
     download passwords (:mod:`agata.cloud.credentials.download_passwords`). ``server_pid``
     is the process group of the running server side. ``version`` starts at 1 and grows by
-    one each time the bundle files are replaced.
+    one each time the bundle files are replaced. ``run`` is the number of its current (or
+    last) run, ``None`` before its first start (:mod:`agata.store.run_store`).
     """
 
     task_id: str
@@ -146,6 +145,9 @@ class Task:
     files: tuple[BundleFile, ...] = ()
     version: int = 1
     limits: Mapping[str, Any] = field(default_factory=dict)  # agata.runtime.limits names
+    run: int | None = None
+    min_devices: int = 0
+    start_deadline_s: float | None = None
     kind: TaskKind = TaskKind.SCRIPT
 
 
@@ -188,6 +190,7 @@ class Event:
     task_id: str | None = None
     user_id: str | None = None
     data: Mapping[str, Any] = field(default_factory=dict)
+    run: int | None = None  # the run of its task it happened in (None: no run)
 
 
 @dataclass(frozen=True)
@@ -200,6 +203,7 @@ class Metric:
     source: str
     metrics: Mapping[str, float]
     time: float
+    run: int | None = None
 
 
 @dataclass(frozen=True)
@@ -222,6 +226,7 @@ class LogLine:
     stream: str
     text: str
     time: float
+    run: int | None = None
 
 
 @dataclass(frozen=True)
@@ -248,8 +253,9 @@ class EnrollmentToken:
     revoked: bool = False
 
 
-class Store(abc.ABC):
-    """Persistent state of the cloud side. See the module docstring for the conventions."""
+class Store(RunStore):
+    """Persistent state of the cloud side. See the module docstring for the conventions,
+    and :mod:`agata.store.run_store` for runs."""
 
     # -- tasks ---------------------------------------------------------------------------
 
@@ -292,11 +298,14 @@ class Store(abc.ABC):
         client_arguments: Sequence[str] | None = None,
         tags: Sequence[str] | None = None,
         limits: Mapping[str, Any] | None = None,
+        min_devices: int | None = None,
+        start_deadline_s: float | None = None,
         kind: TaskKind | str | None = None,
     ) -> Task:
         """Change the given fields (``None`` = leave as is) and bump ``updated_at``.
         ``limits`` replaces the task's limits as a whole (``{}``: none). ``password`` is
-        given in clear and stored hashed (``""``: no password).
+        given in clear and stored hashed (``""``: no password). ``start_deadline_s`` 0
+        clears the deadline.
 
         MUST NOT touch the running flag, state, files, version, metrics, logs or events.
         ``NOT_FOUND`` if the id is unknown. With no field given nothing is written.
@@ -316,9 +325,12 @@ class Store(abc.ABC):
         """Record where the server side is.
 
         ``running`` MUST agree with ``state`` (true iff ``state`` is ``running``), else
-        ``INVALID_ARGUMENT``. If ``expected_running`` is given and the stored flag differs,
-        the call MUST fail with ``CONFLICT`` and change nothing (so two replicas cannot
-        both start the same task). ``NOT_FOUND`` if the id is unknown.
+        ``INVALID_ARGUMENT``. An end (``stopped``/``finished``/``failed``) also ends the
+        task's current run, if active, with that state and reason, in the same
+        transaction. ``expected_running=False`` also refuses a task whose run is
+        queued. If ``expected_running`` is given and the stored flag differs, the call
+        MUST fail with ``CONFLICT`` and change nothing (so two replicas cannot both start
+        the same task). ``NOT_FOUND`` if the id is unknown.
         """
 
     @abc.abstractmethod
@@ -327,9 +339,9 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def delete_task(self, task_id: str) -> None:
-        """Delete a task with its tags, files, metrics, log lines and device states.
+        """Delete a task with its tags, files, runs, metrics, log lines and device states.
 
-        A running task MUST NOT be deleted (``CONFLICT``). Events are an audit trail and
+        A running or queued task MUST NOT be deleted (``CONFLICT``). Events are an audit trail and
         are kept. ``NOT_FOUND`` if the id is unknown.
         """
 
@@ -397,9 +409,19 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def set_device_task_status(
-        self, user_id: str, task_id: str, status: DeviceTaskStatus | str, reason: str = ""
+        self,
+        user_id: str,
+        task_id: str,
+        status: DeviceTaskStatus | str,
+        reason: str = "",
+        *,
+        run: int | None = None,
     ) -> DeviceTaskState:
-        """Record a device's status for a task; ``NOT_FOUND`` if either id is unknown."""
+        """Record a device's status for a task and its part in the run ``run`` (``None``:
+        the task's current run; a task that never ran: no part recorded); a first
+        ``running`` for a run is its joining (``RunDevice.joined_at``). A ``run`` that is
+        older than the current one records its part only: the device's status for the
+        task is the current run's. ``NOT_FOUND`` if either id (or the run) is unknown."""
 
     @abc.abstractmethod
     def list_device_tasks(self, user_id: str) -> list[DeviceTaskState]:
@@ -426,14 +448,23 @@ class Store(abc.ABC):
         task_id: str | None = None,
         user_id: str | None = None,
         data: Mapping[str, Any] | None = None,
+        run: int | None = None,
     ) -> Event:
-        """Append an event (``time`` defaults to now). Ids need not exist."""
+        """Append an event (``time`` defaults to now). Ids need not exist. An event of a
+        known task belongs to ``run``, or by default to the task's current run."""
 
     @abc.abstractmethod
     def list_events(
-        self, task_id: str | None = None, since: float | None = None, limit: int = 1000
+        self,
+        task_id: str | None = None,
+        since: float | None = None,
+        limit: int = 1000,
+        *,
+        run: int | None = None,
     ) -> list[Event]:
-        """Events (of one task, at or after ``since``), oldest first, at most ``limit``."""
+        """Events (of one task, at or after ``since``), oldest first, at most ``limit``.
+        With ``run`` (and ``task_id``): that run's events and the task's events of no
+        run (its creation, its updates)."""
 
     @abc.abstractmethod
     def add_metric(
@@ -443,25 +474,36 @@ class Store(abc.ABC):
         source: str,
         metrics: Mapping[str, float],
         time: float | None = None,
+        *,
+        run: int | None = None,
     ) -> Metric:
-        """Append one round's metrics. Values MUST be finite numbers; unknown task →
-        ``NOT_FOUND``."""
+        """Append one round's metrics to ``run`` (``None``: the task's current run) and
+        make them the run's last ones (a device's only while the run has none from the
+        server); a device's round becomes its part's ``last_round``. Values MUST be
+        finite numbers; unknown task or run → ``NOT_FOUND``."""
 
     @abc.abstractmethod
-    def list_metrics(self, task_id: str) -> list[Metric]:
-        """A task's metrics by round, then arrival."""
+    def list_metrics(self, task_id: str, *, run: int | None = None) -> list[Metric]:
+        """The metrics of a task's run (``None``: its current run; before its first run:
+        those of no run), by round, then arrival."""
 
     @abc.abstractmethod
-    def add_log_lines(self, task_id: str, lines: Sequence[NewLogLine]) -> int:
-        """Append lines; returns the task's last ``seq`` afterwards (0 if it has none).
+    def add_log_lines(
+        self, task_id: str, lines: Sequence[NewLogLine], *, run: int | None = None
+    ) -> int:
+        """Append lines to ``run`` (``None``: the current run); returns the task's last
+        ``seq`` afterwards (0 if it has none; ``seq`` counts over all of its runs).
 
         Only the last ``log_cap`` lines of a task are kept: older ones MUST be deleted in
         the same transaction. Unknown task → ``NOT_FOUND``.
         """
 
     @abc.abstractmethod
-    def tail_logs(self, task_id: str, n: int = 100, after_seq: int = 0) -> list[LogLine]:
-        """The last ``n`` lines with ``seq > after_seq``, oldest first."""
+    def tail_logs(
+        self, task_id: str, n: int = 100, after_seq: int = 0, *, run: int | None = None
+    ) -> list[LogLine]:
+        """The last ``n`` lines of a run (``None``: the current one; before the first run:
+        those of no run) with ``seq > after_seq``, oldest first."""
 
     # -- tokens --------------------------------------------------------------------------
 

@@ -56,3 +56,15 @@ def test_the_console_bench_prints_pages_beside_get_user_info() -> None:
     assert all(f.limit and f.value and f.compared for f in pages)
     assert "total 300" in pages[0].note  # the whole fleet, unfiltered
     assert report.figures[-1].name.startswith("console first load while 20 devices enroll")
+
+
+def test_the_runs_bench_prints_run_reads_beside_get_task() -> None:
+    from agata.bench.runs_bench import run_runs_bench
+
+    report = run_runs_bench(runs=30, metrics=600, samples=5)
+
+    names = [f.name for f in report.figures]
+    assert names[:2] == ["rpc_exec_list_runs p50", "rpc_exec_get_run p50"]
+    assert all(f.limit and f.value and f.compared for f in report.figures)
+    assert all(f.limit_name == "rpc_exec_get_task_by_id p50" for f in report.figures)
+    assert report.context["runs"] == 30

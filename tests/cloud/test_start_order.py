@@ -14,6 +14,7 @@ from edge.conftest import pid_alive
 
 from agata.bus.bus import Delivery
 from agata.cloud.services.notifier import Notifier
+from agata.protocol.notifications import Notification, TaskChanged
 from agata.protocol.operations import NOTIFICATIONS_TOPIC
 from agata.store.store import TaskState
 
@@ -63,12 +64,16 @@ async def test_a_stop_recorded_at_the_notice_is_not_written_back_to_running(
     await create_bundle_task(cloud, "t-race", server_arguments=["1", "--hold"])
     real_notify = Notifier.notify
 
-    async def notify(self: Notifier, kind: str, **fields: Any) -> None:
-        if kind == "task" and fields.get("task_id") == "t-race" and fields.get("running"):
+    async def notify(self: Notifier, notification: Notification) -> None:
+        if (
+            isinstance(notification, TaskChanged)
+            and notification.task_id == "t-race"
+            and notification.running
+        ):
             cloud.node.store.set_task_state(
                 "t-race", running=False, state=TaskState.STOPPED, reason="stopped elsewhere"
             )
-        await real_notify(self, kind, **fields)
+        await real_notify(self, notification)
 
     monkeypatch.setattr(Notifier, "notify", notify)
 

@@ -87,8 +87,13 @@ class Launcher:
                 shutil.copy2(source, target / source.name)
         return target
 
+    @property
+    def work_path(self) -> Path:
+        """The work folder every side is started with."""
+        return self._tmp_path / "work"
+
     def start(self, name: str, bundle: Path, script: str, *arguments: str) -> Task:
-        work_path = self._tmp_path / "work"
+        work_path = self.work_path
         work_path.mkdir(exist_ok=True)
         stdout = self._tmp_path / f"{name}.out"
         stderr = self._tmp_path / f"{name}.err"
@@ -205,6 +210,14 @@ def test_digits_three_rounds_two_clients(launcher: Launcher) -> None:
     assert triggers[0]["trigger_name"] == "accuracy_reached"
     assert float(triggers[0]["trigger_arguments"]) >= 0.9
     assert not [m for m in messages if m["type"] == "error"]
+    # The final global model is saved, whole, then announced as the run's artifact
+    assert {"type": "artifact", "path": "global_model.npz"} in messages
+    import numpy as np
+
+    with np.load(launcher.work_path / "global_model.npz") as saved:
+        model = [saved[f"p{i}"] for i in range(len(saved.files))]
+    assert model and all(p.size and np.isfinite(p).all() for p in model)
+    assert not list(launcher.work_path.glob(".*.part"))
     for client in clients:
         client_messages = client.messages()
         assert client_messages[0] == {"type": "info", "info": "Started"}

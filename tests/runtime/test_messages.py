@@ -9,6 +9,7 @@ import pytest
 from agata.runtime.messages import (
     MAX_LINE_CHARS,
     TRUNCATED_MARKER,
+    Artifact,
     Error,
     Info,
     Model,
@@ -48,6 +49,8 @@ from agata.runtime.messages import (
             Trigger("t", ('{"k": 1}',)),
         ),
         ('{"type":"trigger","trigger_name":"t"}', Trigger("t", ())),
+        ('{"type":"artifact","path":"model.npz"}', Artifact("model.npz")),
+        ('{"type":"artifact","path":"/w/out/m.bin"}', Artifact("/w/out/m.bin")),
         (
             '{"type":"trigger","trigger_name":"t","trigger_arguments":"a \'b"}',
             Trigger("t", ("a", "'b")),
@@ -78,6 +81,9 @@ def test_protocol_lines(line: str, expected: object) -> None:
         '{"type": "print"}',
         '{"type": "trigger"}',
         '{"type": "trigger", "trigger_name": ""}',
+        '{"type": "artifact"}',
+        '{"type": "artifact", "path": ""}',
+        '{"type": "artifact", "path": 3}',
         "[" * 100_000,
     ],
 )

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -57,6 +58,19 @@ def test_original_methods_write_the_protocol() -> None:
         {"type": "trigger", "trigger_name": "on_round", "trigger_arguments": "--x 1"},
         {"type": "trigger", "trigger_name": "bare", "trigger_arguments": ""},
         {"type": "info", "info": "Finished"},
+    ]
+
+
+def test_save_artifact_writes_its_line() -> None:
+    out = io.StringIO()
+    reporter = TaskReporter(announce=False, stream=out)
+
+    reporter.save_artifact("model.npz")
+    reporter.save_artifact(Path("/work/out") / "m.bin")
+
+    assert _lines(out) == [
+        {"type": "artifact", "path": "model.npz"},
+        {"type": "artifact", "path": "/work/out/m.bin"},
     ]
 
 

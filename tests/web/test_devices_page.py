@@ -12,6 +12,7 @@ from playwright.async_api import Page, expect
 
 from agata.bench.console_bench import insert_fleet
 from agata.cloud.services.notifier import Notifier
+from agata.protocol.notifications import MetricRecorded
 from agata.store import NewTask
 
 from .test_ui import TASK_STARTS, register_device, sign_in, snap
@@ -176,7 +177,9 @@ async def test_the_chart_follows_the_run_and_then_the_operators_choice(
     async def point(source: str, round_: int, accuracy: float) -> None:
         store.add_metric("live", round_, source, {"accuracy": accuracy})
         metric = {"accuracy": accuracy}
-        await notifier.notify("metric", task_id="live", round=round_, source=source, metrics=metric)
+        await notifier.notify(
+            MetricRecorded(task_id="live", round=round_, source=source, metrics=metric)
+        )
 
     await sign_in(page, cloud, "tasks/live")
     await expect(page.locator("#chart")).to_be_visible()

@@ -146,7 +146,7 @@ async def test_create_upload_start_and_watch_a_task_train(
     await page.click("#start-task")
 
     # Assert: the chart gets its points live and the task finishes by itself
-    chart_points = page.locator("#chart circle.pt.acc")
+    chart_points = page.locator("#chart circle.pt")
     await expect(chart_points).to_have_count(3, timeout=TASK_STARTS)
     await expect(page.locator("#task-state .badge")).to_have_text("finished", timeout=TASK_STARTS)
     await expect(page.locator('[data-stat="round"] .value')).to_have_text("3")
@@ -183,18 +183,24 @@ async def test_stop_a_held_task_then_edit_and_delete_it(
 
     # Assert: running, two rounds on the chart; a device reporting shows up live
     await expect(page.locator("#task-state .badge")).to_have_text("running")
-    await expect(page.locator("#chart circle.pt.acc")).to_have_count(2, timeout=TASK_STARTS)
+    await expect(page.locator("#chart circle.pt")).to_have_count(2, timeout=TASK_STARTS)
     await report(cloud, "pi-1", "held", "running", round=2, metrics={"acc": 0.6, "loss": 0.9})
     await expect(page.locator("#devices-running")).to_contain_text("pi-1")
     await expect(page.locator("#timeline")).to_contain_text("device pi-1 running task held")
     # pi-1's metrics reach the page only as a live ``metric`` event
     await page.select_option("#chart-source", "pi-1")
-    await expect(page.locator("#chart circle.pt.acc")).to_have_count(1)
+    await expect(page.locator("#chart circle.pt")).to_have_count(1)
     await page.select_option("#chart-source", "server")
     await snap(page, screenshots_dir, "06-task-running")
 
-    # Execute: stop it
+    # Execute: stop it (it asks first; Cancel keeps it running)
     await page.click("#stop-task")
+    await expect(page.locator(".confirm")).to_contain_text("Stop run 1 of task held?")
+    await page.click("#cancel-stop")
+    await expect(page.locator(".confirm")).to_have_count(0)
+    await expect(page.locator("#task-state .badge")).to_have_text("running")
+    await page.click("#stop-task")
+    await page.click("#confirm-stop")
 
     # Assert: the state changes and Delete becomes possible
     await expect(page.locator("#task-state .badge")).to_have_text("stopped")

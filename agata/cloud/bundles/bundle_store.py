@@ -53,8 +53,10 @@ from typing import IO, BinaryIO, Final, Protocol
 from agata.cloud.bundles.bundle_journal import UndoJournal, abandoned, is_journal, journal_error
 from agata.errors import AgataError, ErrorCode, invalid, not_found
 from agata.fault_points import pause_point
+from agata.protocol.bundle_files import BundleFile
 from agata.protocol.bundle_names import MAX_NAME_BYTES
 from agata.protocol.bundle_names import check_file_name as validate_file_name
+from agata.protocol.fields import TASK_ID_PATTERN
 
 __all__ = [
     "CLIENT_ENTRYPOINT",
@@ -73,7 +75,7 @@ SERVER_ENTRYPOINT: Final = "server.py"
 CLIENT_ENTRYPOINT: Final = "client.py"
 
 _CHUNK: Final = 1 << 20
-_TASK_ID: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_TASK_ID: Final = re.compile(TASK_ID_PATTERN)
 _STALE_STAGING_SECONDS: Final = 3600
 _DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _READ_FLAGS: Final = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -87,15 +89,6 @@ _BAD_STREAM_ERRORS: Final = (
     ValueError,
     RuntimeError,
 )
-
-
-@dataclass(frozen=True, slots=True)
-class BundleFile:
-    """One file of a bundle: its name, size in bytes and SHA-256 (hex)."""
-
-    name: str
-    size: int
-    sha256: str
 
 
 def too_large(message: str) -> AgataError:
@@ -118,7 +111,8 @@ def _disk_full_is_unavailable(task_id: str) -> Iterator[None]:
 
 
 def validate_task_id(task_id: str) -> str:
-    """Return ``task_id`` if it matches ``[A-Za-z0-9_-]{1,64}``; else INVALID_ARGUMENT."""
+    """Return ``task_id`` if it matches :data:`~agata.protocol.fields.TASK_ID_PATTERN`;
+    else INVALID_ARGUMENT."""
     if not isinstance(task_id, str) or not _TASK_ID.fullmatch(task_id):
         shown = ascii(task_id[:80]) if isinstance(task_id, str) else type(task_id).__name__
         raise invalid(f"task id {shown} is not valid: use 1 to 64 letters, digits, '_' or '-'")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import dataclasses
 import logging
 import time
 import weakref
@@ -25,6 +26,7 @@ from agata import __version__
 from agata.bus.bus import Bus
 from agata.bus.rpc import RpcClient
 from agata.bus.service import describe_errors
+from agata.cloud.bundles.artifact_store import ArtifactStore
 from agata.cloud.bundles.bundle_store import BundleStore
 from agata.cloud.gateway.admission import (
     DEFAULT_MAX_IN_FLIGHT,
@@ -51,11 +53,23 @@ from agata.cloud.gateway.grants import DownloadGrants
 from agata.cloud.gateway.limits import BodyLimit, RateLimit
 from agata.cloud.gateway.metrics import GatewayMetrics
 from agata.cloud.gateway.openapi import DOWNLOAD, LEGACY_DEVICE, PUBLIC, STREAM, install
+from agata.cloud.gateway.run_artifacts import artifacts_router
 from agata.cloud.gateway.streams import StreamHub
 from agata.cloud.gateway.uploads import UPLOAD_BODY, uploaded_files
+from agata.cloud.gateway.web_protocol import web_protocol_router
 from agata.cloud.gateway.wheelhouse import Wheelhouse, wheelhouse_router
 from agata.errors import AgataError, ErrorCode
 from agata.protocol import operations as ops
+from agata.protocol.bundle_files import BundleFile
+from agata.protocol.notifications import (
+    DeviceChanged,
+    Notification,
+    OperatorTokenRevoked,
+    QuarantineCleared,
+    TaskChanged,
+    TaskStopRequested,
+)
+from agata.protocol.replies import OPERATION_REPLIES, Health
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +106,16 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
+#: The documented 200 of an operation whose reply is JSON ``null``.
+NULL_REPLY: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "done (the reply is null)",
+        "content": {"application/json": {"schema": {"type": "null"}}},
+    },
+    **ERROR_RESPONSES,
+}
+
+
 def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """The documented errors of a route: its own, and 429 and 503 (busy, with Retry-After)
     which any route may answer."""
@@ -114,6 +138,7 @@ class GatewayConfig:
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT  # requests served at once (admission.py)
     admission_wait: float = DEFAULT_MAX_WAIT  # seconds a request may wait for a place
     wheelhouse: Path | None = None  # a folder of wheels served to devices; None: none
+    artifacts: ArtifactStore | None = None  # None: beside the bundles' folder
 
 
 def error_response(exc: AgataError) -> JSONResponse:
@@ -132,17 +157,17 @@ def create_gateway(bus: Bus, config: GatewayConfig) -> FastAPI:
     slots = DownloadSlots(config.max_downloads)
     upload_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
-    def on_notification(message: dict[str, Any]) -> None:
+    def on_notification(message: Notification) -> None:
         # A task stopped, updated or deleted, or a device's record changed: check afresh.
-        kind = message.get("kind")
-        if kind in ("task", "stop_task") and isinstance(message.get("task_id"), str):
-            grants.revoke_task(message["task_id"])
-        elif kind == "device" and isinstance(message.get("user_id"), str):
-            grants.revoke_device(message["user_id"])
-            if message.get("revoked"):
-                auth.forget_device(message["user_id"])
-        elif kind == "operator_token" and isinstance(message.get("token_id"), str):
-            auth.forget_operator_token(message["token_id"])
+        # (A device's report on a task changes neither what it is offered nor who it is.)
+        if isinstance(message, TaskChanged | TaskStopRequested):
+            grants.revoke_task(message.task_id)
+        elif isinstance(message, DeviceChanged):
+            grants.revoke_device(message.user_id)
+            if message.revoked:
+                auth.forget_device(message.user_id)
+        elif isinstance(message, OperatorTokenRevoked):
+            auth.forget_operator_token(message.token_id)
 
     hub.listeners.append(on_notification)
     metrics = GatewayMetrics(rpc)
@@ -248,7 +273,13 @@ def create_gateway(bus: Bus, config: GatewayConfig) -> FastAPI:
 
     # -- health, metrics, UI -------------------------------------------------------
 
-    @app.get("/healthz", tags=["health"], responses=errors(), openapi_extra=PUBLIC)
+    @app.get(
+        "/healthz",
+        tags=["health"],
+        response_model=Health,
+        responses=errors(),
+        openapi_extra=PUBLIC,
+    )
     async def read_health() -> dict[str, str]:
         """Liveness: the gateway answers."""
         return {"status": "ok", "version": __version__}
@@ -269,6 +300,7 @@ def create_gateway(bus: Bus, config: GatewayConfig) -> FastAPI:
     async def read_root() -> RedirectResponse:
         return RedirectResponse("/ui/")
 
+    app.include_router(web_protocol_router())  # before the mount, which would take it
     if WEB_ROOT.is_dir():
         app.mount("/ui", StaticFiles(directory=WEB_ROOT, html=True), name="ui")
 
@@ -277,6 +309,7 @@ def create_gateway(bus: Bus, config: GatewayConfig) -> FastAPI:
     @app.post(
         "/api/devices/enroll",
         tags=["devices"],
+        response_model=OPERATION_REPLIES[ops.ENROLL_DEVICE],
         responses=errors(400, 401, 413, 503, 504),
         openapi_extra=PUBLIC,
     )
@@ -302,19 +335,18 @@ def create_gateway(bus: Bus, config: GatewayConfig) -> FastAPI:
         scope = DeviceStreamScope(rpc, user_id, with_offers=principal.kind == "device")
         await scope.refresh()
 
-        def accepts(message: dict[str, Any]) -> bool:
-            kind = message.get("kind")
-            if kind == "task":
+        def accepts(message: Notification) -> bool:
+            if isinstance(message, TaskChanged):
                 return True  # then DeviceStreamScope.rewrite keeps the device's own
-            return kind == "quarantine_cleared" and message.get("user_id") == user_id
+            return isinstance(message, QuarantineCleared) and message.user_id == user_id
 
-        def revoked(message: dict[str, Any]) -> bool:
+        def revoked(message: Notification) -> bool:
             # The credential that opened this stream no longer holds: end it (the agent's
             # reconnection then gets a 401). An operator's view of it ends too.
             return (
-                message.get("kind") == "device"
-                and message.get("revoked") is True
-                and message.get("user_id") == user_id
+                isinstance(message, DeviceChanged)
+                and message.revoked is True
+                and message.user_id == user_id
             )
 
         return _sse(hub.events(accepts, ends=revoked, rewrite=scope.rewrite))
@@ -328,14 +360,15 @@ def create_gateway(bus: Bus, config: GatewayConfig) -> FastAPI:
         openapi_extra=STREAM,
     )
     async def read_stream(principal: Principal = Depends(stream_operator)) -> StreamingResponse:
-        """Server-sent events of everything: task, metric, log, event, device. The stream
-        ends as soon as the token that opened it is revoked."""
+        """Server-sent events of every notification but ``stop_task`` (each kind an
+        event: task, metric, log, event, device, device_task, quarantine_cleared,
+        operator_token). The stream ends as soon as the token that opened it is revoked."""
 
-        def revoked(message: dict[str, Any]) -> bool:
+        def revoked(message: Notification) -> bool:
             return (
-                message.get("kind") == "operator_token"
+                isinstance(message, OperatorTokenRevoked)
                 and bool(principal.token_id)
-                and message.get("token_id") == principal.token_id
+                and message.token_id == principal.token_id
             )
 
         return _sse(hub.events(lambda _message: True, ends=revoked))
@@ -345,6 +378,7 @@ def create_gateway(bus: Bus, config: GatewayConfig) -> FastAPI:
     @app.post(
         "/api/tasks/{task_id}/files",
         tags=["files"],
+        response_model=list[BundleFile],
         responses=errors(400, 401, 403, 404, 413),
         dependencies=[Depends(operator)],
         openapi_extra=UPLOAD_BODY,
@@ -376,13 +410,14 @@ def create_gateway(bus: Bus, config: GatewayConfig) -> FastAPI:
                 if plain:
                     config.bundles.write_files(task_id, plain)
                 listing = config.bundles.list_files(task_id)
-                payload = [{"name": f.name, "size": f.size, "sha256": f.sha256} for f in listing]
+                payload = [dataclasses.asdict(f) for f in listing]
                 await rpc.call(ops.SET_TASK_FILES, {"task_id": task_id, "files": payload})
         return payload
 
     @app.get(
         "/api/tasks/{task_id}/files",
         tags=["files"],
+        response_model=list[BundleFile],
         responses=errors(400, 401, 403, 404),
         dependencies=[Depends(operator)],
     )
@@ -413,6 +448,10 @@ def create_gateway(bus: Bus, config: GatewayConfig) -> FastAPI:
 
     app.include_router(
         wheelhouse_router(Wheelhouse(config.wheelhouse), fleet_member, slots, errors(401, 404, 503))
+    )
+    artifacts = config.artifacts or ArtifactStore(config.bundles.root.parent / "artifacts")
+    app.include_router(
+        artifacts_router(artifacts, rpc, operator, slots, errors(400, 401, 403, 404, 429))
     )
 
     @app.get(
@@ -493,7 +532,10 @@ def create_gateway(bus: Bus, config: GatewayConfig) -> FastAPI:
             name=operation,
             summary=operation,
             description=(model.__doc__ or "").strip() or None,
-            responses=ERROR_RESPONSES,
+            # The reply goes out as the service encoded it (a Response: not validated
+            # again); the model documents it, and tests hold the services to it.
+            response_model=OPERATION_REPLIES[operation],
+            responses=ERROR_RESPONSES if OPERATION_REPLIES[operation] else NULL_REPLY,
             openapi_extra=_security(operation, config.legacy_devices),
         )(_operation_route(operation, model, rpc, who, config.legacy_devices))
 

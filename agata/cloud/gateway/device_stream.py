@@ -31,6 +31,7 @@ from agata.bus.rpc import RpcClient
 from agata.cloud.gateway.streams import sse_text
 from agata.errors import AgataError, ErrorCode
 from agata.protocol import operations as ops
+from agata.protocol.notifications import Notification, TaskChanged
 
 logger = logging.getLogger(__name__)
 
@@ -70,16 +71,16 @@ class DeviceStreamScope:
         )
         return True
 
-    async def rewrite(self, message: dict[str, Any], text: str) -> str | None:
+    async def rewrite(self, message: Notification, text: str) -> str | None:
         """``text`` if the notification concerns this device, else None (dropped)."""
-        if message.get("kind") != "task":
+        if not isinstance(message, TaskChanged):
             return text  # the stream's own filter took it for this device alone
-        task_id = message.get("task_id")
+        task_id = message.task_id
         was_offered = task_id in self.offered
         if not await self.refresh():
             return WAKE_UP
         if not (was_offered or task_id in self.offered):
             return None
         if self.with_offers:
-            return sse_text({**message, "offers": self.offers})
+            return sse_text(message, offers=self.offers)
         return text

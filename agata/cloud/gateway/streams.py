@@ -9,28 +9,35 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from agata.bus.bus import Bus, Consumer, Delivery
-from agata.protocol.operations import NOTIFICATIONS_TOPIC
+from agata.protocol.notifications import (
+    NOTIFICATIONS_TOPIC,
+    Notification,
+    TaskStopRequested,
+    notification_data,
+    parse_notification,
+)
 
 logger = logging.getLogger(__name__)
 
 KEEPALIVE_SECONDS = 15.0
-Filter = Callable[[dict[str, Any]], bool]
+Filter = Callable[[Notification], bool]
 #: A client's own, slower check of a message it accepted: its text (``None``: skip the
 #: message), run in the client's request, never in the hub's fan-out.
-Rewrite = Callable[[dict[str, Any], str], Awaitable[str | None]]
+Rewrite = Callable[[Notification, str], Awaitable[str | None]]
 
 
-def _never(_message: dict[str, Any]) -> bool:
+def _never(_message: Notification) -> bool:
     return False
 
 
-def sse_text(message: dict[str, Any]) -> str:
-    """One notification as an SSE event: its ``kind`` names the event."""
-    data = {k: v for k, v in message.items() if k != "kind"}
-    return f"event: {message.get('kind', 'message')}\ndata: {json.dumps(data)}\n\n"
+def sse_text(notification: Notification, **more: Any) -> str:
+    """One notification as an SSE event: its ``kind`` names the event, its other fields
+    (and ``more``) are the data."""
+    data = {**notification_data(notification), **more}
+    return f"event: {notification.kind}\ndata: {json.dumps(data)}\n\n"
 
 
-_Queue = asyncio.Queue[tuple[dict[str, Any], str] | None]
+_Queue = asyncio.Queue[tuple[Notification, str] | None]
 
 
 class StreamHub:
@@ -44,7 +51,7 @@ class StreamHub:
         self._subscription: Consumer | None = None
         self._closed = asyncio.Event()
         #: Called with every notification (before the clients get it); must not raise.
-        self.listeners: list[Callable[[dict[str, Any]], None]] = []
+        self.listeners: list[Callable[[Notification], None]] = []
 
     async def start(self) -> None:
         self._subscription = await self.bus.subscribe(NOTIFICATIONS_TOPIC, self._on_message)
@@ -67,15 +74,12 @@ class StreamHub:
         queue.put_nowait(None)
 
     async def _on_message(self, delivery: Delivery) -> None:
-        try:
-            message = json.loads(delivery.body)
-        except ValueError:
-            return None
-        if not isinstance(message, dict):
+        message = parse_notification(delivery.body)
+        if message is None:
             return None
         for listener in self.listeners:
             listener(message)
-        if message.get("kind") == "stop_task":
+        if isinstance(message, TaskStopRequested):  # for the services alone
             return None
         text: str | None = None  # made once, shared by every client that takes it
         for queue, (accepts, ends) in list(self._clients.items()):

@@ -35,7 +35,7 @@ from starlette.responses import Response
 from agata.cloud.gateway.auth import Principal
 from agata.cloud.gateway.downloads import DownloadSlots, FileStream, too_many_downloads
 from agata.errors import AgataError, ErrorCode
-from agata.protocol.wheelhouse import WHEEL_NAME
+from agata.protocol.wheelhouse import WHEEL_NAME, WheelhouseListing
 
 __all__ = ["Wheelhouse", "wheelhouse_router"]
 
@@ -128,7 +128,7 @@ def wheelhouse_router(
     operators only, ``slots`` the gateway's download slots."""
     router = APIRouter(tags=["files"])
 
-    @router.get("/wheelhouse/", responses=responses)
+    @router.get("/wheelhouse/", response_model=WheelhouseListing, responses=responses)
     async def wheelhouse_listing(_who: Principal = Depends(who)) -> dict[str, Any]:
         """The cloud's wheels: name, size and SHA-256 of each (404: none served)."""
         return await wheelhouse.listing()

@@ -6,7 +6,6 @@ enrollment of devices and resolution of credentials for the gateway.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from datetime import UTC, datetime, timedelta
@@ -22,6 +21,15 @@ from agata.cloud.services.report_scope import ReportScope
 from agata.cloud.services.views import device_view
 from agata.errors import AgataError, ErrorCode
 from agata.protocol import operations as ops
+from agata.protocol.notifications import (
+    DeviceChanged,
+    DeviceTaskReported,
+    MetricRecorded,
+    OperatorTokenRevoked,
+    QuarantineCleared,
+    TaskChanged,
+    parse_notification,
+)
 from agata.store.store import DeviceTaskStatus, Store
 
 logger = logging.getLogger(__name__)
@@ -83,22 +91,12 @@ class DeviceRegistry(Service):
 
     async def _on_notification(self, delivery: Delivery) -> None:
         """A task changed, or a device's record (on any replica): the reports they
-        concern are checked afresh. A device's own reports (``status``) change neither."""
-        body = delivery.body
-        if b'"task"' not in body and b'"device"' not in body:
-            return None
-        try:
-            message = json.loads(body)
-        except ValueError:
-            return None
-        if not isinstance(message, dict):
-            return None
-        kind = message.get("kind")
-        if kind == "task" and isinstance(message.get("task_id"), str):
-            self.scope.forget_task(message["task_id"])
-        elif kind == "device" and isinstance(message.get("user_id"), str):
-            if "status" not in message:
-                self.scope.forget_device(message["user_id"])
+        concern are checked afresh. A device's own reports (``device_task``) change neither."""
+        notification = parse_notification(delivery.body)
+        if isinstance(notification, TaskChanged):
+            self.scope.forget_task(notification.task_id)
+        elif isinstance(notification, DeviceChanged):
+            self.scope.forget_device(notification.user_id)
         return None
 
     async def update_user_info(self, req: ops.UpdateUserInfo) -> None:
@@ -113,7 +111,7 @@ class DeviceRegistry(Service):
         )
         self.scope.forget_device(req.user_id)
         self.event(ops.UPDATE_USER_INFO, "Device info updated", user_id=req.user_id)
-        await self.notifier.notify("device", user_id=device.user_id)
+        await self.notifier.notify(DeviceChanged(user_id=device.user_id))
 
     async def get_user_info(self, req: ops.UserRef) -> dict[str, Any]:
         device = self.store.get_device(req.user_id)
@@ -144,7 +142,7 @@ class DeviceRegistry(Service):
         self.scope.forget_device(req.user_id)
         self._last_touch.pop(req.user_id, None)
         self.event(ops.DELETE_DEVICE, "Device decommissioned", user_id=req.user_id)
-        await self.notifier.notify("device", user_id=req.user_id, deleted=True)
+        await self.notifier.notify(DeviceChanged(user_id=req.user_id, deleted=True))
         return {"user_id": req.user_id}
 
     async def list_operator_tokens(self, req: ops.Empty) -> list[dict[str, Any]]:
@@ -164,7 +162,7 @@ class DeviceRegistry(Service):
         ends the live streams opened with it (the "operator_token" notification)."""
         self.store.revoke_operator_token(req.token_id)
         self.event(ops.REVOKE_OPERATOR_TOKEN, "Operator token revoked")
-        await self.notifier.notify("operator_token", token_id=req.token_id, revoked=True)
+        await self.notifier.notify(OperatorTokenRevoked(token_id=req.token_id, revoked=True))
         return {"token_id": req.token_id}
 
     async def list_enrollment_tokens(self, req: ops.Empty) -> list[dict[str, Any]]:
@@ -196,16 +194,16 @@ class DeviceRegistry(Service):
         request model bounds the round and refuses non-finite metrics)."""
         self.scope.check(req.user_id, req.task_id, req.status)
         if req.status in RECORDED_STATUSES:
-            self.store.set_device_task_status(req.user_id, req.task_id, req.status, req.reason)
+            self.store.set_device_task_status(
+                req.user_id, req.task_id, req.status, req.reason, run=req.run
+            )
         self._touch(req.user_id)
         if req.round is not None and req.metrics:
-            self.store.add_metric(req.task_id, req.round, req.user_id, req.metrics)
+            self.store.add_metric(req.task_id, req.round, req.user_id, req.metrics, run=req.run)
             await self.notifier.notify(
-                "metric",
-                task_id=req.task_id,
-                round=req.round,
-                source=req.user_id,
-                metrics=req.metrics,
+                MetricRecorded(
+                    task_id=req.task_id, round=req.round, source=req.user_id, metrics=req.metrics
+                )
             )
         self.event(
             ops.REPORT_DEVICE_TASK,
@@ -215,11 +213,9 @@ class DeviceRegistry(Service):
             task_id=req.task_id,
         )
         await self.notifier.notify(
-            "device",
-            user_id=req.user_id,
-            task_id=req.task_id,
-            status=req.status,
-            reason=req.reason,
+            DeviceTaskReported(
+                user_id=req.user_id, task_id=req.task_id, status=req.status, reason=req.reason
+            )
         )
 
     def _touch(self, user_id: str) -> None:
@@ -233,7 +229,7 @@ class DeviceRegistry(Service):
     async def clear_quarantine(self, req: ops.ClearQuarantine) -> dict[str, int]:
         self.store.get_device(req.user_id)
         cleared = self.store.clear_quarantine(req.user_id, req.task_id)
-        await self.notifier.notify("quarantine_cleared", user_id=req.user_id, task_id=req.task_id)
+        await self.notifier.notify(QuarantineCleared(user_id=req.user_id, task_id=req.task_id))
         return {"cleared": cleared}
 
     async def create_enrollment(self, req: ops.CreateEnrollmentToken) -> dict[str, Any]:
@@ -288,7 +284,7 @@ class DeviceRegistry(Service):
         if had:
             self.store.set_device_credential(req.user_id, None)
         self.event(ops.REVOKE_DEVICE, "Device credential revoked", user_id=req.user_id)
-        await self.notifier.notify("device", user_id=req.user_id, revoked=True)
+        await self.notifier.notify(DeviceChanged(user_id=req.user_id, revoked=True))
         return {"user_id": req.user_id, "revoked": had}
 
     async def resolve_credential(self, req: ops.ResolveCredential) -> dict[str, Any]:

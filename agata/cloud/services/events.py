@@ -20,6 +20,7 @@ from agata.bus.bus import EVENTS_QUEUE, Bus, Consumer, Delivery
 from agata.bus.envelope import encode
 from agata.cloud.services.notifier import Notifier
 from agata.errors import AgataError, ErrorCode
+from agata.protocol.notifications import EventRecorded
 from agata.store.store import Store
 
 logger = logging.getLogger(__name__)
@@ -162,7 +163,10 @@ class EventRecorder:
             raw = json.loads(delivery.body)
             if not isinstance(raw, dict):
                 raise ValueError("not a JSON object")
-            known = {"time", "service", "function", "event", "task_id", "user_id"}
+            known = {"time", "service", "function", "event", "task_id", "user_id", "run"}
+            run = raw.get("run")  # the task's run it belongs to (absent: its current one)
+            if not (isinstance(run, int) and not isinstance(run, bool) and 1 <= run < 2**31):
+                run = None
             event = self.store.add_event(
                 time=float(raw.get("time") or time.time()),
                 service=str(raw.get("service", ""))[:200],
@@ -171,18 +175,21 @@ class EventRecorder:
                 task_id=_optional_str(raw.get("task_id")),
                 user_id=_optional_str(raw.get("user_id")),
                 data={k: v for k, v in raw.items() if k not in known},
+                run=run,
             )
         except (ValueError, TypeError, AgataError) as exc:
             logger.warning("event refused (%s): %.200r", exc, delivery.body)
             return None
         await self.notifier.notify(
-            "event",
-            time=event.time,
-            service=event.service,
-            function=event.function,
-            event=event.event,
-            task_id=event.task_id,
-            user_id=event.user_id,
+            EventRecorded(
+                time=event.time,
+                service=event.service,
+                function=event.function,
+                event=event.event,
+                task_id=event.task_id,
+                user_id=event.user_id,
+                run=event.run,
+            )
         )
         return None
 

@@ -3,24 +3,23 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from agata.bus.bus import Bus
-from agata.bus.envelope import encode
 from agata.errors import AgataError
-from agata.protocol.operations import NOTIFICATIONS_TOPIC
+from agata.protocol.notifications import NOTIFICATIONS_TOPIC, Notification, encode_notification
 
 logger = logging.getLogger(__name__)
 
 
 class Notifier:
-    """Sends ``{"kind": ..., **fields}`` on the notifications topic; never raises."""
+    """Sends notifications (:mod:`agata.protocol.notifications`) on the notifications
+    topic; never raises."""
 
     def __init__(self, bus: Bus) -> None:
         self.bus = bus
 
-    async def notify(self, kind: str, **fields: Any) -> None:
+    async def notify(self, notification: Notification) -> None:
         try:
-            await self.bus.broadcast(NOTIFICATIONS_TOPIC, encode({"kind": kind, **fields}))
+            await self.bus.broadcast(NOTIFICATIONS_TOPIC, encode_notification(notification))
         except AgataError as exc:
-            logger.debug("notification %s not sent: %s", kind, exc.message)
+            logger.debug("notification %s not sent: %s", notification.kind, exc.message)

@@ -22,12 +22,23 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from agata.cloud.bundles.artifact_store import ArtifactStore
 from agata.cloud.services.notifier import Notifier
 from agata.cloud.services.task_ends import RECONCILE_SECONDS, EndRecorder, TaskEnd
 from agata.errors import AgataError, ErrorCode
 from agata.files import write_private_file
+from agata.protocol.notifications import ArtifactSaved, LogAppended, MetricRecorded, TaskChanged
 from agata.runtime.limits import Limits
-from agata.runtime.messages import Error, Info, Model, OutputLine, Print, TaskMessage, Trigger
+from agata.runtime.messages import (
+    Artifact,
+    Error,
+    Info,
+    Model,
+    OutputLine,
+    Print,
+    TaskMessage,
+    Trigger,
+)
 from agata.runtime.process import kill_process_group
 from agata.runtime.sandbox import TaskSandbox
 from agata.runtime.supervisor import ProcessState, TaskOutcome, TaskProcess
@@ -71,8 +82,10 @@ class ServerTasks:
         reconcile_seconds: float = RECONCILE_SECONDS,
         on_ended: Callable[[str], None] | None = None,
         sandbox: TaskSandbox | None = None,
+        artifacts: ArtifactStore | None = None,
     ) -> None:
         self.store = store
+        self.artifacts = artifacts
         self.sandbox = sandbox
         self.notifier = notifier
         self.bundles_root = bundles_root
@@ -80,6 +93,7 @@ class ServerTasks:
         self.grace = grace
         self.record_event = record_event
         self._processes: dict[str, TaskProcess] = {}
+        self._runs: dict[str, tuple[int | None, Path]] = {}  # task id -> (run, work folder)
         self._watchers: set[asyncio.Task[None]] = set()
         self._log_buffers: dict[str, list[NewLogLine]] = {}
         self._claims: set[str] = set()  # owned here; end not recorded yet
@@ -99,16 +113,25 @@ class ServerTasks:
         """Keep recording refused ends and ending claimed tasks whose process is gone."""
         self.ends.start()
 
-    async def record_end(self, task_id: str, state: TaskState, reason: str) -> None:
-        """Record that a claimed task ended (retried until the store takes it)."""
+    async def record_end(
+        self, task_id: str, state: TaskState, reason: str, *, run: int | None = None
+    ) -> None:
+        """Record that a claimed task (its run ``run``) ended (retried until the store
+        takes it)."""
         self._claims.add(task_id)
-        await self.ends.record(TaskEnd(task_id, state, reason))
+        await self.ends.record(TaskEnd(task_id, state, reason, run=run))
 
     async def start(
-        self, task_id: str, arguments: Sequence[str], *, limits: Mapping[str, Any] | None = None
+        self,
+        task_id: str,
+        arguments: Sequence[str],
+        *,
+        limits: Mapping[str, Any] | None = None,
+        run: int | None = None,
     ) -> int | None:
         """Spawn ``server.py`` of the task's bundle within the task's ``limits`` (over
-        the configured defaults); returns the process group id."""
+        the configured defaults) for its run ``run`` (what it reports is recorded in that
+        run); returns the process group id."""
         bundle = self.bundles_root / f"task_{task_id}"
         record_dir = self.work_root / f"task_{task_id}"
         record_dir.mkdir(parents=True, exist_ok=True)
@@ -126,7 +149,7 @@ class ServerTasks:
             "server",
             work,
             arguments,
-            on_message=lambda message: self._on_message(task_id, message),
+            on_message=lambda message: self._on_message(task_id, run, message),
             grace=self.grace,
             name=f"task {task_id} server",
             env={WORK_PATH_ENV: str(work)},
@@ -134,6 +157,7 @@ class ServerTasks:
         )
         await process.start()  # raises NOT_FOUND / INTERNAL with the reason
         self._processes[task_id] = process
+        self._runs[task_id] = (run, work)
         self._claims.add(task_id)
         if process.pgid is not None:
             # Lets a restarted cloud end this group, and only this one (see reconcile).
@@ -209,7 +233,7 @@ class ServerTasks:
         logger.info("task %s server side ended: %s (%s)", task_id, state, end.reason)
         self._event("task_ended", f"task {task_id} {state}: {end.reason}", task_id)
         await self.notifier.notify(
-            "task", task_id=task_id, running=False, state=str(state), reason=end.reason
+            TaskChanged(task_id=task_id, running=False, state=str(state), reason=end.reason)
         )
 
     def _end_leftover(self, task_id: str) -> None:
@@ -233,10 +257,12 @@ class ServerTasks:
 
     # -- messages of a running task ------------------------------------------------
 
-    async def _on_message(self, task_id: str, message: TaskMessage) -> None:
+    async def _on_message(self, task_id: str, run: int | None, message: TaskMessage) -> None:
         if isinstance(message, Model):
             try:
-                metric = self.store.add_metric(task_id, message.round, "server", message.metrics)
+                metric = self.store.add_metric(
+                    task_id, message.round, "server", message.metrics, run=run
+                )
             except AgataError as exc:  # a full disk or a deleted task: say so, go on
                 logger.error(
                     "task %s: server metrics of round %d not recorded: %s",
@@ -246,12 +272,14 @@ class ServerTasks:
                 )
                 return
             await self.notifier.notify(
-                "metric",
-                task_id=task_id,
-                round=message.round,
-                source="server",
-                metrics=dict(metric.metrics),
-                time=metric.time,
+                MetricRecorded(
+                    task_id=task_id,
+                    round=message.round,
+                    source="server",
+                    metrics=dict(metric.metrics),
+                    time=metric.time,
+                    run=run,
+                )
             )
         elif isinstance(message, Print | OutputLine):
             text = message.message if isinstance(message, Print) else message.text
@@ -265,9 +293,31 @@ class ServerTasks:
         elif isinstance(message, Trigger):
             await self._log(task_id, "trigger", f"trigger {message.trigger_name}")
             self._event("trigger", f"trigger {message.trigger_name} fired", task_id)
+        elif isinstance(message, Artifact):
+            await self._save_artifact(task_id, run, message.path)
+
+    async def _save_artifact(self, task_id: str, run: int | None, path: str) -> None:
+        """Copy a saved file into the run's artifacts (in a thread) and record it; what
+        goes wrong is said in the run's log (stream ``artifact``), nothing half-kept."""
+        work = self._runs.get(task_id, (None, None))[1]
+        if self.artifacts is None or run is None or work is None:
+            await self._log(task_id, "artifact", f"artifact {path!r} not kept: no run store")
+            return
+        try:
+            saved = await asyncio.to_thread(self.artifacts.save, task_id, run, work, path)
+            self.store.add_artifact(task_id, run, saved.name, saved.size, saved.sha256)
+        except AgataError as exc:
+            logger.warning("task %s run %s: %s", task_id, run, exc.message)
+            await self._log(task_id, "artifact", exc.message)
+            return
+        await self._log(task_id, "artifact", f"artifact {saved.name} kept ({saved.size} bytes)")
+        await self.notifier.notify(
+            ArtifactSaved(task_id=task_id, run=run, name=saved.name, size=saved.size)
+        )
 
     async def _log(self, task_id: str, stream: str, text: str) -> None:
         now = time.time()
+        run = self._runs.get(task_id, (None, None))[0]
         buffer = self._log_buffers.setdefault(task_id, [])
         buffer.append(NewLogLine("server", stream, text, now))
         if len(buffer) >= LOG_BATCH_LINES:
@@ -275,7 +325,9 @@ class ServerTasks:
         elif len(buffer) == 1:
             asyncio.get_running_loop().call_later(LOG_BATCH_SECONDS, self._flush_logs, task_id)
         await self.notifier.notify(
-            "log", task_id=task_id, source="server", stream=stream, text=text, time=now
+            LogAppended(
+                task_id=task_id, source="server", stream=stream, text=text, time=now, run=run
+            )
         )
 
     def _flush_logs(self, task_id: str) -> None:
@@ -283,8 +335,9 @@ class ServerTasks:
         lines = self._log_buffers.pop(task_id, None)
         if not lines:
             return
+        run = self._runs.get(task_id, (None, None))[0]
         try:
-            self.store.add_log_lines(task_id, lines)
+            self.store.add_log_lines(task_id, lines, run=run)
         except AgataError as exc:
             if exc.code is not ErrorCode.NOT_FOUND:  # a deleted task's lines go with it
                 logger.error(
@@ -304,12 +357,14 @@ class ServerTasks:
             ProcessState.FINISHED: TaskState.FINISHED,
             ProcessState.FAILED: TaskState.FAILED,
         }.get(outcome.state, TaskState.STOPPED)
-        end = TaskEnd(task_id, state, outcome.reason, process.pgid)
+        run = self._runs.get(task_id, (None, None))[0]
+        end = TaskEnd(task_id, state, outcome.reason, process.pgid, run)
         try:
             self._flush_logs(task_id)
             with contextlib.suppress(OSError):
                 (self.work_root / f"task_{task_id}" / PID_FILE).unlink(missing_ok=True)
         finally:
             self._processes.pop(task_id, None)
+            self._runs.pop(task_id, None)
             # A task the operator stopped is already marked stopped: the end is dropped.
             await self.ends.record(end)

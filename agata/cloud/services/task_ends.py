@@ -14,8 +14,8 @@ started) decides that its process is gone; a task another replica runs is never 
 here.
 
 An end is written only over the run it belongs to: if the task is no longer running (an
-operator stopped it, it was deleted) or runs again with another process group (a newer
-run, possibly on another replica), the end is dropped instead.
+operator stopped it, it was deleted) or runs again as a newer run (another run number or
+process group, possibly on another replica), the end is dropped instead.
 """
 
 from __future__ import annotations
@@ -41,12 +41,14 @@ RECONCILE_SECONDS = 5.0
 
 @dataclass(frozen=True, slots=True)
 class TaskEnd:
-    """How a run's server side ended; ``pgid`` is its process group (None: unknown)."""
+    """How a run's server side ended; ``pgid`` is its process group and ``run`` its
+    number (None: unknown, the task's current run)."""
 
     task_id: str
     state: TaskState
     reason: str
     pgid: int | None = None
+    run: int | None = None
 
 
 #: Called once an end is settled: ``written`` is False when it was dropped (see module).
@@ -167,6 +169,8 @@ class EndRecorder:
                 return False
             if end.pgid is not None and task.server_pid not in (None, end.pgid):
                 return False  # a newer run, not this one
+            if end.run is not None and task.run != end.run:
+                return False
             self.store.set_task_state(
                 end.task_id,
                 running=False,

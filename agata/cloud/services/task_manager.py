@@ -9,7 +9,6 @@ a failure of later device requests.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from typing import Any
 from agata.bus.bus import Bus, Consumer, Delivery
 from agata.bus.envelope import RawJson, encode
 from agata.bus.service import Service
+from agata.cloud.bundles.artifact_store import ArtifactStore
 from agata.cloud.bundles.bundle_store import BundleStore
 from agata.cloud.credentials.download_passwords import DownloadPasswords
 from agata.cloud.criteria.criteria_check import type_mismatches
@@ -27,6 +27,7 @@ from agata.cloud.services.events import EventPublisher
 from agata.cloud.services.notifier import Notifier
 from agata.cloud.services.offer_cache import OfferCache
 from agata.cloud.services.ratelog import RateLimitedWarning
+from agata.cloud.services.run_scheduler import RunScheduler
 from agata.cloud.services.server_tasks import ServerTasks, expand_arguments
 from agata.cloud.services.views import (
     ONLINE_SECONDS,
@@ -34,13 +35,21 @@ from agata.cloud.services.views import (
     device_task_view,
     legacy_offer_view,
     offer_view,
+    run_view,
     seconds_since,
     task_view,
 )
 from agata.errors import AgataError, ErrorCode, conflict, invalid
 from agata.protocol import operations as ops
+from agata.protocol.notifications import (
+    DeviceChanged,
+    TaskChanged,
+    TaskStopRequested,
+    parse_notification,
+)
 from agata.runtime.sandbox import TaskSandbox
-from agata.store.store import BundleFile, NewTask, Store, Task, TaskKind, TaskState
+from agata.store.run_store import Run, RunState
+from agata.store.store import NewTask, Store, Task, TaskKind, TaskState
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +86,8 @@ class TaskManager(Service):
         register_events: bool = True,
         bundles: BundleStore | None = None,
         sandbox: TaskSandbox | None = None,
+        artifacts: ArtifactStore | None = None,
+        max_running_tasks: int | None = None,
     ) -> None:
         super().__init__(bus, "task-manager", hide_internal_errors=hide_internal_errors)
         self.store = store
@@ -86,6 +97,7 @@ class TaskManager(Service):
         self.legacy_devices = legacy_devices
         self.notifier = Notifier(bus)
         self.event = EventPublisher(bus, "task-manager", enabled=register_events)
+        self.artifacts = artifacts or ArtifactStore(work_root.parent / "artifacts")
         self.server_tasks = ServerTasks(
             store,
             self.notifier,
@@ -93,9 +105,18 @@ class TaskManager(Service):
             work_root,
             grace=grace,
             record_event=self.event,
-            on_ended=lambda _task_id: self._changed(),
+            on_ended=self._run_ended,
             sandbox=sandbox,
+            artifacts=self.artifacts,
         )
+        self.scheduler = RunScheduler(
+            store,
+            max_running=max_running_tasks,
+            launch=self._launch,
+            fail=self._fail_waiting,
+            joined=self._devices_joined,
+        )
+        self._background: set[asyncio.Task[None]] = set()
         self.criteria = CriteriaCache()
         self._running_cache: tuple[float, list[Task]] | None = None
         self._last_touch: dict[str, float] = {}
@@ -125,6 +146,8 @@ class TaskManager(Service):
             (ops.VALIDATE_CRITERIA, self.validate_criteria),
             (ops.GET_OVERVIEW, self.get_overview),
             (ops.CHECK_DOWNLOAD_PASSWORD, self.check_password),
+            (ops.LIST_RUNS, self.list_runs),
+            (ops.GET_RUN, self.get_run),
         ]:
             self.add_operation(name, ops.OPERATION_MODELS[name], handler)  # type: ignore[arg-type]
 
@@ -140,6 +163,7 @@ class TaskManager(Service):
         )
         await super().start()
         self.event("start", "Service initialization")
+        self._soon(self.scheduler.dequeue())  # runs queued before a restart
 
     async def stop(self) -> None:
         await super().stop()
@@ -148,28 +172,26 @@ class TaskManager(Service):
         self._flush_touches()
         if self._subscription is not None:
             await self._subscription.cancel()
+        await self.scheduler.stop()
+        for job in list(self._background):
+            job.cancel()
         await self.server_tasks.stop_all()
         await self.event.close()
 
     async def _on_notification(self, delivery: Delivery) -> None:
-        """A device's record changed: forget its attributes and offers. A task changed
-        (on any replica, or its server side ended): forget the running tasks and every
-        offer. Another replica stopped a task whose server side runs here: end it."""
-        body = delivery.body
-        if b'"device"' in body:
-            message = _json_object(body)
-            if message.get("kind") == "device" and isinstance(message.get("user_id"), str):
-                self._device_cache.pop(message["user_id"], None)
-                self.offers.device_changed(message["user_id"])
-            return None
-        if b'"task"' in body and _json_object(body).get("kind") == "task":
+        """A device's record changed: forget its attributes and offers (a device's
+        report on a task changes neither). A task changed (on any replica, or its server
+        side ended): forget the running tasks and every offer. Another replica stopped a
+        task whose server side runs here: end it."""
+        notification = parse_notification(delivery.body)
+        if isinstance(notification, DeviceChanged):
+            self._device_cache.pop(notification.user_id, None)
+            self.offers.device_changed(notification.user_id)
+        elif isinstance(notification, TaskChanged):
             self._changed()  # any replica's change, or a server side's end: seen at once
-            return None
-        if b'"stop_task"' not in body:
-            return None
-        task_id = _json_object(body).get("task_id", "")
-        if isinstance(task_id, str) and self.server_tasks.is_local(task_id):
-            await self.server_tasks.stop(task_id)
+        elif isinstance(notification, TaskStopRequested):
+            if self.server_tasks.is_local(notification.task_id):
+                await self.server_tasks.stop(notification.task_id)
         return None
 
     def _device_attributes(self, user_id: str) -> dict[str, Any]:
@@ -212,6 +234,23 @@ class TaskManager(Service):
         self._running_cache = None
         self.offers.tasks_changed()
 
+    def _soon(self, job: Any) -> None:
+        """Run a coroutine beside the service (kept until done; errors are logged)."""
+        task: asyncio.Task[None] = asyncio.create_task(job)
+        self._background.add(task)
+
+        def done(finished: asyncio.Task[None]) -> None:
+            self._background.discard(finished)
+            if not finished.cancelled() and finished.exception() is not None:
+                logger.error("task manager: %s", finished.exception())
+
+        task.add_done_callback(done)
+
+    def _run_ended(self, _task_id: str) -> None:
+        """A run's end was recorded here: offers change, a queued run may start."""
+        self._changed()
+        self._soon(self.scheduler.dequeue())
+
     def _running_tasks(self) -> list[Task]:
         """Running tasks to offer: not those whose end is known here but not recorded."""
         now = time.monotonic()
@@ -228,20 +267,18 @@ class TaskManager(Service):
         return [t for t in cached[1] if t.task_id not in hidden]
 
     def _view(self, task: Task) -> dict[str, Any]:
-        metrics = self.store.list_metrics(task.task_id)
-        server = [m for m in metrics if m.source == "server"] or metrics
-        last = server[-1] if server else None
-        acc = None
-        if last is not None:
-            acc = last.metrics.get("acc", last.metrics.get("accuracy"))
+        """The task record; its run fields describe the current (or last) run, read from
+        that run's record (never from its metrics)."""
+        run = None if task.run is None else self.store.get_run(task.task_id, task.run)
         running = [
             s.user_id for s in self.store.list_task_devices(task.task_id) if s.status == "running"
         ]
         return task_view(
             task,
-            last_round=last.round if last else None,
-            last_acc=acc,
+            last_round=run.last_round if run else None,
+            last_acc=_acc(run.last_metrics) if run else None,
             devices_running=running,
+            run_state=str(run.state) if run else None,
         )
 
     # -- operations -------------------------------------------------------------------
@@ -263,10 +300,12 @@ class TaskManager(Service):
                 tags=req.tags or [],
                 limits=req.limits.model_dump(exclude_none=True) if req.limits else {},
                 kind=TaskKind(req.kind),
+                min_devices=req.min_devices,
+                start_deadline_s=req.start_deadline_s,
             )
         )
         self.event(ops.CREATE_TASK, "Task registered", task_id=req.task_id)
-        await self.notifier.notify("task", task_id=req.task_id, running=False, state="stopped")
+        await self.notifier.notify(TaskChanged(task_id=req.task_id, running=False, state="stopped"))
 
     async def update_task(self, req: ops.UpdateTask) -> None:
         """Change only the given fields; never the running state, metrics, logs or events."""
@@ -284,14 +323,17 @@ class TaskManager(Service):
             tags=req.tags,
             limits=req.limits.model_dump(exclude_none=True) if req.limits else None,
             kind=req.kind,
+            min_devices=req.min_devices,
+            start_deadline_s=req.start_deadline_s,
         )
         self._changed()
         await self.notifier.notify(
-            "task",
-            task_id=task.task_id,
-            running=task.running,
-            state=str(task.state),
-            version=task.version,
+            TaskChanged(
+                task_id=task.task_id,
+                running=task.running,
+                state=str(task.state),
+                version=task.version,
+            )
         )
 
     async def get_task(self, req: ops.TaskRef) -> dict[str, Any]:
@@ -313,26 +355,28 @@ class TaskManager(Service):
     async def delete_task(self, req: ops.TaskRef) -> None:
         self.store.delete_task(req.task_id)  # 409 while running
         self.bundles.delete(req.task_id)
+        await asyncio.to_thread(self.artifacts.delete_task, req.task_id)
         self._changed()
         self.event(ops.DELETE_TASK, "Task deleted", task_id=req.task_id)
-        await self.notifier.notify("task", task_id=req.task_id, deleted=True, running=False)
+        await self.notifier.notify(TaskChanged(task_id=req.task_id, deleted=True, running=False))
 
     async def set_task_files(self, req: ops.SetTaskFiles) -> None:
         """Record the bundle listing after an upload (the gateway wrote the files)."""
-        task = self.store.set_task_files(
-            req.task_id, [BundleFile(f.name, f.size, f.sha256) for f in req.files]
-        )
+        task = self.store.set_task_files(req.task_id, req.files)
         self._changed()
         await self.notifier.notify(
-            "task",
-            task_id=task.task_id,
-            running=task.running,
-            state=str(task.state),
-            version=task.version,
+            TaskChanged(
+                task_id=task.task_id,
+                running=task.running,
+                state=str(task.state),
+                version=task.version,
+            )
         )
 
     async def start_task(self, req: ops.StartTask) -> None:
-        """Start the server side, with ``arguments`` or the stored server_arguments."""
+        """Start a run: the server side, with ``arguments`` or the stored
+        server_arguments. Past ``--max-running-tasks`` the run is queued instead (null
+        all the same); with ``min_devices`` it waits for them (:mod:`run_scheduler`)."""
         self.event(ops.START_TASK, "Initialization", task_id=req.task_id)
         task = self.store.get_task(req.task_id)
         if task.running:
@@ -344,6 +388,11 @@ class TaskManager(Service):
                     "has not taken its end yet; the cloud keeps trying, start it again then",
                 )
             raise conflict(f"task {task.task_id} is already running")
+        if task.state is TaskState.QUEUED:
+            raise conflict(
+                f"task {task.task_id} is already queued (run {task.run}); it starts when a "
+                "running run ends"
+            )
         names = {f.name for f in task.files}
         missing = [n for n in ("server.py", "client.py") if n not in names]
         if missing:
@@ -356,27 +405,64 @@ class TaskManager(Service):
         # would make each of them fail and quarantine the task. Hashing runs in a thread.
         await asyncio.to_thread(self.bundles.check_listing, task.task_id, task.files)
         arguments = req.arguments if req.arguments is not None else list(task.server_arguments)
-        self.store.set_task_state(
-            task.task_id, running=True, state=TaskState.RUNNING, expected_running=False
+        state, reason = self.scheduler.first_state(task)
+        run = self.store.create_run(  # the claim: 409 if another start won
+            task.task_id,
+            state=state,
+            server_arguments=expand_arguments(arguments, task.host, task.port),
+            client_arguments=list(task.client_arguments),
+            reason=reason,
         )
+        if run.state is RunState.QUEUED:
+            self.event(
+                ops.START_TASK,
+                f"Run {run.run} queued: {reason}",
+                task_id=task.task_id,
+                run=run.run,
+            )
+            await self.notifier.notify(
+                TaskChanged(task_id=task.task_id, running=False, state="queued", run=run.run)
+            )
+            return
+        await self._launch(task, run, raise_errors=True)
+
+    async def _launch(self, task: Task, run: Run, *, raise_errors: bool = False) -> None:
+        """Spawn the server side of a claimed run (started now or out of the queue: a
+        run whose bundle was replaced or damaged while it waited fails with the reason,
+        so its record never names files it did not run with)."""
         try:
+            if run.files != tuple((f.name, f.size, f.sha256) for f in task.files):
+                raise invalid("the bundle was replaced while the run was queued; start it again")
+            if not raise_errors:
+                await asyncio.to_thread(self.bundles.check_listing, task.task_id, task.files)
             pgid = await self.server_tasks.start(
-                task.task_id,
-                expand_arguments(arguments, task.host, task.port),
-                limits=task.limits,
+                task.task_id, list(run.server_arguments), limits=task.limits, run=run.run
             )
         except AgataError as exc:
             # Recorded like any end: retried if the store refuses it now.
             await self.server_tasks.record_end(
-                task.task_id, TaskState.FAILED, f"server side did not start: {exc.message}"
+                task.task_id,
+                TaskState.FAILED,
+                f"server side did not start: {exc.message}",
+                run=run.run,
             )
-            raise
+            if raise_errors:
+                raise
+            logger.warning("task %s run %d did not start: %s", task.task_id, run.run, exc)
+            return
         # Devices hear of the run as soon as its server side is spawned: the store
-        # already holds it running (the claim above), so the offers they ask for next
+        # already holds it running (the claim), so the offers they ask for next
         # include it. The server's pgid and the event are written after the notice.
         self._changed()
         await self.notifier.notify(
-            "task", task_id=task.task_id, running=True, state="running", version=task.version
+            TaskChanged(
+                task_id=task.task_id,
+                running=True,
+                state="running",
+                version=task.version,
+                run=run.run,
+                run_state=str(run.state),
+            )
         )
         try:  # not if it ended or was stopped meanwhile (that end stays recorded)
             self.store.set_task_state(
@@ -390,22 +476,85 @@ class TaskManager(Service):
             if exc.code not in (ErrorCode.CONFLICT, ErrorCode.NOT_FOUND):
                 raise
             logger.info("task %s ended before its server's pgid was recorded", task.task_id)
-        self.event(ops.START_TASK, "Task started on cloud", task_id=task.task_id)
+        self.scheduler.watch(run)
+        self.event(
+            ops.START_TASK,
+            f"Task started on cloud (run {run.run})",
+            task_id=task.task_id,
+            run=run.run,
+        )
+
+    async def _fail_waiting(self, task_id: str, run: int, reason: str) -> None:
+        """A waiting run's deadline passed: the run fails, its server side ends."""
+        task = self.store.get_task(task_id)
+        if task.run != run or not task.running:
+            return
+        try:
+            self.store.set_task_state(
+                task_id, running=False, state=TaskState.FAILED, reason=reason, expected_running=True
+            )
+        except AgataError as exc:
+            if exc.code in (ErrorCode.CONFLICT, ErrorCode.NOT_FOUND):
+                return  # stopped or deleted meanwhile
+            raise
+        logger.warning("task %s run %d failed: %s", task_id, run, reason)
+        await self._end_server(task_id)
+        self.event("run_failed", f"Run {run} failed: {reason}", task_id=task_id, run=run)
+        await self.notifier.notify(
+            TaskChanged(task_id=task_id, running=False, state="failed", reason=reason, run=run)
+        )
+        self._soon(self.scheduler.dequeue())
+
+    async def _devices_joined(self, task_id: str, run: int) -> None:
+        self.event("run_running", f"Run {run}: its devices joined", task_id=task_id, run=run)
+        await self.notifier.notify(
+            TaskChanged(
+                task_id=task_id, running=True, state="running", run=run, run_state="running"
+            )
+        )
+
+    async def _end_server(self, task_id: str) -> None:
+        """End a task's server side, here or on the replica that runs it."""
+        self._changed()
+        if self.server_tasks.is_local(task_id):
+            await self.server_tasks.stop(task_id)
+        else:
+            await self.notifier.notify(TaskStopRequested(task_id=task_id))
 
     async def stop_task(self, req: ops.TaskRef) -> None:
+        """End the current run (queued, waiting or running) as stopped."""
         task = self.store.get_task(req.task_id)
-        if not task.running:
+        if not task.running and task.state is not TaskState.QUEUED:
             raise conflict(f"task {task.task_id} is not running")
         self.store.set_task_state(
             task.task_id, running=False, state=TaskState.STOPPED, reason="stopped by the operator"
         )
-        self._changed()
-        if self.server_tasks.is_local(task.task_id):
-            await self.server_tasks.stop(task.task_id)
-        else:
-            await self.notifier.notify("stop_task", task_id=task.task_id)
+        if task.running:
+            await self._end_server(task.task_id)
         self.event(ops.STOP_TASK, "Task stopped on cloud", task_id=task.task_id)
-        await self.notifier.notify("task", task_id=task.task_id, running=False, state="stopped")
+        await self.notifier.notify(
+            TaskChanged(task_id=task.task_id, running=False, state="stopped", run=task.run)
+        )
+        self._soon(self.scheduler.dequeue())
+
+    async def list_runs(self, req: ops.ListRuns) -> list[dict[str, Any]]:
+        """The task's runs, newest first, a page of ``limit`` below ``before``."""
+        self.store.get_task(req.task_id)  # 404 for an unknown task
+        runs = self.store.list_runs(req.task_id, limit=req.limit, before=req.before)
+        return [run_view(run) for run in runs]
+
+    async def get_run(self, req: ops.RunRef) -> dict[str, Any]:
+        """One run with each device's part in it."""
+        run = self.store.get_run(req.task_id, req.run)
+        return run_view(run, self.store.list_run_devices(req.task_id, req.run))
+
+    def _run_of(self, task_id: str, run: int | None) -> int | None:
+        """The run a read is about: ``run`` (404 if the task has none such) or the
+        task's current one (None: it never ran)."""
+        if run is None:
+            return self.store.get_task(task_id).run
+        self.store.get_run(task_id, run)
+        return run
 
     async def client_requesting_task(
         self, req: ops.ClientRequestingTask
@@ -459,23 +608,50 @@ class TaskManager(Service):
                 )
         return offers
 
-    async def get_task_metrics(self, req: ops.TaskRef) -> list[dict[str, Any]]:
-        self.store.get_task(req.task_id)
+    async def get_task_metrics(self, req: ops.TaskMetricsQuery) -> list[dict[str, Any]]:
+        """The metrics of a run (default: the current or last one)."""
+        run = self._run_of(req.task_id, req.run)
         return [
-            {"round": m.round, "source": m.source, "metrics": dict(m.metrics), "time": m.time}
-            for m in self.store.list_metrics(req.task_id)
+            {
+                "round": m.round,
+                "source": m.source,
+                "metrics": dict(m.metrics),
+                "time": m.time,
+                "run": m.run,
+            }
+            for m in self.store.list_metrics(req.task_id, run=run)
         ]
 
     async def get_task_logs(self, req: ops.TaskLogsQuery) -> list[dict[str, Any]]:
-        self.store.get_task(req.task_id)
+        """The last log lines of a run (default: the current or last one)."""
+        run = self._run_of(req.task_id, req.run)
         return [
-            {"seq": x.seq, "source": x.source, "stream": x.stream, "text": x.text, "time": x.time}
-            for x in self.store.tail_logs(req.task_id, req.limit)
+            {
+                "seq": x.seq,
+                "source": x.source,
+                "stream": x.stream,
+                "text": x.text,
+                "time": x.time,
+                "run": x.run,
+            }
+            for x in self.store.tail_logs(req.task_id, req.limit, run=run)
         ]
 
     async def get_task_events(self, req: ops.TaskEventsQuery) -> list[dict[str, Any]]:
-        """The newest ``limit`` events (of a task, after ``since``), oldest first."""
-        events = self.store.list_events(req.task_id, since=req.since, limit=10_000)
+        """The newest ``limit`` events (of a task, after ``since``), oldest first; of
+        a task's run ``run`` (with the task's events of no run) when given."""
+        run = req.run
+        if run is not None:
+            if req.task_id is None:
+                raise invalid("run: give the task_id of the run too")
+            self.store.get_run(req.task_id, run)
+        elif req.task_id is not None:
+            try:
+                run = self.store.get_task(req.task_id).run
+            except AgataError as exc:  # a deleted task's events stay readable
+                if exc.code is not ErrorCode.NOT_FOUND:
+                    raise
+        events = self.store.list_events(req.task_id, since=req.since, limit=10_000, run=run)
         return [
             {
                 "time": e.time,
@@ -484,6 +660,7 @@ class TaskManager(Service):
                 "event": e.event,
                 "task_id": e.task_id,
                 "user_id": e.user_id,
+                "run": e.run,
                 **dict(e.data),
             }
             for e in events[-req.limit :]
@@ -558,6 +735,12 @@ class TaskManager(Service):
         return {"ok": await self.download_passwords.check(task, req.username, req.password)}
 
 
+def _acc(metrics: Any) -> float | None:
+    """The accuracy among a round's metrics, sent as ``acc`` or ``accuracy``."""
+    value = metrics.get("acc", metrics.get("accuracy"))
+    return float(value) if isinstance(value, int | float) else None
+
+
 def task_filter(q: str) -> Callable[[Task], bool]:
     """``q`` of ``rpc_exec_query_tasks`` as a test: blank-separated terms that must all
     hold, each a state word, ``tag:NAME`` or a part of the task id. Tasks are few (an
@@ -587,11 +770,3 @@ def task_filter(q: str) -> Callable[[Task], bool]:
         )
 
     return matches
-
-
-def _json_object(body: bytes) -> dict[str, Any]:
-    try:
-        value = json.loads(body)
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}

@@ -8,6 +8,8 @@ It reports on stdout with ``TaskReporter`` (stdout is the protocol; Flower logs 
 stderr): "Started", one ``model`` line per round with the global model's accuracy and
 loss on the held-out test split, the ``accuracy_reached`` trigger once the accuracy
 reaches ``--accuracy-trigger``, then "Finished" -- or an ``error`` line and exit code 1.
+Before "Finished" it writes the final global model to ``<work_path>/global_model.npz``
+and saves it as an artifact of the run (``TaskReporter.save_artifact``).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+from pathlib import Path
 from typing import Any
 
 # Before anything imports flwr: Flower's telemetry posts to its servers by default.
@@ -23,6 +26,7 @@ os.environ["FLWR_TELEMETRY_ENABLED"] = "0"
 sys.dont_write_bytecode = True
 
 import digits_model  # noqa: E402
+import numpy as np  # noqa: E402
 from tasklib import (  # noqa: E402
     TaskArgumentParser,
     address,
@@ -35,6 +39,7 @@ from tasklib import (  # noqa: E402
 from agata.runtime import TaskReporter  # noqa: E402
 
 TRIGGER = "accuracy_reached"
+MODEL_FILE = "global_model.npz"
 
 
 def parse_args(argv: list[str]) -> Any:
@@ -106,6 +111,7 @@ class RoundReporter:
         self.trained_rounds = 0  # rounds in which at least one client's update arrived
         self.triggered = False
         self.last_accuracy: float | None = None
+        self.last_params: digits_model.Params | None = None  # the global model, last round
 
     def fit_metrics(self, results: list[tuple[int, dict[str, Any]]]) -> dict[str, Any]:
         """``fit_metrics_aggregation_fn``: the clients' training metrics, weighted."""
@@ -126,6 +132,7 @@ class RoundReporter:
         with self._lock:
             self._round = server_round
             train, self._train = self._train, {}
+            self.last_params = [np.array(p, copy=True) for p in params]
         self._reporter.send_metrics(
             server_round, acc=accuracy, loss=loss, examples=len(self._test), **train
         )
@@ -193,6 +200,20 @@ def main(argv: list[str], reporter: TaskReporter) -> None:
             f"only {rounds.trained_rounds} of {args.rounds} rounds received client updates"
         )
     reporter.send_print(f"{args.rounds} rounds done; test accuracy {rounds.last_accuracy:.4f}")
+    if args.work_path and rounds.last_params is not None:
+        save_model(Path(args.work_path), rounds.last_params, reporter)
+
+
+def save_model(work: Path, params: digits_model.Params, reporter: TaskReporter) -> Path:
+    """Write the final global model to ``<work>/global_model.npz`` (``p0``, ``p1``, … in
+    the order of ``digits_model.init_params``) and save it as an artifact of the run."""
+    target = work / MODEL_FILE
+    partial = work / f".{MODEL_FILE}.part"
+    with open(partial, "wb") as handle:  # whole before it is named (and announced)
+        np.savez(handle, **{f"p{i}": p for i, p in enumerate(params)})
+    os.replace(partial, target)
+    reporter.save_artifact(MODEL_FILE)
+    return target
 
 
 if __name__ == "__main__":

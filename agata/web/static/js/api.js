@@ -74,7 +74,25 @@ async function detailOf(response) {
 }
 
 function unreachable() {
+  gatewayLost = true;
   return new ApiError(0, `Cannot reach the AGATA gateway at ${BASE.origin}. Is the cloud running?`);
+}
+
+// Whether a request failed for want of the gateway since it last answered. When it
+// answers again (any response, or the event stream opening) the window gets the event
+// ``agata:reachable`` once, and the shell removes the "Cannot reach" messages.
+let gatewayLost = false;
+
+/** The gateway answered: say so (once per outage) to whoever shows "Cannot reach". */
+export function markReachable() {
+  if (!gatewayLost) return;
+  gatewayLost = false;
+  window.dispatchEvent(new Event("agata:reachable"));
+}
+
+/** True for an error that says the gateway could not be reached (no HTTP answer). */
+export function isUnreachable(error) {
+  return error instanceof ApiError && error.status === 0;
 }
 
 async function request(path, init = {}, { token = session.token, quiet = false } = {}) {
@@ -85,6 +103,7 @@ async function request(path, init = {}, { token = session.token, quiet = false }
   } catch {
     throw unreachable();
   }
+  markReachable();
   if (response.ok) return response;
   const error = new ApiError(response.status, await detailOf(response));
   if (response.status === 401 && !quiet) unauthorizedHandler(error);
@@ -124,6 +143,7 @@ export function uploadFiles(taskId, files, onProgress) {
     };
     xhr.onerror = () => reject(unreachable());
     xhr.onload = async () => {
+      markReachable();
       if (xhr.status >= 200 && xhr.status < 300) {
         resolve(JSON.parse(xhr.responseText));
         return;

@@ -7,6 +7,7 @@ import { Stream } from "./stream.js";
 import * as deviceDetail from "./views/device_detail.js";
 import * as devices from "./views/devices.js";
 import * as overview from "./views/overview.js";
+import * as runDetail from "./views/run_detail.js";
 import * as signin from "./views/signin.js";
 import * as taskDetail from "./views/task_detail.js";
 import * as taskForm from "./views/task_form.js";
@@ -17,6 +18,7 @@ const ROUTES = [
   { pattern: /^tasks$/, view: tasks, nav: "tasks" },
   { pattern: /^new-task$/, view: taskForm, nav: "tasks", params: () => ({ mode: "create" }) },
   { pattern: /^tasks\/([^/]+)\/edit$/, view: taskForm, nav: "tasks", params: (m) => ({ mode: "edit", id: m[1] }) },
+  { pattern: /^tasks\/([^/]+)\/runs\/(\d+)$/, view: runDetail, nav: "tasks", params: (m) => ({ id: m[1], run: m[2] }) },
   { pattern: /^tasks\/([^/]+)$/, view: taskDetail, nav: "tasks", params: (m) => ({ id: m[1] }) },
   { pattern: /^devices$/, view: devices, nav: "devices" },
   { pattern: /^devices\/([^/]+)$/, view: deviceDetail, nav: "devices", params: (m) => ({ id: m[1] }) },
@@ -207,6 +209,11 @@ onUnauthorized((error) => {
 
 document.getElementById("signout").addEventListener("click", () => {
   signOut("You signed out.", { remember: false });
+});
+
+// A "Cannot reach the gateway" message is stale once the gateway answers again.
+window.addEventListener("agata:reachable", () => {
+  for (const box of main.querySelectorAll("[data-unreachable]")) box.remove();
 });
 
 // navigate() to the hash just set draws the page at once; the hashchange that follows

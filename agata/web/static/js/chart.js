@@ -1,78 +1,85 @@
-// A small SVG line chart of accuracy (left axis) and loss (right axis) per round.
-// Drawn by hand: no chart library, nothing downloaded.
+// A small SVG line chart of one metric per round, for one or several series (runs laid
+// over each other). Both axes scale to the data shown. Drawn by hand: no chart library,
+// nothing downloaded.
 
 import { formatNumber, h, s } from "./dom.js";
 
-const PAD = { left: 48, right: 52, top: 14, bottom: 36 };
+const PAD = { left: 56, right: 18, top: 14, bottom: 36 };
+/** Series colours, in order: the first is the run the page is about. */
+export const SERIES_COLORS = ["var(--acc-color)", "var(--loss-color)", "#6d28d9", "#0369a1", "#be185d", "#4d7c0f", "#a16207", "#475569"];
 
-export function accuracyOf(metrics) {
-  if (typeof metrics.acc === "number") return metrics.acc;
-  if (typeof metrics.accuracy === "number") return metrics.accuracy;
-  return null;
+/** The metric the chart shows first: accuracy when reported, else loss, else any. */
+export function defaultMetric(names) {
+  for (const preferred of ["acc", "accuracy", "loss"]) if (names.includes(preferred)) return preferred;
+  return names[0] || "acc";
 }
 
-/** Metric records [{round, source, metrics}] of one source -> [{round, acc, loss}] by round. */
-export function seriesOf(records, source) {
+/** Every metric name the records [{metrics}] report, sorted (``acc`` first). */
+export function metricNames(records) {
+  const names = new Set();
+  for (const r of records) for (const [key, value] of Object.entries(r.metrics || {})) if (typeof value === "number") names.add(key);
+  const order = (n) => (n === "acc" || n === "accuracy" ? 0 : n === "loss" ? 1 : 2);
+  return [...names].sort((a, b) => order(a) - order(b) || a.localeCompare(b));
+}
+
+/** Metric records [{round, source, metrics}] of one source -> [{round, value}] of ``metric`` by round. */
+export function seriesOf(records, source, metric) {
   const byRound = new Map();
   for (const r of records) {
     if (r.source !== source) continue;
-    const loss = typeof r.metrics.loss === "number" ? r.metrics.loss : null;
-    byRound.set(r.round, { round: r.round, acc: accuracyOf(r.metrics), loss });
+    const value = r.metrics ? r.metrics[metric] : undefined;
+    if (typeof value === "number" && Number.isFinite(value)) byRound.set(r.round, { round: r.round, value });
   }
   return [...byRound.values()].sort((a, b) => a.round - b.round);
 }
 
-function niceMax(value) {
-  if (!(value > 0)) return 1;
-  const exp = 10 ** Math.floor(Math.log10(value));
-  for (const step of [1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10]) {
-    if (step * exp >= value) return step * exp;
+/** Tick values for [lo, hi]: about ``most`` round steps (1, 2, 2.5, 5 x 10^n). */
+export function niceTicks(lo, hi, most = 5) {
+  if (!(hi > lo)) {
+    const pad = lo === 0 ? 1 : Math.abs(lo) * 0.1;
+    return niceTicks(lo - pad, hi + pad, most);
   }
-  return 10 * exp;
+  const raw = (hi - lo) / most;
+  const exp = 10 ** Math.floor(Math.log10(raw));
+  const step = [1, 2, 2.5, 5, 10].map((m) => m * exp).find((v) => v >= raw) || 10 * exp;
+  const first = Math.floor(lo / step) * step;
+  const ticks = [];
+  for (let v = first; v <= hi + step * 1e-9; v += step) ticks.push(Number(v.toPrecision(12)));
+  if (ticks.at(-1) < hi) ticks.push(Number((ticks.at(-1) + step).toPrecision(12)));
+  return ticks;
 }
 
 function roundTicks(min, max, most) {
-  const span = max - min;
-  const step = Math.max(1, Math.ceil(span / most));
+  const step = Math.max(1, Math.ceil((max - min) / most));
   const ticks = [];
   for (let r = min; r <= max; r += step) ticks.push(r);
   return ticks;
 }
 
-function linePath(points, x, y, key) {
-  let d = "";
-  let pen = false;
-  for (const p of points) {
-    if (p[key] === null) {
-      pen = false;
-      continue;
-    }
-    d += `${pen ? "L" : "M"}${x(p.round).toFixed(1)},${y(p[key]).toFixed(1)}`;
-    pen = true;
-  }
-  return d;
-}
-
 /**
- * The chart for ``points`` ([{round, acc, loss}]) as an <svg> drawn for ``width`` CSS
- * pixels (so its text keeps its size on a phone and on a wide screen).
+ * The chart of ``series`` ([{label, points: [{round, value}]}], the first drawn on top)
+ * for ``metric``, as an <svg> drawn for ``width`` CSS pixels (its text keeps its size on
+ * a phone and on a wide screen). The value axis spans the values shown, not 0..1.
  */
-export function chartSvg(points, width = 720) {
+export function chartSvg(series, metric, width = 720) {
   const W = Math.max(280, Math.round(width));
   const H = W < 560 ? 230 : 290;
+  const all = series.flatMap((line) => line.points);
+  const main = series[0] && series[0].points;
   const svg = s("svg", {
     class: "chart-svg",
     viewBox: `0 0 ${W} ${H}`,
     role: "img",
-    "data-points": String(points.length),
-    "aria-label": points.length
-      ? `Accuracy and loss over ${points.length} rounds; last round ${points.at(-1).round}: accuracy ${formatNumber(points.at(-1).acc)}, loss ${formatNumber(points.at(-1).loss)}`
-      : "No rounds reported yet",
+    "data-points": String(all.length),
+    "data-metric": metric,
+    "aria-label": main && main.length
+      ? `${metric} over ${main.length} rounds of ${series[0].label}; last round ${main.at(-1).round}: ${formatNumber(main.at(-1).value)}`
+      : `No ${metric} reported yet`,
   });
   const plotW = W - PAD.left - PAD.right;
   const plotH = H - PAD.top - PAD.bottom;
 
-  if (points.length === 0) {
+  if (all.length === 0) {
     svg.append(
       s("rect", { x: PAD.left, y: PAD.top, width: plotW, height: plotH, fill: "none", class: "grid-line", "stroke-dasharray": "4 4" }),
       s("text", { x: W / 2, y: H / 2, "text-anchor": "middle", class: "empty-text" }, W < 560 ? "No rounds yet." : "No rounds yet — points appear here as the task trains."),
@@ -80,60 +87,71 @@ export function chartSvg(points, width = 720) {
     return svg;
   }
 
-  const rounds = points.map((p) => p.round);
+  const rounds = all.map((p) => p.round);
   let minR = Math.min(...rounds);
   let maxR = Math.max(...rounds);
   if (minR === maxR) {
     minR -= 1;
     maxR += 1;
   }
-  const accs = points.map((p) => p.acc).filter((v) => v !== null);
-  const losses = points.map((p) => p.loss).filter((v) => v !== null);
-  const accMax = accs.length && Math.max(...accs) > 1 ? niceMax(Math.max(...accs)) : 1;
-  const lossMax = niceMax(losses.length ? Math.max(...losses) : 1);
-
+  const values = all.map((p) => p.value);
+  const ticks = niceTicks(Math.min(...values), Math.max(...values), W < 560 ? 4 : 5);
+  const lo = ticks[0];
+  const hi = ticks.at(-1);
   const x = (r) => PAD.left + ((r - minR) / (maxR - minR)) * plotW;
-  const yAcc = (v) => PAD.top + plotH - (v / accMax) * plotH;
-  const yLoss = (v) => PAD.top + plotH - (v / lossMax) * plotH;
+  const y = (v) => PAD.top + plotH - ((v - lo) / (hi - lo)) * plotH;
 
-  // grid and axes
-  for (let i = 0; i <= 4; i += 1) {
-    const y = PAD.top + (plotH * i) / 4;
-    svg.append(s("line", { x1: PAD.left, x2: W - PAD.right, y1: y, y2: y, class: "grid-line" }));
-    svg.append(s("text", { x: PAD.left - 8, y: y + 4, "text-anchor": "end", class: "axis-text" }, formatNumber(accMax * (1 - i / 4), 2)));
-    if (losses.length) {
-      svg.append(s("text", { x: W - PAD.right + 8, y: y + 4, "text-anchor": "start", class: "axis-text" }, formatNumber(lossMax * (1 - i / 4), 3)));
-    }
+  for (const v of ticks) {
+    svg.append(s("line", { x1: PAD.left, x2: W - PAD.right, y1: y(v), y2: y(v), class: "grid-line" }));
+    svg.append(s("text", { x: PAD.left - 8, y: y(v) + 4, "text-anchor": "end", class: "axis-text y-tick" }, formatNumber(v, 3)));
   }
   for (const r of roundTicks(Math.ceil(minR), Math.floor(maxR), W < 560 ? 5 : 10)) {
     svg.append(s("text", { x: x(r), y: H - PAD.bottom + 16, "text-anchor": "middle", class: "axis-text" }, String(r)));
   }
   svg.append(s("text", { x: PAD.left + plotW / 2, y: H - 4, "text-anchor": "middle", class: "axis-title" }, "round"));
-  svg.append(s("text", { x: 12, y: PAD.top + plotH / 2, "text-anchor": "middle", class: "axis-title", transform: `rotate(-90 12 ${PAD.top + plotH / 2})` }, "accuracy"));
-  if (losses.length) {
-    svg.append(s("text", { x: W - 10, y: PAD.top + plotH / 2, "text-anchor": "middle", class: "axis-title", transform: `rotate(90 ${W - 10} ${PAD.top + plotH / 2})` }, "loss"));
-  }
+  svg.append(s("text", { x: 12, y: PAD.top + plotH / 2, "text-anchor": "middle", class: "axis-title", transform: `rotate(-90 12 ${PAD.top + plotH / 2})` }, metric));
 
-  // series
-  if (losses.length) svg.append(s("path", { d: linePath(points, x, yLoss, "loss"), class: "line loss", "stroke-dasharray": "6 4" }));
-  if (accs.length) svg.append(s("path", { d: linePath(points, x, yAcc, "acc"), class: "line acc" }));
-  const r = points.length > 40 ? 2 : 3.5;
-  for (const p of points) {
-    if (p.loss !== null) {
-      svg.append(s("circle", { cx: x(p.round), cy: yLoss(p.loss), r, class: "pt loss" }, s("title", null, `round ${p.round}: loss ${formatNumber(p.loss)}`)));
+  const radius = all.length > 60 ? 2 : 3.5;
+  // The first series last, so it is drawn on top of the ones laid over it.
+  series.map((line, index) => ({ line, index })).reverse().forEach(({ line, index }) => {
+    const color = SERIES_COLORS[index % SERIES_COLORS.length];
+    const d = line.points.map((p, i) => `${i ? "L" : "M"}${x(p.round).toFixed(1)},${y(p.value).toFixed(1)}`).join("");
+    const group = s("g", { class: `series${index ? " overlay" : ""}`, "data-series": line.label });
+    group.append(s("path", { d, class: "line", stroke: color, "stroke-dasharray": index ? "6 4" : null }));
+    for (const p of line.points) {
+      group.append(s("circle", { cx: x(p.round), cy: y(p.value), r: radius, class: "pt", fill: color, "data-round": String(p.round) },
+        s("title", null, `${line.label}, round ${p.round}: ${metric} ${formatNumber(p.value)}`)));
     }
-    if (p.acc !== null) {
-      svg.append(s("circle", { cx: x(p.round), cy: yAcc(p.acc), r, class: "pt acc", "data-round": String(p.round) }, s("title", null, `round ${p.round}: accuracy ${formatNumber(p.acc)}`)));
-    }
-  }
+    svg.append(group);
+  });
   return svg;
 }
 
-export function legend() {
+/** The key of the series shown: colour and label of each. */
+export function legend(series) {
   return h(
     "div",
-    { class: "chart-legend", "aria-hidden": "true" },
-    h("span", { class: "key" }, h("span", { class: "swatch", style: { background: "var(--acc-color)" } }), "accuracy (left axis)"),
-    h("span", { class: "key" }, h("span", { class: "swatch", style: { background: "repeating-linear-gradient(90deg, var(--loss-color) 0 6px, transparent 6px 9px)" } }), "loss (right axis)"),
+    { class: "chart-legend", id: "chart-legend" },
+    series.map((line, index) => h("span", { class: "key" },
+      h("span", { class: "swatch", style: { background: index
+        ? `repeating-linear-gradient(90deg, ${SERIES_COLORS[index % SERIES_COLORS.length]} 0 6px, transparent 6px 9px)`
+        : SERIES_COLORS[0] } }),
+      line.label)),
   );
+}
+
+/** A CSV of metric records: run, round, source, time, then one column per metric. */
+export function metricsCsv(records) {
+  const names = metricNames(records);
+  const cell = (v) => {
+    if (v === null || v === undefined) return "";
+    const text = String(v);
+    return /[",\n\r]/.test(text) ? `"${text.replaceAll('"', '""')}"` : text;
+  };
+  const rows = [["run", "round", "source", "time", ...names].join(",")];
+  const sorted = [...records].sort((a, b) => (a.run ?? 0) - (b.run ?? 0) || a.round - b.round || String(a.source).localeCompare(String(b.source)));
+  for (const r of sorted) {
+    rows.push([r.run, r.round, r.source, r.time, ...names.map((n) => (r.metrics || {})[n])].map(cell).join(","));
+  }
+  return `${rows.join("\r\n")}\r\n`;
 }

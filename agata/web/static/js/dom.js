@@ -1,6 +1,8 @@
 // Small DOM and formatting helpers. Text is always set as text (never as HTML), so
 // anything a task or a device sends is shown as it is and cannot inject markup.
 
+import { describe, isUnreachable } from "./api.js";
+
 const SVG_NS = "http://www.w3.org/2000/svg";
 
 function setAttributes(el, attrs) {
@@ -150,6 +152,17 @@ export function chips(values, cls = "") {
 
 export function alertBox(message, kind = "error") {
   return h("p", { class: `alert alert-${kind}`, role: kind === "error" ? "alert" : "status" }, message);
+}
+
+/**
+ * The box for a caught error, in the server's words (``prefix`` before them). One that
+ * says the gateway cannot be reached is marked ``data-unreachable``: the shell removes
+ * it as soon as the gateway answers again, whichever page or action showed it.
+ */
+export function errorBox(error, prefix = "") {
+  const box = alertBox(`${prefix}${describe(error)}`);
+  if (isUnreachable(error)) box.dataset.unreachable = "";
+  return box;
 }
 
 export function loading(text = "Loading…") {

@@ -52,29 +52,59 @@ export function logFeed() {
   };
 }
 
-/** Events newest first: created, started, device X downloaded, error on device Y, ... */
+/**
+ * Events newest first: created, started, device X downloaded, error on device Y, ...
+ * The same event repeated in a row (a device reporting "running task" every round) is
+ * one entry with its count and the span of its times.
+ */
 export function timelineFeed() {
   const element = h("ol", { class: "timeline", id: "timeline", tabindex: "0", "aria-label": "Event timeline" });
-  let count = 0;
-  const item = (e) =>
-    h(
+  let groups = []; // oldest first: {key, first, last, count, element}
+  // Not by run: a feed shows one run's events, and live ones do not name their run.
+  const keyOf = (e) => JSON.stringify([e.event, e.service, e.user_id || ""]);
+  const item = (group) => {
+    const e = group.last;
+    const when = group.count > 1
+      ? [h("time", { title: formatTime(group.first.time) }, formatTime(group.first.time)), " – ", h("time", { title: formatTime(e.time) }, formatClock(e.time))]
+      : h("time", { title: formatTime(e.time) }, formatTime(e.time));
+    return h(
       "li",
-      { class: BAD_EVENT.test(e.event) ? "bad" : "" },
-      h("div", { class: "what" }, e.event),
-      h("div", { class: "when" }, h("time", { title: formatTime(e.time) }, formatTime(e.time)), " · ", e.service,
+      { class: BAD_EVENT.test(e.event) ? "bad" : "", "data-count": String(group.count) },
+      h("div", { class: "what" }, e.event, group.count > 1 ? h("span", { class: "repeat", title: `${group.count} times in a row` }, ` ×${group.count}`) : null),
+      h("div", { class: "when" }, when, " · ", e.service,
         e.user_id ? [" · ", h("a", { href: deviceHref(e.user_id) }, e.user_id)] : null),
     );
+  };
+  const push = (e) => {
+    const top = groups.at(-1);
+    if (top && top.key === keyOf(e)) {
+      top.count += 1;
+      top.last = e;
+      return top;
+    }
+    const group = { key: keyOf(e), first: e, last: e, count: 1, element: null };
+    groups.push(group);
+    return group;
+  };
   return {
     element,
     set(events) {
-      count = events.length;
-      if (!count) replace(element, h("li", { class: "muted" }, "No events yet."));
-      else replace(element, [...events].reverse().map(item));
+      groups = [];
+      for (const e of events) push(e);
+      if (!groups.length) {
+        replace(element, h("li", { class: "muted" }, "No events yet."));
+        return;
+      }
+      for (const g of groups) g.element = item(g);
+      replace(element, [...groups].reverse().map((g) => g.element));
     },
     add(e) {
-      if (count === 0) replace(element);
-      count += 1;
-      element.prepend(item(e));
+      if (!groups.length) replace(element);
+      const group = push(e);
+      const fresh = item(group);
+      if (group.element) group.element.replaceWith(fresh);
+      else element.prepend(fresh);
+      group.element = fresh;
     },
   };
 }

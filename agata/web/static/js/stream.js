@@ -1,10 +1,12 @@
 // One EventSource on ``/api/stream`` shared by every view. Views subscribe to kinds
-// (task, metric, log, event, device, quarantine_cleared) and to ``resync``, sent after
-// a reconnect so they reload what they may have missed.
+// (task, metric, log, event, device, device_task, quarantine_cleared, …: the kinds of
+// agata.protocol.notifications) and to ``resync``, sent after a reconnect so they
+// reload what they may have missed.
 
-import { call, streamUrl } from "./api.js";
+import { call, markReachable, streamUrl } from "./api.js";
+import { STREAM_KINDS } from "./protocol.js"; // written by the gateway
 
-export const KINDS = ["task", "metric", "log", "event", "device", "quarantine_cleared"];
+export const KINDS = STREAM_KINDS;
 
 export class Stream {
   constructor(onStatus = () => {}) {
@@ -39,6 +41,7 @@ export class Stream {
       });
     }
     source.onopen = () => {
+      markReachable();
       this.retryDelay = 1000;
       this.setStatus("live");
       if (this.opened) this.emit("resync", {});

@@ -1,8 +1,9 @@
 // One device (the original "get user info"): attributes, sensors, its tasks.
 
-import { call, describe } from "../api.js";
+import { call } from "../api.js";
 import {
-  ago, alertBox, badge, chips, debounce, deviceState, formatNumber, formatTime, h, loading, replace, table, taskHref,
+  ago, alertBox, badge, chips, debounce, deviceState, errorBox, formatNumber, formatTime, h,
+  loading, replace, table, taskHref,
 } from "../dom.js";
 import { currentTasks, extraChips, quarantineList } from "./devices.js";
 
@@ -32,7 +33,7 @@ export async function render(ctx) {
     replace(msg, alertBox(taskId ? `Quarantine of ${taskId} cleared: the device may run it again.` : "All quarantines cleared.", "ok"));
     load();
   };
-  const failed = (error) => replace(msg, alertBox(describe(error)));
+  const failed = (error) => replace(msg, errorBox(error));
 
   function confirmRevoke(button) {
     const yes = h("button", { type: "button", class: "btn btn-danger-solid btn-small", id: "confirm-revoke" }, "Revoke");
@@ -125,7 +126,7 @@ export async function render(ctx) {
           : h("p", { class: "muted", style: { margin: 0 } }, running.length ? "No running task selects this device." : "No task is running."),
       );
     } catch (error) {
-      replace(offers, alertBox(describe(error)));
+      replace(offers, errorBox(error));
     }
   }
 
@@ -142,6 +143,7 @@ export async function render(ctx) {
   const reload = debounce(load, 300);
   ctx.onCleanup(reload.cancel);
   ctx.on("device", (d) => d.user_id === id && reload());
+  ctx.on("device_task", (d) => d.user_id === id && reload());
   ctx.on("quarantine_cleared", (d) => d.user_id === id && reload());
   ctx.on("task", reload);
   ctx.on("resync", reload);

@@ -2,7 +2,8 @@
 
 import { call, describe } from "../api.js";
 import {
-  ago, alertBox, badge, chips, debounce, deviceHref, deviceState, empty, formatNumber, formatTime, h, loading, replace, table, taskHref,
+  ago, alertBox, badge, chips, debounce, deviceHref, deviceState, empty, errorBox,
+  formatNumber, formatTime, h, loading, replace, table, taskHref,
 } from "../dom.js";
 
 export const ACTIVE = new Set(["running", "downloading", "downloaded"]);
@@ -88,7 +89,7 @@ function enrollmentCard() {
         h("div", { class: "row" }, h("div", { style: { flex: "1 1 260px" } }, field), copy),
         h("span", { class: "hint" }, `Shown once. Good for ${result.uses} device(s) until ${formatTime(result.expires_at)}. A device spends it once (POST /api/devices/enroll) and gets its own credential.`)));
     } catch (error) {
-      replace(out, alertBox(describe(error)));
+      replace(out, errorBox(error));
     } finally {
       button.disabled = false;
     }
@@ -128,7 +129,7 @@ function tokensCard() {
       replace(out, alertBox(`${label} revoked.`, "ok"));
       await load();
     } catch (error) {
-      replace(out, alertBox(describe(error)));
+      replace(out, errorBox(error));
     }
   }
   function rows(items, operation, label, extra) {
@@ -167,7 +168,7 @@ function tokensCard() {
           { label: "Expires", render: (x) => (x.expires_at ? formatTime(x.expires_at) : "never") },
         ])));
     } catch (error) {
-      replace(body, alertBox(describe(error)));
+      replace(body, errorBox(error));
     }
   }
   const card = h("section", { class: "card", "aria-labelledby": "h-tokens" },
@@ -294,7 +295,7 @@ export async function render(ctx) {
           render: (d) => quarantineList(d, (taskId) => {
             replace(error, alertBox(`Quarantine of ${taskId} on ${d.user_id} cleared: the device may run it again.`, "ok"));
             load();
-          }, (err) => replace(error, alertBox(describe(err)))),
+          }, (err) => replace(error, errorBox(err))),
         },
       ];
       const head = h("thead", null, h("tr", null, columns.map((c, i) => (c.key ? sortHeader(c.key, state, onSort) : h("th", { scope: "col" }, i === 0 ? all : c.label)))));
@@ -335,7 +336,7 @@ export async function render(ctx) {
         page = null;
         return;
       } else {
-        replace(error, alertBox(describe(err)));
+        replace(error, errorBox(err));
       }
       if (!page) replace(list);
     }
@@ -351,6 +352,7 @@ export async function render(ctx) {
   ctx.onCleanup(reload.cancel);
   ctx.onCleanup(refilter.cancel);
   ctx.on("device", reload);
+  ctx.on("device_task", reload);
   ctx.on("quarantine_cleared", reload);
   ctx.on("resync", reload);
   ctx.every(20000, load);

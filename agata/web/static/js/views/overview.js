@@ -1,8 +1,9 @@
 // Home: the fleet at a glance (devices online/offline, tasks running, recent failures).
 
-import { call, describe } from "../api.js";
+import { call } from "../api.js";
 import {
-  ago, alertBox, badge, chips, debounce, deviceHref, deviceState, formatPercent, h, loading, replace, table, taskHref,
+  ago, alertBox, badge, chips, debounce, deviceHref, deviceState, errorBox, formatPercent, h,
+  loading, replace, table, taskHref,
 } from "../dom.js";
 
 function stat(value, label, cls = "", id = "") {
@@ -97,13 +98,14 @@ export async function render(ctx) {
         fleet.total ? h("p", { class: "small", style: { padding: "0 18px 14px" } }, h("a", { href: "#/devices", id: "see-all-devices" }, `See all ${fleet.total.toLocaleString("en")} devices →`)) : null,
       );
     } catch (err) {
-      replace(error, alertBox(describe(err)));
+      replace(error, errorBox(err));
     }
   }
 
   const reload = debounce(load, 400);
   ctx.on("task", reload);
   ctx.on("device", reload);
+  ctx.on("device_task", reload);
   ctx.on("resync", reload);
   ctx.every(20000, load); // "online" ages without any event
   ctx.onCleanup(reload.cancel);

@@ -1,13 +1,15 @@
-// One task: state and actions (start, stop, edit, delete, upload), a live chart of
-// accuracy and loss per round, the server log tail, the event timeline and its devices.
+// One task: state and actions (start, stop, edit, delete, upload), a live chart of its
+// current run (any metric; other runs laid over it), the run history, the server log
+// tail and event timeline of the current run, and its devices.
 
-import { call, describe, getBlob, uploadFiles } from "../api.js";
-import { chartSvg, legend, seriesOf } from "../chart.js";
+import { call, getBlob, uploadFiles } from "../api.js";
 import {
-  ago, alertBox, badge, chips, debounce, deviceHref, formatNumber, formatPercent, formatTime,
-  h, loading, replace, table,
+  ago, alertBox, badge, chips, debounce, deviceHref, errorBox, formatNumber, formatPercent,
+  formatTime, h, loading, replace, table,
 } from "../dom.js";
 import { logFeed, timelineFeed } from "../feeds.js";
+import { metricsPanel } from "../metrics_panel.js";
+import { runHistoryTable } from "../runs.js";
 import { dropZone, filesTable, progress } from "../upload.js";
 
 export async function render(ctx) {
@@ -16,13 +18,14 @@ export async function render(ctx) {
   replace(ctx.container, loading());
 
   let deleting = false;
-  const state = { task: null, metrics: [], logs: [], events: [], devices: { matching: [], states: [] }, source: null };
-  [state.task, state.metrics, state.logs, state.events, state.devices] = await Promise.all([
+  const state = { task: null, metrics: [], logs: [], events: [], runs: [], devices: { matching: [], states: [] } };
+  [state.task, state.metrics, state.logs, state.events, state.devices, state.runs] = await Promise.all([
     call("rpc_exec_get_task_by_id", { task_id: id }),
     call("rpc_exec_get_task_metrics", { task_id: id }),
     call("rpc_exec_get_task_logs", { task_id: id, limit: 300 }),
     call("rpc_exec_get_task_events", { task_id: id, limit: 500 }),
     call("rpc_exec_get_task_devices", { task_id: id }),
+    call("rpc_exec_list_runs", { task_id: id }),
   ]);
 
   // -- layout ------------------------------------------------------------------------
@@ -30,9 +33,10 @@ export async function render(ctx) {
   const actionMsg = h("div", { class: "action-msg", "aria-live": "polite" });
   const startBox = h("div");
   const stats = h("div", { class: "grid grid-stats" });
-  const chartBody = h("div", { class: "chart-box", id: "chart" });
-  const sourcePicker = h("div", { class: "tools" });
-  const valuesTable = h("div");
+  const panel = metricsPanel({ taskId: id });
+  ctx.onCleanup(panel.dispose);
+  const compare = new Set(); // runs laid over the chart
+  const runsBody = h("div", { id: "task-runs" });
   const log = logFeed();
   const timeline = timelineFeed();
   const devicesBody = h("div", { id: "task-devices" });
@@ -49,14 +53,9 @@ export async function render(ctx) {
       actionMsg,
       startBox,
       stats,
-      h(
-        "section",
-        { class: "card", "aria-labelledby": "h-chart" },
-        h("div", { class: "card-head" }, h("h2", { id: "h-chart" }, "Training progress"), sourcePicker),
-        chartBody,
-        legend(),
-        h("details", { style: { marginTop: "10px" } }, h("summary", { class: "small muted" }, "Values per round"), valuesTable),
-      ),
+      panel.element,
+      h("section", { class: "card flush", "aria-labelledby": "h-runs" },
+        h("h2", { id: "h-runs" }, "Runs ", h("span", { class: "count" }, "newest first; tick runs to compare them on the chart")), runsBody),
       h(
         "div",
         { class: "grid grid-2" },
@@ -86,7 +85,7 @@ export async function render(ctx) {
       try {
         await fn();
       } catch (error) {
-        replace(actionMsg, alertBox(describe(error)));
+        replace(actionMsg, errorBox(error));
       } finally {
         button.disabled = false;
         button.removeAttribute("aria-busy");
@@ -95,11 +94,7 @@ export async function render(ctx) {
     const actions = h("div", { class: "actions" }, h("a", { class: "btn", href: `#/tasks/${encodeURIComponent(id)}/edit`, id: "edit-task" }, "Edit"));
     if (t.running) {
       const stop = h("button", { type: "button", class: "btn btn-danger", id: "stop-task" }, "Stop");
-      stop.addEventListener("click", busy(stop, async () => {
-        await call("rpc_exec_stop_server_task", { task_id: id });
-        replace(actionMsg, alertBox(`Task ${id} stopped.`, "ok"));
-        await reloadTask();
-      }));
+      stop.addEventListener("click", () => confirmStop(stop, busy));
       actions.append(stop);
     } else {
       const del = h("button", { type: "button", class: "btn btn-danger", id: "delete-task" }, "Delete");
@@ -117,6 +112,25 @@ export async function render(ctx) {
       ),
       actions,
     );
+  }
+
+  function confirmStop(button, busy) {
+    const run = state.task.run;
+    const yes = h("button", { type: "button", class: "btn btn-danger-solid btn-small", id: "confirm-stop" }, "Stop the run");
+    const no = h("button", { type: "button", class: "btn btn-small", id: "cancel-stop" }, "Cancel");
+    const box = h("div", { class: "confirm", role: "alertdialog", "aria-label": "Confirm stop" },
+      h("span", null, `Stop ${run ? `run ${run} of ` : ""}task ${id}? Its server side ends and devices end their part.`), yes, no);
+    no.addEventListener("click", () => {
+      replace(actionMsg);
+      button.focus();
+    });
+    yes.addEventListener("click", busy(yes, async () => {
+      await call("rpc_exec_stop_server_task", { task_id: id });
+      replace(actionMsg, alertBox(`Task ${id} stopped.`, "ok"));
+      await reloadTask();
+    }));
+    replace(actionMsg, box);
+    no.focus();
   }
 
   function confirmDelete(button) {
@@ -137,7 +151,7 @@ export async function render(ctx) {
         ctx.navigate("#/tasks");
       } catch (error) {
         deleting = false;
-        replace(actionMsg, alertBox(describe(error)));
+        replace(actionMsg, errorBox(error));
       }
     });
     replace(actionMsg, box);
@@ -173,7 +187,7 @@ export async function render(ctx) {
         replace(actionMsg, notice(alertBox(`Task ${id} started. Matching devices pick it up by themselves.`, "ok"), "started"));
         await reloadTask();
       } catch (error) {
-        replace(actionMsg, alertBox(describe(error)));
+        replace(actionMsg, errorBox(error));
         button.disabled = false;
         button.removeAttribute("aria-busy");
       }
@@ -209,59 +223,36 @@ export async function render(ctx) {
     );
   }
 
-  let chartWidth = 720;
-  const resized = new ResizeObserver(() => {
-    if (chartBody.clientWidth && Math.abs(chartBody.clientWidth - chartWidth) > 8) showChart();
-  });
-  resized.observe(chartBody);
-  ctx.onCleanup(() => resized.disconnect());
-
-  function sources() {
-    const all = [...new Set(state.metrics.map((m) => m.source))];
-    return all.sort((a, b) => (a === "server" ? -1 : b === "server" ? 1 : a.localeCompare(b)));
+  // The chart shows the current run; runs ticked in the history are laid over it.
+  function showChart() {
+    panel.setMain(state.task.run ?? null);
+    panel.setRecords(state.task.run ?? null, state.metrics);
+    panel.setOverlay([...compare].sort((a, b) => b - a));
+    panel.draw();
   }
 
-  // The series shown: the operator's choice once made; until then the aggregated
-  // server series as soon as there is one (else the first device's), so the chart
-  // follows the run instead of staying on whichever device reported first.
-  let chosen = null;
-  let pickerFor = "";
-  function showChart() {
-    const list = sources();
-    state.source = chosen && list.includes(chosen) ? chosen : list[0] || "server";
-    const points = seriesOf(state.metrics, state.source);
-    chartWidth = chartBody.clientWidth || chartWidth;
-    replace(chartBody, chartSvg(points, chartWidth));
-    if (list.length > 1) {
-      // Rebuilt only when the sources change: a new point must not close an open list.
-      const key = `${list.join("\n")}\n${state.source}`;
-      if (pickerFor !== key) {
-        pickerFor = key;
-        const select = h("select", { id: "chart-source", "aria-label": "Whose metrics" },
-          list.map((src) => h("option", { value: src, selected: src === state.source ? "" : null }, src === "server" ? "server (aggregated)" : `device ${src}`)));
-        select.value = state.source;
-        select.addEventListener("change", () => {
-          chosen = select.value;
-          showChart();
-        });
-        replace(sourcePicker, select);
-      }
-    } else {
-      pickerFor = "";
-      replace(sourcePicker, list.length ? h("span", { class: "small muted" }, `source: ${list[0]}`) : null);
+  async function toggleCompare(run, checked) {
+    if (!checked) {
+      compare.delete(run);
+      showChart();
+      return;
     }
-    replace(
-      valuesTable,
-      table(
-        [
-          { label: "Round", className: "num", render: (p) => String(p.round) },
-          { label: "Accuracy", className: "num", render: (p) => formatNumber(p.acc) },
-          { label: "Loss", className: "num", render: (p) => formatNumber(p.loss) },
-        ],
-        [...points].reverse(),
-        { emptyText: "No rounds yet." },
-      ),
-    );
+    compare.add(run);
+    if (!panel.has(run)) {
+      try {
+        panel.setRecords(run, await call("rpc_exec_get_task_metrics", { task_id: id, run }));
+      } catch (error) {
+        compare.delete(run);
+        replace(actionMsg, errorBox(error));
+        showRuns();
+        return;
+      }
+    }
+    if (ctx.active) showChart();
+  }
+
+  function showRuns() {
+    replace(runsBody, runHistoryTable(id, state.runs, { current: state.task.run, compare, onCompare: toggleCompare }));
   }
 
   function showDevices() {
@@ -327,7 +318,7 @@ export async function render(ctx) {
       showStart();
       replace(zone.status, alertBox(`Uploaded ${files.length} file(s); the bundle now has ${listing.length}.`, "ok"));
     } catch (error) {
-      replace(zone.status, alertBox(`Upload failed. ${describe(error)}`));
+      replace(zone.status, errorBox(error, "Upload failed. "));
     }
   }
 
@@ -342,20 +333,23 @@ export async function render(ctx) {
       a.remove();
       setTimeout(() => URL.revokeObjectURL(url), 10000);
     } catch (error) {
-      replace(actionMsg, alertBox(describe(error)));
+      replace(actionMsg, errorBox(error));
     }
   }
 
   async function reloadTask() {
     try {
-      [state.task, state.devices] = await Promise.all([
+      [state.task, state.devices, state.runs] = await Promise.all([
         call("rpc_exec_get_task_by_id", { task_id: id }),
         call("rpc_exec_get_task_devices", { task_id: id }),
+        call("rpc_exec_list_runs", { task_id: id }),
       ]);
       if (!ctx.active) return;
+      if (state.task.run !== panel.main) allSoon(); // a new run: its metrics, log and events
       clearStale();
       showTask();
       showDevices();
+      showRuns();
     } catch (error) {
       if (error.status === 404) {
         if (deleting) return;
@@ -363,7 +357,7 @@ export async function render(ctx) {
         ctx.navigate("#/tasks");
         return;
       }
-      replace(actionMsg, notice(alertBox(describe(error)), "load"));
+      replace(actionMsg, notice(errorBox(error), "load"));
     }
   }
 
@@ -379,20 +373,28 @@ export async function render(ctx) {
     if (about === "load" || (about === "started" && state.task && !state.task.running)) replace(actionMsg);
   }
 
+  // Metrics, log and events without ``run`` are the current run's: read with the task
+  // record, so the chart is labelled with the run they belong to.
   async function reloadAll() {
+    let task;
     try {
-      [state.metrics, state.logs, state.events] = await Promise.all([
+      [task, state.metrics, state.logs, state.events] = await Promise.all([
+        call("rpc_exec_get_task_by_id", { task_id: id }),
         call("rpc_exec_get_task_metrics", { task_id: id }),
         call("rpc_exec_get_task_logs", { task_id: id, limit: 300 }),
         call("rpc_exec_get_task_events", { task_id: id, limit: 500 }),
       ]);
-      showChart();
-      log.set(state.logs);
-      timeline.set(state.events);
     } catch (error) {
-      replace(actionMsg, notice(alertBox(describe(error)), "load"));
-      return;
+      if (error.status !== 404) {
+        replace(actionMsg, notice(errorBox(error), "load"));
+        return;
+      }
     }
+    if (!ctx.active) return;
+    if (task) state.task = task;
+    showChart();
+    log.set(state.logs);
+    timeline.set(state.events);
     await reloadTask();
   }
 
@@ -403,13 +405,21 @@ export async function render(ctx) {
   ctx.onCleanup(allSoon.cancel);
   ctx.on("metric", (m) => {
     if (m.task_id !== id) return;
-    state.metrics.push({ round: m.round, source: m.source, metrics: m.metrics || {}, time: m.time });
-    showChart();
-    taskSoon(); // last round / accuracy
+    const record = { round: m.round, source: m.source, metrics: m.metrics || {}, time: m.time, run: m.run };
+    if (m.run === undefined || m.run === null || m.run === state.task.run) {
+      state.metrics.push(record);
+      showChart();
+    } else if (panel.has(m.run)) {
+      panel.add(m.run, record); // a run laid over the chart (or one that just started)
+      showChart();
+    }
+    taskSoon(); // last round / accuracy, and a new run
   });
-  ctx.on("log", (line) => line.task_id === id && log.append(line));
+  ctx.on("log", (line) => line.task_id === id && (line.run == null || line.run === state.task.run) && log.append(line));
   ctx.on("event", (e) => {
     if (e.task_id !== id) return;
+    // The timeline is the current run's; another run's event comes with its reload.
+    if (e.run != null && e.run !== state.task.run) return;
     timeline.add(e);
   });
   ctx.on("task", (t) => {
@@ -422,13 +432,15 @@ export async function render(ctx) {
     }
     allSoon(); // a state change: also catch metrics and lines sent before we listened
   });
-  ctx.on("device", (d) => (!d.task_id || d.task_id === id) && taskSoon());
+  ctx.on("device", () => taskSoon());
+  ctx.on("device_task", (d) => d.task_id === id && taskSoon());
   ctx.on("quarantine_cleared", () => taskSoon());
   ctx.on("resync", allSoon);
   ctx.every(30000, showStats); // "last change" ages
 
   showTask();
   showChart();
+  showRuns();
   log.set(state.logs);
   timeline.set(state.events);
   showDevices();

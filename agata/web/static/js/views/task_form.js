@@ -2,10 +2,10 @@
 // The selection criteria are checked by the server's validator as you type.
 
 import { ApiError, call, describe, uploadFiles } from "../api.js";
-import { alertBox, debounce, h, loading, replace, taskHref } from "../dom.js";
+import { alertBox, debounce, errorBox, h, loading, replace, taskHref } from "../dom.js";
+import { TASK_ID } from "../protocol.js"; // written by the gateway from agata.protocol
 import { dropZone, pendingTable, progress } from "../upload.js";
 
-const TASK_ID = /^[A-Za-z0-9_-]{1,64}$/;
 const FIELDS = ["task_id", "tags", "host", "port", "username", "password", "selection_criteria", "server_arguments", "client_arguments"];
 
 function field({ name, label, required = false, hint, wide = false, input }) {
@@ -271,7 +271,7 @@ export async function render(ctx) {
       submit.removeAttribute("aria-busy");
       const mapped = error instanceof ApiError ? fieldErrors(error.detail) : {};
       showProblems(mapped);
-      replace(formError, alertBox(describe(error)));
+      replace(formError, errorBox(error));
       if (!Object.keys(mapped).length) formError.scrollIntoView({ block: "nearest" });
       return;
     }

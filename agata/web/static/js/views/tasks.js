@@ -1,11 +1,13 @@
 // Tasks: every registered task with its state, devices, last round and accuracy.
 
-import { call, describe } from "../api.js";
+import { call } from "../api.js";
 import {
-  ago, alertBox, chips, debounce, deviceHref, formatPercent, h, loading, replace, stateCell, table, taskHref,
+  ago, alertBox, chips, debounce, deviceHref, errorBox, formatPercent, h, loading, replace,
+  stateCell, table, taskHref,
 } from "../dom.js";
+import { runHref } from "../runs.js";
 
-const STATES = ["all", "running", "stopped", "finished", "failed"];
+const STATES = ["all", "queued", "running", "stopped", "finished", "failed"];
 
 export async function render(ctx) {
   ctx.title("Tasks");
@@ -48,6 +50,7 @@ export async function render(ctx) {
           { label: "Task", className: "primary", render: (t) => h("a", { class: "id-link", href: taskHref(t.task_id) }, t.task_id) },
           { label: "Tags", render: (t) => chips(t.tags, "tag") },
           { label: "State", render: (t) => stateCell(t.state, t.state === "running" ? "" : t.state_reason) },
+          { label: "Run", className: "num", render: (t) => (t.run ? h("a", { href: runHref(t.task_id, t.run), "data-run-link": String(t.run) }, `run ${t.run}`) : h("span", { class: "muted" }, "—")) },
           {
             label: "Devices running",
             render: (t) =>
@@ -76,7 +79,7 @@ export async function render(ctx) {
       replace(error);
       show();
     } catch (err) {
-      replace(error, alertBox(describe(err)));
+      replace(error, errorBox(err));
       if (!tasks) replace(list);
     }
   }

@@ -1,0 +1,182 @@
+"""``agata device list|show|clear-quarantine|revoke`` -- devices of a running cloud.
+
+They join ``agata device enroll`` (run on a device, agata/cli/edge_cmd.py) in the same
+group; these are the operator's and take an operator token (docs/cli.md).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from agata.cli.cloud_client import (
+    DEFAULT_URL,
+    CaFileOption,
+    CloudOptions,
+    CloudUrlOption,
+    DataDirOption,
+    JsonOption,
+    TokenOption,
+)
+from agata.cli.operator_output import connected, print_json, print_pairs, print_table, when
+
+__all__ = ["register"]
+
+DEFAULT_DATA_DIR = Path("agata-data")
+DeviceIdArg = Annotated[str, typer.Argument(help="the device's id (user_id)")]
+
+
+def _state(device: dict[str, Any]) -> str:
+    if device.get("revoked"):
+        return "revoked"
+    return "online" if device.get("online") else "offline"
+
+
+def _tasks(device: dict[str, Any]) -> str:
+    parts = [f"{t.get('task_id')}:{t.get('status')}" for t in device.get("tasks") or []]
+    return ", ".join(parts) or "-"
+
+
+def list_devices(
+    query: Annotated[
+        str,
+        typer.Option(
+            "--query",
+            "-q",
+            help="filter terms (online, quarantined, location=lab, ...) or criteria",
+        ),
+    ] = "",
+    sort: Annotated[str, typer.Option(help="user_id, data_qnt, last_seen, ...")] = "user_id",
+    desc: Annotated[bool, typer.Option("--desc", help="reverse the order")] = False,
+    limit: Annotated[int, typer.Option(min=1, max=500, help="devices per page")] = 50,
+    offset: Annotated[int, typer.Option(min=0, help="skip this many")] = 0,
+    cloud_url: CloudUrlOption = DEFAULT_URL,
+    token: TokenOption = None,
+    data_dir: DataDirOption = DEFAULT_DATA_DIR,
+    cafile: CaFileOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """List one page of devices, filtered and sorted by the cloud."""
+    body = {
+        "limit": limit,
+        "offset": offset,
+        "sort": sort,
+        "order": "desc" if desc else "asc",
+        "q": query,
+    }
+    with connected(CloudOptions(cloud_url, token, data_dir, cafile, json_out)) as cloud:
+        page = cloud.call("rpc_exec_query_devices", body)
+    if json_out:
+        print_json(page)
+        return
+    items = page.get("items") or []
+    print_table(
+        ["device", "state", "data_qnt", "sensors", "tasks", "last seen"],
+        [
+            [
+                d.get("user_id"),
+                _state(d),
+                d.get("data_qnt"),
+                d.get("sensors"),
+                _tasks(d),
+                when(d.get("last_seen")),
+            ]
+            for d in items
+        ],
+        empty="no devices match",
+    )
+    total = page.get("total", len(items))
+    if items and total > len(items):
+        typer.echo(f"{offset + 1}-{offset + len(items)} of {total} (--offset for more)")
+
+
+def show_device(
+    user_id: DeviceIdArg,
+    cloud_url: CloudUrlOption = DEFAULT_URL,
+    token: TokenOption = None,
+    data_dir: DataDirOption = DEFAULT_DATA_DIR,
+    cafile: CaFileOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Show a device: attributes, state and every task it reported on."""
+    with connected(CloudOptions(cloud_url, token, data_dir, cafile, json_out)) as cloud:
+        device = cloud.call("rpc_exec_get_user_info", {"user_id": user_id})
+    if json_out:
+        print_json(device)
+        return
+    print_pairs(
+        [
+            ("device", device.get("user_id")),
+            ("state", _state(device)),
+            ("enrolled", device.get("enrolled")),
+            ("data_qnt", device.get("data_qnt")),
+            ("avg_acc_contrib", device.get("avg_acc_contrib")),
+            ("avg_disconnection", device.get("avg_disconnection_per_round")),
+            ("sensors", device.get("sensors")),
+            ("attributes", device.get("extra")),
+            ("last seen", when(device.get("last_seen"))),
+            ("created", when(device.get("created_at"))),
+        ]
+    )
+    tasks = device.get("tasks") or []
+    if tasks:
+        typer.echo("")
+        print_table(
+            ["task", "status", "reason", "updated"],
+            [
+                [t.get("task_id"), t.get("status"), t.get("reason"), when(t.get("updated_at"))]
+                for t in tasks
+            ],
+        )
+
+
+def clear_quarantine(
+    user_id: DeviceIdArg,
+    task: Annotated[
+        str | None, typer.Option("--task", help="only this task's quarantine (default: all)")
+    ] = None,
+    cloud_url: CloudUrlOption = DEFAULT_URL,
+    token: TokenOption = None,
+    data_dir: DataDirOption = DEFAULT_DATA_DIR,
+    cafile: CaFileOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Lift a device's quarantine of a task (or of every task)."""
+    body: dict[str, Any] = {"user_id": user_id}
+    if task:
+        body["task_id"] = task
+    with connected(CloudOptions(cloud_url, token, data_dir, cafile, json_out)) as cloud:
+        result = cloud.call("rpc_exec_clear_quarantine", body)
+    if json_out:
+        print_json(result)
+    else:
+        typer.echo(f"cleared {result.get('cleared', 0)} quarantine(s) of {user_id}")
+
+
+def revoke_device(
+    user_id: DeviceIdArg,
+    cloud_url: CloudUrlOption = DEFAULT_URL,
+    token: TokenOption = None,
+    data_dir: DataDirOption = DEFAULT_DATA_DIR,
+    cafile: CaFileOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Revoke a device's credential (it must enroll again)."""
+    with connected(CloudOptions(cloud_url, token, data_dir, cafile, json_out)) as cloud:
+        result = cloud.call("rpc_exec_revoke_device", {"user_id": user_id})
+    if json_out:
+        print_json(result)
+    elif result.get("revoked"):
+        typer.echo(f"device {user_id} revoked")
+    else:
+        typer.echo(f"device {user_id} held no credential")
+
+
+def register(device_app: typer.Typer) -> None:
+    """Add the operator's device commands to the ``agata device`` group."""
+    device_app.command("list")(list_devices)
+    device_app.command("show")(show_device)
+    device_app.command("clear-quarantine")(clear_quarantine)
+    device_app.command("revoke")(revoke_device)

@@ -1,0 +1,277 @@
+"""``agata task create|upload|start|stop|list|show|delete`` -- tasks of a running cloud.
+
+Each command is one gateway call (docs/http-api.md) with an operator token; see
+docs/cli.md for the options they share and the exit codes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from agata.cli.cloud_client import (
+    DEFAULT_URL,
+    CaFileOption,
+    CloudOptions,
+    CloudUrlOption,
+    DataDirOption,
+    JsonOption,
+    TokenOption,
+)
+from agata.cli.operator_output import (
+    EXIT_USAGE,
+    connected,
+    fail,
+    print_json,
+    print_pairs,
+    print_table,
+    when,
+)
+
+task_app = typer.Typer(help="Tasks of a running cloud (create, upload, start, stop, ...).")
+
+DEFAULT_DATA_DIR = Path("agata-data")
+TaskIdArg = Annotated[str, typer.Argument(help="the task's id")]
+
+
+def _options(
+    cloud_url: str, token: str | None, data_dir: Path, cafile: Path | None, json_out: bool
+) -> CloudOptions:
+    return CloudOptions(cloud_url, token, data_dir, cafile, json_out)
+
+
+def _task_summary(task: dict[str, Any]) -> list[Any]:
+    return [
+        task.get("task_id"),
+        task.get("state"),
+        task.get("run"),
+        len(task.get("devices_running") or []),
+        task.get("last_round"),
+        task.get("last_acc"),
+        when(task.get("last_mod_date")),
+    ]
+
+
+@task_app.command("create")
+def create_task(
+    task_id: TaskIdArg,
+    host: Annotated[str, typer.Option(help="address the server side listens on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="its port")] = 8080,
+    username: Annotated[str, typer.Option(help="bundle download user (original agents)")] = "",
+    password: Annotated[str, typer.Option(help="bundle download password")] = "",
+    criteria: Annotated[
+        str | None, typer.Option("--criteria", help="selection criteria expression")
+    ] = None,
+    server_args: Annotated[
+        str | None, typer.Option("--server-args", help="server side's arguments (shell-like)")
+    ] = None,
+    client_args: Annotated[
+        str | None, typer.Option("--client-args", help="client side's arguments (shell-like)")
+    ] = None,
+    tag: Annotated[list[str] | None, typer.Option("--tag", help="a tag (repeatable)")] = None,
+    kind: Annotated[str, typer.Option(help="script or flower-app")] = "script",
+    files: Annotated[
+        list[Path] | None,
+        typer.Argument(help="bundle files to upload right away", exists=True, dir_okay=False),
+    ] = None,
+    cloud_url: CloudUrlOption = DEFAULT_URL,
+    token: TokenOption = None,
+    data_dir: DataDirOption = DEFAULT_DATA_DIR,
+    cafile: CaFileOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Create a task (and upload its bundle files, if given)."""
+    body: dict[str, Any] = {
+        "task_id": task_id,
+        "host": host,
+        "port": port,
+        "username": username,
+        "password": password,
+        "files_paths": [],
+        "kind": kind,
+    }
+    for field, value in (
+        ("selection_criteria", criteria),
+        ("server_arguments", server_args),
+        ("client_arguments", client_args),
+        ("tags", tag),
+    ):
+        if value is not None:
+            body[field] = value
+    options = _options(cloud_url, token, data_dir, cafile, json_out)
+    with connected(options) as cloud:
+        cloud.call("rpc_exec_create_task", body)
+        listing = cloud.upload(task_id, list(files)) if files else []
+        if json_out:
+            print_json({"task_id": task_id, "files": listing})
+            return
+        typer.echo(f"task {task_id} created")
+        if listing:
+            _print_files(listing)
+
+
+def _print_files(listing: list[dict[str, Any]]) -> None:
+    print_table(
+        ["file", "size", "sha256"],
+        [[f.get("name"), f.get("size"), f.get("sha256")] for f in listing],
+        empty="no files",
+    )
+
+
+@task_app.command("upload")
+def upload_files(
+    task_id: TaskIdArg,
+    files: Annotated[
+        list[Path],
+        typer.Argument(help="files (a bundle.zip is unpacked)", exists=True, dir_okay=False),
+    ],
+    cloud_url: CloudUrlOption = DEFAULT_URL,
+    token: TokenOption = None,
+    data_dir: DataDirOption = DEFAULT_DATA_DIR,
+    cafile: CaFileOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Upload files into a task's bundle; prints the whole bundle after it."""
+    with connected(_options(cloud_url, token, data_dir, cafile, json_out)) as cloud:
+        listing = cloud.upload(task_id, list(files))
+    if json_out:
+        print_json(listing)
+    else:
+        _print_files(listing)
+
+
+@task_app.command("start")
+def start_task(
+    task_id: TaskIdArg,
+    arguments: Annotated[
+        str | None,
+        typer.Option("--args", help="server arguments for this run only (shell-like)"),
+    ] = None,
+    cloud_url: CloudUrlOption = DEFAULT_URL,
+    token: TokenOption = None,
+    data_dir: DataDirOption = DEFAULT_DATA_DIR,
+    cafile: CaFileOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Start a task: a new run (queued past the cloud's cap of running runs)."""
+    body: dict[str, Any] = {"task_id": task_id}
+    if arguments is not None:
+        body["arguments"] = arguments
+    with connected(_options(cloud_url, token, data_dir, cafile, json_out)) as cloud:
+        cloud.call("rpc_exec_start_server_task", body)
+        task = cloud.call("rpc_exec_get_task_by_id", {"task_id": task_id})
+    if json_out:
+        print_json(task)
+        return
+    run = task.get("run")
+    typer.echo(f"task {task_id} {task.get('state')}" + (f" (run {run})" if run else ""))
+
+
+@task_app.command("stop")
+def stop_task(
+    task_id: TaskIdArg,
+    cloud_url: CloudUrlOption = DEFAULT_URL,
+    token: TokenOption = None,
+    data_dir: DataDirOption = DEFAULT_DATA_DIR,
+    cafile: CaFileOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Stop a task's current run (its devices end their part as ended with the run)."""
+    with connected(_options(cloud_url, token, data_dir, cafile, json_out)) as cloud:
+        cloud.call("rpc_exec_stop_server_task", {"task_id": task_id})
+        task = cloud.call("rpc_exec_get_task_by_id", {"task_id": task_id})
+    if json_out:
+        print_json(task)
+    else:
+        typer.echo(f"task {task_id} {task.get('state')}")
+
+
+@task_app.command("list")
+def list_tasks(
+    running: Annotated[bool, typer.Option("--running", help="only running tasks")] = False,
+    cloud_url: CloudUrlOption = DEFAULT_URL,
+    token: TokenOption = None,
+    data_dir: DataDirOption = DEFAULT_DATA_DIR,
+    cafile: CaFileOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """List tasks: state, current run, devices running it, last round and accuracy."""
+    body = {"running": True} if running else {}
+    with connected(_options(cloud_url, token, data_dir, cafile, json_out)) as cloud:
+        tasks = cloud.call("rpc_exec_list_tasks", body)
+    if json_out:
+        print_json(tasks)
+        return
+    print_table(
+        ["task", "state", "run", "devices", "round", "acc", "changed"],
+        [_task_summary(t) for t in tasks],
+        empty="no tasks",
+    )
+
+
+@task_app.command("show")
+def show_task(
+    task_id: TaskIdArg,
+    cloud_url: CloudUrlOption = DEFAULT_URL,
+    token: TokenOption = None,
+    data_dir: DataDirOption = DEFAULT_DATA_DIR,
+    cafile: CaFileOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Show a task's record and its bundle."""
+    with connected(_options(cloud_url, token, data_dir, cafile, json_out)) as cloud:
+        task = cloud.call("rpc_exec_get_task_by_id", {"task_id": task_id})
+    if json_out:
+        print_json(task)
+        return
+    state = task.get("state")
+    if task.get("state_reason"):
+        state = f"{state} ({task['state_reason']})"
+    print_pairs(
+        [
+            ("task", task.get("task_id")),
+            ("kind", task.get("kind")),
+            ("state", state),
+            ("run", task.get("run")),
+            ("server", f"{task.get('host')}:{task.get('port')}"),
+            ("criteria", task.get("selection_criteria") or "(every device)"),
+            ("server args", task.get("server_arguments") or "-"),
+            ("client args", task.get("client_arguments") or "-"),
+            ("tags", task.get("tags")),
+            ("bundle version", task.get("version")),
+            ("last round", task.get("last_round")),
+            ("last acc", task.get("last_acc")),
+            ("devices running", task.get("devices_running")),
+            ("created", when(task.get("creation_date"))),
+            ("changed", when(task.get("last_mod_date"))),
+        ]
+    )
+    files = task.get("files") or []
+    if files:
+        typer.echo("")
+        _print_files(files)
+
+
+@task_app.command("delete")
+def delete_task(
+    task_id: TaskIdArg,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask")] = False,
+    cloud_url: CloudUrlOption = DEFAULT_URL,
+    token: TokenOption = None,
+    data_dir: DataDirOption = DEFAULT_DATA_DIR,
+    cafile: CaFileOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Delete a task, its bundle and its history (refused while it runs)."""
+    if not yes:
+        if json_out:
+            fail("--json needs --yes to delete (nothing to confirm with)", EXIT_USAGE)
+        typer.confirm(f"delete task {task_id} and its runs?", abort=True)
+    with connected(_options(cloud_url, token, data_dir, cafile, json_out)) as cloud:
+        cloud.call("rpc_exec_delete_task", {"task_id": task_id})
+    if json_out:
+        print_json({"task_id": task_id, "deleted": True})
+    else:
+        typer.echo(f"task {task_id} deleted")
