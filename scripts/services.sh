@@ -9,6 +9,7 @@
 #   scripts/services.sh status    # exit 0 when both answer
 #   scripts/services.sh stop      # stop them and remove the state folder
 #   scripts/services.sh install   # only install the Debian packages
+#   scripts/services.sh rabbitmqctl ARGS...   # rabbitmqctl against our node
 #
 # Environment:
 #   AGATA_SERVICES_DIR   state folder (default /tmp/agata-services-$UID). Use a folder of
@@ -20,11 +21,13 @@
 #   AGATA_TEST_AMQP_URL   amqp://agata:agata@127.0.0.1:PORT/   (user agata, all rights on /)
 #   AGATA_TEST_PG_URL     postgresql://agata@127.0.0.1:PORT/postgres   (trust auth)
 #   AGATA_TEST_CHROMIUM   /usr/bin/chromium
+#   AGATA_TEST_RABBITMQCTL   a command line running rabbitmqctl against that broker
 set -euo pipefail
 
 export PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:${PATH:-}"
 export LC_ALL=C.UTF-8 LANG=C.UTF-8
 
+SCRIPT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]}")"
 STATE="${AGATA_SERVICES_DIR:-/tmp/agata-services-$(id -u)}"
 STATE="${STATE%/}"
 RMQ_DIR="$STATE/rabbitmq"
@@ -391,6 +394,7 @@ INFO
 export AGATA_TEST_AMQP_URL='amqp://agata:agata@127.0.0.1:$RMQ_PORT/'
 export AGATA_TEST_PG_URL='postgresql://agata@127.0.0.1:$PG_PORT/postgres'
 export AGATA_TEST_CHROMIUM='$CHROMIUM'
+export AGATA_TEST_RABBITMQCTL='env AGATA_SERVICES_DIR=$STATE bash $SCRIPT rabbitmqctl'
 ENV
     say "RabbitMQ $RMQ_NODE on 127.0.0.1:$RMQ_PORT, PostgreSQL on 127.0.0.1:$PG_PORT" \
         "(started in $((SECONDS - started)) s; state in $STATE)"
@@ -465,8 +469,16 @@ install)
     mkdir -p "$STATE"
     install_packages
     ;;
+rabbitmqctl)
+    # rabbitmqctl against our node, e.g. `agata bench scaling --rabbitmqctl
+    # "bash scripts/services.sh rabbitmqctl"` (it reads the broker's message counters).
+    shift
+    load_info
+    [ -n "${RMQ_NODE:-}" ] || die "no services in $STATE: \`$0 start\` first"
+    rmq_cli rabbitmqctl "$@"
+    ;;
 *)
-    echo "usage: $0 start|stop|env|status|install" >&2
+    echo "usage: $0 start|stop|env|status|install|rabbitmqctl ARGS..." >&2
     exit 2
     ;;
 esac

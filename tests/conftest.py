@@ -6,6 +6,7 @@ and exports their URLs; these fixtures hand them to tests:
 - ``amqp_url``      ``AGATA_TEST_AMQP_URL``  e.g. ``amqp://agata:agata@127.0.0.1:24545/``
 - ``pg_url``        ``AGATA_TEST_PG_URL``    e.g. ``postgresql://agata@127.0.0.1:29985/postgres``
 - ``chromium_path`` ``AGATA_TEST_CHROMIUM``  e.g. ``/usr/bin/chromium``
+- ``rabbitmqctl``   ``AGATA_TEST_RABBITMQCTL`` (a command line: ``services.sh rabbitmqctl``)
 
 When a variable is unset the test is skipped, with the reason, so a bare ``pytest`` on a
 laptop still runs everything else. Under CI (``CI=true``) or with
@@ -63,6 +64,13 @@ def amqp_url() -> str:
 def pg_url() -> str:
     """URL of a PostgreSQL server for tests (``AGATA_TEST_PG_URL``)."""
     return _service_env("AGATA_TEST_PG_URL", "PostgreSQL server")
+
+
+@pytest.fixture(scope="session")
+def rabbitmqctl() -> str:
+    """A command line running ``rabbitmqctl`` against the test broker
+    (``AGATA_TEST_RABBITMQCTL``, written by ``scripts/services.sh``)."""
+    return _service_env("AGATA_TEST_RABBITMQCTL", "rabbitmqctl command")
 
 
 @pytest.fixture

@@ -334,3 +334,72 @@ def bench_load(
 
 
 bench_app.command("all")(bench_all)
+
+
+@bench_app.command("scaling")
+def bench_scaling(
+    bus: Annotated[str, typer.Option("--bus", help="amqp://... (RabbitMQ on this machine)")],
+    db: Annotated[
+        str, typer.Option("--db", help="postgresql://... on this machine (a database is made)")
+    ],
+    rabbitmqctl: Annotated[
+        str,
+        typer.Option(
+            "--rabbitmqctl",
+            help="command line of rabbitmqctl for that broker, e.g. 'rabbitmqctl -n NODE' "
+            "or 'bash scripts/services.sh rabbitmqctl'",
+        ),
+    ],
+    devices: Annotated[int, typer.Option(min=10, help="fleet of the unit run")] = 100,
+    check_devices: Annotated[
+        int, typer.Option("--check-devices", min=10, help="fleet of the 2x2 check run")
+    ] = 200,
+    seconds: Annotated[float, typer.Option(min=5, help="each measured window")] = 20.0,
+    report_rate: Annotated[
+        float, typer.Option("--report-rate", min=1, help="reports/s in the unit run")
+    ] = 10.0,
+    streams: Annotated[int, typer.Option(min=1, help="event streams held open")] = 100,
+    setup_rate: Annotated[
+        float,
+        typer.Option("--setup-rate", min=0.5, help="new devices/s while a fleet comes on board"),
+    ] = 5.0,
+    tolerance: Annotated[float, typer.Option(min=0.01, help="model vs measured")] = 0.25,
+    fleet_size: Annotated[int, typer.Option("--fleet-size", min=1)] = 100_000,
+    report_interval: Annotated[
+        float, typer.Option("--report-interval", min=1, help="s between a device's reports")
+    ] = 60.0,
+    utilisation: Annotated[
+        float, typer.Option(min=0.05, max=1.0, help="of a core, per replica, at most")
+    ] = 0.5,
+    json_out: Annotated[Path | None, typer.Option("--json", help="write figures here")] = None,
+) -> None:
+    """Per-component costs of a poll and a report, a capacity model from them, checked
+    against 2 gateways + 2 task managers, and the sizing of --fleet-size devices
+    (docs/scaling.md)."""
+    from agata.bench.report import render
+    from agata.bench.scaling_bench import ScalingOptions, run_scaling_bench
+
+    _bench_logging()
+    if not bus.startswith("amqp") or not db.startswith("postgres"):
+        raise typer.BadParameter("--bus amqp://... and --db postgresql://... are both needed")
+    if check_devices < 2:
+        raise typer.BadParameter("--check-devices: at least one device per gateway")
+    options = ScalingOptions(
+        bus_url=bus,
+        db_url=db,
+        rabbitmqctl=rabbitmqctl,
+        devices=devices,
+        check_devices=check_devices,
+        seconds=seconds,
+        report_rate=report_rate,
+        streams=min(streams, devices),
+        setup_rate=setup_rate,
+        tolerance=tolerance,
+        fleet_size=fleet_size,
+        report_interval=report_interval,
+        utilisation=utilisation,
+    )
+    reports = run_fast(run_scaling_bench(options, progress=typer.echo))
+    render(reports)
+    if json_out:
+        _save(reports, json_out)

@@ -42,8 +42,12 @@ class CloudProcess:
         log_level: str = "WARNING",
         services: tuple[str, ...] = (),
         env: dict[str, str] | None = None,
+        name: str | None = None,
     ) -> None:
         self.data_dir = data_dir
+        self.name = name or "-".join(services) or "cloud"
+        """Names its output files: replicas of one service in one ``data_dir`` need
+        names of their own."""
         self.env = dict(env or {})
         """Extra environment of the cloud (``AGATA_*`` settings)."""
         self.port = 0
@@ -66,9 +70,8 @@ class CloudProcess:
         """Start the cloud (again, after :meth:`stop`: same data, same port)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.url = ""
-        name = "-".join(self.services) or "cloud"
-        out_path = self.data_dir / f"{name}.out"
-        self._log_path = self.data_dir / f"{name}.log"
+        out_path = self.data_dir / f"{self.name}.out"
+        self._log_path = self.data_dir / f"{self.name}.log"
         command = [sys.executable, *ENTRY, "cloud", "run", "--data-dir", str(self.data_dir),
                    "--host", "127.0.0.1", "--port", str(self.port),
                    "--bus", self.bus_url]  # fmt: skip
@@ -180,7 +183,12 @@ class CloudProcess:
 class CloudProcesses:
     """The cloud scaled out on ``amqp://``: one process per service (task manager,
     device registry, gateway) sharing the bus, the database and ``data_dir`` — the
-    deployment of several machines, on one. Same interface as :class:`CloudProcess`."""
+    deployment of several machines, on one. Same interface as :class:`CloudProcess`.
+
+    ``replicas`` runs several processes of a service (e.g. ``{"gateway": 2,
+    "task-manager": 2}``; one of each by default): replicas of a back-end service share
+    its queues (competing consumers), each gateway listens on a port of its own
+    (:attr:`gateways`; :attr:`url` is the first's)."""
 
     def __init__(
         self,
@@ -190,9 +198,17 @@ class CloudProcesses:
         db_url: str | None = None,
         legacy_devices: bool = False,
         log_level: str = "WARNING",
+        replicas: dict[str, int] | None = None,
     ) -> None:
         if not bus_url.startswith("amqp"):
             raise AgataError(ErrorCode.INVALID_ARGUMENT, "a split cloud needs an amqp:// bus")
+        counts = {service: 1 for service in SPLIT_SERVICES} | dict(replicas or {})
+        unknown = set(counts) - set(SPLIT_SERVICES)
+        if unknown or min(counts.values()) < 1:
+            raise AgataError(
+                ErrorCode.INVALID_ARGUMENT,
+                f"replicas: at least one of each of {', '.join(SPLIT_SERVICES)}, not {counts}",
+            )
         self.parts = [
             CloudProcess(
                 data_dir,
@@ -201,14 +217,20 @@ class CloudProcesses:
                 legacy_devices=legacy_devices,
                 log_level=log_level,
                 services=(service,),
+                name=service if counts[service] == 1 else f"{service}-{index + 1}",
             )
             for service in SPLIT_SERVICES
+            for index in range(counts[service])
         ]
         self.data_dir = data_dir
 
     @property
+    def gateways(self) -> list[CloudProcess]:
+        return [part for part in self.parts if part.services == ("gateway",)]
+
+    @property
     def gateway(self) -> CloudProcess:
-        return self.parts[-1]
+        return self.gateways[0]
 
     @property
     def url(self) -> str:
