@@ -45,7 +45,7 @@ async def test_an_unregistered_node_cannot_join_and_a_matching_device_can(
         )
     )
     await node.start()
-    token = node.ensure_operator_token()
+    token = await asyncio.to_thread(node.ensure_operator_token)
     assert token
     rogue: asyncio.subprocess.Process | None = None
     try:

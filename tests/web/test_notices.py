@@ -4,6 +4,7 @@ page that showed it, whatever action showed it."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import httpx
@@ -42,7 +43,7 @@ async def test_cannot_reach_the_gateway_clears_after_reconnecting(
     settings = cloud_settings(tmp_path, gateway_port=port, server_grace_seconds=2.0)
     first = CloudNode(settings)  # type: ignore[arg-type]
     await first.start()
-    token = first.ensure_operator_token()
+    token = await asyncio.to_thread(first.ensure_operator_token)
     assert token
     second: CloudNode | None = None
     context = await browser.new_context(viewport=DESKTOP, locale="en-GB")
