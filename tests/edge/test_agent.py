@@ -49,8 +49,10 @@ async def test_push_starts_the_client_well_under_a_second_and_stop_ends_it(
         assert dispatch < 1.0, f"dispatch took {dispatch:.3f} s"
         pid = agent.running_tasks()[0].pid
         assert pid is not None and pid_alive(pid)
+        # A spare start is a parked shell until it execs the client (a moment after the
+        # agent counts it running): the client's command line is the exec'd one.
+        await eventually(lambda: _cmdline(pid)[-3:] == [b"--lr", b"0.1", b""], what="client exec'd")
         cmdline = _cmdline(pid)
-        assert cmdline[-3:] == [b"--lr", b"0.1", b""]
         work = work_folder(device.data_dir, "t1")
         assert cmdline[-4] == str(work).encode()
         version = agent.running_tasks()[0].version

@@ -31,7 +31,13 @@ async def test_scaling_bench_measures_fits_and_checks(
     assert (figures["deliveries per report per subscriber"].value or 0) >= 1
     checked = [f for f in check.figures if f.name.startswith("polls window")]
     assert {f.name for f in checked} >= {"polls window: cpu:gateway", "polls window: messages"}
-    assert all(f.limit is not None and f.limit > 0 for f in checked)
+    # every measured figure has the model's prediction beside it; the costs every poll
+    # must have (CPU, messages) are predicted non-zero (a count such as transactions per
+    # poll may be predicted 0 when the unit run's caches answered every poll)
+    assert all(f.limit is not None and f.limit >= 0 for f in checked)
+    predicted = {f.name: f.limit for f in checked}
+    assert (predicted["polls window: cpu:gateway"] or 0) > 0
+    assert (predicted["polls window: messages"] or 0) > 0
     assert {f.name for f in check.figures if f.name == "check run: errors"}
     assert next(f for f in check.figures if f.name == "check run: errors").value == 0
     assert any(f.name == "gateway replicas" for f in sizing.figures)
