@@ -37,7 +37,7 @@ def bench_bus(
     from agata.bench.bus_bench import run_bus_bench
     from agata.bench.report import render
 
-    _bench_logging("WARNING")
+    setup_logging("WARNING")
     report = run_bus_bench(amqp_url, calls, in_flight)
     render([report])
     if json_out:
@@ -53,7 +53,7 @@ def bench_containment(
     from agata.bench.containment_bench import run_containment_bench
     from agata.bench.report import render
 
-    _bench_logging("WARNING")
+    setup_logging("WARNING")
     report = run_containment_bench(rounds)
     render([report])
     if json_out:
@@ -73,7 +73,7 @@ def bench_flower(
     from agata.bench.flower_bench import run_flower_bench
     from agata.bench.report import render
 
-    _bench_logging("WARNING")
+    setup_logging("WARNING")
     report = run_flower_bench(rounds, runs, samples)
     render([report])
     if json_out:
@@ -95,7 +95,7 @@ def bench_environments(
     from agata.bench.environments_bench import run_environments_bench
     from agata.bench.report import render
 
-    _bench_logging("WARNING")
+    setup_logging("WARNING")
     wanted = "\n".join(requirements.split()) + "\n" if requirements else ""
     report = run_environments_bench(rounds, wheelhouse, wanted)
     render([report])
@@ -121,7 +121,7 @@ def bench_all(
         return
     from agata.bench.all_bench import run_all
 
-    _bench_logging()
+    setup_logging("ERROR")
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     path = json_out or Path(f"agata-bench-{stamp}.json")
     run_all(devices=devices, amqp_url=amqp_url, json_out=path, quick=quick)
@@ -140,7 +140,7 @@ def bench_cloud(
     from agata.bench.cloud_bench import run_cloud_bench
     from agata.bench.report import render
 
-    _bench_logging()
+    setup_logging("ERROR")
     reports = run_cloud_bench(amqp_url, samples)
     render(reports)
     if json_out:
@@ -160,7 +160,7 @@ def bench_devices(
     from agata.bench.devices_bench import run_devices_bench
     from agata.bench.report import render
 
-    _bench_logging()
+    setup_logging("ERROR")
     report = run_devices_bench(devices, tasks, seconds, connections, amqp_url)
     render([report])
     if json_out:
@@ -180,7 +180,7 @@ def bench_console(
     from agata.bench.console_bench import run_console_bench
     from agata.bench.report import render
 
-    _bench_logging()
+    setup_logging("ERROR")
     report = run_console_bench(devices, samples, enrolling)
     render([report])
     if json_out:
@@ -199,7 +199,7 @@ def bench_runs(
     from agata.bench.report import render
     from agata.bench.runs_bench import run_runs_bench
 
-    _bench_logging()
+    setup_logging("ERROR")
     report = run_runs_bench(runs, metrics, samples, db)
     render([report])
     if json_out:
@@ -216,15 +216,11 @@ def bench_edge(
     from agata.bench.edge_bench import run_edge_bench
     from agata.bench.report import render
 
-    _bench_logging()
+    setup_logging("ERROR")
     report = run_edge_bench(samples, idle_seconds)
     render([report])
     if json_out:
         _save([report], json_out)
-
-
-def _bench_logging(level: str = "ERROR") -> None:
-    setup_logging(level)
 
 
 def _save(reports: list[BenchReport], path: Path) -> None:
@@ -281,7 +277,7 @@ def bench_load(
     from agata.bench.load_bench import run_load_bench
     from agata.bench.report import render
 
-    _bench_logging()
+    setup_logging("ERROR")
     if mode in ("onboard", "restart"):
         from agata.bench.burst_bench import run_onboard_bench, run_restart_bench
 
@@ -379,7 +375,7 @@ def bench_scaling(
     from agata.bench.report import render
     from agata.bench.scaling_bench import ScalingOptions, run_scaling_bench
 
-    _bench_logging()
+    setup_logging("ERROR")
     if not bus.startswith("amqp") or not db.startswith("postgres"):
         raise typer.BadParameter("--bus amqp://... and --db postgresql://... are both needed")
     if check_devices < 2:
