@@ -251,6 +251,11 @@ async def run_exp2(options: ExperimentOptions, progress: Progress | None = None)
             await lab.wait_agent_event(
                 "task finished", timeout=max(1.0, deadline - time.monotonic()), task_id=correct_id
             )
+            # E's verdict: the agent judges a failure against its run (up to
+            # run_end_grace after it failed), which may end after C's short run.
+            await lab.wait_agent_event(
+                "task failed", timeout=max(1.0, deadline - time.monotonic()), task_id=failing_id
+            )
             failing = await lab.get_task(failing_id)
             result.cloud_state = {failing_id: failing["state"], correct_id: task["state"]}
             quarantined = lab.agent.quarantine() if lab.agent else []
