@@ -9,6 +9,7 @@ stopped: other tests use it).
 from __future__ import annotations
 
 import asyncio
+import signal
 import sqlite3
 import time
 from collections.abc import AsyncIterator
@@ -31,6 +32,8 @@ from faults.harness import (
 
 OUTAGE_SECONDS = 3.0
 RPC_TIMEOUT = 5.0
+#: Longest wait for the services to serve again once the broker is back.
+RECONNECT_SECONDS = 10.0
 
 #: Reports one round of metrics every 0.1 s until stopped; the work folder keeps the
 #: last round it reported.
@@ -66,6 +69,20 @@ async def proxy(amqp_url: str) -> AsyncIterator[Proxy]:
         yield running
     finally:
         await running.cut()
+
+
+def stored_state(db: Path, task_id: str) -> str | None:
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+        row = conn.execute("SELECT state FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
+    return None if row is None else str(row[0])
+
+
+def ignores_sigterm(pid: int) -> bool:
+    """True once process ``pid`` ignores SIGTERM (its SigIgn mask in /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigIgn:"):
+            return bool(int(line.split()[1], 16) & (1 << (signal.SIGTERM - 1)))
+    return False
 
 
 def through(proxy: Proxy, amqp_url: str) -> str:
@@ -141,7 +158,9 @@ async def test_the_cloud_rides_out_a_broker_outage(
         await proxy.resume()
         back_at = time.monotonic()
         await eventually(
-            lambda: serves_again(cloud, "live"), timeout=10, what="served after the outage"
+            lambda: serves_again(cloud, "live"),
+            timeout=RECONNECT_SECONDS,
+            what="served after the outage",
         )
         reconnect_seconds = time.monotonic() - back_at
 
@@ -238,25 +257,38 @@ time.sleep(600)
 async def test_a_call_in_flight_when_the_broker_drops_fails_at_once_and_acts_once(
     tmp_path: Path, amqp_url: str, proxy: Proxy
 ) -> None:
-    # Prepare: a server side that ignores SIGTERM, so stopping it takes the grace (2 s)
-    env = {"AGATA_RPC_TIMEOUT": str(RPC_TIMEOUT), "AGATA_SERVER_GRACE_SECONDS": "2"}
+    # Prepare: a server side that ignores SIGTERM, so stopping it takes the grace (2 s).
+    # The broker redelivers the stop only while it is within its caller's deadline (a
+    # request carries it as its expiration: past it the broker drops it), so the RPC
+    # timeout here spans the whole way to the recovery: the stop getting under way (up
+    # to `eventually`'s 10 s), the outage and the reconnection. With 5 s, a reconnection
+    # slowed by a loaded machine found the stop already dropped: no second delivery.
+    rpc_timeout = 10 + OUTAGE_SECONDS + RECONNECT_SECONDS
+    env = {"AGATA_RPC_TIMEOUT": str(rpc_timeout), "AGATA_SERVER_GRACE_SECONDS": "2"}
     marker = f"--in-flight-{proxy.port}"
     async with cloud_process(tmp_path / "cloud", bus=through(proxy, amqp_url), env=env) as cloud:
         await add_task(cloud, "held", STUBBORN_PY, [marker])
         await cloud.ok("rpc_exec_start_server_task", {"task_id": "held"})
         [pid] = await eventually(lambda: live_processes(marker), what="server side started")
-        await asyncio.sleep(0.3)  # let it install its handler
+        await eventually(lambda: ignores_sigterm(pid), what="its SIGTERM handler installed")
 
-        # Execute: the broker drops while the stop is being carried out
+        # Execute: the broker drops while the stop is being carried out: the service has
+        # recorded the task stopped and waits out the grace of the process it signalled
         stop = asyncio.create_task(cloud.op("rpc_exec_stop_server_task", {"task_id": "held"}))
-        await asyncio.sleep(0.5)
+        await eventually(
+            lambda: stored_state(tmp_path / "cloud" / "agata.db", "held") == "stopped",
+            what="the stop under way in the task manager",
+        )
+        assert not stop.done() and pid_alive(pid)  # still within the grace
         await proxy.cut()
         cut_at = time.monotonic()
         answered = await stop
         answer_seconds = time.monotonic() - cut_at
         await asyncio.sleep(OUTAGE_SECONDS)
         await proxy.resume()
-        await eventually(lambda: serves_again(cloud, "held"), timeout=10, what="served again")
+        await eventually(
+            lambda: serves_again(cloud, "held"), timeout=RECONNECT_SECONDS, what="served again"
+        )
         task = await cloud.ok("rpc_exec_get_task_by_id", {"task_id": "held"})
         restarted = await cloud.op("rpc_exec_start_server_task", {"task_id": "held"})
         await cloud.ok("rpc_exec_stop_server_task", {"task_id": "held"})
