@@ -47,11 +47,19 @@ from agata.protocol.operations import GET_TASK_DEVICES
 from agata.simulate import CloudProcess, SimulationOptions, SimulationResult, run_fleet
 from agata.simulate.cloud_process import CloudProcesses
 from agata.simulate.fleet import create_enrollment_token, set_up_tasks, tear_down_tasks
-
-pytestmark = [pytest.mark.load, pytest.mark.timeout(90)]
+from agata.simulate.simulator import ONBOARDING_GRACE
 
 DEVICES = 500
 SECONDS = 30.0
+#: The longest a case may take with each step at its own bound: the cloud's start (60 s
+#: a process, CloudProcess.start), the fleet's run, its stop (stop_grace 15 s, then up to
+#: ONBOARDING_GRACE for devices still coming on board), the cloud's stop (15 s) and the
+#: operator's calls around them (30 s). A loaded machine then fails on the assertions
+#: (what the fleet saw), not on pytest's clock: at load ~7 the case took 122 s (a 90 s
+#: timeout then), and pytest-timeout's interruption crashed the whole run (INTERNALERROR).
+CASE_TIMEOUT = 60 + SECONDS + 15 + ONBOARDING_GRACE + 15 + 30
+
+pytestmark = [pytest.mark.load, pytest.mark.timeout(CASE_TIMEOUT)]
 
 
 async def _simulate(
