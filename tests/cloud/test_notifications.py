@@ -103,7 +103,12 @@ async def replicas(tmp_path: Path) -> AsyncIterator[Cloud]:
     async with running_cloud(tmp_path) as cloud:
         node = cloud.node
         second = TaskManager(
-            node.bus, node.store, node.bundles.root, node.data_dir / "work", grace=2.0
+            node.bus,
+            node.store,
+            node.bundles,
+            node.data_dir / "work",
+            artifacts=node.artifacts,
+            grace=2.0,
         )
         await second.start()
         try:

@@ -59,7 +59,14 @@ async def replicas(tmp_path: Path) -> AsyncIterator[Cloud]:
     requests and changes go to one or the other in turn."""
     async with running_cloud(tmp_path) as cloud:
         node = cloud.node
-        second = TaskManager(node.bus, node.store, node.bundles, node.data_dir / "work", grace=2.0)
+        second = TaskManager(
+            node.bus,
+            node.store,
+            node.bundles,
+            node.data_dir / "work",
+            artifacts=node.artifacts,
+            grace=2.0,
+        )
         await second.start()
         try:
             yield cloud

@@ -85,12 +85,12 @@ class ServerTasks:
         bundles: BundleStore,
         work_root: Path,
         *,
+        artifacts: ArtifactStore,
         grace: float = 5.0,
         record_event: EventSink | None = None,
         reconcile_seconds: float = RECONCILE_SECONDS,
         on_ended: Callable[[str], None] | None = None,
         sandbox: TaskSandbox | None = None,
-        artifacts: ArtifactStore | None = None,
         flower_tls: FlowerTls | None = None,
     ) -> None:
         self.store = as_async(store)
@@ -353,7 +353,7 @@ class ServerTasks:
         """Copy a saved file into the run's artifacts (in a thread) and record it; what
         goes wrong is said in the run's log (stream ``artifact``), nothing half-kept."""
         work = self._runs.get(task_id, (None, None))[1]
-        if self.artifacts is None or run is None or work is None:
+        if run is None or work is None:
             await self._log(task_id, "artifact", f"artifact {path!r} not kept: no run store")
             return
         try:

@@ -90,6 +90,7 @@ class TaskManager(Service):
         bundles: BundleStore,
         work_root: Path,
         *,
+        artifacts: ArtifactStore,
         legacy_devices: bool = False,
         hide_internal_errors: bool = False,
         grace: float = 5.0,
@@ -98,15 +99,14 @@ class TaskManager(Service):
         flower_tls: FlowerTls | None = None,
         poll_interval: float = DEFAULT_REQUEST_INTERVAL,
         reconcile: str = "stop",
-        artifacts: ArtifactStore | None = None,
         max_running_tasks: int | None = None,
     ) -> None:
         """``bundles`` is the process's one bundle store (the gateway's too, when both
         run here: a delete then waits for an upload of the same task, and digests are
-        hashed once). ``poll_interval`` is the fleet's ``request_interval`` (it sizes the
-        device cache); ``reconcile`` says what :meth:`start` does with tasks a dead
-        cloud left marked running: ``stop`` marks them stopped, ``restart`` starts
-        their server side again."""
+        hashed once); ``artifacts`` its one artifact store, likewise. ``poll_interval``
+        is the fleet's ``request_interval`` (it sizes the device cache); ``reconcile``
+        says what :meth:`start` does with tasks a dead cloud left marked running:
+        ``stop`` marks them stopped, ``restart`` starts their server side again."""
         super().__init__(bus, "task-manager", hide_internal_errors=hide_internal_errors)
         if reconcile not in RECONCILE_CHOICES:
             raise invalid(f"reconcile must be one of {', '.join(RECONCILE_CHOICES)}")
@@ -117,7 +117,7 @@ class TaskManager(Service):
         self.legacy_devices = legacy_devices
         self.notifier = Notifier(bus)
         self.event = EventPublisher(bus, "task-manager", enabled=register_events)
-        self.artifacts = artifacts or ArtifactStore(work_root.parent / "artifacts")
+        self.artifacts = artifacts
         self.server_tasks = ServerTasks(
             self.store,
             self.notifier,
