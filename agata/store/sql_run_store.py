@@ -19,6 +19,7 @@ from sqlalchemy import Connection, Row, func, insert, inspect, select, update
 from sqlalchemy import text as sql_text
 
 from agata.errors import conflict, invalid, not_found
+from agata.protocol.bundle_files import BundleFile
 from agata.store import sql_schema as schema
 from agata.store import validation
 from agata.store.run_store import Artifact, Run, RunDevice, RunState, RunStore
@@ -173,7 +174,7 @@ def _run(r: Row[Any], artifacts: Iterable[Artifact] = ()) -> Run:
         server_arguments=tuple(r.server_arguments),
         client_arguments=tuple(r.client_arguments),
         bundle_version=r.bundle_version,
-        files=tuple((str(f[0]), int(f[1]), str(f[2])) for f in r.files),
+        files=tuple(BundleFile(str(name), int(size), str(sha)) for name, size, sha in r.files),
         min_devices=r.min_devices,
         start_deadline_s=r.start_deadline_s,
         created_at=iso(r.created_at),

@@ -470,7 +470,7 @@ class TaskManager(Service):
         run whose bundle was replaced or damaged while it waited fails with the reason,
         so its record never names files it did not run with)."""
         try:
-            if run.files != tuple((f.name, f.size, f.sha256) for f in task.files):
+            if run.files != task.files:
                 raise invalid("the bundle was replaced while the run was queued; start it again")
             if not raise_errors:
                 await asyncio.to_thread(self.bundles.check_listing, task.task_id, task.files)

@@ -11,7 +11,6 @@ from typing import Any
 
 from agata.cloud.credentials.download_passwords import device_password
 from agata.protocol.arguments import expand_client_arguments, placeholder_values
-from agata.protocol.bundle_files import BundleFile
 from agata.protocol.offers import TaskOffer
 from agata.protocol.records import DevicePublic, DeviceTaskPublic, TaskPublic
 from agata.protocol.runs import ArtifactRecord, RunDeviceRecord, RunRecord
@@ -75,7 +74,7 @@ def run_view(run: Run, devices: list[RunDevice] | None = None) -> dict[str, Any]
         server_arguments=list(run.server_arguments),
         client_arguments=list(run.client_arguments),
         bundle_version=run.bundle_version,
-        files=[BundleFile(name, size, sha256) for name, size, sha256 in run.files],
+        files=list(run.files),
         min_devices=run.min_devices,
         start_deadline_s=run.start_deadline_s,
         created_at=run.created_at,
