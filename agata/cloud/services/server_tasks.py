@@ -31,7 +31,6 @@ from agata.cloud.services.task_ends import RECONCILE_SECONDS, EndRecorder, TaskE
 from agata.errors import AgataError, ErrorCode
 from agata.files import write_private_file
 from agata.flower.app_run import FlowerAppRun
-from agata.flower.superlink import FlowerTls
 from agata.protocol.notifications import ArtifactSaved, LogAppended, MetricRecorded, TaskChanged
 from agata.runtime.limits import Limits
 from agata.runtime.messages import (
@@ -49,6 +48,7 @@ from agata.runtime.sandbox import TaskSandbox
 from agata.runtime.supervisor import ProcessState, TaskOutcome, TaskProcess
 from agata.store.async_store import AsyncStore, as_async
 from agata.store.store import NewLogLine, Store, TaskState
+from agata.tls import CertificateFiles
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ class ServerTasks:
         reconcile_seconds: float = RECONCILE_SECONDS,
         on_ended: Callable[[str], None] | None = None,
         sandbox: TaskSandbox | None = None,
-        flower_tls: FlowerTls | None = None,
+        flower_tls: CertificateFiles | None = None,
     ) -> None:
         self.store = as_async(store)
         self.flower_tls = flower_tls  # the cloud's certificate for flower-app SuperLinks

@@ -42,7 +42,6 @@ from agata.cloud.services.views import (
 )
 from agata.errors import AgataError, ErrorCode, conflict, invalid
 from agata.flower.app_bundle import check_app
-from agata.flower.superlink import FlowerTls
 from agata.flower.supernode import installed_flower
 from agata.protocol import operations as ops
 from agata.protocol.notifications import (
@@ -56,6 +55,7 @@ from agata.settings.shared_settings import DEFAULT_REQUEST_INTERVAL
 from agata.store.async_store import AsyncStore, as_async
 from agata.store.run_store import Run, RunState
 from agata.store.store import NewTask, Store, Task, TaskKind, TaskProgress, TaskState
+from agata.tls import CertificateFiles
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ class TaskManager(Service):
         grace: float = 5.0,
         register_events: bool = True,
         sandbox: TaskSandbox | None = None,
-        flower_tls: FlowerTls | None = None,
+        flower_tls: CertificateFiles | None = None,
         poll_interval: float = DEFAULT_REQUEST_INTERVAL,
         reconcile: str = "stop",
         max_running_tasks: int | None = None,
