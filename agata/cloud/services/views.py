@@ -13,9 +13,10 @@ from agata.cloud.credentials.download_passwords import device_password
 from agata.protocol.arguments import expand_client_arguments, placeholder_values
 from agata.protocol.offers import TaskOffer
 from agata.protocol.records import DevicePublic, DeviceTaskPublic, TaskPublic
+from agata.protocol.replies import EnrollmentTokenPublic, OperatorTokenPublic
 from agata.protocol.runs import ArtifactRecord, RunDeviceRecord, RunRecord
 from agata.store.run_store import Run, RunDevice
-from agata.store.store import Device, DeviceTaskState, Task
+from agata.store.store import Device, DeviceTaskState, EnrollmentToken, OperatorToken, Task
 
 #: A device that polled within this many seconds counts as online.
 ONLINE_SECONDS = 60.0
@@ -222,3 +223,27 @@ def _device_task(state: DeviceTaskState) -> DeviceTaskPublic:
 def device_task_view(state: DeviceTaskState) -> dict[str, Any]:
     """A device's state of one task (:class:`~agata.protocol.records.DeviceTaskPublic`)."""
     return _device_task(state).model_dump(mode="json")
+
+
+def operator_token_view(token: OperatorToken) -> dict[str, Any]:
+    """An operator token as listed (:class:`~agata.protocol.replies.OperatorTokenPublic`):
+    never the token or its hash."""
+    return OperatorTokenPublic(
+        token_id=token.token_id,
+        name=token.name,
+        created_at=token.created_at,
+        revoked=token.revoked,
+    ).model_dump(mode="json")
+
+
+def enrollment_token_view(token: EnrollmentToken) -> dict[str, Any]:
+    """An enrollment token as listed
+    (:class:`~agata.protocol.replies.EnrollmentTokenPublic`): never the token or its hash."""
+    return EnrollmentTokenPublic(
+        token_id=token.token_id,
+        name=token.name,
+        created_at=token.created_at,
+        expires_at=token.expires_at,
+        uses_left=token.uses_left,
+        revoked=token.revoked,
+    ).model_dump(mode="json")
