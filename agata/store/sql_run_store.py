@@ -39,14 +39,6 @@ RUN_ENDS = {
 }
 
 
-def _run_state(state: RunState | str) -> RunState:
-    try:
-        return RunState(state)
-    except ValueError:
-        choices = ", ".join(s.value for s in RunState)
-        raise invalid(f"run state must be one of {choices}") from None
-
-
 def run_number(name: str, value: int) -> int:
     """A run number as the store keeps it: a positive ``INTEGER``."""
     return validation.integer(name, value, 1, validation.INT32_MAX)
@@ -204,7 +196,7 @@ class SqlRunStore(RunStore):
         client_arguments: Sequence[str],
         reason: str = "",
     ) -> Run:
-        parsed = _run_state(state)
+        parsed = validation.member("run state", RunState, state)
         if not parsed.active:
             raise invalid(f"a run starts queued, waiting or running, not {parsed.value}")
         server = list(validation.strings("server_arguments", server_arguments))
@@ -273,7 +265,7 @@ class SqlRunStore(RunStore):
             return self._one_run(conn, task_id, number)
 
     def start_queued_run(self, task_id: str, run: int, *, state: RunState | str) -> Run:
-        parsed = _run_state(state)
+        parsed = validation.member("run state", RunState, state)
         if parsed not in (RunState.WAITING, RunState.RUNNING):
             raise invalid(f"a queued run starts waiting or running, not {parsed.value}")
         run = run_number("run", run)
