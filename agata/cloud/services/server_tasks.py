@@ -207,9 +207,11 @@ class ServerTasks:
         self._claims.add(task_id)
         if process.pgid is not None:
             # Lets a restarted cloud end this group, and only this one (see reconcile).
+            # Not fsynced: it is on the way to the devices' notice, and a power loss,
+            # the one thing an fsync guards against, ends the server side too.
             record = json.dumps({"pgid": process.pgid, "token": process.token})
             try:
-                write_private_file(record_dir / PID_FILE, record)
+                write_private_file(record_dir / PID_FILE, record, durable=False)
             except OSError as exc:  # a full disk must not leave the process unwatched
                 logger.warning(
                     "task %s: %s not written (%s); a restarted cloud cannot end this "
