@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,9 +17,15 @@ from edge.conftest import pid_alive
 
 from agata.bus.bus import Delivery
 from agata.cloud.services.notifier import Notifier
+from agata.cloud.services.task_manager import TaskManager
 from agata.protocol.notifications import Notification, TaskChanged
 from agata.protocol.operations import NOTIFICATIONS_TOPIC
+from agata.runtime.sandbox import TaskSandbox
 from agata.store.store import TaskState
+
+contained = pytest.mark.skipif(
+    sys.platform != "linux" or os.geteuid() != 0, reason="a task user and cgroups need root"
+)
 
 
 async def test_the_running_notice_follows_the_spawn_and_the_pgid_is_still_recorded(
@@ -82,3 +91,46 @@ async def test_a_stop_recorded_at_the_notice_is_not_written_back_to_running(
     assert started.status_code == 200, started.text
     task = cloud.node.store.get_task("t-race")
     assert not task.running and task.state_reason == "stopped elsewhere"
+
+
+def sandbox_of(cloud: Cloud) -> TaskSandbox:
+    manager = next(s for s in cloud.node._running if isinstance(s, TaskManager))
+    assert manager.server_tasks.sandbox is not None
+    return manager.server_tasks.sandbox
+
+
+async def wait_for(condition: Any, what: str) -> None:
+    for _ in range(1000):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"never: {what}")
+
+
+@contained
+async def test_the_server_side_starts_in_the_parked_spare_and_a_new_one_is_parked(
+    cloud: Cloud,
+) -> None:
+    # Prepare: the cloud parks a spare start for its first server side
+    sandbox = sandbox_of(cloud)
+    if not sandbox.containment.bases:
+        pytest.skip("no writable cgroup on this machine")
+    await create_bundle_task(cloud, "t-spare", server_arguments=["1", "--hold"])
+    parked = sandbox.launcher.spare_pid
+    assert parked is not None
+
+    # Execute
+    started = await cloud.op("rpc_exec_start_server_task", {"task_id": "t-spare"})
+    assert started.status_code == 200, started.text
+
+    # Assert: the server side is that process, as the task user, in its folder; a new
+    # spare is parked for the next start
+    task = cloud.node.store.get_task("t-spare")
+    assert task.server_pid == parked and pid_alive(parked)
+    await wait_for(lambda: b"server.py" in Path(f"/proc/{parked}/cmdline").read_bytes(), "exec")
+    assert os.path.basename(os.readlink(f"/proc/{parked}/cwd")) == "bundle"
+    user = sandbox.containment.task_user
+    assert user is not None and os.stat(f"/proc/{parked}").st_uid == user.uid
+    await wait_for(lambda: sandbox.launcher.spare_pid not in (None, parked), "a new spare")
+    await cloud.op("rpc_exec_stop_server_task", {"task_id": "t-spare"})
+    await wait_for(lambda: not pid_alive(parked), "the server side ended")
