@@ -21,6 +21,7 @@ from agata.cloud.services.task_manager import TaskManager
 from agata.protocol.notifications import Notification, TaskChanged
 from agata.protocol.operations import NOTIFICATIONS_TOPIC
 from agata.runtime.sandbox import TaskSandbox
+from agata.runtime.task_user import COPY_RECORD
 from agata.store.store import TaskState
 
 contained = pytest.mark.skipif(
@@ -134,3 +135,27 @@ async def test_the_server_side_starts_in_the_parked_spare_and_a_new_one_is_parke
     await wait_for(lambda: sandbox.launcher.spare_pid not in (None, parked), "a new spare")
     await cloud.op("rpc_exec_stop_server_task", {"task_id": "t-spare"})
     await wait_for(lambda: not pid_alive(parked), "the server side ended")
+
+
+@contained
+async def test_the_bundle_copy_is_made_at_upload_and_the_start_runs_in_it(
+    cloud: Cloud,
+) -> None:
+    # Prepare: an upload; the server side's copy is made in the background
+    sandbox = sandbox_of(cloud)
+    await create_bundle_task(cloud, "t-copy", server_arguments=["1", "--hold"])
+    area = sandbox.task_dir / "server" / "task_t-copy"
+    await wait_for(lambda: (area / COPY_RECORD).exists(), "the copy made ahead")
+    made = (area / "bundle" / "server.py").stat().st_ino
+
+    # Execute
+    started = await cloud.op("rpc_exec_start_server_task", {"task_id": "t-copy"})
+    assert started.status_code == 200, started.text
+
+    # Assert: the server side runs in that copy (not copied again at the start)
+    pgid = cloud.node.store.get_task("t-copy").server_pid
+    assert pgid is not None
+    copy = (area / "bundle").resolve()
+    await wait_for(lambda: Path(f"/proc/{pgid}/cwd").resolve() == copy, "exec")
+    assert (area / "bundle" / "server.py").stat().st_ino == made
+    await cloud.op("rpc_exec_stop_server_task", {"task_id": "t-copy"})

@@ -398,6 +398,7 @@ class TaskManager(Service):
         task = await self.store.set_task_files(req.task_id, req.files)
         await self.store.clear_quarantine(None, task.task_id)
         self._changed()
+        self._soon(self.server_tasks.prepare(task.task_id))  # its start finds the copy made
         await self.notifier.notify(
             TaskChanged(
                 task_id=task.task_id,
