@@ -142,7 +142,6 @@ class CloudNode:
                 env_timeout=s.env_timeout,
                 env_max_bytes=s.env_cache_mb * 1024 * 1024,
                 allow_direct=s.env_allow_direct,
-                spare=True,  # a start skips the cgroup join and the fork of this process
             )
             logger.info("server sides: %s", sandbox.describe())
             manager = TaskManager(

@@ -109,35 +109,6 @@ async def wait_for(condition: Any, what: str) -> None:
 
 
 @contained
-async def test_the_server_side_starts_in_the_parked_spare_and_a_new_one_is_parked(
-    cloud: Cloud,
-) -> None:
-    # Prepare: the cloud parks a spare start for its first server side
-    sandbox = sandbox_of(cloud)
-    if not sandbox.containment.bases:
-        pytest.skip("no writable cgroup on this machine")
-    await create_bundle_task(cloud, "t-spare", server_arguments=["1", "--hold"])
-    parked = sandbox.launcher.spare_pid
-    assert parked is not None
-
-    # Execute
-    started = await cloud.op("rpc_exec_start_server_task", {"task_id": "t-spare"})
-    assert started.status_code == 200, started.text
-
-    # Assert: the server side is that process, as the task user, in its folder; a new
-    # spare is parked for the next start
-    task = cloud.node.store.get_task("t-spare")
-    assert task.server_pid == parked and pid_alive(parked)
-    await wait_for(lambda: b"server.py" in Path(f"/proc/{parked}/cmdline").read_bytes(), "exec")
-    assert os.path.basename(os.readlink(f"/proc/{parked}/cwd")) == "bundle"
-    user = sandbox.containment.task_user
-    assert user is not None and os.stat(f"/proc/{parked}").st_uid == user.uid
-    await wait_for(lambda: sandbox.launcher.spare_pid not in (None, parked), "a new spare")
-    await cloud.op("rpc_exec_stop_server_task", {"task_id": "t-spare"})
-    await wait_for(lambda: not pid_alive(parked), "the server side ended")
-
-
-@contained
 async def test_the_bundle_copy_is_made_at_upload_and_the_start_runs_in_it(
     cloud: Cloud,
 ) -> None:

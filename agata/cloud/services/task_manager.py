@@ -176,8 +176,6 @@ class TaskManager(Service):
     # -- lifecycle --------------------------------------------------------------------
 
     async def start(self) -> None:
-        if self.server_tasks.sandbox is not None:
-            await self.server_tasks.sandbox.prepare()  # the first start's spare
         fixed = await self.server_tasks.reconcile()
         for task_id in fixed:
             logger.warning("task %s was left marked running; marked stopped", task_id)
