@@ -1,7 +1,9 @@
 """Criteria used as a device filter: the indexed conditions they hand to the store give
-exactly the devices the criteria compiler matches."""
+exactly the devices the criteria compiler matches, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import pytest
 
@@ -28,15 +30,18 @@ EXPRESSIONS = [
 ]
 
 
-@pytest.fixture
-def fleet() -> Store:
-    store = create_store("sqlite://")
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def fleet(request: pytest.FixtureRequest) -> Iterator[Store]:
+    """The same five devices in SQLite and in a fresh PostgreSQL schema."""
+    url = "sqlite://" if request.param == "sqlite" else request.getfixturevalue("pg_schema_url")
+    store = create_store(url)
     store.upsert_device("a", data_qnt=10, sensors=["gps"], extra={"site": "lab", "battery": 20})
     store.upsert_device("b", data_qnt=90, extra={"site": "field", "battery": 55, "flag": True})
     store.upsert_device("c", sensors=["gps", "camera"], extra={"site": 3, "note": "x" * 600})
     store.upsert_device("d", data_qnt=60, extra={"battery": "full", "flag": False})
     store.upsert_device("e")
-    return store
+    yield store
+    store.close()
 
 
 @pytest.mark.parametrize("text", EXPRESSIONS)
