@@ -47,6 +47,7 @@ PAGES = [
     ("last_seen", "desc", "location=lab"),
     ("avg_acc_contrib", "asc", "sensor:camera data_qnt>50"),
     ("created_at", "asc", 'data_qnt > 100 and "gps" in sensors'),
+    ("avg_disconnection_per_round", "desc", 'location == "lab" or "camera" in sensors'),
 ]
 
 

@@ -89,10 +89,14 @@ class _Conditions:
     sets: list[_Set] = field(default_factory=list)
     #: Each is a part of the id or the name of a sensor.
     words: list[str] = field(default_factory=list)
+    #: Each group holds when one of its alternatives does.
+    any_of: list[list[_Conditions]] = field(default_factory=list)
 
     def where(self, probe: bool) -> ColumnElement[bool]:
         d = schema.devices.c
         parts = list(self.columns)
+        for group in self.any_of:
+            parts.append(or_(*(alternative.where(probe) for alternative in group)))
         for word in self.words:
             sensor = _Set(schema.device_sensors, (("sensor", "=", word),), unique=True)
             like = d.user_id.like(f"%{_like_escaped(word)}%", escape="\\")
@@ -102,12 +106,13 @@ class _Conditions:
 
     @property
     def empty(self) -> bool:
-        return not (self.columns or self.sets or self.words)
+        return not (self.columns or self.sets or self.words or self.any_of)
 
 
 def _conditions(query: DeviceQuery) -> _Conditions:
     d = schema.devices.c
     out = _Conditions(words=list(query.words))
+    out.any_of = [[_conditions(alternative) for alternative in group] for group in query.any_of]
     if query.seen_since is not None:
         out.columns.append(d.last_seen >= query.seen_since)
     if query.seen_before is not None:
@@ -148,7 +153,7 @@ def _count(conditions: _Conditions) -> Any:
     d = schema.devices
     joined = [s for s in conditions.sets if s.unique and not s.negated]
     probed = [s for s in conditions.sets if not (s.unique and not s.negated)]
-    rest = _Conditions(conditions.columns, probed, conditions.words)
+    rest = _Conditions(conditions.columns, probed, conditions.words, conditions.any_of)
     aliases = [s.table.alias(f"m{i}") for i, s in enumerate(joined)]
     tests = [s.test(a.c) for s, a in zip(joined, aliases, strict=True)]
     source: FromClause

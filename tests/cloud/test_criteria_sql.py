@@ -27,6 +27,11 @@ EXPRESSIONS = [
     "note == 'x'",
     "data_qnt > -1 and not (battery < 30)",
     "site == 3",
+    "data_qnt > 80 or 'camera' in sensors",
+    "(data_qnt > 50 and 'gps' in sensors) or battery >= 55 or site == 3",
+    "data_qnt >= 0 and (site == 'lab' or (battery > 50 and flag == 1))",
+    "site == 'lab' or note == 'x'",
+    "data_qnt > 50 or site != 'lab'",
 ]
 
 
@@ -64,3 +69,10 @@ def test_what_is_pushed_and_what_is_left_to_python() -> None:
     assert not indexed_terms("a or b").complete
     narrowed = indexed_terms("data_qnt > 1 and (x or y)")
     assert narrowed.numbers == [("data_qnt", ">", 1.0)] and not narrowed.complete
+    either = indexed_terms("site == 'lab' or (data_qnt > 5 and 'gps' in sensors)")
+    assert either.complete and len(either.any_of) == 1
+    lab, gps = either.any_of[0]
+    assert lab.attributes == [("site", "=", "lab")]
+    assert gps.numbers == [("data_qnt", ">", 5.0)] and gps.sensors == ["gps"]
+    half = indexed_terms("data_qnt > 1 and (site == 'lab' or site != 'x')")
+    assert not half.complete and half.any_of == []  # != is left whole to Python
