@@ -1,4 +1,5 @@
-"""``agata device list|show|clear-quarantine|revoke`` -- devices of a running cloud.
+"""``agata device list|show|clear-quarantine|revoke|decommission|enrollment-token`` --
+devices of a running cloud.
 
 They join ``agata device enroll`` (run on a device, agata/cli/edge_cmd.py) in the same
 group; these are the operator's and take an operator token (docs/cli.md).
@@ -14,7 +15,15 @@ from agata.cli.cloud_client import (
     CloudOptions,
     cloud_options,
 )
-from agata.cli.operator_output import connected, print_json, print_pairs, print_table, when
+from agata.cli.operator_output import (
+    EXIT_USAGE,
+    connected,
+    fail,
+    print_json,
+    print_pairs,
+    print_table,
+    when,
+)
 
 __all__ = ["register"]
 
@@ -159,9 +168,52 @@ def revoke_device(
         typer.echo(f"device {user_id} held no credential")
 
 
+@cloud_options
+def decommission_device(
+    user_id: DeviceIdArg,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask")] = False,
+    *,
+    options: CloudOptions,
+) -> None:
+    """Remove a device and its credential (its runs' history stays; it may enroll anew)."""
+    if not yes:
+        if options.json_out:
+            fail("--json needs --yes to decommission (nothing to confirm with)", EXIT_USAGE)
+        typer.confirm(f"decommission device {user_id}?", abort=True)
+    with connected(options) as cloud:
+        result = cloud.call("rpc_exec_delete_device", {"user_id": user_id})
+    if options.json_out:
+        print_json({**result, "deleted": True})
+    else:
+        typer.echo(f"device {user_id} decommissioned")
+
+
+@cloud_options
+def create_enrollment_token(
+    uses: Annotated[int, typer.Option(min=1, max=100_000, help="devices it may enroll")] = 1,
+    hours: Annotated[
+        float, typer.Option(min=0.01, max=365 * 24, help="hours until it expires")
+    ] = 24.0,
+    *,
+    options: CloudOptions,
+) -> None:
+    """Create an enrollment token: the token alone on stdout (shown once), the rest on stderr."""
+    body = {"uses": uses, "ttl_seconds": hours * 3600}
+    with connected(options) as cloud:
+        result = cloud.call("rpc_exec_create_enrollment_token", body)
+    if options.json_out:
+        print_json(result)
+        return
+    expires = when(result.get("expires_at"))
+    typer.echo(f"enrollment token for {uses} device(s), expires {expires}:", err=True)
+    typer.echo(result["enrollment_token"])
+
+
 def register(device_app: typer.Typer) -> None:
     """Add the operator's device commands to the ``agata device`` group."""
     device_app.command("list")(list_devices)
     device_app.command("show")(show_device)
     device_app.command("clear-quarantine")(clear_quarantine)
     device_app.command("revoke")(revoke_device)
+    device_app.command("decommission")(decommission_device)
+    device_app.command("enrollment-token")(create_enrollment_token)

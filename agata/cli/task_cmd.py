@@ -1,4 +1,4 @@
-"""``agata task create|upload|start|stop|list|show|delete`` -- tasks of a running cloud.
+"""``agata task create|edit|upload|start|stop|list|show|delete`` -- tasks of a running cloud.
 
 Each command is one gateway call (docs/http-api.md) with an operator token; see
 docs/cli.md for the options they share and the exit codes.
@@ -29,6 +29,53 @@ task_app = typer.Typer(help="Tasks of a running cloud (create, upload, start, st
 
 TaskIdArg = Annotated[str, typer.Argument(help="the task's id")]
 
+# Options that create and edit share (None: not given; edit then keeps the stored value).
+CriteriaOpt = Annotated[
+    str | None, typer.Option("--criteria", help="selection criteria expression")
+]
+ServerArgsOpt = Annotated[
+    str | None, typer.Option("--server-args", help="server side's arguments (shell-like)")
+]
+ClientArgsOpt = Annotated[
+    str | None, typer.Option("--client-args", help="client side's arguments (shell-like)")
+]
+TagOpt = Annotated[list[str] | None, typer.Option("--tag", help="a tag (repeatable)")]
+MinDevicesOpt = Annotated[
+    int | None,
+    typer.Option("--min-devices", min=0, help="a run waits until this many devices joined"),
+]
+StartDeadlineOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--start-deadline", min=0, help="seconds a waiting run may wait for them (edit: 0 clears)"
+    ),
+]
+MemoryOpt = Annotated[
+    int | None, typer.Option("--memory-mb", min=1, help="limit: memory of each side (MB)")
+]
+CpuOpt = Annotated[
+    float | None, typer.Option("--cpu-cores", min=0.01, help="limit: CPU cores of each side")
+]
+WallOpt = Annotated[
+    float | None, typer.Option("--wall-seconds", min=0.1, help="limit: wall time of each side")
+]
+OpenFilesOpt = Annotated[
+    int | None, typer.Option("--open-files", min=16, help="limit: open files of each side")
+]
+PidsOpt = Annotated[int | None, typer.Option("--pids", min=1, help="limit: processes of each side")]
+
+
+def _limits(**given: float | None) -> dict[str, float] | None:
+    """The ``limits`` object of the given limit options (None when none was given)."""
+    limits = {name: value for name, value in given.items() if value is not None}
+    return limits or None
+
+
+def _optional_fields(body: dict[str, Any], **fields: Any) -> dict[str, Any]:
+    """``body`` with every field of ``fields`` that was given (not None)."""
+    body.update({name: value for name, value in fields.items() if value is not None})
+    return body
+
 
 def _task_summary(task: dict[str, Any]) -> list[Any]:
     return [
@@ -50,17 +97,18 @@ def create_task(
     port: Annotated[int, typer.Option(min=1, max=65535, help="its port")] = 8080,
     username: Annotated[str, typer.Option(help="bundle download user (original agents)")] = "",
     password: Annotated[str, typer.Option(help="bundle download password")] = "",
-    criteria: Annotated[
-        str | None, typer.Option("--criteria", help="selection criteria expression")
-    ] = None,
-    server_args: Annotated[
-        str | None, typer.Option("--server-args", help="server side's arguments (shell-like)")
-    ] = None,
-    client_args: Annotated[
-        str | None, typer.Option("--client-args", help="client side's arguments (shell-like)")
-    ] = None,
-    tag: Annotated[list[str] | None, typer.Option("--tag", help="a tag (repeatable)")] = None,
+    criteria: CriteriaOpt = None,
+    server_args: ServerArgsOpt = None,
+    client_args: ClientArgsOpt = None,
+    tag: TagOpt = None,
     kind: Annotated[str, typer.Option(help="script or flower-app")] = "script",
+    min_devices: MinDevicesOpt = None,
+    start_deadline: StartDeadlineOpt = None,
+    memory_mb: MemoryOpt = None,
+    cpu_cores: CpuOpt = None,
+    wall_seconds: WallOpt = None,
+    open_files: OpenFilesOpt = None,
+    pids: PidsOpt = None,
     files: Annotated[
         list[Path] | None,
         typer.Argument(help="bundle files to upload right away", exists=True, dir_okay=False),
@@ -78,15 +126,22 @@ def create_task(
         "files_paths": [],
         "kind": kind,
     }
-    for field, value in (
-        ("selection_criteria", criteria),
-        ("server_arguments", server_args),
-        ("client_arguments", client_args),
-        ("tags", tag),
-    ):
-        if value is not None:
-            body[field] = value
-    options = options
+    _optional_fields(
+        body,
+        selection_criteria=criteria,
+        server_arguments=server_args,
+        client_arguments=client_args,
+        tags=tag,
+        min_devices=min_devices,
+        start_deadline_s=start_deadline or None,
+        limits=_limits(
+            memory_mb=memory_mb,
+            cpu_cores=cpu_cores,
+            wall_seconds=wall_seconds,
+            open_files=open_files,
+            pids=pids,
+        ),
+    )
     with connected(options) as cloud:
         cloud.call("rpc_exec_create_task", body)
         listing = cloud.upload(task_id, list(files)) if files else []
@@ -96,6 +151,67 @@ def create_task(
         typer.echo(f"task {task_id} created")
         if listing:
             _print_files(listing)
+
+
+@task_app.command("edit")
+@cloud_options
+def edit_task(
+    task_id: TaskIdArg,
+    host: Annotated[str | None, typer.Option(help="address the server side listens on")] = None,
+    port: Annotated[int | None, typer.Option(min=1, max=65535, help="its port")] = None,
+    username: Annotated[str | None, typer.Option(help="bundle download user")] = None,
+    password: Annotated[str | None, typer.Option(help="bundle download password")] = None,
+    criteria: CriteriaOpt = None,
+    server_args: ServerArgsOpt = None,
+    client_args: ClientArgsOpt = None,
+    tag: TagOpt = None,
+    kind: Annotated[str | None, typer.Option(help="script or flower-app")] = None,
+    min_devices: MinDevicesOpt = None,
+    start_deadline: StartDeadlineOpt = None,
+    memory_mb: MemoryOpt = None,
+    cpu_cores: CpuOpt = None,
+    wall_seconds: WallOpt = None,
+    open_files: OpenFilesOpt = None,
+    pids: PidsOpt = None,
+    no_limits: Annotated[
+        bool, typer.Option("--no-limits", help="clear every limit (the configured defaults)")
+    ] = False,
+    *,
+    options: CloudOptions,
+) -> None:
+    """Change a task: only the options given (limits given replace the task's limits)."""
+    limits = _limits(
+        memory_mb=memory_mb,
+        cpu_cores=cpu_cores,
+        wall_seconds=wall_seconds,
+        open_files=open_files,
+        pids=pids,
+    )
+    if no_limits and limits:
+        fail("--no-limits clears the limits: give it alone, without limit options", EXIT_USAGE)
+    body = _optional_fields(
+        {"task_id": task_id},
+        host=host,
+        port=port,
+        username=username,
+        password=password,
+        selection_criteria=criteria,
+        server_arguments=server_args,
+        client_arguments=client_args,
+        tags=tag,
+        kind=kind,
+        min_devices=min_devices,
+        start_deadline_s=start_deadline,
+        limits={} if no_limits else limits,
+    )
+    if len(body) == 1:
+        fail("nothing to change: give at least one option (see --help)", EXIT_USAGE)
+    with connected(options) as cloud:
+        cloud.call("rpc_exec_update_task", body)
+        if options.json_out:
+            print_json(cloud.call("rpc_exec_get_task_by_id", {"task_id": task_id}))
+            return
+    typer.echo(f"task {task_id} changed: {', '.join(sorted(set(body) - {'task_id'}))}")
 
 
 def _print_files(listing: list[dict[str, Any]]) -> None:
@@ -215,6 +331,9 @@ def show_task(
             ("criteria", task.get("selection_criteria") or "(every device)"),
             ("server args", task.get("server_arguments") or "-"),
             ("client args", task.get("client_arguments") or "-"),
+            ("min devices", task.get("min_devices") or 0),
+            ("start deadline", task.get("start_deadline_s") or "-"),
+            ("limits", task.get("limits") or "(the configured defaults)"),
             ("tags", task.get("tags")),
             ("bundle version", task.get("version")),
             ("last round", task.get("last_round")),
