@@ -131,6 +131,11 @@ def _exists(conn: Connection, key: Any, value: str) -> bool:
     return conn.execute(select(key).where(key == value)).first() is not None
 
 
+def _require_device(conn: Connection, user_id: str) -> None:
+    if not _exists(conn, schema.devices.c.user_id, user_id):
+        raise not_found(f"device {user_id!r} not found")
+
+
 class SqlStore(SqlRunStore, Store):
     """A :class:`Store` on a SQLAlchemy engine (SQLite or PostgreSQL).
 
@@ -726,29 +731,34 @@ class SqlStore(SqlRunStore, Store):
         }
         if run is not None:
             run = run_number("run", run)
-        with self._tx("set_device_task_status", write=True, conflict=_GONE) as conn:
-            if not _exists(conn, schema.devices.c.user_id, user_id):
-                raise not_found(f"device {user_id!r} not found")
-            exists, current = current_run(conn, task_id)
-            if not exists:
+        try:
+            with self._tx("set_device_task_status", write=True, conflict=_GONE) as conn:
+                exists, current = current_run(conn, task_id)
+                if not exists:
+                    _require_device(conn, user_id)  # an unknown device is named first
+                    raise not_found(f"task {task_id!r} not found")
+                if run is not None and run != current:
+                    # Another run's end: its part only; the task's status is the current's.
+                    require_run(conn, task_id, run)
+                    _require_device(conn, user_id)  # no key of run_devices says so
+                    record_participation(conn, task_id, run, user_id, parsed.value, reason)
+                    return DeviceTaskState(user_id, task_id, parsed, reason, iso(now))
+                if current is not None:
+                    record_participation(conn, task_id, current, user_id, parsed.value, reason)
+                # An unknown device is refused here, by the foreign key (no check before).
+                upsert = self._upsert(schema.device_tasks, ["user_id", "task_id"], values)
+                row = conn.execute(upsert.returning(*schema.device_tasks.c)).one()
+                return self._device_task(row)
+        except AgataError as exc:
+            if exc.code is not ErrorCode.CONFLICT:
+                raise
+            refused = exc
+        # A foreign key refused the row: say which id is unknown (else it was a race).
+        with self._tx("set_device_task_status") as conn:
+            _require_device(conn, user_id)
+            if not _exists(conn, schema.tasks.c.task_id, task_id):
                 raise not_found(f"task {task_id!r} not found")
-            target = current if run is None else run
-            if run is not None and run != current:
-                require_run(conn, task_id, run)
-            if target is not None:
-                record_participation(conn, task_id, target, user_id, parsed.value, values["reason"])
-            if target != current:  # an older run's end: the task's status is the current's
-                return DeviceTaskState(
-                    user_id, task_id, parsed, values["reason"], iso(values["updated_at"])
-                )
-            conn.execute(self._upsert(schema.device_tasks, ["user_id", "task_id"], values))
-            row = conn.execute(
-                select(schema.device_tasks).where(
-                    schema.device_tasks.c.user_id == user_id,
-                    schema.device_tasks.c.task_id == task_id,
-                )
-            ).one()
-            return self._device_task(row)
+        raise refused
 
     def list_device_tasks(self, user_id: str) -> list[DeviceTaskState]:
         dt = schema.device_tasks

@@ -67,6 +67,23 @@ def count_selects(store: Store) -> Iterator[list[str]]:
         event.remove(store.engine, "before_cursor_execute", _before)
 
 
+@contextmanager
+def count_statements(store: Store) -> Iterator[list[str]]:
+    """The statements ``store`` sends, but transaction control (``BEGIN``, ``COMMIT``)."""
+    assert isinstance(store, SqlStore)
+    seen: list[str] = []
+
+    def _before(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if statement.split()[0].upper() not in ("BEGIN", "COMMIT", "ROLLBACK"):
+            seen.append(statement)
+
+    event.listen(store.engine, "before_cursor_execute", _before)
+    try:
+        yield seen
+    finally:
+        event.remove(store.engine, "before_cursor_execute", _before)
+
+
 class TestStoreConformance:
     # -- tasks ---------------------------------------------------------------------------
 
@@ -524,6 +541,46 @@ class TestStoreConformance:
         with pytest.raises(AgataError) as bad:
             store.set_device_task_status("d1", "t1", "sleeping")
         assert error_code(bad) is ErrorCode.INVALID_ARGUMENT
+
+    def test_device_task_status_of_unknown_ids_names_the_unknown_one(self, store: Store) -> None:
+        """The ids are checked only once the foreign keys refused the row (issue 15)."""
+        store.create_task(new_task())
+        store.upsert_device("d1")
+        store.create_run("t1", state="running", server_arguments=[], client_arguments=[])
+
+        cases = [("nope", "t1", "device 'nope'"), ("d1", "gone", "task 'gone'")]
+        cases.append(("nope", "gone", "device 'nope'"))  # the device is named first
+        for user_id, task_id, words in cases:
+            with pytest.raises(AgataError) as exc:
+                store.set_device_task_status(user_id, task_id, "running")
+            assert error_code(exc) is ErrorCode.NOT_FOUND
+            assert words in exc.value.message, exc.value.message
+        with pytest.raises(AgataError) as old_run:
+            store.set_device_task_status("nope", "t1", "finished", run=1)
+        assert "device 'nope'" in old_run.value.message
+        assert store.list_task_devices("t1") == []
+        assert store.list_run_devices("t1", 1) == []  # nothing of the refused reports stays
+        store.delete_device("d1")
+        with pytest.raises(AgataError) as deleted:
+            store.set_device_task_status("d1", "t1", "running")
+        assert "device 'd1'" in deleted.value.message
+
+    def test_a_report_of_a_known_device_is_four_statements(self, store: Store) -> None:
+        """A round's report: its task's current run, its part in the run (read, write)
+        and one upsert returning the row: no existence check, no read back (issue 15;
+        before: 6)."""
+        store.create_task(new_task())
+        store.upsert_device("d1")
+        store.create_run("t1", state="running", server_arguments=[], client_arguments=[])
+        store.set_device_task_status("d1", "t1", "running")  # joins the run
+
+        with count_statements(store) as statements:  # a round's report
+            state = store.set_device_task_status("d1", "t1", "running", "go")
+
+        assert len(statements) == 4, statements
+        assert (state.status, state.reason) == (DeviceTaskStatus.RUNNING, "go")
+        assert store.list_device_tasks("d1") == [state]
+        assert store.get_run("t1", 1).devices_joined == 1
 
     # -- events, metrics, logs -----------------------------------------------------------
 
