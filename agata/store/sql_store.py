@@ -79,6 +79,7 @@ from agata.store.store import (
     Event,
     LogLine,
     Metric,
+    NewEvent,
     NewLogLine,
     NewTask,
     OperatorToken,
@@ -824,25 +825,35 @@ class SqlStore(SqlRunStore, Store):
         data: Mapping[str, Any] | None = None,
         run: int | None = None,
     ) -> Event:
-        values: dict[str, Any] = {
-            "time": _time.time() if time is None else validation.number("time", time),
-            "service": validation.text("service", service, validation.MAX_ID),
-            "function": validation.text("function", function, validation.MAX_ID),
-            "event": validation.text("event", event, validation.MAX_ID),
-            "task_id": None if task_id is None else validation.ident("task_id", task_id),
-            "user_id": None if user_id is None else validation.ident("user_id", user_id),
-            "data": validation.json_object("data", data),
-        }
-        if run is not None:
-            run = run_number("run", run)
-        with self._tx("add_event", write=True) as conn:
-            if run is None and task_id is not None:
-                run = current_run(conn, task_id)[1]
-            values["run"] = run
-            new_id = conn.execute(
-                insert(schema.events).values(**values).returning(schema.events.c.id)
+        new = NewEvent(service, function, event, time, task_id, user_id, data, run)
+        return self._add_events("add_event", [new])[0]
+
+    def add_events(self, events: Sequence[NewEvent]) -> list[Event]:
+        return self._add_events("add_events", events)
+
+    def _add_events(self, operation: str, events: Sequence[NewEvent]) -> list[Event]:
+        """Every event checked first, then one transaction: one read of the current runs
+        of the tasks that need one and one multi-row ``INSERT … RETURNING``."""
+        rows = [_event_values(new) for new in events]
+        if not rows:
+            return []
+        with self._tx(operation, write=True) as conn:
+            wanted = sorted(
+                {r["task_id"] for r in rows if r["run"] is None and r["task_id"] is not None}
             )
-            return Event(id=new_id.scalar_one(), **values)
+            runs: dict[str, int | None] = {}
+            t = schema.tasks.c
+            for start in range(0, len(wanted), 500):  # well under any bound-parameter limit
+                found = select(t.task_id, t.run).where(t.task_id.in_(wanted[start : start + 500]))
+                runs.update((r.task_id, r.run) for r in conn.execute(found))
+            for r in rows:
+                if r["run"] is None and r["task_id"] is not None:
+                    r["run"] = runs.get(r["task_id"])
+            e = schema.events
+            ids = conn.execute(
+                insert(e).returning(e.c.id, sort_by_parameter_order=True), rows
+            ).scalars()
+            return [Event(id=new_id, **r) for new_id, r in zip(ids, rows, strict=True)]
 
     def list_events(
         self,
@@ -1165,6 +1176,20 @@ class SqlStore(SqlRunStore, Store):
 
 
 _LIMIT_NAMES = frozenset({"memory_mb", "cpu_cores", "open_files", "pids", "wall_seconds"})
+
+
+def _event_values(new: NewEvent) -> dict[str, Any]:
+    """An event's row, checked (``run`` None: its task's current run, filled in later)."""
+    return {
+        "time": _time.time() if new.time is None else validation.number("time", new.time),
+        "service": validation.text("service", new.service, validation.MAX_ID),
+        "function": validation.text("function", new.function, validation.MAX_ID),
+        "event": validation.text("event", new.event, validation.MAX_ID),
+        "task_id": None if new.task_id is None else validation.ident("task_id", new.task_id),
+        "user_id": None if new.user_id is None else validation.ident("user_id", new.user_id),
+        "data": validation.json_object("data", new.data),
+        "run": None if new.run is None else run_number("run", new.run),
+    }
 
 
 def _limits(limits: Mapping[str, Any]) -> dict[str, Any] | None:

@@ -17,6 +17,7 @@ from agata.errors import AgataError, ErrorCode
 from agata.store import (
     BundleFile,
     DeviceTaskStatus,
+    NewEvent,
     NewLogLine,
     NewTask,
     Store,
@@ -583,6 +584,40 @@ class TestStoreConformance:
         assert store.get_run("t1", 1).devices_joined == 1
 
     # -- events, metrics, logs -----------------------------------------------------------
+
+    def test_events_are_added_together_in_one_transaction(self, store: Store) -> None:
+        store.create_task(new_task())
+        store.create_run("t1", state="running", server_arguments=[], client_arguments=[])
+        news = [
+            NewEvent("s", "f", "first", time=30.0, task_id="t1"),
+            NewEvent("s", "f", "second", time=10.0, user_id="d1", data={"k": [1, "x"]}),
+            NewEvent("s", "f", "third", time=20.0, task_id="t1", run=1),
+            NewEvent("s", "f", "fourth", task_id="unknown"),
+        ]
+
+        commits: list[object] = []
+
+        def _on_commit(conn: object) -> None:
+            commits.append(conn)
+
+        event.listen(store.engine, "commit", _on_commit)
+        with count_statements(store) as statements:
+            events = store.add_events(news)
+        event.remove(store.engine, "commit", _on_commit)
+
+        assert len(commits) == 1
+        if store.engine.dialect.name == "postgresql":  # SQLite: one INSERT per row
+            assert len(statements) == 2, statements  # the tasks' runs, one INSERT
+        assert [e.event for e in events] == ["first", "second", "third", "fourth"]
+        assert len({e.id for e in events}) == 4
+        assert [e.run for e in events] == [1, None, 1, None]
+        assert events[1].data == {"k": [1, "x"]}
+        assert store.list_events() == sorted(events, key=lambda e: (e.time, e.id))
+        assert store.add_events([]) == []
+        with pytest.raises(AgataError) as bad:
+            store.add_events([NewEvent("s", "f", "kept?"), NewEvent("s", "f", "x\x00")])
+        assert error_code(bad) is ErrorCode.INVALID_ARGUMENT
+        assert [e.event for e in store.list_events()] == ["second", "third", "first", "fourth"]
 
     def test_events_filter_and_order(self, store: Store) -> None:
         store.add_event(service="cloud", function="f", event="late", time=30.0, task_id="t1")
