@@ -189,6 +189,7 @@ class EventRecorder:
         self._batch: list[tuple[NewEvent, asyncio.Future[Event]]] = []  # being stored
         self._writer: asyncio.Task[None] | None = None
         self._store_state = StateLog(logger, "event recorder: store")
+        self._store_state.state = "storing"  # said only when it changes
 
     async def start(self) -> None:
         self._writer = asyncio.get_running_loop().create_task(self._write_batches())
@@ -199,16 +200,17 @@ class EventRecorder:
         if self._consumer is not None:
             await self._consumer.cancel()
             self._consumer = None
+        # Nothing arrives any more; what is being stored or waits is answered below.
+        unstored = [*self._batch, *self._waiting]
+        self._waiting.clear()
         if self._writer is not None:
             self._writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._writer
             self._writer = None
-        for _, future in [*self._batch, *self._waiting]:
+        for _, future in unstored:
             if not future.done():
                 future.set_exception(_NotRecorded())
-        self._batch = []
-        self._waiting.clear()
 
     async def _on_event(self, delivery: Delivery) -> None:
         try:
@@ -262,7 +264,9 @@ class EventRecorder:
             except AgataError as exc:
                 if exc.code in _RETRY_CODES:
                     self._waiting.extendleft(reversed(batch))  # first again, in order
-                    self._store_state.set("unavailable, retrying", exc.message)
+                    self._store_state.set(
+                        "unavailable, retrying", exc.message, level=logging.WARNING
+                    )
                     await asyncio.sleep(backoff.next())
                     continue
                 await self._write_one_by_one(batch)
