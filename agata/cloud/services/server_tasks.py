@@ -156,7 +156,7 @@ class ServerTasks:
             host, port = flower_app
             owner = None
             if self.sandbox is not None:
-                bundle, work = self.sandbox.place("server", task_id, bundle, record_dir)
+                bundle, work = await self._place(task_id, bundle, record_dir)
                 user = self.sandbox.containment.task_user
                 owner = (user.uid, user.gid) if user is not None else None
             process = FlowerAppRun(
@@ -179,7 +179,7 @@ class ServerTasks:
             )
             return await self._started(task_id, process, record_dir, run, work)
         if self.sandbox is not None:
-            bundle, work = self.sandbox.place("server", task_id, bundle, record_dir)
+            bundle, work = await self._place(task_id, bundle, record_dir)
             run_limits = self.sandbox.limits_for(Limits.from_mapping(limits))
             python = await self.sandbox.python_for(
                 bundle, lambda text: self._event("environment", text, task_id)
@@ -198,6 +198,32 @@ class ServerTasks:
         )
         return await self._started(task_id, process, record_dir, run, work)
 
+    async def _place(self, task_id: str, bundle: Path, record_dir: Path) -> tuple[Path, Path]:
+        """The side's bundle copy and work folder (:meth:`TaskSandbox.place`): at once
+        when the kept copy is current and small, else in a thread (a copy of a large
+        bundle, or waiting for :meth:`prepare`'s, must not hold the event loop)."""
+        assert self.sandbox is not None
+        placed = self.sandbox.place_kept("server", task_id, bundle, record_dir)
+        if placed is not None:
+            return placed
+        return await asyncio.to_thread(self.sandbox.place, "server", task_id, bundle, record_dir)
+
+    async def prepare(self, task_id: str) -> None:
+        """Make the bundle copy the next server side of ``task_id`` runs in now (after an
+        upload), so that its start finds it made (:meth:`TaskSandbox.place` keeps it
+        while neither it nor the bundle changes). Nothing to do without a task user or
+        while a server side of the task runs here; a copy that fails is only logged
+        (the start makes it again, or says why)."""
+        if self.sandbox is None or self.sandbox.containment.task_user is None:
+            return
+        if task_id in self._processes:
+            return
+        try:
+            bundle = self.bundles.task_dir(task_id)
+            await self._place(task_id, bundle, self.work_root / f"task_{task_id}")
+        except AgataError as exc:
+            logger.warning("task %s: bundle copy not made ahead: %s", task_id, exc.message)
+
     async def _started(
         self, task_id: str, process: ServerSide, record_dir: Path, run: int | None, work: Path
     ) -> int | None:
@@ -207,9 +233,11 @@ class ServerTasks:
         self._claims.add(task_id)
         if process.pgid is not None:
             # Lets a restarted cloud end this group, and only this one (see reconcile).
+            # Not fsynced: it is on the way to the devices' notice, and a power loss,
+            # the one thing an fsync guards against, ends the server side too.
             record = json.dumps({"pgid": process.pgid, "token": process.token})
             try:
-                write_private_file(record_dir / PID_FILE, record)
+                write_private_file(record_dir / PID_FILE, record, durable=False)
             except OSError as exc:  # a full disk must not leave the process unwatched
                 logger.warning(
                     "task %s: %s not written (%s); a restarted cloud cannot end this "

@@ -396,6 +396,7 @@ class TaskManager(Service):
         task = await self.store.set_task_files(req.task_id, req.files)
         await self.store.clear_quarantine(None, task.task_id)
         self._changed()
+        self._soon(self.server_tasks.prepare(task.task_id))  # its start finds the copy made
         await self.notifier.notify(
             TaskChanged(
                 task_id=task.task_id,
@@ -441,8 +442,10 @@ class TaskManager(Service):
                 )
         # Devices verify every file against this listing: a bundle that does not match
         # (a crash between a write and its listing, a file changed behind the listing)
-        # would make each of them fail and quarantine the task. Hashing runs in a thread.
-        await asyncio.to_thread(self.bundles.check_listing, task.task_id, task.files)
+        # would make each of them fail and quarantine the task. Hashing runs in a thread;
+        # a small bundle whose digests are all cached is checked here (a stat per file).
+        if not self.bundles.check_listing(task.task_id, task.files, cached_only=True):
+            await asyncio.to_thread(self.bundles.check_listing, task.task_id, task.files)
         arguments = req.arguments if req.arguments is not None else list(task.server_arguments)
         state, reason = await self.scheduler.first_state(task)
         run = await self.store.create_run(  # the claim: 409 if another start won
