@@ -80,6 +80,7 @@ from agata.store.store import (
     Event,
     LogLine,
     Metric,
+    NewEvent,
     NewLogLine,
     NewTask,
     OperatorToken,
@@ -121,6 +122,11 @@ def _log_text(value: str) -> str:
 
 def _exists(conn: Connection, key: Any, value: str) -> bool:
     return conn.execute(select(key).where(key == value)).first() is not None
+
+
+def _require_device(conn: Connection, user_id: str) -> None:
+    if not _exists(conn, schema.devices.c.user_id, user_id):
+        raise not_found(f"device {user_id!r} not found")
 
 
 class SqlStore(SqlRunStore, Store):
@@ -720,29 +726,34 @@ class SqlStore(SqlRunStore, Store):
         }
         if run is not None:
             run = run_number("run", run)
-        with self._tx("set_device_task_status", write=True, conflict=_GONE) as conn:
-            if not _exists(conn, schema.devices.c.user_id, user_id):
-                raise not_found(f"device {user_id!r} not found")
-            exists, current = current_run(conn, task_id)
-            if not exists:
+        try:
+            with self._tx("set_device_task_status", write=True, conflict=_GONE) as conn:
+                exists, current = current_run(conn, task_id)
+                if not exists:
+                    _require_device(conn, user_id)  # an unknown device is named first
+                    raise not_found(f"task {task_id!r} not found")
+                if run is not None and run != current:
+                    # Another run's end: its part only; the task's status is the current's.
+                    require_run(conn, task_id, run)
+                    _require_device(conn, user_id)  # no key of run_devices says so
+                    record_participation(conn, task_id, run, user_id, parsed.value, reason)
+                    return DeviceTaskState(user_id, task_id, parsed, reason, iso(now))
+                if current is not None:
+                    record_participation(conn, task_id, current, user_id, parsed.value, reason)
+                # An unknown device is refused here, by the foreign key (no check before).
+                upsert = self._upsert(schema.device_tasks, ["user_id", "task_id"], values)
+                row = conn.execute(upsert.returning(*schema.device_tasks.c)).one()
+                return self._device_task(row)
+        except AgataError as exc:
+            if exc.code is not ErrorCode.CONFLICT:
+                raise
+            refused = exc
+        # A foreign key refused the row: say which id is unknown (else it was a race).
+        with self._tx("set_device_task_status") as conn:
+            _require_device(conn, user_id)
+            if not _exists(conn, schema.tasks.c.task_id, task_id):
                 raise not_found(f"task {task_id!r} not found")
-            target = current if run is None else run
-            if run is not None and run != current:
-                require_run(conn, task_id, run)
-            if target is not None:
-                record_participation(conn, task_id, target, user_id, parsed.value, values["reason"])
-            if target != current:  # an older run's end: the task's status is the current's
-                return DeviceTaskState(
-                    user_id, task_id, parsed, values["reason"], iso(values["updated_at"])
-                )
-            conn.execute(self._upsert(schema.device_tasks, ["user_id", "task_id"], values))
-            row = conn.execute(
-                select(schema.device_tasks).where(
-                    schema.device_tasks.c.user_id == user_id,
-                    schema.device_tasks.c.task_id == task_id,
-                )
-            ).one()
-            return self._device_task(row)
+        raise refused
 
     def list_device_tasks(self, user_id: str) -> list[DeviceTaskState]:
         dt = schema.device_tasks
@@ -808,25 +819,35 @@ class SqlStore(SqlRunStore, Store):
         data: Mapping[str, Any] | None = None,
         run: int | None = None,
     ) -> Event:
-        values: dict[str, Any] = {
-            "time": _time.time() if time is None else validation.number("time", time),
-            "service": validation.text("service", service, validation.MAX_ID),
-            "function": validation.text("function", function, validation.MAX_ID),
-            "event": validation.text("event", event, validation.MAX_ID),
-            "task_id": None if task_id is None else validation.ident("task_id", task_id),
-            "user_id": None if user_id is None else validation.ident("user_id", user_id),
-            "data": validation.json_object("data", data),
-        }
-        if run is not None:
-            run = run_number("run", run)
-        with self._tx("add_event", write=True) as conn:
-            if run is None and task_id is not None:
-                run = current_run(conn, task_id)[1]
-            values["run"] = run
-            new_id = conn.execute(
-                insert(schema.events).values(**values).returning(schema.events.c.id)
+        new = NewEvent(service, function, event, time, task_id, user_id, data, run)
+        return self._add_events("add_event", [new])[0]
+
+    def add_events(self, events: Sequence[NewEvent]) -> list[Event]:
+        return self._add_events("add_events", events)
+
+    def _add_events(self, operation: str, events: Sequence[NewEvent]) -> list[Event]:
+        """Every event checked first, then one transaction: one read of the current runs
+        of the tasks that need one and one multi-row ``INSERT … RETURNING``."""
+        rows = [_event_values(new) for new in events]
+        if not rows:
+            return []
+        with self._tx(operation, write=True) as conn:
+            wanted = sorted(
+                {r["task_id"] for r in rows if r["run"] is None and r["task_id"] is not None}
             )
-            return Event(id=new_id.scalar_one(), **values)
+            runs: dict[str, int | None] = {}
+            t = schema.tasks.c
+            for start in range(0, len(wanted), 500):  # well under any bound-parameter limit
+                found = select(t.task_id, t.run).where(t.task_id.in_(wanted[start : start + 500]))
+                runs.update((r.task_id, r.run) for r in conn.execute(found))
+            for r in rows:
+                if r["run"] is None and r["task_id"] is not None:
+                    r["run"] = runs.get(r["task_id"])
+            e = schema.events
+            ids = conn.execute(
+                insert(e).returning(e.c.id, sort_by_parameter_order=True), rows
+            ).scalars()
+            return [Event(id=new_id, **r) for new_id, r in zip(ids, rows, strict=True)]
 
     def list_events(
         self,
@@ -1149,6 +1170,20 @@ class SqlStore(SqlRunStore, Store):
 
 
 _LIMIT_NAMES = frozenset({"memory_mb", "cpu_cores", "open_files", "pids", "wall_seconds"})
+
+
+def _event_values(new: NewEvent) -> dict[str, Any]:
+    """An event's row, checked (``run`` None: its task's current run, filled in later)."""
+    return {
+        "time": _time.time() if new.time is None else validation.number("time", new.time),
+        "service": validation.text("service", new.service, validation.MAX_ID),
+        "function": validation.text("function", new.function, validation.MAX_ID),
+        "event": validation.text("event", new.event, validation.MAX_ID),
+        "task_id": None if new.task_id is None else validation.ident("task_id", new.task_id),
+        "user_id": None if new.user_id is None else validation.ident("user_id", new.user_id),
+        "data": validation.json_object("data", new.data),
+        "run": None if new.run is None else run_number("run", new.run),
+    }
 
 
 def _limits(limits: Mapping[str, Any]) -> dict[str, Any] | None:
