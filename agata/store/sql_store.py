@@ -147,6 +147,11 @@ class SqlStore(SqlRunStore, Store):
         self._pg = engine.dialect.name == "postgresql"
         # One shared connection (SQLite in memory) must not interleave two transactions.
         self._serial = threading.RLock() if isinstance(engine.pool, StaticPool) else None
+        # SQLite takes one writer at a time: this process's writers queue here, woken as
+        # soon as the one before commits, rather than in SQLite's busy handler, which
+        # polls the lock with sleeps of 1 to 100 ms (writers of other processes still
+        # wait there, up to busy_timeout).
+        self._writers = threading.RLock() if not self._pg and self._serial is None else None
         self._closed = False
 
     @property
@@ -163,8 +168,9 @@ class SqlStore(SqlRunStore, Store):
         if self._closed:
             raise AgataError(ErrorCode.UNAVAILABLE, "the store is closed")
         check_not_on_loop(operation)
-        if self._serial is not None:
-            self._serial.acquire()
+        serial = self._serial if self._serial is not None else self._writers if write else None
+        if serial is not None:
+            serial.acquire()
         try:
             with self._engine.connect() as conn:
                 conn.execution_options(**{WRITE_OPTION: write})
@@ -175,8 +181,8 @@ class SqlStore(SqlRunStore, Store):
                 exc, operation, conflict=conflict, busy_timeout=self._busy_timeout
             ) from None
         finally:
-            if self._serial is not None:
-                self._serial.release()
+            if serial is not None:
+                serial.release()
 
     def _insert_ignore(self, table: Any, keys: list[str], values: dict[str, Any]) -> Any:
         stmt = (pg_insert if self._pg else sqlite_insert)(table).values(**values)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import event, update
 
 from agata.errors import AgataError, ErrorCode
 from agata.store import NewLogLine, NewTask, create_store
@@ -103,6 +104,53 @@ def test_store_works_again_once_the_lock_is_released(
     writer.execute("BEGIN")  # the fixture's teardown rolls back
 
     assert store.get_task("t1").task_id == "t1"
+    store.close()
+
+
+def test_a_write_waits_for_another_write_of_this_process_past_the_busy_timeout(
+    db_path: Path,
+) -> None:
+    # Prepare: a thread of this process holds a write transaction open (its first
+    # statement after BEGIN IMMEDIATE waits) much longer than the busy timeout
+    store = create_store(f"sqlite:///{db_path}", busy_timeout=0.1)
+    assert isinstance(store, SqlStore)
+    store.create_task(_task())
+    holding, release = threading.Event(), threading.Event()
+
+    @event.listens_for(store.engine, "before_cursor_execute")
+    def hold(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        if threading.current_thread().name == "holder" and not statement.startswith("BEGIN"):
+            holding.set()
+            release.wait(30)
+
+    holder = threading.Thread(
+        target=store.update_task, args=("t1",), kwargs={"host": "h1"}, name="holder"
+    )
+    holder.start()
+    assert holding.wait(30)
+    outcome: list[object] = []
+
+    def write() -> None:
+        try:
+            outcome.append(store.update_task("t1", port=2))
+        except AgataError as exc:
+            outcome.append(exc)
+
+    # Execute: another thread's write meets the open transaction; it is still waiting
+    # ten busy timeouts later (before, SQLite's busy handler failed it after 0.1 s)
+    writer = threading.Thread(target=write)
+    writer.start()
+    writer.join(1.0)
+    waited_past_timeout = writer.is_alive()
+    release.set()
+    holder.join(30)
+    writer.join(30)
+
+    # Assert: it waited its turn and wrote
+    assert waited_past_timeout, outcome
+    assert len(outcome) == 1 and not isinstance(outcome[0], AgataError), outcome
+    task = store.get_task("t1")
+    assert (task.host, task.port) == ("h1", 2)
     store.close()
 
 
