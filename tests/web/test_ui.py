@@ -254,6 +254,53 @@ async def test_the_create_form_uploads_the_files_picked_in_it(
     await expect(page.locator("#start-form .alert-warn")).to_have_count(0)
 
 
+async def test_the_form_creates_a_flower_app_task_with_its_run_rules_and_limits(
+    cloud: Cloud, page: Page, screenshots_dir: Path
+) -> None:
+    app = Path(__file__).resolve().parents[2] / "examples" / "tasks" / "digits-app"
+    await sign_in(page, cloud, "new-task")
+    hint = page.locator('[data-field="server_arguments"] .hint')
+    await expect(hint).to_contain_text("server.py")
+
+    # Execute: a Flower App, with the run rules and two limits
+    await page.select_option("#f-kind", "flower-app")
+    await expect(hint).to_contain_text("run config")
+    await expect(page.locator("[data-bundle-hint]")).to_contain_text("pyproject.toml")
+    await page.locator("[data-role=bundle-input]").set_input_files(sorted(app.glob("*.*")))
+    await page.fill("#f-task_id", "app-from-form")
+    await page.click("#task-form-runs summary")
+    await page.fill("#f-min_devices", "2")
+    await page.fill("#f-start_deadline_s", "90")
+    await page.fill("#f-memory_mb", "512")
+    await page.fill("#f-wall_seconds", "3600")
+    await snap(page, screenshots_dir, "13-new-flower-app-task")
+    await page.click("#task-form button[type=submit]")
+
+    # Assert: stored as a Flower App with what the form said; the page shows it
+    await expect(page.locator(".flash")).to_contain_text("its bundle has 4 file(s)")
+    await expect(page.locator("#task-kind")).to_contain_text("Flower App")
+    await expect(page.locator("#task-limits")).to_have_text("512 MB memory, 3600 s wall time")
+    task = (await cloud.op("rpc_exec_get_task_by_id", {"task_id": "app-from-form"})).json()
+    assert task["kind"] == "flower-app"
+    assert (task["min_devices"], task["start_deadline_s"]) == (2, 90)
+    assert task["limits"] == {"memory_mb": 512, "wall_seconds": 3600}
+
+    # Execute: edit it: no deadline, no memory limit
+    await page.click("#edit-task")
+    await expect(page.locator("#f-kind")).to_have_value("flower-app")
+    await expect(page.locator("#task-form-runs")).to_have_attribute("open", "")
+    await page.fill("#f-start_deadline_s", "")
+    await page.fill("#f-memory_mb", "")
+    await page.click("#task-form button[type=submit]")
+
+    # Assert: cleared, the rest kept
+    await expect(page.locator(".flash")).to_contain_text("Task app-from-form saved")
+    await expect(page.locator("#task-limits")).to_have_text("3600 s wall time")
+    task = (await cloud.op("rpc_exec_get_task_by_id", {"task_id": "app-from-form"})).json()
+    assert (task["kind"], task["min_devices"], task["start_deadline_s"]) == ("flower-app", 2, None)
+    assert task["limits"] == {"wall_seconds": 3600}
+
+
 @pytest.mark.parametrize("cloud_flags", [{"max_upload_bytes": 1000}])
 async def test_an_oversized_upload_and_a_refused_start_show_their_errors(
     cloud: Cloud, tmp_path: Path, page: Page, screenshots_dir: Path

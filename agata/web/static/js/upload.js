@@ -19,7 +19,7 @@ export function dropZone({ onFiles, title = "Drop bundle files here", note } = {
     h("span", { class: "big" }, title),
     h(
       "span",
-      { class: "small" },
+      { class: "small", "data-bundle-hint": "" },
       note || "server.py, client.py and the modules they import — or one bundle.zip, which is unpacked.",
     ),
     input,

@@ -282,16 +282,25 @@ export async function render(ctx) {
     replace(filesBody, filesTable(state.task.files));
   }
 
+  function limitsText(limits) {
+    const units = { memory_mb: " MB memory", cpu_cores: " CPU cores", open_files: " open files", pids: " processes", wall_seconds: " s wall time" };
+    const parts = Object.entries(limits || {}).filter(([, v]) => v != null).map(([k, v]) => `${v}${units[k] || ` ${k}`}`);
+    return parts.length ? parts.join(", ") : h("span", { class: "muted" }, "the configured defaults");
+  }
+
   function showConfig() {
     const t = state.task;
     const code = (v) => (v ? h("code", null, v) : h("span", { class: "muted" }, "—"));
     replace(
       config,
       h("dl", { class: "props" },
-        h("dt", null, "Flower server"), h("dd", null, code(`${t.host}:${t.port}`)),
+        h("dt", null, "Kind"), h("dd", { id: "task-kind" }, t.kind === "flower-app" ? "Flower App (a SuperLink per run)" : "Script (server.py + client.py)"),
+        h("dt", null, t.kind === "flower-app" ? "SuperLink" : "Flower server"), h("dd", null, code(`${t.host}:${t.port}`)),
         h("dt", null, "Selection criteria"), h("dd", null, t.selection_criteria ? code(t.selection_criteria) : h("span", { class: "muted" }, "every device")),
         h("dt", null, "Server arguments"), h("dd", null, code(t.server_arguments)),
         h("dt", null, "Client arguments"), h("dd", null, code(t.client_arguments)),
+        h("dt", null, "Minimum devices"), h("dd", null, t.min_devices ? `${t.min_devices}${t.start_deadline_s ? `, within ${t.start_deadline_s} s` : ""}` : h("span", { class: "muted" }, "none: a run starts at once")),
+        h("dt", null, "Limits"), h("dd", { id: "task-limits" }, limitsText(t.limits)),
         h("dt", null, "Tags"), h("dd", null, chips(t.tags, "tag")),
         h("dt", null, "Version"), h("dd", null, String(t.version)),
         h("dt", null, "Created"), h("dd", null, formatTime(t.creation_date)),

@@ -6,7 +6,31 @@ import { alertBox, debounce, errorBox, h, loading, replace, taskHref } from "../
 import { TASK_ID } from "../protocol.js"; // written by the gateway from agata.protocol
 import { dropZone, pendingTable, progress } from "../upload.js";
 
-const FIELDS = ["task_id", "tags", "host", "port", "username", "password", "selection_criteria", "server_arguments", "client_arguments"];
+const FIELDS = ["task_id", "kind", "tags", "host", "port", "username", "password", "selection_criteria", "server_arguments", "client_arguments", "min_devices", "start_deadline_s", "memory_mb", "cpu_cores", "wall_seconds"];
+
+// What the fields mean for each kind of task (docs/writing-tasks.md, docs/flower-apps.md).
+const KIND_HINTS = {
+  script: {
+    host: "Where devices reach the task's Flower server.",
+    port: "The Flower server's port (1–65535).",
+    server_arguments: "Passed to server.py (shell-like quoting; {host} and {port} are replaced).",
+    client_arguments: "Passed to client.py on every device.",
+    bundle: "server.py, client.py and the modules they import — or one bundle.zip, which is unpacked.",
+  },
+  "flower-app": {
+    host: "Where devices reach the run's SuperLink (AGATA starts one per run).",
+    port: "The SuperLink's port (1–65535).",
+    server_arguments: "The run config: key=value pairs, overriding [tool.flwr.app.config].",
+    client_arguments: "Passed to each device's SuperNode as node config (key=value pairs).",
+    bundle: "The app project: pyproject.toml with [tool.flwr.app] and its modules — or one .fab file.",
+  },
+};
+
+/** The number in an input, or null when it is empty (NaN when it is not a number). */
+function numberOrNull(input) {
+  const text = input.value.trim();
+  return text === "" ? null : Number(text);
+}
 
 function field({ name, label, required = false, hint, wide = false, input }) {
   const msg = h("span", { class: "field-msg", id: `${name}-msg`, "aria-live": "polite" });
@@ -37,7 +61,7 @@ function fieldErrors(detail) {
   const out = {};
   const text = String(detail).replace(/^invalid arguments:\s*/, "");
   for (const part of text.split(/;\s*/)) {
-    const m = part.match(/^([a-z_]+)(?:\.\d+)?:\s*(.+)$/);
+    const m = part.match(/^(?:limits\.)?([a-z_]+)(?:\.\d+)?:\s*(.+)$/);
     if (m && FIELDS.includes(m[1])) out[m[1]] = m[2];
   }
   if (/^selection criteria/.test(detail)) out.selection_criteria = detail;
@@ -65,6 +89,13 @@ export async function render(ctx) {
       name: "task_id", label: "Task ID", required: true,
       hint: editing ? "The ID of a task cannot change." : "Letters, digits, “-” and “_”; at most 64.",
       input: h("input", { type: "text", autocomplete: "off", spellcheck: "false", maxlength: "64", value: task ? task.task_id : "", disabled: editing }),
+    }),
+    kind: field({
+      name: "kind", label: "Kind",
+      hint: "A script task (Flower's server.py/client.py) or a Flower App run on Flower's Deployment Runtime.",
+      input: h("select", null,
+        h("option", { value: "script" }, "Script (server.py + client.py)"),
+        h("option", { value: "flower-app" }, "Flower App (pyproject.toml)")),
     }),
     tags: field({
       name: "tags", label: "Tags", hint: "Comma-separated, e.g. digits, demo",
@@ -102,6 +133,39 @@ export async function render(ctx) {
       name: "client_arguments", label: "Client arguments", hint: "Passed to client.py on every device.",
       input: h("input", { type: "text", autocomplete: "off", spellcheck: "false", value: task ? task.client_arguments : "" }),
     }),
+    min_devices: field({
+      name: "min_devices", label: "Minimum devices",
+      hint: "A run waits until this many devices joined (0: it runs at once).",
+      input: h("input", { type: "number", min: "0", max: "1000000", inputmode: "numeric", value: task ? String(task.min_devices ?? 0) : "0" }),
+    }),
+    start_deadline_s: field({
+      name: "start_deadline_s", label: "Start deadline (s)",
+      hint: "A waiting run fails after this long without enough devices. Empty: it waits as long as it takes.",
+      input: h("input", { type: "number", min: "0", step: "any", inputmode: "decimal", value: task && task.start_deadline_s != null ? String(task.start_deadline_s) : "" }),
+    }),
+    memory_mb: field({
+      name: "memory_mb", label: "Memory (MB)", hint: "Per side's process tree. Empty: the configured default.",
+      input: h("input", { type: "number", min: "1", inputmode: "numeric", value: task && task.limits && task.limits.memory_mb != null ? String(task.limits.memory_mb) : "" }),
+    }),
+    cpu_cores: field({
+      name: "cpu_cores", label: "CPU cores", hint: "e.g. 0.5 or 2. Empty: the configured default.",
+      input: h("input", { type: "number", min: "0.01", step: "any", inputmode: "decimal", value: task && task.limits && task.limits.cpu_cores != null ? String(task.limits.cpu_cores) : "" }),
+    }),
+    wall_seconds: field({
+      name: "wall_seconds", label: "Wall time (s)", hint: "A side running longer is ended. Empty: the configured default.",
+      input: h("input", { type: "number", min: "0.1", step: "any", inputmode: "decimal", value: task && task.limits && task.limits.wall_seconds != null ? String(task.limits.wall_seconds) : "" }),
+    }),
+  };
+  f.kind.input.value = task ? task.kind || "script" : "script";
+  const showKind = () => {
+    const hints = KIND_HINTS[f.kind.input.value] || KIND_HINTS.script;
+    for (const name of ["host", "port", "server_arguments", "client_arguments"]) {
+      f[name].el.querySelector(".hint").textContent = hints[name];
+    }
+    if (zone.element) {
+      const text = zone.element.querySelector("[data-bundle-hint]");
+      if (text) text.textContent = hints.bundle;
+    }
   };
 
   // -- selection criteria, checked as you type ----------------------------------------
@@ -175,6 +239,9 @@ export async function render(ctx) {
     },
   });
 
+  f.kind.input.addEventListener("change", showKind);
+  showKind();
+
   // -- form --------------------------------------------------------------------------
   const formError = h("div", { "aria-live": "polite" });
   const submit = h("button", { type: "submit", class: "btn btn-primary" }, editing ? "Save changes" : "Create task");
@@ -185,9 +252,13 @@ export async function render(ctx) {
     h(
       "div",
       { class: "form-grid" },
-      f.task_id.el, f.tags.el, f.host.el, f.port.el, f.username.el, f.password.el,
+      f.task_id.el, f.kind.el, f.tags.el, f.host.el, f.port.el, f.username.el, f.password.el,
       f.selection_criteria.el, f.server_arguments.el, f.client_arguments.el,
     ),
+    h("details", { class: "form-more", id: "task-form-runs", open: Boolean(task && (task.min_devices || task.start_deadline_s || Object.keys(task.limits || {}).length)) },
+      h("summary", null, "Runs and limits"),
+      h("div", { class: "form-grid" },
+        f.min_devices.el, f.start_deadline_s.el, f.memory_mb.el, f.cpu_cores.el, f.wall_seconds.el)),
     editing
       ? null
       : h("fieldset", null, h("legend", null, "Bundle files (optional, you can also upload them later)"), zone.element, pendingList),
@@ -204,6 +275,12 @@ export async function render(ctx) {
     if (!f.host.input.value.trim()) problems.host = "Where is the Flower server? Enter a host name or address.";
     const port = Number(f.port.input.value);
     if (!Number.isInteger(port) || port < 1 || port > 65535) problems.port = "Enter a port from 1 to 65535.";
+    const minDevices = numberOrNull(f.min_devices.input);
+    if (minDevices !== null && (!Number.isInteger(minDevices) || minDevices < 0)) problems.min_devices = "Enter a whole number, 0 or more.";
+    for (const name of ["start_deadline_s", "memory_mb", "cpu_cores", "wall_seconds"]) {
+      const value = numberOrNull(f[name].input);
+      if (value !== null && !(value >= 0)) problems[name] = "Enter a positive number, or leave it empty.";
+    }
     return problems;
   }
 
@@ -252,7 +329,22 @@ export async function render(ctx) {
       server_arguments: f.server_arguments.input.value,
       client_arguments: f.client_arguments.input.value,
       tags: parseTags(f.tags.input.value),
+      kind: f.kind.input.value,
+      min_devices: numberOrNull(f.min_devices.input) ?? 0,
     };
+    const deadline = numberOrNull(f.start_deadline_s.input);
+    if (deadline !== null) body.start_deadline_s = deadline;
+    else if (editing && task.start_deadline_s != null) body.start_deadline_s = 0; // 0 clears it
+    const limits = {};
+    for (const name of ["memory_mb", "cpu_cores", "wall_seconds"]) {
+      const value = numberOrNull(f[name].input);
+      if (value !== null) limits[name] = value;
+    }
+    // Limits the form does not show (open files, pids) are kept as they were.
+    for (const name of ["open_files", "pids"]) {
+      if (task && task.limits && task.limits[name] != null) limits[name] = task.limits[name];
+    }
+    if (Object.keys(limits).length || (editing && Object.keys(task.limits || {}).length)) body.limits = limits;
     const username = f.username.input.value;
     const password = f.password.input.value;
     if (editing) {
