@@ -169,13 +169,29 @@ class SqlStore(SqlRunStore, Store):
             raise AgataError(ErrorCode.UNAVAILABLE, "the store is closed")
         check_not_on_loop(operation)
         serial = self._serial if self._serial is not None else self._writers if write else None
-        if serial is not None:
+        queued = 0.0  # seconds this write waited for the writers before it
+        if serial is self._writers and serial is not None:
+            started = _time.monotonic()
+            if not serial.acquire(timeout=self._busy_timeout):
+                raise AgataError(
+                    ErrorCode.UNAVAILABLE,
+                    "the database is locked by a write transaction (gave up after waiting "
+                    f"{self._busy_timeout:g} s); try again",
+                )
+            queued = _time.monotonic() - started
+        elif serial is not None:
             serial.acquire()
         try:
             with self._engine.connect() as conn:
                 conn.execution_options(**{WRITE_OPTION: write})
-                with conn.begin():
-                    yield conn
+                if queued > 0.01:  # the wait in the queue counts against busy_timeout
+                    self._set_busy_timeout(conn, self._busy_timeout - queued)
+                try:
+                    with conn.begin():
+                        yield conn
+                finally:
+                    if queued > 0.01:
+                        self._set_busy_timeout(conn, self._busy_timeout)
         except (SQLAlchemyError, UnicodeError) as exc:
             raise translate(
                 exc, operation, conflict=conflict, busy_timeout=self._busy_timeout
@@ -183,6 +199,15 @@ class SqlStore(SqlRunStore, Store):
         finally:
             if serial is not None:
                 serial.release()
+
+    @staticmethod
+    def _set_busy_timeout(conn: Connection, seconds: float) -> None:
+        """SQLite's wait for another process's writer, on this connection (outside a
+        transaction: on the driver's connection, which does not begin one)."""
+        milliseconds = max(1, int(seconds * 1000))
+        conn.connection.driver_connection.execute(  # type: ignore[union-attr]
+            f"PRAGMA busy_timeout = {milliseconds}"
+        )
 
     def _insert_ignore(self, table: Any, keys: list[str], values: dict[str, Any]) -> Any:
         stmt = (pg_insert if self._pg else sqlite_insert)(table).values(**values)
