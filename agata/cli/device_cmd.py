@@ -6,25 +6,18 @@ group; these are the operator's and take an operator token (docs/cli.md).
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from agata.cli.cloud_client import (
-    DEFAULT_URL,
-    CaFileOption,
     CloudOptions,
-    CloudUrlOption,
-    DataDirOption,
-    JsonOption,
-    TokenOption,
+    cloud_options,
 )
 from agata.cli.operator_output import connected, print_json, print_pairs, print_table, when
 
 __all__ = ["register"]
 
-DEFAULT_DATA_DIR = Path("agata-data")
 DeviceIdArg = Annotated[str, typer.Argument(help="the device's id (user_id)")]
 
 
@@ -39,6 +32,7 @@ def _tasks(device: dict[str, Any]) -> str:
     return ", ".join(parts) or "-"
 
 
+@cloud_options
 def list_devices(
     query: Annotated[
         str,
@@ -52,11 +46,8 @@ def list_devices(
     desc: Annotated[bool, typer.Option("--desc", help="reverse the order")] = False,
     limit: Annotated[int, typer.Option(min=1, max=500, help="devices per page")] = 50,
     offset: Annotated[int, typer.Option(min=0, help="skip this many")] = 0,
-    cloud_url: CloudUrlOption = DEFAULT_URL,
-    token: TokenOption = None,
-    data_dir: DataDirOption = DEFAULT_DATA_DIR,
-    cafile: CaFileOption = None,
-    json_out: JsonOption = False,
+    *,
+    options: CloudOptions,
 ) -> None:
     """List one page of devices, filtered and sorted by the cloud."""
     body = {
@@ -66,9 +57,9 @@ def list_devices(
         "order": "desc" if desc else "asc",
         "q": query,
     }
-    with connected(CloudOptions(cloud_url, token, data_dir, cafile, json_out)) as cloud:
+    with connected(options) as cloud:
         page = cloud.call("rpc_exec_query_devices", body)
-    if json_out:
+    if options.json_out:
         print_json(page)
         return
     items = page.get("items") or []
@@ -92,18 +83,16 @@ def list_devices(
         typer.echo(f"{offset + 1}-{offset + len(items)} of {total} (--offset for more)")
 
 
+@cloud_options
 def show_device(
     user_id: DeviceIdArg,
-    cloud_url: CloudUrlOption = DEFAULT_URL,
-    token: TokenOption = None,
-    data_dir: DataDirOption = DEFAULT_DATA_DIR,
-    cafile: CaFileOption = None,
-    json_out: JsonOption = False,
+    *,
+    options: CloudOptions,
 ) -> None:
     """Show a device: attributes, state and every task it reported on."""
-    with connected(CloudOptions(cloud_url, token, data_dir, cafile, json_out)) as cloud:
+    with connected(options) as cloud:
         device = cloud.call("rpc_exec_get_user_info", {"user_id": user_id})
-    if json_out:
+    if options.json_out:
         print_json(device)
         return
     print_pairs(
@@ -132,41 +121,37 @@ def show_device(
         )
 
 
+@cloud_options
 def clear_quarantine(
     user_id: DeviceIdArg,
     task: Annotated[
         str | None, typer.Option("--task", help="only this task's quarantine (default: all)")
     ] = None,
-    cloud_url: CloudUrlOption = DEFAULT_URL,
-    token: TokenOption = None,
-    data_dir: DataDirOption = DEFAULT_DATA_DIR,
-    cafile: CaFileOption = None,
-    json_out: JsonOption = False,
+    *,
+    options: CloudOptions,
 ) -> None:
     """Lift a device's quarantine of a task (or of every task)."""
     body: dict[str, Any] = {"user_id": user_id}
     if task:
         body["task_id"] = task
-    with connected(CloudOptions(cloud_url, token, data_dir, cafile, json_out)) as cloud:
+    with connected(options) as cloud:
         result = cloud.call("rpc_exec_clear_quarantine", body)
-    if json_out:
+    if options.json_out:
         print_json(result)
     else:
         typer.echo(f"cleared {result.get('cleared', 0)} quarantine(s) of {user_id}")
 
 
+@cloud_options
 def revoke_device(
     user_id: DeviceIdArg,
-    cloud_url: CloudUrlOption = DEFAULT_URL,
-    token: TokenOption = None,
-    data_dir: DataDirOption = DEFAULT_DATA_DIR,
-    cafile: CaFileOption = None,
-    json_out: JsonOption = False,
+    *,
+    options: CloudOptions,
 ) -> None:
     """Revoke a device's credential (it must enroll again)."""
-    with connected(CloudOptions(cloud_url, token, data_dir, cafile, json_out)) as cloud:
+    with connected(options) as cloud:
         result = cloud.call("rpc_exec_revoke_device", {"user_id": user_id})
-    if json_out:
+    if options.json_out:
         print_json(result)
     elif result.get("revoked"):
         typer.echo(f"device {user_id} revoked")

@@ -12,13 +12,8 @@ from typing import Annotated, Any
 import typer
 
 from agata.cli.cloud_client import (
-    DEFAULT_URL,
-    CaFileOption,
     CloudOptions,
-    CloudUrlOption,
-    DataDirOption,
-    JsonOption,
-    TokenOption,
+    cloud_options,
 )
 from agata.cli.operator_output import (
     EXIT_USAGE,
@@ -32,14 +27,7 @@ from agata.cli.operator_output import (
 
 task_app = typer.Typer(help="Tasks of a running cloud (create, upload, start, stop, ...).")
 
-DEFAULT_DATA_DIR = Path("agata-data")
 TaskIdArg = Annotated[str, typer.Argument(help="the task's id")]
-
-
-def _options(
-    cloud_url: str, token: str | None, data_dir: Path, cafile: Path | None, json_out: bool
-) -> CloudOptions:
-    return CloudOptions(cloud_url, token, data_dir, cafile, json_out)
 
 
 def _task_summary(task: dict[str, Any]) -> list[Any]:
@@ -55,6 +43,7 @@ def _task_summary(task: dict[str, Any]) -> list[Any]:
 
 
 @task_app.command("create")
+@cloud_options
 def create_task(
     task_id: TaskIdArg,
     host: Annotated[str, typer.Option(help="address the server side listens on")] = "127.0.0.1",
@@ -76,11 +65,8 @@ def create_task(
         list[Path] | None,
         typer.Argument(help="bundle files to upload right away", exists=True, dir_okay=False),
     ] = None,
-    cloud_url: CloudUrlOption = DEFAULT_URL,
-    token: TokenOption = None,
-    data_dir: DataDirOption = DEFAULT_DATA_DIR,
-    cafile: CaFileOption = None,
-    json_out: JsonOption = False,
+    *,
+    options: CloudOptions,
 ) -> None:
     """Create a task (and upload its bundle files, if given)."""
     body: dict[str, Any] = {
@@ -100,11 +86,11 @@ def create_task(
     ):
         if value is not None:
             body[field] = value
-    options = _options(cloud_url, token, data_dir, cafile, json_out)
+    options = options
     with connected(options) as cloud:
         cloud.call("rpc_exec_create_task", body)
         listing = cloud.upload(task_id, list(files)) if files else []
-        if json_out:
+        if options.json_out:
             print_json({"task_id": task_id, "files": listing})
             return
         typer.echo(f"task {task_id} created")
@@ -121,48 +107,44 @@ def _print_files(listing: list[dict[str, Any]]) -> None:
 
 
 @task_app.command("upload")
+@cloud_options
 def upload_files(
     task_id: TaskIdArg,
     files: Annotated[
         list[Path],
         typer.Argument(help="files (a bundle.zip is unpacked)", exists=True, dir_okay=False),
     ],
-    cloud_url: CloudUrlOption = DEFAULT_URL,
-    token: TokenOption = None,
-    data_dir: DataDirOption = DEFAULT_DATA_DIR,
-    cafile: CaFileOption = None,
-    json_out: JsonOption = False,
+    *,
+    options: CloudOptions,
 ) -> None:
     """Upload files into a task's bundle; prints the whole bundle after it."""
-    with connected(_options(cloud_url, token, data_dir, cafile, json_out)) as cloud:
+    with connected(options) as cloud:
         listing = cloud.upload(task_id, list(files))
-    if json_out:
+    if options.json_out:
         print_json(listing)
     else:
         _print_files(listing)
 
 
 @task_app.command("start")
+@cloud_options
 def start_task(
     task_id: TaskIdArg,
     arguments: Annotated[
         str | None,
         typer.Option("--args", help="server arguments for this run only (shell-like)"),
     ] = None,
-    cloud_url: CloudUrlOption = DEFAULT_URL,
-    token: TokenOption = None,
-    data_dir: DataDirOption = DEFAULT_DATA_DIR,
-    cafile: CaFileOption = None,
-    json_out: JsonOption = False,
+    *,
+    options: CloudOptions,
 ) -> None:
     """Start a task: a new run (queued past the cloud's cap of running runs)."""
     body: dict[str, Any] = {"task_id": task_id}
     if arguments is not None:
         body["arguments"] = arguments
-    with connected(_options(cloud_url, token, data_dir, cafile, json_out)) as cloud:
+    with connected(options) as cloud:
         cloud.call("rpc_exec_start_server_task", body)
         task = cloud.call("rpc_exec_get_task_by_id", {"task_id": task_id})
-    if json_out:
+    if options.json_out:
         print_json(task)
         return
     run = task.get("run")
@@ -170,38 +152,34 @@ def start_task(
 
 
 @task_app.command("stop")
+@cloud_options
 def stop_task(
     task_id: TaskIdArg,
-    cloud_url: CloudUrlOption = DEFAULT_URL,
-    token: TokenOption = None,
-    data_dir: DataDirOption = DEFAULT_DATA_DIR,
-    cafile: CaFileOption = None,
-    json_out: JsonOption = False,
+    *,
+    options: CloudOptions,
 ) -> None:
     """Stop a task's current run (its devices end their part as ended with the run)."""
-    with connected(_options(cloud_url, token, data_dir, cafile, json_out)) as cloud:
+    with connected(options) as cloud:
         cloud.call("rpc_exec_stop_server_task", {"task_id": task_id})
         task = cloud.call("rpc_exec_get_task_by_id", {"task_id": task_id})
-    if json_out:
+    if options.json_out:
         print_json(task)
     else:
         typer.echo(f"task {task_id} {task.get('state')}")
 
 
 @task_app.command("list")
+@cloud_options
 def list_tasks(
     running: Annotated[bool, typer.Option("--running", help="only running tasks")] = False,
-    cloud_url: CloudUrlOption = DEFAULT_URL,
-    token: TokenOption = None,
-    data_dir: DataDirOption = DEFAULT_DATA_DIR,
-    cafile: CaFileOption = None,
-    json_out: JsonOption = False,
+    *,
+    options: CloudOptions,
 ) -> None:
     """List tasks: state, current run, devices running it, last round and accuracy."""
     body = {"running": True} if running else {}
-    with connected(_options(cloud_url, token, data_dir, cafile, json_out)) as cloud:
+    with connected(options) as cloud:
         tasks = cloud.call("rpc_exec_list_tasks", body)
-    if json_out:
+    if options.json_out:
         print_json(tasks)
         return
     print_table(
@@ -212,18 +190,16 @@ def list_tasks(
 
 
 @task_app.command("show")
+@cloud_options
 def show_task(
     task_id: TaskIdArg,
-    cloud_url: CloudUrlOption = DEFAULT_URL,
-    token: TokenOption = None,
-    data_dir: DataDirOption = DEFAULT_DATA_DIR,
-    cafile: CaFileOption = None,
-    json_out: JsonOption = False,
+    *,
+    options: CloudOptions,
 ) -> None:
     """Show a task's record and its bundle."""
-    with connected(_options(cloud_url, token, data_dir, cafile, json_out)) as cloud:
+    with connected(options) as cloud:
         task = cloud.call("rpc_exec_get_task_by_id", {"task_id": task_id})
-    if json_out:
+    if options.json_out:
         print_json(task)
         return
     state = task.get("state")
@@ -255,23 +231,21 @@ def show_task(
 
 
 @task_app.command("delete")
+@cloud_options
 def delete_task(
     task_id: TaskIdArg,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask")] = False,
-    cloud_url: CloudUrlOption = DEFAULT_URL,
-    token: TokenOption = None,
-    data_dir: DataDirOption = DEFAULT_DATA_DIR,
-    cafile: CaFileOption = None,
-    json_out: JsonOption = False,
+    *,
+    options: CloudOptions,
 ) -> None:
     """Delete a task, its bundle and its history (refused while it runs)."""
     if not yes:
-        if json_out:
+        if options.json_out:
             fail("--json needs --yes to delete (nothing to confirm with)", EXIT_USAGE)
         typer.confirm(f"delete task {task_id} and its runs?", abort=True)
-    with connected(_options(cloud_url, token, data_dir, cafile, json_out)) as cloud:
+    with connected(options) as cloud:
         cloud.call("rpc_exec_delete_task", {"task_id": task_id})
-    if json_out:
+    if options.json_out:
         print_json({"task_id": task_id, "deleted": True})
     else:
         typer.echo(f"task {task_id} deleted")

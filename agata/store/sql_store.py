@@ -70,6 +70,7 @@ from agata.store.sql_run_store import (
     require_run,
     run_number,
 )
+from agata.store.sql_schema import iso, utc_now
 from agata.store.store import (
     BundleFile,
     Device,
@@ -102,15 +103,6 @@ _GONE = "the task or device was deleted at the same time; try again"
 _PG_INIT_LOCK = 0x4147415441  # "AGATA": serializes schema creation across replicas
 WRITE_OPTION = "agata_write"
 """Execution option set on a connection whose transaction will write (SQLite: IMMEDIATE)."""
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-def iso(value: datetime) -> str:
-    """``2026-01-31T12:00:00.000000Z``: the one date format the store returns."""
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _log_text(value: str) -> str:
@@ -228,7 +220,7 @@ class SqlStore(SqlRunStore, Store):
             if stored is None:
                 conn.execute(
                     insert(schema.schema_version).values(
-                        id=1, version=schema.SCHEMA_VERSION, updated_at=_now()
+                        id=1, version=schema.SCHEMA_VERSION, updated_at=utc_now()
                     )
                 )
                 logger.info("store schema created at version %s", schema.SCHEMA_VERSION)
@@ -263,7 +255,9 @@ class SqlStore(SqlRunStore, Store):
                 )
             step(conn)
         conn.execute(
-            update(schema.schema_version).values(version=schema.SCHEMA_VERSION, updated_at=_now())
+            update(schema.schema_version).values(
+                version=schema.SCHEMA_VERSION, updated_at=utc_now()
+            )
         )
 
     def close(self) -> None:
@@ -372,7 +366,7 @@ class SqlStore(SqlRunStore, Store):
             "kind": _kind(task.kind),
         }
         tags, files = validation.unique("tag", task.tags), validation.files(task.files)
-        now = _now()
+        now = utc_now()
         with self._tx(
             "create_task", write=True, conflict=f"task {task_id!r} already exists"
         ) as conn:
@@ -459,7 +453,7 @@ class SqlStore(SqlRunStore, Store):
                 found = conn.execute(
                     update(schema.tasks)
                     .where(schema.tasks.c.task_id == task_id)
-                    .values(**changes, updated_at=_now())
+                    .values(**changes, updated_at=utc_now())
                     .returning(schema.tasks.c.task_id)
                 ).first()
                 if found is None:
@@ -496,7 +490,7 @@ class SqlStore(SqlRunStore, Store):
                     state=parsed.value,
                     state_reason=reason,
                     server_pid=server_pid,
-                    updated_at=_now(),
+                    updated_at=utc_now(),
                 )
                 .returning(schema.tasks.c.task_id)
             ).first()
@@ -517,7 +511,7 @@ class SqlStore(SqlRunStore, Store):
             found = conn.execute(
                 update(schema.tasks)
                 .where(schema.tasks.c.task_id == task_id)
-                .values(version=schema.tasks.c.version + 1, updated_at=_now())
+                .values(version=schema.tasks.c.version + 1, updated_at=utc_now())
                 .returning(schema.tasks.c.task_id)
             ).first()
             if found is None:
@@ -565,7 +559,7 @@ class SqlStore(SqlRunStore, Store):
             credential_hash=r.credential_hash,
             last_seen=iso(r.last_seen),
             created_at=iso(r.created_at),
-            revoked_at=None if r.revoked_at is None else iso(r.revoked_at),
+            revoked_at=iso(r.revoked_at),
         )
 
     def _one_device(self, conn: Connection, user_id: str) -> Device:
@@ -603,7 +597,7 @@ class SqlStore(SqlRunStore, Store):
             changes["extra"] = validation.json_object("extra", extra)
         indexed = [] if extra is None else indexed_attributes(user_id, changes["extra"])
         new_sensors = None if sensors is None else sorted(set(validation.unique("sensor", sensors)))
-        now = _now()
+        now = utc_now()
         with self._tx("upsert_device", write=True) as conn:
             conn.execute(
                 self._insert_ignore(
@@ -677,11 +671,11 @@ class SqlStore(SqlRunStore, Store):
             return None if found is None else str(found.user_id)
 
     def touch_device(self, user_id: str) -> None:
-        self._update_device("touch_device", user_id, {"last_seen": _now()})
+        self._update_device("touch_device", user_id, {"last_seen": utc_now()})
 
     def touch_devices(self, user_ids: Iterable[str]) -> int:
         ids = sorted(set(user_ids))  # one order for every writer: no lock-order deadlocks
-        now, updated = _now(), 0
+        now, updated = utc_now(), 0
         with self._tx("touch_devices", write=True) as conn:
             for start in range(0, len(ids), 500):  # well under any bound-parameter limit
                 chunk = ids[start : start + 500]
@@ -696,7 +690,7 @@ class SqlStore(SqlRunStore, Store):
     def set_device_credential(self, user_id: str, credential_hash: str | None) -> None:
         if credential_hash is not None:
             validation.ident("credential_hash", credential_hash)
-        revoked_at = _now() if credential_hash is None else None
+        revoked_at = utc_now() if credential_hash is None else None
         self._update_device(
             "set_device_credential",
             user_id,
@@ -727,7 +721,7 @@ class SqlStore(SqlRunStore, Store):
             status=DeviceTaskStatus(r.status),
             reason=r.reason,
             updated_at=iso(r.updated_at),
-            quarantined_until=iso(r.quarantined_until) if r.quarantined_until else None,
+            quarantined_until=iso(r.quarantined_until),
         )
 
     def set_device_task_status(
@@ -742,7 +736,7 @@ class SqlStore(SqlRunStore, Store):
     ) -> DeviceTaskState:
         parsed = validation.device_status(status)
         reason = validation.text("reason", reason)
-        now = _now()
+        now = utc_now()
         until = None
         if parsed is DeviceTaskStatus.QUARANTINED and quarantined_until is not None:
             seconds = validation.number("quarantined_until", quarantined_until)
@@ -1086,7 +1080,7 @@ class SqlStore(SqlRunStore, Store):
             name=r.name,
             token_hash=r.token_hash,
             created_at=iso(r.created_at),
-            expires_at=None if r.expires_at is None else iso(r.expires_at),
+            expires_at=iso(r.expires_at),
             uses_left=r.uses_left,
             revoked=bool(r.revoked),
         )
@@ -1096,7 +1090,7 @@ class SqlStore(SqlRunStore, Store):
             "token_id": uuid.uuid4().hex,
             "name": validation.text("name", name, validation.MAX_ID),
             "token_hash": validation.ident("token_hash", token_hash),
-            "created_at": _now(),
+            "created_at": utc_now(),
             "revoked": False,
         }
         with self._tx(
@@ -1142,7 +1136,7 @@ class SqlStore(SqlRunStore, Store):
             "token_id": uuid.uuid4().hex,
             "name": validation.text("name", name, validation.MAX_ID),
             "token_hash": validation.ident("token_hash", token_hash),
-            "created_at": _now(),
+            "created_at": utc_now(),
             "expires_at": validation.aware("expires_at", expires_at),
             "uses_left": validation.integer("uses", uses, 1, validation.INT32_MAX),
             "revoked": False,
@@ -1168,7 +1162,7 @@ class SqlStore(SqlRunStore, Store):
                     et.c.token_hash == token_hash,
                     et.c.revoked == false(),
                     et.c.uses_left > 0,
-                    or_(et.c.expires_at.is_(None), et.c.expires_at > _now()),
+                    or_(et.c.expires_at.is_(None), et.c.expires_at > utc_now()),
                 )
                 .values(uses_left=et.c.uses_left - 1)
                 .returning(*et.c)
