@@ -145,6 +145,11 @@ class SqlStore(SqlRunStore, Store):
         self._pg = engine.dialect.name == "postgresql"
         # One shared connection (SQLite in memory) must not interleave two transactions.
         self._serial = threading.RLock() if isinstance(engine.pool, StaticPool) else None
+        # SQLite takes one writer at a time: this process's writers queue here, woken as
+        # soon as the one before commits, rather than in SQLite's busy handler, which
+        # polls the lock with sleeps of 1 to 100 ms (writers of other processes still
+        # wait there, up to busy_timeout).
+        self._writers = threading.RLock() if not self._pg and self._serial is None else None
         self._closed = False
 
     @property
@@ -161,20 +166,46 @@ class SqlStore(SqlRunStore, Store):
         if self._closed:
             raise AgataError(ErrorCode.UNAVAILABLE, "the store is closed")
         check_not_on_loop(operation)
-        if self._serial is not None:
-            self._serial.acquire()
+        serial = self._serial if self._serial is not None else self._writers if write else None
+        queued = 0.0  # seconds this write waited for the writers before it
+        if serial is self._writers and serial is not None:
+            started = _time.monotonic()
+            if not serial.acquire(timeout=self._busy_timeout):
+                raise AgataError(
+                    ErrorCode.UNAVAILABLE,
+                    "the database is locked by a write transaction (gave up after waiting "
+                    f"{self._busy_timeout:g} s); try again",
+                )
+            queued = _time.monotonic() - started
+        elif serial is not None:
+            serial.acquire()
         try:
             with self._engine.connect() as conn:
                 conn.execution_options(**{WRITE_OPTION: write})
-                with conn.begin():
-                    yield conn
+                if queued > 0.01:  # the wait in the queue counts against busy_timeout
+                    self._set_busy_timeout(conn, self._busy_timeout - queued)
+                try:
+                    with conn.begin():
+                        yield conn
+                finally:
+                    if queued > 0.01:
+                        self._set_busy_timeout(conn, self._busy_timeout)
         except (SQLAlchemyError, UnicodeError) as exc:
             raise translate(
                 exc, operation, conflict=conflict, busy_timeout=self._busy_timeout
             ) from None
         finally:
-            if self._serial is not None:
-                self._serial.release()
+            if serial is not None:
+                serial.release()
+
+    @staticmethod
+    def _set_busy_timeout(conn: Connection, seconds: float) -> None:
+        """SQLite's wait for another process's writer, on this connection (outside a
+        transaction: on the driver's connection, which does not begin one)."""
+        milliseconds = max(1, int(seconds * 1000))
+        conn.connection.driver_connection.execute(  # type: ignore[union-attr]
+            f"PRAGMA busy_timeout = {milliseconds}"
+        )
 
     def _insert_ignore(self, table: Any, keys: list[str], values: dict[str, Any]) -> Any:
         stmt = (pg_insert if self._pg else sqlite_insert)(table).values(**values)

@@ -20,7 +20,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, KeysView, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +120,10 @@ class ServerTasks:
     def ending(self, task_id: str) -> TaskEnd | None:
         """The end of ``task_id``'s server side that the store has not taken yet."""
         return self.ends.pending(task_id)
+
+    def ending_ids(self) -> KeysView[str]:
+        """The tasks with an end the store has not taken yet (a live view; usually empty)."""
+        return self.ends.pending_ids()
 
     def start_reconciling(self) -> None:
         """Keep recording refused ends and ending claimed tasks whose process is gone."""

@@ -82,6 +82,9 @@ TOUCH_BATCH_SECONDS = 1.0
 RECENT_FAILURES = 10
 
 
+_NONE: frozenset[str] = frozenset()
+
+
 class TaskManager(Service):
     def __init__(
         self,
@@ -296,7 +299,8 @@ class TaskManager(Service):
             if cached is None or fresh != cached[1]:  # a change no notification told of
                 self.offers.tasks_changed()
             cached = self._running_cache = (now, fresh)
-        hidden = frozenset(t.task_id for t in cached[1] if self.server_tasks.ending(t.task_id))
+        ending = self.server_tasks.ending_ids()  # checked every poll: usually empty
+        hidden = frozenset(t.task_id for t in cached[1] if t.task_id in ending) if ending else _NONE
         if hidden != self._ending_hidden:  # an end the store has not taken yet: not offered
             self._ending_hidden = hidden
             self.offers.tasks_changed()
