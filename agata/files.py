@@ -11,10 +11,11 @@ import os
 from pathlib import Path
 
 
-def write_private_file(path: Path, text: str) -> None:
+def write_private_file(path: Path, text: str, *, durable: bool = True) -> None:
     """Write ``text`` to ``path`` atomically (temporary file, fsync, rename), readable
     by its owner only (0600): a reader sees the whole old file, the whole new one, or
-    none. The folder is created when missing."""
+    none. The folder is created when missing. Without ``durable`` the fsync is left
+    out (a few milliseconds here): for a record that a power loss makes moot anyway."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with contextlib.suppress(FileNotFoundError):
@@ -23,7 +24,8 @@ def write_private_file(path: Path, text: str) -> None:
     with os.fdopen(fd, "w", encoding="utf-8") as out:
         out.write(text)
         out.flush()
-        os.fsync(out.fileno())
+        if durable:
+            os.fsync(out.fileno())
     os.chmod(temporary, 0o600)  # whatever the umask said
     os.replace(temporary, path)
 

@@ -1,17 +1,43 @@
-"""TLS contexts built from settings: the gateway's certificate, the CA an agent trusts.
+"""TLS from settings: the cloud's certificate files, the gateway's context built from
+them, and the context of an agent that trusts a CA.
 
-Both load their files at once and turn every failure into an :class:`AgataError` that
-names the setting (``ssl_certfile``, ``ssl_keyfile``, ``ca_file``) and says why, instead
-of an ``ssl.SSLError`` from deep inside uvicorn or httpx on the first connection.
+:func:`certificate_files` resolves the cloud's ``ssl_certfile``, ``ssl_keyfile`` and
+``ssl_ca_file`` once for every user of them: the gateway serves with the certificate and
+its key (:func:`server_context`), each flower-app SuperLink is given all three paths
+(:mod:`agata.flower.superlink`; Flower reads them itself). The contexts load their files
+at once and turn every failure into an :class:`AgataError` that names the setting
+(``ssl_certfile``, ``ssl_keyfile``, ``ca_file``) and says why, instead of an
+``ssl.SSLError`` from deep inside uvicorn or httpx on the first connection.
 """
 
 from __future__ import annotations
 
 import ssl
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
 from agata.errors import AgataError, ErrorCode
+
+
+@dataclass(frozen=True)
+class CertificateFiles:
+    """The cloud's certificate (a PEM chain), its private key, and the CA that issued it."""
+
+    certfile: Path
+    keyfile: Path
+    ca_file: Path
+
+
+def certificate_files(
+    certfile: Path | None, keyfile: Path | None, ca_file: Path | None
+) -> CertificateFiles | None:
+    """The settings' certificate files; None without a certificate. A missing key is
+    read from the certificate file (as :func:`server_context` reads it), a missing CA is
+    the certificate itself (self-signed)."""
+    if certfile is None:
+        return None
+    return CertificateFiles(certfile, keyfile or certfile, ca_file or certfile)
 
 
 def _reason(exc: Exception) -> str:

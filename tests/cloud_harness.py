@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 
 from agata.cloud.cloud_node import CloudNode
+from agata.cloud.services.task_manager import TaskManager
 from agata.settings import load_settings
 
 SERVER_PY = """
@@ -69,6 +70,26 @@ async def running_cloud(tmp_path: Path, **flags: object) -> AsyncIterator[Cloud]
             yield Cloud(node, http, token)
     finally:
         await node.stop()
+
+
+@asynccontextmanager
+async def task_manager_replica(cloud: Cloud) -> AsyncIterator[TaskManager]:
+    """A second task manager, started, on the cloud's bus, store, bundles and artifacts:
+    task requests and changes go to one replica or the other in turn."""
+    node = cloud.node
+    second = TaskManager(
+        node.bus,
+        node.store,
+        node.bundles,
+        node.data_dir / "work",
+        artifacts=node.artifacts,
+        grace=2.0,
+    )
+    await second.start()
+    try:
+        yield second
+    finally:
+        await second.stop()
 
 
 async def create_bundle_task(cloud: Cloud, task_id: str = "t1", **fields: object) -> None:

@@ -1,5 +1,6 @@
-"""TLS contexts from files (``agata.tls``): real certificates made for the test, a real
-handshake over a socket pair, and every unusable file an error naming its setting."""
+"""TLS from files (``agata.tls``): real certificates made for the test, a real
+handshake over a socket pair, every unusable file an error naming its setting, and the
+certificate files resolved once for the gateway and the flower-app SuperLinks."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import pytest
 from tls_certs import Certificates, encrypt_key, make_certificates
 
 from agata.errors import AgataError, ErrorCode
-from agata.tls import client_context, server_context
+from agata.flower.superlink import RunFolder, superlink_arguments
+from agata.tls import CertificateFiles, certificate_files, client_context, server_context
 
 
 def handshake(server: ssl.SSLContext, client: ssl.SSLContext, hostname: str) -> bytes:
@@ -81,3 +83,33 @@ def test_a_ca_file_without_a_certificate_is_refused(certs: Certificates) -> None
         client_context(certs.key)
 
     assert refused.value.message.startswith(f"ca_file {certs.key}: not a PEM certificate file")
+
+
+def test_the_certificate_files_serve_the_gateway_and_the_superlinks(
+    certs: Certificates, tmp_path: Path
+) -> None:
+    files = certificate_files(certs.cert, certs.key, certs.ca)
+    assert files == CertificateFiles(certs.cert, certs.key, certs.ca)
+
+    received = handshake(
+        server_context(files.certfile, files.keyfile), client_context(files.ca_file), "localhost"
+    )
+    arguments = superlink_arguments(RunFolder(tmp_path / "run"), "0.0.0.0", 9092, files)
+
+    assert received == b"hello"
+    for flag, path in [
+        ("--ssl-certfile", certs.cert),
+        ("--ssl-keyfile", certs.key),
+        ("--ssl-ca-certfile", certs.ca),
+    ]:
+        assert arguments[arguments.index(flag) + 1] == str(path)
+
+
+def test_a_missing_key_is_in_the_certificate_file_and_a_missing_ca_is_the_certificate(
+    certs: Certificates,
+) -> None:
+    files = certificate_files(certs.combined, None, None)
+
+    assert files == CertificateFiles(certs.combined, certs.combined, certs.combined)
+    assert certificate_files(None, None, None) is None
+    server_context(files.certfile, files.keyfile)  # the key is read from the chain's file

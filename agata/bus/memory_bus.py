@@ -2,7 +2,8 @@
 
 Features: competing consumers, concurrent handling up to ``prefetch`` per consumer,
 redelivery of unfinished messages when a consumer is cancelled, request timeouts
-(each request carries its deadline, :attr:`~agata.bus.bus.Delivery.deadline`).
+(each request carries its deadline, :attr:`~agata.bus.bus.Delivery.deadline`; a caller
+is failed within :data:`DEADLINE_TICK` after its timeout).
 It behaves like the AMQP bus so it doubles as the fake broker in unit tests.
 
 URL format: ``memory://`` (anything after the scheme is ignored).
@@ -19,6 +20,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import math
 import time
 import uuid
 from collections import deque
@@ -28,12 +30,21 @@ from agata.errors import AgataError, ErrorCode
 
 logger = logging.getLogger(__name__)
 
+#: Requests' timeouts are checked on ticks of this many seconds: a call whose reply does
+#: not come is failed at most this much after its timeout, never before. One timer per
+#: tick serves every call that ends in it (a timer per call cost a third of a round trip).
+DEADLINE_TICK = 0.05
 
-def _expire(future: asyncio.Future[bytes], queue: str, timeout: float) -> None:
-    if not future.done():
-        future.set_exception(
-            AgataError(ErrorCode.TIMEOUT, f"no reply to {queue!r} within {timeout:g} s")
-        )
+#: The calls whose timeouts end in one tick: correlation id -> (future, queue, timeout).
+_Bucket = dict[str, tuple["asyncio.Future[bytes]", str, float]]
+
+
+def _expire(bucket: _Bucket) -> None:
+    for future, queue, timeout in bucket.values():
+        if not future.done():
+            future.set_exception(
+                AgataError(ErrorCode.TIMEOUT, f"no reply to {queue!r} within {timeout:g} s")
+            )
 
 
 class _Queue:
@@ -182,6 +193,7 @@ class MemoryBus(Bus):
         self._max_queue_length = max_queue_length
         self._queues: dict[str, _Queue] = {}
         self._pending: dict[str, asyncio.Future[bytes]] = {}
+        self._deadlines: dict[int, tuple[_Bucket, asyncio.TimerHandle]] = {}  # by tick
         self._reply_queue = f"amq.gen-memory-{uuid.uuid4().hex}"
         # Fresh per request: a counter under this bus's own (random) reply queue name.
         self._correlation_ids = itertools.count()
@@ -203,6 +215,9 @@ class MemoryBus(Bus):
             if not future.done():
                 future.set_exception(AgataError(ErrorCode.UNAVAILABLE, "bus closed"))
         self._pending.clear()
+        for _bucket, timer in self._deadlines.values():
+            timer.cancel()
+        self._deadlines.clear()
 
     def _check_open(self) -> None:
         if not self._connected:
@@ -231,15 +246,32 @@ class MemoryBus(Bus):
         loop = asyncio.get_running_loop()
         future: asyncio.Future[bytes] = loop.create_future()
         self._pending[correlation_id] = future
-        # A timer handle rather than asyncio.timeout(): a third of the cost per call.
-        timer = loop.call_later(timeout, _expire, future, queue, timeout)
+        bucket = self._deadline_bucket(loop, timeout)
+        bucket[correlation_id] = (future, queue, timeout)
         try:
             deadline = time.time() + timeout
             target.put(Delivery(queue, body, self._reply_queue, correlation_id, queue, deadline))
             return await future
         finally:
-            timer.cancel()
+            bucket.pop(correlation_id, None)
             self._pending.pop(correlation_id, None)
+
+    def _deadline_bucket(self, loop: asyncio.AbstractEventLoop, timeout: float) -> _Bucket:
+        """The calls whose timeout ends in the same tick as one of ``timeout`` from now
+        (its timer, at the tick's end, fails those still waiting)."""
+        tick = math.ceil((loop.time() + timeout) / DEADLINE_TICK)
+        found = self._deadlines.get(tick)
+        if found is not None:
+            return found[0]
+        bucket: _Bucket = {}
+        timer = loop.call_at(tick * DEADLINE_TICK, self._end_tick, tick)
+        self._deadlines[tick] = (bucket, timer)
+        return bucket
+
+    def _end_tick(self, tick: int) -> None:
+        found = self._deadlines.pop(tick, None)
+        if found is not None:
+            _expire(found[0])
 
     def _deliver_reply(self, reply_to: str, correlation_id: str | None, body: bytes) -> None:
         if reply_to != self._reply_queue:

@@ -174,6 +174,9 @@ def bench_console(
     enrolling: Annotated[
         int, typer.Option(min=0, help="devices enrolling during the first load (0: skip)")
     ] = 1000,
+    db: Annotated[
+        str, typer.Option("--db", help="an empty postgresql://... (default: SQLite)")
+    ] = "",
     json_out: Annotated[Path | None, typer.Option("--json", help="write figures here")] = None,
 ) -> None:
     """The console's queries at fleet size: pages of devices beside get_user_info."""
@@ -181,7 +184,7 @@ def bench_console(
     from agata.bench.report import render
 
     setup_logging("ERROR")
-    report = run_console_bench(devices, samples, enrolling)
+    report = run_console_bench(devices, samples, enrolling, db)
     render([report])
     if json_out:
         _save([report], json_out)

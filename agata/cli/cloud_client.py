@@ -10,10 +10,12 @@ cloud's 503 with ``Retry-After`` is waited out a bounded number of times, as age
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
@@ -26,10 +28,12 @@ __all__ = [
     "CloudOptions",
     "OperationFailed",
     "TokenMissing",
+    "cloud_options",
     "resolve_token",
 ]
 
 DEFAULT_URL = "http://127.0.0.1:8000"
+DEFAULT_DATA_DIR = Path("agata-data")
 TOKEN_FILE = "operator-token"
 #: A busy cloud (503 + Retry-After) is asked again at most this many times.
 BUSY_RETRIES = 5
@@ -216,3 +220,39 @@ CaFileOption = Annotated[
     typer.Option("--ca-file", help="CA certificate (PEM) to check an https:// cloud with"),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="print JSON for scripts")]
+
+#: The shared options as parameters: name, declaration, default (CloudOptions' order).
+_SHARED = (
+    ("cloud_url", CloudUrlOption, DEFAULT_URL),
+    ("token", TokenOption, None),
+    ("data_dir", DataDirOption, DEFAULT_DATA_DIR),
+    ("cafile", CaFileOption, None),
+    ("json_out", JsonOption, False),
+)
+
+
+def cloud_options(command: Callable[..., None]) -> Callable[..., None]:
+    """``command`` taking the options every operator command takes (``--cloud-url``,
+    ``--token``, ``--data-dir``, ``--ca-file``, ``--json``, after its own), whose values
+    it receives as one keyword argument ``options: CloudOptions``.
+
+    Typer reads a command's options from its signature, so the one returned is the
+    command's own parameters (``options`` left out) followed by the shared ones.
+    """
+    own = inspect.signature(command, eval_str=True)
+    if "options" not in own.parameters:
+        raise TypeError(f"{command.__name__} takes no 'options' parameter")
+    shared = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=kind)
+        for name, kind, default in _SHARED
+    ]
+
+    @functools.wraps(command)
+    def with_options(*args: Any, **kwargs: Any) -> None:
+        values = [kwargs.pop(name) for name, _, _ in _SHARED]
+        command(*args, options=CloudOptions(*values), **kwargs)
+
+    parameters = [p for name, p in own.parameters.items() if name != "options"]
+    signature = own.replace(parameters=[*parameters, *shared])
+    with_options.__signature__ = signature  # type: ignore[attr-defined]
+    return with_options

@@ -1,4 +1,5 @@
-"""``agata device list|show|clear-quarantine|revoke`` -- devices of a running cloud.
+"""``agata device list|show|clear-quarantine|revoke|decommission|enrollment-token`` --
+devices of a running cloud.
 
 They join ``agata device enroll`` (run on a device, agata/cli/edge_cmd.py) in the same
 group; these are the operator's and take an operator token (docs/cli.md).
@@ -6,25 +7,26 @@ group; these are the operator's and take an operator token (docs/cli.md).
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from agata.cli.cloud_client import (
-    DEFAULT_URL,
-    CaFileOption,
     CloudOptions,
-    CloudUrlOption,
-    DataDirOption,
-    JsonOption,
-    TokenOption,
+    cloud_options,
 )
-from agata.cli.operator_output import connected, print_json, print_pairs, print_table, when
+from agata.cli.operator_output import (
+    EXIT_USAGE,
+    connected,
+    fail,
+    print_json,
+    print_pairs,
+    print_table,
+    when,
+)
 
 __all__ = ["register"]
 
-DEFAULT_DATA_DIR = Path("agata-data")
 DeviceIdArg = Annotated[str, typer.Argument(help="the device's id (user_id)")]
 
 
@@ -39,6 +41,7 @@ def _tasks(device: dict[str, Any]) -> str:
     return ", ".join(parts) or "-"
 
 
+@cloud_options
 def list_devices(
     query: Annotated[
         str,
@@ -52,11 +55,8 @@ def list_devices(
     desc: Annotated[bool, typer.Option("--desc", help="reverse the order")] = False,
     limit: Annotated[int, typer.Option(min=1, max=500, help="devices per page")] = 50,
     offset: Annotated[int, typer.Option(min=0, help="skip this many")] = 0,
-    cloud_url: CloudUrlOption = DEFAULT_URL,
-    token: TokenOption = None,
-    data_dir: DataDirOption = DEFAULT_DATA_DIR,
-    cafile: CaFileOption = None,
-    json_out: JsonOption = False,
+    *,
+    options: CloudOptions,
 ) -> None:
     """List one page of devices, filtered and sorted by the cloud."""
     body = {
@@ -66,9 +66,9 @@ def list_devices(
         "order": "desc" if desc else "asc",
         "q": query,
     }
-    with connected(CloudOptions(cloud_url, token, data_dir, cafile, json_out)) as cloud:
+    with connected(options) as cloud:
         page = cloud.call("rpc_exec_query_devices", body)
-    if json_out:
+    if options.json_out:
         print_json(page)
         return
     items = page.get("items") or []
@@ -92,18 +92,16 @@ def list_devices(
         typer.echo(f"{offset + 1}-{offset + len(items)} of {total} (--offset for more)")
 
 
+@cloud_options
 def show_device(
     user_id: DeviceIdArg,
-    cloud_url: CloudUrlOption = DEFAULT_URL,
-    token: TokenOption = None,
-    data_dir: DataDirOption = DEFAULT_DATA_DIR,
-    cafile: CaFileOption = None,
-    json_out: JsonOption = False,
+    *,
+    options: CloudOptions,
 ) -> None:
     """Show a device: attributes, state and every task it reported on."""
-    with connected(CloudOptions(cloud_url, token, data_dir, cafile, json_out)) as cloud:
+    with connected(options) as cloud:
         device = cloud.call("rpc_exec_get_user_info", {"user_id": user_id})
-    if json_out:
+    if options.json_out:
         print_json(device)
         return
     print_pairs(
@@ -132,46 +130,83 @@ def show_device(
         )
 
 
+@cloud_options
 def clear_quarantine(
     user_id: DeviceIdArg,
     task: Annotated[
         str | None, typer.Option("--task", help="only this task's quarantine (default: all)")
     ] = None,
-    cloud_url: CloudUrlOption = DEFAULT_URL,
-    token: TokenOption = None,
-    data_dir: DataDirOption = DEFAULT_DATA_DIR,
-    cafile: CaFileOption = None,
-    json_out: JsonOption = False,
+    *,
+    options: CloudOptions,
 ) -> None:
     """Lift a device's quarantine of a task (or of every task)."""
     body: dict[str, Any] = {"user_id": user_id}
     if task:
         body["task_id"] = task
-    with connected(CloudOptions(cloud_url, token, data_dir, cafile, json_out)) as cloud:
+    with connected(options) as cloud:
         result = cloud.call("rpc_exec_clear_quarantine", body)
-    if json_out:
+    if options.json_out:
         print_json(result)
     else:
         typer.echo(f"cleared {result.get('cleared', 0)} quarantine(s) of {user_id}")
 
 
+@cloud_options
 def revoke_device(
     user_id: DeviceIdArg,
-    cloud_url: CloudUrlOption = DEFAULT_URL,
-    token: TokenOption = None,
-    data_dir: DataDirOption = DEFAULT_DATA_DIR,
-    cafile: CaFileOption = None,
-    json_out: JsonOption = False,
+    *,
+    options: CloudOptions,
 ) -> None:
     """Revoke a device's credential (it must enroll again)."""
-    with connected(CloudOptions(cloud_url, token, data_dir, cafile, json_out)) as cloud:
+    with connected(options) as cloud:
         result = cloud.call("rpc_exec_revoke_device", {"user_id": user_id})
-    if json_out:
+    if options.json_out:
         print_json(result)
     elif result.get("revoked"):
         typer.echo(f"device {user_id} revoked")
     else:
         typer.echo(f"device {user_id} held no credential")
+
+
+@cloud_options
+def decommission_device(
+    user_id: DeviceIdArg,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask")] = False,
+    *,
+    options: CloudOptions,
+) -> None:
+    """Remove a device and its credential (its runs' history stays; it may enroll anew)."""
+    if not yes:
+        if options.json_out:
+            fail("--json needs --yes to decommission (nothing to confirm with)", EXIT_USAGE)
+        typer.confirm(f"decommission device {user_id}?", abort=True)
+    with connected(options) as cloud:
+        result = cloud.call("rpc_exec_delete_device", {"user_id": user_id})
+    if options.json_out:
+        print_json({**result, "deleted": True})
+    else:
+        typer.echo(f"device {user_id} decommissioned")
+
+
+@cloud_options
+def create_enrollment_token(
+    uses: Annotated[int, typer.Option(min=1, max=100_000, help="devices it may enroll")] = 1,
+    hours: Annotated[
+        float, typer.Option(min=0.01, max=365 * 24, help="hours until it expires")
+    ] = 24.0,
+    *,
+    options: CloudOptions,
+) -> None:
+    """Create an enrollment token: the token alone on stdout (shown once), the rest on stderr."""
+    body = {"uses": uses, "ttl_seconds": hours * 3600}
+    with connected(options) as cloud:
+        result = cloud.call("rpc_exec_create_enrollment_token", body)
+    if options.json_out:
+        print_json(result)
+        return
+    expires = when(result.get("expires_at"))
+    typer.echo(f"enrollment token for {uses} device(s), expires {expires}:", err=True)
+    typer.echo(result["enrollment_token"])
 
 
 def register(device_app: typer.Typer) -> None:
@@ -180,3 +215,5 @@ def register(device_app: typer.Typer) -> None:
     device_app.command("show")(show_device)
     device_app.command("clear-quarantine")(clear_quarantine)
     device_app.command("revoke")(revoke_device)
+    device_app.command("decommission")(decommission_device)
+    device_app.command("enrollment-token")(create_enrollment_token)

@@ -16,15 +16,10 @@ from typing import Annotated, Any
 import typer
 
 from agata.cli.cloud_client import (
-    DEFAULT_URL,
-    CaFileOption,
     CloudClient,
     CloudOptions,
-    CloudUrlOption,
-    DataDirOption,
-    JsonOption,
     OperationFailed,
-    TokenOption,
+    cloud_options,
 )
 from agata.cli.operator_output import (
     connected,
@@ -38,7 +33,6 @@ from agata.cli.operator_output import (
 
 run_app = typer.Typer(help="Runs of a task: history, outcome, logs, artifacts.")
 
-DEFAULT_DATA_DIR = Path("agata-data")
 #: Seconds between two polls of ``logs --follow``.
 FOLLOW_POLL_S = 1.0
 #: Log lines asked for per poll (the gateway's maximum).
@@ -59,25 +53,23 @@ def _outcome(run: dict[str, Any]) -> str:
 
 
 @run_app.command("list")
+@cloud_options
 def list_runs(
     task_id: TaskIdArg,
     limit: Annotated[int, typer.Option(min=1, max=1000, help="runs to show")] = 50,
     before: Annotated[
         int | None, typer.Option(min=1, help="only runs numbered below this (the next page)")
     ] = None,
-    cloud_url: CloudUrlOption = DEFAULT_URL,
-    token: TokenOption = None,
-    data_dir: DataDirOption = DEFAULT_DATA_DIR,
-    cafile: CaFileOption = None,
-    json_out: JsonOption = False,
+    *,
+    options: CloudOptions,
 ) -> None:
     """A task's runs, newest first: started, duration, arguments, outcome, accuracy."""
-    with connected(CloudOptions(cloud_url, token, data_dir, cafile, json_out)) as cloud:
+    with connected(options) as cloud:
         body: dict[str, Any] = {"task_id": task_id, "limit": limit}
         if before is not None:
             body["before"] = before
         runs = cloud.call("rpc_exec_list_runs", body)
-    if json_out:
+    if options.json_out:
         print_json(runs)
         return
     print_table(
@@ -100,19 +92,17 @@ def list_runs(
 
 
 @run_app.command("show")
+@cloud_options
 def show_run(
     task_id: TaskIdArg,
     run: RunArg,
-    cloud_url: CloudUrlOption = DEFAULT_URL,
-    token: TokenOption = None,
-    data_dir: DataDirOption = DEFAULT_DATA_DIR,
-    cafile: CaFileOption = None,
-    json_out: JsonOption = False,
+    *,
+    options: CloudOptions,
 ) -> None:
     """One run: arguments, bundle, outcome, each device's part, artifacts."""
-    with connected(CloudOptions(cloud_url, token, data_dir, cafile, json_out)) as cloud:
+    with connected(options) as cloud:
         record = cloud.call("rpc_exec_get_run", {"task_id": task_id, "run": run})
-    if json_out:
+    if options.json_out:
         print_json(record)
         return
     print_pairs(
@@ -180,6 +170,7 @@ def _current_run(cloud: CloudClient, task_id: str) -> int:
 
 
 @run_app.command("logs")
+@cloud_options
 def run_logs(
     task_id: TaskIdArg,
     run: Annotated[
@@ -189,19 +180,16 @@ def run_logs(
         bool, typer.Option("--follow", "-f", help="keep printing until the run ends")
     ] = False,
     limit: Annotated[int, typer.Option(min=1, max=LOG_PAGE, help="last lines to print")] = 200,
-    cloud_url: CloudUrlOption = DEFAULT_URL,
-    token: TokenOption = None,
-    data_dir: DataDirOption = DEFAULT_DATA_DIR,
-    cafile: CaFileOption = None,
-    json_out: JsonOption = False,
+    *,
+    options: CloudOptions,
 ) -> None:
     """A run's server log (with --json: one JSON object a line)."""
-    with connected(CloudOptions(cloud_url, token, data_dir, cafile, json_out)) as cloud:
+    with connected(options) as cloud:
         number = run if run is not None else _current_run(cloud, task_id)
         body = {"task_id": task_id, "run": number, "limit": limit}
         last_seq = -1
         for line in cloud.call("rpc_exec_get_task_logs", body):
-            _print_line(line, json_out)
+            _print_line(line, options.json_out)
             last_seq = max(last_seq, int(line.get("seq", -1)))
         if not follow:
             return
@@ -213,16 +201,17 @@ def run_logs(
             for line in cloud.call("rpc_exec_get_task_logs", body):
                 seq = int(line.get("seq", -1))
                 if seq > last_seq:
-                    _print_line(line, json_out)
+                    _print_line(line, options.json_out)
                     last_seq = seq
             if ended:
-                if not json_out:
+                if not options.json_out:
                     typer.echo(f"-- run {number} {_outcome(record)}", err=True)
                 return
             time.sleep(FOLLOW_POLL_S)
 
 
 @run_app.command("artifacts")
+@cloud_options
 def run_artifacts(
     task_id: TaskIdArg,
     run: RunArg,
@@ -233,14 +222,11 @@ def run_artifacts(
     output: Annotated[
         Path, typer.Option("--output", "-o", help="folder to download into", file_okay=False)
     ] = Path("."),
-    cloud_url: CloudUrlOption = DEFAULT_URL,
-    token: TokenOption = None,
-    data_dir: DataDirOption = DEFAULT_DATA_DIR,
-    cafile: CaFileOption = None,
-    json_out: JsonOption = False,
+    *,
+    options: CloudOptions,
 ) -> None:
     """List a run's artifacts; --get NAME / --all downloads them into --output."""
-    with connected(CloudOptions(cloud_url, token, data_dir, cafile, json_out)) as cloud:
+    with connected(options) as cloud:
         record = cloud.call("rpc_exec_get_run", {"task_id": task_id, "run": run})
         artifacts = record.get("artifacts") or []
         names = {a.get("name") for a in artifacts}
@@ -249,7 +235,7 @@ def run_artifacts(
         if unknown:
             fail(f"run {run} of task {task_id} has no artifact {', '.join(unknown)}")
         saved = [_download(cloud, task_id, run, name, output) for name in wanted]
-    if json_out:
+    if options.json_out:
         print_json({"artifacts": artifacts, "downloaded": [str(p) for p in saved]})
         return
     if not saved:

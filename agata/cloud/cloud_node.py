@@ -34,14 +34,13 @@ from agata.cloud.services.notifier import Notifier
 from agata.cloud.services.task_manager import TaskManager
 from agata.errors import AgataError, ErrorCode
 from agata.files import make_private_dir, make_private_file, write_private_file
-from agata.flower.superlink import tls_from_files
 from agata.runtime.limits import Limits
 from agata.runtime.sandbox import TaskSandbox, default_task_dir
 from agata.settings import CloudSettings
 from agata.store.async_store import AsyncStore
 from agata.store.store import BundleFile, Store
 from agata.store.store_factory import create_store
-from agata.tls import server_context
+from agata.tls import certificate_files, server_context
 
 logger = logging.getLogger(__name__)
 
@@ -156,7 +155,7 @@ class CloudNode:
                 grace=s.server_grace_seconds,
                 register_events=s.register_events,
                 sandbox=sandbox,
-                flower_tls=tls_from_files(s.ssl_certfile, s.ssl_keyfile, s.ssl_ca_file),
+                flower_tls=certificate_files(s.ssl_certfile, s.ssl_keyfile, s.ssl_ca_file),
                 artifacts=self.artifacts,
                 max_running_tasks=s.max_running_tasks,
             )

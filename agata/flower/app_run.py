@@ -38,7 +38,6 @@ from agata.flower.fail_fast import NodeWatch
 from agata.flower.flwr_cli import FlwrCli, RunStatus, flower_bin, flower_environment
 from agata.flower.node_keys import check_public_key
 from agata.flower.superlink import (
-    FlowerTls,
     RunFolder,
     check_port_free,
     client_host,
@@ -49,6 +48,7 @@ from agata.runtime.limits import Limits
 from agata.runtime.messages import OutputLine, Stream, TaskMessage, parse_line
 from agata.runtime.process import ProcessLauncher
 from agata.runtime.supervisor import MessageCallback, ProcessState, TaskOutcome, TaskProcess
+from agata.tls import CertificateFiles
 
 __all__ = ["FlowerAppRun", "split_arguments"]
 
@@ -118,7 +118,7 @@ class FlowerAppRun:
         arguments: Sequence[str],
         *,
         on_message: MessageCallback,
-        tls: FlowerTls | None = None,
+        tls: CertificateFiles | None = None,
         launcher: ProcessLauncher | None = None,
         limits: Limits | None = None,
         grace: float = 5.0,

@@ -12,9 +12,10 @@ run's folder::
 
 Security, decided here once:
 
-- With the cloud's certificate (``ssl_certfile``/``ssl_keyfile`` of the gateway) the
-  SuperLink serves TLS with it and requires SuperNode authentication: only the devices
-  AGATA registered a key for can join (:mod:`agata.flower.node_keys`).
+- With the cloud's certificate (``ssl_certfile``/``ssl_keyfile`` of the gateway, as
+  :func:`agata.tls.certificate_files` resolves them) the SuperLink serves TLS with it
+  and requires SuperNode authentication: only the devices AGATA registered a key for
+  can join (:mod:`agata.flower.node_keys`).
 - Without one it runs ``--insecure`` and unauthenticated, and only on a loopback host:
   a flower-app task on any other host without the cloud's certificate does not start.
 - App dependencies are never installed at run time
@@ -33,25 +34,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agata.errors import AgataError, ErrorCode, invalid
+from agata.tls import CertificateFiles
 
 __all__ = [
-    "FlowerTls",
     "RunFolder",
     "check_port_free",
     "is_loopback",
     "superlink_arguments",
-    "tls_from_files",
 ]
-
-
-@dataclass(frozen=True)
-class FlowerTls:
-    """The cloud's certificate, its key, and the CA that issued it (the certificate
-    itself when it is self-signed)."""
-
-    certfile: Path
-    keyfile: Path
-    ca_file: Path
 
 
 @dataclass(frozen=True)
@@ -83,18 +73,6 @@ class RunFolder:
                 os.chown(folder, *owner)
 
 
-def tls_from_files(
-    certfile: Path | None, keyfile: Path | None, ca_file: Path | None
-) -> FlowerTls | None:
-    """The SuperLinks' TLS from the gateway's settings (``ssl_certfile``,
-    ``ssl_keyfile``, and ``ssl_ca_file``, the CA of the certificate); None without a
-    certificate. A missing key is read from the certificate file, a missing CA is the
-    certificate itself (self-signed)."""
-    if certfile is None:
-        return None
-    return FlowerTls(certfile, keyfile or certfile, ca_file or certfile)
-
-
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -110,7 +88,7 @@ def client_host(host: str) -> str:
 
 
 def superlink_arguments(
-    folder: RunFolder, host: str, port: int, tls: FlowerTls | None
+    folder: RunFolder, host: str, port: int, tls: CertificateFiles | None
 ) -> list[str]:
     """The arguments of ``flower-superlink`` for a run; refuses ``--insecure`` off loopback."""
     if tls is None and not is_loopback(host):

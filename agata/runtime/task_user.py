@@ -9,27 +9,38 @@ the task folder (``--task-dir``, reachable by the task user)::
     <task dir>/<side>/task_<id>/bundle/   a copy of the bundle: AGATA's, read-only to the task
     <task dir>/<side>/task_<id>/work/     the task's work folder, owned by the task user (0700)
 
+The copy is kept for the next run while neither it nor the bundle it was made from has
+changed since (``bundle.json`` beside it, 0600, records each file's and folder's inode,
+size, mode, mtime and ctime on both sides: any write, chmod, rename or new file changes
+one of them). The task user cannot write to the copy; the bundle itself was verified by
+hash by whoever hands it over (the cloud's listing check, the agent's bundle cache).
+
 When AGATA does not run as root there is no other user to switch to: tasks run as
 AGATA's user, in the bundle and work folders of today, and are not kept from its files.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import pwd
 import shutil
+import stat
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from agata.errors import AgataError, ErrorCode
+from agata.files import write_private_file
 
 __all__ = [
+    "COPY_RECORD",
     "DEFAULT_TASK_USER",
     "TaskUser",
     "check_interpreter",
+    "kept_area",
     "prepare_area",
     "resolve_task_user",
 ]
@@ -116,13 +127,84 @@ def _reachable(folder: Path) -> None:
     os.chmod(folder, 0o711)
 
 
+#: Beside a bundle copy: what it was made from and what it was (see the module docstring).
+COPY_RECORD = "bundle.json"
+
+#: A file's or folder's (inode, size, mode, mtime ns, ctime ns).
+_Identity = list[int]
+
+
+def _tree(folder: Path) -> dict[str, _Identity] | None:
+    """Every folder and file under ``folder`` (itself as "."), by relative path, with its
+    identity; None when something in it is not a plain file or folder, or it cannot be
+    read."""
+    found: dict[str, _Identity] = {}
+    try:
+        for root, dirs, files in os.walk(folder, onerror=_raise):
+            for name in [".", *dirs, *files]:
+                path = os.path.join(root, name)
+                info = os.lstat(path)
+                if not (stat.S_ISDIR(info.st_mode) or stat.S_ISREG(info.st_mode)):
+                    return None
+                key = os.path.normpath(os.path.relpath(path, folder))
+                found[key] = [
+                    info.st_ino,
+                    info.st_size if stat.S_ISREG(info.st_mode) else 0,
+                    info.st_mode,
+                    info.st_mtime_ns,
+                    info.st_ctime_ns,
+                ]
+    except OSError:
+        return None
+    return found
+
+
+def _raise(error: OSError) -> None:
+    raise error
+
+
+def _kept_copy(record: Path, bundle: Path, copy: Path, max_entries: int | None = None) -> bool:
+    """Whether ``copy`` is, unchanged, the copy of ``bundle`` as it is now (False
+    without looking when it holds more than ``max_entries`` files and folders)."""
+    try:
+        kept = json.loads(record.read_text("utf-8"))
+    except (OSError, ValueError):
+        return False
+    if not isinstance(kept, dict) or "source" not in kept or "copy" not in kept:
+        return False
+    if max_entries is not None and len(kept["copy"]) > max_entries:
+        return False
+    source = _tree(bundle)
+    return source is not None and source == kept["source"] and _tree(copy) == kept["copy"]
+
+
+def kept_area(
+    task_dir: Path, area: Path, bundle: Path, user: TaskUser, max_entries: int
+) -> tuple[Path, Path] | None:
+    """:func:`prepare_area` when it has nothing to copy (the kept copy is current and
+    holds at most ``max_entries`` files and folders: cheap enough for an event loop),
+    else None."""
+    if not _kept_copy(area / COPY_RECORD, bundle, area / "bundle", max_entries):
+        return None
+    return _prepare(task_dir, area, bundle, user, kept=True)
+
+
 def prepare_area(task_dir: Path, area: Path, bundle: Path, user: TaskUser) -> tuple[Path, Path]:
-    """Make the run area ``area`` (inside ``task_dir``) of a task for ``user``: a fresh
-    read-only copy of ``bundle`` and a work folder ``user`` owns (kept between runs).
-    Returns (bundle copy, work folder).
+    """Make the run area ``area`` (inside ``task_dir``) of a task for ``user``: a
+    read-only copy of ``bundle`` (the one kept from an earlier run while neither it nor
+    ``bundle`` changed, else a fresh one) and a work folder ``user`` owns (kept between
+    runs). Returns (bundle copy, work folder). Not safe to call twice at once for one
+    area (:class:`~agata.runtime.sandbox.TaskSandbox` holds a lock per area).
 
     The folders from ``task_dir`` down to ``area`` are made 0711: the task user may pass
     through them but not list them. ``task_dir``'s own parents must let it through."""
+    return _prepare(task_dir, area, bundle, user, kept=False)
+
+
+def _prepare(
+    task_dir: Path, area: Path, bundle: Path, user: TaskUser, *, kept: bool
+) -> tuple[Path, Path]:
+    """:func:`prepare_area`; ``kept``: the caller found the kept copy current."""
     relative = area.relative_to(task_dir)
     folder = task_dir
     _reachable(folder)
@@ -130,15 +212,23 @@ def prepare_area(task_dir: Path, area: Path, bundle: Path, user: TaskUser) -> tu
         folder = folder / part
         _reachable(folder)
     copy = area / "bundle"
-    staged = area / f".bundle-{os.getpid()}"
-    shutil.rmtree(staged, ignore_errors=True)
-    shutil.copytree(bundle, staged, symlinks=False)
-    for root, _dirs, files in os.walk(staged):
-        os.chmod(root, 0o755)
-        for name in files:
-            os.chmod(Path(root) / name, 0o644)
-    shutil.rmtree(copy, ignore_errors=True)
-    os.replace(staged, copy)
+    record = area / COPY_RECORD
+    if not kept and not _kept_copy(record, bundle, copy):
+        record.unlink(missing_ok=True)
+        source = _tree(bundle)
+        staged = area / f".bundle-{os.getpid()}"
+        shutil.rmtree(staged, ignore_errors=True)
+        shutil.copytree(bundle, staged, symlinks=False)
+        for root, _dirs, files in os.walk(staged):
+            os.chmod(root, 0o755)
+            for name in files:
+                os.chmod(Path(root) / name, 0o644)
+        shutil.rmtree(copy, ignore_errors=True)
+        os.replace(staged, copy)
+        made = _tree(copy)
+        if source is not None and made is not None and _tree(bundle) == source:
+            # Kept for the next run; not fsynced: a record lost costs one copy.
+            write_private_file(record, json.dumps({"source": source, "copy": made}), durable=False)
     work = area / "work"
     work.mkdir(exist_ok=True)
     os.chown(work, user.uid, user.gid)

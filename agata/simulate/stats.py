@@ -62,7 +62,35 @@ def _by_kind(operations: dict[str, OperationStats], retries: bool = False) -> di
     }
 
 
-class Window:
+class OperationTotals:
+    """Totals over :attr:`operations` (one :class:`OperationStats` per operation): what a
+    :class:`Window` and the whole run (:class:`FleetStats`) both report."""
+
+    operations: dict[str, OperationStats]
+
+    @property
+    def requests(self) -> int:
+        return sum(s.requests for s in self.operations.values())
+
+    @property
+    def errors(self) -> int:
+        return sum(sum(s.errors.values()) for s in self.operations.values())
+
+    @property
+    def retries(self) -> int:
+        """Failed requests that were sent again (not errors)."""
+        return sum(sum(s.retries.values()) for s in self.operations.values())
+
+    def errors_by_kind(self) -> dict[str, int]:
+        """``operation:kind`` -> count, for every kind seen."""
+        return _by_kind(self.operations)
+
+    def retries_by_kind(self) -> dict[str, int]:
+        """``operation:kind`` -> count of the failures that were sent again."""
+        return _by_kind(self.operations, retries=True)
+
+
+class Window(OperationTotals):
     """The requests that started between :attr:`start` and :attr:`end` (perf_counter)."""
 
     def __init__(self, name: str, start: float, origin: float) -> None:
@@ -90,17 +118,6 @@ class Window:
         end = self.end if self.end is not None else time.perf_counter()
         return max(0.0, end - self.start)
 
-    @property
-    def errors(self) -> int:
-        return sum(sum(s.errors.values()) for s in self.operations.values())
-
-    @property
-    def retries(self) -> int:
-        return sum(sum(s.retries.values()) for s in self.operations.values())
-
-    def errors_by_kind(self) -> dict[str, int]:
-        return _by_kind(self.operations)
-
     def to_json(self) -> dict[str, Any]:
         seconds = self.seconds
         return {
@@ -111,12 +128,12 @@ class Window:
             "errors": self.errors,
             "errors_by_kind": self.errors_by_kind(),
             "retries": self.retries,
-            "retries_by_kind": _by_kind(self.operations, retries=True),
+            "retries_by_kind": self.retries_by_kind(),
             "operations": {op: s.to_json() for op, s in self.operations.items()},
         }
 
 
-class FleetStats:
+class FleetStats(OperationTotals):
     """Counters of one run; :meth:`open_window` starts a measurement window."""
 
     def __init__(self) -> None:
@@ -185,27 +202,6 @@ class FleetStats:
     def elapsed(self) -> float:
         end = self.ended_at if self.ended_at is not None else time.perf_counter()
         return end - self.t0
-
-    @property
-    def requests(self) -> int:
-        return sum(s.requests for s in self.operations.values())
-
-    @property
-    def errors(self) -> int:
-        return sum(sum(s.errors.values()) for s in self.operations.values())
-
-    @property
-    def retries(self) -> int:
-        """Failed requests that were sent again (not errors)."""
-        return sum(sum(s.retries.values()) for s in self.operations.values())
-
-    def errors_by_kind(self) -> dict[str, int]:
-        """``operation:kind`` -> count, for every kind seen."""
-        return _by_kind(self.operations)
-
-    def retries_by_kind(self) -> dict[str, int]:
-        """``operation:kind`` -> count of the failures that were sent again."""
-        return _by_kind(self.operations, retries=True)
 
     def to_json(self) -> dict[str, Any]:
         overall = LatencyHistogram()

@@ -129,6 +129,7 @@ class AsyncStore:
 
     # -- events, metrics, logs -----------------------------------------------------------
     add_event = _write(Store.add_event)
+    add_events = _write(Store.add_events)
     list_events = _read(Store.list_events)
     add_metric = _write(Store.add_metric)
     list_metrics = _read(Store.list_metrics)

@@ -84,6 +84,9 @@ class DeviceQuery:
     #: (a bool counts as 1 or 0, as in the criteria language). ``!=`` also matches a device
     #: without such a value; the other operators need one.
     attributes: tuple[tuple[str, str, str | float], ...] = ()
+    #: Each group holds when one of its queries' conditions (all of them, not their
+    #: window or predicate) hold: ``(a and b) or c`` of a criteria expression.
+    any_of: tuple[tuple[DeviceQuery, ...], ...] = ()
     #: Evaluated in Python on what the conditions above let through: it gets a device's
     #: selection-criteria names (:func:`agata.cloud.services.views.device_attributes`' shape).
     predicate: Callable[[Mapping[str, Any]], bool] | None = field(default=None, compare=False)

@@ -21,6 +21,7 @@ import abc
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from agata.protocol.bundle_files import BundleFile
 from agata.protocol.runs import RunState
 
 __all__ = ["Artifact", "Run", "RunDevice", "RunState", "RunStore"]
@@ -64,7 +65,7 @@ class Run:
     server_arguments: tuple[str, ...]
     client_arguments: tuple[str, ...]
     bundle_version: int
-    files: tuple[tuple[str, int, str], ...]  # (name, size, sha256) of its bundle
+    files: tuple[BundleFile, ...]  # its bundle, as the task listed it when the run began
     min_devices: int
     start_deadline_s: float | None
     created_at: str

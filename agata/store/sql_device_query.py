@@ -1,23 +1,39 @@
 """A :class:`~agata.store.queries.DeviceQuery` as SQL (SQLAlchemy Core, SQLite and
 PostgreSQL alike).
 
-Conditions become one ``WHERE`` on ``devices``: id words as ``LIKE`` (escaped), the online
-split on the ``last_seen`` index, sensors / task states / tasks / ``extra`` comparisons as
-``user_id IN (SELECT …)`` on the indexes of their tables (``device_attributes`` for
-``extra``), number comparisons on the columns' indexes. Without
-a predicate the page is ``ORDER BY … LIMIT … OFFSET`` and the total one ``COUNT``; with
-one, the candidate rows are read in order (bounded by ``scan_limit``) as the predicate's
-attribute mappings (no full records), and the page is cut from what passed. The page's
-records and their task states are read last, three queries for the whole page.
+Conditions are of two kinds: tests of a device's own columns (the online split on the
+``last_seen`` index, number comparisons on the columns' indexes, revoked / enrolled, id
+words as escaped ``LIKE``) and *sets*: the devices having a row that meets a test in
+``device_sensors``, ``device_tasks`` or ``device_attributes`` (``extra``), each answered
+by that table's covering index.
+
+Without a predicate a page costs two statements, plus two for the page's sensors and
+task states (``tests/store/test_device_queries.py`` counts them):
+
+1. the exact total. A set with at most one row per device (a sensor, a task, an
+   attribute test: the table's primary key says so) is joined, not probed: when every
+   condition is such a set, the count reads only their indexes, never ``devices``.
+2. the page's rows, in order. Either the sort key's index is walked and each row is
+   tested (sets as correlated ``EXISTS``: a probe of the set's index per row, stopping
+   after ``offset + limit`` matches), or the matches are collected from the sets'
+   indexes (``user_id IN (SELECT …)``) and sorted. Walking reads about
+   ``(offset + limit) * devices / total`` rows, collecting ``total``; SQLite's planner
+   has no statistics to choose between them (it always collects), so the total from
+   statement 1 decides there. PostgreSQL's planner chooses with its own statistics.
+
+With a predicate, the candidate rows are read in order (bounded by ``scan_limit``) as
+the predicate's attribute mappings (no full records), and the page is cut from what
+passed.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, and_, func, or_, select, true
+from sqlalchemy import Connection, FromClause, Table, and_, func, literal, or_, select, true
 from sqlalchemy.sql.elements import ColumnElement
 
 from agata.errors import invalid
@@ -26,6 +42,8 @@ from agata.store.queries import COMPARISONS, DEVICE_SORT_KEYS, DevicePage, Devic
 from agata.store.store import Device, DeviceTaskState
 
 _NUMBER_COLUMNS = frozenset({"data_qnt", "avg_acc_contrib", "avg_disconnection_per_round"})
+#: Sort keys without NULLs (no NULLS LAST, which PostgreSQL's backward index scan cannot give).
+_NOT_NULL_SORT_KEYS = frozenset({"user_id", "last_seen", "created_at"})
 
 DeviceMaker = Callable[[Any, list[str]], Device]
 TaskStateMaker = Callable[[Any], DeviceTaskState]
@@ -35,57 +53,132 @@ def _like_escaped(word: str) -> str:
     return word.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-def where_clause(query: DeviceQuery) -> ColumnElement[bool]:
-    """Every condition of ``query`` (not its predicate) as one SQL expression."""
+@dataclass(frozen=True)
+class _Set:
+    """The devices having a row of ``table`` meeting every ``(column, operator, value)``
+    of ``tests`` (or, ``negated``, those having none)."""
+
+    table: Table
+    tests: tuple[tuple[str, str, Any], ...]
+    #: At most one row per device meets ``tests`` (the primary key covers what they test).
+    unique: bool
+    negated: bool = False
+
+    def test(self, columns: Any) -> ColumnElement[bool]:
+        """``tests`` on ``columns`` (the table's, or an alias's)."""
+        return and_(*(COMPARISONS[op](columns[name], value) for name, op, value in self.tests))
+
+    def member(self, probe: bool) -> ColumnElement[bool]:
+        """``devices.user_id`` is in the set: a correlated probe of the set's index per
+        device (``probe``), or membership of the whole set, collected once."""
+        d, t = schema.devices.c, self.table.c
+        held: ColumnElement[bool]
+        if probe:
+            held = select(literal(1)).where(t.user_id == d.user_id, self.test(t)).exists()
+        else:
+            held = d.user_id.in_(select(t.user_id).where(self.test(t)))
+        return ~held if self.negated else held
+
+
+@dataclass
+class _Conditions:
+    """Every condition of a query (not its predicate)."""
+
+    #: On ``devices``' own columns.
+    columns: list[ColumnElement[bool]] = field(default_factory=list)
+    sets: list[_Set] = field(default_factory=list)
+    #: Each is a part of the id or the name of a sensor.
+    words: list[str] = field(default_factory=list)
+    #: Each group holds when one of its alternatives does.
+    any_of: list[list[_Conditions]] = field(default_factory=list)
+
+    def where(self, probe: bool) -> ColumnElement[bool]:
+        d = schema.devices.c
+        parts = list(self.columns)
+        for group in self.any_of:
+            parts.append(or_(*(alternative.where(probe) for alternative in group)))
+        for word in self.words:
+            sensor = _Set(schema.device_sensors, (("sensor", "=", word),), unique=True)
+            like = d.user_id.like(f"%{_like_escaped(word)}%", escape="\\")
+            parts.append(or_(like, sensor.member(probe)))
+        parts += [s.member(probe) for s in self.sets]
+        return and_(true(), *parts) if parts else true()
+
+    @property
+    def empty(self) -> bool:
+        return not (self.columns or self.sets or self.words or self.any_of)
+
+
+def _conditions(query: DeviceQuery) -> _Conditions:
     d = schema.devices.c
-    parts: list[ColumnElement[bool]] = []
-    ds = schema.device_sensors.c
-    for word in query.words:
-        has_sensor = d.user_id.in_(select(ds.user_id).where(ds.sensor == word))
-        parts.append(or_(d.user_id.like(f"%{_like_escaped(word)}%", escape="\\"), has_sensor))
+    out = _Conditions(words=list(query.words))
+    out.any_of = [[_conditions(alternative) for alternative in group] for group in query.any_of]
     if query.seen_since is not None:
-        parts.append(d.last_seen >= query.seen_since)
+        out.columns.append(d.last_seen >= query.seen_since)
     if query.seen_before is not None:
-        parts.append(d.last_seen < query.seen_before)
+        out.columns.append(d.last_seen < query.seen_before)
     if query.revoked is not None:
-        parts.append(d.revoked_at.is_not(None) if query.revoked else d.revoked_at.is_(None))
+        out.columns.append(d.revoked_at.is_not(None) if query.revoked else d.revoked_at.is_(None))
     if query.enrolled is not None:
         held = d.credential_hash.is_not(None)
-        parts.append(held if query.enrolled else d.credential_hash.is_(None))
-    dt = schema.device_tasks.c
-    # ``user_id IN (SELECT …)``, not a correlated EXISTS: the planners read the small
-    # table's index once instead of probing it for every device.
-    for status in query.task_statuses:
-        parts.append(d.user_id.in_(select(dt.user_id).where(dt.status == status)))
-    for task_id in query.tasks:
-        parts.append(d.user_id.in_(select(dt.user_id).where(dt.task_id == task_id)))
-    for sensor in query.sensors:
-        parts.append(d.user_id.in_(select(ds.user_id).where(ds.sensor == sensor)))
+        out.columns.append(held if query.enrolled else d.credential_hash.is_(None))
     for name, op, value in query.numbers:
         if name not in _NUMBER_COLUMNS or op not in COMPARISONS:
             raise invalid(f"q: {name}{op}{value}: not a number comparison the store knows")
         column = d[name]
-        parts.append(and_(column.is_not(None), COMPARISONS[op](column, value)))
-    a = schema.device_attributes.c
+        out.columns.append(and_(column.is_not(None), COMPARISONS[op](column, value)))
+    tasks = schema.device_tasks
+    for status in query.task_statuses:  # a device may have several tasks in one status
+        out.sets.append(_Set(tasks, (("status", "=", status),), unique=False))
+    for task_id in query.tasks:
+        out.sets.append(_Set(tasks, (("task_id", "=", task_id),), unique=True))
+    for sensor in query.sensors:
+        out.sets.append(_Set(schema.device_sensors, (("sensor", "=", sensor),), unique=True))
     for name, op, wanted in query.attributes:
-        column = a.num_value if isinstance(wanted, float) else a.text_value
-        if op not in COMPARISONS or (column is a.text_value and op not in ("=", "!=")):
+        kind = "text_value" if isinstance(wanted, str) else "num_value"
+        if op not in COMPARISONS or (kind == "text_value" and op not in ("=", "!=")):
             raise invalid(f"q: {name}{op}{wanted}: not an attribute comparison the store knows")
-        test = COMPARISONS["=" if op == "!=" else op](column, wanted)
-        has = d.user_id.in_(select(a.user_id).where(a.name == name, test))
-        parts.append(~has if op == "!=" else has)
-    return and_(true(), *parts) if parts else true()
+        tests = (("name", "=", name), (kind, "=" if op == "!=" else op, wanted))
+        out.sets.append(_Set(schema.device_attributes, tests, unique=True, negated=op == "!="))
+    return out
 
 
-def _order(query: DeviceQuery) -> list[Any]:
+def where_clause(query: DeviceQuery) -> ColumnElement[bool]:
+    """Every condition of ``query`` (not its predicate) as one SQL expression."""
+    return _conditions(query).where(probe=False)
+
+
+def _count(conditions: _Conditions) -> Any:
+    """The statement counting the devices meeting ``conditions`` (see the module)."""
+    d = schema.devices
+    joined = [s for s in conditions.sets if s.unique and not s.negated]
+    probed = [s for s in conditions.sets if not (s.unique and not s.negated)]
+    rest = _Conditions(conditions.columns, probed, conditions.words, conditions.any_of)
+    aliases = [s.table.alias(f"m{i}") for i, s in enumerate(joined)]
+    tests = [s.test(a.c) for s, a in zip(joined, aliases, strict=True)]
+    source: FromClause
+    if joined and rest.empty:  # the sets' indexes alone
+        source = aliases[0]
+        for a in aliases[1:]:
+            source = source.join(a, a.c.user_id == aliases[0].c.user_id)
+        return select(func.count()).select_from(source).where(*tests)
+    source = d
+    for a in aliases:
+        source = source.join(a, a.c.user_id == d.c.user_id)
+    return select(func.count()).select_from(source).where(rest.where(probe=False), *tests)
+
+
+def _order(query: DeviceQuery, columns: Any = None) -> list[Any]:
+    """The page's order on ``columns`` (``devices``' by default, or a subquery's)."""
     if query.sort not in DEVICE_SORT_KEYS:
         raise invalid(f"sort: unknown key {query.sort!r}; one of {', '.join(DEVICE_SORT_KEYS)}")
-    d = schema.devices.c
+    d = schema.devices.c if columns is None else columns
     column, user_id = d[query.sort], d.user_id
-    if query.sort == "user_id":
-        return [user_id.desc() if query.descending else user_id.asc()]
+    if query.sort in _NOT_NULL_SORT_KEYS:  # PostgreSQL walks its index backward for desc
+        keys = [column] if query.sort == "user_id" else [column, user_id]
+        return [k.desc() if query.descending else k.asc() for k in keys]
     # Devices without a value come last in either order (both backends; SQLite still
-    # walks the (column, user_id) index for it).
+    # walks the (column, user_id) index for it, PostgreSQL only ascending).
     if query.descending:
         return [column.desc().nulls_last(), user_id.desc()]
     return [column.asc().nulls_last(), user_id.asc()]
@@ -96,20 +189,11 @@ def query_devices(
 ) -> DevicePage:
     """Run ``query`` in ``conn``; ``make`` builds a record from a row and its sensors,
     ``make_task`` a task state from its row."""
-    where, order = where_clause(query), _order(query)
+    conditions, order = _conditions(query), _order(query)
     d = schema.devices.c
     if query.predicate is None:
-        total = conn.execute(select(func.count()).select_from(schema.devices).where(where)).scalar()
-        ids = list(
-            conn.execute(
-                select(d.user_id)
-                .where(where)
-                .order_by(*order)
-                .limit(query.limit)
-                .offset(query.offset)
-            ).scalars()
-        )
-        return _page(conn, ids, int(total or 0), make, make_task)
+        return _indexed_page(conn, query, conditions, order, make, make_task)
+    where = conditions.where(probe=False)
     wanted = query.predicate_names
     numbers = [n for n in _NUMBER_COLUMNS if wanted is None or n in wanted]
     with_extra = wanted is None or bool(wanted - _NUMBER_COLUMNS - {"user_id", "sensors"})
@@ -141,7 +225,46 @@ def query_devices(
         if predicate(names):
             matched.append(r.user_id)
     page = matched[query.offset : query.offset + query.limit]
-    return _page(conn, page, len(matched), make, make_task)
+    return _page(conn, _rows(conn, page), len(matched), make, make_task)
+
+
+def _walks(conn: Connection, query: DeviceQuery, conditions: _Conditions, total: int) -> bool:
+    """Whether the page is found by walking the sort key's index (see the module)."""
+    if conditions.empty or conn.dialect.name != "sqlite":
+        return True  # PostgreSQL's planner picks the plan for either form
+    devices = conn.execute(select(func.count()).select_from(schema.devices)).scalar_one()
+    return total * total >= (query.offset + query.limit) * devices
+
+
+def _indexed_page(
+    conn: Connection,
+    query: DeviceQuery,
+    conditions: _Conditions,
+    order: list[Any],
+    make: DeviceMaker,
+    make_task: TaskStateMaker,
+) -> DevicePage:
+    """A page every condition of which SQL answers: the total, then the page's rows."""
+    total = int(conn.execute(_count(conditions)).scalar_one())
+    if total <= query.offset:
+        return DevicePage([], total)
+    probe = _walks(conn, query, conditions, total)
+    d = schema.devices
+    window = (
+        select(d.c.user_id, d.c[query.sort])
+        .where(conditions.where(probe))
+        .order_by(*order)
+        .limit(query.limit)
+        .offset(query.offset)
+    )
+    if conn.dialect.name == "sqlite":
+        rows = list(conn.execute(window.with_only_columns(d)).all())
+    else:
+        # The window on the sort key's index alone, then the page's rows by their key:
+        # PostgreSQL costs a walk reading whole rows as a heap fetch per row walked
+        # (random_page_cost), and would rather collect and sort every match.
+        rows = _rows(conn, list(conn.execute(window).scalars()))
+    return _page(conn, rows, total, make, make_task)
 
 
 def _sensors(conn: Connection, ids: list[str]) -> dict[str, list[str]]:
@@ -152,27 +275,33 @@ def _sensors(conn: Connection, ids: list[str]) -> dict[str, list[str]]:
     return sensors
 
 
+def _rows(conn: Connection, ids: list[str]) -> list[Any]:
+    """The rows of ``ids`` (at most a page: one ``IN``), in that order."""
+    if not ids:
+        return []
+    d = schema.devices
+    found = {r.user_id: r for r in conn.execute(select(d).where(d.c.user_id.in_(ids)))}
+    return [found[i] for i in ids if i in found]
+
+
 def _page(
     conn: Connection,
-    ids: list[str],
+    rows: list[Any],
     total: int,
     make: DeviceMaker,
     make_task: TaskStateMaker,
 ) -> DevicePage:
-    """The records of ``ids`` (at most a page: one ``IN``), in that order, with their
-    sensors and task states."""
-    if not ids:
+    """The records of ``rows`` (at most a page of ``devices`` rows) with their sensors
+    and task states."""
+    if not rows:
         return DevicePage([], total)
-    rows = {
-        r.user_id: r
-        for r in conn.execute(select(schema.devices).where(schema.devices.c.user_id.in_(ids)))
-    }
+    ids = [r.user_id for r in rows]
     sensors = _sensors(conn, ids)
     dt = schema.device_tasks
     tasks: dict[str, list[DeviceTaskState]] = defaultdict(list)
     for r in conn.execute(select(dt).where(dt.c.user_id.in_(ids)).order_by(dt.c.task_id)):
         tasks[r.user_id].append(make_task(r))
-    items = [make(rows[i], sensors[i]) for i in ids if i in rows]
+    items = [make(r, sensors[r.user_id]) for r in rows]
     return DevicePage(items, total, dict(tasks))
 
 

@@ -19,9 +19,11 @@ from sqlalchemy import Connection, Row, func, insert, inspect, select, update
 from sqlalchemy import text as sql_text
 
 from agata.errors import conflict, invalid, not_found
+from agata.protocol.bundle_files import BundleFile
 from agata.store import sql_schema as schema
 from agata.store import validation
 from agata.store.run_store import Artifact, Run, RunDevice, RunState, RunStore
+from agata.store.sql_schema import iso, utc_now
 
 logger = logging.getLogger(__name__)
 
@@ -35,24 +37,6 @@ RUN_ENDS = {
     "finished": RunState.FINISHED.value,
     "failed": RunState.FAILED.value,
 }
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-def _iso(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _run_state(state: RunState | str) -> RunState:
-    try:
-        return RunState(state)
-    except ValueError:
-        choices = ", ".join(s.value for s in RunState)
-        raise invalid(f"run state must be one of {choices}") from None
 
 
 def run_number(name: str, value: int) -> int:
@@ -95,7 +79,7 @@ def end_current_run(conn: Connection, task_id: str, task_state: str, reason: str
             .scalar_subquery(),
             r.state.in_(ACTIVE),
         )
-        .values(state=state, reason=reason, ended_at=_now())
+        .values(state=state, reason=reason, ended_at=utc_now())
     )
 
 
@@ -123,7 +107,7 @@ def record_participation(
 ) -> None:
     """A device's report for a run: its part's status; a first ``running`` joins it."""
     d = schema.run_devices.c
-    now = _now()
+    now = utc_now()
     joined = status == "running"
     existing = conn.execute(
         select(d.joined_at)
@@ -169,7 +153,7 @@ def _artifact(r: Row[Any]) -> Artifact:
         name=r.name,
         size=r.size,
         sha256=r.sha256,
-        saved_at=_iso(r.saved_at) or "",
+        saved_at=iso(r.saved_at),
     )
 
 
@@ -182,12 +166,12 @@ def _run(r: Row[Any], artifacts: Iterable[Artifact] = ()) -> Run:
         server_arguments=tuple(r.server_arguments),
         client_arguments=tuple(r.client_arguments),
         bundle_version=r.bundle_version,
-        files=tuple((str(f[0]), int(f[1]), str(f[2])) for f in r.files),
+        files=tuple(BundleFile(str(name), int(size), str(sha)) for name, size, sha in r.files),
         min_devices=r.min_devices,
         start_deadline_s=r.start_deadline_s,
-        created_at=_iso(r.created_at) or "",
-        started_at=_iso(r.started_at),
-        ended_at=_iso(r.ended_at),
+        created_at=iso(r.created_at),
+        started_at=iso(r.started_at),
+        ended_at=iso(r.ended_at),
         last_round=r.last_round,
         last_metrics=dict(r.last_metrics or {}),
         devices_joined=r.devices_joined,
@@ -212,7 +196,7 @@ class SqlRunStore(RunStore):
         client_arguments: Sequence[str],
         reason: str = "",
     ) -> Run:
-        parsed = _run_state(state)
+        parsed = validation.member("run state", RunState, state)
         if not parsed.active:
             raise invalid(f"a run starts queued, waiting or running, not {parsed.value}")
         server = list(validation.strings("server_arguments", server_arguments))
@@ -243,7 +227,7 @@ class SqlRunStore(RunStore):
                     .order_by(schema.task_files.c.name)
                 )
             ]
-            now = _now()
+            now = utc_now()
             queued = parsed is RunState.QUEUED
             conn.execute(
                 insert(schema.runs).values(
@@ -281,7 +265,7 @@ class SqlRunStore(RunStore):
             return self._one_run(conn, task_id, number)
 
     def start_queued_run(self, task_id: str, run: int, *, state: RunState | str) -> Run:
-        parsed = _run_state(state)
+        parsed = validation.member("run state", RunState, state)
         if parsed not in (RunState.WAITING, RunState.RUNNING):
             raise invalid(f"a queued run starts waiting or running, not {parsed.value}")
         run = run_number("run", run)
@@ -293,7 +277,7 @@ class SqlRunStore(RunStore):
             if task is None:
                 raise not_found(f"task {task_id!r} not found")
             require_run(conn, task_id, run)
-            now = _now()
+            now = utc_now()
             started = conn.execute(
                 update(schema.runs)
                 .where(r.task_id == task_id, r.run == run, r.state == RunState.QUEUED.value)
@@ -397,9 +381,9 @@ class SqlRunStore(RunStore):
                     user_id=x.user_id,
                     status=x.status,
                     reason=x.reason,
-                    joined_at=_iso(x.joined_at),
+                    joined_at=iso(x.joined_at),
                     last_round=x.last_round,
-                    updated_at=_iso(x.updated_at) or "",
+                    updated_at=iso(x.updated_at),
                 )
                 for x in rows
             ]
@@ -412,7 +396,7 @@ class SqlRunStore(RunStore):
             "name": validation.text("artifact name", name, validation.MAX_ID),
             "size": validation.integer("size", size, 0),
             "sha256": validation.ident("sha256", sha256),
-            "saved_at": _now(),
+            "saved_at": utc_now(),
         }
         a = schema.run_artifacts.c
         with self._tx("add_artifact", write=True) as conn:

@@ -9,7 +9,7 @@ MUST bump it and add a migration step to :mod:`agata.store.sql_store` (see
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, overload
 
 from sqlalchemy import (
     JSON,
@@ -62,6 +62,23 @@ class UtcDateTime(TypeDecorator[datetime]):
         if value.tzinfo is None:
             return value.replace(tzinfo=UTC)
         return value.astimezone(UTC)
+
+
+def utc_now() -> datetime:
+    """Now, as the store writes it into a :class:`UtcDateTime` column."""
+    return datetime.now(UTC)
+
+
+@overload
+def iso(value: datetime) -> str: ...
+@overload
+def iso(value: None) -> None: ...
+def iso(value: datetime | None) -> str | None:
+    """``2026-01-31T12:00:00.000000Z``: the one date format the store returns (None for
+    a column without a value)."""
+    if value is None:
+        return None
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 # BIGINT autoincrement needs INTEGER PRIMARY KEY on SQLite to be its rowid.

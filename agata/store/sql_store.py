@@ -70,6 +70,7 @@ from agata.store.sql_run_store import (
     require_run,
     run_number,
 )
+from agata.store.sql_schema import iso, utc_now
 from agata.store.store import (
     BundleFile,
     Device,
@@ -79,6 +80,7 @@ from agata.store.store import (
     Event,
     LogLine,
     Metric,
+    NewEvent,
     NewLogLine,
     NewTask,
     OperatorToken,
@@ -104,15 +106,6 @@ WRITE_OPTION = "agata_write"
 """Execution option set on a connection whose transaction will write (SQLite: IMMEDIATE)."""
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-def iso(value: datetime) -> str:
-    """``2026-01-31T12:00:00.000000Z``: the one date format the store returns."""
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
 def _log_text(value: str) -> str:
     """Log text as the database can keep it: NUL and lone surrogates replaced, length cut."""
     if not isinstance(value, str):
@@ -131,6 +124,11 @@ def _exists(conn: Connection, key: Any, value: str) -> bool:
     return conn.execute(select(key).where(key == value)).first() is not None
 
 
+def _require_device(conn: Connection, user_id: str) -> None:
+    if not _exists(conn, schema.devices.c.user_id, user_id):
+        raise not_found(f"device {user_id!r} not found")
+
+
 class SqlStore(SqlRunStore, Store):
     """A :class:`Store` on a SQLAlchemy engine (SQLite or PostgreSQL).
 
@@ -147,6 +145,11 @@ class SqlStore(SqlRunStore, Store):
         self._pg = engine.dialect.name == "postgresql"
         # One shared connection (SQLite in memory) must not interleave two transactions.
         self._serial = threading.RLock() if isinstance(engine.pool, StaticPool) else None
+        # SQLite takes one writer at a time: this process's writers queue here, woken as
+        # soon as the one before commits, rather than in SQLite's busy handler, which
+        # polls the lock with sleeps of 1 to 100 ms (writers of other processes still
+        # wait there, up to busy_timeout).
+        self._writers = threading.RLock() if not self._pg and self._serial is None else None
         self._closed = False
 
     @property
@@ -163,20 +166,46 @@ class SqlStore(SqlRunStore, Store):
         if self._closed:
             raise AgataError(ErrorCode.UNAVAILABLE, "the store is closed")
         check_not_on_loop(operation)
-        if self._serial is not None:
-            self._serial.acquire()
+        serial = self._serial if self._serial is not None else self._writers if write else None
+        queued = 0.0  # seconds this write waited for the writers before it
+        if serial is self._writers and serial is not None:
+            started = _time.monotonic()
+            if not serial.acquire(timeout=self._busy_timeout):
+                raise AgataError(
+                    ErrorCode.UNAVAILABLE,
+                    "the database is locked by a write transaction (gave up after waiting "
+                    f"{self._busy_timeout:g} s); try again",
+                )
+            queued = _time.monotonic() - started
+        elif serial is not None:
+            serial.acquire()
         try:
             with self._engine.connect() as conn:
                 conn.execution_options(**{WRITE_OPTION: write})
-                with conn.begin():
-                    yield conn
+                if queued > 0.01:  # the wait in the queue counts against busy_timeout
+                    self._set_busy_timeout(conn, self._busy_timeout - queued)
+                try:
+                    with conn.begin():
+                        yield conn
+                finally:
+                    if queued > 0.01:
+                        self._set_busy_timeout(conn, self._busy_timeout)
         except (SQLAlchemyError, UnicodeError) as exc:
             raise translate(
                 exc, operation, conflict=conflict, busy_timeout=self._busy_timeout
             ) from None
         finally:
-            if self._serial is not None:
-                self._serial.release()
+            if serial is not None:
+                serial.release()
+
+    @staticmethod
+    def _set_busy_timeout(conn: Connection, seconds: float) -> None:
+        """SQLite's wait for another process's writer, on this connection (outside a
+        transaction: on the driver's connection, which does not begin one)."""
+        milliseconds = max(1, int(seconds * 1000))
+        conn.connection.driver_connection.execute(  # type: ignore[union-attr]
+            f"PRAGMA busy_timeout = {milliseconds}"
+        )
 
     def _insert_ignore(self, table: Any, keys: list[str], values: dict[str, Any]) -> Any:
         stmt = (pg_insert if self._pg else sqlite_insert)(table).values(**values)
@@ -197,7 +226,7 @@ class SqlStore(SqlRunStore, Store):
             if stored is None:
                 conn.execute(
                     insert(schema.schema_version).values(
-                        id=1, version=schema.SCHEMA_VERSION, updated_at=_now()
+                        id=1, version=schema.SCHEMA_VERSION, updated_at=utc_now()
                     )
                 )
                 logger.info("store schema created at version %s", schema.SCHEMA_VERSION)
@@ -232,7 +261,9 @@ class SqlStore(SqlRunStore, Store):
                 )
             step(conn)
         conn.execute(
-            update(schema.schema_version).values(version=schema.SCHEMA_VERSION, updated_at=_now())
+            update(schema.schema_version).values(
+                version=schema.SCHEMA_VERSION, updated_at=utc_now()
+            )
         )
 
     def close(self) -> None:
@@ -341,7 +372,7 @@ class SqlStore(SqlRunStore, Store):
             "kind": _kind(task.kind),
         }
         tags, files = validation.unique("tag", task.tags), validation.files(task.files)
-        now = _now()
+        now = utc_now()
         with self._tx(
             "create_task", write=True, conflict=f"task {task_id!r} already exists"
         ) as conn:
@@ -428,7 +459,7 @@ class SqlStore(SqlRunStore, Store):
                 found = conn.execute(
                     update(schema.tasks)
                     .where(schema.tasks.c.task_id == task_id)
-                    .values(**changes, updated_at=_now())
+                    .values(**changes, updated_at=utc_now())
                     .returning(schema.tasks.c.task_id)
                 ).first()
                 if found is None:
@@ -465,7 +496,7 @@ class SqlStore(SqlRunStore, Store):
                     state=parsed.value,
                     state_reason=reason,
                     server_pid=server_pid,
-                    updated_at=_now(),
+                    updated_at=utc_now(),
                 )
                 .returning(schema.tasks.c.task_id)
             ).first()
@@ -486,7 +517,7 @@ class SqlStore(SqlRunStore, Store):
             found = conn.execute(
                 update(schema.tasks)
                 .where(schema.tasks.c.task_id == task_id)
-                .values(version=schema.tasks.c.version + 1, updated_at=_now())
+                .values(version=schema.tasks.c.version + 1, updated_at=utc_now())
                 .returning(schema.tasks.c.task_id)
             ).first()
             if found is None:
@@ -534,7 +565,7 @@ class SqlStore(SqlRunStore, Store):
             credential_hash=r.credential_hash,
             last_seen=iso(r.last_seen),
             created_at=iso(r.created_at),
-            revoked_at=None if r.revoked_at is None else iso(r.revoked_at),
+            revoked_at=iso(r.revoked_at),
         )
 
     def _one_device(self, conn: Connection, user_id: str) -> Device:
@@ -572,7 +603,7 @@ class SqlStore(SqlRunStore, Store):
             changes["extra"] = validation.json_object("extra", extra)
         indexed = [] if extra is None else indexed_attributes(user_id, changes["extra"])
         new_sensors = None if sensors is None else sorted(set(validation.unique("sensor", sensors)))
-        now = _now()
+        now = utc_now()
         with self._tx("upsert_device", write=True) as conn:
             conn.execute(
                 self._insert_ignore(
@@ -646,11 +677,11 @@ class SqlStore(SqlRunStore, Store):
             return None if found is None else str(found.user_id)
 
     def touch_device(self, user_id: str) -> None:
-        self._update_device("touch_device", user_id, {"last_seen": _now()})
+        self._update_device("touch_device", user_id, {"last_seen": utc_now()})
 
     def touch_devices(self, user_ids: Iterable[str]) -> int:
         ids = sorted(set(user_ids))  # one order for every writer: no lock-order deadlocks
-        now, updated = _now(), 0
+        now, updated = utc_now(), 0
         with self._tx("touch_devices", write=True) as conn:
             for start in range(0, len(ids), 500):  # well under any bound-parameter limit
                 chunk = ids[start : start + 500]
@@ -665,7 +696,7 @@ class SqlStore(SqlRunStore, Store):
     def set_device_credential(self, user_id: str, credential_hash: str | None) -> None:
         if credential_hash is not None:
             validation.ident("credential_hash", credential_hash)
-        revoked_at = _now() if credential_hash is None else None
+        revoked_at = utc_now() if credential_hash is None else None
         self._update_device(
             "set_device_credential",
             user_id,
@@ -696,7 +727,7 @@ class SqlStore(SqlRunStore, Store):
             status=DeviceTaskStatus(r.status),
             reason=r.reason,
             updated_at=iso(r.updated_at),
-            quarantined_until=iso(r.quarantined_until) if r.quarantined_until else None,
+            quarantined_until=iso(r.quarantined_until),
         )
 
     def set_device_task_status(
@@ -711,7 +742,7 @@ class SqlStore(SqlRunStore, Store):
     ) -> DeviceTaskState:
         parsed = validation.device_status(status)
         reason = validation.text("reason", reason)
-        now = _now()
+        now = utc_now()
         until = None
         if parsed is DeviceTaskStatus.QUARANTINED and quarantined_until is not None:
             seconds = validation.number("quarantined_until", quarantined_until)
@@ -726,29 +757,34 @@ class SqlStore(SqlRunStore, Store):
         }
         if run is not None:
             run = run_number("run", run)
-        with self._tx("set_device_task_status", write=True, conflict=_GONE) as conn:
-            if not _exists(conn, schema.devices.c.user_id, user_id):
-                raise not_found(f"device {user_id!r} not found")
-            exists, current = current_run(conn, task_id)
-            if not exists:
+        try:
+            with self._tx("set_device_task_status", write=True, conflict=_GONE) as conn:
+                exists, current = current_run(conn, task_id)
+                if not exists:
+                    _require_device(conn, user_id)  # an unknown device is named first
+                    raise not_found(f"task {task_id!r} not found")
+                if run is not None and run != current:
+                    # Another run's end: its part only; the task's status is the current's.
+                    require_run(conn, task_id, run)
+                    _require_device(conn, user_id)  # no key of run_devices says so
+                    record_participation(conn, task_id, run, user_id, parsed.value, reason)
+                    return DeviceTaskState(user_id, task_id, parsed, reason, iso(now))
+                if current is not None:
+                    record_participation(conn, task_id, current, user_id, parsed.value, reason)
+                # An unknown device is refused here, by the foreign key (no check before).
+                upsert = self._upsert(schema.device_tasks, ["user_id", "task_id"], values)
+                row = conn.execute(upsert.returning(*schema.device_tasks.c)).one()
+                return self._device_task(row)
+        except AgataError as exc:
+            if exc.code is not ErrorCode.CONFLICT:
+                raise
+            refused = exc
+        # A foreign key refused the row: say which id is unknown (else it was a race).
+        with self._tx("set_device_task_status") as conn:
+            _require_device(conn, user_id)
+            if not _exists(conn, schema.tasks.c.task_id, task_id):
                 raise not_found(f"task {task_id!r} not found")
-            target = current if run is None else run
-            if run is not None and run != current:
-                require_run(conn, task_id, run)
-            if target is not None:
-                record_participation(conn, task_id, target, user_id, parsed.value, values["reason"])
-            if target != current:  # an older run's end: the task's status is the current's
-                return DeviceTaskState(
-                    user_id, task_id, parsed, values["reason"], iso(values["updated_at"])
-                )
-            conn.execute(self._upsert(schema.device_tasks, ["user_id", "task_id"], values))
-            row = conn.execute(
-                select(schema.device_tasks).where(
-                    schema.device_tasks.c.user_id == user_id,
-                    schema.device_tasks.c.task_id == task_id,
-                )
-            ).one()
-            return self._device_task(row)
+        raise refused
 
     def list_device_tasks(self, user_id: str) -> list[DeviceTaskState]:
         dt = schema.device_tasks
@@ -814,25 +850,35 @@ class SqlStore(SqlRunStore, Store):
         data: Mapping[str, Any] | None = None,
         run: int | None = None,
     ) -> Event:
-        values: dict[str, Any] = {
-            "time": _time.time() if time is None else validation.number("time", time),
-            "service": validation.text("service", service, validation.MAX_ID),
-            "function": validation.text("function", function, validation.MAX_ID),
-            "event": validation.text("event", event, validation.MAX_ID),
-            "task_id": None if task_id is None else validation.ident("task_id", task_id),
-            "user_id": None if user_id is None else validation.ident("user_id", user_id),
-            "data": validation.json_object("data", data),
-        }
-        if run is not None:
-            run = run_number("run", run)
-        with self._tx("add_event", write=True) as conn:
-            if run is None and task_id is not None:
-                run = current_run(conn, task_id)[1]
-            values["run"] = run
-            new_id = conn.execute(
-                insert(schema.events).values(**values).returning(schema.events.c.id)
+        new = NewEvent(service, function, event, time, task_id, user_id, data, run)
+        return self._add_events("add_event", [new])[0]
+
+    def add_events(self, events: Sequence[NewEvent]) -> list[Event]:
+        return self._add_events("add_events", events)
+
+    def _add_events(self, operation: str, events: Sequence[NewEvent]) -> list[Event]:
+        """Every event checked first, then one transaction: one read of the current runs
+        of the tasks that need one and one multi-row ``INSERT … RETURNING``."""
+        rows = [_event_values(new) for new in events]
+        if not rows:
+            return []
+        with self._tx(operation, write=True) as conn:
+            wanted = sorted(
+                {r["task_id"] for r in rows if r["run"] is None and r["task_id"] is not None}
             )
-            return Event(id=new_id.scalar_one(), **values)
+            runs: dict[str, int | None] = {}
+            t = schema.tasks.c
+            for start in range(0, len(wanted), 500):  # well under any bound-parameter limit
+                found = select(t.task_id, t.run).where(t.task_id.in_(wanted[start : start + 500]))
+                runs.update((r.task_id, r.run) for r in conn.execute(found))
+            for r in rows:
+                if r["run"] is None and r["task_id"] is not None:
+                    r["run"] = runs.get(r["task_id"])
+            e = schema.events
+            ids = conn.execute(
+                insert(e).returning(e.c.id, sort_by_parameter_order=True), rows
+            ).scalars()
+            return [Event(id=new_id, **r) for new_id, r in zip(ids, rows, strict=True)]
 
     def list_events(
         self,
@@ -1055,7 +1101,7 @@ class SqlStore(SqlRunStore, Store):
             name=r.name,
             token_hash=r.token_hash,
             created_at=iso(r.created_at),
-            expires_at=None if r.expires_at is None else iso(r.expires_at),
+            expires_at=iso(r.expires_at),
             uses_left=r.uses_left,
             revoked=bool(r.revoked),
         )
@@ -1065,7 +1111,7 @@ class SqlStore(SqlRunStore, Store):
             "token_id": uuid.uuid4().hex,
             "name": validation.text("name", name, validation.MAX_ID),
             "token_hash": validation.ident("token_hash", token_hash),
-            "created_at": _now(),
+            "created_at": utc_now(),
             "revoked": False,
         }
         with self._tx(
@@ -1111,7 +1157,7 @@ class SqlStore(SqlRunStore, Store):
             "token_id": uuid.uuid4().hex,
             "name": validation.text("name", name, validation.MAX_ID),
             "token_hash": validation.ident("token_hash", token_hash),
-            "created_at": _now(),
+            "created_at": utc_now(),
             "expires_at": validation.aware("expires_at", expires_at),
             "uses_left": validation.integer("uses", uses, 1, validation.INT32_MAX),
             "revoked": False,
@@ -1137,7 +1183,7 @@ class SqlStore(SqlRunStore, Store):
                     et.c.token_hash == token_hash,
                     et.c.revoked == false(),
                     et.c.uses_left > 0,
-                    or_(et.c.expires_at.is_(None), et.c.expires_at > _now()),
+                    or_(et.c.expires_at.is_(None), et.c.expires_at > utc_now()),
                 )
                 .values(uses_left=et.c.uses_left - 1)
                 .returning(*et.c)
@@ -1155,6 +1201,20 @@ class SqlStore(SqlRunStore, Store):
 
 
 _LIMIT_NAMES = frozenset({"memory_mb", "cpu_cores", "open_files", "pids", "wall_seconds"})
+
+
+def _event_values(new: NewEvent) -> dict[str, Any]:
+    """An event's row, checked (``run`` None: its task's current run, filled in later)."""
+    return {
+        "time": _time.time() if new.time is None else validation.number("time", new.time),
+        "service": validation.text("service", new.service, validation.MAX_ID),
+        "function": validation.text("function", new.function, validation.MAX_ID),
+        "event": validation.text("event", new.event, validation.MAX_ID),
+        "task_id": None if new.task_id is None else validation.ident("task_id", new.task_id),
+        "user_id": None if new.user_id is None else validation.ident("user_id", new.user_id),
+        "data": validation.json_object("data", new.data),
+        "run": None if new.run is None else run_number("run", new.run),
+    }
 
 
 def _limits(limits: Mapping[str, Any]) -> dict[str, Any] | None:

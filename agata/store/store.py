@@ -48,6 +48,7 @@ __all__ = [
     "Event",
     "LogLine",
     "Metric",
+    "NewEvent",
     "NewLogLine",
     "NewTask",
     "OperatorToken",
@@ -194,6 +195,21 @@ class Event:
     user_id: str | None = None
     data: Mapping[str, Any] = field(default_factory=dict)
     run: int | None = None  # the run of its task it happened in (None: no run)
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    """An event to append (:meth:`Store.add_events`); ``time`` defaults to now, ``run``
+    to its task's current run."""
+
+    service: str
+    function: str
+    event: str
+    time: float | None = None
+    task_id: str | None = None
+    user_id: str | None = None
+    data: Mapping[str, Any] | None = None
+    run: int | None = None
 
 
 @dataclass(frozen=True)
@@ -490,6 +506,12 @@ class Store(RunStore):
     ) -> Event:
         """Append an event (``time`` defaults to now). Ids need not exist. An event of a
         known task belongs to ``run``, or by default to the task's current run."""
+
+    @abc.abstractmethod
+    def add_events(self, events: Sequence[NewEvent]) -> list[Event]:
+        """Append several events in one transaction, as :meth:`add_event` would one by
+        one (same checks, same defaults), and return them in the given order. One
+        value the store cannot keep refuses the whole call (``INVALID_ARGUMENT``)."""
 
     @abc.abstractmethod
     def list_events(

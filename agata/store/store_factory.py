@@ -12,20 +12,23 @@ The backend is picked by the URL's scheme through one alias table:
 
 Engines are created here, on call, never at import time. SQLite connections get
 ``journal_mode=WAL`` (files), ``synchronous=NORMAL``, ``foreign_keys=ON`` and
-``busy_timeout``; write transactions start with ``BEGIN IMMEDIATE``.
+``busy_timeout``; write transactions start with ``BEGIN IMMEDIATE``. PostgreSQL
+connections get TCP keepalives and are checked without a round trip when taken from the
+pool (:func:`connection_lost`), so a restarted server costs no failed call.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import select
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, DisconnectionError
 from sqlalchemy.pool import StaticPool
 
 from agata.errors import invalid
@@ -43,6 +46,21 @@ DEFAULT_BUSY_TIMEOUT = 5.0
 POOL_SIZE = DEFAULT_READ_WORKERS + DEFAULT_WRITE_WORKERS + 2
 """Connections kept open: one per thread of an :class:`AsyncStore` and two for code
 without a loop. Fewer, and connections past the pool would be opened and closed per call."""
+
+
+POOL_RECYCLE_SECONDS = 1800
+"""A pooled PostgreSQL connection is replaced after this long (firewalls and proxies
+between the cloud and its database drop idle connections after an hour or more, often
+silently)."""
+PG_KEEPALIVES = {
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+}
+"""libpq's TCP keepalives: a connection whose server vanished without closing it (a
+machine or network gone) is found dead within about a minute, even while idle in the
+pool (then :func:`connection_lost` sees it)."""
 
 
 def _json_dumps(value: Any) -> str:
@@ -100,15 +118,41 @@ def _postgresql_engine(url: URL, busy_timeout: float, echo: bool) -> Engine:
         raise invalid(
             "PostgreSQL needs the psycopg driver: pip install 'agata[postgres]'"
         ) from None
-    return create_engine(
+    engine = create_engine(
         url.set(drivername="postgresql+psycopg"),
-        pool_pre_ping=True,
         pool_size=POOL_SIZE,
         max_overflow=4,
+        pool_recycle=POOL_RECYCLE_SECONDS,
+        connect_args=dict(PG_KEEPALIVES),
         hide_parameters=True,
         json_serializer=_json_dumps,
         echo=echo,
     )
+
+    @event.listens_for(engine, "checkout")
+    def _on_checkout(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+        # The pool retries with a new connection (and drops the rest of the pool's older
+        # ones when a statement later meets a dead one: SQLAlchemy's disconnect handling).
+        if connection_lost(dbapi_connection):
+            raise DisconnectionError("the database server closed this pooled connection")
+
+    return engine
+
+
+def connection_lost(dbapi_connection: Any) -> bool:
+    """Whether an idle pooled psycopg connection is known dead, without a round trip.
+
+    An idle connection is never sent anything unasked (no ``LISTEN`` here): a readable
+    socket means the server closed it (a restart, ``pg_terminate_backend``, an idle
+    timeout: PostgreSQL sends its ``FATAL`` and closes) or the kernel found the peer gone
+    (TCP keepalives, :data:`PG_KEEPALIVES`). One ``poll`` system call instead of the
+    ``SELECT 1`` that ``pool_pre_ping`` sends before every transaction.
+    """
+    if dbapi_connection.closed or dbapi_connection.broken:
+        return True
+    poller = select.poll()
+    poller.register(dbapi_connection.fileno(), select.POLLIN | select.POLLERR | select.POLLHUP)
+    return bool(poller.poll(0))
 
 
 _BUILDERS: dict[str, Callable[[URL, float, bool], Engine]] = {

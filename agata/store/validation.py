@@ -12,10 +12,13 @@ import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from enum import StrEnum
+from typing import Any, TypeVar
 
 from agata.errors import AgataError, ErrorCode, invalid
 from agata.store.store import BundleFile, DeviceTaskStatus, TaskState
+
+_Choice = TypeVar("_Choice", bound=StrEnum)
 
 MAX_ID = 255
 """Longest id, name, host, tag, sensor or hash (characters)."""
@@ -131,12 +134,17 @@ def files(values: Sequence[BundleFile]) -> tuple[BundleFile, ...]:
     return tuple(result[k] for k in sorted(result))
 
 
-def task_state(running: bool, state: TaskState | str) -> TaskState:
+def member(name: str, kind: type[_Choice], value: _Choice | str) -> _Choice:
+    """``value`` as a member of the enum ``kind``; INVALID_ARGUMENT naming the choices."""
     try:
-        parsed = TaskState(state)
+        return kind(value)
     except ValueError:
-        choices = ", ".join(s.value for s in TaskState)
-        raise invalid(f"task state must be one of {choices}") from None
+        choices = ", ".join(m.value for m in kind)
+        raise invalid(f"{name} must be one of {choices}") from None
+
+
+def task_state(running: bool, state: TaskState | str) -> TaskState:
+    parsed = member("task state", TaskState, state)
     if not isinstance(running, bool):
         raise invalid("running must be a boolean")
     if running != (parsed is TaskState.RUNNING):
@@ -145,11 +153,7 @@ def task_state(running: bool, state: TaskState | str) -> TaskState:
 
 
 def device_status(status: DeviceTaskStatus | str) -> DeviceTaskStatus:
-    try:
-        return DeviceTaskStatus(status)
-    except ValueError:
-        choices = ", ".join(s.value for s in DeviceTaskStatus)
-        raise invalid(f"device task status must be one of {choices}") from None
+    return member("device task status", DeviceTaskStatus, status)
 
 
 def aware(name: str, value: datetime | None) -> datetime | None:

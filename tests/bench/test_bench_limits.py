@@ -55,7 +55,10 @@ def test_the_console_bench_prints_pages_beside_get_user_info() -> None:
     assert len(pages) == len(PAGES)
     assert all(f.limit and f.value and f.compared for f in pages)
     assert "total 300" in pages[0].note  # the whole fleet, unfiltered
-    assert report.figures[-1].name.startswith("console first load while 20 devices enroll")
+    first_load, enrolled = report.figures[-2:]
+    assert first_load.name.startswith("console first load while 20 devices enroll")
+    assert (enrolled.value, enrolled.ok) == (20, True)  # every device of the burst got in
+    assert report.context["enrollments"] == {"ok": 20}
 
 
 def test_the_runs_bench_prints_run_reads_beside_get_task() -> None:

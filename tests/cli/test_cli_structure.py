@@ -1,5 +1,6 @@
-"""The CLI's structure: imports run one way, the benchmarks live in one group, and
-SIGINT/SIGTERM handling is the one helper of agata.cli.runner."""
+"""The CLI's structure: imports run one way, the benchmarks live in one group,
+SIGINT/SIGTERM handling is the one helper of agata.cli.runner, and the operator
+commands' shared options are declared once (agata.cli.cloud_client.cloud_options)."""
 
 from __future__ import annotations
 
@@ -9,13 +10,17 @@ import os
 import signal
 from pathlib import Path
 
+import typer
+from typer.main import get_command
 from typer.testing import CliRunner
 
 import agata.cli
+from agata.cli.cloud_client import CloudOptions, cloud_options
 from agata.cli.main import GROUPS, app
 from agata.cli.runner import on_stop_signals
 
 CLI = Path(agata.cli.__file__).parent
+SHARED_OPTIONS = {"cloud_url", "token", "data_dir", "cafile", "json_out"}
 
 
 def _imported_modules(path: Path) -> set[str]:
@@ -98,3 +103,48 @@ def test_stop_signals_call_stop_in_the_loop() -> None:
         return seen
 
     assert asyncio.run(main()) == ["stop", "stop"]
+
+
+def test_cloud_options_hand_the_shared_options_to_the_command_as_one_value() -> None:
+    seen: list[tuple[str, CloudOptions]] = []
+
+    @cloud_options
+    def show(name: str, *, options: CloudOptions) -> None:
+        seen.append((name, options))
+
+    def other() -> None:
+        """A second command, so that "show" stays a subcommand."""
+
+    tiny = typer.Typer()
+    tiny.command("show")(show)
+    tiny.command("other")(other)
+    result = CliRunner().invoke(
+        tiny, ["show", "t1", "--cloud-url", "https://c:1", "--json"], env={}
+    )
+
+    assert result.exit_code == 0, result.output
+    [(name, options)] = seen
+    assert name == "t1"
+    assert (options.cloud_url, options.token, options.cafile) == ("https://c:1", None, None)
+    assert options.data_dir == Path("agata-data") and options.json_out is True
+
+
+def test_every_operator_command_takes_the_shared_options_alike() -> None:
+    """task, run and device (but enroll, which runs on a device) take --cloud-url,
+    --token, --data-dir, --ca-file and --json, each declared the same way, last."""
+    cli = get_command(app)
+    declared: dict[str, list[tuple[object, ...]]] = {}
+    for group in ("task", "run", "device"):
+        commands = cli.commands[group].commands  # type: ignore[attr-defined]
+        for name, command in commands.items():
+            if (group, name) == ("device", "enroll"):
+                continue
+            tail = command.params[-len(SHARED_OPTIONS) :]
+            assert {p.name for p in tail} == SHARED_OPTIONS, (group, name)
+            declared[f"{group} {name}"] = [
+                (p.name, p.opts, p.default, p.envvar, getattr(p, "help", None)) for p in tail
+            ]
+
+    assert len(declared) == 15
+    first = next(iter(declared.values()))
+    assert all(options == first for options in declared.values()), declared

@@ -286,6 +286,61 @@ def test_devices_list_show_clear_quarantine_and_revoke(
     assert agata("task", "stop", "cli-q").exit_code == 0
 
 
+def test_a_task_edited_with_its_run_rules_and_limits(
+    agata: Callable[..., Any], cloud: CloudProcess
+) -> None:
+    limits = ("--memory-mb", "256", "--wall-seconds", "600")
+    created = agata("task", "create", "cli-rules", "--min-devices", "2", *limits)
+    assert created.exit_code == 0, created.output
+    task = cloud.op("rpc_exec_get_task_by_id", {"task_id": "cli-rules"})
+    assert (task["min_devices"], task["limits"]) == (2, {"memory_mb": 256, "wall_seconds": 600})
+
+    edited = agata("task", "edit", "cli-rules", "--start-deadline", "30", "--cpu-cores", "0.5")
+    assert edited.exit_code == 0, edited.output
+    assert "changed: limits, start_deadline_s" in edited.stdout
+    task = cloud.op("rpc_exec_get_task_by_id", {"task_id": "cli-rules"})
+    assert (task["min_devices"], task["start_deadline_s"]) == (2, 30)
+    assert task["limits"] == {"cpu_cores": 0.5}  # given limits replace the task's
+
+    cleared = agata("task", "edit", "cli-rules", "--no-limits", "--start-deadline", "0", "--json")
+    assert cleared.exit_code == 0, cleared.output
+    record = json.loads(cleared.stdout)
+    assert (record["limits"], record["start_deadline_s"]) == ({}, None)
+    shown = agata("task", "show", "cli-rules")
+    assert re.search(r"min devices\s+2", shown.stdout), shown.stdout
+
+    nothing = agata("task", "edit", "cli-rules")
+    assert nothing.exit_code == 2 and "nothing to change" in nothing.stderr
+    both = agata("task", "edit", "cli-rules", "--no-limits", "--pids", "9")
+    assert both.exit_code == 2 and "--no-limits" in both.stderr
+    assert agata("task", "delete", "cli-rules", "--yes").exit_code == 0
+
+
+def test_an_enrollment_token_from_the_cli_enrolls_and_decommission_removes_the_device(
+    agata: Callable[..., Any], cloud: CloudProcess
+) -> None:
+    made = agata("device", "enrollment-token", "--uses", "1", "--hours", "1")
+    assert made.exit_code == 0, made.output
+    token = made.stdout.strip()  # the token alone: TOKEN=$(agata device enrollment-token)
+    assert "expires" in made.stderr and "\n" not in token
+    response = httpx.post(
+        f"{cloud.url}/api/devices/enroll",
+        json={"user_id": "cli-dev-gone", "enrollment_token": token},
+        timeout=10,
+    )
+    assert response.status_code == 200, response.text
+
+    refused = agata("device", "decommission", "cli-dev-gone", "--json")
+    assert refused.exit_code == 2  # --json cannot confirm
+    gone = agata("device", "decommission", "cli-dev-gone", "--yes")
+    assert gone.exit_code == 0, gone.output
+    assert "decommissioned" in gone.stdout
+    unknown = agata("device", "show", "cli-dev-gone")
+    assert unknown.exit_code == 1 and "not found" in unknown.stderr
+    again = agata("device", "decommission", "cli-dev-gone", "--yes")
+    assert again.exit_code == 1 and "not found" in again.stderr
+
+
 RUN_SERVER_PY = """
 import sys, time
 from pathlib import Path

@@ -23,8 +23,8 @@ from agata.retry import Backoff
 from agata.simulate.device import DeviceApi, DeviceConfig, SimulatedDevice, device_attributes
 from agata.simulate.stats import FleetStats
 
-#: The operator call that holds the gateway's one place: its service is stopped, so it
-#: waits for the bus timeout (a service that cannot keep up, made deterministic).
+#: The device call that holds the gateway's one device place: its service is stopped,
+#: so it waits for the bus timeout (a service that cannot keep up, made deterministic).
 STALL_SECONDS = 2.0
 
 
@@ -32,8 +32,9 @@ STALL_SECONDS = 2.0
 async def saturated_cloud(
     tmp_path: Path,
 ) -> AsyncIterator[tuple[Cloud, asyncio.Task[int], TaskManager]]:
-    """A real cloud with one admission place and no queue; its task manager is stopped,
-    and one operator call to it holds the place for STALL_SECONDS."""
+    """A real cloud with one device place and no queue; its task manager is stopped,
+    and one device's poll (a device of the original system) holds the place for
+    STALL_SECONDS."""
     async with running_cloud(
         tmp_path,
         legacy_devices=True,
@@ -47,7 +48,7 @@ async def saturated_cloud(
         await manager.stop()
 
         async def hold() -> int:
-            response = await cloud.op(ops.GET_TASK, {"task_id": "t1"})
+            response = await cloud.op(ops.CLIENT_REQUESTING_TASK, {"user_id": "h"}, token=None)
             return response.status_code
 
         holder = asyncio.create_task(hold())
@@ -78,6 +79,20 @@ async def test_a_saturated_gateway_answers_503_with_retry_after_at_once(tmp_path
         assert await holder == 504
         accepted = await cloud.op(ops.UPDATE_USER_INFO, body, token=None)
         assert accepted.status_code == 200, accepted.text
+
+
+async def test_an_operator_is_served_while_the_devices_places_are_full(tmp_path: Path) -> None:
+    # Prepare: the one device place is held, and a device is refused
+    async with saturated_cloud(tmp_path) as (cloud, holder, manager):
+        body = {"user_id": "dev-1", "data_qnt": 10, "sensors": []}
+        assert (await cloud.op(ops.UPDATE_USER_INFO, body, token=None)).status_code == 503
+        # Execute: the console reads devices (the device registry is up)
+        page = await cloud.op(ops.QUERY_DEVICES, {"limit": 50})
+        # Assert: served from the operators' own places, not refused behind the fleet
+        assert page.status_code == 200, page.text
+        assert not holder.done()
+        await holder
+        await manager.start()
 
 
 class _Recorder(httpx.AsyncBaseTransport):

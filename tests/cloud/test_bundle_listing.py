@@ -132,3 +132,24 @@ def test_a_journal_survives_the_stale_staging_cleanup(tmp_path: Path) -> None:
     assert outcome == {"t1": "put back"}
     assert listing(restarted, "t1") == old
     assert not list((tmp_path / ".staging").glob("undo-*"))
+
+
+def test_the_loop_check_answers_from_cached_digests_only(tmp_path: Path) -> None:
+    # Prepare: a bundle whose digests the store knows (it wrote the files)
+    store = BundleStore(tmp_path)
+    store.write_files("t1", [("server.py", b"v1"), ("client.py", b"c")])
+    files = store.list_files("t1")
+
+    # Execute / Assert: checked without reading a file; a wrong listing is refused there
+    assert store.check_listing("t1", files, cached_only=True) is True
+    wrong = [BundleFile(f.name, f.size, "0" * 64) if f.name == "server.py" else f for f in files]
+    with pytest.raises(AgataError) as refused:
+        store.check_listing("t1", wrong, cached_only=True)
+    assert refused.value.code is ErrorCode.CONFLICT
+
+    # A file rewritten behind the store: no cached digest for it as it is, so the loop
+    # check leaves it to the hashing check, which refuses it
+    (store.task_dir("t1") / "server.py").write_bytes(b"v2")
+    assert store.check_listing("t1", files, cached_only=True) is False
+    with pytest.raises(AgataError):
+        store.check_listing("t1", files)

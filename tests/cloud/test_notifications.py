@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cloud_harness import Cloud, create_bundle_task, running_cloud
+from cloud_harness import Cloud, create_bundle_task, running_cloud, task_manager_replica
 
 from agata.bus.bus import Delivery
 from agata.cloud.services.task_manager import TaskManager
@@ -100,16 +100,8 @@ async def test_a_devices_report_keeps_its_cached_attributes_and_offers(cloud: Cl
 @pytest.fixture
 async def replicas(tmp_path: Path) -> AsyncIterator[Cloud]:
     """A cloud with a second task-manager replica on the same bus and store."""
-    async with running_cloud(tmp_path) as cloud:
-        node = cloud.node
-        second = TaskManager(
-            node.bus, node.store, node.bundles.root, node.data_dir / "work", grace=2.0
-        )
-        await second.start()
-        try:
-            yield cloud
-        finally:
-            await second.stop()
+    async with running_cloud(tmp_path) as cloud, task_manager_replica(cloud):
+        yield cloud
 
 
 async def test_a_task_named_device_is_seen_to_change_on_every_replica(replicas: Cloud) -> None:

@@ -11,9 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cloud_harness import CLIENT_PY, Cloud, create_bundle_task, running_cloud
+from cloud_harness import CLIENT_PY, Cloud, create_bundle_task, running_cloud, task_manager_replica
 
-from agata.cloud.services.task_manager import TaskManager
 from agata.cloud.services.views import offer_view
 
 # A server side that ends (Finished) once the file named by its argument exists.
@@ -57,14 +56,8 @@ async def held_task(cloud: Cloud, task_id: str, **fields: object) -> None:
 async def replicas(tmp_path: Path) -> AsyncIterator[Cloud]:
     """A cloud whose task manager has a second replica on the same bus and store: task
     requests and changes go to one or the other in turn."""
-    async with running_cloud(tmp_path) as cloud:
-        node = cloud.node
-        second = TaskManager(node.bus, node.store, node.bundles, node.data_dir / "work", grace=2.0)
-        await second.start()
-        try:
-            yield cloud
-        finally:
-            await second.stop()
+    async with running_cloud(tmp_path) as cloud, task_manager_replica(cloud):
+        yield cloud
 
 
 async def test_the_cached_answer_is_the_one_computed_afresh(cloud: Cloud) -> None:

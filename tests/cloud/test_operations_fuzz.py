@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from agata.bus import create_bus
 from agata.bus.service import Service
+from agata.cloud.bundles.artifact_store import ArtifactStore
 from agata.cloud.bundles.bundle_store import BundleStore
 from agata.cloud.services.device_registry import DeviceRegistry
 from agata.cloud.services.task_manager import TaskManager
@@ -54,7 +55,11 @@ class Harness:
         self.store = create_store(f"sqlite:///{self.folder / 'fuzz.db'}")
         self.bus = create_bus("memory://")
         self.manager = TaskManager(
-            self.bus, self.store, BundleStore(self.folder / "tasks"), self.folder / "work"
+            self.bus,
+            self.store,
+            BundleStore(self.folder / "tasks"),
+            self.folder / "work",
+            artifacts=ArtifactStore(self.folder / "artifacts"),
         )
         self.registry = DeviceRegistry(self.bus, self.store)
 

@@ -1,5 +1,6 @@
 """Operators list and revoke operator and enrollment tokens; a revoked operator's live
-stream ends at once and its next request is refused."""
+stream ends at once and its next request is refused. The listings are the protocol's
+records (OperatorTokenPublic, EnrollmentTokenPublic), never a token or its hash."""
 
 from __future__ import annotations
 
@@ -8,6 +9,10 @@ import asyncio
 from cloud_harness import Cloud
 
 from agata.cloud.credentials.tokens import OPERATOR_PREFIX, hash_token, new_token
+from agata.cloud.services.views import enrollment_token_view, operator_token_view
+from agata.store.store import EnrollmentToken, OperatorToken
+
+WHEN = "2026-12-02T03:00:00.000000Z"
 
 
 async def test_a_revoked_operator_loses_its_stream_and_its_access_at_once(cloud: Cloud) -> None:
@@ -57,3 +62,28 @@ async def test_enrollment_tokens_are_listed_and_revocable(cloud: Cloud) -> None:
     assert unknown.status_code == 404
     assert enroll.status_code == 401
     assert (await cloud.op("rpc_exec_list_enrollment_tokens", {})).json()[0]["revoked"] is True
+
+
+def test_the_token_listings_are_the_protocol_records_field_for_field() -> None:
+    operator = OperatorToken("o1", "alice", token_hash="secret-1", created_at=WHEN)
+    enrollment = EnrollmentToken(
+        "e1", "lab", token_hash="secret-2", created_at=WHEN, uses_left=3, revoked=True
+    )
+
+    listed = [operator_token_view(operator), enrollment_token_view(enrollment)]
+
+    assert list(listed[0].items()) == [
+        ("token_id", "o1"),
+        ("name", "alice"),
+        ("created_at", WHEN),
+        ("revoked", False),
+    ]
+    assert list(listed[1].items()) == [
+        ("token_id", "e1"),
+        ("name", "lab"),
+        ("created_at", WHEN),
+        ("expires_at", None),
+        ("uses_left", 3),
+        ("revoked", True),
+    ]
+    assert "secret" not in str(listed)

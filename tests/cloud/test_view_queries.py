@@ -14,6 +14,8 @@ from sqlalchemy import event
 
 from agata.bus import create_bus
 from agata.bus.bus import Bus
+from agata.cloud.bundles.artifact_store import ArtifactStore
+from agata.cloud.bundles.bundle_store import BundleStore
 from agata.cloud.services.device_registry import DeviceRegistry
 from agata.cloud.services.task_manager import TaskManager
 from agata.protocol import operations as ops
@@ -87,7 +89,13 @@ async def test_the_device_list_is_three_queries_for_any_fleet(bus: Bus, store: S
 async def test_task_views_are_a_fixed_number_of_queries(
     bus: Bus, store: SqlStore, tmp_path: Path
 ) -> None:
-    manager = TaskManager(bus, store, tmp_path / "tasks", tmp_path / "work")
+    manager = TaskManager(
+        bus,
+        store,
+        BundleStore(tmp_path / "tasks"),
+        tmp_path / "work",
+        artifacts=ArtifactStore(tmp_path / "artifacts"),
+    )
 
     with counted(store) as selects:
         tasks = await call(manager, ops.LIST_TASKS, {})

@@ -64,6 +64,27 @@ def test_histogram_empty_and_merge() -> None:
 # -- fleet attributes and criteria ------------------------------------------------------
 
 
+def test_a_window_and_the_run_total_their_requests_alike() -> None:
+    """One set of totals (OperationTotals) for a window and for the whole run."""
+    stats = FleetStats()
+    window = stats.open_window("all")
+    for operation, error, retried in [
+        ("report", None, False),
+        ("report", "timeout", True),
+        ("download", "status_503", False),
+    ]:
+        stats.end(operation, stats.begin(), error, retried=retried)
+    stats.error("download", "checksum")
+    stats.stop_clock()
+
+    for totals in (stats, window):
+        assert totals.requests == 3
+        assert (totals.errors, totals.retries) == (2, 1)
+        assert totals.errors_by_kind() == {"download:checksum": 1, "download:status_503": 1}
+        assert totals.retries_by_kind() == {"report:timeout": 1}
+    assert window.to_json()["retries_by_kind"] == stats.to_json()["retries_by_kind"]
+
+
 def test_criteria_split_the_fleet() -> None:
     devices = fleet_attributes(1000)
     tasks = [FleetTask(f"t{i}", task_criteria(i)) for i in range(4)]

@@ -15,6 +15,7 @@ from typing import Any
 from cloud_harness import Cloud, create_bundle_task, running_cloud
 
 from agata.bus import create_bus
+from agata.cloud.bundles.artifact_store import ArtifactStore
 from agata.cloud.bundles.bundle_store import BundleStore
 from agata.cloud.gateway import GatewayConfig, create_gateway
 
@@ -129,7 +130,8 @@ def gateway_document() -> dict[str, Any]:
     the running gateway's)."""
     folder = Path(tempfile.mkdtemp(prefix="agata-openapi-"))
     try:
-        app = create_gateway(create_bus("memory://"), GatewayConfig(BundleStore(folder / "t")))
+        config = GatewayConfig(BundleStore(folder / "t"), ArtifactStore(folder / "a"))
+        app = create_gateway(create_bus("memory://"), config)
         return app.openapi()
     finally:
         shutil.rmtree(folder, ignore_errors=True)

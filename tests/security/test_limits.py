@@ -181,7 +181,7 @@ def test_token_bucket_forgets_idle_clients() -> None:
 async def test_rate_limit_answers_429_with_retry_after_per_client_address(cloud: Cloud) -> None:
     # One token a second: the six requests below must come within a second for the
     # sixth to be refused (a loaded CI machine took over 200 ms at 5 per second).
-    config = GatewayConfig(cloud.node.bundles, rate_limit=1.0, rate_burst=5.0)
+    config = GatewayConfig(cloud.node.bundles, cloud.node.artifacts, rate_limit=1.0, rate_burst=5.0)
     app = create_gateway(cloud.node.bus, config)
     async with serve(app) as port:
         url = f"http://127.0.0.1:{port}/rpc_exec_list_tasks"

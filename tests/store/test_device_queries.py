@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -11,7 +12,8 @@ import pytest
 from agata.errors import AgataError, ErrorCode
 from agata.store import NewTask, Store, create_store
 from agata.store import sql_schema as schema
-from agata.store.queries import DeviceQuery
+from agata.store.queries import DEVICE_SORT_KEYS, DeviceQuery
+from agata.store.store import Device
 
 
 def _ids(store: Store, **fields: object) -> list[str]:
@@ -149,3 +151,81 @@ def test_long_strings_are_kept_but_not_indexed(store: Store) -> None:
     assert store.get_device("dev-long").extra["note"] == long
     assert _ids(store, attributes=(("site", "=", "lab"),)) == ["dev-long"]
     assert _ids(store, attributes=(("note", "=", long[:512]),)) == []
+
+
+def _forty(store: Store) -> None:
+    """40 devices with ties, missing values and two tasks (device ``q-07`` quarantined
+    in both)."""
+    for task in ("t1", "t2"):
+        store.create_task(NewTask(task_id=task, host="h", port=1, username="u", password="p"))
+    for i in range(40):
+        store.upsert_device(
+            f"q-{i:02d}",
+            data_qnt=None if i % 7 == 0 else float(i % 10),
+            avg_acc_contrib=float(i % 3),
+            sensors=["camera"] * (i % 2) + ["gps"] * (i % 3 == 0),
+            extra={"location": "lab" if i % 4 < 2 else "field", "battery": i},
+        )
+    for user_id in ("q-07", "q-08"):
+        store.set_device_task_status(user_id, "t1", "quarantined")
+    store.set_device_task_status("q-07", "t2", "quarantined")
+    store.set_device_task_status("q-09", "t2", "running")
+
+
+def _in_order(devices: list[Device], sort: str, descending: bool) -> list[str]:
+    """``devices``' ids as a page orders them: by ``sort`` (no value last either way),
+    ties by id in the same direction."""
+    valued = [d for d in devices if getattr(d, sort) is not None]
+    valued.sort(key=lambda d: (getattr(d, sort), d.user_id), reverse=descending)
+    rest = sorted((d for d in devices if getattr(d, sort) is None), key=lambda d: d.user_id)
+    return [d.user_id for d in valued] + [d.user_id for d in (rest[::-1] if descending else rest)]
+
+
+FILTERS: list[tuple[dict[str, object], Callable[[Device], bool]]] = [
+    ({"sensors": ("camera",)}, lambda d: "camera" in d.sensors),
+    (
+        {"sensors": ("camera",), "numbers": (("data_qnt", ">", 3.0),)},
+        lambda d: "camera" in d.sensors and (d.data_qnt or 0) > 3,
+    ),
+    (
+        {"sensors": ("gps",), "attributes": (("location", "=", "lab"),)},
+        lambda d: "gps" in d.sensors and d.extra["location"] == "lab",
+    ),
+    ({"attributes": (("location", "!=", "lab"),)}, lambda d: d.extra["location"] != "lab"),
+    (
+        {"attributes": (("battery", ">=", 30.0),), "words": ("q-3",)},
+        lambda d: d.extra["battery"] >= 30,
+    ),
+    ({"task_statuses": ("quarantined",)}, lambda d: d.user_id in ("q-07", "q-08")),
+    ({"tasks": ("t1", "t2")}, lambda d: d.user_id == "q-07"),
+]
+
+
+@pytest.mark.parametrize("sort", DEVICE_SORT_KEYS)
+def test_every_plan_of_a_page_gives_the_same_order_and_total(store: Store, sort: str) -> None:
+    # Prepare: the expected pages from the records themselves. Small pages on the first
+    # rows walk the sort key's index, later ones collect the matches and sort them
+    # (sql_device_query's choice by the total): both must agree with the records.
+    _forty(store)
+    records = store.list_devices()
+
+    for fields, wanted in FILTERS:
+        matching = [d for d in records if wanted(d)]
+        for descending in (False, True):
+            expected = _in_order(matching, sort, descending)
+            for limit, offset in ((3, 0), (3, 3), (5, 15), (50, 0)):
+                # Execute
+                page = store.query_devices(
+                    DeviceQuery(
+                        **fields,  # type: ignore[arg-type]
+                        sort=sort,
+                        descending=descending,
+                        limit=limit,
+                        offset=offset,
+                    )
+                )
+
+                # Assert
+                case = (fields, descending, limit, offset)
+                assert page.total == len(expected), case
+                assert [d.user_id for d in page.items] == expected[offset : offset + limit], case

@@ -65,10 +65,10 @@ def test_each_start_is_a_run_with_what_it_used(store: Store) -> None:
     one, two = store.get_run("t1", 1), store.get_run("t1", 2)
     assert one.state is RunState.FINISHED and one.reason == "Finished" and one.ended_at
     assert one.server_arguments == ("--rounds", "40") and one.client_arguments == ("-v",)
-    assert one.bundle_version == 1 and [f[0] for f in one.files] == ["client.py", "server.py"]
+    assert one.bundle_version == 1 and [f.name for f in one.files] == ["client.py", "server.py"]
     assert one.last_round == 40 and one.last_metrics == {"acc": 0.9}
     assert two.state is RunState.RUNNING and two.ended_at is None and two.started_at
-    assert two.bundle_version == 2 and two.files == (("server.py", 9, "c" * 64),)
+    assert two.bundle_version == 2 and two.files == (BundleFile("server.py", 9, "c" * 64),)
     assert two.last_round is None
     task = store.get_task("t1")
     assert task.run == 2 and task.running and task.state is TaskState.RUNNING

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import event, update
 
 from agata.errors import AgataError, ErrorCode
 from agata.store import NewLogLine, NewTask, create_store
@@ -104,6 +105,95 @@ def test_store_works_again_once_the_lock_is_released(
 
     assert store.get_task("t1").task_id == "t1"
     store.close()
+
+
+def test_a_write_of_this_process_waits_its_turn_without_sqlites_busy_handler(
+    db_path: Path,
+) -> None:
+    # Prepare: a thread of this process holds a write transaction open (its first
+    # statement after BEGIN IMMEDIATE waits); count the write transactions begun and
+    # not yet ended
+    store = create_store(f"sqlite:///{db_path}", busy_timeout=5.0)
+    assert isinstance(store, SqlStore)
+    store.create_task(_task())
+    holding, release = threading.Event(), threading.Event()
+    open_writes: list[int] = [0]
+    most_open: list[int] = [0]
+
+    @event.listens_for(store.engine, "before_cursor_execute")
+    def watch(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        if statement.startswith("BEGIN IMMEDIATE"):
+            open_writes[0] += 1
+            most_open[0] = max(most_open[0], open_writes[0])
+        elif threading.current_thread().name == "holder" and not statement.startswith("BEGIN"):
+            holding.set()
+            release.wait(30)
+
+    @event.listens_for(store.engine, "commit")
+    @event.listens_for(store.engine, "rollback")
+    def ended(_conn: object) -> None:
+        open_writes[0] = max(0, open_writes[0] - 1)
+
+    holder = threading.Thread(
+        target=store.update_task, args=("t1",), kwargs={"host": "h1"}, name="holder"
+    )
+    holder.start()
+    assert holding.wait(30)
+    outcome: list[object] = []
+
+    def write() -> None:
+        try:
+            outcome.append(store.update_task("t1", port=2))
+        except AgataError as exc:
+            outcome.append(exc)
+
+    # Execute: another thread's write meets the open transaction (before, it began its
+    # own and polled SQLite's lock in the busy handler, with sleeps of up to 100 ms)
+    writer = threading.Thread(target=write)
+    writer.start()
+    writer.join(0.5)
+    release.set()
+    holder.join(30)
+    writer.join(30)
+
+    # Assert: it began only once the other had ended, and wrote
+    assert most_open[0] == 1
+    assert len(outcome) == 1 and not isinstance(outcome[0], AgataError), outcome
+    task = store.get_task("t1")
+    assert (task.host, task.port) == ("h1", 2)
+    store.close()
+
+
+def test_a_write_queued_behind_this_process_writers_gives_up_within_the_busy_timeout(
+    db_path: Path,
+) -> None:
+    # Prepare: a write of this process waits for another process's write lock
+    store = create_store(f"sqlite:///{db_path}", busy_timeout=1.0)
+    store.create_task(_task())
+    other = sqlite3.connect(db_path, isolation_level=None, timeout=0)
+    other.execute("BEGIN IMMEDIATE")
+    first = threading.Thread(target=lambda: _fails(store))
+    first.start()
+
+    # Execute: a second write queues behind the first
+    started = time.monotonic()
+    with pytest.raises(AgataError) as exc:
+        store.update_task("t1", port=3)
+    waited = time.monotonic() - started
+    first.join(30)
+    other.execute("ROLLBACK")
+    other.close()
+
+    # Assert: a clear refusal within about one busy timeout, not one per write ahead
+    assert exc.value.code is ErrorCode.UNAVAILABLE
+    assert "the database is locked" in exc.value.message
+    assert waited < 1.9
+    store.close()
+
+
+def _fails(store: object) -> None:
+    with pytest.raises(AgataError):
+        store.update_task("t1", host="h2")  # type: ignore[attr-defined]
 
 
 def test_full_database_is_unavailable_and_writes_nothing() -> None:

@@ -17,6 +17,7 @@ from agata.errors import AgataError, ErrorCode
 from agata.store import (
     BundleFile,
     DeviceTaskStatus,
+    NewEvent,
     NewLogLine,
     NewTask,
     Store,
@@ -58,6 +59,23 @@ def count_selects(store: Store) -> Iterator[list[str]]:
 
     def _before(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
         if statement.lstrip().upper().startswith("SELECT"):
+            seen.append(statement)
+
+    event.listen(store.engine, "before_cursor_execute", _before)
+    try:
+        yield seen
+    finally:
+        event.remove(store.engine, "before_cursor_execute", _before)
+
+
+@contextmanager
+def count_statements(store: Store) -> Iterator[list[str]]:
+    """The statements ``store`` sends, but transaction control (``BEGIN``, ``COMMIT``)."""
+    assert isinstance(store, SqlStore)
+    seen: list[str] = []
+
+    def _before(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if statement.split()[0].upper() not in ("BEGIN", "COMMIT", "ROLLBACK"):
             seen.append(statement)
 
     event.listen(store.engine, "before_cursor_execute", _before)
@@ -525,7 +543,81 @@ class TestStoreConformance:
             store.set_device_task_status("d1", "t1", "sleeping")
         assert error_code(bad) is ErrorCode.INVALID_ARGUMENT
 
+    def test_device_task_status_of_unknown_ids_names_the_unknown_one(self, store: Store) -> None:
+        """The ids are checked only once the foreign keys refused the row (issue 15)."""
+        store.create_task(new_task())
+        store.upsert_device("d1")
+        store.create_run("t1", state="running", server_arguments=[], client_arguments=[])
+
+        cases = [("nope", "t1", "device 'nope'"), ("d1", "gone", "task 'gone'")]
+        cases.append(("nope", "gone", "device 'nope'"))  # the device is named first
+        for user_id, task_id, words in cases:
+            with pytest.raises(AgataError) as exc:
+                store.set_device_task_status(user_id, task_id, "running")
+            assert error_code(exc) is ErrorCode.NOT_FOUND
+            assert words in exc.value.message, exc.value.message
+        with pytest.raises(AgataError) as old_run:
+            store.set_device_task_status("nope", "t1", "finished", run=1)
+        assert "device 'nope'" in old_run.value.message
+        assert store.list_task_devices("t1") == []
+        assert store.list_run_devices("t1", 1) == []  # nothing of the refused reports stays
+        store.delete_device("d1")
+        with pytest.raises(AgataError) as deleted:
+            store.set_device_task_status("d1", "t1", "running")
+        assert "device 'd1'" in deleted.value.message
+
+    def test_a_report_of_a_known_device_is_four_statements(self, store: Store) -> None:
+        """A round's report: its task's current run, its part in the run (read, write)
+        and one upsert returning the row: no existence check, no read back (issue 15;
+        before: 6)."""
+        store.create_task(new_task())
+        store.upsert_device("d1")
+        store.create_run("t1", state="running", server_arguments=[], client_arguments=[])
+        store.set_device_task_status("d1", "t1", "running")  # joins the run
+
+        with count_statements(store) as statements:  # a round's report
+            state = store.set_device_task_status("d1", "t1", "running", "go")
+
+        assert len(statements) == 4, statements
+        assert (state.status, state.reason) == (DeviceTaskStatus.RUNNING, "go")
+        assert store.list_device_tasks("d1") == [state]
+        assert store.get_run("t1", 1).devices_joined == 1
+
     # -- events, metrics, logs -----------------------------------------------------------
+
+    def test_events_are_added_together_in_one_transaction(self, store: Store) -> None:
+        store.create_task(new_task())
+        store.create_run("t1", state="running", server_arguments=[], client_arguments=[])
+        news = [
+            NewEvent("s", "f", "first", time=30.0, task_id="t1"),
+            NewEvent("s", "f", "second", time=10.0, user_id="d1", data={"k": [1, "x"]}),
+            NewEvent("s", "f", "third", time=20.0, task_id="t1", run=1),
+            NewEvent("s", "f", "fourth", task_id="unknown"),
+        ]
+
+        commits: list[object] = []
+
+        def _on_commit(conn: object) -> None:
+            commits.append(conn)
+
+        event.listen(store.engine, "commit", _on_commit)
+        with count_statements(store) as statements:
+            events = store.add_events(news)
+        event.remove(store.engine, "commit", _on_commit)
+
+        assert len(commits) == 1
+        if store.engine.dialect.name == "postgresql":  # SQLite: one INSERT per row
+            assert len(statements) == 2, statements  # the tasks' runs, one INSERT
+        assert [e.event for e in events] == ["first", "second", "third", "fourth"]
+        assert len({e.id for e in events}) == 4
+        assert [e.run for e in events] == [1, None, 1, None]
+        assert events[1].data == {"k": [1, "x"]}
+        assert store.list_events() == sorted(events, key=lambda e: (e.time, e.id))
+        assert store.add_events([]) == []
+        with pytest.raises(AgataError) as bad:
+            store.add_events([NewEvent("s", "f", "kept?"), NewEvent("s", "f", "x\x00")])
+        assert error_code(bad) is ErrorCode.INVALID_ARGUMENT
+        assert [e.event for e in store.list_events()] == ["second", "third", "first", "fourth"]
 
     def test_events_filter_and_order(self, store: Store) -> None:
         store.add_event(service="cloud", function="f", event="late", time=30.0, task_id="t1")

@@ -21,6 +21,8 @@ from .conftest import DESKTOP, PHONE
 pytestmark = pytest.mark.browser
 
 TASK_STARTS = 15_000  # ms: a task process starting and reporting (python start-up)
+DIGITS_APP = Path(__file__).resolve().parents[2] / "examples" / "tasks" / "digits-app"
+DIGITS_APP_FILES = sorted(DIGITS_APP.glob("*.*"))
 
 
 async def snap(page: Page, folder: Path, name: str) -> None:
@@ -257,7 +259,6 @@ async def test_the_create_form_uploads_the_files_picked_in_it(
 async def test_the_form_creates_a_flower_app_task_with_its_run_rules_and_limits(
     cloud: Cloud, page: Page, screenshots_dir: Path
 ) -> None:
-    app = Path(__file__).resolve().parents[2] / "examples" / "tasks" / "digits-app"
     await sign_in(page, cloud, "new-task")
     hint = page.locator('[data-field="server_arguments"] .hint')
     await expect(hint).to_contain_text("server.py")
@@ -266,7 +267,7 @@ async def test_the_form_creates_a_flower_app_task_with_its_run_rules_and_limits(
     await page.select_option("#f-kind", "flower-app")
     await expect(hint).to_contain_text("run config")
     await expect(page.locator("[data-bundle-hint]")).to_contain_text("pyproject.toml")
-    await page.locator("[data-role=bundle-input]").set_input_files(sorted(app.glob("*.*")))
+    await page.locator("[data-role=bundle-input]").set_input_files(DIGITS_APP_FILES)
     await page.fill("#f-task_id", "app-from-form")
     await page.click("#task-form-runs summary")
     await page.fill("#f-min_devices", "2")

@@ -74,6 +74,13 @@ class DigestCache:
         self.remember(task_id, name, current, digest.hexdigest())
         return digest.hexdigest()
 
+    def cached(self, task_id: str, name: str, info: os.stat_result) -> str | None:
+        """The SHA-256 of ``name`` (stat'ed as ``info``) if the cache holds it for the
+        file as it is, else None (nothing is read)."""
+        with self._guard:
+            cached = self._digests.get((task_id, name))
+        return cached[1] if cached is not None and cached[0] == identity(info) else None
+
     def remember(self, task_id: str, name: str, info: os.stat_result, sha256: str) -> None:
         """Record the digest of a file just written (stat'ed as ``info``)."""
         with self._guard:

@@ -70,6 +70,10 @@ __all__ = ["BundleStore"]
 
 logger = logging.getLogger(__name__)
 
+#: A listing of at most this many files may be checked on an event loop when every
+#: digest is cached (:meth:`BundleStore.check_listing` with ``cached_only``).
+LOOP_CHECK_FILES = 64
+
 #: Staging folders older than this are left by a crash (a write takes far less).
 _STALE_STAGING_SECONDS: Final = 3600
 
@@ -156,6 +160,13 @@ class BundleStore:
 
     def list_files(self, task_id: str) -> list[BundleFile]:
         """The bundle's regular files, sorted by name; empty if the task has no bundle."""
+        files = self._list_files(task_id, cached_only=False)
+        assert files is not None
+        return files
+
+    def _list_files(self, task_id: str, *, cached_only: bool) -> list[BundleFile] | None:
+        """:meth:`list_files`; with ``cached_only`` None as soon as a file would have to
+        be read (its digest is not cached for it as it is)."""
         with self._open_dir(task_id) as dir_fd:
             if dir_fd is None:
                 return []
@@ -163,7 +174,12 @@ class BundleStore:
             for name, info in sorted(self._scan(dir_fd).items()):
                 if not is_bundle_file(task_id, name, info):
                     continue
-                digest = self._digests.digest(task_id, dir_fd, name, info)
+                if cached_only:
+                    digest = self._digests.cached(task_id, name, info)
+                    if digest is None:
+                        return None
+                else:
+                    digest = self._digests.digest(task_id, dir_fd, name, info)
                 if digest is not None:
                     files.append(BundleFile(name, info.st_size, digest))
             return files
@@ -456,8 +472,14 @@ class BundleStore:
             )
         return outcomes
 
-    def check_listing(self, task_id: str, listing: Sequence[Listed]) -> None:
+    def check_listing(
+        self, task_id: str, listing: Sequence[Listed], *, cached_only: bool = False
+    ) -> bool:
         """Raise ``CONFLICT`` with the reason unless the bundle holds exactly ``listing``.
+        Returns True once checked; with ``cached_only`` False instead when a file would
+        have to be hashed or the listing holds more than :data:`LOOP_CHECK_FILES` files
+        (the check then belongs in a thread), so that a start may check an unchanged
+        small bundle on its event loop (a stat call per file).
 
         Every listed file must be on disk with its listed size and SHA-256 (what devices
         download and verify). Files on disk that are not listed are only logged: devices
@@ -466,7 +488,12 @@ class BundleStore:
         inode, size, mtime and ctime are unchanged, so a file is hashed once after each
         change: any write behind the listing changes its ctime and is caught.
         """
-        on_disk = {f.name: f for f in self.list_files(task_id)}
+        if cached_only and len(listing) > LOOP_CHECK_FILES:
+            return False
+        files = self._list_files(task_id, cached_only=cached_only)
+        if files is None:
+            return False
+        on_disk = {f.name: f for f in files}
         problems = []
         for item in listing:
             found = on_disk.pop(item.name, None)
@@ -492,6 +519,7 @@ class BundleStore:
                 f"the bundle of task {task_id} does not match its listing ({shown}); "
                 "upload the bundle files again",
             )
+        return True
 
     # --- deleting -------------------------------------------------------------------
 

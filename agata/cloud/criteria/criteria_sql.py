@@ -6,11 +6,13 @@ handed to the store as indexed conditions, so the scan covers only what they let
 
 - ``NUMBER_FIELD <op> number`` (``== != < <= > >=``, either side),
 - ``attribute <op> number`` and ``attribute == "text"`` on an ``extra`` attribute,
-- ``"name" in sensors``.
+- ``"name" in sensors``,
+- an ``or`` of alternatives each made only of such terms (or of such groups): one
+  group of alternatives the store ORs (``site == "lab" or site == "field"``).
 
-Each condition holds on every device for which its term is true (a device without the
-value fails both), so narrowing first never loses a match. When every term translated,
-the conditions are the whole expression and no Python evaluation is needed.
+Each condition holds on exactly the devices for which its term is true (a device
+without the value fails both), so narrowing first never loses a match. When every term
+translated, the conditions are the whole expression and no Python evaluation is needed.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ class IndexedTerms:
     numbers: list[tuple[str, str, float]] = field(default_factory=list)
     attributes: list[tuple[str, str, str | float]] = field(default_factory=list)
     sensors: list[str] = field(default_factory=list)
+    #: Each group holds when one of its alternatives (all of whose conditions) does.
+    any_of: list[list[IndexedTerms]] = field(default_factory=list)
     #: Every top-level term translated: the conditions are the whole expression.
     complete: bool = True
 
@@ -94,6 +98,36 @@ def _translate(node: ast.expr, out: IndexedTerms) -> bool:
     return False
 
 
+def _conjunction(node: ast.expr, out: IndexedTerms) -> bool:
+    """The terms of ``node`` (an ``and``, or one term) into ``out``; True when every
+    term translated."""
+    is_and = isinstance(node, ast.BoolOp) and isinstance(node.op, ast.And)
+    complete = True
+    for term in node.values if is_and else [node]:  # type: ignore[attr-defined]
+        if _translate(term, out):
+            continue
+        group = _alternatives(term)
+        if group is None:
+            complete = False
+        else:
+            out.any_of.append(group)
+    return complete
+
+
+def _alternatives(node: ast.expr) -> list[IndexedTerms] | None:
+    """``node`` as a group of alternatives, if it is an ``or`` every alternative of
+    which translates whole (else None: one that did not would match every device)."""
+    if not (isinstance(node, ast.BoolOp) and isinstance(node.op, ast.Or)):
+        return None
+    group = []
+    for value in node.values:
+        alternative = IndexedTerms()
+        if not _conjunction(value, alternative):
+            return None
+        group.append(alternative)
+    return group
+
+
 def indexed_terms(text: str) -> IndexedTerms:
     """The indexed conditions implied by valid criteria ``text`` (see the module)."""
     out = IndexedTerms()
@@ -102,8 +136,5 @@ def indexed_terms(text: str) -> IndexedTerms:
     except SyntaxError:
         out.complete = False
         return out
-    terms = body.values if isinstance(body, ast.BoolOp) and isinstance(body.op, ast.And) else [body]
-    for term in terms:
-        if not _translate(term, out):
-            out.complete = False
+    out.complete = _conjunction(body, out)
     return out

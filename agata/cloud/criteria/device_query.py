@@ -29,7 +29,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from agata.cloud.criteria.criteria_language import compile_criteria
-from agata.cloud.criteria.criteria_sql import indexed_terms
+from agata.cloud.criteria.criteria_sql import IndexedTerms, indexed_terms
 from agata.cloud.services.views import NUMBER_FIELDS, ONLINE_SECONDS
 from agata.errors import AgataError, invalid
 from agata.store.queries import COMPARISONS, INDEXED_NAME_MAX, INDEXED_TEXT_MAX, DeviceQuery
@@ -154,13 +154,24 @@ def _criteria_query(q: str, **window: Any) -> DeviceQuery:
         ) from None
     pushed = indexed_terms(q)
     return DeviceQuery(
-        numbers=tuple(pushed.numbers),
-        attributes=tuple(pushed.attributes),
-        sensors=tuple(pushed.sensors),
+        **_conditions(pushed),
         predicate=None if pushed.complete else criteria.matches,
         predicate_names=frozenset(criteria.names),
         **window,
     )
+
+
+def _conditions(pushed: IndexedTerms) -> dict[str, Any]:
+    """The :class:`DeviceQuery` fields of translated criteria terms."""
+    return {
+        "numbers": tuple(pushed.numbers),
+        "attributes": tuple(pushed.attributes),
+        "sensors": tuple(pushed.sensors),
+        "any_of": tuple(
+            tuple(DeviceQuery(**_conditions(alternative)) for alternative in group)
+            for group in pushed.any_of
+        ),
+    }
 
 
 def parse_device_filter(

@@ -29,6 +29,14 @@ devices retry, and the cloud spends its time on calls whose callers have given u
 
 Liveness, metrics and the static web pages (:data:`EXEMPT_PREFIXES`) never touch the
 bus and are always admitted, so a busy cloud is not mistaken for a dead one.
+
+Operators have places of their own (:attr:`AdmissionControl.operators`,
+``max_in_flight // 8``, at least 2, with the same rules): a fleet's burst fills the
+devices' places, not the console's, so the operator can watch it happen; a runaway
+operator script cannot take the devices' places either. The caller is the principal
+:class:`~agata.cloud.gateway.gate.AuthGate` resolved from the request's headers (this
+middleware sits inside it); a request without one (a device, an enrollment, an
+anonymous caller) takes a device place.
 """
 
 from __future__ import annotations
@@ -42,6 +50,9 @@ from collections import deque
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from agata.cloud.gateway.auth import Principal
+from agata.cloud.gateway.gate import PRINCIPAL_KEY
 
 __all__ = [
     "DEFAULT_MAX_IN_FLIGHT",
@@ -191,8 +202,9 @@ class Admissions:
 
 
 class AdmissionControl:
-    """ASGI middleware: :class:`Admissions` for every HTTP request but the exempt paths;
-    a refused request gets 503 ``{"detail": ...}`` with ``Retry-After``."""
+    """ASGI middleware: :class:`Admissions` for every HTTP request but the exempt paths
+    (operators' requests in :attr:`operators`, the others in :attr:`admissions`); a
+    refused request gets 503 ``{"detail": ...}`` with ``Retry-After``."""
 
     def __init__(
         self,
@@ -205,18 +217,25 @@ class AdmissionControl:
     ) -> None:
         self.app = app
         self.admissions = admissions or Admissions(max_in_flight, max_wait, held_target=held_target)
+        self.operators = Admissions(
+            max(2, self.admissions.max_in_flight // 8),
+            self.admissions.max_wait,
+            held_target=self.admissions.held_target,
+        )
         self._last_warning = -math.inf
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope.get("path", "").startswith(EXEMPT_PREFIXES):
             await self.app(scope, receive, send)
             return
-        admissions = self.admissions
+        principal = scope.get(PRINCIPAL_KEY)
+        operator = isinstance(principal, Principal) and principal.is_operator
+        admissions = self.operators if operator else self.admissions
         if scope.get("method") in ("POST", "PUT", "PATCH") and not scope["path"].endswith("/files"):
             receive = await _buffered(receive)
         retry_after = await admissions.enter()
         if retry_after is not None:
-            self._warn()
+            self._warn(admissions, "operators'" if operator else "devices'")
             await _refusal(retry_after)(scope, receive, send)
             return
         held = True
@@ -235,14 +254,14 @@ class AdmissionControl:
             if held:
                 admissions.leave(time.monotonic() - since)
 
-    def _warn(self) -> None:
+    def _warn(self, a: Admissions, lane: str) -> None:
         now = time.monotonic()
         if now - self._last_warning >= 10.0:
             self._last_warning = now
-            a = self.admissions
             logger.warning(
-                "gateway saturated: %d requests in flight, %d waiting, %.0f/s served; "
-                "refusing with 503 + Retry-After (%d refused so far)",
+                "gateway saturated (%s places): %d requests in flight, %d waiting, %.0f/s "
+                "served; refusing with 503 + Retry-After (%d refused so far)",
+                lane,
                 a.in_flight,
                 a.waiting,
                 a.rate(),

@@ -131,7 +131,8 @@ def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 @dataclass
 class GatewayConfig:
-    bundles: BundleStore
+    bundles: BundleStore  # the process's one bundle store (CloudNode's)
+    artifacts: ArtifactStore  # and its one artifact store
     legacy_devices: bool = False
     rpc_timeout: float = 10.0
     max_upload_bytes: int = 50 * 1024 * 1024
@@ -143,7 +144,6 @@ class GatewayConfig:
     admission_wait: float = DEFAULT_MAX_WAIT  # seconds a request may wait for a place
     wheelhouse: Path | None = None  # a folder of wheels served to devices; None: none
     poll_interval: float = DEFAULT_REQUEST_INTERVAL  # the fleet's request_interval (caches)
-    artifacts: ArtifactStore | None = None  # None: beside the bundles' folder
 
 
 def error_response(exc: AgataError) -> JSONResponse:
@@ -448,9 +448,8 @@ def create_gateway(bus: Bus, config: GatewayConfig) -> FastAPI:
     app.include_router(
         wheelhouse_router(Wheelhouse(config.wheelhouse), fleet_member, slots, errors(401, 404, 503))
     )
-    artifacts = config.artifacts or ArtifactStore(config.bundles.root.parent / "artifacts")
     app.include_router(
-        artifacts_router(artifacts, rpc, operator, slots, errors(400, 401, 403, 404, 429))
+        artifacts_router(config.artifacts, rpc, operator, slots, errors(400, 401, 403, 404, 429))
     )
 
     @app.get(

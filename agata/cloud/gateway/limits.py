@@ -121,8 +121,9 @@ class BodyLimit:
             nonlocal seen, body_done, refusal
             if body_done:  # e.g. a streaming response waiting for the disconnect
                 return await receive()
-            try:
-                message = await asyncio.wait_for(receive(), BODY_IDLE_SECONDS)
+            try:  # a timer, not wait_for(): no task (and loop pass) per receive
+                async with asyncio.timeout(BODY_IDLE_SECONDS):
+                    message = await receive()
             except TimeoutError:
                 refusal = (408, f"request body stalled for {BODY_IDLE_SECONDS:g} s")
                 return {"type": "http.disconnect"}

@@ -1,10 +1,10 @@
 """The download route of runs' artifacts (operators only).
 
 ``GET /api/tasks/{task_id}/runs/{run}/artifacts/{name}``: the file a run saved
-(:mod:`agata.cloud.artifacts`), streamed from disk like a bundle download. The run is
-asked for on the bus first, so an unknown task, run or artifact is 404 with the
-task manager's words, and only an artifact the store lists is ever served; a run that is
-not a positive integer is 400.
+(:mod:`agata.cloud.bundles.artifact_store`), streamed from disk like a bundle download.
+The run is asked for on the bus first, so an unknown task, run or artifact is 404 with
+the task manager's words, and only an artifact the store lists is ever served; a run
+that is not a positive integer is 400.
 """
 
 from __future__ import annotations

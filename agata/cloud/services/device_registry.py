@@ -18,7 +18,7 @@ from agata.cloud.criteria.device_query import parse_device_filter
 from agata.cloud.services.events import EventPublisher
 from agata.cloud.services.notifier import Notifier
 from agata.cloud.services.report_scope import ReportScope
-from agata.cloud.services.views import device_view
+from agata.cloud.services.views import device_view, enrollment_token_view, operator_token_view
 from agata.errors import AgataError, ErrorCode
 from agata.protocol import operations as ops
 from agata.protocol.notifications import (
@@ -152,15 +152,7 @@ class DeviceRegistry(Service):
 
     async def list_operator_tokens(self, req: ops.Empty) -> list[dict[str, Any]]:
         """Every operator token (id, name, created, revoked); never a token or its hash."""
-        return [
-            {
-                "token_id": x.token_id,
-                "name": x.name,
-                "created_at": x.created_at,
-                "revoked": x.revoked,
-            }
-            for x in await self.store.list_operator_tokens()
-        ]
+        return [operator_token_view(x) for x in await self.store.list_operator_tokens()]
 
     async def revoke_operator_token(self, req: ops.TokenRef) -> dict[str, str]:
         """End an operator token: the gateway refuses it from its next request on and
@@ -172,17 +164,7 @@ class DeviceRegistry(Service):
 
     async def list_enrollment_tokens(self, req: ops.Empty) -> list[dict[str, Any]]:
         """Every enrollment token (id, created, expiry, uses left, revoked)."""
-        return [
-            {
-                "token_id": x.token_id,
-                "name": x.name,
-                "created_at": x.created_at,
-                "expires_at": x.expires_at,
-                "uses_left": x.uses_left,
-                "revoked": x.revoked,
-            }
-            for x in await self.store.list_enrollment_tokens()
-        ]
+        return [enrollment_token_view(x) for x in await self.store.list_enrollment_tokens()]
 
     async def revoke_enrollment_token(self, req: ops.TokenRef) -> dict[str, str]:
         await self.store.revoke_enrollment_token(req.token_id)

@@ -20,7 +20,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, KeysView, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,6 @@ from agata.cloud.services.task_ends import RECONCILE_SECONDS, EndRecorder, TaskE
 from agata.errors import AgataError, ErrorCode
 from agata.files import write_private_file
 from agata.flower.app_run import FlowerAppRun
-from agata.flower.superlink import FlowerTls
 from agata.protocol.notifications import ArtifactSaved, LogAppended, MetricRecorded, TaskChanged
 from agata.runtime.limits import Limits
 from agata.runtime.messages import (
@@ -49,6 +48,7 @@ from agata.runtime.sandbox import TaskSandbox
 from agata.runtime.supervisor import ProcessState, TaskOutcome, TaskProcess
 from agata.store.async_store import AsyncStore, as_async
 from agata.store.store import NewLogLine, Store, TaskState
+from agata.tls import CertificateFiles
 
 logger = logging.getLogger(__name__)
 
@@ -85,13 +85,13 @@ class ServerTasks:
         bundles: BundleStore,
         work_root: Path,
         *,
+        artifacts: ArtifactStore,
         grace: float = 5.0,
         record_event: EventSink | None = None,
         reconcile_seconds: float = RECONCILE_SECONDS,
         on_ended: Callable[[str], None] | None = None,
         sandbox: TaskSandbox | None = None,
-        artifacts: ArtifactStore | None = None,
-        flower_tls: FlowerTls | None = None,
+        flower_tls: CertificateFiles | None = None,
     ) -> None:
         self.store = as_async(store)
         self.flower_tls = flower_tls  # the cloud's certificate for flower-app SuperLinks
@@ -120,6 +120,10 @@ class ServerTasks:
     def ending(self, task_id: str) -> TaskEnd | None:
         """The end of ``task_id``'s server side that the store has not taken yet."""
         return self.ends.pending(task_id)
+
+    def ending_ids(self) -> KeysView[str]:
+        """The tasks with an end the store has not taken yet (a live view; usually empty)."""
+        return self.ends.pending_ids()
 
     def start_reconciling(self) -> None:
         """Keep recording refused ends and ending claimed tasks whose process is gone."""
@@ -156,7 +160,7 @@ class ServerTasks:
             host, port = flower_app
             owner = None
             if self.sandbox is not None:
-                bundle, work = self.sandbox.place("server", task_id, bundle, record_dir)
+                bundle, work = await self._place(task_id, bundle, record_dir)
                 user = self.sandbox.containment.task_user
                 owner = (user.uid, user.gid) if user is not None else None
             process = FlowerAppRun(
@@ -179,7 +183,7 @@ class ServerTasks:
             )
             return await self._started(task_id, process, record_dir, run, work)
         if self.sandbox is not None:
-            bundle, work = self.sandbox.place("server", task_id, bundle, record_dir)
+            bundle, work = await self._place(task_id, bundle, record_dir)
             run_limits = self.sandbox.limits_for(Limits.from_mapping(limits))
             python = await self.sandbox.python_for(
                 bundle, lambda text: self._event("environment", text, task_id)
@@ -198,6 +202,32 @@ class ServerTasks:
         )
         return await self._started(task_id, process, record_dir, run, work)
 
+    async def _place(self, task_id: str, bundle: Path, record_dir: Path) -> tuple[Path, Path]:
+        """The side's bundle copy and work folder (:meth:`TaskSandbox.place`): at once
+        when the kept copy is current and small, else in a thread (a copy of a large
+        bundle, or waiting for :meth:`prepare`'s, must not hold the event loop)."""
+        assert self.sandbox is not None
+        placed = self.sandbox.place_kept("server", task_id, bundle, record_dir)
+        if placed is not None:
+            return placed
+        return await asyncio.to_thread(self.sandbox.place, "server", task_id, bundle, record_dir)
+
+    async def prepare(self, task_id: str) -> None:
+        """Make the bundle copy the next server side of ``task_id`` runs in now (after an
+        upload), so that its start finds it made (:meth:`TaskSandbox.place` keeps it
+        while neither it nor the bundle changes). Nothing to do without a task user or
+        while a server side of the task runs here; a copy that fails is only logged
+        (the start makes it again, or says why)."""
+        if self.sandbox is None or self.sandbox.containment.task_user is None:
+            return
+        if task_id in self._processes:
+            return
+        try:
+            bundle = self.bundles.task_dir(task_id)
+            await self._place(task_id, bundle, self.work_root / f"task_{task_id}")
+        except AgataError as exc:
+            logger.warning("task %s: bundle copy not made ahead: %s", task_id, exc.message)
+
     async def _started(
         self, task_id: str, process: ServerSide, record_dir: Path, run: int | None, work: Path
     ) -> int | None:
@@ -207,9 +237,11 @@ class ServerTasks:
         self._claims.add(task_id)
         if process.pgid is not None:
             # Lets a restarted cloud end this group, and only this one (see reconcile).
+            # Not fsynced: it is on the way to the devices' notice, and a power loss,
+            # the one thing an fsync guards against, ends the server side too.
             record = json.dumps({"pgid": process.pgid, "token": process.token})
             try:
-                write_private_file(record_dir / PID_FILE, record)
+                write_private_file(record_dir / PID_FILE, record, durable=False)
             except OSError as exc:  # a full disk must not leave the process unwatched
                 logger.warning(
                     "task %s: %s not written (%s); a restarted cloud cannot end this "
@@ -353,7 +385,7 @@ class ServerTasks:
         """Copy a saved file into the run's artifacts (in a thread) and record it; what
         goes wrong is said in the run's log (stream ``artifact``), nothing half-kept."""
         work = self._runs.get(task_id, (None, None))[1]
-        if self.artifacts is None or run is None or work is None:
+        if run is None or work is None:
             await self._log(task_id, "artifact", f"artifact {path!r} not kept: no run store")
             return
         try:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, KeysView
 from dataclasses import dataclass
 from typing import Final
 
@@ -83,6 +83,10 @@ class EndRecorder:
     def pending(self, task_id: str) -> TaskEnd | None:
         """The end of ``task_id`` that the store has not taken yet, if any."""
         return self._pending.get(task_id)
+
+    def pending_ids(self) -> KeysView[str]:
+        """The tasks whose end the store has not taken yet (a live view)."""
+        return self._pending.keys()
 
     async def record(self, end: TaskEnd) -> bool:
         """Write ``end`` now; if the store refuses, keep it and retry. True if settled."""

@@ -42,7 +42,6 @@ from agata.cloud.services.views import (
 )
 from agata.errors import AgataError, ErrorCode, conflict, invalid
 from agata.flower.app_bundle import check_app
-from agata.flower.superlink import FlowerTls
 from agata.flower.supernode import installed_flower
 from agata.protocol import operations as ops
 from agata.protocol.notifications import (
@@ -56,6 +55,7 @@ from agata.settings.shared_settings import DEFAULT_REQUEST_INTERVAL
 from agata.store.async_store import AsyncStore, as_async
 from agata.store.run_store import Run, RunState
 from agata.store.store import NewTask, Store, Task, TaskKind, TaskProgress, TaskState
+from agata.tls import CertificateFiles
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +82,9 @@ TOUCH_BATCH_SECONDS = 1.0
 RECENT_FAILURES = 10
 
 
+_NONE: frozenset[str] = frozenset()
+
+
 class TaskManager(Service):
     def __init__(
         self,
@@ -90,23 +93,23 @@ class TaskManager(Service):
         bundles: BundleStore,
         work_root: Path,
         *,
+        artifacts: ArtifactStore,
         legacy_devices: bool = False,
         hide_internal_errors: bool = False,
         grace: float = 5.0,
         register_events: bool = True,
         sandbox: TaskSandbox | None = None,
-        flower_tls: FlowerTls | None = None,
+        flower_tls: CertificateFiles | None = None,
         poll_interval: float = DEFAULT_REQUEST_INTERVAL,
         reconcile: str = "stop",
-        artifacts: ArtifactStore | None = None,
         max_running_tasks: int | None = None,
     ) -> None:
         """``bundles`` is the process's one bundle store (the gateway's too, when both
         run here: a delete then waits for an upload of the same task, and digests are
-        hashed once). ``poll_interval`` is the fleet's ``request_interval`` (it sizes the
-        device cache); ``reconcile`` says what :meth:`start` does with tasks a dead
-        cloud left marked running: ``stop`` marks them stopped, ``restart`` starts
-        their server side again."""
+        hashed once); ``artifacts`` its one artifact store, likewise. ``poll_interval``
+        is the fleet's ``request_interval`` (it sizes the device cache); ``reconcile``
+        says what :meth:`start` does with tasks a dead cloud left marked running:
+        ``stop`` marks them stopped, ``restart`` starts their server side again."""
         super().__init__(bus, "task-manager", hide_internal_errors=hide_internal_errors)
         if reconcile not in RECONCILE_CHOICES:
             raise invalid(f"reconcile must be one of {', '.join(RECONCILE_CHOICES)}")
@@ -117,7 +120,7 @@ class TaskManager(Service):
         self.legacy_devices = legacy_devices
         self.notifier = Notifier(bus)
         self.event = EventPublisher(bus, "task-manager", enabled=register_events)
-        self.artifacts = artifacts or ArtifactStore(work_root.parent / "artifacts")
+        self.artifacts = artifacts
         self.server_tasks = ServerTasks(
             self.store,
             self.notifier,
@@ -296,7 +299,8 @@ class TaskManager(Service):
             if cached is None or fresh != cached[1]:  # a change no notification told of
                 self.offers.tasks_changed()
             cached = self._running_cache = (now, fresh)
-        hidden = frozenset(t.task_id for t in cached[1] if self.server_tasks.ending(t.task_id))
+        ending = self.server_tasks.ending_ids()  # checked every poll: usually empty
+        hidden = frozenset(t.task_id for t in cached[1] if t.task_id in ending) if ending else _NONE
         if hidden != self._ending_hidden:  # an end the store has not taken yet: not offered
             self._ending_hidden = hidden
             self.offers.tasks_changed()
@@ -396,6 +400,7 @@ class TaskManager(Service):
         task = await self.store.set_task_files(req.task_id, req.files)
         await self.store.clear_quarantine(None, task.task_id)
         self._changed()
+        self._soon(self.server_tasks.prepare(task.task_id))  # its start finds the copy made
         await self.notifier.notify(
             TaskChanged(
                 task_id=task.task_id,
@@ -441,8 +446,10 @@ class TaskManager(Service):
                 )
         # Devices verify every file against this listing: a bundle that does not match
         # (a crash between a write and its listing, a file changed behind the listing)
-        # would make each of them fail and quarantine the task. Hashing runs in a thread.
-        await asyncio.to_thread(self.bundles.check_listing, task.task_id, task.files)
+        # would make each of them fail and quarantine the task. Hashing runs in a thread;
+        # a small bundle whose digests are all cached is checked here (a stat per file).
+        if not self.bundles.check_listing(task.task_id, task.files, cached_only=True):
+            await asyncio.to_thread(self.bundles.check_listing, task.task_id, task.files)
         arguments = req.arguments if req.arguments is not None else list(task.server_arguments)
         state, reason = await self.scheduler.first_state(task)
         run = await self.store.create_run(  # the claim: 409 if another start won
@@ -470,7 +477,7 @@ class TaskManager(Service):
         run whose bundle was replaced or damaged while it waited fails with the reason,
         so its record never names files it did not run with)."""
         try:
-            if run.files != tuple((f.name, f.size, f.sha256) for f in task.files):
+            if run.files != task.files:
                 raise invalid("the bundle was replaced while the run was queued; start it again")
             if not raise_errors:
                 await asyncio.to_thread(self.bundles.check_listing, task.task_id, task.files)

@@ -11,12 +11,12 @@ from typing import Any
 
 from agata.cloud.credentials.download_passwords import device_password
 from agata.protocol.arguments import expand_client_arguments, placeholder_values
-from agata.protocol.bundle_files import BundleFile
 from agata.protocol.offers import TaskOffer
 from agata.protocol.records import DevicePublic, DeviceTaskPublic, TaskPublic
+from agata.protocol.replies import EnrollmentTokenPublic, OperatorTokenPublic
 from agata.protocol.runs import ArtifactRecord, RunDeviceRecord, RunRecord
 from agata.store.run_store import Run, RunDevice
-from agata.store.store import Device, DeviceTaskState, Task
+from agata.store.store import Device, DeviceTaskState, EnrollmentToken, OperatorToken, Task
 
 #: A device that polled within this many seconds counts as online.
 ONLINE_SECONDS = 60.0
@@ -75,7 +75,7 @@ def run_view(run: Run, devices: list[RunDevice] | None = None) -> dict[str, Any]
         server_arguments=list(run.server_arguments),
         client_arguments=list(run.client_arguments),
         bundle_version=run.bundle_version,
-        files=[BundleFile(name, size, sha256) for name, size, sha256 in run.files],
+        files=list(run.files),
         min_devices=run.min_devices,
         start_deadline_s=run.start_deadline_s,
         created_at=run.created_at,
@@ -223,3 +223,27 @@ def _device_task(state: DeviceTaskState) -> DeviceTaskPublic:
 def device_task_view(state: DeviceTaskState) -> dict[str, Any]:
     """A device's state of one task (:class:`~agata.protocol.records.DeviceTaskPublic`)."""
     return _device_task(state).model_dump(mode="json")
+
+
+def operator_token_view(token: OperatorToken) -> dict[str, Any]:
+    """An operator token as listed (:class:`~agata.protocol.replies.OperatorTokenPublic`):
+    never the token or its hash."""
+    return OperatorTokenPublic(
+        token_id=token.token_id,
+        name=token.name,
+        created_at=token.created_at,
+        revoked=token.revoked,
+    ).model_dump(mode="json")
+
+
+def enrollment_token_view(token: EnrollmentToken) -> dict[str, Any]:
+    """An enrollment token as listed
+    (:class:`~agata.protocol.replies.EnrollmentTokenPublic`): never the token or its hash."""
+    return EnrollmentTokenPublic(
+        token_id=token.token_id,
+        name=token.name,
+        created_at=token.created_at,
+        expires_at=token.expires_at,
+        uses_left=token.uses_left,
+        revoked=token.revoked,
+    ).model_dump(mode="json")
