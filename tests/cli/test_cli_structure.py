@@ -145,6 +145,6 @@ def test_every_operator_command_takes_the_shared_options_alike() -> None:
                 (p.name, p.opts, p.default, p.envvar, getattr(p, "help", None)) for p in tail
             ]
 
-    assert len(declared) == 15
+    assert len(declared) == 18
     first = next(iter(declared.values()))
     assert all(options == first for options in declared.values()), declared
