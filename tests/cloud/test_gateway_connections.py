@@ -21,12 +21,10 @@ async def running_node(tmp_path: Path, max_connections: int) -> AsyncIterator[Cl
     # These tests are about the connection limit, not admission control: on a machine
     # short of CPU a burst of stream opens holds its places longer than the held target,
     # so admission shrinks its places to a sixteenth and sheds the rest of the burst with
-    # 503 + Retry-After (as it should). The streams are an operator's, whose places are
-    # max_in_flight / 8: with max_in_flight = 8 x 16 x BATCH they never shrink below one
-    # burst, and every 503 here is the connection limit's.
-    settings = cloud_settings(
-        tmp_path, max_connections=max_connections, max_in_flight=8 * 16 * BATCH
-    )
+    # 503 + Retry-After (as it should). The streams are an operator's (operators' places
+    # are as many as the devices'): with max_in_flight = 16 x BATCH they never shrink
+    # below one burst, and every 503 here is the connection limit's.
+    settings = cloud_settings(tmp_path, max_connections=max_connections, max_in_flight=16 * BATCH)
     node = CloudNode(settings)  # type: ignore[arg-type]
     await node.start(first_token=True)
     try:

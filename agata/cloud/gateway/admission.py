@@ -30,8 +30,8 @@ devices retry, and the cloud spends its time on calls whose callers have given u
 Liveness, metrics and the static web pages (:data:`EXEMPT_PREFIXES`) never touch the
 bus and are always admitted, so a busy cloud is not mistaken for a dead one.
 
-Operators have places of their own (:attr:`AdmissionControl.operators`,
-``max_in_flight // 8``, at least 2, with the same rules): a fleet's burst fills the
+Operators have places of their own (:attr:`AdmissionControl.operators`, as many as
+the devices', with the same rules): a fleet's burst fills the
 devices' places, not the console's, so the operator can watch it happen; a runaway
 operator script cannot take the devices' places either. The caller is the principal
 :class:`~agata.cloud.gateway.gate.AuthGate` resolved from the request's headers (this
@@ -218,7 +218,7 @@ class AdmissionControl:
         self.app = app
         self.admissions = admissions or Admissions(max_in_flight, max_wait, held_target=held_target)
         self.operators = Admissions(
-            max(2, self.admissions.max_in_flight // 8),
+            self.admissions.max_in_flight,
             self.admissions.max_wait,
             held_target=self.admissions.held_target,
         )
