@@ -16,9 +16,9 @@ from agata.cli.cloud_client import (
     cloud_options,
 )
 from agata.cli.operator_output import (
-    EXIT_USAGE,
+    YesOption,
+    confirm,
     connected,
-    fail,
     print_json,
     print_pairs,
     print_table,
@@ -171,15 +171,12 @@ def revoke_device(
 @cloud_options
 def decommission_device(
     user_id: DeviceIdArg,
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask")] = False,
+    yes: YesOption = False,
     *,
     options: CloudOptions,
 ) -> None:
     """Remove a device and its credential (its runs' history stays; it may enroll anew)."""
-    if not yes:
-        if options.json_out:
-            fail("--json needs --yes to decommission (nothing to confirm with)", EXIT_USAGE)
-        typer.confirm(f"decommission device {user_id}?", abort=True)
+    confirm(yes, options.json_out, "decommission", f"decommission device {user_id}?")
     with connected(options) as cloud:
         result = cloud.call("rpc_exec_delete_device", {"user_id": user_id})
     if options.json_out:

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -42,6 +42,19 @@ def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
     """End the command: ``error: message`` on stderr and exit ``code``."""
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
+
+
+YesOption = Annotated[bool, typer.Option("--yes", "-y", help="do not ask")]
+
+
+def confirm(yes: bool, json_out: bool, action: str, question: str) -> None:
+    """Ask ``question`` before a destructive command unless ``--yes``; with ``--json``
+    (no one to ask) ``--yes`` is required: a usage error naming ``action``."""
+    if yes:
+        return
+    if json_out:
+        fail(f"--json needs --yes to {action} (nothing to confirm with)", EXIT_USAGE)
+    typer.confirm(question, abort=True)
 
 
 @contextmanager

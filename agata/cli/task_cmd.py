@@ -17,6 +17,8 @@ from agata.cli.cloud_client import (
 )
 from agata.cli.operator_output import (
     EXIT_USAGE,
+    YesOption,
+    confirm,
     connected,
     fail,
     print_json,
@@ -353,15 +355,12 @@ def show_task(
 @cloud_options
 def delete_task(
     task_id: TaskIdArg,
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask")] = False,
+    yes: YesOption = False,
     *,
     options: CloudOptions,
 ) -> None:
     """Delete a task, its bundle and its history (refused while it runs)."""
-    if not yes:
-        if options.json_out:
-            fail("--json needs --yes to delete (nothing to confirm with)", EXIT_USAGE)
-        typer.confirm(f"delete task {task_id} and its runs?", abort=True)
+    confirm(yes, options.json_out, "delete", f"delete task {task_id} and its runs?")
     with connected(options) as cloud:
         cloud.call("rpc_exec_delete_task", {"task_id": task_id})
     if options.json_out:
