@@ -85,8 +85,12 @@ def _skip_sniffio_lookups() -> None:
         sys.modules["sniffio"] = None  # type: ignore[assignment]
 
 
-#: Seconds more that :meth:`Fleet.stop` waits for devices still coming on board.
+#: Seconds :meth:`Fleet.stop` waits for the next device still coming on board to get
+#: there: it waits as long as they keep arriving, and gives up after this long without
+#: one (a cloud that stopped serving them, not one that serves them slowly).
 ONBOARDING_GRACE = 60.0
+#: Seconds :meth:`Fleet.stop` waits at most, in all, for devices still coming on board.
+ONBOARDING_LIMIT = 300.0
 
 
 @dataclass(frozen=True)
@@ -258,9 +262,11 @@ class Fleet:
 
     async def stop(self, grace: float = 15.0) -> None:
         """Stop polling: idle devices at once, busy ones after their cycle (at most
-        ``grace`` seconds; a device still coming on board — its first cycle, perhaps
-        waiting out a busy cloud's Retry-After — up to :data:`ONBOARDING_GRACE` more, as
-        a burst must cost time, never devices); then close the client."""
+        ``grace`` seconds); devices still coming on board — their first cycle, perhaps
+        waiting out a busy cloud's Retry-After — as long as they keep getting there (the
+        next within :data:`ONBOARDING_GRACE`, all within :data:`ONBOARDING_LIMIT`): a
+        burst must cost time, never devices, on a slow machine too. Then close the
+        client."""
         if self._http is None:
             return
         self._stop.set()
@@ -272,10 +278,10 @@ class Fleet:
         if pending:
             _done, late = await asyncio.wait(pending, timeout=grace)
             device_of = dict(zip(self._runs, self.devices, strict=True))
-            onboarding = [run for run in late if device_of[run].on_board_at is None]
+            onboarding = {run for run in late if device_of[run].on_board_at is None}
             if onboarding:
-                _done, still = await asyncio.wait(onboarding, timeout=ONBOARDING_GRACE)
-                late = (late - set(onboarding)) | still
+                still = await _while_arriving(onboarding, ONBOARDING_GRACE, ONBOARDING_LIMIT)
+                late = (late - onboarding) | still
             self.stats.cancelled = len(late)
             for run in late:
                 run.cancel()
@@ -305,6 +311,7 @@ class Fleet:
             "loop_lag_p99_ms": lag["p99_ms"],
             "loop_lag_max_ms": lag["max_ms"],
             "peak_connections": self.peak_connections,
+            "busy_refusals": dict(self._api.shed) if self._api is not None else {},
             "event_loop": type(asyncio.get_running_loop()).__module__.split(".")[0],
         }
 
@@ -317,7 +324,7 @@ class Fleet:
         return SimulationResult(
             options=options,
             target={"url": self.url, "legacy": self.config.legacy, **(target or {})},
-            fleet=fleet_summary(self.devices, tasks),
+            fleet=fleet_summary(self.devices, tasks, t0=self.stats.t0),
             stats=self.stats.to_json(),
             simulator=self.simulator_json(),
             tasks=list(tasks or []),
@@ -372,7 +379,32 @@ async def run_fleet(
     return fleet.result(options, tasks, target)
 
 
-def fleet_summary(devices: list[SimulatedDevice], tasks: list[FleetTask] | None) -> dict[str, Any]:
+async def _while_arriving(
+    runs: set[asyncio.Task[None]], idle: float, limit: float
+) -> set[asyncio.Task[None]]:
+    """Wait for ``runs`` while each ``idle`` seconds sees one of them end, for at most
+    ``limit`` seconds in all; return those still running."""
+    deadline = time.perf_counter() + limit
+    pending = runs
+    while pending:
+        timeout = min(idle, deadline - time.perf_counter())
+        if timeout <= 0:
+            break
+        done, pending = await asyncio.wait(
+            pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+        )
+        if not done:
+            break
+    return pending
+
+
+def fleet_summary(
+    devices: list[SimulatedDevice], tasks: list[FleetTask] | None, *, t0: float | None = None
+) -> dict[str, Any]:
+    """What the fleet did; with ``t0`` (when the devices were let loose) also when the
+    last device came on board (``last_on_board_s``), which tells a fleet that came on
+    board late from one that lost devices."""
+    boarded = [d.on_board_at for d in devices if d.on_board_at is not None]
     summary: dict[str, Any] = {
         "devices": len(devices),
         "started": sum(d.started for d in devices),
@@ -380,7 +412,8 @@ def fleet_summary(devices: list[SimulatedDevice], tasks: list[FleetTask] | None)
         "reported": sum(d.reported for d in devices),
         "polled": sum(d.polls > 0 for d in devices),
         "polls": sum(d.polls for d in devices),
-        "on_board": sum(d.on_board_at is not None for d in devices),
+        "on_board": len(boarded),
+        "last_on_board_s": round(max(boarded) - t0, 1) if boarded and t0 is not None else None,
         "tasks_completed": sum(len(d.completed) for d in devices),
         "devices_with_a_task": sum(bool(d.completed) for d in devices),
         "tasks": None,
@@ -398,7 +431,10 @@ def fleet_summary(devices: list[SimulatedDevice], tasks: list[FleetTask] | None)
             matching[task_id] += 1
         lacking = expected - set(device.completed)
         if lacking:
-            missing.append(f"{device.user_id}: {', '.join(sorted(lacking))}")
+            state = "on board" if device.on_board_at is not None else "not on board"
+            missing.append(
+                f"{device.user_id}: {', '.join(sorted(lacking))} ({device.polls} polls, {state})"
+            )
     summary["tasks"] = [
         {
             "task_id": t.task_id,

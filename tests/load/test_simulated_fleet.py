@@ -47,17 +47,17 @@ from agata.protocol.operations import GET_TASK_DEVICES
 from agata.simulate import CloudProcess, SimulationOptions, SimulationResult, run_fleet
 from agata.simulate.cloud_process import CloudProcesses
 from agata.simulate.fleet import create_enrollment_token, set_up_tasks, tear_down_tasks
-from agata.simulate.simulator import ONBOARDING_GRACE
+from agata.simulate.simulator import ONBOARDING_LIMIT
 
 DEVICES = 500
 SECONDS = 30.0
 #: The longest a case may take with each step at its own bound: the cloud's start (60 s
 #: a process, CloudProcess.start), the fleet's run, its stop (stop_grace 15 s, then up to
-#: ONBOARDING_GRACE for devices still coming on board), the cloud's stop (15 s) and the
+#: ONBOARDING_LIMIT for devices still coming on board), the cloud's stop (15 s) and the
 #: operator's calls around them (30 s). A loaded machine then fails on the assertions
 #: (what the fleet saw), not on pytest's clock: at load ~7 the case took 122 s (a 90 s
 #: timeout then), and pytest-timeout's interruption crashed the whole run (INTERNALERROR).
-CASE_TIMEOUT = 60 + SECONDS + 15 + ONBOARDING_GRACE + 15 + 30
+CASE_TIMEOUT = 60 + SECONDS + 15 + ONBOARDING_LIMIT + 15 + 30
 
 pytestmark = [pytest.mark.load, pytest.mark.timeout(CASE_TIMEOUT)]
 
@@ -98,7 +98,9 @@ async def _simulate(
         f"{result.stats['retries']} retries {result.stats['retries_by_kind'] or ''}; steady "
         f"({steady['window_s']:.0f} s, {steady['requests_per_s']} req/s) p50/p95/p99 = "
         f"{steady['p50_ms']}/{steady['p95_ms']}/{steady['p99_ms']} ms; all requests p99 "
-        f"{result.stats['all']['p99_ms']} ms; simulator CPU {result.simulator['cpu_percent']}%"
+        f"{result.stats['all']['p99_ms']} ms; simulator CPU {result.simulator['cpu_percent']}%; "
+        f"last device on board at {result.fleet['last_on_board_s']} s; "
+        f"busy refusals {result.simulator['busy_refusals'] or 0}"
     )
     for line in _per_operation(result):
         report(line)
@@ -108,7 +110,11 @@ async def _simulate(
     fleet = result.fleet
     assert fleet["started"] == fleet["enrolled"] == fleet["reported"] == DEVICES
     assert fleet["polled"] == DEVICES
-    assert fleet["devices_missing_tasks"] == 0, fleet["missing_examples"]
+    assert fleet["devices_missing_tasks"] == 0, (
+        fleet["missing_examples"],
+        f"last device on board at {fleet['last_on_board_s']} s, "
+        f"{result.stats['cancelled_at_stop']} cancelled at the stop",
+    )
     assert all(t["matching"] > 0 for t in fleet["tasks"]), fleet["tasks"]
     assert fleet["tasks"][0]["completed"] == DEVICES  # the task without criteria
     assert steady["count"] > 0 and steady["p99_ms"] is not None

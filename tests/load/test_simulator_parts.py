@@ -25,6 +25,7 @@ from agata.simulate.device import DeviceApi, DeviceConfig, SimulatedDevice, flee
 from agata.simulate.fleet import FleetTask, expected_tasks, task_criteria
 from agata.simulate.histogram import LatencyHistogram
 from agata.simulate.pool import FleetTransport
+from agata.simulate.simulator import _while_arriving
 from agata.simulate.stats import FleetStats
 
 # -- histogram -------------------------------------------------------------------------
@@ -83,6 +84,30 @@ def test_a_window_and_the_run_total_their_requests_alike() -> None:
         assert totals.errors_by_kind() == {"download:checksum": 1, "download:status_503": 1}
         assert totals.retries_by_kind() == {"report:timeout": 1}
     assert window.to_json()["retries_by_kind"] == stats.to_json()["retries_by_kind"]
+
+
+async def test_the_stop_waits_for_devices_while_they_keep_coming_on_board() -> None:
+    """Devices arriving one by one, 0.1 s apart, are all waited for although together
+    they take 0.8 s, longer than the 0.5 s idle bound; one that never arrives is given
+    up after the idle bound, and the total bound holds however steady the arrivals."""
+
+    async def arrives_after(seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+    steady = {asyncio.create_task(arrives_after(0.1 * i)) for i in range(1, 9)}
+    assert await _while_arriving(steady, idle=0.5, limit=30.0) == set()
+
+    stuck = asyncio.create_task(arrives_after(3600))
+    late = {asyncio.create_task(arrives_after(0.1)), stuck}
+    started = asyncio.get_running_loop().time()
+    assert await _while_arriving(late, idle=0.3, limit=30.0) == {stuck}
+    assert asyncio.get_running_loop().time() - started < 2.0
+
+    many = {asyncio.create_task(arrives_after(0.05 * i)) for i in range(1, 100)}
+    left = await _while_arriving(many, idle=1.0, limit=0.5)
+    assert 0 < len(left) < 99
+    for task in (*left, stuck):
+        task.cancel()
 
 
 def test_criteria_split_the_fleet() -> None:
