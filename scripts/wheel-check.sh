@@ -35,7 +35,10 @@ say "building the wheel"
 quiet_pip "$PY" -m pip wheel --quiet --no-deps --wheel-dir "$WORK/dist" "$REPO"
 WHEEL="$(ls "$WORK"/dist/agata-*.whl)"
 say "built $(basename "$WHEEL") ($(du -k "$WHEEL" | cut -f1) KB)"
-if ! "$PY" -m zipfile -l "$WHEEL" | grep -q "agata/examples/tasks/digits/client.py"; then
+# Asked of the archive itself: `zipfile -l | grep -q` under pipefail fails whenever grep
+# stops reading at its first match while the listing is still being written (SIGPIPE).
+if ! "$PY" -c 'import sys, zipfile; sys.exit(sys.argv[2] not in zipfile.ZipFile(sys.argv[1]).namelist())' \
+    "$WHEEL" "agata/examples/tasks/digits/client.py"; then
     say "FAILED: the wheel holds no example tasks"
     exit 1
 fi

@@ -103,7 +103,8 @@ export function ago(value) {
   return h("time", { datetime: d.toISOString(), title: formatTime(value) }, timeAgo(value));
 }
 
-/** When something ends: "ends in 58 min" (or "ended"), the exact time as tooltip; null
+/** When something ends: "ends in 58 min", "ends in 1 h 30 min" (or "ended"), the exact
+ * time as tooltip; null
  * when the time is unknown. */
 export function endsAt(value) {
   const d = toDate(value);
@@ -111,7 +112,10 @@ export function endsAt(value) {
   const seconds = Math.round((d.getTime() - Date.now()) / 1000);
   let text = "ended";
   if (seconds >= 86400) text = `ends in ${Math.floor(seconds / 86400)} d`;
-  else if (seconds >= 3600) text = `ends in ${Math.floor(seconds / 3600)} h`;
+  else if (seconds >= 3600) {
+    const minutes = Math.floor((seconds % 3600) / 60);
+    text = `ends in ${Math.floor(seconds / 3600)} h${minutes ? ` ${minutes} min` : ""}`;
+  }
   else if (seconds >= 60) text = `ends in ${Math.floor(seconds / 60)} min`;
   else if (seconds > 0) text = `ends in ${seconds} s`;
   return h("time", { datetime: d.toISOString(), title: formatTime(value), class: "until" }, text);
