@@ -12,7 +12,8 @@ task states (``tests/store/test_device_queries.py`` counts them):
 
 1. the exact total. A set with at most one row per device (a sensor, a task, an
    attribute test: the table's primary key says so) is joined, not probed: when every
-   condition is such a set, the count reads only their indexes, never ``devices``.
+   condition is such a set, the count reads only their indexes, never ``devices``;
+   nor does an "or" of such sets alone, counted as the ``UNION`` of their ids.
 2. the page's rows, in order. Either the sort key's index is walked and each row is
    tested (sets as correlated ``EXISTS``: a probe of the set's index per row, stopping
    after ``offset + limit`` matches), or the matches are collected from the sets'
@@ -33,7 +34,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, FromClause, Table, and_, func, literal, or_, select, true
+from sqlalchemy import (
+    Connection,
+    FromClause,
+    Table,
+    and_,
+    func,
+    literal,
+    or_,
+    select,
+    true,
+    union,
+)
 from sqlalchemy.sql.elements import ColumnElement
 
 from agata.errors import invalid
@@ -148,9 +160,40 @@ def where_clause(query: DeviceQuery) -> ColumnElement[bool]:
     return _conditions(query).where(probe=False)
 
 
+def _only_joined_sets(conditions: _Conditions) -> bool:
+    """Whether ``conditions`` are sets alone, each with at most one row per device."""
+    return (
+        bool(conditions.sets)
+        and not (conditions.columns or conditions.words or conditions.any_of)
+        and all(s.unique and not s.negated for s in conditions.sets)
+    )
+
+
+def _members(sets: list[_Set]) -> Any:
+    """The ids of the devices in every one of ``sets`` (each unique, not negated), from
+    the sets' indexes alone."""
+    aliases = [s.table.alias(f"m{i}") for i, s in enumerate(sets)]
+    source: FromClause = aliases[0]
+    for a in aliases[1:]:
+        source = source.join(a, a.c.user_id == aliases[0].c.user_id)
+    tests = [s.test(a.c) for s, a in zip(sets, aliases, strict=True)]
+    return select(aliases[0].c.user_id).select_from(source).where(*tests)
+
+
 def _count(conditions: _Conditions) -> Any:
     """The statement counting the devices meeting ``conditions`` (see the module)."""
     d = schema.devices
+    group = conditions.any_of[0] if len(conditions.any_of) == 1 else []
+    if (
+        group
+        and not (conditions.columns or conditions.sets or conditions.words)
+        and all(_only_joined_sets(alternative) for alternative in group)
+    ):
+        # One "or" of sets (``location == "lab" or "camera" in sensors``): the union of
+        # their indexes' ids, never a probe of ``devices`` per id.
+        members: list[Any] = [_members(alternative.sets) for alternative in group]
+        either: Any = union(*members) if len(members) > 1 else members[0]
+        return select(func.count()).select_from(either.subquery())
     joined = [s for s in conditions.sets if s.unique and not s.negated]
     probed = [s for s in conditions.sets if not (s.unique and not s.negated)]
     rest = _Conditions(conditions.columns, probed, conditions.words, conditions.any_of)

@@ -32,6 +32,8 @@ EXPRESSIONS = [
     "data_qnt >= 0 and (site == 'lab' or (battery > 50 and flag == 1))",
     "site == 'lab' or note == 'x'",
     "data_qnt > 50 or site != 'lab'",
+    "'camera' in sensors or site == 'lab'",
+    "('gps' in sensors and site == 'lab') or 'camera' in sensors or battery >= 55",
 ]
 
 
@@ -57,9 +59,10 @@ def test_indexed_conditions_keep_the_criteria_meaning(fleet: Store, text: str) -
     )
 
     query = parse_device_filter(text, sort="user_id", descending=False, limit=50, offset=0)
-    found = [d.user_id for d in fleet.query_devices(query).items]
+    page = fleet.query_devices(query)
 
-    assert found == expected
+    assert [d.user_id for d in page.items] == expected
+    assert page.total == len(expected)
 
 
 def test_what_is_pushed_and_what_is_left_to_python() -> None:
