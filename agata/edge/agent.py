@@ -425,7 +425,7 @@ class Agent:
         except AgataError as exc:
             self._fail(offer, exc.message)
             return False
-        self._report(DeviceReport(task_id, "downloading"))
+        self._report(DeviceReport(task_id, "downloading", run=offer.run))
         self._event("download task", "start", task_id=task_id)
         try:
             bundle = await self.cache.ensure(offer)
@@ -491,7 +491,7 @@ class Agent:
             self._switch = None
             self._event("switch task", "end", task_id=task_id, from_task=failed)
         logger.info("task %s v%s: client side started (pid %d)", task_id, offer.version, pid)
-        self._report(DeviceReport(task_id, "running"))
+        self._report(DeviceReport(task_id, "running", run=offer.run))
         run.watcher = self._spawn(self._watch(run), f"watch {task_id}")
         if not any(other.offer.task_id == task_id for other in self._ending):
             self.cache.prune(task_id, keep={offer.version})
@@ -545,7 +545,13 @@ class Agent:
             run.round = message.round
             run.metrics = dict(message.metrics)
             self._report(
-                DeviceReport(task_id, "running", round=message.round, metrics=message.metrics)
+                DeviceReport(
+                    task_id,
+                    "running",
+                    round=message.round,
+                    metrics=message.metrics,
+                    run=run.offer.run,
+                )
             )
         elif isinstance(message, Error):
             self._task_failed(run, message.exception)
@@ -653,7 +659,9 @@ class Agent:
         self.state.count("failed")
         self._event("task failed", "end", at=failed_at, task_id=task_id, reason=reason)
         output = tuple(bounded_output(run.process.tail(MAX_OUTPUT_LINES)))
-        self._report(DeviceReport(task_id, "failed", reason=reason, log_lines=output))
+        self._report(
+            DeviceReport(task_id, "failed", reason=reason, log_lines=output, run=run.offer.run)
+        )
         entry = self.state.quarantined(task_id, run.offer.version)
         if entry is None:  # lifted meanwhile (the operator, a new version)
             return
@@ -661,7 +669,13 @@ class Agent:
             "task %s: in quarantine for %.0f s: %s", task_id, entry.until - entry.since, reason
         )
         self._report(
-            DeviceReport(task_id, "quarantined", reason=reason, quarantined_until=entry.until)
+            DeviceReport(
+                task_id,
+                "quarantined",
+                reason=reason,
+                quarantined_until=entry.until,
+                run=run.offer.run,
+            )
         )
 
     def _ended_with_run(self, run: TaskRun, reason: str, failed_at: float) -> None:
@@ -673,7 +687,8 @@ class Agent:
             self.state.clear_quarantine(task_id)
         logger.info("task %s: client side %s (%s)", task_id, ENDED_WITH_THE_RUN, reason)
         self.state.count("stopped")
-        self._report(DeviceReport(task_id, "stopped", reason=f"{ENDED_WITH_THE_RUN} ({reason})"))
+        reason = f"{ENDED_WITH_THE_RUN} ({reason})"
+        self._report(DeviceReport(task_id, "stopped", reason=reason, run=run.offer.run))
         self._wake.set()  # a new run of it may be offered already
 
     def _task_finished(self, run: TaskRun) -> None:
@@ -684,7 +699,11 @@ class Agent:
         self.state.count("finished")
         self.state.mark_finished(task_id, run.offer.version)
         self._event("task finished", "end", task_id=task_id)
-        self._report(DeviceReport(task_id, "finished", round=run.round, metrics=run.metrics))
+        self._report(
+            DeviceReport(
+                task_id, "finished", round=run.round, metrics=run.metrics, run=run.offer.run
+            )
+        )
         self._wake.set()
 
     def _fail(self, offer: TaskOffer, reason: str, *, sync_later: bool = False) -> None:
@@ -697,7 +716,13 @@ class Agent:
         )
         logger.warning("task %s: in quarantine for %.0f s: %s", offer.task_id, seconds, reason)
         self._report(
-            DeviceReport(offer.task_id, "quarantined", reason=reason, quarantined_until=entry.until)
+            DeviceReport(
+                offer.task_id,
+                "quarantined",
+                reason=reason,
+                quarantined_until=entry.until,
+                run=offer.run,
+            )
         )
 
     async def _failover(self) -> None:
@@ -735,7 +760,7 @@ class Agent:
         task_id = run.offer.task_id
         logger.info("task %s: stopping its client side: %s", task_id, reason)
         self.state.count("stopped")
-        self._report(DeviceReport(task_id, "stopped", reason=reason))
+        self._report(DeviceReport(task_id, "stopped", reason=reason, run=run.offer.run))
         self._spawn(run.process.stop(self._grace), f"stop {task_id}")
 
     # -- push -------------------------------------------------------------------------

@@ -177,10 +177,12 @@ class CloudClient:
         metrics: dict[str, float] | None = None,
         log_lines: list[dict[str, str]] | None = None,
         quarantined_until: float | None = None,
+        run: int | None = None,
     ) -> None:
         """Send ``rpc_exec_report_device_task``; ``log_lines`` (a failed client side's
-        last output lines) and ``quarantined_until`` (epoch seconds) are optional fields
-        a cloud of the original system never sees, as they are only sent when set."""
+        last output lines), ``quarantined_until`` (epoch seconds) and ``run`` (the run
+        the report is about) are optional fields a cloud of the original system never
+        sees, as they are only sent when set."""
         body: dict[str, Any] = {"user_id": user_id, "task_id": task_id, "status": status}
         if reason:
             body["reason"] = reason[:2000]
@@ -192,6 +194,8 @@ class CloudClient:
             body["log_lines"] = log_lines
         if quarantined_until is not None:
             body["quarantined_until"] = quarantined_until
+        if run is not None:
+            body["run"] = run
         await self.call(REPORT_DEVICE_TASK, body)
 
     async def enroll(self, user_id: str, enrollment_token: str) -> str:

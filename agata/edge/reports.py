@@ -34,6 +34,9 @@ class DeviceReport:
     log_lines: tuple[dict[str, str], ...] = ()
     #: When a ``quarantined`` report's quarantine ends (epoch seconds).
     quarantined_until: float | None = None
+    #: The run of the task the report is about (its offer's ``run``; None from a cloud
+    #: without runs): a report that arrives after the next run began stays in its own.
+    run: int | None = None
 
 
 class ReportSender:
@@ -95,6 +98,7 @@ class ReportSender:
                     metrics=report.metrics or None,
                     log_lines=list(report.log_lines) or None,
                     quarantined_until=report.quarantined_until,
+                    run=report.run,
                 )
             except AgataError as exc:
                 if is_transient(exc):

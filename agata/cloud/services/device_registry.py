@@ -210,6 +210,7 @@ class DeviceRegistry(Service):
             + (f": {req.reason}" if req.reason else ""),
             user_id=req.user_id,
             task_id=req.task_id,
+            run=req.run,  # None: the task's current run
         )
         await self.notifier.notify(
             DeviceTaskReported(
